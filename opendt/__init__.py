@@ -1,0 +1,3 @@
+"""OpenDT: an open digital twin for datacenters."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from opendt.cli import main
+
+raise SystemExit(main())

