@@ -1,0 +1,41 @@
+"""The twin's observable state: components write it, the API reads it (never the other way round)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Counters:
+    malformed_messages: int = 0
+    windows_simulated: int = 0
+    windows_failed: int = 0
+    windows_skipped: int = 0
+
+
+@dataclass
+class TwinState:
+    status: str = "starting"
+    run_id: str = ""
+    started_at: float = field(default_factory=time.time)
+    bootstrap_servers: str = ""
+    workload: dict[str, Any] = field(default_factory=dict)
+    watermark_ms: int | None = None
+    replay: dict[str, Any] = field(default_factory=dict)
+    counters: Counters = field(default_factory=Counters)
+    components: dict[str, str] = field(default_factory=dict)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "run_id": self.run_id,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "kafka": {"bootstrap_servers": self.bootstrap_servers},
+            "workload": self.workload,
+            "watermark_ms": self.watermark_ms,
+            "replay": self.replay,
+            "counters": vars(self.counters).copy(),
+            "components": dict(self.components),
+        }
