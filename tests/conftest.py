@@ -1,0 +1,71 @@
+"""Fixtures shared by every test directory (pytest finds them; nothing needs importing).
+
+- ``kafka_bootstrap`` (session): ``host:port`` of a real broker. ``TEST_KAFKA_BOOTSTRAP`` or
+  ``OPENDT_KAFKA__BOOTSTRAP_SERVERS`` selects an external one; otherwise one embedded Tansu is started
+  for the session on a background thread, so it works with the default function-scoped event loops.
+- ``topic_factory``: ``make(prefix="t", partitions=1) -> str`` creates a topic unique to the test and
+  deletes it afterwards. Tests using either fixture get the ``kafka`` marker (``-m "not kafka"``).
+- ``shared_dir``: the Path of ``../shared`` next to the repository; skips the test when it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from opendt.kafka.broker import delete_topics, ensure_topics
+from opendt.kafka.testing import BrokerThread
+from opendt.settings import KafkaSettings
+
+_KAFKA_FIXTURES = {"kafka_bootstrap", "topic_factory", "kafka_thread"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _KAFKA_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kafka)
+
+
+@pytest.fixture(scope="session")
+def kafka_thread() -> Iterator[BrokerThread]:
+    """The session's broker, held by an event loop on a background thread."""
+    external = os.environ.get("TEST_KAFKA_BOOTSTRAP") or os.environ.get("OPENDT_KAFKA__BOOTSTRAP_SERVERS")
+    with BrokerThread(KafkaSettings(bootstrap_servers=external or None)) as thread:
+        yield thread
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_thread: BrokerThread) -> str:
+    """Bootstrap servers of the session's broker (embedded Tansu unless configured)."""
+    return kafka_thread.bootstrap_servers
+
+
+@pytest.fixture
+def topic_factory(kafka_thread: BrokerThread, request: pytest.FixtureRequest) -> Iterator[Callable[..., str]]:
+    """Create topics unique to this test (``make(prefix="t", partitions=1)``); deleted after the test."""
+    created: list[str] = []
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name)[:80].strip("-")
+
+    def make(prefix: str = "t", partitions: int = 1) -> str:
+        name = f"{prefix}-{slug}-{uuid.uuid4().hex[:8]}"
+        kafka_thread.run(ensure_topics(kafka_thread.bootstrap_servers, [name], partitions))
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        kafka_thread.run(delete_topics(kafka_thread.bootstrap_servers, created))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The shared read-only material (``../shared``); the test is skipped when it is not there."""
+    path = Path(__file__).resolve().parents[1].parent / "shared"
+    if not path.is_dir():
+        pytest.skip(f"shared material not found at {path}")
+    return path
