@@ -131,7 +131,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if cmd == "simulate":
         from opendt.simulation.cli import simulate_cli
 
-        return asyncio.run(simulate_cli(args.workload, args.topology, args.out, settings))
+        return asyncio.run(simulate_cli(args.workload, args.topology, args.out, settings.simulation))
     if cmd == "run":
         from opendt.daemon import run_daemon
 
