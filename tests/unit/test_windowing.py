@@ -1,0 +1,129 @@
+"""The pure windower: watermark, aligned half-open windows, idempotence, no data loss."""
+
+from __future__ import annotations
+
+import pytest
+
+from opendt.windowing import Windower, window_start
+
+W = 300_000
+T, F, P = ("dc.tasks", 0), ("dc.fragments", 0), ("dc.power", 0)
+
+
+def _frag(tid: str, t: int, idx: int, usage: float = 1.0) -> tuple[str, int, int, int, float, int]:
+    return (tid, t, 30_000, 1, usage, idx)
+
+
+def _task(tid: str, t: int) -> tuple[str, int, int, int, float, int]:
+    return (tid, t, 60_000, 1, 100.0, 10)
+
+
+def test_windows_are_aligned_to_the_epoch() -> None:
+    """Window starts are multiples of the window size since the epoch."""
+    assert window_start(1_665_093_612_345, W) == 1_665_093_600_000
+    assert window_start(W, W) == W
+    assert window_start(W - 1, W) == 0
+
+
+def test_nothing_closes_until_every_source_has_spoken() -> None:
+    """The watermark is unknown until every partition has sent an event or heartbeat."""
+    w = Windower(W, [T, F, P])
+    w.add_task(T, _task("a", 10_000))
+    w.add_fragment(F, _frag("a", 10_000, 0))
+    w.heartbeat(T, 10 * W)
+    w.heartbeat(F, 10 * W)
+    assert w.watermark_ms is None
+    assert w.close_ready() == []
+    w.heartbeat(P, W)
+    closed = w.close_ready()
+    assert [c.start_ms for c in closed] == [0]
+    assert len(closed[0].tasks) == 1
+    assert len(closed[0].fragments) == 1
+
+
+def test_watermark_is_the_minimum_and_end_is_exclusive() -> None:
+    """A window closes only when the slowest source reaches its end; an event at `end` is the next window."""
+    w = Windower(W, [F, P])
+    w.add_fragment(F, _frag("a", 0, 0))
+    w.add_fragment(F, _frag("a", W, 1))  # exactly at the end of window 0 -> window 1
+    w.heartbeat(P, W - 1)
+    assert w.close_ready() == []
+    w.heartbeat(P, W)
+    (c0,) = w.close_ready()
+    assert (c0.start_ms, c0.end_ms, [f[5] for f in c0.fragments]) == (0, W, [0])
+
+
+def test_gaps_produce_empty_windows_in_order() -> None:
+    """Every window between the first event and the watermark is emitted, empty or not."""
+    w = Windower(W, [F])
+    w.add_fragment(F, _frag("a", 5, 0))
+    w.add_fragment(F, _frag("a", 3 * W + 5, 1))
+    w.heartbeat(F, 4 * W)
+    closed = w.close_ready()
+    assert [c.start_ms for c in closed] == [0, W, 2 * W, 3 * W]
+    assert [c.empty for c in closed] == [False, True, True, False]
+
+
+def test_duplicates_are_dropped_and_counted() -> None:
+    """A re-delivered task, fragment or power sample does not double a window."""
+    w = Windower(W, [T, F, P])
+    assert w.add_task(T, _task("a", 0))
+    assert not w.add_task(T, _task("a", 0))
+    assert w.add_fragment(F, _frag("a", 0, 0))
+    assert w.add_fragment(F, _frag("a", 30_000, 1))
+    assert not w.add_fragment(F, _frag("a", 0, 0))
+    assert w.add_power(P, ("dc", 30_000, 1.0, 30.0))
+    assert not w.add_power(P, ("dc", 30_000, 1.0, 30.0))
+    for s in (T, F, P):
+        w.heartbeat(s, W, final=True)
+    (c,) = w.close_ready()
+    assert (len(c.tasks), len(c.fragments), len(c.power)) == (1, 2, 1)
+    assert w.stats.duplicates == 3
+
+
+def test_late_events_join_the_next_window_instead_of_being_lost() -> None:
+    """An event behind the closed horizon is kept (next window) and counted as late."""
+    w = Windower(W, [F])
+    w.add_fragment(F, _frag("a", 0, 0))
+    w.heartbeat(F, W)
+    assert len(w.close_ready()) == 1
+    w.add_fragment(F, _frag("b", 10, 0))  # broken promise: time 10 < watermark W
+    w.heartbeat(F, 2 * W)
+    (c,) = w.close_ready()
+    assert c.start_ms == W
+    assert [f[0] for f in c.fragments] == ["b"]
+    assert w.stats.late == 1
+
+
+def test_final_heartbeat_closes_everything_once() -> None:
+    """The final heartbeats close all open windows, mark the last one final, and closing is idempotent."""
+    w = Windower(W, [T, F])
+    w.add_task(T, _task("a", 0))
+    w.add_fragment(F, _frag("a", 2 * W + 1, 0))
+    w.heartbeat(T, 2 * W, final=True)
+    assert [c.start_ms for c in w.close_ready()] == [0, W]  # the fragments source is at 2W+1
+    w.heartbeat(F, 2 * W + 1, final=True)
+    closed = w.close_ready()
+    assert [(c.start_ms, c.final) for c in closed] == [(2 * W, True)]
+    assert w.finished
+    assert w.close_ready() == []
+    assert w.stats.windows_closed == 3
+
+
+def test_events_before_the_first_are_accepted_until_a_window_closes() -> None:
+    """Sources interleave: an earlier event arriving second still opens the earlier window."""
+    w = Windower(W, [T, F])
+    w.add_fragment(F, _frag("a", 2 * W, 0))
+    w.add_task(T, _task("b", 10))
+    w.heartbeat(T, 3 * W)
+    w.heartbeat(F, 3 * W)
+    assert [c.start_ms for c in w.close_ready()] == [0, W, 2 * W]
+
+
+def test_unknown_source_and_bad_size_are_errors() -> None:
+    """Programming errors surface immediately."""
+    w = Windower(W, [F])
+    with pytest.raises(KeyError):
+        w.heartbeat(("other", 0), 5)
+    with pytest.raises(ValueError, match="window_ms"):
+        Windower(0, [F])
