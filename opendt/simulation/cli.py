@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from opendt.models.topology import TopologyError, load_topology
+from opendt.models.topology import TopologyError
 from opendt.settings import SimulationSettings
 from opendt.simulation.backends import BackendConfigError, backend_from_settings, run_simulation
 from opendt.simulation.experiment import ExperimentError
@@ -60,7 +60,7 @@ async def simulate_cli(
     try:
         backend = backend_from_settings(settings)
         workload = await asyncio.to_thread(load_workload, workload_dir, topology_path=topology_path)
-        topology = load_topology(topology_path) if topology_path is not None else workload.topology
+        topology = workload.topology  # topology_path when given, else the workload's topology.json
         base = topology_path.parent if topology_path is not None else workload_dir
         carbon = resolve_carbon_path(topology, base)
     except (WorkloadError, TopologyError, BackendConfigError) as e:
