@@ -1,0 +1,230 @@
+"""The replay producer: the datacenter stand-in. Streams a workload directory into Kafka at trace pace.
+
+One merged, time-ordered stream of tasks, fragments and power samples (DESIGN §4 encodings, built
+vectorized with polars in chunks, off the event loop); every record is sent at its trace time mapped to wall
+time by ``speed`` through one :class:`ReplayClock` (one clock and one origin for all streams: they start
+together and gaps are preserved). Heartbeats every ``heartbeat_s`` of trace time on every partition of the
+three streams; a final heartbeat at the end. The physical topology goes to ``dc.topology`` first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from opendt.clock import Clock, ReplayClock
+from opendt.kafka.client import BatchSender
+from opendt.models.messages import DATACENTER_KEY, encode_heartbeat, encode_topology_message
+from opendt.settings import ReplaySettings, TopicNames
+from opendt.workload import Workload
+
+log = structlog.get_logger(component="replay")
+
+CHUNK = 50_000
+YIELD_EVERY = 2_000
+TASKS, FRAGMENTS, POWER = 0, 1, 2
+
+
+def _iso(col: str) -> pl.Expr:
+    return pl.from_epoch(pl.col(col), time_unit="ms").dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+
+
+def _json_str(col: str) -> pl.Expr:
+    return (
+        pl.col(col)
+        .cast(pl.Utf8)
+        .str.replace_all("\\", "\\\\", literal=True)
+        .str.replace_all('"', '\\"', literal=True)
+    )
+
+
+def _num(col: str) -> pl.Expr:
+    return pl.col(col).cast(pl.Utf8)
+
+
+def encode_events(workload: Workload, power_source: str) -> pl.DataFrame:
+    """All records as one frame sorted by trace time: ``t`` (ms), ``stream``, ``key``, ``value`` (JSON)."""
+    tasks = workload.tasks.select(
+        pl.col("submission_ms").alias("t"),
+        pl.lit(TASKS, pl.Int8).alias("stream"),
+        pl.concat_str(pl.lit('{"id":"'), _json_str("id"), pl.lit('"}')).alias("key"),
+        pl.concat_str(
+            pl.lit('{"submission_time":"'),
+            _iso("submission_ms"),
+            pl.lit('","duration":'),
+            _num("duration"),
+            pl.lit(',"cpu_count":'),
+            _num("cpu_count"),
+            pl.lit(',"cpu_capacity":'),
+            _num("cpu_capacity"),
+            pl.lit(',"mem_capacity":'),
+            _num("mem_capacity"),
+            pl.lit("}"),
+        ).alias("value"),
+    )
+    frags = workload.fragments.select(
+        pl.col("submission_ms").alias("t"),
+        pl.lit(FRAGMENTS, pl.Int8).alias("stream"),
+        pl.concat_str(pl.lit('{"id":"'), _json_str("id"), pl.lit('"}')).alias("key"),
+        pl.concat_str(
+            pl.lit('{"submission_time":"'),
+            _iso("submission_ms"),
+            pl.lit('","duration":'),
+            _num("duration"),
+            pl.lit(',"cpu_count":'),
+            _num("cpu_count"),
+            pl.lit(',"cpu_usage":'),
+            _num("cpu_usage"),
+            pl.lit(',"index":'),
+            _num("index"),
+            pl.lit("}"),
+        ).alias("value"),
+    )
+    parts = [tasks, frags]
+    if workload.consumption is not None:
+        energy = pl.col("energy_usage").fill_null(0.0)
+        key = '{"source":"' + power_source.replace("\\", "\\\\").replace('"', '\\"') + '"}'
+        parts.append(
+            workload.consumption.select(
+                pl.col("timestamp_ms").alias("t"),
+                pl.lit(POWER, pl.Int8).alias("stream"),
+                pl.lit(key).alias("key"),
+                pl.concat_str(
+                    pl.lit('{"timestamp":"'),
+                    _iso("timestamp_ms"),
+                    pl.lit('","power_draw":'),
+                    _num("power_draw"),
+                    pl.lit(',"energy_usage":'),
+                    energy.cast(pl.Utf8),
+                    pl.lit("}"),
+                ).alias("value"),
+            )
+        )
+    return pl.concat(parts).sort(["t", "stream"], maintain_order=True)
+
+
+@dataclass
+class ReplayProgress:
+    trace_ms: int | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+    sent: int = 0
+    rate_per_s: float = 0.0
+    lag_s: float = 0.0
+    done: bool = False
+    counts: dict[str, int] = field(default_factory=lambda: {"tasks": 0, "fragments": 0, "power": 0})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "trace_ms": self.trace_ms,
+            "start_ms": self.start_ms,
+            "end_ms": self.end_ms,
+            "sent": self.sent,
+            "rate_per_s": round(self.rate_per_s, 1),
+            "lag_s": round(self.lag_s, 3),
+            "done": self.done,
+            "counts": dict(self.counts),
+        }
+
+
+class ReplayProducer:
+    def __init__(
+        self,
+        workload: Workload,
+        producer: AIOKafkaProducer,
+        topics: TopicNames,
+        settings: ReplaySettings,
+        clock: Clock,
+        progress: ReplayProgress | None = None,
+    ) -> None:
+        self.workload = workload
+        self.producer = producer
+        self.topics = topics
+        self.settings = settings
+        self.clock = clock
+        self.progress = progress if progress is not None else ReplayProgress()
+        self._log = log.bind(workload=workload.meta.name)
+
+    def _chunks(self, events: pl.DataFrame) -> Iterator[pl.DataFrame]:
+        for off in range(0, events.height, CHUNK):
+            yield events.slice(off, CHUNK)
+
+    async def run(self) -> None:
+        wl = self.workload
+        source = wl.topology.clusters[0].powerSource.name
+        events = await asyncio.to_thread(encode_events, wl, source)
+        start_ms = int(events["t"][0]) if events.height else wl.origin_ms
+        end_ms = max(wl.end_ms, start_ms)
+        hb_ms = int(self.settings.heartbeat_s * 1000)
+        speed = None if self.settings.speed == "max" else float(self.settings.speed)
+        rclock = ReplayClock(self.clock, speed, start_ms)
+        p = self.progress
+        p.start_ms, p.end_ms = start_ms, end_ms
+        senders = [
+            BatchSender(self.producer, self.topics.tasks),
+            BatchSender(self.producer, self.topics.fragments),
+            BatchSender(self.producer, self.topics.power),
+        ]
+        names = ("tasks", "fragments", "power")
+        await self.producer.send_and_wait(
+            self.topics.topology, encode_topology_message(start_ms, wl.topology), key=DATACENTER_KEY
+        )
+        rclock.start()  # the barrier: every stream is paced from this one origin
+        wall0 = time.monotonic()
+        next_report = self.clock.monotonic() + self.settings.progress_every_s
+        next_hb = (start_ms // hb_ms + 1) * hb_ms
+        current_t: int | None = None
+        n = 0
+        self._log.info(
+            "replay_started", records=events.height, start_ms=start_ms, end_ms=end_ms, speed=speed or "max"
+        )
+        for chunk in self._chunks(events):
+            ts = chunk["t"].to_list()
+            streams = chunk["stream"].to_list()
+            keys = chunk["key"].to_list()
+            values = chunk["value"].to_list()
+            for t, s, k, v in zip(ts, streams, keys, values, strict=True):
+                if t >= next_hb:
+                    hb = (t // hb_ms) * hb_ms
+                    for sender in senders:
+                        await sender.send_to_all(None, encode_heartbeat(hb))
+                    next_hb = hb + hb_ms
+                if t != current_t:
+                    current_t = t
+                    if speed is not None:
+                        for sender in senders:  # what is due now must leave now, not at the next batch
+                            await sender.flush()
+                        await rclock.wait_until(t)
+                    p.trace_ms = t
+                await senders[s].send(k.encode(), v.encode())
+                p.counts[names[s]] += 1
+                n += 1
+                if n % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+                    now = self.clock.monotonic()
+                    if now >= next_report:
+                        next_report = now + self.settings.progress_every_s
+                        self._report(n, wall0, rclock, t)
+        for sender in senders:
+            await sender.send_to_all(None, encode_heartbeat(end_ms, final=True))
+            await sender.flush()
+        p.trace_ms = end_ms
+        p.done = True
+        self._report(n, wall0, rclock, end_ms)
+        self._log.info("replay_finished", sent=n, wall_s=round(time.monotonic() - wall0, 3))
+
+    def _report(self, n: int, wall0: float, rclock: ReplayClock, t: int) -> None:
+        p = self.progress
+        p.sent = n
+        p.rate_per_s = n / max(1e-9, time.monotonic() - wall0)
+        p.lag_s = rclock.lag_s(t) if rclock.speed is not None else 0.0
+        self._log.info(
+            "replay_progress", trace_ms=t, sent=n, rate_per_s=round(p.rate_per_s), lag_s=round(p.lag_s, 3)
+        )
