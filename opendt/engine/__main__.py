@@ -1,0 +1,3 @@
+from opendt.engine.cli import main
+
+raise SystemExit(main())

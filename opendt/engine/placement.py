@@ -1,0 +1,196 @@
+"""Phase A: OpenDC's default scheduler (OPENDC_SEMANTICS §4, §10.1), as a sequential discrete-event loop.
+
+Mem policy = VCpuFilter(1.0) + RamFilter(1.5) + RamWeigher (most free memory, ties → lowest host index),
+strict FIFO with head-of-line blocking, scheduling passes on the 1 s grid of simulation time, completions
+before the pass at the same instant, and tasks that can never fit TERMINATED at their first pass.
+
+Times are relative ms. ``run(until)`` processes every event strictly before ``until``; a running task's
+completion is only decided once its end lies before ``until`` (in streaming mode a later fragment could
+still extend it; such a fragment's trace time is at most the task's current end, so it would have arrived).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+
+import numpy as np
+
+from .hosts import HostTable
+
+QUEUED, RUNNING, COMPLETED, TERMINATED = 0, 1, 2, 3
+PASS_QUANTUM_MS = 1000
+NEVER = 1 << 62
+
+
+class Scheduler:
+    """Task and host bookkeeping plus the FIFO queue; tasks are indexed in submission order."""
+
+    def __init__(self, hosts: HostTable, *, streaming: bool) -> None:
+        self.streaming = streaming
+        self.sub: list[int] = []
+        self.cores: list[int] = []
+        self.mem: list[float] = []
+        self.state: list[int] = []
+        self.start: list[int] = []
+        self.finish: list[int] = []
+        self.host: list[int] = []
+        self.dur: list[int] = []
+        self.nonzero: list[bool] = []
+        self.queue: deque[int] = deque()
+        self.heap: list[tuple[int, int, int]] = []
+        self.next_sub = 0
+        self.pass_at = NEVER
+        self.seq = 0
+        self.ended = False
+        self._set_hosts(hosts)
+        self.free_cores = hosts.cores.copy()
+        self.avail_mem = hosts.mem.copy()
+        self.running = np.zeros(hosts.n, dtype=np.int64)
+        self.shared = np.zeros(hosts.n, dtype=np.bool_)
+
+    def _set_hosts(self, hosts: HostTable) -> None:
+        self.hosts = hosts
+        self.max_cores = int(hosts.cores.max())
+        self.max_mem = float(hosts.mem.max())
+        self.mem_cap = hosts.mem
+        self.mem_slack = hosts.mem * 0.5
+
+    # -- input -------------------------------------------------------------------------------------------
+    def add_task(self, sub: int, cores: int, mem: float) -> int:
+        """Register a loaded task (submission order); returns its index."""
+        self.sub.append(sub)
+        self.cores.append(cores)
+        self.mem.append(mem)
+        self.state.append(QUEUED)
+        self.start.append(-1)
+        self.finish.append(-1)
+        self.host.append(-1)
+        self.dur.append(0)
+        self.nonzero.append(False)
+        return len(self.sub) - 1
+
+    def extend(self, task: int, dur: int, nonzero: bool) -> None:
+        """Record newly known fragments of ``task`` (total duration ``dur``, any non-zero usage)."""
+        self.dur[task] += dur
+        self.nonzero[task] = self.nonzero[task] or nonzero
+        if self.state[task] == RUNNING:
+            self._push(self.start[task] + self._run_time(task), task)
+
+    def _run_time(self, task: int) -> int:
+        if not self.streaming and not self.nonzero[task]:
+            return 0
+        return self.dur[task]
+
+    def _push(self, t: int, task: int) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (t, self.seq, task))
+
+    def _request_pass(self, t: int) -> None:
+        if self.queue:
+            p = -(-t // PASS_QUANTUM_MS) * PASS_QUANTUM_MS
+            self.pass_at = min(self.pass_at, p)
+
+    # -- the event loop ----------------------------------------------------------------------------------
+    def run(self, until: int) -> None:
+        """Process every event (completion, submission, pass) at a time < ``until``."""
+        heap = self.heap
+        n = len(self.sub)
+        while True:
+            t_sub = self.sub[self.next_sub] if self.next_sub < n else NEVER
+            t_c = heap[0][0] if heap else NEVER
+            t = min(t_sub, t_c, self.pass_at)
+            if t >= until or t >= NEVER:
+                return
+            while heap and heap[0][0] == t:
+                _, _, task = heapq.heappop(heap)
+                if self.state[task] == RUNNING and self.start[task] + self._run_time(task) == t:
+                    self._complete(task, t)
+            while self.next_sub < n and self.sub[self.next_sub] <= t:
+                self.queue.append(self.next_sub)
+                self.next_sub += 1
+                self._request_pass(t)
+            if self.pass_at == t:
+                self.pass_at = NEVER
+                self._pass(t)
+
+    def _complete(self, task: int, t: int) -> None:
+        h = self.host[task]
+        self.state[task] = COMPLETED
+        self.finish[task] = t
+        self.free_cores[h] += self.cores[task]
+        self.avail_mem[h] += self.mem[task]
+        self.running[h] -= 1
+        self._request_pass(t)
+
+    def _pass(self, t: int) -> None:
+        q = self.queue
+        while q:
+            task = q[0]
+            c = self.cores[task]
+            m = self.mem[task]
+            if c > self.max_cores or m > self.max_mem or not self._fits_empty(c, m):
+                q.popleft()
+                self.state[task] = TERMINATED
+                self.finish[task] = t
+                continue
+            ok = (self.free_cores >= c) & (self.mem_cap >= m) & (self.mem_slack + self.avail_mem >= m)
+            idx = np.flatnonzero(ok)
+            if idx.size == 0:
+                return
+            h = int(idx[np.argmax(self.avail_mem[idx])])
+            q.popleft()
+            self._place(task, h, t)
+
+    def _fits_empty(self, c: int, m: float) -> bool:
+        # OpenDC only compares against the largest host; a task fitting no single host would wait
+        # forever there (the run never ends). We terminate it instead.
+        return bool(np.any((self.hosts.cores >= c) & (self.mem_cap >= m)))
+
+    def _place(self, task: int, h: int, t: int) -> None:
+        self.state[task] = RUNNING
+        self.start[task] = t
+        self.host[task] = h
+        self.free_cores[h] -= self.cores[task]
+        self.avail_mem[h] -= self.mem[task]
+        self.running[h] += 1
+        if self.running[h] > 1:
+            self.shared[h] = True
+        self._push(t + self._run_time(task), task)
+
+    # -- end of input and topology changes -----------------------------------------------------------------
+    def end_time(self) -> int:
+        """The last completion or termination time (the simulated horizon), or -1 without tasks."""
+        return max(self.finish, default=-1)
+
+    def all_done(self) -> bool:
+        return self.next_sub == len(self.sub) and not self.queue and not any(s == RUNNING for s in self.state)
+
+    def resize(self, hosts: HostTable, now: int) -> list[int]:
+        """Switch to a new host table; tasks on removed hosts go back to the front of the queue.
+
+        Hosts are matched by index. Returns the re-queued tasks (they restart from their first fragment).
+        """
+        keep = hosts.n
+        requeue = [i for i, s in enumerate(self.state) if s == RUNNING and self.host[i] >= keep]
+        requeue.sort(key=lambda i: (self.start[i], i))
+        free = hosts.cores.copy()
+        avail = hosts.mem.copy()
+        running = np.zeros(hosts.n, dtype=np.int64)
+        shared = np.zeros(hosts.n, dtype=np.bool_)
+        shared[: min(keep, self.shared.size)] = self.shared[:keep]
+        for i, s in enumerate(self.state):
+            if s == RUNNING and self.host[i] < keep:
+                h = self.host[i]
+                free[h] -= self.cores[i]
+                avail[h] -= self.mem[i]
+                running[h] += 1
+        for i in requeue:
+            self.state[i] = QUEUED
+            self.start[i] = -1
+            self.host[i] = -1
+        self.queue.extendleft(reversed(requeue))
+        self._set_hosts(hosts)
+        self.free_cores, self.avail_mem, self.running, self.shared = free, avail, running, shared
+        self._request_pass(now)
+        return requeue
