@@ -251,3 +251,13 @@ async def test_read_parquet_off_loop(tmp_path: Path) -> None:
     pl.DataFrame({"a": [1, 2]}).write_parquet(tmp_path / "x.parquet")
     df = await SimulationPool.read_parquet(tmp_path / "x.parquet")
     assert df["a"].to_list() == [1, 2]
+
+
+async def test_unclosed_pool_warns() -> None:
+    """A started pool that is dropped without stop() emits a ResourceWarning."""
+    pool = SimulationPool()
+    await pool.start()
+    holder = [pool]
+    del pool
+    with pytest.warns(ResourceWarning, match="Unclosed SimulationPool"):
+        holder.clear()  # drops the last reference: CPython finalizes it here
