@@ -478,14 +478,16 @@ class SimulationPool:
         timed_out = False
         finished = False
         try:
-            try:
-                async with asyncio.timeout(limit_s):
-                    await asyncio.gather(_drain(proc.stdout, out), _drain(proc.stderr, err))
-                    await proc.wait()
-                    finished = not self._closed
-            except TimeoutError:
-                timed_out = True
-                log.warning("simulation timed out", label=label, pid=proc.pid, timeout_s=limit_s)
+            # When stop() ran while we were spawning, it could not signal this child: reap it right away.
+            if not self._closed:
+                try:
+                    async with asyncio.timeout(limit_s):
+                        await asyncio.gather(_drain(proc.stdout, out), _drain(proc.stderr, err))
+                        await proc.wait()
+                        finished = not self._closed
+                except TimeoutError:
+                    timed_out = True
+                    log.warning("simulation timed out", label=label, pid=proc.pid, timeout_s=limit_s)
         finally:
             if not finished:
                 await self._reap(proc)
