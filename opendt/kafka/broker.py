@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import importlib.util
+import itertools
 import os
 import signal
 import socket
@@ -83,6 +84,19 @@ def free_port(host: str) -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail early when a fixed port is taken (else the probe could reach whatever listens there)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Tansu's listener does
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise BrokerError(
+                f"cannot start the embedded broker on {host}:{port} (kafka.port): {e}"
+            ) from None
 
 
 def _advertised_host(host: str) -> str:
@@ -153,6 +167,8 @@ class EmbeddedBroker:
         binary = resolve_tansu_bin(self._settings.tansu_bin)
         host = self._settings.host
         attempts = _PORT_RETRIES if self._settings.port == 0 else 1
+        if self._settings.port:
+            _check_port_free(host, self._settings.port)
         for attempt in range(1, attempts + 1):
             port = self._settings.port or free_port(host)
             try:
@@ -189,6 +205,7 @@ class EmbeddedBroker:
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # own group: Ctrl-C reaches only the daemon, which stops Tansu
             preexec_fn=_die_with_parent_preexec(),  # only prctl + getppid: fork-safe
+            env={**os.environ, "NO_COLOR": "1"},  # plain log lines
         )
         assert self._proc.stdout is not None
         assert self._proc.stderr is not None
@@ -234,7 +251,10 @@ class EmbeddedBroker:
             line = raw.decode("utf-8", "replace").rstrip()
             if line:
                 self._tail.append(line)
-                log.info("broker_output", stream=name, line=line)
+                if " ERROR " in line or " WARN " in line or "panicked" in line:
+                    log.warning("broker_output", stream=name, line=line)
+                else:
+                    log.info("broker_output", stream=name, line=line)
 
     def _tail_text(self) -> str:
         return "\n".join(self._tail) if self._tail else "(no output)"
@@ -306,26 +326,26 @@ def _killpg(pgid: int, sig: signal.Signals) -> None:
 
 
 async def _probe(bootstrap: str) -> None:
-    """Return once ``bootstrap`` accepts TCP connections and answers a Kafka metadata request."""
+    """Return once ``bootstrap`` answers a Kafka metadata request; the caller bounds the time.
+
+    A plain TCP connect is tried first so that aiokafka does not log an error per refused attempt.
+    """
     host, _, port = bootstrap.rpartition(":")
     host = host.strip("[]")
-    attempt = 0
-    while True:
+    for attempt in itertools.count():
         try:
             _, writer = await asyncio.open_connection(host, int(port))
-        except OSError:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+            try:
+                await client.bootstrap()
+            finally:
+                await client.close()
+            return
+        except (OSError, KafkaError):
             await asyncio.sleep(_PROBE_BACKOFF_S[min(attempt, len(_PROBE_BACKOFF_S) - 1)])  # retry backoff
-            attempt += 1
-            continue
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        break
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-    try:
-        await client.bootstrap()
-    finally:
-        await client.close()
 
 
 async def ensure_topics(

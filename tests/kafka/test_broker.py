@@ -6,6 +6,7 @@ import asyncio
 import io
 import os
 import signal
+import socket
 import sys
 import uuid
 from pathlib import Path
@@ -14,11 +15,13 @@ import psutil
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+import opendt.kafka.broker as broker_module
 from opendt.kafka.broker import (
     BrokerError,
     EmbeddedBroker,
     delete_topics,
     ensure_topics,
+    free_port,
     kafka_for,
     run_broker_forever,
 )
@@ -169,6 +172,37 @@ async def test_binary_never_answering_times_out_and_is_killed(tmp_path: Path) ->
         await broker.start()
     assert broker.pid is not None
     assert not psutil.pid_exists(broker.pid)
+
+
+async def test_fixed_port_in_use_is_a_clear_error() -> None:
+    """A configured port that is already taken is reported without starting Tansu."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        broker = EmbeddedBroker(KafkaSettings(port=port))
+        with pytest.raises(BrokerError, match=f"127.0.0.1:{port} \\(kafka.port\\)"):
+            await broker.start()
+        assert broker.pid is None
+
+
+async def test_lost_port_race_is_retried_on_another_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the picked free port is taken before Tansu binds it, the broker retries on another one."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        picks = iter([taken.getsockname()[1], free_port("127.0.0.1")])
+        monkeypatch.setattr(broker_module, "free_port", lambda host: next(picks))
+        async with EmbeddedBroker(KafkaSettings()) as broker:
+            assert broker.bootstrap_servers != f"127.0.0.1:{taken.getsockname()[1]}"
+            assert await _topics(broker.bootstrap_servers) == {}
+
+
+async def test_fixed_port_is_used() -> None:
+    """With kafka.port set, the broker listens on exactly that port."""
+    port = free_port("127.0.0.1")
+    async with EmbeddedBroker(KafkaSettings(port=port)) as broker:
+        assert broker.bootstrap_servers == f"127.0.0.1:{port}"
 
 
 async def test_kafka_for_embedded_creates_the_configured_topics() -> None:
