@@ -5,6 +5,8 @@ Both are subprocesses with OpenDC's CLI, ``<engine> --experiment-path experiment
 * :class:`BuiltinBackend`: our engine, ``python -m opendt.engine``;
 * :class:`OpenDCBackend`: a real ``OpenDCExperimentRunner`` start script (``simulation.opendc_bin``), run
   with ``JAVA_HOME`` from ``simulation.java_home`` or the environment and the experiment dir as cwd.
+  How to assemble a runnable one (Java 21, two substitute jars): the shared OpenDC reference README,
+  section "How it was produced" → "Runtime". Nothing of it lives in this repository.
 """
 
 from __future__ import annotations
