@@ -27,6 +27,8 @@ from opendt.kafka.broker import (
 )
 from opendt.settings import KafkaSettings, TopicNames
 
+pytestmark = pytest.mark.kafka
+
 REPO = Path(__file__).resolve().parents[2]
 
 _PARENT_SCRIPT = """

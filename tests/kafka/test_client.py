@@ -33,6 +33,8 @@ from opendt.models.messages import (
 )
 from opendt.settings import KafkaSettings
 
+pytestmark = pytest.mark.kafka
+
 SETTINGS = KafkaSettings()
 T0_MS = 1_665_093_600_000  # 2022-10-06T22:00:00Z
 
