@@ -198,7 +198,10 @@ def task_frame(eng: Engine, power: pl.DataFrame) -> pl.DataFrame:
     )
     up = np.where(placed, up, 0)
     ids = eng.ids
-    int_ids = pl.Series([ids[i] for i in task.tolist()]).cast(pl.Int32, strict=False)
+    str_ids = pl.Series([ids[i] for i in task.tolist()], dtype=pl.Utf8)
+    int_ids = str_ids.cast(pl.Int32, strict=False)
+    if int_ids.null_count():  # OpenDC ids are int32; keep non-numeric ids (streaming input) as strings
+        int_ids = str_ids
     n = task.size
     null_i = pl.Series([None] * n, dtype=pl.Int64)
     return pl.DataFrame(

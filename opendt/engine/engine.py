@@ -118,6 +118,7 @@ class Engine:
             if requeued:
                 self.segs = self.segs.stop_tasks(np.array(requeued, dtype=np.int64), self.t_lo)
                 self.frags.reopen(np.array(requeued, dtype=np.int64))
+            self.segs = self.segs.on_hosts(new.n)
         else:
             self.sched.hosts = new
         self.topology = topology

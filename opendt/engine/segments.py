@@ -53,6 +53,11 @@ class SegmentSet:
         mask = self.end >= t
         return self if mask.all() else self._select(mask)
 
+    def on_hosts(self, n: int) -> SegmentSet:
+        """Only the segments on hosts ``0 … n−1`` (after hosts were removed)."""
+        mask = self.host < n
+        return self if mask.all() else self._select(mask)
+
     def stop_tasks(self, tasks: I64, t: int) -> SegmentSet:
         """Cut the segments of ``tasks`` at ``t`` (the tasks were stopped at ``t``)."""
         hit = np.isin(self.task, tasks)
