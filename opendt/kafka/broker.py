@@ -46,6 +46,7 @@ _PORT_RETRIES = 3
 _ERR_NONE = 0
 _ERR_TOPIC_EXISTS = 36
 _PR_SET_PDEATHSIG = 1
+_LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}  # noqa: S104 - wildcard → loopback
 
 
 class BrokerError(RuntimeError):
@@ -144,8 +145,10 @@ class EmbeddedBroker:
         self._readers: list[asyncio.Task[None]] = []
         self._tail: deque[str] = deque(maxlen=_STDERR_TAIL_LINES)
         self._bootstrap: str | None = None
+        self._exit_task: asyncio.Task[int] | None = None
         self._started = False
         self._stopped = False
+        self._stopping = False
 
     @property
     def bootstrap_servers(self) -> str:
@@ -197,6 +200,7 @@ class EmbeddedBroker:
             "opendt",
         ]
         self._tail.clear()
+        self._stopping = False
         self._proc = await asyncio.create_subprocess_exec(
             str(binary),
             *args,
@@ -215,19 +219,21 @@ class EmbeddedBroker:
         ]
         log.info("broker_starting", binary=str(binary), pid=self._proc.pid, args=args)
         bootstrap = f"[{advertised}]:{port}" if ":" in advertised else f"{advertised}:{port}"
+        probe_host = _LOOPBACK.get(host, host)  # a wildcard listener is probed on loopback
+        probe_addr = f"[{probe_host}]:{port}" if ":" in probe_host else f"{probe_host}:{port}"
         timeout = self._settings.startup_timeout_s
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        exited = asyncio.create_task(self._proc.wait(), name="tansu-wait")
-        probe = asyncio.create_task(_probe(bootstrap), name="tansu-probe")
+        exited = self._exit_task = asyncio.create_task(self._proc.wait(), name="tansu-wait")
+        exited.add_done_callback(self._on_exit)
+        probe = asyncio.create_task(_probe(probe_addr), name="tansu-probe")
         try:
             done, _ = await asyncio.wait(
                 {exited, probe}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            for t in (exited, probe):
-                t.cancel()
-            await asyncio.gather(exited, probe, return_exceptions=True)
+            probe.cancel()
+            await asyncio.gather(probe, return_exceptions=True)
         if exited in done or self._proc.returncode is not None:
             await self._drain_readers()
             tail = self._tail_text()
@@ -256,6 +262,18 @@ class EmbeddedBroker:
                 else:
                     log.info("broker_output", stream=name, line=line)
 
+    def _on_exit(self, task: asyncio.Task[int]) -> None:
+        if self._stopping or task.cancelled() or self._bootstrap is None:
+            return  # a stop, or a startup failure (reported by start())
+        self._bootstrap = None
+        log.error("broker_exited", returncode=task.result(), output=self._tail_text())
+
+    async def wait(self) -> int:
+        """Wait until the broker process exits (for a supervisor to notice a crash); its return code."""
+        if self._exit_task is None:
+            raise BrokerError("the embedded broker was not started")
+        return await asyncio.shield(self._exit_task)
+
     def _tail_text(self) -> str:
         return "\n".join(self._tail) if self._tail else "(no output)"
 
@@ -276,6 +294,7 @@ class EmbeddedBroker:
     async def _cleanup(self) -> int | None:
         """Terminate and reap the child and its group, even when cancelled midway."""
         proc = self._proc
+        self._stopping = True
         self._bootstrap = None
         if proc is None:
             return None
@@ -291,6 +310,8 @@ class EmbeddedBroker:
             _killpg(proc.pid, signal.SIGKILL)  # stragglers in the group, and the child if still alive
             if proc.returncode is None:
                 await proc.wait()
+            if self._exit_task is not None:
+                await asyncio.gather(self._exit_task, return_exceptions=True)
             for t in self._readers:
                 t.cancel()
             await self._drain_readers()
@@ -431,7 +452,31 @@ async def kafka_for(settings: KafkaSettings) -> AsyncIterator[str]:
 
 
 async def run_broker_forever(settings: KafkaSettings, stop: asyncio.Event, out: TextIO | None = None) -> None:
-    """``opendt broker``: start the broker (and topics), print its address on ``out``, run until ``stop``."""
-    async with kafka_for(settings) as bootstrap:
-        print(bootstrap, file=out if out is not None else sys.stdout, flush=True)
-        await stop.wait()
+    """``opendt broker``: start Tansu and the topics, print ``host:port`` on ``out``, run until ``stop``.
+
+    Raises :class:`BrokerError` if ``kafka.bootstrap_servers`` is set (there is nothing to start) or if
+    Tansu exits before ``stop`` is set.
+    """
+    if settings.bootstrap_servers:
+        raise BrokerError(
+            f"kafka.bootstrap_servers is set ({settings.bootstrap_servers}): "
+            "the broker command only runs the embedded broker"
+        )
+    async with EmbeddedBroker(settings) as broker:
+        await ensure_topics(
+            broker.bootstrap_servers,
+            settings.topics.all(),
+            settings.partitions,
+            request_timeout_s=settings.request_timeout_s,
+        )
+        print(broker.bootstrap_servers, file=out if out is not None else sys.stdout, flush=True)
+        stopped = asyncio.create_task(stop.wait(), name="broker-stop")
+        exited = asyncio.create_task(broker.wait(), name="broker-exit")
+        try:
+            await asyncio.wait({stopped, exited}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (stopped, exited):
+                t.cancel()
+            await asyncio.gather(stopped, exited, return_exceptions=True)
+        if not stop.is_set():
+            raise BrokerError(f"the embedded broker exited with code {exited.result()}")

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from structlog.testing import capture_logs
 
 import opendt.kafka.broker as broker_module
 from opendt.kafka.broker import (
@@ -244,6 +245,26 @@ async def test_ensure_topics_is_idempotent(kafka_bootstrap: str) -> None:
     assert name not in await _topics(kafka_bootstrap)
 
 
+async def test_crash_after_start_is_logged_and_seen_by_wait() -> None:
+    """A broker that dies while running is logged as broker_exited and wait() returns its code."""
+    async with EmbeddedBroker(KafkaSettings()) as broker:
+        assert broker.pid is not None
+        with capture_logs() as logs:
+            os.kill(broker.pid, signal.SIGKILL)
+            assert await broker.wait() == -signal.SIGKILL
+        assert [e["event"] for e in logs if e["log_level"] == "error"] == ["broker_exited"]
+        with pytest.raises(BrokerError, match="not running"):
+            _ = broker.bootstrap_servers
+
+
+async def test_wildcard_host_advertises_the_machine_name() -> None:
+    """Listening on 0.0.0.0 advertises this host's name and is reachable on loopback."""
+    async with EmbeddedBroker(KafkaSettings(host="0.0.0.0")) as broker:
+        host, _, port = broker.bootstrap_servers.rpartition(":")
+        assert host == socket.getfqdn()
+        assert await _topics(f"127.0.0.1:{port}") == {}
+
+
 class _LineSignal(io.StringIO):
     """A text stream that sets an event when a full line has been written."""
 
@@ -272,3 +293,23 @@ async def test_run_broker_forever_prints_address_and_stops_on_event() -> None:
         stop.set()
         async with asyncio.timeout(30):
             await task
+
+
+async def test_run_broker_forever_fails_when_the_broker_dies() -> None:
+    """If Tansu exits before the stop event, the broker command raises instead of hanging."""
+    out = _LineSignal()
+    task = asyncio.create_task(run_broker_forever(KafkaSettings(), asyncio.Event(), out))
+    async with asyncio.timeout(30):
+        await out.line.wait()
+    url = "tcp://" + out.getvalue().strip()
+    (tansu,) = [p for p in psutil.Process().children() if url in p.cmdline()]
+    tansu.kill()
+    with pytest.raises(BrokerError, match="exited with code"):
+        async with asyncio.timeout(30):
+            await task
+
+
+async def test_run_broker_forever_refuses_an_external_broker() -> None:
+    """The broker command with bootstrap_servers set explains there is nothing to start."""
+    with pytest.raises(BrokerError, match="only runs the embedded broker"):
+        await run_broker_forever(KafkaSettings(bootstrap_servers="kafka:9092"), asyncio.Event())
