@@ -326,7 +326,7 @@ class EmbeddedBroker:
     ) -> None:
         await self.stop()
 
-    def __del__(self, _warnings: object = warnings) -> None:
+    def __del__(self) -> None:
         proc = self._proc
         if proc is not None and proc.returncode is None and not self._stopped:
             warnings.warn(
