@@ -5,6 +5,8 @@
   for the session on a background thread, so it works with the default function-scoped event loops.
 - ``topic_factory``: ``make(prefix="t", partitions=1) -> str`` creates a topic unique to the test and
   deletes it afterwards. Tests using either fixture get the ``kafka`` marker (``-m "not kafka"``).
+- ``kafka_settings`` (session): ``KafkaSettings`` matching that broker; pass it to ``make_producer`` /
+  ``make_consumer`` (with the embedded broker it shortens the consumer-group session timeout).
 - ``shared_dir``: the Path of ``../shared`` next to the repository; skips the test when it is absent.
 """
 
@@ -22,7 +24,7 @@ from opendt.kafka.broker import delete_topics, ensure_topics
 from opendt.kafka.testing import BrokerThread
 from opendt.settings import KafkaSettings
 
-_KAFKA_FIXTURES = {"kafka_bootstrap", "topic_factory", "kafka_thread"}
+_KAFKA_FIXTURES = {"kafka_bootstrap", "topic_factory", "kafka_thread", "kafka_settings"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -32,10 +34,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def kafka_thread() -> Iterator[BrokerThread]:
-    """The session's broker, held by an event loop on a background thread."""
+def kafka_settings() -> KafkaSettings:
+    """KafkaSettings describing the session's broker (``bootstrap_servers`` set only when external)."""
     external = os.environ.get("TEST_KAFKA_BOOTSTRAP") or os.environ.get("OPENDT_KAFKA__BOOTSTRAP_SERVERS")
-    with BrokerThread(KafkaSettings(bootstrap_servers=external or None)) as thread:
+    return KafkaSettings(bootstrap_servers=external or None)
+
+
+@pytest.fixture(scope="session")
+def kafka_thread(kafka_settings: KafkaSettings) -> Iterator[BrokerThread]:
+    """The session's broker, held by an event loop on a background thread."""
+    with BrokerThread(kafka_settings) as thread:
         yield thread
 
 

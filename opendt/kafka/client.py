@@ -249,7 +249,9 @@ def decode_records(
         except MessageError as e:
             reason = str(e)
             stats.malformed += 1
-            head = reason.split(":", 1)[0]
+            head = reason.split(": ", 1)[0]
+            if head.count("(") != head.count(")"):
+                head = reason
             stats.reasons[head] = stats.reasons.get(head, 0) + 1
             log.warning(
                 "message_malformed", topic=r.topic, partition=r.partition, offset=r.offset, reason=reason

@@ -35,7 +35,6 @@ from opendt.settings import KafkaSettings
 
 pytestmark = pytest.mark.kafka
 
-SETTINGS = KafkaSettings()
 T0_MS = 1_665_093_600_000  # 2022-10-06T22:00:00Z
 
 
@@ -64,6 +63,7 @@ def fragments(tasks: int, per_task: int) -> list[tuple[bytes, bytes]]:
 
 async def collect(
     bootstrap: str,
+    settings: KafkaSettings,
     topic: str,
     kind: StreamKind,
     expected: int,
@@ -75,7 +75,7 @@ async def collect(
     """Consume ``topic`` until ``expected`` good messages arrived (with a fresh group: then commit)."""
     got: list[DecodedRecord] = []
     group_id = f"g-{uuid.uuid4().hex[:8]}" if group else None
-    consumer = make_consumer(bootstrap, [topic], group_id, SETTINGS)
+    consumer = make_consumer(bootstrap, [topic], group_id, settings)
     await consumer.start()
     try:
         async with asyncio.timeout(120):
@@ -109,17 +109,17 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
 @pytest.mark.slow
 async def test_100k_fragments_round_trip_without_loss_and_in_key_order(
-    kafka_bootstrap: str, topic_factory: Callable[..., str]
+    kafka_bootstrap: str, kafka_settings: KafkaSettings, topic_factory: Callable[..., str]
 ) -> None:
     """100k DESIGN-encoded fragments over 4 partitions all arrive, once each, in order per task."""
     topic = topic_factory("frag", partitions=4)
     records = fragments(tasks=2000, per_task=50)
     assert len(records) == 100_000
-    async with make_producer(kafka_bootstrap, SETTINGS) as producer:
+    async with make_producer(kafka_bootstrap, kafka_settings) as producer:
         assert await send_many(producer, topic, records) == 100_000
 
     stats = DecodeStats()
-    got = await collect(kafka_bootstrap, topic, "fragments", 100_000, stats, group=True)
+    got = await collect(kafka_bootstrap, kafka_settings, topic, "fragments", 100_000, stats, group=True)
 
     assert len(got) == 100_000
     assert stats.decoded == 100_000
@@ -144,7 +144,7 @@ async def test_100k_fragments_round_trip_without_loss_and_in_key_order(
 
 
 async def test_malformed_messages_are_counted_logged_skipped_and_dead_lettered(
-    kafka_bootstrap: str, topic_factory: Callable[..., str]
+    kafka_bootstrap: str, kafka_settings: KafkaSettings, topic_factory: Callable[..., str]
 ) -> None:
     """Non-JSON, wrong types, missing key and unknown fields are skipped and forwarded; good ones arrive."""
     topic = topic_factory("mixed")
@@ -158,10 +158,12 @@ async def test_malformed_messages_are_counted_logged_skipped_and_dead_lettered(
         (None, good0),
         (key, orjson.dumps({**orjson.loads(good0), "colour": "red"})),
     ]
-    async with make_producer(kafka_bootstrap, SETTINGS) as producer:
+    async with make_producer(kafka_bootstrap, kafka_settings) as producer:
         assert await send_many(producer, topic, [(key, good0), *bad, (key, good1)]) == 6
         stats = DecodeStats()
-        got = await collect(kafka_bootstrap, topic, "fragments", 2, stats, DeadLetter(producer, dlq))
+        got = await collect(
+            kafka_bootstrap, kafka_settings, topic, "fragments", 2, stats, DeadLetter(producer, dlq)
+        )
 
     expected = [orjson.loads(good0), orjson.loads(good1)]
     assert [(r.offset, r.message) for r in got] == [
@@ -171,7 +173,7 @@ async def test_malformed_messages_are_counted_logged_skipped_and_dead_lettered(
     assert stats.decoded == 2
     assert stats.malformed == 4
     assert stats.dead_lettered == 4
-    dead = await collect_raw(kafka_bootstrap, dlq, 4)
+    dead = await collect_raw(kafka_bootstrap, kafka_settings, dlq, 4)
     assert [r.value for r in dead] == [v for _, v in bad]
     assert [dict(r.headers)["source_offset"] for r in dead] == [b"1", b"2", b"3", b"4"]
     reasons = [dict(r.headers)["reason"].decode() for r in dead]
@@ -181,8 +183,8 @@ async def test_malformed_messages_are_counted_logged_skipped_and_dead_lettered(
     assert "unknown key" in reasons[3]
 
 
-async def collect_raw(bootstrap: str, topic: str, expected: int) -> list[Any]:
-    consumer = make_consumer(bootstrap, [topic], None, SETTINGS)
+async def collect_raw(bootstrap: str, settings: KafkaSettings, topic: str, expected: int) -> list[Any]:
+    consumer = make_consumer(bootstrap, [topic], None, settings)
     out: list[Any] = []
     await consumer.start()
     try:
@@ -196,11 +198,11 @@ async def collect_raw(bootstrap: str, topic: str, expected: int) -> list[Any]:
 
 
 async def test_heartbeats_reach_every_partition_and_produce_json_delivers(
-    kafka_bootstrap: str, topic_factory: Callable[..., str]
+    kafka_bootstrap: str, kafka_settings: KafkaSettings, topic_factory: Callable[..., str]
 ) -> None:
     """send_to_all puts a heartbeat on each partition; produce_json waits for the broker's offset."""
     topic = topic_factory("hb", partitions=3)
-    async with make_producer(kafka_bootstrap, SETTINGS) as producer:
+    async with make_producer(kafka_bootstrap, kafka_settings) as producer:
         async with BatchSender(producer, topic) as sender:
             await sender.send_to_all(None, encode_heartbeat(T0_MS))
         assert sender.sent == 3
@@ -210,7 +212,7 @@ async def test_heartbeats_reach_every_partition_and_produce_json_delivers(
         assert (meta.partition, meta.offset) == (1, 1)
     assert await end_offsets(kafka_bootstrap, topic) == {0: 1, 1: 2, 2: 1}
     stats = DecodeStats()
-    got = await collect(kafka_bootstrap, topic, "fragments", 4, stats)
+    got = await collect(kafka_bootstrap, kafka_settings, topic, "fragments", 4, stats)
     beats = sorted((r.partition, r.offset, r.message) for r in got)
     assert [(p, o) for p, o, _ in beats] == [(0, 0), (1, 0), (1, 1), (2, 0)]
     assert all(isinstance(m, Heartbeat) for _, _, m in beats)
