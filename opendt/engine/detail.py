@@ -57,19 +57,30 @@ def _masked(values: I64, mask: np.typing.NDArray[np.bool_]) -> pl.Series:
     return d.select(pl.when(pl.col("m")).then(pl.col("v")).alias("v")).to_series()
 
 
+def _count_before(values: I64, t: I64, *, inclusive: bool) -> I64:
+    """How many ``values`` are < t (or ≤ t), for every instant."""
+    out: I64 = np.searchsorted(np.sort(values), t, side="right" if inclusive else "left").astype(np.int64)
+    return out
+
+
 def service_frame(eng: Engine, power: pl.DataFrame) -> pl.DataFrame:
-    """One row per instant: host and task counters."""
+    """One row per instant: host and task counters (the flush row shows every task finished)."""
     times, flush = _instants(power)
     a = _task_arrays(eng)
-    t = times[:, None]
-    submitted = a["sub"][None, :] <= t
     placed = a["start"] >= 0
-    decided = np.where(placed, a["start"], a["finish"])[None, :]
-    done = (a["finish"][None, :] < t) | flush[:, None]
-    pending = submitted & (decided >= t) & ~done
-    active = placed[None, :] & (a["start"][None, :] < t) & ~done
-    completed = done & (a["state"] != TERMINATED)[None, :] & submitted
-    terminated = done & (a["state"] == TERMINATED)[None, :] & submitted
+    term = a["state"] == TERMINATED
+    decided = np.where(placed, a["start"], a["finish"])
+    total = _count_before(a["sub"], times, inclusive=True)
+    pending = total - _count_before(decided, times, inclusive=False)
+    active = _count_before(a["start"][placed], times, inclusive=False) - _count_before(
+        a["finish"][placed], times, inclusive=False
+    )
+    completed = _count_before(a["finish"][~term], times, inclusive=False)
+    terminated = _count_before(a["finish"][term], times, inclusive=False)
+    pending[flush] = 0
+    active[flush] = 0
+    completed[flush] = int((~term).sum())
+    terminated[flush] = int(term.sum())
     i32 = pl.Int32
     return pl.DataFrame(
         {
@@ -77,11 +88,11 @@ def service_frame(eng: Engine, power: pl.DataFrame) -> pl.DataFrame:
             "timestamp_absolute": times + (eng.t0 or 0),
             "hosts_up": pl.Series(np.full(times.size, eng.hosts.n), dtype=i32),
             "hosts_down": pl.Series(np.zeros(times.size), dtype=i32),
-            "tasks_total": pl.Series(submitted.sum(axis=1), dtype=i32),
-            "tasks_pending": pl.Series(pending.sum(axis=1), dtype=i32),
-            "tasks_active": pl.Series(active.sum(axis=1), dtype=i32),
-            "tasks_completed": pl.Series(completed.sum(axis=1), dtype=i32),
-            "tasks_terminated": pl.Series(terminated.sum(axis=1), dtype=i32),
+            "tasks_total": pl.Series(total, dtype=i32),
+            "tasks_pending": pl.Series(pending, dtype=i32),
+            "tasks_active": pl.Series(active, dtype=i32),
+            "tasks_completed": pl.Series(completed, dtype=i32),
+            "tasks_terminated": pl.Series(terminated, dtype=i32),
         }
     )
 
@@ -198,7 +209,7 @@ def task_frame(eng: Engine, power: pl.DataFrame) -> pl.DataFrame:
     )
     up = np.where(placed, up, 0)
     ids = eng.ids
-    str_ids = pl.Series([ids[i] for i in task.tolist()], dtype=pl.Utf8)
+    str_ids = pl.Series([str(ids[i]) for i in task.tolist()], dtype=pl.Utf8)
     int_ids = str_ids.cast(pl.Int32, strict=False)
     if int_ids.null_count():  # OpenDC ids are int32; keep non-numeric ids (streaming input) as strings
         int_ids = str_ids

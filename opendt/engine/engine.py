@@ -59,8 +59,8 @@ class Engine:
             trace = CarbonTrace.from_frame(carbon) if carbon is not None else None
             self.carbon = [trace] * self.hosts.n_clusters
         self.sched = Scheduler(self.hosts, streaming=streaming)
-        self.ids: list[str] = []
-        self.index: dict[str, int] = {}
+        self.ids: list[str | int] = []
+        self.index: dict[str | int, int] = {}
         self.frags = FragmentStore()
         self.segs = SegmentSet.empty()
         self.history: list[SegmentSet] | None = None
@@ -156,6 +156,8 @@ class Engine:
 
     def _ingest_fragments(self, f: pl.DataFrame) -> None:
         keys = pl.DataFrame({"id": list(self.index), "task": list(self.index.values())})
+        if keys["id"].dtype != f["id"].dtype:
+            keys = keys.with_columns(pl.col("id").cast(f["id"].dtype))
         f = f.with_row_index("_row").join(keys, on="id", how="inner").sort("_row")
         if f.height == 0:
             return

@@ -12,6 +12,11 @@ class InputError(ValueError):
     """Malformed task or fragment input (names the column and the problem)."""
 
 
+def _ids(col: pl.Series) -> pl.Series:
+    """Integer ids stay integers (Int64: fast joins, OpenDC files); anything else becomes a string."""
+    return col.cast(pl.Int64) if col.dtype.is_integer() else col.cast(pl.Utf8)
+
+
 def normalize_tasks(tasks: pl.DataFrame) -> pl.DataFrame:
     """Check the columns and types of a task frame; ids become strings."""
     missing = [c for c in TASK_COLUMNS if c not in tasks.columns]
@@ -22,7 +27,7 @@ def normalize_tasks(tasks: pl.DataFrame) -> pl.DataFrame:
         sub = sub.cast(pl.Datetime("ms")).dt.epoch("ms")
     out = pl.DataFrame(
         {
-            "id": tasks.get_column("id").cast(pl.Utf8),
+            "id": _ids(tasks.get_column("id")),
             "submission_ms": sub.cast(pl.Int64),
             "cpu_count": tasks.get_column("cpu_count").cast(pl.Int64),
             "mem_capacity": tasks.get_column("mem_capacity").cast(pl.Int64),
@@ -46,7 +51,7 @@ def normalize_fragments(fragments: pl.DataFrame) -> pl.DataFrame:
         raise InputError(f"fragments frame lacks column(s) {missing}")
     out = pl.DataFrame(
         {
-            "id": fragments.get_column("id").cast(pl.Utf8),
+            "id": _ids(fragments.get_column("id")),
             "duration": fragments.get_column("duration").cast(pl.Int64),
             "cpu_usage": fragments.get_column("cpu_usage").cast(pl.Float64),
         }

@@ -27,7 +27,8 @@ class Binned:
 def integrate(owner: I64, s: I64, e: I64, v: F64, grid: I64, n_owner: int, *, uniform: int = 0) -> Binned:
     """Integrate the segments over ``grid`` (segments before ``grid[0]`` are clamped to it).
 
-    ``uniform`` > 0 declares ``grid`` = ``grid[0] + k·uniform`` so bins are found by division.
+    ``uniform`` > 0 declares ``grid`` = ``grid[0] + k·uniform`` so bins are found by division. Back-to-back
+    segments of one owner (a task's fragment chain) share one event: the step ``v_k − v_{k−1}``.
     """
     m = grid.size - 1
     g0 = int(grid[0])
@@ -35,21 +36,27 @@ def integrate(owner: I64, s: I64, e: I64, v: F64, grid: I64, n_owner: int, *, un
     keep = (e > s) & (s < grid[-1])
     if not keep.all():
         owner, s, e, v = owner[keep], s[keep], e[keep], v[keep]
-    tau = np.concatenate((s, e))
-    delta = np.concatenate((v, -v))
-    own = np.concatenate((owner, owner))
+    if s.size > 1:
+        chained = (s[1:] == e[:-1]) & (owner[1:] == owner[:-1])
+        d_start = v - np.r_[0.0, np.where(chained, v[:-1], 0.0)]
+        last = np.r_[~chained, True]
+        tau = np.concatenate((s, e[last]))
+        delta = np.concatenate((d_start, -v[last]))
+        own = np.concatenate((owner, owner[last]))
+    else:
+        tau, delta, own = np.concatenate((s, e)), np.concatenate((v, -v)), np.concatenate((owner, owner))
+    width = m + 2  # bin m + 1 collects the events at or after the grid's end (dropped)
     if uniform > 0:
-        j = (tau - g0) // uniform + 1
+        q, r = np.divmod(tau - g0, uniform)
+        j = np.minimum(q + 1, m + 1)
+        gap = (uniform - r).astype(np.float64)
     else:
         j = np.searchsorted(grid, tau, side="right")
-    inside = j <= m
-    if not inside.all():
-        tau, delta, own, j = tau[inside], delta[inside], own[inside], j[inside]
-    width = m + 1
-    flat = own * width + j
+        gap = (grid[np.minimum(j, m)] - tau).astype(np.float64)
+    flat = j if n_owner == 1 else own * width + j
     size = n_owner * width
-    a = np.bincount(flat, weights=delta, minlength=size).reshape(n_owner, width)
-    b = np.bincount(flat, weights=delta * (grid[j] - tau), minlength=size).reshape(n_owner, width)
+    a = np.bincount(flat, weights=delta, minlength=size).reshape(n_owner, width)[:, : m + 1]
+    b = np.bincount(flat, weights=delta * gap, minlength=size).reshape(n_owner, width)[:, : m + 1]
     slope = np.cumsum(a, axis=1, dtype=np.float64)
     lengths = np.diff(grid).astype(np.float64)
     integral = slope[:, :-1] * lengths + b[:, 1:]

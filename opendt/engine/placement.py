@@ -55,6 +55,7 @@ class Scheduler:
         self.max_mem = float(hosts.mem.max())
         self.mem_cap = hosts.mem
         self.mem_slack = hosts.mem * 0.5
+        self._fit_cache: dict[tuple[int, float], bool] = {}
 
     # -- input -------------------------------------------------------------------------------------------
     def add_task(self, sub: int, cores: int, mem: float) -> int:
@@ -145,7 +146,12 @@ class Scheduler:
     def _fits_empty(self, c: int, m: float) -> bool:
         # OpenDC only compares against the largest host; a task fitting no single host would wait
         # forever there (the run never ends). We terminate it instead.
-        return bool(np.any((self.hosts.cores >= c) & (self.mem_cap >= m)))
+        key = (c, m)
+        hit = self._fit_cache.get(key)
+        if hit is None:
+            hit = bool(np.any((self.hosts.cores >= c) & (self.mem_cap >= m)))
+            self._fit_cache[key] = hit
+        return hit
 
     def _place(self, task: int, h: int, t: int) -> None:
         self.state[task] = RUNNING

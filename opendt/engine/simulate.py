@@ -46,8 +46,7 @@ def simulate(
         carbon_by_cluster=carbon_by_cluster,
     )
     eng.frags = FragmentStore(archive=False)
-    want_detail = bool(tables & {"host", "task", "service"})
-    eng.history = [] if want_detail else None
+    eng.history = [] if "host" in tables else None
     eng._ingest(tasks, fragments)
     power = eng.finish()
     return _result(eng, power, SegmentSet.concat_all(eng.history or []), tables)

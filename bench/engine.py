@@ -1,0 +1,127 @@
+"""Benchmark ``python -m opendt.engine`` on the SURF week (and scaled copies) as a real subprocess.
+
+    .venv/bin/python bench/engine.py [--runs 5] [--scales 0.25,0.5,1,4] [--files powerSource,host,...]
+
+The SURF workload (../shared/workload/SURF) is converted to OpenDC's schema in a temp dir first (not
+timed). Scale s < 1 keeps the first s of the tasks and s of the hosts; s > 1 replicates tasks (new ids)
+and hosts s times. Wall time and peak RSS are of the whole child process (``wait4`` rusage), median of
+the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+
+ROOT = Path(__file__).resolve().parents[1]
+SURF = ROOT.parent / "shared" / "workload" / "SURF"
+
+
+def convert(dst: Path, scale: float) -> int:
+    """Write tasks/fragments/topology for ``scale``; returns the host count."""
+    tasks = pl.read_parquet(SURF / "tasks.parquet")
+    frags = pl.read_parquet(SURF / "fragments.parquet")
+    ids = tasks.select(pl.col("id").cast(pl.Utf8)).with_row_index("n")
+    sub = tasks["submission_time"]
+    if sub.dtype == pl.Datetime:
+        sub = sub.cast(pl.Datetime("ms")).dt.epoch("ms")
+    t = pl.DataFrame(
+        {
+            "id": ids["n"].cast(pl.Int32),
+            "submission_time": sub.cast(pl.Int64),
+            "duration": tasks["duration"].cast(pl.Int64),
+            "cpu_count": tasks["cpu_count"].cast(pl.Int32),
+            "cpu_capacity": tasks["cpu_capacity"].cast(pl.Float64),
+            "mem_capacity": tasks["mem_capacity"].cast(pl.Int64),
+        }
+    )
+    f = (
+        frags.with_columns(pl.col("id").cast(pl.Utf8))
+        .join(ids.rename({"n": "nid"}), on="id", how="inner", maintain_order="left")
+        .select(
+            pl.col("nid").cast(pl.Int32).alias("id"),
+            pl.col("duration").cast(pl.Int64),
+            pl.col("cpu_usage").cast(pl.Float64),
+        )
+    )
+    topo = json.loads((SURF / "topology.json").read_text())
+    hosts = topo["clusters"][0]["hosts"][0]["count"]
+    if scale < 1:
+        keep = int(t.height * scale)
+        t = t.head(keep)
+        f = f.filter(pl.col("id") < keep)
+        hosts = max(1, int(hosts * scale))
+    elif scale > 1:
+        k = int(scale)
+        n = t.height
+        t = pl.concat([t.with_columns(pl.col("id") + i * n) for i in range(k)])
+        f = pl.concat([f.with_columns(pl.col("id") + i * n) for i in range(k)])
+        hosts *= k
+    topo["clusters"][0]["hosts"][0]["count"] = hosts
+    topo["clusters"][0]["powerSource"]["carbonTracePath"] = str(SURF / "carbon.parquet")
+    dst.mkdir(parents=True, exist_ok=True)
+    t.write_parquet(dst / "tasks.parquet")
+    f.write_parquet(dst / "fragments.parquet")
+    (dst / "topology.json").write_text(json.dumps(topo))
+    return hosts
+
+
+def run_once(exp: Path, cwd: Path) -> tuple[float, float]:
+    """One child run: (wall s, peak RSS MB)."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "opendt.engine", "--experiment-path", str(exp)],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    if status != 0:
+        raise SystemExit(f"engine failed: {proc.stderr.read().decode() if proc.stderr else status}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--scales", default="0.25,0.5,1,4")
+    ap.add_argument("--files", default="powerSource,host,task,service")
+    a = ap.parse_args()
+    if not SURF.is_dir():
+        print(f"SURF workload not found at {SURF}")
+        return 1
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for scale in [float(s) for s in a.scales.split(",")]:
+            d = Path(tmp) / f"s{scale}"
+            hosts = convert(d / "workload", scale)
+            exp = {
+                "name": "bench",
+                "topologies": [{"pathToFile": "workload/topology.json"}],
+                "workloads": [{"pathToFile": "workload", "type": "ComputeWorkload"}],
+                "outputFolder": "out",
+                "exportModels": [{"exportInterval": 150, "filesToExport": a.files.split(",")}],
+            }
+            (d / "exp.json").write_text(json.dumps(exp))
+            res = [run_once(d / "exp.json", d) for _ in range(a.runs)]
+            n_frag = pl.scan_parquet(d / "workload" / "fragments.parquet").select(pl.len()).collect().item()
+            rows.append((scale, hosts, n_frag, statistics.median(r[0] for r in res), max(r[1] for r in res)))
+    print(f"files: {a.files}; median of {a.runs} runs")
+    print(f"{'scale':>6} {'hosts':>6} {'fragments':>10} {'wall s':>8} {'peak RSS MB':>12}")
+    for scale, hosts, n_frag, wall, rss in rows:
+        print(f"{scale:>6} {hosts:>6} {n_frag:>10} {wall:>8.2f} {rss:>12.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
