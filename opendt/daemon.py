@@ -1,41 +1,68 @@
 """The supervisor: builds the components from Settings and runs them in one TaskGroup.
 
 Shutdown is an injectable trigger (``shutdown_trigger``: an awaitable that returns when the daemon must stop;
-the CLI passes ``stop_event.wait``, set by SIGINT/SIGTERM). Order: stop intake, drain, release resources in
-reverse order of acquisition (AsyncExitStack). A crashing component cancels the others and the daemon exits
-non-zero with the error logged.
+the CLI passes ``stop_event.wait``, set by SIGINT/SIGTERM). Order: stop intake (replay and consumer), drain
+the windows already closed up to ``SHUTDOWN_DRAIN_S``, cancel what is left, release resources in reverse
+order of acquisition (AsyncExitStack). A crashing component cancels the others; the daemon exits 1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import statistics
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
 
+import orjson
 import structlog
+from aiokafka import AIOKafkaProducer
 
 from opendt.api import serve_api
+from opendt.clock import SystemClock
+from opendt.consumer import ClosedWindow, WindowConsumer
 from opendt.kafka.broker import kafka_for
+from opendt.kafka.client import make_consumer, make_producer
+from opendt.models.messages import (
+    DATACENTER_KEY,
+    MessageError,
+    SimTopologyMessage,
+    decode,
+    encode_sim_topology,
+    to_ms,
+)
+from opendt.replay import ReplayProducer, ReplayProgress
+from opendt.results import ResultStore
 from opendt.settings import Settings
+from opendt.simulator import SimTopology, Simulator, TopologyBox
 from opendt.state import TwinState
-from opendt.workload import load_workload
+from opendt.workers import TwinEngine
+from opendt.workload import Workload, load_workload
 
 log = structlog.get_logger(component="daemon")
 
+SHUTDOWN_DRAIN_S = 4.0
+
 
 class ShutdownRequested(Exception):
-    """Raised inside the TaskGroup when the shutdown trigger fires."""
+    """Raised inside the TaskGroup when the daemon must stop."""
 
 
-async def _raise_shutdown(trigger: Callable[[], Awaitable[object]]) -> None:
-    await trigger()
-    raise ShutdownRequested
-
-
-def new_run_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+def run_id_for(settings: Settings, workload: Workload) -> str:
+    """Deterministic: the same workload and twin configuration resume the same run directory."""
+    key = orjson.dumps(
+        [
+            str(workload.path.resolve()),
+            settings.windowing.window_s,
+            settings.simulation.export_interval_s,
+            settings.simulation.engine,
+            workload.topology.to_json_dict(),
+        ]
+    )
+    return f"{workload.meta.name}-{hashlib.sha1(key, usedforsecurity=False).hexdigest()[:10]}"
 
 
 async def run_daemon(
@@ -45,9 +72,9 @@ async def run_daemon(
     exit_when_done: bool = False,
     state: TwinState | None = None,
 ) -> int:
-    """Run the twin until the trigger fires (exit 0) or a component fails (exit 1)."""
+    """Run the twin until the trigger fires or (``exit_when_done``) the last window is durable: exit 0.
+    A component failure: exit 1, with the error logged."""
     state = state if state is not None else TwinState()
-    state.run_id = new_run_id()
     failed: list[BaseException] = []
     try:
         await _supervise(settings, state, shutdown_trigger or asyncio.Event().wait, exit_when_done)
@@ -61,44 +88,181 @@ async def run_daemon(
     return 0
 
 
+async def _listen_topology(bootstrap: str, settings: Settings, box: TopologyBox, state: TwinState) -> None:
+    """Follow ``sim.topology``: a newer version is taken by the simulator at its next window."""
+    consumer = make_consumer(bootstrap, [settings.kafka.topics.sim_topology], None, settings.kafka)
+    await consumer.start()
+    try:
+        async for rec in consumer:
+            try:
+                msg = decode("sim_topology", rec.key, rec.value)
+            except MessageError as e:
+                state.counters.malformed_messages += 1
+                log.warning(
+                    "message_malformed",
+                    topic=rec.topic,
+                    partition=rec.partition,
+                    offset=rec.offset,
+                    reason=str(e),
+                )
+                continue
+            assert isinstance(msg, SimTopologyMessage)
+            if box.offer(
+                SimTopology(msg.version, msg.source, msg.reason, msg.topology, to_ms(msg.timestamp))
+            ):
+                log.info("topology_received", version=msg.version, source=msg.source, reason=msg.reason)
+    finally:
+        await consumer.stop()
+
+
 async def _supervise(
     settings: Settings, state: TwinState, trigger: Callable[[], Awaitable[object]], exit_when_done: bool
 ) -> None:
     t0 = time.monotonic()
     workload = await asyncio.to_thread(load_workload, settings.replay.workload)
+    state.run_id = run_id_for(settings, workload)
+    run_dir = Path(settings.data_dir) / "runs" / state.run_id
+    store = ResultStore(run_dir)
+    await asyncio.to_thread(store.load)
     state.workload = {
         "path": str(workload.path),
         "name": workload.meta.name,
         "tasks": workload.tasks.height,
         "fragments": workload.fragments.height,
         "hosts": workload.topology.host_count,
+        "start_ms": workload.origin_ms,
+        "end_ms": workload.end_ms,
     }
+    topics = settings.kafka.topics
+    box = TopologyBox(workload.topology)
+    queue: asyncio.Queue[ClosedWindow | None] = asyncio.Queue(maxsize=settings.windowing.queue_size)
+    progress = ReplayProgress()
     async with AsyncExitStack() as stack:
-        state.bootstrap_servers = await stack.enter_async_context(kafka_for(settings.kafka))
-        state.components["broker"] = "running"
+        bootstrap = await stack.enter_async_context(kafka_for(settings.kafka))
+        state.bootstrap_servers = bootstrap
+        producer: AIOKafkaProducer = make_producer(bootstrap, settings.kafka)
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        kconsumer = make_consumer(bootstrap, [], f"{settings.kafka.group_id}-{state.run_id}", settings.kafka)
+        await kconsumer.start()
+        stack.push_async_callback(kconsumer.stop)
+        windows = WindowConsumer(kconsumer, topics, settings.windowing.window_s * 1000, queue)
+
+        async def publish(key: bytes, value: dict[str, object]) -> None:
+            await producer.send(topics.sim_results, orjson.dumps(value), key=key)
+
+        simulator = Simulator(
+            queue,
+            TwinEngine(timeout_s=settings.simulation.timeout_s),
+            store,
+            box,
+            settings.simulation,
+            workload.carbon,
+            publish=publish,
+            commit=windows.commit_durable,
+        )
+        _publish_views(state, progress, windows, simulator, store, box, run_dir)
+        await producer.send_and_wait(
+            topics.sim_topology,
+            encode_sim_topology(0, "initial", workload.origin_ms, "physical topology", workload.topology),
+            key=DATACENTER_KEY,
+        )
         if settings.api.enabled:
             await stack.enter_async_context(serve_api(state, settings.api))
-            state.components["api"] = "running"
         state.status = "running"
         log.info(
             "daemon_started",
             run_id=state.run_id,
-            workload=state.workload["name"],
-            kafka=state.bootstrap_servers,
+            run_dir=str(run_dir),
+            workload=workload.meta.name,
+            kafka=bootstrap,
+            resumed_windows=store.durable_count,
             startup_s=round(time.monotonic() - t0, 3),
         )
+        replay: asyncio.Task[None] | None = None
+
+        async def stop_when(cause: Callable[[], Awaitable[object]], reason: str) -> None:
+            await cause()
+            log.info("shutdown_started", reason=reason)
+            state.status = "stopping"
+            if replay is not None:
+                replay.cancel()
+            windows.stop_intake()
+            try:
+                async with asyncio.timeout(SHUTDOWN_DRAIN_S):
+                    await simulator.done.wait()
+            except TimeoutError:
+                log.warning("shutdown_drain_timeout", queued=queue.qsize())
+            raise ShutdownRequested
+
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(_raise_shutdown(trigger))
+                if settings.replay.enabled:
+                    replay = tg.create_task(
+                        ReplayProducer(
+                            workload, producer, topics, settings.replay, SystemClock(), progress
+                        ).run()
+                    )
+                tg.create_task(windows.run())
+                tg.create_task(simulator.run())
+                tg.create_task(_listen_topology(bootstrap, settings, box, state))
+                tg.create_task(stop_when(trigger, "signal"))
                 if exit_when_done:
-                    # Nothing is streamed in this version, so there is nothing to wait for.
-                    tg.create_task(_raise_shutdown(_done))
+                    tg.create_task(stop_when(simulator.done.wait, "done"))
         except* ShutdownRequested:
-            log.info("shutdown_requested")
-        state.status = "stopping"
+            pass
+        await producer.flush()
     state.status = "stopped"
-    log.info("daemon_stopped", run_id=state.run_id, uptime_s=round(time.monotonic() - t0, 3))
+    log.info(
+        "daemon_stopped",
+        run_id=state.run_id,
+        windows=simulator.stats.windows_simulated,
+        failed=simulator.stats.windows_failed,
+        uptime_s=round(time.monotonic() - t0, 3),
+    )
 
 
-async def _done() -> None:
-    return None
+def _publish_views(
+    state: TwinState,
+    progress: ReplayProgress,
+    windows: WindowConsumer,
+    simulator: Simulator,
+    store: ResultStore,
+    box: TopologyBox,
+    run_dir: Path,
+) -> None:
+    def sim_view() -> dict[str, Any]:
+        lat = simulator.stats.latencies_s
+        return {
+            "windows_simulated": simulator.stats.windows_simulated,
+            "windows_failed": simulator.stats.windows_failed,
+            "windows_replayed": simulator.stats.windows_replayed,
+            "windows_durable": store.durable_count,
+            "last_window_end_ms": simulator.stats.last_window_end_ms,
+            "latency_p50_s": round(statistics.median(lat), 4) if lat else None,
+            "latency_p95_s": round(sorted(lat)[int(0.95 * (len(lat) - 1))], 4) if lat else None,
+            "worker_restarts": simulator.twin.stats.restarts,
+        }
+
+    def windows_view() -> dict[str, Any]:
+        ws = windows.windower.stats if windows.windower is not None else None
+        return {
+            "watermark_ms": windows.watermark_ms,
+            "events": ws.events if ws else 0,
+            "duplicates": ws.duplicates if ws else 0,
+            "late": ws.late if ws else 0,
+            "malformed": windows.stats.malformed,
+            "queued": windows.out.qsize(),
+        }
+
+    state.providers.update(
+        replay=progress.as_dict,
+        simulation=sim_view,
+        windows=windows_view,
+        topology=lambda: {
+            "version": box.current.version,
+            "source": box.current.source,
+            "reason": box.current.reason,
+        },
+        run_dir=lambda: str(run_dir),
+    )

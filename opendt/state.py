@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,8 @@ class TwinState:
     replay: dict[str, Any] = field(default_factory=dict)
     counters: Counters = field(default_factory=Counters)
     components: dict[str, str] = field(default_factory=dict)
+    providers: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    """Live views published by components (replay progress, simulator stats, …), read at snapshot time."""
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -38,4 +41,5 @@ class TwinState:
             "replay": self.replay,
             "counters": vars(self.counters).copy(),
             "components": dict(self.components),
+            **{name: provide() for name, provide in self.providers.items()},
         }

@@ -1,0 +1,146 @@
+"""Durable results of a run: ``agg_results.parquet`` (one row per export instant) and ``windows.parquet``.
+
+Both are rewritten whole on each window, to a temporary file then renamed (atomic on POSIX), in a thread.
+``windows.parquet`` is the journal: a window is durable once it is listed there (status ``ok`` or
+``failed``). Rows of a window that is not in the journal (a crash between the two renames) are dropped on
+load, so a restart never duplicates and never loses rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from opendt.models.topology import Topology
+
+AGG_SCHEMA = pl.Schema(
+    {
+        "timestamp": pl.Datetime("ms", "UTC"),
+        "power_draw": pl.Float64(),
+        "energy_usage": pl.Float64(),
+        "carbon_intensity": pl.Float64(),
+        "carbon_emission": pl.Float64(),
+        "topology_version": pl.Int64(),
+        "window_start": pl.Datetime("ms", "UTC"),
+    }
+)
+WINDOW_SCHEMA = pl.Schema(
+    {
+        "window_start": pl.Datetime("ms", "UTC"),
+        "window_end": pl.Datetime("ms", "UTC"),
+        "status": pl.Utf8(),
+        "rows": pl.Int64(),
+        "tasks": pl.Int64(),
+        "fragments": pl.Int64(),
+        "power_samples": pl.Int64(),
+        "topology_version": pl.Int64(),
+        "latency_s": pl.Float64(),
+        "compute_s": pl.Float64(),
+        "attempts": pl.Int64(),
+        "error": pl.Utf8(),
+    }
+)
+
+
+def _write_atomic(df: pl.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    df.write_parquet(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+@dataclass
+class WindowRecord:
+    window_start_ms: int
+    window_end_ms: int
+    status: str
+    rows: int
+    tasks: int
+    fragments: int
+    power_samples: int
+    topology_version: int
+    latency_s: float
+    compute_s: float
+    attempts: int
+    error: str = ""
+
+
+class ResultStore:
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.agg_path = run_dir / "agg_results.parquet"
+        self.windows_path = run_dir / "windows.parquet"
+        self.agg = pl.DataFrame(schema=AGG_SCHEMA)
+        self.windows = pl.DataFrame(schema=WINDOW_SCHEMA)
+        self._durable: set[int] = set()
+        self._lock = asyncio.Lock()
+
+    def load(self) -> None:
+        """Read what a previous run of this run directory made durable."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.windows_path.exists():
+            self.windows = pl.read_parquet(self.windows_path).cast(WINDOW_SCHEMA)
+        if self.agg_path.exists():
+            agg = pl.read_parquet(self.agg_path).cast(AGG_SCHEMA)
+            self.agg = agg.join(self.windows.select("window_start"), on="window_start", how="semi")
+        self._durable = {int(v) for v in self.windows["window_start"].dt.epoch("ms").to_list()}
+
+    def is_durable(self, window_start_ms: int) -> bool:
+        return window_start_ms in self._durable
+
+    def window_version(self, window_start_ms: int) -> int | None:
+        hit = self.windows.filter(pl.col("window_start").dt.epoch("ms") == window_start_ms)
+        return None if hit.is_empty() else int(hit["topology_version"][0])
+
+    @property
+    def durable_count(self) -> int:
+        return len(self._durable)
+
+    async def commit(self, record: WindowRecord, rows: pl.DataFrame) -> None:
+        """Make a window durable: its rows appended to agg_results, then the journal entry."""
+        rec = pl.DataFrame(
+            [
+                {
+                    **{k: v for k, v in vars(record).items() if not k.endswith("_ms")},
+                    "window_start": record.window_start_ms,
+                    "window_end": record.window_end_ms,
+                }
+            ]
+        ).with_columns(
+            pl.from_epoch("window_start", "ms").dt.replace_time_zone("UTC"),
+            pl.from_epoch("window_end", "ms").dt.replace_time_zone("UTC"),
+        )
+        async with self._lock:
+            agg = (
+                pl.concat([self.agg, rows.select(list(AGG_SCHEMA)).cast(AGG_SCHEMA)])
+                if rows.height
+                else self.agg
+            )
+            windows = pl.concat([self.windows, rec.select(list(WINDOW_SCHEMA)).cast(WINDOW_SCHEMA)])
+            if rows.height:
+                await asyncio.to_thread(_write_atomic, agg, self.agg_path)
+            await asyncio.to_thread(_write_atomic, windows, self.windows_path)
+            self.agg, self.windows = agg, windows
+            self._durable.add(record.window_start_ms)
+
+    def save_topology(self, version: int, topology: Topology, meta: dict[str, Any]) -> None:
+        d = self.run_dir / "topologies"
+        d.mkdir(parents=True, exist_ok=True)
+        doc = {**meta, "version": version, "topology": topology.to_json_dict()}
+        tmp = d / f"v{version}.json.tmp"
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(d / f"v{version}.json")
+
+    def load_topology(self, version: int) -> dict[str, Any] | None:
+        p = self.run_dir / "topologies" / f"v{version}.json"
+        if not p.exists():
+            return None
+        doc: dict[str, Any] = json.loads(p.read_text())
+        return doc

@@ -1,0 +1,284 @@
+"""The simulator component: one closed window at a time through the twin's long-lived engine worker.
+
+Per window: apply a newer simulated topology (from ``sim.topology``; it takes effect from this window on),
+advance the engine to the window end with the window's new tasks and fragments, aggregate the export rows
+(sum over clusters), make them durable (:class:`ResultStore`), publish ``sim.results``, commit the input
+offsets, record timings. A worker that dies or hangs is restarted with its state rebuilt and the window is
+retried (``simulation.retries``); after that the window is recorded as failed and the twin goes on.
+
+After a restart, windows already durable are replayed into the engine (to rebuild its state, with the
+topology version they had) but not written again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import polars as pl
+import structlog
+
+from opendt.consumer import ClosedWindow
+from opendt.models.messages import iso_ms
+from opendt.models.topology import Topology, parse_topology
+from opendt.results import ResultStore, WindowRecord
+from opendt.settings import SimulationSettings
+from opendt.windowing import Window
+from opendt.workers import TwinEngine, WorkerDied, WorkerError
+
+log = structlog.get_logger(component="simulator")
+
+TASK_COLS = ["id", "submission_ms", "duration", "cpu_count", "cpu_capacity", "mem_capacity"]
+FRAG_COLS = ["id", "submission_ms", "duration", "cpu_count", "cpu_usage", "index"]
+TASK_SCHEMA = {
+    "id": pl.Utf8,
+    "submission_ms": pl.Int64,
+    "duration": pl.Int64,
+    "cpu_count": pl.Int32,
+    "cpu_capacity": pl.Float64,
+    "mem_capacity": pl.Int64,
+}
+FRAG_SCHEMA = {
+    "id": pl.Utf8,
+    "submission_ms": pl.Int64,
+    "duration": pl.Int64,
+    "cpu_count": pl.Int32,
+    "cpu_usage": pl.Float64,
+    "index": pl.Int32,
+}
+
+
+@dataclass
+class SimTopology:
+    version: int
+    source: str
+    reason: str
+    topology: Topology
+    timestamp_ms: int = 0
+
+
+class TopologyBox:
+    """The current simulated topology; the sim.topology listener and the API offer newer versions."""
+
+    def __init__(self, physical: Topology) -> None:
+        self.physical = physical
+        self.current = SimTopology(0, "initial", "physical topology", physical)
+        self.changed = asyncio.Event()
+
+    def offer(self, candidate: SimTopology) -> bool:
+        if candidate.version <= self.current.version:
+            return False
+        self.current = candidate
+        self.changed.set()
+        return True
+
+
+def window_frames(w: Window) -> tuple[pl.DataFrame, pl.DataFrame]:
+    tasks = pl.DataFrame(w.tasks, schema=TASK_SCHEMA, orient="row")
+    frags = pl.DataFrame(w.fragments, schema=FRAG_SCHEMA, orient="row")
+    return tasks, frags
+
+
+def aggregate_rows(rows: pl.DataFrame, version: int, window_start_ms: int) -> pl.DataFrame:
+    """Engine rows (one per cluster per instant; a duplicate final flush) → one row per export instant."""
+    if rows.is_empty():
+        return pl.DataFrame()
+    per_cluster = rows.unique(
+        subset=["timestamp_absolute", "cluster_name"], keep="first", maintain_order=True
+    )
+    return (
+        per_cluster.group_by("timestamp_absolute", maintain_order=True)
+        .agg(
+            pl.col("power_draw").sum(),
+            pl.col("energy_usage").sum(),
+            pl.col("carbon_intensity").first(),
+            pl.col("carbon_emission").sum(),
+        )
+        .sort("timestamp_absolute")
+        .select(
+            pl.from_epoch("timestamp_absolute", "ms").dt.replace_time_zone("UTC").alias("timestamp"),
+            pl.col("power_draw").cast(pl.Float64),
+            pl.col("energy_usage").cast(pl.Float64),
+            pl.col("carbon_intensity").cast(pl.Float64),
+            pl.col("carbon_emission").cast(pl.Float64),
+            pl.lit(version, pl.Int64).alias("topology_version"),
+            pl.lit(window_start_ms).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC").alias("window_start"),
+        )
+    )
+
+
+def results_message(w: Window, version: int, engine: str, agg: pl.DataFrame) -> dict[str, object]:
+    points = [
+        {
+            "timestamp": iso_ms(int(r["timestamp"].timestamp() * 1000)),
+            "power_draw": r["power_draw"],
+            "energy_usage": r["energy_usage"],
+            "carbon_intensity": r["carbon_intensity"],
+            "carbon_emission": r["carbon_emission"],
+        }
+        for r in agg.iter_rows(named=True)
+    ]
+    return {
+        "window_start": iso_ms(w.start_ms),
+        "window_end": iso_ms(w.end_ms),
+        "topology_version": version,
+        "engine": engine,
+        "points": points,
+    }
+
+
+@dataclass
+class SimulatorStats:
+    windows_simulated: int = 0
+    windows_failed: int = 0
+    windows_replayed: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    last_window_end_ms: int | None = None
+
+
+Publish = Callable[[bytes, dict[str, object]], Awaitable[None]]
+Commit = Callable[[ClosedWindow], Awaitable[None]]
+
+
+class Simulator:
+    def __init__(
+        self,
+        queue: asyncio.Queue[ClosedWindow | None],
+        twin: TwinEngine,
+        store: ResultStore,
+        box: TopologyBox,
+        settings: SimulationSettings,
+        carbon: pl.DataFrame | None,
+        *,
+        publish: Publish | None = None,
+        commit: Commit | None = None,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
+        self.queue = queue
+        self.twin = twin
+        self.store = store
+        self.box = box
+        self.settings = settings
+        self.carbon = None if carbon is None else carbon.rename({"timestamp_ms": "timestamp"}, strict=False)
+        self.publish = publish
+        self.commit = commit
+        self.on_done = on_done
+        self.stats = SimulatorStats()
+        self.applied_version = -1
+        self.done = asyncio.Event()
+
+    async def run(self) -> None:
+        await self.twin.init(
+            self.box.current.topology.to_json_dict(), self.settings.export_interval_s * 1000, self.carbon
+        )
+        self.applied_version = self.box.current.version
+        try:
+            while (cw := await self.queue.get()) is not None:
+                await self.process(cw)
+        finally:
+            await self.twin.close()
+        self.done.set()
+        if self.on_done is not None:
+            self.on_done()
+        log.info(
+            "simulator_finished",
+            windows=self.stats.windows_simulated,
+            failed=self.stats.windows_failed,
+            replayed=self.stats.windows_replayed,
+        )
+
+    async def _apply_version(self, version: int) -> None:
+        if version == self.applied_version:
+            return
+        if version == self.box.current.version:
+            topo = self.box.current.topology
+        else:
+            doc = self.store.load_topology(version)
+            if doc is None:
+                log.warning("topology_version_unknown", version=version)
+                return
+            topo = parse_topology(doc["topology"], source=f"run topology v{version}")
+        await self._with_retries("set_topology", lambda: self.twin.set_topology(topo.to_json_dict()))
+        self.applied_version = version
+
+    async def _with_retries(self, what: str, call: Callable[[], Awaitable[object]]) -> object:
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return await call()
+            except WorkerDied as e:
+                if attempts > self.settings.retries:
+                    raise
+                log.warning("simulation_retry", what=what, attempt=attempts, error=str(e))
+
+    async def process(self, cw: ClosedWindow) -> None:
+        w = cw.window
+        t0 = time.perf_counter()
+        tasks, frags = window_frames(w)
+        if self.store.is_durable(w.start_ms):
+            version = self.store.window_version(w.start_ms)
+            if version is not None:
+                await self._apply_version(version)
+            await self._advance(w, tasks, frags)
+            self.stats.windows_replayed += 1
+            if self.commit is not None:
+                await self.commit(cw)
+            return
+        cur = self.box.current
+        if cur.version != self.applied_version:
+            self.store.save_topology(cur.version, cur.topology, {"source": cur.source, "reason": cur.reason})
+            await self._apply_version(cur.version)
+            log.info("topology_applied", version=cur.version, source=cur.source, window_start=w.start_ms)
+        status, error, attempts = "ok", "", 1
+        compute0 = self.twin.stats.compute_s
+        try:
+            rows, attempts = await self._advance(w, tasks, frags)
+        except (WorkerDied, WorkerError) as e:
+            status, error, rows = "failed", str(e), pl.DataFrame()
+            attempts = self.settings.retries + 1
+            self.stats.windows_failed += 1
+            log.error("window_failed", window_start=w.start_ms, error=error)  # noqa: TRY400 - expected, no trace
+        agg = aggregate_rows(rows, self.applied_version, w.start_ms)
+        latency = time.perf_counter() - t0
+        record = WindowRecord(
+            window_start_ms=w.start_ms,
+            window_end_ms=w.end_ms,
+            status=status,
+            rows=agg.height,
+            tasks=tasks.height,
+            fragments=frags.height,
+            power_samples=len(w.power),
+            topology_version=self.applied_version,
+            latency_s=latency,
+            compute_s=self.twin.stats.compute_s - compute0,
+            attempts=attempts,
+            error=error,
+        )
+        await self.store.commit(record, agg if agg.height else pl.DataFrame())
+        if self.publish is not None and agg.height:
+            await self.publish(
+                iso_ms(w.start_ms).encode(), results_message(w, self.applied_version, "builtin", agg)
+            )
+        if self.commit is not None:
+            await self.commit(cw)
+        if status == "ok":
+            self.stats.windows_simulated += 1
+        self.stats.latencies_s.append(time.perf_counter() - t0)
+        self.stats.last_window_end_ms = w.end_ms
+
+    async def _advance(self, w: Window, tasks: pl.DataFrame, frags: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                rows = await self.twin.advance(w.end_ms, tasks, frags)
+                if w.final:
+                    rows = pl.concat([rows, await self.twin.finish()], how="vertical_relaxed")
+                return rows, attempts
+            except WorkerDied as e:
+                if attempts > self.settings.retries:
+                    raise
+                log.warning("window_retry", window_start=w.start_ms, attempt=attempts, error=str(e))
