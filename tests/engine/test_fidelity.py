@@ -67,7 +67,7 @@ def _fragment_boundaries(task: pl.DataFrame, tasks: pl.DataFrame, frags: pl.Data
         task.group_by("task_id")
         .agg(pl.col("schedule_time").max())
         .drop_nulls()
-        .with_columns(pl.col("task_id").cast(pl.Utf8).alias("id"))
+        .with_columns(pl.col("task_id").cast(frags["id"].dtype).alias("id"))
     )
     f = frags.join(sched, on="id").with_columns(
         (pl.col("schedule_time") + pl.col("duration").cum_sum().over("id")).alias("t")
