@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Literal
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from opendt.kafka.client import DeadLetter, DecodeStats, _forward, decode_records
-from opendt.models.messages import FragmentMessage, Heartbeat, PowerMessage, StreamKind, TaskMessage
+from opendt.kafka.client import DeadLetter, DecodeStats, _forward
+from opendt.models.messages import Heartbeat, MessageError, decode_row
 from opendt.settings import TopicNames
 from opendt.windowing import Window, Windower, window_start
 
@@ -48,7 +49,7 @@ class WindowConsumer:
         self.stats = stats if stats is not None else DecodeStats()
         self.dead_letter = dead_letter
         self.commit = commit
-        self.kinds: dict[str, StreamKind] = {
+        self.kinds: dict[str, Literal["tasks", "fragments", "power"]] = {
             topics.tasks: "tasks",
             topics.fragments: "fragments",
             topics.power: "power",
@@ -83,33 +84,7 @@ class WindowConsumer:
         while not self._stopping.is_set() and not windower.finished:
             polled = await self.consumer.getmany(timeout_ms=200, max_records=20_000)
             for tp, records in polled.items():
-                kind = self.kinds[tp.topic]
-                good, bad = decode_records(records, kind, self.stats)
-                if bad and self.dead_letter is not None:
-                    self.stats.dead_lettered += await _forward(self.dead_letter, bad)
-                for rec in good:
-                    msg = rec.message
-                    if isinstance(msg, Heartbeat):
-                        windower.heartbeat(tp, msg.time_ms, final=msg.final)
-                        continue
-                    if isinstance(msg, FragmentMessage):
-                        t = msg.time_ms
-                        added = windower.add_fragment(
-                            tp, (msg.id, t, msg.duration, msg.cpu_count, msg.cpu_usage, msg.index)
-                        )
-                    elif isinstance(msg, TaskMessage):
-                        t = msg.time_ms
-                        added = windower.add_task(
-                            tp, (msg.id, t, msg.duration, msg.cpu_count, msg.cpu_capacity, msg.mem_capacity)
-                        )
-                    elif isinstance(msg, PowerMessage):
-                        t = msg.time_ms
-                        added = windower.add_power(tp, (msg.source, t, msg.power_draw, msg.energy_usage))
-                    else:  # pragma: no cover - decode() only returns the kinds of these topics
-                        continue
-                    if added:
-                        offs = self._first_offset.setdefault(window_start(t, self.window_ms), {})
-                        offs.setdefault(tp, rec.offset)
+                await self._ingest(windower, tp, records)
             for w in windower.close_ready():
                 await self.out.put(ClosedWindow(w, await self._offsets_at_close(w, tps)))
         await self.out.put(None)  # end of stream (or intake stopped)
@@ -121,6 +96,44 @@ class WindowConsumer:
             late=windower.stats.late,
             malformed=self.stats.malformed,
         )
+
+    async def _ingest(
+        self, windower: Windower, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> None:
+        kind = self.kinds[tp.topic]
+        bad: list[tuple[ConsumerRecord[bytes, bytes], str]] = []
+        for rec in records:
+            try:
+                row = decode_row(kind, rec.key, rec.value)
+            except MessageError as e:
+                reason = str(e)
+                self.stats.malformed += 1
+                head = reason.split(":", 1)[0]
+                self.stats.reasons[head] = self.stats.reasons.get(head, 0) + 1
+                log.warning(
+                    "message_malformed",
+                    topic=rec.topic,
+                    partition=rec.partition,
+                    offset=rec.offset,
+                    reason=reason,
+                )
+                bad.append((rec, reason))
+                continue
+            if isinstance(row, Heartbeat):
+                windower.heartbeat(tp, row.time_ms, final=row.final)
+                continue
+            if kind == "fragments":
+                added = windower.add_fragment(tp, row)  # type: ignore[arg-type]
+            elif kind == "tasks":
+                added = windower.add_task(tp, row)  # type: ignore[arg-type]
+            else:
+                added = windower.add_power(tp, row)  # type: ignore[arg-type]
+            if added:
+                offs = self._first_offset.setdefault(window_start(row[1], self.window_ms), {})
+                offs.setdefault(tp, rec.offset)
+        self.stats.decoded += len(records) - len(bad)
+        if bad and self.dead_letter is not None:
+            self.stats.dead_lettered += await _forward(self.dead_letter, bad)
 
     async def _offsets_at_close(self, w: Window, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         self._first_offset.pop(w.start_ms, None)

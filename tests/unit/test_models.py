@@ -15,6 +15,7 @@ from opendt.models.messages import (
     SimTopologyMessage,
     TaskMessage,
     decode,
+    decode_row,
     encode_heartbeat,
     encode_key,
     encode_sim_topology,
@@ -229,3 +230,44 @@ def test_malformed_messages_raise_message_error(
     """Malformed messages raise MessageError with a one-line reason."""
     with pytest.raises(MessageError, match=needle):
         decode(kind, key, value)  # type: ignore[arg-type]
+
+
+GOOD_FRAGMENT = b'{"submission_time":"2022-10-06T22:00:30.000Z","duration":30000,"cpu_count":16,"cpu_usage":1953.0,"index":1}'
+
+
+def test_decode_row_fast_path_agrees_with_the_models() -> None:
+    """The fast row decoder returns what the pydantic models decode, for every stream and heartbeats."""
+    assert decode_row("fragments", b'{"id":"42"}', GOOD_FRAGMENT) == (
+        "42",
+        1665093630000,
+        30000,
+        16,
+        1953.0,
+        1,
+    )
+    assert decode_row("fragments", b'{"id":42}', GOOD_FRAGMENT)[0] == "42"
+    task = b'{"submission_time":"2022-10-06T22:00:00+00:00","duration":5,"cpu_count":16,"cpu_capacity":33600,"mem_capacity":100000}'
+    assert decode_row("tasks", b'{"id":"a"}', task) == ("a", 1665093600000, 5, 16, 33600.0, 100000)
+    power = b'{"timestamp":"2022-10-06T22:00:30Z","power_draw":22008,"energy_usage":660240.5}'
+    assert decode_row("power", b'{"source":"dc"}', power) == ("dc", 1665093630000, 22008.0, 660240.5)
+    hb = decode_row("power", None, encode_heartbeat(1665093600000, final=True))
+    assert isinstance(hb, Heartbeat)
+    assert (hb.time_ms, hb.final) == (1665093600000, True)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needle"),
+    [
+        (b'{"id":"1"}', b"not json", "not JSON"),
+        (None, GOOD_FRAGMENT, "missing key"),
+        (b'{"id":"1"}', GOOD_FRAGMENT.replace(b"30000,", b"-1,"), "duration"),
+        (b'{"id":"1"}', GOOD_FRAGMENT.replace(b".000Z", b""), "submission_time"),
+        (b'{"id":"1"}', GOOD_FRAGMENT.replace(b'"index":1', b'"index":1,"x":2'), "unknown key"),
+        (b'{"id":"1"}', GOOD_FRAGMENT.replace(b'"cpu_count":16', b'"cpu_count":true'), "cpu_count"),
+        (b'{"id":"1"}', b'{"heartbeat":"2022-10-06T22:00:00Z","final":"yes"}', "final"),
+    ],
+)
+def test_decode_row_rejects_what_the_models_reject(key: bytes | None, value: bytes, needle: str) -> None:
+    """Bad fragments fail the fast path with the models' message."""
+    with pytest.raises(MessageError, match=needle):
+        decode_row("fragments", key, value)
