@@ -154,29 +154,51 @@ class Engine:
         if f is not None and self.index:
             self._ingest_fragments(f)
 
+    def _task_of(self, f: pl.DataFrame) -> tuple[I64, np.typing.NDArray[np.bool_]]:
+        """Task index of every fragment row (and which rows belong to a loaded task)."""
+        col = f.get_column("id")
+        if col.dtype.is_integer() and all(isinstance(k, int) for k in self.index):
+            keys = np.fromiter(self.index.keys(), dtype=np.int64, count=len(self.index))
+            vals = np.fromiter(self.index.values(), dtype=np.int64, count=len(self.index))
+            order = np.argsort(keys)
+            keys, vals = keys[order], vals[order]
+            ids = col.to_numpy()
+            pos = np.minimum(np.searchsorted(keys, ids), keys.size - 1)
+            hit = keys[pos] == ids
+            return vals[pos], hit
+        keys_df = pl.DataFrame({"id": [str(k) for k in self.index], "task": list(self.index.values())})
+        m = pl.DataFrame({"id": col.cast(pl.Utf8)}).join(keys_df, on="id", how="left", maintain_order="left")
+        t = m.get_column("task")
+        return t.fill_null(-1).to_numpy().astype(np.int64), t.is_not_null().to_numpy()
+
     def _ingest_fragments(self, f: pl.DataFrame) -> None:
-        keys = pl.DataFrame({"id": list(self.index), "task": list(self.index.values())})
-        if keys["id"].dtype != f["id"].dtype:
-            keys = keys.with_columns(pl.col("id").cast(f["id"].dtype))
-        f = f.with_row_index("_row").join(keys, on="id", how="inner").sort("_row")
-        if f.height == 0:
+        task, hit = self._task_of(f)
+        dur = f.get_column("duration").to_numpy()
+        use = f.get_column("cpu_usage").to_numpy()
+        if not hit.all():
+            task, dur, use = task[hit], dur[hit], use[hit]
+        if task.size == 0:
             return
-        task = f["task"].to_numpy().astype(np.int64)
-        dur = f["duration"].to_numpy().astype(np.int64)
-        use = f["cpu_usage"].to_numpy().astype(np.float64)
-        order = np.argsort(task, kind="stable")
-        ts, ds = task[order], dur[order]
+        run_start = np.flatnonzero(np.r_[True, task[1:] != task[:-1]])
+        if np.unique(task[run_start]).size == run_start.size:
+            order = None  # each task's rows are contiguous (the usual layout): no sort needed
+            ts, ds, us, starts = task, dur, use, run_start
+        else:
+            order = np.argsort(task, kind="stable")
+            ts, ds, us = task[order], dur[order], use[order]
+            starts = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1]])
+        sizes = np.diff(np.r_[starts, ts.size])
         csum = np.cumsum(ds)
-        first = np.r_[True, ts[1:] != ts[:-1]]
-        starts = np.flatnonzero(first)
-        group_base = np.repeat(csum[starts] - ds[starts], np.diff(np.r_[starts, ts.size]))
-        excl = csum - ds - group_base
         uniq = ts[starts]
         known = np.array(self.sched.dur, dtype=np.int64)[uniq]
-        off = np.empty_like(excl)
-        off[order] = excl + np.repeat(known, np.diff(np.r_[starts, ts.size]))
+        excl = csum - ds + np.repeat(known - (csum[starts] - ds[starts]), sizes)
+        if order is None:
+            off = excl
+        else:
+            off = np.empty_like(excl)
+            off[order] = excl
         totals = np.add.reduceat(ds, starts)
-        nonzero = np.logical_or.reduceat(use[order] > 0, starts)
+        nonzero = np.logical_or.reduceat(us > 0, starts)
         for i, d, nz in zip(uniq.tolist(), totals.tolist(), nonzero.tolist(), strict=True):
             self.sched.extend(i, int(d), bool(nz))
         self.frags.add(task, off, dur, use)
@@ -207,12 +229,12 @@ class Engine:
                 out.add(step - self.t0)
         return out
 
-    def _power_segments(self, t_hi: int) -> tuple[I64, I64, I64, F64]:
-        """Per-host power above idle as non-overlapping segments (cluster owner, s, e, W)."""
-        h, st, en, d = self.host_demand(self.segs)
+    def power_segments(self, h: I64, st: I64, en: I64, d: F64) -> tuple[I64, I64, I64, F64]:
+        """Power above idle of non-overlapping host demand segments: (cluster owner, s, e, W)."""
         hosts = self.hosts
         u = np.minimum(d / hosts.capacity[h], 1.0)
-        x = hosts.power.evaluate(h, u) - hosts.power.idle_power()[h]
+        x = hosts.power.evaluate(h, u)
+        x -= hosts.power.idle_power()[h]
         return hosts.cluster[h], st, en, x
 
     def host_demand(self, s: SegmentSet) -> tuple[I64, I64, I64, F64]:

@@ -42,7 +42,8 @@ def integrate(owner: I64, s: I64, e: I64, v: F64, grid: I64, n_owner: int, *, un
         last = np.r_[~chained, True]
         tau = np.concatenate((s, e[last]))
         delta = np.concatenate((d_start, -v[last]))
-        own = np.concatenate((owner, owner[last]))
+        own = np.concatenate((owner, owner[last])) if n_owner > 1 else owner[:0]
+        del chained, d_start, last
     else:
         tau, delta, own = np.concatenate((s, e)), np.concatenate((v, -v)), np.concatenate((owner, owner))
     width = m + 2  # bin m + 1 collects the events at or after the grid's end (dropped)

@@ -30,6 +30,7 @@ SCHEMA: dict[str, type[pl.DataType] | pl.DataType] = {
     "carbon_emission": pl.Float64,
 }
 J_PER_KWH = 3.6e6
+CHUNK = 600_000
 
 
 def empty() -> pl.DataFrame:
@@ -56,7 +57,13 @@ def integrate_window(eng: Engine, t_hi: int, *, final: bool) -> pl.DataFrame:
     if not final and inst.size and int(inst[-1]) == t_hi and t_hi in special:
         inst = inst[:-1]
     idle = eng.hosts.idle_by_cluster()
-    owner, s, e, x = eng._power_segments(t_hi)
+    dem = eng.host_demand(eng.segs)
+
+    def power_at(t: int) -> F64:
+        """Σ power above idle of the segments active at ``t``, per cluster."""
+        act = (dem[1] <= t) & (dem[2] > t)
+        owner, s, e, x = eng.power_segments(dem[0][act], dem[1][act], dem[2][act], dem[3][act])
+        return value_at(owner, s, e, x, t, n_c)
 
     steps = [tr.steps_between(t_lo + t0, t_hi + t0) - t0 for tr in eng.carbon if tr is not None]
     grid = np.unique(np.concatenate([np.array([t_lo, t_hi], dtype=np.int64), inst[inst > t_lo], *steps]))
@@ -64,12 +71,19 @@ def integrate_window(eng: Engine, t_hi: int, *, final: bool) -> pl.DataFrame:
     if m > 0:
         widths = np.diff(grid)
         uniform = int(widths[0]) if bool(np.all(widths == widths[0])) else 0
-        b = integrate(owner, s, e, x, grid, n_c, uniform=uniform)
-        energy = (b.integral + idle[:, None] * widths) * 1e-3
+        integral = np.zeros((n_c, m))
+        left = np.zeros((n_c, m))
+        for lo in range(0, dem[0].size, CHUNK):  # bincounts add up: chunks bound the temporaries
+            part = slice(lo, lo + CHUNK)
+            owner, s, e, x = eng.power_segments(dem[0][part], dem[1][part], dem[2][part], dem[3][part])
+            b = integrate(owner, s, e, x, grid, n_c, uniform=uniform)
+            integral += b.integral
+            left += b.left
+        energy = (integral + idle[:, None] * widths) * 1e-3
         carbon = _intensity(eng, grid[:-1] + t0, right=True) * energy / J_PER_KWH
         cum_e = np.cumsum(energy, axis=1)
         cum_c = np.cumsum(carbon, axis=1)
-        left = idle[:, None] + b.left
+        left = idle[:, None] + left
     else:
         cum_e = cum_c = left = np.zeros((n_c, 0))
 
@@ -87,7 +101,7 @@ def integrate_window(eng: Engine, t_hi: int, *, final: bool) -> pl.DataFrame:
         acc_e, acc_c = np.zeros(n_c), np.zeros(n_c)
         prev_e, prev_c = ce, cc
         if g in special or g == t_lo:
-            p_rows.append(idle + value_at(owner, s, e, x, g - (0 if g in special else 1), n_c))
+            p_rows.append(idle + power_at(g - (0 if g in special else 1)))
         else:
             p_rows.append(left[:, int(np.searchsorted(grid, g)) - 1])
     rest_e = acc_e + (cum_e[:, -1] if m > 0 else 0.0) - prev_e
@@ -95,7 +109,7 @@ def integrate_window(eng: Engine, t_hi: int, *, final: bool) -> pl.DataFrame:
     times = inst.tolist()
     intensity_t = [_intensity(eng, np.array([g + t0]), right=g in special)[:, 0] for g in times]
     if final:
-        flush_p = idle + value_at(owner, s, e, x, t_hi - 1, n_c)
+        flush_p = idle + power_at(t_hi - 1)
         on_grid = t_hi % dt == 0 and t_hi > 0 and (eng.next_k + len(times)) * dt > t_hi
         times.append(t_hi)
         p_rows.append(flush_p)
