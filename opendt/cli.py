@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -138,8 +139,42 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return run_async(
             lambda stop: run_daemon(settings, shutdown_trigger=stop.wait, exit_when_done=args.exit_when_done)
         )
+    if cmd == "replay":
+        return run_async(lambda stop: _replay(settings, stop))
     sys.stderr.write(f"opendt {cmd}: not available yet in this version\n")
     return EXIT_USAGE
+
+
+async def _replay(settings: Settings, stop: asyncio.Event) -> int:
+    """Stream the workload into Kafka (the configured one, or an embedded broker) and exit when done."""
+    from opendt.clock import SystemClock
+    from opendt.kafka.broker import kafka_for
+    from opendt.kafka.client import make_producer
+    from opendt.replay import ReplayProducer
+    from opendt.workload import load_workload
+
+    workload = await asyncio.to_thread(load_workload, settings.replay.workload)
+    async with kafka_for(settings.kafka) as bootstrap:
+        producer = make_producer(bootstrap, settings.kafka)
+        await producer.start()
+        try:
+            replay = asyncio.ensure_future(
+                ReplayProducer(
+                    workload, producer, settings.kafka.topics, settings.replay, SystemClock()
+                ).run()
+            )
+            stopper = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({replay, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if replay not in done:
+                replay.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await replay
+                return 130
+            stopper.cancel()
+            replay.result()
+        finally:
+            await producer.stop()
+    return 0
 
 
 async def _ok(coro: Coroutine[Any, Any, None]) -> int:
