@@ -100,7 +100,9 @@ def service_frame(eng: Engine, power: pl.DataFrame) -> pl.DataFrame:
 def _left_values(owner: I64, s: I64, e: I64, v: F64, times: I64, n: int) -> tuple[F64, F64]:
     """(integral per bin, left limit at each instant) per owner over the grid [0, times...]."""
     grid = np.unique(np.r_[np.int64(0), times])
-    b = integrate(owner, s, e, v, grid, n)
+    widths = np.diff(grid)
+    uniform = int(widths[0]) if widths.size and bool(np.all(widths == widths[0])) else 0
+    b = integrate(owner, s, e, v, grid, n, uniform=uniform)
     pos = np.searchsorted(grid, times) - 1
     return b.integral[:, pos], b.left[:, pos]
 
@@ -128,11 +130,13 @@ def host_frame(eng: Engine, power: pl.DataFrame, segs: SegmentSet) -> pl.DataFra
     steal[:, dup] = 0.0
     energy = (e_int + idle[:, None] * width) * 1e-3
     a = _task_arrays(eng)
-    running = np.zeros((n, times.size), dtype=np.int64)
     ok = a["start"] >= 0
-    for k, t in enumerate(times.tolist()):
-        live = ok & (a["start"] < t) & (a["finish"] >= t) if not flush[k] else np.zeros(ok.size, bool)
-        running[:, k] = np.bincount(a["host"][live], minlength=n)
+    # running at instant t: start < t ≤ finish → instants [first after start, first after finish)
+    steps = np.zeros((n, times.size + 1), dtype=np.int64)
+    np.add.at(steps, (a["host"][ok], np.searchsorted(times, a["start"][ok], side="right")), 1)
+    np.add.at(steps, (a["host"][ok], np.searchsorted(times, a["finish"][ok], side="right")), -1)
+    running = np.cumsum(steps, axis=1)[:, :-1]
+    running[:, flush] = 0
     demand = np.where(flush[None, :], 0.0, d_left)
     p_draw = idle[:, None] + p_left
     usage = np.minimum(demand, hosts.capacity[:, None])
@@ -150,8 +154,8 @@ def host_frame(eng: Engine, power: pl.DataFrame, segs: SegmentSet) -> pl.DataFra
         {
             "timestamp": np.repeat(times, n),
             "timestamp_absolute": np.repeat(times, n) + (eng.t0 or 0),
-            "host_name": rep(np.array(hosts.names, dtype=object)).tolist(),
-            "cluster_name": [hosts.cluster_names[c] for c in rep(hosts.cluster).tolist()],
+            "host_name": pl.Series(hosts.names, dtype=pl.Utf8).gather(rep(np.arange(n))),
+            "cluster_name": pl.Series(hosts.cluster_names, dtype=pl.Utf8).gather(rep(hosts.cluster)),
             "core_count": pl.Series(rep(hosts.cores), dtype=pl.Int32),
             "mem_capacity": rep(hosts.mem.astype(np.int64)),
             "tasks_terminated": pl.Series(np.zeros(n * nt), dtype=pl.Int32),
@@ -199,7 +203,7 @@ def task_frame(eng: Engine, power: pl.DataFrame) -> pl.DataFrame:
     state = np.where(
         done, np.where(terminated, "TERMINATED", "COMPLETED"), np.where(running, "RUNNING", "PROVISIONING")
     )
-    names = np.array([*eng.hosts.names, ""], dtype=object)
+    names = pl.Series([*eng.hosts.names, ""], dtype=pl.Utf8)
     cap = np.r_[eng.hosts.capacity, 0.0]
     hidx = np.where(placed & (start < t), host, -1)
     limit = np.where(running, cap[hidx], 0.0)
@@ -209,7 +213,7 @@ def task_frame(eng: Engine, power: pl.DataFrame) -> pl.DataFrame:
     )
     up = np.where(placed, up, 0)
     ids = eng.ids
-    str_ids = pl.Series([str(ids[i]) for i in task.tolist()], dtype=pl.Utf8)
+    str_ids = pl.Series([str(i) for i in ids], dtype=pl.Utf8).gather(task)
     int_ids = str_ids.cast(pl.Int32, strict=False)
     if int_ids.null_count():  # OpenDC ids are int32; keep non-numeric ids (streaming input) as strings
         int_ids = str_ids
@@ -221,7 +225,7 @@ def task_frame(eng: Engine, power: pl.DataFrame) -> pl.DataFrame:
             "timestamp_absolute": t + (eng.t0 or 0),
             "task_id": int_ids,
             "task_name": [""] * n,
-            "host_name": names[hidx].tolist(),
+            "host_name": names.gather(np.where(hidx < 0, len(names) - 1, hidx)),
             "mem_capacity": a["mem"][task],
             "cpu_count": pl.Series(a["cores"][task], dtype=pl.Int32),
             "cpu_limit": pl.Series(limit, dtype=pl.Float32),
