@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaProducer
 from opendt.api import serve_api
 from opendt.clock import SystemClock
 from opendt.consumer import ClosedWindow, WindowConsumer
-from opendt.kafka.broker import kafka_for
+from opendt.kafka.broker import BrokerError, EmbeddedBroker, kafka_broker_for
 from opendt.kafka.client import make_consumer, make_producer
 from opendt.models.messages import (
     DATACENTER_KEY,
@@ -88,6 +88,24 @@ async def run_daemon(
     return 0
 
 
+CLOSE_TIMEOUT_S = 5.0
+
+
+async def _bounded(close: Callable[[], Awaitable[object]], what: str) -> None:
+    """A release step that cannot hang shutdown (a Kafka client whose broker is gone retries for long)."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await close()
+    except TimeoutError:
+        log.warning("close_timeout", what=what, timeout_s=CLOSE_TIMEOUT_S)
+
+
+async def _watch_broker(broker: EmbeddedBroker) -> None:
+    """The embedded broker must outlive the daemon's components: its exit is a daemon failure."""
+    code = await broker.wait()
+    raise BrokerError(f"the embedded Kafka broker exited (code {code}) while the twin was running")
+
+
 async def _listen_topology(bootstrap: str, settings: Settings, box: TopologyBox, state: TwinState) -> None:
     """Follow ``sim.topology``: a newer version is taken by the simulator at its next window."""
     consumer = make_consumer(bootstrap, [settings.kafka.topics.sim_topology], None, settings.kafka)
@@ -138,14 +156,14 @@ async def _supervise(
     queue: asyncio.Queue[ClosedWindow | None] = asyncio.Queue(maxsize=settings.windowing.queue_size)
     progress = ReplayProgress()
     async with AsyncExitStack() as stack:
-        bootstrap = await stack.enter_async_context(kafka_for(settings.kafka))
+        bootstrap, broker = await stack.enter_async_context(kafka_broker_for(settings.kafka))
         state.bootstrap_servers = bootstrap
         producer: AIOKafkaProducer = make_producer(bootstrap, settings.kafka)
         await producer.start()
-        stack.push_async_callback(producer.stop)
+        stack.push_async_callback(_bounded, producer.stop, "producer")
         kconsumer = make_consumer(bootstrap, [], f"{settings.kafka.group_id}-{state.run_id}", settings.kafka)
         await kconsumer.start()
-        stack.push_async_callback(kconsumer.stop)
+        stack.push_async_callback(_bounded, kconsumer.stop, "consumer")
         windows = WindowConsumer(kconsumer, topics, settings.windowing.window_s * 1000, queue)
 
         async def publish(key: bytes, value: dict[str, object]) -> None:
@@ -168,7 +186,7 @@ async def _supervise(
             key=DATACENTER_KEY,
         )
         if settings.api.enabled:
-            await stack.enter_async_context(serve_api(state, settings.api))
+            state.api_url = await stack.enter_async_context(serve_api(state, settings.api))
         state.status = "running"
         log.info(
             "daemon_started",
@@ -207,11 +225,13 @@ async def _supervise(
                 tg.create_task(simulator.run())
                 tg.create_task(_listen_topology(bootstrap, settings, box, state))
                 tg.create_task(stop_when(trigger, "signal"))
+                if broker is not None:
+                    tg.create_task(_watch_broker(broker))
                 if exit_when_done:
                     tg.create_task(stop_when(simulator.done.wait, "done"))
         except* ShutdownRequested:
             pass
-        await producer.flush()
+        await _bounded(producer.flush, "producer_flush")
     state.status = "stopped"
     log.info(
         "daemon_stopped",
@@ -242,6 +262,7 @@ def _publish_views(
             "latency_p50_s": round(statistics.median(lat), 4) if lat else None,
             "latency_p95_s": round(sorted(lat)[int(0.95 * (len(lat) - 1))], 4) if lat else None,
             "worker_restarts": simulator.twin.stats.restarts,
+            "done": simulator.done.is_set(),
         }
 
     def windows_view() -> dict[str, Any]:
@@ -255,7 +276,17 @@ def _publish_views(
             "queued": windows.out.qsize(),
         }
 
+    def counters() -> dict[str, int]:
+        return {
+            "malformed_messages": state.counters.malformed_messages + windows.stats.malformed,
+            "windows_simulated": simulator.stats.windows_simulated,
+            "windows_failed": simulator.stats.windows_failed,
+            "windows_skipped": simulator.stats.windows_replayed,
+        }
+
     state.providers.update(
+        counters=counters,
+        watermark_ms=lambda: windows.watermark_ms,
         replay=progress.as_dict,
         simulation=sim_view,
         windows=windows_view,

@@ -426,10 +426,10 @@ async def delete_topics(bootstrap: str, names: Iterable[str], *, request_timeout
 
 
 @asynccontextmanager
-async def kafka_for(settings: KafkaSettings) -> AsyncIterator[str]:
-    """Yield the bootstrap servers: the external broker if configured, else a started embedded Tansu.
-
-    Either way the topics of ``settings.topics`` exist (with ``settings.partitions``) when it yields.
+async def kafka_broker_for(settings: KafkaSettings) -> AsyncIterator[tuple[str, EmbeddedBroker | None]]:
+    """Yield ``(bootstrap servers, embedded broker or None)``: the external broker if configured, else a
+    started embedded Tansu (whose ``wait()`` a supervisor can watch). The topics of ``settings.topics``
+    exist (with ``settings.partitions``) when it yields.
     """
     if settings.bootstrap_servers:
         log.info("broker_external", bootstrap=settings.bootstrap_servers)
@@ -439,7 +439,7 @@ async def kafka_for(settings: KafkaSettings) -> AsyncIterator[str]:
             settings.partitions,
             request_timeout_s=settings.request_timeout_s,
         )
-        yield settings.bootstrap_servers
+        yield settings.bootstrap_servers, None
         return
     async with EmbeddedBroker(settings) as broker:
         await ensure_topics(
@@ -448,7 +448,14 @@ async def kafka_for(settings: KafkaSettings) -> AsyncIterator[str]:
             settings.partitions,
             request_timeout_s=settings.request_timeout_s,
         )
-        yield broker.bootstrap_servers
+        yield broker.bootstrap_servers, broker
+
+
+@asynccontextmanager
+async def kafka_for(settings: KafkaSettings) -> AsyncIterator[str]:
+    """Yield the bootstrap servers (see :func:`kafka_broker_for`)."""
+    async with kafka_broker_for(settings) as (bootstrap, _):
+        yield bootstrap
 
 
 async def run_broker_forever(settings: KafkaSettings, stop: asyncio.Event, out: TextIO | None = None) -> None:

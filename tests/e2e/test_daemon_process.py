@@ -80,7 +80,9 @@ def _start(tmp: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str, str]
         assert time.monotonic() < deadline, "daemon did not start in 60 s"
     assert "url" in events, "daemon exited before it started"
     # keep draining stderr so the daemon never blocks on a full pipe
-    threading.Thread(target=proc.stderr.read, daemon=True).start()
+    tail: list[str] = []
+    threading.Thread(target=lambda: tail.extend(proc.stderr or []), daemon=True).start()
+    events["_tail"] = tail  # type: ignore[assignment]
     return proc, events
 
 
@@ -158,3 +160,15 @@ def test_commands_not_built_yet_exit_2(tmp_path: Path) -> None:
     )
     assert res.returncode == 2
     assert "not available yet" in res.stderr
+
+
+def test_broker_death_stops_the_daemon_with_an_error(tmp_path: Path) -> None:
+    """If the embedded broker dies under a running twin, the daemon exits 1 naming the cause."""
+    proc, _ = _start(tmp_path, "--speed", "1")
+    try:
+        tansu = [c for c in psutil.Process(proc.pid).children(recursive=True) if "tansu" in c.name()]
+        assert tansu
+        tansu[0].kill()
+        assert proc.wait(timeout=30) == 1
+    finally:
+        _close(proc)
