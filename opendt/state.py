@@ -22,13 +22,15 @@ class TwinState:
     run_id: str = ""
     started_at: float = field(default_factory=time.time)
     bootstrap_servers: str = ""
+    api_url: str = ""
     workload: dict[str, Any] = field(default_factory=dict)
     watermark_ms: int | None = None
     replay: dict[str, Any] = field(default_factory=dict)
     counters: Counters = field(default_factory=Counters)
     components: dict[str, str] = field(default_factory=dict)
     providers: dict[str, Callable[[], Any]] = field(default_factory=dict)
-    """Live views published by components (replay progress, simulator stats, …), read at snapshot time."""
+    """Live views published by components (replay progress, simulator stats, …), read at snapshot time; a
+    view named like a field above (``counters``, ``watermark_ms``, ``replay``) replaces that field."""
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -36,6 +38,7 @@ class TwinState:
             "run_id": self.run_id,
             "uptime_s": round(time.time() - self.started_at, 3),
             "kafka": {"bootstrap_servers": self.bootstrap_servers},
+            "api_url": self.api_url,
             "workload": self.workload,
             "watermark_ms": self.watermark_ms,
             "replay": self.replay,
