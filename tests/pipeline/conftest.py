@@ -1,13 +1,21 @@
-"""A small generated workload for pipeline tests (no ../shared needed)."""
+"""Pipeline test helpers: a small generated workload (no ../shared needed), daemon settings on the session
+broker with topics unique to the test, the one-shot engine reference, and readers of a run's results."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 import pytest
+
+from opendt.engine import Engine
+from opendt.settings import ApiSettings, KafkaSettings, ReplaySettings, Settings, TopicNames
+from opendt.simulator import aggregate_rows
+from opendt.workload import load_workload
 
 START_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 
@@ -80,3 +88,79 @@ def write_small_workload(path: Path, *, tasks: int = 12, seed: int = 3, hours: f
 def small_workload(tmp_path: Path) -> Path:
     """A generated 2-hour workload directory."""
     return write_small_workload(tmp_path / "wl")
+
+
+def one_shot(wl_dir: Path, until_ms: int, export_interval_ms: int = 150_000) -> pl.DataFrame:
+    """The whole trace in one in-process engine run (advance to ``until_ms``, the end of the twin's last
+    window, then finish), aggregated like the twin."""
+    wl = load_workload(wl_dir)
+    carbon = None if wl.carbon is None else wl.carbon.rename({"timestamp_ms": "timestamp"})
+    engine = Engine(wl.topology, export_interval_ms=export_interval_ms, carbon=carbon)
+    rows = pl.concat(
+        [engine.advance(until_ms, wl.tasks, wl.fragments), engine.finish()], how="vertical_relaxed"
+    )
+    return aggregate_rows(rows, 0, 0)
+
+
+def max_rel_diff(
+    got: pl.DataFrame, ref: pl.DataFrame, cols: tuple[str, ...] = ("power_draw", "energy_usage")
+) -> float:
+    """Max |got − ref| / max(|ref|, 1e-12) over the timestamps both have, for ``cols``."""
+    ms = pl.col("timestamp").dt.cast_time_unit("ms")
+    j = got.with_columns(ms).join(ref.with_columns(ms), on="timestamp", how="inner", suffix="_ref")
+    assert j.height > 0, "no common timestamps"
+    worst = 0.0
+    for c in cols:
+        rel = ((j[c] - j[f"{c}_ref"]).abs() / j[f"{c}_ref"].abs().clip(lower_bound=1e-12)).max()
+        worst = max(worst, float(rel))  # type: ignore[arg-type]
+    return worst
+
+
+def last_window_end_ms(windows: pl.DataFrame) -> int:
+    return int(windows["window_end"].dt.epoch("ms").max())  # type: ignore[arg-type]
+
+
+def run_dir(data_dir: Path) -> Path:
+    """The single run directory under ``data_dir`` (one run per test data dir)."""
+    runs = sorted((data_dir / "runs").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def read_results(data_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``(agg_results, windows)`` of the run under ``data_dir``."""
+    d = run_dir(data_dir)
+    return pl.read_parquet(d / "agg_results.parquet"), pl.read_parquet(d / "windows.parquet")
+
+
+def assert_windows_contiguous(windows: pl.DataFrame, window_ms: int = 300_000) -> None:
+    """One row per window: starts unique, aligned and contiguous from the first to the last."""
+    starts = windows["window_start"].dt.epoch("ms").to_list()
+    assert starts == list(range(starts[0], starts[-1] + window_ms, window_ms)), "windows not contiguous"
+
+
+@pytest.fixture
+def daemon_settings(
+    kafka_bootstrap: str, topic_factory: Callable[..., str], tmp_path: Path
+) -> Callable[..., Settings]:
+    """``make(workload, **replay_overrides)``: Settings for ``run_daemon`` on the session broker, every topic
+    unique to the test (created and deleted by ``topic_factory``), API on a free port, data under tmp."""
+
+    def make(workload: Path, **replay: Any) -> Settings:
+        topics = TopicNames(
+            tasks=topic_factory("tasks"),
+            fragments=topic_factory("fragments"),
+            power=topic_factory("power"),
+            topology=topic_factory("topology"),
+            sim_topology=topic_factory("simtopo"),
+            sim_results=topic_factory("results"),
+            dead_letter=topic_factory("dlq"),
+        )
+        return Settings(
+            kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topics=topics),
+            replay=ReplaySettings(workload=workload, **{"speed": "max", "heartbeat_s": 60, **replay}),
+            api=ApiSettings(port=0),
+            data_dir=tmp_path / "data",
+        )
+
+    return make

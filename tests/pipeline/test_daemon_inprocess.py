@@ -1,0 +1,102 @@
+"""The whole twin in process (``run_daemon``) on the session broker: results, journal and /api/status."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from opendt.daemon import run_daemon
+from opendt.settings import Settings
+from opendt.state import TwinState
+
+from .conftest import assert_windows_contiguous, last_window_end_ms, max_rel_diff, one_shot, read_results
+
+
+async def _status(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(url + "/api/status") as resp:
+        assert resp.status == 200
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+async def _poll_status(
+    url: str, until: Callable[[dict[str, Any]], bool], timeout_s: float = 30.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = await _status(url)
+        if until(status):
+            return status
+        assert time.monotonic() < deadline, f"status never matched; last: {status}"
+        await asyncio.sleep(0.1)
+
+
+async def _wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_exit_when_done_results_equal_one_shot_engine(
+    daemon_settings: Callable[..., Settings], small_workload: Path
+) -> None:
+    """1. run_daemon(exit_when_done) replays the workload at max speed and returns 0 on its own; 2. the
+    journal has one ok row per window, contiguous, the last one covering the trace end; 3. agg_results has
+    the one-shot engine's timestamps and equals it within 1e-6 relative; 4. the state's counters agree."""
+    settings = daemon_settings(small_workload)
+    state = TwinState()
+    async with asyncio.timeout(60):
+        assert await run_daemon(settings, exit_when_done=True, state=state) == 0
+    agg, windows = read_results(settings.data_dir)
+    assert_windows_contiguous(windows)
+    assert windows["status"].to_list() == ["ok"] * windows.height
+    assert windows["error"].to_list() == [""] * windows.height
+    assert last_window_end_ms(windows) >= state.workload["end_ms"]
+    assert windows["fragments"].sum() == state.workload["fragments"]
+    assert windows["tasks"].sum() == state.workload["tasks"]
+    ref = one_shot(small_workload, last_window_end_ms(windows))
+    assert agg["timestamp"].is_unique().all()
+    assert agg["timestamp"].to_list() == ref["timestamp"].to_list()
+    assert max_rel_diff(agg, ref) <= 1e-6
+    assert agg["topology_version"].unique().to_list() == [0]
+    snap = state.snapshot()
+    assert snap["status"] == "stopped"
+    assert snap["counters"]["windows_simulated"] == windows.height
+    assert snap["counters"]["windows_failed"] == 0
+    assert snap["counters"]["malformed_messages"] == 0
+    assert snap["simulation"]["done"] is True
+
+
+async def test_status_api_shows_the_counts_while_serving(
+    daemon_settings: Callable[..., Settings], small_workload: Path
+) -> None:
+    """1. run_daemon without exit_when_done keeps serving after the replay; 2. /api/status (real HTTP, port
+    from the state) reports the replay done and every window simulated and durable, matching the journal;
+    3. the shutdown trigger stops it with 0."""
+    settings = daemon_settings(small_workload)
+    state = TwinState()
+    stop = asyncio.Event()
+    async with asyncio.timeout(60), asyncio.TaskGroup() as tg:
+        daemon = tg.create_task(run_daemon(settings, shutdown_trigger=stop.wait, state=state))
+        await _wait_for(lambda: bool(state.api_url) or daemon.done(), "the API")
+        assert state.api_url.startswith("http://127.0.0.1:")
+        last = await _poll_status(state.api_url, lambda s: bool(s["simulation"]["done"]))
+        _, windows = read_results(settings.data_dir)
+        assert last["status"] == "running"
+        assert last["replay"]["done"] is True
+        assert last["replay"]["counts"]["fragments"] == state.workload["fragments"]
+        assert last["simulation"]["windows_durable"] == windows.height
+        assert last["counters"]["windows_simulated"] == windows.height
+        assert last["counters"]["windows_failed"] == 0
+        assert last["windows"]["events"] > 0
+        assert last["watermark_ms"] is not None
+        assert last["topology"]["version"] == 0
+        stop.set()
+    assert daemon.result() == 0
+    assert state.status == "stopped"
