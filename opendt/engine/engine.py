@@ -204,6 +204,7 @@ class Engine:
         self.frags.add(task, off, dur, use)
 
     def _place_fragments(self) -> None:
+        self.sched.placed.clear()
         start = np.array(self.sched.start, dtype=np.int64)
         host = np.array(self.sched.host, dtype=np.int64)
         new = self.frags.take_placed(start, host)

@@ -43,6 +43,8 @@ class Scheduler:
         self.pass_at = NEVER
         self.seq = 0
         self.ended = False
+        self.external_completions = False  # Perfect scaling: the fluid model decides completions
+        self.placed: list[int] = []  # placements since the caller last cleared it
         self._set_hosts(hosts)
         self.free_cores = hosts.cores.copy()
         self.avail_mem = hosts.mem.copy()
@@ -115,6 +117,26 @@ class Scheduler:
                 self.pass_at = NEVER
                 self._pass(t)
 
+    def next_event(self) -> int:
+        """The next submission or pass time (completions excluded), NEVER when idle."""
+        t_sub = self.sub[self.next_sub] if self.next_sub < len(self.sub) else NEVER
+        return min(t_sub, self.pass_at)
+
+    def step(self, t: int) -> None:
+        """Submissions at ``t`` join the queue; run the pass due at ``t`` (completions come first)."""
+        n = len(self.sub)
+        while self.next_sub < n and self.sub[self.next_sub] <= t:
+            self.queue.append(self.next_sub)
+            self.next_sub += 1
+            self._request_pass(t)
+        if self.pass_at == t:
+            self.pass_at = NEVER
+            self._pass(t)
+
+    def complete(self, task: int, t: int) -> None:
+        """Mark ``task`` completed at ``t`` and free its host."""
+        self._complete(task, t)
+
     def _complete(self, task: int, t: int) -> None:
         h = self.host[task]
         self.state[task] = COMPLETED
@@ -162,7 +184,9 @@ class Scheduler:
         self.running[h] += 1
         if self.running[h] > 1:
             self.shared[h] = True
-        self._push(t + self._run_time(task), task)
+        self.placed.append(task)
+        if not self.external_completions:
+            self._push(t + self._run_time(task), task)
 
     # -- end of input and topology changes -----------------------------------------------------------------
     def end_time(self) -> int:
