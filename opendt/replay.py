@@ -49,61 +49,62 @@ def _num(col: str) -> pl.Expr:
     return pl.col(col).cast(pl.Utf8)
 
 
+def _json_object(fields: list[tuple[str, pl.Expr, bool]]) -> pl.Expr:
+    """A JSON object as one string expression: ``(name, expression, quoted)`` per field, in order."""
+    parts: list[pl.Expr] = []
+    for i, (name, expr, quoted) in enumerate(fields):
+        q = '"' if quoted else ""
+        parts += [pl.lit(("{" if i == 0 else ",") + f'"{name}":{q}'), expr]
+        if quoted:
+            parts.append(pl.lit('"'))
+    return pl.concat_str([*parts, pl.lit("}")])
+
+
 def encode_events(workload: Workload, power_source: str) -> pl.DataFrame:
     """All records as one frame sorted by trace time: ``t`` (ms), ``stream``, ``key``, ``value`` (JSON)."""
+    id_key = _json_object([("id", _json_str("id"), True)]).alias("key")
     tasks = workload.tasks.select(
         pl.col("submission_ms").alias("t"),
         pl.lit(TASKS, pl.Int8).alias("stream"),
-        pl.concat_str(pl.lit('{"id":"'), _json_str("id"), pl.lit('"}')).alias("key"),
-        pl.concat_str(
-            pl.lit('{"submission_time":"'),
-            _iso("submission_ms"),
-            pl.lit('","duration":'),
-            _num("duration"),
-            pl.lit(',"cpu_count":'),
-            _num("cpu_count"),
-            pl.lit(',"cpu_capacity":'),
-            _num("cpu_capacity"),
-            pl.lit(',"mem_capacity":'),
-            _num("mem_capacity"),
-            pl.lit("}"),
+        id_key,
+        _json_object(
+            [
+                ("submission_time", _iso("submission_ms"), True),
+                ("duration", _num("duration"), False),
+                ("cpu_count", _num("cpu_count"), False),
+                ("cpu_capacity", _num("cpu_capacity"), False),
+                ("mem_capacity", _num("mem_capacity"), False),
+            ]
         ).alias("value"),
     )
     frags = workload.fragments.select(
         pl.col("submission_ms").alias("t"),
         pl.lit(FRAGMENTS, pl.Int8).alias("stream"),
-        pl.concat_str(pl.lit('{"id":"'), _json_str("id"), pl.lit('"}')).alias("key"),
-        pl.concat_str(
-            pl.lit('{"submission_time":"'),
-            _iso("submission_ms"),
-            pl.lit('","duration":'),
-            _num("duration"),
-            pl.lit(',"cpu_count":'),
-            _num("cpu_count"),
-            pl.lit(',"cpu_usage":'),
-            _num("cpu_usage"),
-            pl.lit(',"index":'),
-            _num("index"),
-            pl.lit("}"),
+        id_key,
+        _json_object(
+            [
+                ("submission_time", _iso("submission_ms"), True),
+                ("duration", _num("duration"), False),
+                ("cpu_count", _num("cpu_count"), False),
+                ("cpu_usage", _num("cpu_usage"), False),
+                ("index", _num("index"), False),
+            ]
         ).alias("value"),
     )
     parts = [tasks, frags]
     if workload.consumption is not None:
-        energy = pl.col("energy_usage").fill_null(0.0)
         key = '{"source":"' + power_source.replace("\\", "\\\\").replace('"', '\\"') + '"}'
         parts.append(
             workload.consumption.select(
                 pl.col("timestamp_ms").alias("t"),
                 pl.lit(POWER, pl.Int8).alias("stream"),
                 pl.lit(key).alias("key"),
-                pl.concat_str(
-                    pl.lit('{"timestamp":"'),
-                    _iso("timestamp_ms"),
-                    pl.lit('","power_draw":'),
-                    _num("power_draw"),
-                    pl.lit(',"energy_usage":'),
-                    energy.cast(pl.Utf8),
-                    pl.lit("}"),
+                _json_object(
+                    [
+                        ("timestamp", _iso("timestamp_ms"), True),
+                        ("power_draw", _num("power_draw"), False),
+                        ("energy_usage", pl.col("energy_usage").fill_null(0.0).cast(pl.Utf8), False),
+                    ]
                 ).alias("value"),
             )
         )

@@ -4,10 +4,13 @@ Per window: apply a newer simulated topology (from ``sim.topology``; it takes ef
 advance the engine to the window end with the window's new tasks and fragments, aggregate the export rows
 (sum over clusters), make them durable (:class:`ResultStore`), publish ``sim.results``, commit the input
 offsets, record timings. A worker that dies or hangs is restarted with its state rebuilt and the window is
-retried (``simulation.retries``); after that the window is recorded as failed and the twin goes on.
+retried (``simulation.retries``); after that, or at once when the engine raised, the window is recorded as
+failed and the twin goes on. A failed window leaves no trace in the engine (the worker's state is the replay
+of the successful calls): its new tasks and fragments are not simulated, and the next window's rows cover its
+time span.
 
 After a restart, windows already durable are replayed into the engine (to rebuild its state, with the
-topology version they had) but not written again.
+topology version they had; failed ones are skipped, as they were) but not written again.
 """
 
 from __future__ import annotations
@@ -27,27 +30,9 @@ from opendt.results import ResultStore, WindowRecord
 from opendt.settings import SimulationSettings
 from opendt.windowing import Window
 from opendt.workers import TwinEngine, WorkerDied, WorkerError
+from opendt.workload import FRAGMENT_SCHEMA, TASK_SCHEMA
 
 log = structlog.get_logger(component="simulator")
-
-TASK_COLS = ["id", "submission_ms", "duration", "cpu_count", "cpu_capacity", "mem_capacity"]
-FRAG_COLS = ["id", "submission_ms", "duration", "cpu_count", "cpu_usage", "index"]
-TASK_SCHEMA = {
-    "id": pl.Utf8,
-    "submission_ms": pl.Int64,
-    "duration": pl.Int64,
-    "cpu_count": pl.Int32,
-    "cpu_capacity": pl.Float64,
-    "mem_capacity": pl.Int64,
-}
-FRAG_SCHEMA = {
-    "id": pl.Utf8,
-    "submission_ms": pl.Int64,
-    "duration": pl.Int64,
-    "cpu_count": pl.Int32,
-    "cpu_usage": pl.Float64,
-    "index": pl.Int32,
-}
 
 
 @dataclass
@@ -77,7 +62,7 @@ class TopologyBox:
 
 def window_frames(w: Window) -> tuple[pl.DataFrame, pl.DataFrame]:
     tasks = pl.DataFrame(w.tasks, schema=TASK_SCHEMA, orient="row")
-    frags = pl.DataFrame(w.fragments, schema=FRAG_SCHEMA, orient="row")
+    frags = pl.DataFrame(w.fragments, schema=FRAGMENT_SCHEMA, orient="row")
     return tasks, frags
 
 
@@ -127,6 +112,14 @@ def results_message(w: Window, version: int, engine: str, agg: pl.DataFrame) -> 
         "engine": engine,
         "points": points,
     }
+
+
+class WindowFailed(RuntimeError):
+    """A window that could not be simulated: its worker died or hung on every attempt, or the engine raised."""
+
+    def __init__(self, message: str, attempts: int) -> None:
+        super().__init__(message)
+        self.attempts = attempts
 
 
 @dataclass
@@ -222,7 +215,8 @@ class Simulator:
             version = self.store.window_version(w.start_ms)
             if version is not None:
                 await self._apply_version(version)
-            await self._advance(w, tasks, frags)
+            if self.store.window_status(w.start_ms) == "ok":  # a failed window left no trace in the engine
+                await self._advance(w, tasks, frags)
             self.stats.windows_replayed += 1
             if self.commit is not None:
                 await self.commit(cw)
@@ -236,9 +230,8 @@ class Simulator:
         compute0 = self.twin.stats.compute_s
         try:
             rows, attempts = await self._advance(w, tasks, frags)
-        except (WorkerDied, WorkerError) as e:
-            status, error, rows = "failed", str(e), pl.DataFrame()
-            attempts = self.settings.retries + 1
+        except WindowFailed as e:
+            status, error, rows, attempts = "failed", str(e), pl.DataFrame(), e.attempts
             self.stats.windows_failed += 1
             log.error("window_failed", window_start=w.start_ms, error=error)  # noqa: TRY400 - expected, no trace
         agg = aggregate_rows(rows, self.applied_version, w.start_ms)
@@ -280,5 +273,7 @@ class Simulator:
                 return rows, attempts
             except WorkerDied as e:
                 if attempts > self.settings.retries:
-                    raise
+                    raise WindowFailed(str(e), attempts) from e
                 log.warning("window_retry", window_start=w.start_ms, attempt=attempts, error=str(e))
+            except WorkerError as e:  # the engine raised: deterministic, not retried
+                raise WindowFailed(str(e), attempts) from e

@@ -22,6 +22,29 @@ import yaml
 
 from opendt.models.topology import Topology, TopologyError, load_topology
 
+TASK_SCHEMA = pl.Schema(
+    {
+        "id": pl.Utf8(),
+        "submission_ms": pl.Int64(),
+        "duration": pl.Int64(),
+        "cpu_count": pl.Int32(),
+        "cpu_capacity": pl.Float64(),
+        "mem_capacity": pl.Int64(),
+    }
+)
+"""The normalized tasks frame (see the module docstring)."""
+FRAGMENT_SCHEMA = pl.Schema(
+    {
+        "id": pl.Utf8(),
+        "submission_ms": pl.Int64(),
+        "duration": pl.Int64(),
+        "cpu_count": pl.Int32(),
+        "cpu_usage": pl.Float64(),
+        "index": pl.Int32(),
+    }
+)
+"""The normalized fragments frame, columns in the order of a fragment row tuple."""
+
 
 class WorkloadError(ValueError):
     """An unusable workload file; the message names the file and the column."""

@@ -431,24 +431,21 @@ async def kafka_broker_for(settings: KafkaSettings) -> AsyncIterator[tuple[str, 
     started embedded Tansu (whose ``wait()`` a supervisor can watch). The topics of ``settings.topics``
     exist (with ``settings.partitions``) when it yields.
     """
-    if settings.bootstrap_servers:
-        log.info("broker_external", bootstrap=settings.bootstrap_servers)
+    async with contextlib.AsyncExitStack() as stack:
+        broker: EmbeddedBroker | None = None
+        if settings.bootstrap_servers:
+            bootstrap = settings.bootstrap_servers
+            log.info("broker_external", bootstrap=bootstrap)
+        else:
+            broker = await stack.enter_async_context(EmbeddedBroker(settings))
+            bootstrap = broker.bootstrap_servers
         await ensure_topics(
-            settings.bootstrap_servers,
+            bootstrap,
             settings.topics.all(),
             settings.partitions,
             request_timeout_s=settings.request_timeout_s,
         )
-        yield settings.bootstrap_servers, None
-        return
-    async with EmbeddedBroker(settings) as broker:
-        await ensure_topics(
-            broker.bootstrap_servers,
-            settings.topics.all(),
-            settings.partitions,
-            request_timeout_s=settings.request_timeout_s,
-        )
-        yield broker.bootstrap_servers, broker
+        yield bootstrap, broker
 
 
 @asynccontextmanager

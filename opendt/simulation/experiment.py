@@ -30,6 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from opendt.models.topology import Topology
+from opendt.workload import FRAGMENT_SCHEMA as FRAGMENT_FRAME
+from opendt.workload import TASK_SCHEMA as TASK_FRAME
 
 INT32_MAX = 2**31 - 1
 DEFAULT_FILES: tuple[str, ...] = ("powerSource", "host", "task", "service")
@@ -54,15 +56,8 @@ FRAGMENT_SCHEMA = pa.schema(
     ]
 )
 
-_TASK_COLS = {
-    "id": pl.Utf8,
-    "submission_ms": pl.Int64,
-    "duration": pl.Int64,
-    "cpu_count": pl.Int32,
-    "cpu_capacity": pl.Float64,
-    "mem_capacity": pl.Int64,
-}
-_FRAGMENT_COLS = {"id": pl.Utf8, "duration": pl.Int64, "cpu_usage": pl.Float64}
+_TASK_COLS = dict(TASK_FRAME)
+_FRAGMENT_COLS = {name: FRAGMENT_FRAME[name] for name in ("id", "duration", "cpu_usage")}
 
 
 class ExperimentError(ValueError):
@@ -130,7 +125,7 @@ def prepare_workload(tasks: pl.DataFrame, fragments: pl.DataFrame) -> tuple[pa.T
     t = _columns(tasks, "tasks", _TASK_COLS)
     f_spec = dict(_FRAGMENT_COLS)
     if "cpu_count" in fragments.columns:
-        f_spec["cpu_count"] = pl.Int32
+        f_spec["cpu_count"] = pl.Int32()
     f = _columns(fragments, "fragments", f_spec)
     for frame, df, cols in (
         ("tasks", t, ("submission_ms", "duration", "cpu_count", "mem_capacity")),
