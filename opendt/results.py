@@ -96,6 +96,10 @@ class ResultStore:
         hit = self.windows.filter(pl.col("window_start").dt.epoch("ms") == window_start_ms)
         return None if hit.is_empty() else int(hit["topology_version"][0])
 
+    def window_status(self, window_start_ms: int) -> str | None:
+        hit = self.windows.filter(pl.col("window_start").dt.epoch("ms") == window_start_ms)
+        return None if hit.is_empty() else str(hit["status"][0])
+
     @property
     def durable_count(self) -> int:
         return len(self._durable)

@@ -115,7 +115,7 @@ def results_message(w: Window, version: int, engine: str, agg: pl.DataFrame) -> 
 
 
 class WindowFailed(RuntimeError):
-    """A window that could not be simulated: its worker died or hung on every attempt, or the engine raised."""
+    """A window that could not be simulated: its worker died or hung each time, or the engine raised."""
 
     def __init__(self, message: str, attempts: int) -> None:
         super().__init__(message)

@@ -184,7 +184,7 @@ class EngineWorker:
                     size = sum(t[1] for t in reply.get("tables", []))
                     data = await proc.stdout.readexactly(size)
             except TimeoutError:
-                await self.stop()
+                await self.stop(kill=True)  # a hung child may not read its stdin: do not wait for it
                 raise WorkerDied(f"worker timed out after {timeout_s} s on {header['op']}") from None
             except (asyncio.IncompleteReadError, BrokenPipeError, ConnectionResetError):
                 await self.stop()
@@ -194,12 +194,16 @@ class EngineWorker:
             raise WorkerError(str(reply.get("error")))
         return reply, out
 
-    async def stop(self) -> None:
+    async def stop(self, *, kill: bool = False) -> None:
+        """Close the child's stdin, wait up to 2 s for it to exit, then SIGKILL it (at once if ``kill``)."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
         if proc.stdin is not None and not proc.stdin.is_closing():
             proc.stdin.close()
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
         try:
             async with asyncio.timeout(2):
                 await proc.wait()
@@ -221,6 +225,8 @@ class EngineWorker:
 @dataclass
 class TwinStats:
     restarts: int = 0
+    resets: int = 0
+    """Workers discarded after an engine error in a state-changing call (state rebuilt from the history)."""
     calls: int = 0
     compute_s: float = 0.0
     last_latency_s: float = 0.0
@@ -228,7 +234,11 @@ class TwinStats:
 
 
 class TwinEngine:
-    """The twin's engine in a worker that survives crashes: state-changing calls are kept and replayed."""
+    """The twin's engine in a worker that survives crashes: state-changing calls are kept and replayed.
+
+    The worker's state is always the replay of ``stats.history`` (the successful state-changing calls): a
+    call that fails, by a crash, a hang or an engine error, leaves no trace in it.
+    """
 
     def __init__(self, command: Sequence[str] | None = None, *, timeout_s: float = 120.0) -> None:
         self.command = list(command or default_command())
@@ -260,6 +270,13 @@ class TwinEngine:
             self._worker = None
             self.stats.restarts += 1
             log.warning("worker_died", op=header["op"], restarts=self.stats.restarts)
+            raise
+        except WorkerError as e:
+            if record:  # the engine may have changed part of its state before raising: rebuild it
+                self._worker = None
+                self.stats.resets += 1
+                await worker.stop()
+                log.warning("worker_reset", op=header["op"], error=str(e), resets=self.stats.resets)
             raise
         if record:
             self.stats.history.append((header, tables or {}))

@@ -87,27 +87,37 @@ def integrate_window(eng: Engine, t_hi: int, *, final: bool) -> pl.DataFrame:
     else:
         cum_e = cum_c = left = np.zeros((n_c, 0))
 
-    def upto(cum: F64, t: int) -> F64:
-        j = int(np.searchsorted(grid, t)) - 1
-        return cum[:, j] if j >= 0 else np.zeros(n_c)
-
-    e_rows, c_rows, p_rows = [], [], []
-    prev_e, prev_c = np.zeros(n_c), np.zeros(n_c)
+    # cumulative energy/carbon and left limits at every instant (instant == t_lo: a deferred sample)
+    col = np.searchsorted(grid, inst) - 1
+    z = np.zeros((n_c, 1))
+    cum_e0 = np.concatenate((z, cum_e), axis=1)
+    cum_c0 = np.concatenate((z, cum_c), axis=1)
+    at_e, at_c = cum_e0[:, col + 1], cum_c0[:, col + 1]
+    e_mat = np.diff(np.concatenate((z, at_e), axis=1), axis=1)
+    c_mat = np.diff(np.concatenate((z, at_c), axis=1), axis=1)
     acc_e, acc_c = eng.acc_energy, eng.acc_carbon
-    for g in inst.tolist():
-        ce, cc = upto(cum_e, g), upto(cum_c, g)
-        e_rows.append(acc_e + ce - prev_e)
-        c_rows.append(acc_c + cc - prev_c)
+    if inst.size:
+        e_mat[:, 0] += acc_e
+        c_mat[:, 0] += acc_c
         acc_e, acc_c = np.zeros(n_c), np.zeros(n_c)
-        prev_e, prev_c = ce, cc
+    prev_e = at_e[:, -1] if inst.size else np.zeros(n_c)
+    prev_c = at_c[:, -1] if inst.size else np.zeros(n_c)
+    p_mat = left[:, np.maximum(col, 0)] if m > 0 else np.zeros((n_c, inst.size))
+    times = inst.tolist()
+    for k, g in enumerate(times):
         if g in special or g == t_lo:
-            p_rows.append(idle + power_at(g - (0 if g in special else 1)))
-        else:
-            p_rows.append(left[:, int(np.searchsorted(grid, g)) - 1])
+            p_mat[:, k] = idle + power_at(g - (0 if g in special else 1))
+    e_rows = list(e_mat.T)
+    c_rows = list(c_mat.T)
+    p_rows = list(p_mat.T)
     rest_e = acc_e + (cum_e[:, -1] if m > 0 else 0.0) - prev_e
     rest_c = acc_c + (cum_c[:, -1] if m > 0 else 0.0) - prev_c
-    times = inst.tolist()
-    intensity_t = [_intensity(eng, np.array([g + t0]), right=g in special)[:, 0] for g in times]
+    t_abs = inst + t0
+    i_mat = _intensity(eng, t_abs, right=False)
+    for k, g in enumerate(times):
+        if g in special:
+            i_mat[:, k] = _intensity(eng, t_abs[k : k + 1], right=True)[:, 0]
+    intensity_t = list(i_mat.T)
     if final:
         flush_p = idle + power_at(t_hi - 1)
         on_grid = t_hi % dt == 0 and t_hi > 0 and (eng.next_k + len(times)) * dt > t_hi

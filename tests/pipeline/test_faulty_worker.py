@@ -1,0 +1,156 @@
+"""The simulator with a real engine worker that crashes, hangs or raises on one window: retried once (not for
+an engine error), then recorded as failed, and the twin goes on with the next windows."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from opendt.consumer import ClosedWindow
+from opendt.engine import Engine
+from opendt.results import ResultStore
+from opendt.settings import SimulationSettings
+from opendt.simulator import Simulator, TopologyBox, aggregate_rows
+from opendt.windowing import Window
+from opendt.workers import TwinEngine
+from opendt.workload import Workload, load_workload
+
+W = 300_000
+TASK_COLS = ["id", "submission_ms", "duration", "cpu_count", "cpu_capacity", "mem_capacity"]
+FRAG_COLS = ["id", "submission_ms", "duration", "cpu_count", "cpu_usage", "index"]
+
+FAULTY_WORKER = """
+import os, sys, time
+from opendt.engine import Engine
+from opendt.workers import main
+
+MODE, BAD_UNTIL = sys.argv[1], int(sys.argv[2])
+advance = Engine.advance
+
+
+def faulty(self, until_ms, tasks, fragments):
+    if until_ms == BAD_UNTIL:
+        if MODE == "crash":
+            os._exit(3)
+        if MODE == "hang":
+            time.sleep(3600)
+        self._ingest(tasks, fragments)  # change part of the state, then fail
+        raise RuntimeError("injected engine failure")
+    return advance(self, until_ms, tasks, fragments)
+
+
+Engine.advance = faulty
+raise SystemExit(main())
+"""
+
+
+def _windows(wl: Workload) -> list[Window]:
+    start = (wl.origin_ms // W) * W
+    out = []
+    for lo in range(start, wl.end_ms + 1, W):
+        t = wl.tasks.filter(pl.col("submission_ms").is_between(lo, lo + W, closed="left"))
+        f = wl.fragments.filter(pl.col("submission_ms").is_between(lo, lo + W, closed="left"))
+        out.append(Window(lo, lo + W, t.select(TASK_COLS).rows(), f.select(FRAG_COLS).rows()))
+    out[-1].final = True
+    return out
+
+
+def _carbon(wl: Workload) -> pl.DataFrame:
+    assert wl.carbon is not None
+    return wl.carbon.rename({"timestamp_ms": "timestamp"})
+
+
+def _reference(wl: Workload, windows: list[Window], skip: int | None) -> pl.DataFrame:
+    """The in-process engine window by window, without the call for window ``skip``."""
+    engine = Engine(wl.topology, export_interval_ms=150_000, carbon=_carbon(wl))
+    parts = []
+    for i, w in enumerate(windows):
+        if i == skip:
+            continue
+        tasks = pl.DataFrame(w.tasks, schema=TASK_COLS, orient="row")
+        frags = pl.DataFrame(w.fragments, schema=FRAG_COLS, orient="row")
+        rows = engine.advance(w.end_ms, tasks, frags)
+        if w.final:
+            rows = pl.concat([rows, engine.finish()], how="vertical_relaxed")
+        parts.append(aggregate_rows(rows, 0, w.start_ms))
+    return pl.concat([p for p in parts if p.height]).select("timestamp", "power_draw", "energy_usage")
+
+
+async def _simulate(
+    wl: Workload, windows: list[Window], run_dir: Path, command: list[str], timeout_s: float
+) -> tuple[Simulator, ResultStore]:
+    store = ResultStore(run_dir)
+    store.load()
+    queue: asyncio.Queue[ClosedWindow | None] = asyncio.Queue()
+    for w in windows:
+        queue.put_nowait(ClosedWindow(w))
+    queue.put_nowait(None)
+    sim = Simulator(
+        queue,
+        TwinEngine(command, timeout_s=timeout_s),
+        store,
+        TopologyBox(wl.topology),
+        SimulationSettings(retries=1, timeout_s=timeout_s),
+        wl.carbon,
+    )
+    async with asyncio.timeout(60):
+        await sim.run()
+    return sim, store
+
+
+@pytest.mark.parametrize(
+    ("mode", "attempts", "error"),
+    [("crash", 2, "worker exited during advance"), ("hang", 2, "timed out"), ("error", 1, "injected")],
+)
+async def test_faulty_window_is_recorded_failed_and_the_twin_goes_on(
+    tmp_path: Path, small_workload: Path, mode: str, attempts: int, error: str
+) -> None:
+    """1. the worker fails on the busiest middle window every time; 2. that window is retried (a crash or
+    hang once, an engine error not at all), then journaled as failed with the error; 3. every window after
+    it is simulated with a healthy worker, and all rows equal the engine run without that window's input
+    (no partial state left by the failure); 4. a restart on the same run replays the journal without
+    calling the failing window again and rewrites nothing."""
+    wl = load_workload(small_workload)
+    windows = _windows(wl)
+    third = len(windows) // 3
+    bad = max(range(third, 2 * third), key=lambda i: len(windows[i].tasks))
+    assert windows[bad].tasks, "the workload needs a busy middle window"
+    script = tmp_path / "faulty_worker.py"
+    script.write_text(FAULTY_WORKER)
+    command = [sys.executable, str(script), mode, str(windows[bad].end_ms)]
+    timeout_s = 2.0 if mode == "hang" else 60.0
+
+    sim, _ = await _simulate(wl, windows, tmp_path / "run", command, timeout_s)
+    journal = pl.read_parquet(tmp_path / "run" / "windows.parquet")
+    assert journal.height == len(windows)
+    failed = journal.filter(pl.col("status") == "failed")
+    assert failed["window_start"].dt.epoch("ms").to_list() == [windows[bad].start_ms]
+    assert failed["attempts"].to_list() == [attempts]
+    assert error in failed["error"][0]
+    assert journal["status"].to_list().count("ok") == len(windows) - 1
+    assert sim.stats.windows_simulated == len(windows) - 1
+    assert sim.stats.windows_failed == 1
+    if mode == "error":
+        assert (sim.twin.stats.restarts, sim.twin.stats.resets) == (0, 1)
+    else:
+        assert (sim.twin.stats.restarts, sim.twin.stats.resets) == (2, 0)
+
+    agg = pl.read_parquet(tmp_path / "run" / "agg_results.parquet")
+    after = agg.filter(pl.col("window_start").dt.epoch("ms") > windows[bad].start_ms)
+    assert after["window_start"].n_unique() == len(windows) - 1 - bad
+    expect = _reference(wl, windows, skip=bad)
+    got = agg.select("timestamp", "power_draw", "energy_usage").with_columns(
+        pl.col("timestamp").dt.cast_time_unit("us")
+    )
+    assert got.equals(expect)
+    assert not expect.equals(_reference(wl, windows, skip=None)), "the failed window's input had no effect"
+
+    again, store2 = await _simulate(wl, windows, tmp_path / "run", command, timeout_s)
+    assert again.stats.windows_replayed == len(windows)
+    assert (again.twin.stats.restarts, again.twin.stats.resets) == (0, 0)
+    assert store2.windows.equals(journal)
+    assert pl.read_parquet(tmp_path / "run" / "agg_results.parquet").equals(agg)
