@@ -21,7 +21,7 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from opendt.api import serve_api
+from opendt.api import TwinView, serve_api
 from opendt.clock import SystemClock
 from opendt.consumer import ClosedWindow, WindowConsumer
 from opendt.kafka.broker import BrokerError, EmbeddedBroker, kafka_broker_for
@@ -34,6 +34,7 @@ from opendt.models.messages import (
     encode_sim_topology,
     to_ms,
 )
+from opendt.models.topology import Topology
 from opendt.replay import ReplayProducer, ReplayProgress
 from opendt.results import ResultStore
 from opendt.settings import Settings
@@ -166,6 +167,18 @@ async def _supervise(
         stack.push_async_callback(_bounded, kconsumer.stop, "consumer")
         windows = WindowConsumer(kconsumer, topics, settings.windowing.window_s * 1000, queue)
 
+        async def publish_topology(topology: Topology, source: str, reason: str) -> int:
+            """Publish a simulated topology on sim.topology; the simulator applies it at its next window."""
+            version = box.next_version()
+            await producer.send_and_wait(
+                topics.sim_topology,
+                encode_sim_topology(
+                    version, source, state.watermark_or(workload.origin_ms), reason, topology
+                ),
+                key=DATACENTER_KEY,
+            )
+            return version
+
         async def publish(key: bytes, value: dict[str, object]) -> None:
             await producer.send(topics.sim_results, orjson.dumps(value), key=key)
 
@@ -186,7 +199,10 @@ async def _supervise(
             key=DATACENTER_KEY,
         )
         if settings.api.enabled:
-            state.api_url = await stack.enter_async_context(serve_api(state, settings.api))
+            view = TwinView(
+                store=store, measured=workload.consumption, box=box, publish_topology=publish_topology
+            )
+            state.api_url = await stack.enter_async_context(serve_api(state, settings.api, view))
         state.status = "running"
         log.info(
             "daemon_started",

@@ -51,6 +51,12 @@ class TopologyBox:
         self.physical = physical
         self.current = SimTopology(0, "initial", "physical topology", physical)
         self.changed = asyncio.Event()
+        self._reserved = 0
+
+    def next_version(self) -> int:
+        """A version number no earlier offer or reservation has used (publishers call this first)."""
+        self._reserved = max(self._reserved, self.current.version) + 1
+        return self._reserved
 
     def offer(self, candidate: SimTopology) -> bool:
         if candidate.version <= self.current.version:

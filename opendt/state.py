@@ -32,6 +32,12 @@ class TwinState:
     """Live views published by components (replay progress, simulator stats, …), read at snapshot time; a
     view named like a field above (``counters``, ``watermark_ms``, ``replay``) replaces that field."""
 
+    def watermark_or(self, default: int) -> int:
+        """The current watermark (a live view when published), else ``default``."""
+        view = self.providers.get("watermark_ms")
+        value = view() if view is not None else self.watermark_ms
+        return default if value is None else int(value)
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "status": self.status,
