@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from .integrate import integrate
+from .integrate import integrate_many
 from .placement import TERMINATED
 from .power import F64, I64
 from .segments import SegmentSet
@@ -97,14 +97,16 @@ def service_frame(eng: Engine, power: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _left_values(owner: I64, s: I64, e: I64, v: F64, times: I64, n: int) -> tuple[F64, F64]:
-    """(integral per bin, left limit at each instant) per owner over the grid [0, times...]."""
+def _left_values(owner: I64, s: I64, e: I64, vs: list[F64], times: I64, n: int) -> list[tuple[F64, F64]]:
+    """Per channel: (integral per bin, left limit at each instant) per owner over the grid [0, times…]."""
     grid = np.unique(np.r_[np.int64(0), times])
     widths = np.diff(grid)
     uniform = int(widths[0]) if widths.size and bool(np.all(widths == widths[0])) else 0
-    b = integrate(owner, s, e, v, grid, n, uniform=uniform)
     pos = np.searchsorted(grid, times) - 1
-    return b.integral[:, pos], b.left[:, pos]
+    return [
+        (b.integral[:, pos], b.left[:, pos])
+        for b in integrate_many(owner, s, e, vs, grid, n, uniform=uniform)
+    ]
 
 
 def host_frame(eng: Engine, power: pl.DataFrame, segs: SegmentSet) -> pl.DataFrame:
@@ -117,10 +119,9 @@ def host_frame(eng: Engine, power: pl.DataFrame, segs: SegmentSet) -> pl.DataFra
     sup = np.minimum(d, cap)
     idle = hosts.power.idle_power()
     x = hosts.power.evaluate(h, np.minimum(d / cap, 1.0)) - idle[h]
-    e_int, p_left = _left_values(h, st, en, x, times, n)
-    _, d_left = _left_values(h, st, en, d, times, n)
-    act, _ = _left_values(h, st, en, sup / cap, times, n)
-    steal, _ = _left_values(h, st, en, (d - sup) / cap, times, n)
+    (e_int, p_left), (_, d_left), (act, _), (steal, _) = _left_values(
+        h, st, en, [x, d, sup / cap, (d - sup) / cap], times, n
+    )
     prev = np.r_[np.int64(0), times[:-1]]
     width = (times - prev).astype(np.float64)
     width[flush & (np.r_[False, times[1:] == times[:-1]])] = 0.0

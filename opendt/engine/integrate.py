@@ -30,22 +30,29 @@ def integrate(owner: I64, s: I64, e: I64, v: F64, grid: I64, n_owner: int, *, un
     ``uniform`` > 0 declares ``grid`` = ``grid[0] + k·uniform`` so bins are found by division. Back-to-back
     segments of one owner (a task's fragment chain) share one event: the step ``v_k − v_{k−1}``.
     """
+    return integrate_many(owner, s, e, [v], grid, n_owner, uniform=uniform)[0]
+
+
+def integrate_many(
+    owner: I64, s: I64, e: I64, values: list[F64], grid: I64, n_owner: int, *, uniform: int = 0
+) -> list[Binned]:
+    """``integrate`` for several value channels of the same segments (the events are shared)."""
     m = grid.size - 1
     g0 = int(grid[0])
     s = np.maximum(s, g0)
     keep = (e > s) & (s < grid[-1])
     if not keep.all():
-        owner, s, e, v = owner[keep], s[keep], e[keep], v[keep]
+        owner, s, e, values = owner[keep], s[keep], e[keep], [v[keep] for v in values]
     if s.size > 1:
         chained = (s[1:] == e[:-1]) & (owner[1:] == owner[:-1])
-        d_start = v - np.r_[0.0, np.where(chained, v[:-1], 0.0)]
         last = np.r_[~chained, True]
         tau = np.concatenate((s, e[last]))
-        delta = np.concatenate((d_start, -v[last]))
         own = np.concatenate((owner, owner[last])) if n_owner > 1 else owner[:0]
-        del chained, d_start, last
+        deltas = [np.concatenate((v - np.r_[0.0, np.where(chained, v[:-1], 0.0)], -v[last])) for v in values]
+        del chained, last
     else:
-        tau, delta, own = np.concatenate((s, e)), np.concatenate((v, -v)), np.concatenate((owner, owner))
+        tau, own = np.concatenate((s, e)), np.concatenate((owner, owner))
+        deltas = [np.concatenate((v, -v)) for v in values]
     width = m + 2  # bin m + 1 collects the events at or after the grid's end (dropped)
     if uniform > 0:
         q, r = np.divmod(tau - g0, uniform)
@@ -56,13 +63,16 @@ def integrate(owner: I64, s: I64, e: I64, v: F64, grid: I64, n_owner: int, *, un
         gap = (grid[np.minimum(j, m)] - tau).astype(np.float64)
     flat = j if n_owner == 1 else own * width + j
     size = n_owner * width
-    a = np.bincount(flat, weights=delta, minlength=size).reshape(n_owner, width)[:, : m + 1]
-    b = np.bincount(flat, weights=delta * gap, minlength=size).reshape(n_owner, width)[:, : m + 1]
-    slope = np.cumsum(a, axis=1, dtype=np.float64)
     lengths = np.diff(grid).astype(np.float64)
-    integral = slope[:, :-1] * lengths + b[:, 1:]
-    left: F64 = np.ascontiguousarray(slope[:, 1:], dtype=np.float64)
-    return Binned(integral=integral, left=left)
+    out = []
+    for delta in deltas:
+        a = np.bincount(flat, weights=delta, minlength=size).reshape(n_owner, width)[:, : m + 1]
+        b = np.bincount(flat, weights=delta * gap, minlength=size).reshape(n_owner, width)[:, : m + 1]
+        slope = np.cumsum(a, axis=1, dtype=np.float64)
+        integral = slope[:, :-1] * lengths + b[:, 1:]
+        left: F64 = np.ascontiguousarray(slope[:, 1:], dtype=np.float64)
+        out.append(Binned(integral=integral, left=left))
+    return out
 
 
 def value_at(owner: I64, s: I64, e: I64, v: F64, t: int, n_owner: int) -> F64:
