@@ -13,9 +13,15 @@ import polars as pl
 import pytest
 
 from opendt.engine import Engine
+from opendt.models.topology import Topology
 from opendt.settings import ApiSettings, KafkaSettings, ReplaySettings, Settings, TopicNames
 from opendt.simulator import aggregate_rows
-from opendt.workload import load_workload
+from opendt.windowing import Window
+from opendt.workload import Workload, load_workload
+
+W = 300_000
+TASK_COLS = ["id", "submission_ms", "duration", "cpu_count", "cpu_capacity", "mem_capacity"]
+FRAG_COLS = ["id", "submission_ms", "duration", "cpu_count", "cpu_usage", "index"]
 
 START_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 
@@ -100,6 +106,48 @@ def one_shot(wl_dir: Path, until_ms: int, export_interval_ms: int = 150_000) -> 
         [engine.advance(until_ms, wl.tasks, wl.fragments), engine.finish()], how="vertical_relaxed"
     )
     return aggregate_rows(rows, 0, 0)
+
+
+def workload_windows(wl: Workload) -> list[Window]:
+    """The workload cut into the twin's 300 s windows (tasks and fragments by submission time), last final."""
+    start = (wl.origin_ms // W) * W
+    out = []
+    for lo in range(start, wl.end_ms + 1, W):
+        t = wl.tasks.filter(pl.col("submission_ms").is_between(lo, lo + W, closed="left"))
+        f = wl.fragments.filter(pl.col("submission_ms").is_between(lo, lo + W, closed="left"))
+        out.append(Window(lo, lo + W, t.select(TASK_COLS).rows(), f.select(FRAG_COLS).rows()))
+    out[-1].final = True
+    return out
+
+
+def windowed_reference(
+    wl: Workload,
+    windows: list[Window],
+    *,
+    skip: int | None = None,
+    topology_at: tuple[int, Topology] | None = None,
+) -> pl.DataFrame:
+    """The in-process engine advanced window by window like the twin: ``(timestamp, power_draw,
+    energy_usage)``. No call at all for window ``skip``; ``topology_at=(i, t)`` sets ``t`` before window i."""
+    assert wl.carbon is not None
+    engine = Engine(
+        wl.topology, export_interval_ms=150_000, carbon=wl.carbon.rename({"timestamp_ms": "timestamp"})
+    )
+    parts = []
+    for i, w in enumerate(windows):
+        if topology_at is not None and i == topology_at[0]:
+            engine.set_topology(topology_at[1])
+        if i == skip:
+            continue
+        tasks = pl.DataFrame(w.tasks, schema=TASK_COLS, orient="row")
+        frags = pl.DataFrame(w.fragments, schema=FRAG_COLS, orient="row")
+        rows = engine.advance(w.end_ms, tasks, frags)
+        if w.final:
+            rows = pl.concat([rows, engine.finish()], how="vertical_relaxed")
+        parts.append(aggregate_rows(rows, 0, w.start_ms))
+    return pl.concat([p for p in parts if p.height]).select(
+        pl.col("timestamp").dt.cast_time_unit("ms"), "power_draw", "energy_usage"
+    )
 
 
 def max_rel_diff(

@@ -11,17 +11,14 @@ import polars as pl
 import pytest
 
 from opendt.consumer import ClosedWindow
-from opendt.engine import Engine
 from opendt.results import ResultStore
 from opendt.settings import SimulationSettings
-from opendt.simulator import Simulator, TopologyBox, aggregate_rows
+from opendt.simulator import Simulator, TopologyBox
 from opendt.windowing import Window
 from opendt.workers import TwinEngine
 from opendt.workload import Workload, load_workload
 
-W = 300_000
-TASK_COLS = ["id", "submission_ms", "duration", "cpu_count", "cpu_capacity", "mem_capacity"]
-FRAG_COLS = ["id", "submission_ms", "duration", "cpu_count", "cpu_usage", "index"]
+from .conftest import windowed_reference, workload_windows
 
 FAULTY_WORKER = """
 import os, sys, time
@@ -46,38 +43,6 @@ def faulty(self, until_ms, tasks, fragments):
 Engine.advance = faulty
 raise SystemExit(main())
 """
-
-
-def _windows(wl: Workload) -> list[Window]:
-    start = (wl.origin_ms // W) * W
-    out = []
-    for lo in range(start, wl.end_ms + 1, W):
-        t = wl.tasks.filter(pl.col("submission_ms").is_between(lo, lo + W, closed="left"))
-        f = wl.fragments.filter(pl.col("submission_ms").is_between(lo, lo + W, closed="left"))
-        out.append(Window(lo, lo + W, t.select(TASK_COLS).rows(), f.select(FRAG_COLS).rows()))
-    out[-1].final = True
-    return out
-
-
-def _carbon(wl: Workload) -> pl.DataFrame:
-    assert wl.carbon is not None
-    return wl.carbon.rename({"timestamp_ms": "timestamp"})
-
-
-def _reference(wl: Workload, windows: list[Window], skip: int | None) -> pl.DataFrame:
-    """The in-process engine window by window, without the call for window ``skip``."""
-    engine = Engine(wl.topology, export_interval_ms=150_000, carbon=_carbon(wl))
-    parts = []
-    for i, w in enumerate(windows):
-        if i == skip:
-            continue
-        tasks = pl.DataFrame(w.tasks, schema=TASK_COLS, orient="row")
-        frags = pl.DataFrame(w.fragments, schema=FRAG_COLS, orient="row")
-        rows = engine.advance(w.end_ms, tasks, frags)
-        if w.final:
-            rows = pl.concat([rows, engine.finish()], how="vertical_relaxed")
-        parts.append(aggregate_rows(rows, 0, w.start_ms))
-    return pl.concat([p for p in parts if p.height]).select("timestamp", "power_draw", "energy_usage")
 
 
 async def _simulate(
@@ -115,7 +80,7 @@ async def test_faulty_window_is_recorded_failed_and_the_twin_goes_on(
     (no partial state left by the failure); 4. a restart on the same run replays the journal without
     calling the failing window again and rewrites nothing."""
     wl = load_workload(small_workload)
-    windows = _windows(wl)
+    windows = workload_windows(wl)
     third = len(windows) // 3
     bad = max(range(third, 2 * third), key=lambda i: len(windows[i].tasks))
     assert windows[bad].tasks, "the workload needs a busy middle window"
@@ -142,12 +107,9 @@ async def test_faulty_window_is_recorded_failed_and_the_twin_goes_on(
     agg = pl.read_parquet(tmp_path / "run" / "agg_results.parquet")
     after = agg.filter(pl.col("window_start").dt.epoch("ms") > windows[bad].start_ms)
     assert after["window_start"].n_unique() == len(windows) - 1 - bad
-    expect = _reference(wl, windows, skip=bad)
-    got = agg.select("timestamp", "power_draw", "energy_usage").with_columns(
-        pl.col("timestamp").dt.cast_time_unit("us")
-    )
-    assert got.equals(expect)
-    assert not expect.equals(_reference(wl, windows, skip=None)), "the failed window's input had no effect"
+    expect = windowed_reference(wl, windows, skip=bad)
+    assert agg.select("timestamp", "power_draw", "energy_usage").equals(expect)
+    assert not expect.equals(windowed_reference(wl, windows)), "the failed window's input had no effect"
 
     again, store2 = await _simulate(wl, windows, tmp_path / "run", command, timeout_s)
     assert again.stats.windows_replayed == len(windows)
