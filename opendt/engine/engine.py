@@ -111,8 +111,9 @@ class Engine:
             if len({id(c) for c in self.carbon}) > 1:
                 raise ValueError("cannot change the number of clusters with per-cluster carbon traces")
             self.carbon = [self.carbon[0]] * new.n_clusters
-            self.acc_energy = np.resize(self.acc_energy, new.n_clusters) * 0 + 0.0
-            self.acc_carbon = np.resize(self.acc_carbon, new.n_clusters) * 0 + 0.0
+            # the interval in progress restarts per cluster (clusters are matched by index only)
+            self.acc_energy = np.zeros(new.n_clusters)
+            self.acc_carbon = np.zeros(new.n_clusters)
         if not new.same_structure(self.hosts):
             requeued = self.sched.resize(new, self.t_lo)
             if requeued:
