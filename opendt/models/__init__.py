@@ -1,36 +1,3 @@
-"""Domain types: the OpenDC topology, workload records and the Kafka messages of DESIGN §4."""
-
-from opendt.models.messages import (
-    FragmentMessage,
-    Heartbeat,
-    MessageError,
-    PowerMessage,
-    SimResultsMessage,
-    SimTopologyMessage,
-    TaskMessage,
-    TopologyMessage,
-)
-from opendt.models.records import CarbonSample, Fragment, PowerSample, Task
-from opendt.models.topology import Cluster, Cpu, Host, Memory, PowerModel, PowerSourceSpec, Topology
-
-__all__ = [
-    "CarbonSample",
-    "Cluster",
-    "Cpu",
-    "Fragment",
-    "FragmentMessage",
-    "Heartbeat",
-    "Host",
-    "Memory",
-    "MessageError",
-    "PowerMessage",
-    "PowerModel",
-    "PowerSample",
-    "PowerSourceSpec",
-    "SimResultsMessage",
-    "SimTopologyMessage",
-    "Task",
-    "TaskMessage",
-    "Topology",
-    "TopologyMessage",
-]
+"""Domain types: the OpenDC topology (``topology``), workload records (``records``) and the Kafka messages of
+DESIGN §4 (``messages``). Import the submodule you need: nothing is imported eagerly here, so the engine
+subprocess does not pay for the message models."""
