@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="serve the API over existing results")
     cal = sub.add_parser("calibrate", help="offline calibration over a workload directory")
-    cal.add_argument("--workload", type=Path)
+    cal.add_argument("--workload", type=Path, help="workload directory (default: replay.workload)")
+    cal.add_argument("--out", type=Path, help="run directory for results (default: a new temp directory)")
     sub.add_parser("broker", help="run the embedded Kafka broker (Tansu) in the foreground")
 
     cfg = sub.add_parser("config", help="configuration")
@@ -141,6 +142,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         )
     if cmd == "replay":
         return run_async(lambda stop: _replay(settings, stop))
+    if cmd == "calibrate":
+        from opendt.calibration.offline import calibrate_cli
+
+        return asyncio.run(calibrate_cli(settings.replay.workload, settings, args.out))
     sys.stderr.write(f"opendt {cmd}: not available yet in this version\n")
     return EXIT_USAGE
 

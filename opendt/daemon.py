@@ -22,6 +22,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 
 from opendt.api import TwinView, serve_api
+from opendt.calibrator import calibrator_for
 from opendt.clock import SystemClock
 from opendt.consumer import ClosedWindow, WindowConsumer
 from opendt.kafka.broker import BrokerError, EmbeddedBroker, kafka_broker_for
@@ -182,15 +183,30 @@ async def _supervise(
         async def publish(key: bytes, value: dict[str, object]) -> None:
             await producer.send(topics.sim_results, orjson.dumps(value), key=key)
 
+        async def publish_calibrated(sim: SimTopology) -> None:
+            await producer.send_and_wait(
+                topics.sim_topology,
+                encode_sim_topology(sim.version, sim.source, sim.timestamp_ms, sim.reason, sim.topology),
+                key=DATACENTER_KEY,
+            )
+
+        twin = TwinEngine(timeout_s=settings.simulation.timeout_s)
+        calibrator = None
+        if settings.calibration.enabled:
+            calibrator = calibrator_for(
+                settings, box, twin, workload.carbon, run_dir, publish=publish_calibrated
+            )
+            state.providers["calibration"] = calibrator.view
         simulator = Simulator(
             queue,
-            TwinEngine(timeout_s=settings.simulation.timeout_s),
+            twin,
             store,
             box,
             settings.simulation,
             workload.carbon,
             publish=publish,
             commit=windows.commit_durable,
+            hooks=calibrator,
         )
         _publish_views(state, progress, windows, simulator, store, box, run_dir)
         await producer.send_and_wait(
@@ -239,6 +255,8 @@ async def _supervise(
                     )
                 tg.create_task(windows.run())
                 tg.create_task(simulator.run())
+                if calibrator is not None:
+                    tg.create_task(calibrator.run())
                 tg.create_task(_listen_topology(bootstrap, settings, box, state))
                 tg.create_task(stop_when(trigger, "signal"))
                 if broker is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -99,14 +99,116 @@ class SimulationSettings(Section):
     archive: bool = False
 
 
+class CalibrationAxis(Section):
+    """One axis of the calibration grid: a dotted host parameter and its ``values`` or ``linspace``."""
+
+    parameter: str = Field(
+        description="Dotted host parameter, e.g. cpuPowerModel.calibrationFactor, cpu.coreSpeed; prefix "
+        "clusters[NAME]. (and/or hosts[NAME].) to restrict it to one cluster (host spec); default: all hosts"
+    )
+    values: list[float | str] | None = Field(
+        default=None, description="Explicit values (strings for cpuPowerModel.modelType)"
+    )
+    linspace: tuple[float, float, int] | None = Field(
+        default=None, description="(start, stop, num): num evenly spaced values, both ends included"
+    )
+    scale: bool = Field(
+        default=False,
+        description="Values multiply each host's value in the physical topology instead of replacing it "
+        "(keeps heterogeneous hosts heterogeneous)",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CalibrationAxis:
+        if (self.values is None) == (self.linspace is None):
+            raise ValueError(f"axis {self.parameter!r}: give exactly one of values or linspace")
+        if self.linspace is not None and self.linspace[2] < 1:
+            raise ValueError(f"axis {self.parameter!r}: linspace needs num >= 1")
+        if self.values is not None and not self.values:
+            raise ValueError(f"axis {self.parameter!r}: values is empty")
+        return self
+
+    def points(self) -> list[float | str]:
+        if self.values is not None:
+            return list(self.values)
+        assert self.linspace is not None
+        start, stop, num = self.linspace
+        if num == 1:
+            return [float(start)]
+        step = (stop - start) / (num - 1)
+        return [round(start + i * step, 10) for i in range(num)]
+
+
+def _default_grid() -> list[CalibrationAxis]:
+    return [
+        CalibrationAxis(parameter="cpuPowerModel.idlePower", linspace=(0.4, 1.6, 4), scale=True),
+        CalibrationAxis(parameter="cpuPowerModel.calibrationFactor", linspace=(3.0, 12.0, 4)),
+    ]
+
+
 class CalibrationSettings(Section):
+    """The online calibrator (issue 5). Rounds run every ``every_s`` of trace time over the trailing
+    ``lookback_s``; the search space is ``grid`` (the cartesian product of its axes), or, when only
+    ``parameter``/``values`` are set, that single axis."""
+
     enabled: bool = False
-    every_s: int = Field(default=3600, gt=0)
-    lookback_s: int = Field(default=3600, gt=0)
-    metric: Literal["mape", "rmse", "energy"] = "mape"
-    parameter: str = "cpuPowerModel.calibrationFactor"
-    values: list[float] = Field(default_factory=lambda: [3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
-    margin: float = Field(default=0.0, ge=0)
+    every_s: int = Field(
+        default=3600, gt=0, description="Trace seconds between rounds (a multiple of window_s)"
+    )
+    lookback_s: int = Field(
+        default=3600, gt=0, description="Trailing trace seconds scored (a multiple of window_s)"
+    )
+    metric: Literal["mape", "rmse", "energy"] = Field(
+        default="mape", description="Score that picks the winner: MAPE %, RMSE W, or |energy error| %"
+    )
+    parameter: str = Field(
+        default="cpuPowerModel.calibrationFactor",
+        description="Single-axis shorthand (used when grid is unset)",
+    )
+    values: list[float] = Field(
+        default_factory=lambda: [3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0], description="Values of ``parameter``"
+    )
+    grid: list[CalibrationAxis] = Field(
+        default_factory=_default_grid,
+        description="Axes of the search grid (cartesian product); default: idlePower ×0.4…×1.6 (4 values) × "
+        "calibrationFactor 3…12 (4 values)",
+    )
+    refine_steps: int = Field(
+        default=1, ge=0, description="Successive refinements: zoom every numeric axis around the best point"
+    )
+    refine_points: int = Field(default=3, ge=2, description="Points per numeric axis in each refinement")
+    margin: float = Field(
+        default=0.0, ge=0, lt=1, description="Relative improvement over the current topology's score needed"
+    )
+    max_parallel: int = Field(default=2, ge=1, description="Candidate worker processes (bounded pool)")
+    nice: int = Field(default=10, ge=0, le=19, description="Niceness of candidate workers (low CPU priority)")
+    timeout_s: float = Field(default=60.0, gt=0, description="Per-candidate simulation timeout")
+    compare: Literal["mean", "instant"] = Field(
+        default="mean",
+        description="Predicted value at a measured instant t: mean power over (t − Δ, t] (energy / Δ, "
+        "Δ = the measured sampling interval) or the instantaneous power at t",
+    )
+    apply_delay_s: int = Field(
+        default=900,
+        ge=0,
+        description="Trace seconds after the round instant at which the winner takes effect (rounded up to "
+        "a window start); the twin waits there for a late round, so results never depend on wall time",
+    )
+
+    @model_validator(mode="after")
+    def _one_space(self) -> CalibrationSettings:
+        single = {"parameter", "values"} & self.model_fields_set
+        if single and "grid" in self.model_fields_set:
+            raise ValueError("set either grid or parameter/values, not both")
+        if single and "grid" not in self.model_fields_set:
+            object.__setattr__(
+                self, "grid", [CalibrationAxis(parameter=self.parameter, values=list(self.values))]
+            )
+        if self.apply_delay_s >= self.every_s:
+            raise ValueError(
+                "apply_delay_s must be < every_s (a round's winner applies before the next round)"
+            )
+        return self
 
 
 class OptimizerSettings(Section):

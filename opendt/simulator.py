@@ -19,6 +19,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import polars as pl
 import structlog
@@ -141,6 +142,16 @@ Publish = Callable[[bytes, dict[str, object]], Awaitable[None]]
 Commit = Callable[[ClosedWindow], Awaitable[None]]
 
 
+class WindowHooks(Protocol):
+    """Observers of the window loop (the calibrator): awaited in order, inside the window's processing."""
+
+    async def before_window(self, w: Window) -> None: ...
+
+    async def after_window(
+        self, w: Window, tasks: pl.DataFrame, fragments: pl.DataFrame, *, replayed: bool = False
+    ) -> None: ...
+
+
 class Simulator:
     def __init__(
         self,
@@ -154,6 +165,7 @@ class Simulator:
         publish: Publish | None = None,
         commit: Commit | None = None,
         on_done: Callable[[], None] | None = None,
+        hooks: WindowHooks | None = None,
     ) -> None:
         self.queue = queue
         self.twin = twin
@@ -164,6 +176,7 @@ class Simulator:
         self.publish = publish
         self.commit = commit
         self.on_done = on_done
+        self.hooks = hooks
         self.stats = SimulatorStats()
         self.applied_version = -1
         self.done = asyncio.Event()
@@ -224,9 +237,13 @@ class Simulator:
             if self.store.window_status(w.start_ms) == "ok":  # a failed window left no trace in the engine
                 await self._advance(w, tasks, frags)
             self.stats.windows_replayed += 1
+            if self.hooks is not None:
+                await self.hooks.after_window(w, tasks, frags, replayed=True)
             if self.commit is not None:
                 await self.commit(cw)
             return
+        if self.hooks is not None:
+            await self.hooks.before_window(w)
         cur = self.box.current
         if cur.version != self.applied_version:
             self.store.save_topology(cur.version, cur.topology, {"source": cur.source, "reason": cur.reason})
@@ -263,6 +280,8 @@ class Simulator:
             )
         if self.commit is not None:
             await self.commit(cw)
+        if self.hooks is not None:
+            await self.hooks.after_window(w, tasks, frags)
         if status == "ok":
             self.stats.windows_simulated += 1
         self.stats.latencies_s.append(time.perf_counter() - t0)

@@ -79,6 +79,7 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
     from opendt.models.topology import parse_topology
 
     engine: Engine | None = None
+    cal_bases: dict[str, Any] = {}  # calibration candidate runs (opendt.calibration.warm)
     while True:
         try:
             (n,) = _LEN.unpack(_read_exact(stdin, 4))
@@ -98,6 +99,10 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
                     export_interval_ms=header["export_interval_ms"],
                     carbon=tables.get("carbon"),
                 )
+            elif op.startswith("cal."):
+                from opendt.calibration import warm
+
+                out = warm.handle(op, header, tables, engine, cal_bases)
             elif engine is None:
                 raise RuntimeError("worker not initialised")
             elif op == "advance":
@@ -306,6 +311,12 @@ class TwinEngine:
 
     async def set_topology(self, topology: dict[str, Any]) -> None:
         await self._call({"op": "set_topology", "topology": topology}, record=True)
+
+    async def snapshot(self) -> bytes:
+        """The engine state now, pickled (for warm-started calibration candidates); changes nothing."""
+        out = await self._call({"op": "cal.snapshot"}, record=False)
+        blob: bytes = out["snapshot"]["blob"][0]
+        return blob
 
     async def close(self) -> None:
         worker, self._worker = self._worker, None

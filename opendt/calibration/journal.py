@@ -1,0 +1,199 @@
+"""Calibration rounds: the record of one round and ``calibration.parquet`` (one row per round).
+
+The file is rewritten whole (temporary file, then rename) whenever a round finishes or its winner is
+applied; ``value`` is the first numeric axis's value in effect after the round, so the column over
+``time`` is the calibrated parameter's series (``in_effect`` holds every axis, as JSON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+SCORE_SCHEMA = pl.Struct(
+    {
+        "params": pl.Utf8(),
+        "stage": pl.Int64(),
+        "status": pl.Utf8(),
+        "score": pl.Float64(),
+        "mape": pl.Float64(),
+        "rmse": pl.Float64(),
+        "energy": pl.Float64(),
+        "samples": pl.Int64(),
+        "error": pl.Utf8(),
+    }
+)
+SCHEMA = pl.Schema(
+    {
+        "round": pl.Int64(),
+        "time": pl.Datetime("ms", "UTC"),
+        "lookback_start": pl.Datetime("ms", "UTC"),
+        "apply_at": pl.Datetime("ms", "UTC"),
+        "status": pl.Utf8(),
+        "reason": pl.Utf8(),
+        "metric": pl.Utf8(),
+        "candidates": pl.Int64(),
+        "rejected": pl.Int64(),
+        "failed": pl.Int64(),
+        "samples": pl.Int64(),
+        "export_interval_ms": pl.Int64(),
+        "incumbent_score": pl.Float64(),
+        "winner_score": pl.Float64(),
+        "winner": pl.Utf8(),
+        "in_effect": pl.Utf8(),
+        "value": pl.Float64(),
+        "version": pl.Int64(),
+        "duration_s": pl.Float64(),
+        "scores": pl.List(SCORE_SCHEMA),
+    }
+)
+
+
+@dataclass
+class ScoreRow:
+    params: str
+    stage: int
+    status: str
+    """``ok``, ``failed`` (the simulation failed), ``rejected`` (invalid, never run) or ``incumbent``."""
+    score: float | None = None
+    mape: float | None = None
+    rmse: float | None = None
+    energy: float | None = None
+    samples: int = 0
+    error: str = ""
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    time_ms: int
+    lookback_start_ms: int
+    apply_at_ms: int
+    status: str
+    """``chosen`` (a winner waits for its apply instant), ``applied``, ``kept`` (no candidate beat the
+    current topology by the margin), ``skipped`` (nothing to score) or ``failed``."""
+    reason: str
+    metric: str
+    candidates: int = 0
+    rejected: int = 0
+    failed: int = 0
+    samples: int = 0
+    export_interval_ms: int = 0
+    incumbent_score: float | None = None
+    winner_score: float | None = None
+    winner: dict[str, Any] = field(default_factory=dict)
+    in_effect: dict[str, Any] = field(default_factory=dict)
+    version: int | None = None
+    duration_s: float = 0.0
+    scores: list[ScoreRow] = field(default_factory=list)
+    winner_topology: Any = None
+    """The winning :class:`~opendt.models.topology.Topology` while it waits to be applied (not stored)."""
+
+    @property
+    def value(self) -> float | None:
+        for v in self.in_effect.values():
+            if isinstance(v, int | float):
+                return float(v)
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        """What ``GET /api/status`` shows of a round (the scores of the five best candidates)."""
+        ok = sorted((s for s in self.scores if s.score is not None), key=lambda s: s.score or 0.0)
+        return {
+            "round": self.round,
+            "time_ms": self.time_ms,
+            "lookback_start_ms": self.lookback_start_ms,
+            "apply_at_ms": self.apply_at_ms,
+            "status": self.status,
+            "reason": self.reason,
+            "metric": self.metric,
+            "candidates": self.candidates,
+            "rejected": self.rejected,
+            "failed": self.failed,
+            "samples": self.samples,
+            "incumbent_score": self.incumbent_score,
+            "winner_score": self.winner_score,
+            "winner": self.winner,
+            "in_effect": self.in_effect,
+            "version": self.version,
+            "duration_s": round(self.duration_s, 3),
+            "best": [asdict(s) for s in ok[:5]],
+        }
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "time": self.time_ms,
+            "lookback_start": self.lookback_start_ms,
+            "apply_at": self.apply_at_ms,
+            "status": self.status,
+            "reason": self.reason,
+            "metric": self.metric,
+            "candidates": self.candidates,
+            "rejected": self.rejected,
+            "failed": self.failed,
+            "samples": self.samples,
+            "export_interval_ms": self.export_interval_ms,
+            "incumbent_score": self.incumbent_score,
+            "winner_score": self.winner_score,
+            "winner": json.dumps(self.winner),
+            "in_effect": json.dumps(self.in_effect),
+            "value": self.value,
+            "version": self.version,
+            "duration_s": self.duration_s,
+            "scores": [asdict(s) for s in self.scores],
+        }
+
+
+def to_frame(records: list[RoundRecord]) -> pl.DataFrame:
+    if not records:
+        return pl.DataFrame(schema=SCHEMA)
+    df = pl.DataFrame(
+        [r.row() for r in records],
+        schema_overrides={
+            "time": pl.Int64,
+            "lookback_start": pl.Int64,
+            "apply_at": pl.Int64,
+            "scores": pl.List(SCORE_SCHEMA),
+        },
+    )
+    return (
+        df.with_columns(
+            pl.from_epoch(c, "ms").dt.replace_time_zone("UTC") for c in ("time", "lookback_start", "apply_at")
+        )
+        .select(list(SCHEMA))
+        .cast(SCHEMA)
+    )
+
+
+def _write(df: pl.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    df.write_parquet(tmp)
+    tmp.replace(path)
+
+
+class Journal:
+    """``<run_dir>/calibration.parquet``: every round of this process, in order."""
+
+    def __init__(self, path: Path | None, *, on_new: Callable[[RoundRecord], None] | None = None) -> None:
+        self.path = path
+        self.on_new = on_new
+        self.records: list[RoundRecord] = []
+        self._lock = asyncio.Lock()
+
+    async def save(self, record: RoundRecord) -> None:
+        """Add ``record`` (or replace the row of the same round) and rewrite the file."""
+        async with self._lock:
+            if not any(r is record for r in self.records):
+                self.records.append(record)
+                if self.on_new is not None:
+                    self.on_new(record)
+            if self.path is not None:
+                await asyncio.to_thread(_write, to_frame(self.records), self.path)

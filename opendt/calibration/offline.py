@@ -1,0 +1,215 @@
+"""``opendt calibrate --workload DIR``: the online calibrator over a workload directory, without Kafka.
+
+Windows are cut directly from the workload's frames (the same ``[start, end)`` windows the consumer would
+close, every one from the first event to the last, the last one final) and go through the same
+:class:`~opendt.simulator.Simulator` (twin worker, result store) with the same
+:class:`~opendt.calibrator.Calibrator` hooks as the daemon. The twin's prediction at ``t`` therefore only
+uses topologies chosen from data before ``t``. At the end: the whole-trace MAPE of the twin's prediction
+(its ``power_draw`` at the export instants) against the measured power at the same instants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from opendt.calibration.journal import RoundRecord
+from opendt.calibration.scoring import mape
+from opendt.calibrator import calibrator_for
+from opendt.consumer import ClosedWindow
+from opendt.results import ResultStore
+from opendt.settings import Settings
+from opendt.simulator import Simulator, TopologyBox
+from opendt.windowing import Window
+from opendt.workers import TwinEngine
+from opendt.workload import FRAGMENT_SCHEMA, TASK_SCHEMA, Workload, load_workload
+
+
+@dataclass
+class OfflineResult:
+    run_dir: Path
+    rounds: list[RoundRecord]
+    windows: int
+    mape_pct: float
+    """Whole-trace MAPE of the twin's power_draw vs measured, at the matched export instants."""
+    matched: int
+    wall_s: float
+    latencies_s: list[float]
+    latencies_during_rounds_s: list[float]
+    gate_wait_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        cands = [r.candidates for r in self.rounds if r.status != "skipped"]
+        return {
+            "run_dir": str(self.run_dir),
+            "windows": self.windows,
+            "rounds": len(self.rounds),
+            "applied": sum(r.status == "applied" for r in self.rounds),
+            "candidates_per_round": round(statistics.mean(cands), 1) if cands else 0,
+            "mape_pct": round(self.mape_pct, 4),
+            "matched_instants": self.matched,
+            "wall_s": round(self.wall_s, 2),
+            "window_latency_p95_s": _p95(self.latencies_s),
+            "window_latency_p95_during_rounds_s": _p95(self.latencies_during_rounds_s),
+            "gate_wait_s": round(self.gate_wait_s, 3),
+        }
+
+
+def _p95(xs: list[float]) -> float | None:
+    return round(float(np.percentile(xs, 95)), 4) if xs else None
+
+
+def cut_windows(workload: Workload, window_ms: int) -> list[Window]:
+    """The windows the streaming consumer would close for this workload (DESIGN §5), all at once."""
+    w = pl.col("_w")
+    tasks = workload.tasks.with_columns((pl.col("submission_ms") // window_ms * window_ms).alias("_w"))
+    frags = workload.fragments.with_columns((pl.col("submission_ms") // window_ms * window_ms).alias("_w"))
+    cons = workload.consumption
+    power = (
+        cons.with_columns((pl.col("timestamp_ms") // window_ms * window_ms).alias("_w"))
+        if cons is not None
+        else pl.DataFrame(schema={"timestamp_ms": pl.Int64, "power_draw": pl.Float64, "_w": pl.Int64})
+    )
+    starts = [df["_w"] for df in (tasks, frags, power) if df.height]
+    first = min(int(s.min()) for s in starts)  # type: ignore[arg-type]
+    last = max(int(s.max()) for s in starts)  # type: ignore[arg-type]
+    by_t = {k[0]: v for k, v in tasks.sort(w, maintain_order=True).partition_by("_w", as_dict=True).items()}
+    by_f = {k[0]: v for k, v in frags.sort(w, maintain_order=True).partition_by("_w", as_dict=True).items()}
+    by_p = {k[0]: v for k, v in power.partition_by("_w", as_dict=True).items()} if power.height else {}
+    out = []
+    for start in range(first, last + window_ms, window_ms):
+        t, f, p = by_t.get(start), by_f.get(start), by_p.get(start)
+        out.append(
+            Window(
+                start,
+                start + window_ms,
+                tasks=t.select(list(TASK_SCHEMA)).rows() if t is not None else [],
+                fragments=f.select(list(FRAGMENT_SCHEMA)).rows() if f is not None else [],
+                power=_power_rows(p),
+                final=start == last,
+            )
+        )
+    return out
+
+
+def _power_rows(p: pl.DataFrame | None) -> list[tuple[str, int, float, float]]:
+    if p is None:
+        return []
+    energy = p["energy_usage"].fill_null(0.0) if "energy_usage" in p.columns else pl.Series([0.0] * p.height)
+    return [
+        ("meter", int(ts), float(pw), float(e))
+        for ts, pw, e in zip(p["timestamp_ms"], p["power_draw"], energy, strict=True)
+    ]
+
+
+def prediction_mape(agg: pl.DataFrame, consumption: pl.DataFrame | None) -> tuple[float, int]:
+    """MAPE (%) of the twin's ``power_draw`` vs the measured power at the same instants, and the count."""
+    if consumption is None or agg.is_empty():
+        return float("nan"), 0
+    pred = agg.select(
+        pl.col("timestamp").dt.epoch("ms").alias("timestamp_ms"), pl.col("power_draw").alias("predicted")
+    ).unique(subset=["timestamp_ms"], keep="first")
+    j = consumption.join(pred, on="timestamp_ms", how="inner")
+    return mape(j["predicted"].to_numpy(), j["power_draw"].to_numpy()), j.height
+
+
+async def calibrate_offline(
+    workload_dir: Path,
+    settings: Settings,
+    *,
+    out: Path | None = None,
+    on_round: Callable[[RoundRecord], None] | None = None,
+    pool_command: list[str] | None = None,
+) -> OfflineResult:
+    t0 = time.perf_counter()
+    workload = await asyncio.to_thread(load_workload, workload_dir)
+    window_ms = settings.windowing.window_s * 1000
+    windows = await asyncio.to_thread(cut_windows, workload, window_ms)
+    run_dir = out if out is not None else Path(tempfile.mkdtemp(prefix="opendt-calibrate-"))
+    store = ResultStore(run_dir)
+    await asyncio.to_thread(store.load)
+    if store.durable_count:
+        raise ValueError(f"{run_dir} already holds results; give an empty --out directory")
+    box = TopologyBox(workload.topology)
+    twin = TwinEngine(timeout_s=settings.simulation.timeout_s)
+    calibrator = calibrator_for(settings, box, twin, workload.carbon, run_dir, pool_command=pool_command)
+    journal = calibrator.journal
+    journal.on_new = on_round
+    queue: asyncio.Queue[ClosedWindow | None] = asyncio.Queue(maxsize=settings.windowing.queue_size)
+    simulator = Simulator(queue, twin, store, box, settings.simulation, workload.carbon, hooks=calibrator)
+
+    async def feed() -> None:
+        for w in windows:
+            await queue.put(ClosedWindow(w))
+        await queue.put(None)
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(feed())
+        rounds = tg.create_task(calibrator.run())
+        await simulator.run()
+        rounds.cancel()
+    value, matched = prediction_mape(store.agg, workload.consumption)
+    return OfflineResult(
+        run_dir=run_dir,
+        rounds=list(journal.records),
+        windows=simulator.stats.windows_simulated,
+        mape_pct=value,
+        matched=matched,
+        wall_s=time.perf_counter() - t0,
+        latencies_s=list(simulator.stats.latencies_s),
+        latencies_during_rounds_s=during_rounds(store.windows, journal.records, calibrator.apply_delay_ms),
+        gate_wait_s=calibrator.gate_wait_s,
+    )
+
+
+def during_rounds(windows: pl.DataFrame, rounds: list[RoundRecord], delay_ms: int) -> list[float]:
+    """Latencies of the windows simulated while a round could be running: a round at ``R`` is started
+    after the window ending at ``R`` and is over (the apply gate) before the window starting at
+    ``R + delay``, so those are the windows starting in ``[R, R + delay]``."""
+    if windows.is_empty() or not rounds:
+        return []
+    starts = windows["window_start"].dt.epoch("ms").to_numpy()
+    lat = windows["latency_s"].to_numpy()
+    mask = np.zeros(starts.size, dtype=bool)
+    for r in rounds:
+        mask |= (starts >= r.time_ms) & (starts <= r.time_ms + delay_ms)
+    return [float(x) for x in lat[mask]]
+
+
+def format_round(r: RoundRecord) -> str:
+    score = "-" if r.winner_score is None else f"{r.winner_score:.4g}"
+    inc = "-" if r.incumbent_score is None else f"{r.incumbent_score:.4g}"
+    return (
+        f"round {r.round:4d}  t={r.time_ms}  {r.status:8s} candidates={r.candidates:3d} "
+        f"rejected={r.rejected} failed={r.failed}  {r.metric} current={inc} best={score}  "
+        f"winner={r.winner}  {r.duration_s:.2f}s  {r.reason if r.status in ('skipped', 'failed') else ''}"
+    ).rstrip()
+
+
+async def calibrate_cli(workload_dir: Path, settings: Settings, out: Path | None) -> int:
+    """Print every round as it finishes, then the summary; exit 0."""
+    import sys
+
+    def show(r: RoundRecord) -> None:
+        sys.stdout.write(format_round(r) + "\n")
+        sys.stdout.flush()
+
+    result = await calibrate_offline(workload_dir, settings, out=out, on_round=show)
+    s = result.as_dict()
+    sys.stdout.write(
+        f"calibrated prediction vs measured: MAPE {s['mape_pct']:.3f} % "
+        f"over {s['matched_instants']} instants; "
+        f"{s['rounds']} rounds ({s['applied']} applied), {s['candidates_per_round']} candidates per round; "
+        f"{s['windows']} windows in {s['wall_s']:.1f} s; window latency p95 {s['window_latency_p95_s']} s "
+        f"(during rounds {s['window_latency_p95_during_rounds_s']} s); results in {s['run_dir']}\n"
+    )
+    return 0

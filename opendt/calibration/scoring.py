@@ -1,0 +1,98 @@
+"""Scoring candidates against the measured power, like with like.
+
+The common grid is the measured samples' instants. A meter sample at ``t`` (SURF: every 30 s) is compared
+with the candidate's export row at the same instant; candidates run with an export interval Δ equal to the
+measured sampling interval, so their rows land on those instants (both grids start at the first task's
+submission; a sample with no row at its instant is left out and counted). What is compared at ``t``:
+
+* ``compare="mean"`` (default): the candidate's mean power over ``(t − Δ, t]``, i.e. its exact
+  ``energy_usage / Δ``. A meter reports the average over its interval (the demo's meter does, by
+  construction); on SURF every fragment is 30 s long and aligned, so it also equals the power at ``t``.
+* ``compare="instant"``: the candidate's instantaneous ``power_draw`` at ``t`` (its left limit).
+
+Metrics over the matched samples: MAPE (%; samples with measured power 0 are left out), RMSE (W) and the
+absolute energy error over the lookback (%, |Σ predicted − Σ measured| / Σ measured, equal Δ per sample).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+F64 = npt.NDArray[np.float64]
+Metric = Literal["mape", "rmse", "energy"]
+
+
+@dataclass(frozen=True)
+class Scores:
+    mape: float
+    rmse: float
+    energy: float
+    samples: int
+
+    def get(self, metric: Metric) -> float:
+        return {"mape": self.mape, "rmse": self.rmse, "energy": self.energy}[metric]
+
+
+def mape(pred: F64, meas: F64) -> float:
+    """Mean absolute percentage error (%), over the samples whose measured value is not 0."""
+    ok = meas != 0
+    if not ok.any():
+        return float("nan")
+    return float(np.mean(np.abs(pred[ok] - meas[ok]) / np.abs(meas[ok])) * 100.0)
+
+
+def rmse(pred: F64, meas: F64) -> float:
+    """Root mean square error (W)."""
+    if pred.size == 0:
+        return float("nan")
+    return float(np.sqrt(np.mean((pred - meas) ** 2)))
+
+
+def energy_error(pred: F64, meas: F64) -> float:
+    """|Σ predicted − Σ measured| / Σ measured (%): the energy error over equally spaced samples."""
+    total = float(np.sum(meas))
+    if total == 0:
+        return float("nan")
+    return abs(float(np.sum(pred)) - total) / abs(total) * 100.0
+
+
+def score(pred: F64, meas: F64) -> Scores:
+    return Scores(mape(pred, meas), rmse(pred, meas), energy_error(pred, meas), int(pred.size))
+
+
+def sampling_interval_ms(timestamps: npt.NDArray[np.int64]) -> int | None:
+    """The meter's sampling interval: the median gap between consecutive distinct instants."""
+    ts = np.unique(timestamps)
+    if ts.size < 2:
+        return None
+    gap = int(np.median(np.diff(ts)))
+    return gap if gap > 0 else None
+
+
+def measured_total(samples: pl.DataFrame) -> pl.DataFrame:
+    """Sum the power sources per instant: ``timestamp_ms``, ``power_draw`` (sorted)."""
+    return (
+        samples.group_by("timestamp_ms")
+        .agg(pl.col("power_draw").sum())
+        .sort("timestamp_ms")
+        .select(pl.col("timestamp_ms").cast(pl.Int64), pl.col("power_draw").cast(pl.Float64))
+    )
+
+
+def predicted_at(rows: pl.DataFrame, interval_ms: int, compare: Literal["mean", "instant"]) -> pl.DataFrame:
+    """Candidate rows (summed over clusters) → ``timestamp_ms``, ``predicted`` W."""
+    value = (
+        pl.col("energy_usage") / (interval_ms / 1000.0) if compare == "mean" else pl.col("power_draw")
+    ).alias("predicted")
+    return rows.select(pl.col("timestamp_absolute").cast(pl.Int64).alias("timestamp_ms"), value)
+
+
+def align(measured: pl.DataFrame, predicted: pl.DataFrame) -> tuple[F64, F64]:
+    """(predicted, measured) at the measured instants that have a prediction."""
+    j = measured.join(predicted, on="timestamp_ms", how="inner").sort("timestamp_ms")
+    return j["predicted"].to_numpy().astype(np.float64), j["power_draw"].to_numpy().astype(np.float64)

@@ -1,0 +1,276 @@
+"""The calibrator component: learns the twin's power-model parameters online from the measured power.
+
+It rides on the simulator's windows (trace time, never the wall clock) through two hooks:
+
+* ``after_window`` (the twin has advanced through the window): keep the window's tasks, fragments and
+  measured power, bounded to the lookback; at a lookback start (``end + lookback_s`` a multiple of
+  ``every_s``) take a snapshot of the twin's engine state (``TwinEngine.snapshot``); at a round instant
+  (``end`` a multiple of ``every_s``) queue a round with what it needs and return at once.
+* ``before_window``: at a round's apply instant (round instant + ``apply_delay_s``, rounded up to a window
+  start) take its result — waiting only if the round is still running — and, when a candidate beat the
+  current topology by ``margin``, make it the simulated topology from this window on: offered to the
+  :class:`~opendt.simulator.TopologyBox` and published on ``sim.topology`` (version = current + 1, source
+  ``calibrator``, reason with the score). A fixed apply instant keeps runs reproducible (DESIGN §10).
+
+Rounds run in :meth:`Calibrator.run`, one at a time, with the candidates in a bounded pool of low-priority
+worker processes (:mod:`opendt.calibration.candidates`) warm-started from the snapshot, so the twin's worker
+never runs a candidate. Every round is recorded (``calibration.parquet``) and summarised by :meth:`view`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import structlog
+
+from opendt.calibration.candidates import CandidatePool
+from opendt.calibration.journal import Journal, RoundRecord
+from opendt.calibration.rounds import RoundJob, RoundRunner
+from opendt.calibration.space import parse_space
+from opendt.settings import CalibrationSettings, Settings
+from opendt.simulator import SimTopology, TopologyBox
+from opendt.windowing import Window
+from opendt.workers import TwinEngine
+
+log = structlog.get_logger(component="calibrator")
+
+Publish = Callable[[SimTopology], Awaitable[None]]
+Snapshot = Callable[[], Awaitable[bytes]]
+
+
+@dataclass
+class _Kept:
+    start_ms: int
+    end_ms: int
+    tasks: pl.DataFrame
+    fragments: pl.DataFrame
+    power: pl.DataFrame
+
+
+def power_frame(w: Window) -> pl.DataFrame:
+    return pl.DataFrame(
+        [(ts, p) for _, ts, p, _ in w.power],
+        schema={"timestamp_ms": pl.Int64, "power_draw": pl.Float64},
+        orient="row",
+    )
+
+
+class Calibrator:
+    def __init__(
+        self,
+        settings: CalibrationSettings,
+        box: TopologyBox,
+        snapshot: Snapshot,
+        pool: CandidatePool,
+        journal: Journal,
+        *,
+        window_ms: int,
+        carbon: pl.DataFrame | None,
+        publish: Publish | None = None,
+    ) -> None:
+        self.every_ms = settings.every_s * 1000
+        self.lookback_ms = settings.lookback_s * 1000
+        for name, v in (("every_s", self.every_ms), ("lookback_s", self.lookback_ms)):
+            if v % window_ms:
+                raise ValueError(f"calibration.{name} must be a multiple of windowing.window_s")
+        delay = settings.apply_delay_s * 1000
+        self.apply_delay_ms = -(-delay // window_ms) * window_ms
+        self.settings = settings
+        self.box = box
+        self.axes = parse_space(settings.grid, box.physical)
+        self.snapshot = snapshot
+        self.pool = pool
+        self.journal = journal
+        self.window_ms = window_ms
+        self.carbon = carbon
+        self.publish = publish
+        self.runner = RoundRunner(settings, self.axes, pool)
+        self._kept: deque[_Kept] = deque()
+        self._snapshots: dict[int, bytes] = {}
+        self._first_start: int | None = None
+        self._jobs: asyncio.Queue[tuple[RoundJob, asyncio.Future[RoundRecord]]] = asyncio.Queue()
+        self._pending: dict[int, asyncio.Future[RoundRecord]] = {}
+        self._rounds = 0
+        self.gate_wait_s = 0.0
+        self.busy = False
+        """A round is running (for latency-during-rounds statistics)."""
+
+    # -- simulator hooks ---------------------------------------------------------------------------------
+
+    async def before_window(self, w: Window) -> None:
+        for at in sorted(t for t in self._pending if t <= w.start_ms):
+            fut = self._pending.pop(at)
+            if not fut.done():
+                t0 = time.perf_counter()
+                log.info("calibration_gate_wait", apply_at_ms=at)
+                await fut
+                self.gate_wait_s += time.perf_counter() - t0
+            await self._apply(fut.result(), w.start_ms)
+
+    async def after_window(
+        self, w: Window, tasks: pl.DataFrame, fragments: pl.DataFrame, *, replayed: bool = False
+    ) -> None:
+        if self._first_start is None:
+            self._first_start = w.start_ms
+        self._kept.append(_Kept(w.start_ms, w.end_ms, tasks, fragments, power_frame(w)))
+        horizon = w.end_ms - self.lookback_ms
+        while self._kept and self._kept[0].start_ms < horizon:
+            self._kept.popleft()
+        for t in [t for t in self._snapshots if t < horizon]:
+            del self._snapshots[t]
+        if w.final:
+            return
+        if (w.end_ms + self.lookback_ms) % self.every_ms == 0:
+            try:
+                self._snapshots[w.end_ms] = await self.snapshot()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the round that needs it is skipped, the twin goes on
+                log.warning("calibration_snapshot_failed", at_ms=w.end_ms, error=str(e))
+        if w.end_ms % self.every_ms == 0 and not replayed:
+            self._queue_round(w.end_ms)
+
+    def _queue_round(self, at_ms: int) -> None:
+        lo = at_ms - self.lookback_ms
+        assert self._first_start is not None
+        snap = self._snapshots.get(lo)
+        if snap is None and lo > self._first_start:
+            log.warning("calibration_skipped", at_ms=at_ms, reason="no twin snapshot at the lookback start")
+            return
+        kept = [k for k in self._kept if k.start_ms >= lo and k.end_ms <= at_ms]
+        self._rounds += 1
+        job = RoundJob(
+            index=self._rounds,
+            at_ms=at_ms,
+            lookback_start_ms=max(lo, self._first_start),
+            apply_at_ms=at_ms + self.apply_delay_ms,
+            snapshot=snap,
+            tasks=pl.concat([k.tasks for k in kept], how="vertical_relaxed"),
+            fragments=pl.concat([k.fragments for k in kept], how="vertical_relaxed"),
+            measured=_measured(kept, lo, at_ms),
+            current=self.box.current.topology,
+            physical=self.box.physical,
+            carbon=self.carbon,
+        )
+        fut: asyncio.Future[RoundRecord] = asyncio.get_running_loop().create_future()
+        self._pending[job.apply_at_ms] = fut
+        self._jobs.put_nowait((job, fut))
+
+    async def _apply(self, rec: RoundRecord, at_ms: int) -> None:
+        if rec.status == "chosen" and rec.winner_topology is not None:
+            version = self.box.next_version()
+            sim = SimTopology(version, "calibrator", rec.reason, rec.winner_topology, at_ms)
+            self.box.offer(sim)
+            rec.status, rec.version, rec.in_effect = "applied", version, dict(rec.winner)
+            rec.winner_topology = None
+            log.info("calibration_applied", round=rec.round, version=version, winner=rec.winner, at_ms=at_ms)
+            if self.publish is not None:
+                await self.publish(sim)
+            await self.journal.save(rec)
+
+    # -- the round loop --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run queued rounds until cancelled; the candidate workers are stopped on the way out."""
+        try:
+            while True:
+                job, fut = await self._jobs.get()
+                self.busy = True
+                try:
+                    rec = await self.runner.run(job)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    log.exception("calibration_round_failed", round=job.index, at_ms=job.at_ms)
+                    rec = RoundRecord(
+                        job.index, job.at_ms, job.lookback_start_ms, job.apply_at_ms, "failed",
+                        f"{type(e).__name__}: {e}", self.settings.metric,
+                    )  # fmt: skip
+                finally:
+                    self.busy = False
+                log.info(
+                    "calibration_round",
+                    round=rec.round,
+                    at_ms=rec.time_ms,
+                    status=rec.status,
+                    candidates=rec.candidates,
+                    rejected=rec.rejected,
+                    failed=rec.failed,
+                    incumbent=rec.incumbent_score,
+                    best=rec.winner_score,
+                    winner=rec.winner,
+                    duration_s=round(rec.duration_s, 3),
+                )
+                await self.journal.save(rec)
+                if not fut.done():
+                    fut.set_result(rec)
+        finally:
+            await self.pool.stop()
+
+    # -- visibility ------------------------------------------------------------------------------------
+
+    @property
+    def records(self) -> list[RoundRecord]:
+        return self.journal.records
+
+    def series(self) -> list[dict[str, Any]]:
+        """The calibrated parameters in effect after each round (``time_ms``, ``value``, ``in_effect``)."""
+        return [{"time_ms": r.time_ms, "value": r.value, "in_effect": r.in_effect} for r in self.records]
+
+    def view(self) -> dict[str, Any]:
+        recs = self.records
+        return {
+            "enabled": True,
+            "every_s": self.settings.every_s,
+            "lookback_s": self.settings.lookback_s,
+            "metric": self.settings.metric,
+            "axes": [a.path for a in self.axes],
+            "rounds": len(recs),
+            "applied": sum(r.status == "applied" for r in recs),
+            "skipped": sum(r.status == "skipped" for r in recs),
+            "failed": sum(r.status == "failed" for r in recs),
+            "pending": len(self._pending),
+            "gate_wait_s": round(self.gate_wait_s, 3),
+            "last_round": recs[-1].summary() if recs else None,
+        }
+
+
+def calibrator_for(
+    settings: Settings,
+    box: TopologyBox,
+    twin: TwinEngine,
+    carbon: pl.DataFrame | None,
+    run_dir: Path | None,
+    *,
+    publish: Publish | None = None,
+    pool_command: list[str] | None = None,
+) -> Calibrator:
+    """The calibrator of a twin: candidate pool and journal (``<run_dir>/calibration.parquet``) included."""
+    cal = settings.calibration
+    pool = CandidatePool(cal.max_parallel, timeout_s=cal.timeout_s, nice=cal.nice, command=pool_command)
+    journal = Journal(None if run_dir is None else run_dir / "calibration.parquet")
+    return Calibrator(
+        cal,
+        box,
+        twin.snapshot,
+        pool,
+        journal,
+        window_ms=settings.windowing.window_s * 1000,
+        carbon=None if carbon is None else carbon.rename({"timestamp_ms": "timestamp"}, strict=False),
+        publish=publish,
+    )
+
+
+def _measured(kept: list[_Kept], lo: int, hi: int) -> pl.DataFrame:
+    frames = [k.power for k in kept if k.power.height]
+    if not frames:
+        return pl.DataFrame(schema={"timestamp_ms": pl.Int64, "power_draw": pl.Float64})
+    df = pl.concat(frames).filter((pl.col("timestamp_ms") >= lo) & (pl.col("timestamp_ms") < hi))
+    return df.group_by("timestamp_ms").agg(pl.col("power_draw").sum()).sort("timestamp_ms")
