@@ -29,6 +29,10 @@ log = structlog.get_logger(component="replay")
 
 CHUNK = 50_000
 YIELD_EVERY = 2_000
+FLUSH_EVERY_S = 0.02
+"""At a finite speed, what is due is flushed before every wait at least this long and at least this often in a
+dense stream, so a record leaves at most about twice this late; one produce round trip per event instant
+(SURF has 514k distinct fragment times) would overload the broker and make the replay fall behind."""
 TASKS, FRAGMENTS, POWER = 0, 1, 2
 
 
@@ -182,6 +186,7 @@ class ReplayProducer:
         next_report = self.clock.monotonic() + self.settings.progress_every_s
         next_hb = (start_ms // hb_ms + 1) * hb_ms
         current_t: int | None = None
+        last_flush = self.clock.monotonic()
         n = 0
         self._log.info(
             "replay_started", records=events.height, start_ms=start_ms, end_ms=end_ms, speed=speed or "max"
@@ -200,8 +205,11 @@ class ReplayProducer:
                 if t != current_t:
                     current_t = t
                     if speed is not None:
-                        for sender in senders:  # what is due now must leave now, not at the next batch
-                            await sender.flush()
+                        now = self.clock.monotonic()
+                        if rclock.wall_due(t) - now >= FLUSH_EVERY_S or now - last_flush >= FLUSH_EVERY_S:
+                            for sender in senders:  # what is due now must leave now, not at the next batch
+                                await sender.flush()
+                            last_flush = self.clock.monotonic()
                         await rclock.wait_until(t)
                     p.trace_ms = t
                 await senders[s].send(k.encode(), v.encode())
