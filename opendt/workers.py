@@ -93,7 +93,9 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
         out: dict[str, pl.DataFrame] = {}
         t0 = time.perf_counter()
         try:
-            if op == "init":
+            if op == "ping":  # answered before init too: the parent's readiness check
+                reply["pid"] = os.getpid()
+            elif op == "init":
                 engine = Engine(
                     parse_topology(header["topology"]),
                     export_interval_ms=header["export_interval_ms"],
@@ -111,8 +113,6 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
                 out["rows"] = engine.finish()
             elif op == "set_topology":
                 engine.set_topology(parse_topology(header["topology"]))
-            elif op == "ping":
-                reply["pid"] = os.getpid()
             else:
                 raise ValueError(f"unknown op {op!r}")
         except Exception as e:  # noqa: BLE001 - reported to the parent, which decides
@@ -245,9 +245,16 @@ class TwinEngine:
     call that fails, by a crash, a hang or an engine error, leaves no trace in it.
     """
 
-    def __init__(self, command: Sequence[str] | None = None, *, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        command: Sequence[str] | None = None,
+        *,
+        timeout_s: float = 120.0,
+        startup_timeout_s: float = 60.0,
+    ) -> None:
         self.command = list(command or default_command())
         self.timeout_s = timeout_s
+        self.startup_timeout_s = startup_timeout_s
         self.stats = TwinStats()
         self._worker: EngineWorker | None = None
 
@@ -259,7 +266,9 @@ class TwinEngine:
         if self._worker is None:
             worker = EngineWorker(self.command)
             await worker.start()
-            self._worker = worker
+            self._worker = worker  # a failure below is handled (and counted) by _call like any other
+            # the child's interpreter start and imports (seconds on a loaded machine) are no call's timeout
+            await worker.call({"op": "ping"}, timeout_s=self.startup_timeout_s)
             for header, tables in self.stats.history:  # rebuild the state exactly
                 await worker.call(header, tables, timeout_s=self.timeout_s)
         return self._worker
@@ -268,8 +277,9 @@ class TwinEngine:
         self, header: dict[str, Any], tables: dict[str, pl.DataFrame] | None = None, *, record: bool
     ) -> dict[str, pl.DataFrame]:
         t0 = time.perf_counter()
-        worker = await self._ensure()
+        worker: EngineWorker | None = None
         try:
+            worker = await self._ensure()
             reply, out = await worker.call(header, tables, timeout_s=self.timeout_s)
         except WorkerDied:
             self._worker = None
@@ -277,10 +287,13 @@ class TwinEngine:
             log.warning("worker_died", op=header["op"], restarts=self.stats.restarts)
             raise
         except WorkerError as e:
-            if record:  # the engine may have changed part of its state before raising: rebuild it
-                self._worker = None
+            if (
+                record or worker is None
+            ):  # state partly changed (or partly rebuilt) before the error: rebuild it
+                stale, self._worker = self._worker, None
                 self.stats.resets += 1
-                await worker.stop()
+                if stale is not None:
+                    await stale.stop()
                 log.warning("worker_reset", op=header["op"], error=str(e), resets=self.stats.resets)
             raise
         if record:

@@ -74,13 +74,17 @@ async def test_hanging_worker_times_out_and_is_replaced(tmp_path: Path, small_wo
     """A worker that stops answering is killed at the timeout and the next call uses a fresh one."""
     hang = tmp_path / "hang_worker.py"
     marker = tmp_path / "hung-once"
-    hang.write_text(
-        "import os, sys, time\n"
-        f"if not os.path.exists({str(marker)!r}):\n"
-        f"    open({str(marker)!r}, 'w').close()\n"
-        "    sys.stdin.buffer.read(4)\n"
-        "    time.sleep(3600)\n"
+    hang.write_text(  # the first worker hangs in its first init; the next ones are healthy
+        "import os, time\n"
+        "from opendt.engine import Engine\n"
         "from opendt.workers import main\n"
+        "init = Engine.__init__\n"
+        "def hang_once(self, *a, **k):\n"
+        f"    if not os.path.exists({str(marker)!r}):\n"
+        f"        open({str(marker)!r}, 'w').close()\n"
+        "        time.sleep(3600)\n"
+        "    init(self, *a, **k)\n"
+        "Engine.__init__ = hang_once\n"
         "raise SystemExit(main())\n"
     )
     wl, _ = _windows(small_workload)
@@ -90,6 +94,26 @@ async def test_hanging_worker_times_out_and_is_replaced(tmp_path: Path, small_wo
             await twin.init(wl.topology.to_json_dict(), 150_000, None)
         await twin.init(wl.topology.to_json_dict(), 150_000, None)
         assert twin.stats.restarts == 1
+    finally:
+        await twin.close()
+
+
+async def test_slow_worker_startup_is_not_a_hang(tmp_path: Path, small_workload: Path) -> None:
+    """A worker whose interpreter takes longer to start than the call timeout still serves: the timeout
+    covers the calls, not the start (which has its own, longer one)."""
+    slow = tmp_path / "slow_worker.py"
+    slow.write_text("import time\ntime.sleep(2)\nfrom opendt.workers import main\nraise SystemExit(main())\n")
+    wl, _ = _windows(small_workload)
+    twin = TwinEngine([sys.executable, str(slow)], timeout_s=1)
+    try:
+        await twin.init(wl.topology.to_json_dict(), 150_000, None)
+        assert twin.stats.restarts == 0
+    finally:
+        await twin.close()
+    twin = TwinEngine([sys.executable, str(slow)], timeout_s=1, startup_timeout_s=0.5)
+    try:
+        with pytest.raises(WorkerDied, match=r"timed out after 0\.5 s on ping"):
+            await twin.init(wl.topology.to_json_dict(), 150_000, None)
     finally:
         await twin.close()
 
