@@ -109,9 +109,10 @@ class Calibrator:
             fut = self._pending.pop(at)
             if not fut.done():
                 t0 = time.perf_counter()
-                log.info("calibration_gate_wait", apply_at_ms=at)
                 await fut
-                self.gate_wait_s += time.perf_counter() - t0
+                waited = time.perf_counter() - t0
+                self.gate_wait_s += waited
+                log.info("calibration_gate_waited", apply_at_ms=at, waited_s=round(waited, 4))
             await self._apply(fut.result(), w.start_ms)
 
     async def after_window(

@@ -189,7 +189,7 @@ class CalibrationSettings(Section):
         "Δ = the measured sampling interval) or the instantaneous power at t",
     )
     apply_delay_s: int = Field(
-        default=900,
+        default=1800,
         ge=0,
         description="Trace seconds after the round instant at which the winner takes effect (rounded up to "
         "a window start); the twin waits there for a late round, so results never depend on wall time",
