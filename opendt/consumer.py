@@ -16,7 +16,7 @@ from typing import Literal
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from opendt.kafka.client import DeadLetter, DecodeStats, _forward
+from opendt.kafka.client import DeadLetter, DecodeStats, forward_dead_letters, note_malformed
 from opendt.models.messages import Heartbeat, MessageError, decode_row
 from opendt.settings import TopicNames
 from opendt.windowing import Window, Windower, window_start
@@ -106,18 +106,7 @@ class WindowConsumer:
             try:
                 row = decode_row(kind, rec.key, rec.value)
             except MessageError as e:
-                reason = str(e)
-                self.stats.malformed += 1
-                head = reason.split(":", 1)[0]
-                self.stats.reasons[head] = self.stats.reasons.get(head, 0) + 1
-                log.warning(
-                    "message_malformed",
-                    topic=rec.topic,
-                    partition=rec.partition,
-                    offset=rec.offset,
-                    reason=reason,
-                )
-                bad.append((rec, reason))
+                bad.append((rec, note_malformed(self.stats, rec, e)))
                 continue
             if isinstance(row, Heartbeat):
                 windower.heartbeat(tp, row.time_ms, final=row.final)
@@ -133,7 +122,7 @@ class WindowConsumer:
                 offs.setdefault(tp, rec.offset)
         self.stats.decoded += len(records) - len(bad)
         if bad and self.dead_letter is not None:
-            self.stats.dead_lettered += await _forward(self.dead_letter, bad)
+            self.stats.dead_lettered += await forward_dead_letters(self.dead_letter, bad)
 
     async def _offsets_at_close(self, w: Window, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         self._first_offset.pop(w.start_ms, None)

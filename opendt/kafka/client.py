@@ -237,6 +237,24 @@ class DeadLetter:
     topic: str
 
 
+def note_malformed(stats: DecodeStats, record: ConsumerRecord[bytes, bytes], error: MessageError) -> str:
+    """Count (by reason) and log one malformed record; returns the reason for a dead letter."""
+    reason = str(error)
+    stats.malformed += 1
+    head = reason.split(": ", 1)[0]
+    if head.count("(") != head.count(")"):
+        head = reason
+    stats.reasons[head] = stats.reasons.get(head, 0) + 1
+    log.warning(
+        "message_malformed",
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        reason=reason,
+    )
+    return reason
+
+
 def decode_records(
     records: Iterable[ConsumerRecord[bytes, bytes]], kind: StreamKind, stats: DecodeStats
 ) -> tuple[list[DecodedRecord], list[tuple[ConsumerRecord[bytes, bytes], str]]]:
@@ -247,23 +265,16 @@ def decode_records(
         try:
             msg = decode(kind, r.key, r.value)
         except MessageError as e:
-            reason = str(e)
-            stats.malformed += 1
-            head = reason.split(": ", 1)[0]
-            if head.count("(") != head.count(")"):
-                head = reason
-            stats.reasons[head] = stats.reasons.get(head, 0) + 1
-            log.warning(
-                "message_malformed", topic=r.topic, partition=r.partition, offset=r.offset, reason=reason
-            )
-            bad.append((r, reason))
+            bad.append((r, note_malformed(stats, r, e)))
             continue
         good.append(DecodedRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, msg))
     stats.decoded += len(good)
     return good, bad
 
 
-async def _forward(dead_letter: DeadLetter, bad: list[tuple[ConsumerRecord[bytes, bytes], str]]) -> int:
+async def forward_dead_letters(
+    dead_letter: DeadLetter, bad: list[tuple[ConsumerRecord[bytes, bytes], str]]
+) -> int:
     futures = []
     for r, reason in bad:
         headers = [
@@ -306,6 +317,6 @@ async def consume_decoded(
             good, bad = decode_records(records, kind, counters)
             out.extend(good)
             if bad and dead_letter is not None:
-                counters.dead_lettered += await _forward(dead_letter, bad)
+                counters.dead_lettered += await forward_dead_letters(dead_letter, bad)
         if out:
             yield out
