@@ -22,7 +22,7 @@ import pytest
 
 from opendt.kafka.broker import delete_topics, ensure_topics
 from opendt.kafka.testing import BrokerThread
-from opendt.settings import KafkaSettings
+from opendt.settings import KafkaSettings, TopicNames
 
 _KAFKA_FIXTURES = {"kafka_bootstrap", "topic_factory", "kafka_thread", "kafka_settings"}
 
@@ -68,6 +68,24 @@ def topic_factory(kafka_thread: BrokerThread, request: pytest.FixtureRequest) ->
     yield make
     if created:
         kafka_thread.run(delete_topics(kafka_thread.bootstrap_servers, created))
+
+
+@pytest.fixture
+def unique_topic_names(topic_factory: Callable[..., str]) -> Callable[[], TopicNames]:
+    """``make() -> TopicNames``: every topic of the twin created unique to this test (deleted after it)."""
+
+    def make() -> TopicNames:
+        return TopicNames(
+            tasks=topic_factory("tasks"),
+            fragments=topic_factory("fragments"),
+            power=topic_factory("power"),
+            topology=topic_factory("topology"),
+            sim_topology=topic_factory("simtopo"),
+            sim_results=topic_factory("results"),
+            dead_letter=topic_factory("dlq"),
+        )
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,7 @@ async def _sim_topology_messages(bootstrap: str, settings: Settings) -> list[Sim
 
 
 async def test_daemon_recovers_the_hidden_calibration_factor(
-    kafka_bootstrap: str, topic_factory: Callable[..., str], tmp_path: Path
+    kafka_bootstrap: str, unique_topic_names: Callable[[], TopicNames], tmp_path: Path
 ) -> None:
     """1. ``run_daemon`` with calibration enabled replays the demo day at max speed and exits 0; 2. every
     hour a round searches calibrationFactor 3…9 (+3 refinements) over the last 3 h; 3. the first eight
@@ -56,15 +56,7 @@ async def test_daemon_recovers_the_hidden_calibration_factor(
     of the hidden factor (the published topology says 4); 4. winners are published on sim.topology (source
     calibrator, increasing versions) and the twin's rows carry them; 5. the status provider shows the last
     round."""
-    topics = TopicNames(
-        tasks=topic_factory("tasks"),
-        fragments=topic_factory("fragments"),
-        power=topic_factory("power"),
-        topology=topic_factory("topology"),
-        sim_topology=topic_factory("simtopo"),
-        sim_results=topic_factory("results"),
-        dead_letter=topic_factory("dlq"),
-    )
+    topics = unique_topic_names()
     settings = Settings(
         kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topics=topics),
         replay=ReplaySettings(workload=DEMO, speed="max"),

@@ -189,21 +189,13 @@ def assert_windows_contiguous(windows: pl.DataFrame, window_ms: int = 300_000) -
 
 @pytest.fixture
 def daemon_settings(
-    kafka_bootstrap: str, topic_factory: Callable[..., str], tmp_path: Path
+    kafka_bootstrap: str, unique_topic_names: Callable[[], TopicNames], tmp_path: Path
 ) -> Callable[..., Settings]:
     """``make(workload, **replay_overrides)``: Settings for ``run_daemon`` on the session broker, every topic
-    unique to the test (created and deleted by ``topic_factory``), API on a free port, data under tmp."""
+    unique to the test (``unique_topic_names``), API on a free port, data under tmp."""
 
     def make(workload: Path, **replay: Any) -> Settings:
-        topics = TopicNames(
-            tasks=topic_factory("tasks"),
-            fragments=topic_factory("fragments"),
-            power=topic_factory("power"),
-            topology=topic_factory("topology"),
-            sim_topology=topic_factory("simtopo"),
-            sim_results=topic_factory("results"),
-            dead_letter=topic_factory("dlq"),
-        )
+        topics = unique_topic_names()
         return Settings(
             kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topics=topics),
             replay=ReplaySettings(workload=workload, **{"speed": "max", "heartbeat_s": 60, **replay}),
