@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from logs import events  # bench/logs.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,18 +40,6 @@ SURF = ROOT.parent / "shared" / "workload" / "SURF"
 from opendt.calibration.offline import calibrate_offline, during_rounds, prediction_mape  # noqa: E402
 from opendt.settings import load_settings  # noqa: E402
 from opendt.workload import load_workload  # noqa: E402
-
-
-def _events(log_path: Path, name: str) -> list[dict[str, Any]]:
-    out = []
-    for line in log_path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("event") == name:
-            out.append(rec)
-    return out
 
 
 def run_daemon(workload: Path, tmp: Path) -> tuple[Path, float, float]:
@@ -83,7 +72,7 @@ def run_daemon(workload: Path, tmp: Path) -> tuple[Path, float, float]:
     if rc != 0:
         raise SystemExit(f"opendt run exited {rc}; see {log_path}")
     [run] = list((tmp / "data" / "runs").iterdir())
-    gate = sum(e["waited_s"] for e in _events(log_path, "calibration_gate_waited"))
+    gate = sum(e["waited_s"] for e in events(log_path, "calibration_gate_waited"))
     return run, wall, gate
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import polars as pl
 import psutil
+from logs import events  # bench/logs.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 SURF = ROOT.parent / "shared" / "workload" / "SURF"
@@ -89,18 +90,6 @@ def _start(workload: Path, data_dir: Path, log_path: Path, *args: str) -> subpro
     cmd = [sys.executable, "-m", "opendt", "run", "--workload", str(workload), "--data-dir", str(data_dir)]
     with log_path.open("wb") as log:
         return subprocess.Popen([*cmd, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
-
-
-def _events(log_path: Path, name: str) -> list[dict[str, Any]]:
-    out = []
-    for line in log_path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("event") == name:
-            out.append(rec)
-    return out
 
 
 def _one_shot(workload: Path, until_ms: int) -> pl.DataFrame:
@@ -166,11 +155,11 @@ def bench_max(workload: Path, tmp: Path) -> dict[str, Any]:
     ref = _one_shot(workload, until)
     one_shot_s = time.monotonic() - t1
     diff, common, rows = _rel_diff(agg, ref)
-    started = _events(log_path, "daemon_started")[0]
+    started = events(log_path, "daemon_started")[0]
     return {
         "wall_s": wall,
         "startup_s": started["startup_s"],
-        "replay_s": _events(log_path, "replay_finished")[0]["wall_s"],
+        "replay_s": events(log_path, "replay_finished")[0]["wall_s"],
         "windows": windows.height,
         "failed": int((windows["status"] != "ok").sum()),
         "window_latency_p50_ms": float(windows["latency_s"].median()) * 1000,  # type: ignore[arg-type]
@@ -203,7 +192,7 @@ def bench_realtime(workload: Path, tmp: Path, minutes: float, speed: float) -> d
     while url is None:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"opendt run did not start; see {log_path}")
-        found = _events(log_path, "api_listening")
+        found = events(log_path, "api_listening")
         url = found[0]["url"] if found else None
         time.sleep(0.1)
     polls: list[dict[str, Any]] = []
@@ -234,7 +223,7 @@ def bench_realtime(workload: Path, tmp: Path, minutes: float, speed: float) -> d
     wall = time.monotonic() - t0
     behind = [p["twin_behind_trace_s"] for p in polls if p["twin_behind_trace_s"] is not None]
     half = [rss for t, rss in tree.samples if t >= wall / 2]
-    progress = _events(log_path, "replay_progress")
+    progress = events(log_path, "replay_progress")
     return {
         "speed": speed,
         "wall_s": wall,
