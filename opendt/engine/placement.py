@@ -109,13 +109,7 @@ class Scheduler:
                 _, _, task = heapq.heappop(heap)
                 if self.state[task] == RUNNING and self.start[task] + self._run_time(task) == t:
                     self._complete(task, t)
-            while self.next_sub < n and self.sub[self.next_sub] <= t:
-                self.queue.append(self.next_sub)
-                self.next_sub += 1
-                self._request_pass(t)
-            if self.pass_at == t:
-                self.pass_at = NEVER
-                self._pass(t)
+            self.step(t)
 
     def next_event(self) -> int:
         """The next submission or pass time (completions excluded), NEVER when idle."""
