@@ -19,7 +19,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import polars as pl
 import structlog
@@ -34,6 +34,7 @@ from opendt.workers import TwinEngine, WorkerDied, WorkerError
 from opendt.workload import FRAGMENT_SCHEMA, TASK_SCHEMA
 
 log = structlog.get_logger(component="simulator")
+T = TypeVar("T")
 
 
 @dataclass
@@ -51,7 +52,6 @@ class TopologyBox:
     def __init__(self, physical: Topology) -> None:
         self.physical = physical
         self.current = SimTopology(0, "initial", "physical topology", physical)
-        self.changed = asyncio.Event()
         self._reserved = 0
 
     def next_version(self) -> int:
@@ -63,7 +63,6 @@ class TopologyBox:
         if candidate.version <= self.current.version:
             return False
         self.current = candidate
-        self.changed.set()
         return True
 
 
@@ -212,19 +211,24 @@ class Simulator:
                 log.warning("topology_version_unknown", version=version)
                 return
             topo = parse_topology(doc["topology"], source=f"run topology v{version}")
-        await self._with_retries("set_topology", lambda: self.twin.set_topology(topo.to_json_dict()))
+        await self._retrying("set_topology", lambda: self.twin.set_topology(topo.to_json_dict()))
         self.applied_version = version
 
-    async def _with_retries(self, what: str, call: Callable[[], Awaitable[object]]) -> object:
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]], **ctx: object) -> tuple[T, int]:
+        """``call()`` with up to ``simulation.retries`` retries when the worker dies or hangs (it is rebuilt);
+        returns the result and the attempts. An engine error is deterministic and not retried. Either failure
+        ends as :class:`WindowFailed` with the attempts made."""
         attempts = 0
         while True:
             attempts += 1
             try:
-                return await call()
+                return await call(), attempts
             except WorkerDied as e:
                 if attempts > self.settings.retries:
-                    raise
-                log.warning("simulation_retry", what=what, attempt=attempts, error=str(e))
+                    raise WindowFailed(str(e), attempts) from e
+                log.warning("simulation_retry", what=what, attempt=attempts, error=str(e), **ctx)
+            except WorkerError as e:
+                raise WindowFailed(str(e), attempts) from e
 
     async def process(self, cw: ClosedWindow) -> None:
         w = cw.window
@@ -288,17 +292,10 @@ class Simulator:
         self.stats.last_window_end_ms = w.end_ms
 
     async def _advance(self, w: Window, tasks: pl.DataFrame, frags: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                rows = await self.twin.advance(w.end_ms, tasks, frags)
-                if w.final:
-                    rows = pl.concat([rows, await self.twin.finish()], how="vertical_relaxed")
-                return rows, attempts
-            except WorkerDied as e:
-                if attempts > self.settings.retries:
-                    raise WindowFailed(str(e), attempts) from e
-                log.warning("window_retry", window_start=w.start_ms, attempt=attempts, error=str(e))
-            except WorkerError as e:  # the engine raised: deterministic, not retried
-                raise WindowFailed(str(e), attempts) from e
+        async def call() -> pl.DataFrame:
+            rows = await self.twin.advance(w.end_ms, tasks, frags)
+            if w.final:
+                rows = pl.concat([rows, await self.twin.finish()], how="vertical_relaxed")
+            return rows
+
+        return await self._retrying("advance", call, window_start=w.start_ms)

@@ -10,10 +10,9 @@ from typing import Any
 
 @dataclass
 class Counters:
+    """Counted outside any component's own stats (the daemon's status view adds the windows counts)."""
+
     malformed_messages: int = 0
-    windows_simulated: int = 0
-    windows_failed: int = 0
-    windows_skipped: int = 0
 
 
 @dataclass
