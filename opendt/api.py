@@ -39,6 +39,10 @@ class TwinView:
     """Measured power: ``timestamp_ms`` (epoch ms), ``power_draw`` (W)."""
     box: TopologyBox | None = None
     publish_topology: PublishTopology | None = None
+    calibration_view: Callable[[], dict[str, Any]] | None = None
+    """The calibrator's summary (settings, counts, last round); None = calibration disabled."""
+    calibration_series: Callable[[], list[dict[str, Any]]] | None = None
+    """Calibrated parameters after each round: ``time_ms``, ``value`` (summary), ``in_effect`` (path → value)."""
 
 
 STATE = web.AppKey("state", TwinState)

@@ -216,7 +216,12 @@ async def _supervise(
         )
         if settings.api.enabled:
             view = TwinView(
-                store=store, measured=workload.consumption, box=box, publish_topology=publish_topology
+                store=store,
+                measured=workload.consumption,
+                box=box,
+                publish_topology=publish_topology,
+                calibration_view=None if calibrator is None else calibrator.view,
+                calibration_series=None if calibrator is None else calibrator.series,
             )
             state.api_url = await stack.enter_async_context(serve_api(state, settings.api, view))
         state.status = "running"
