@@ -240,7 +240,7 @@ class LlmClient:
             try:
                 status, raw, headers = await self._post(body)
             except TimeoutError:
-                raise LlmError(f"timeout after {self.timeout_s:g} s") from None
+                raise LlmError(f"timeout after {self.timeout_s} s") from None
             except aiohttp.ClientError as e:
                 error = f"connection error: {type(e).__name__}: {e}"
             else:
@@ -255,7 +255,7 @@ class LlmClient:
             if attempt < self.retries:
                 log.info("llm_retry", attempt=attempt + 1, error=error, delay_s=delay)
                 await self._sleep(delay)
-        raise LlmError(f"{error} (after {self.attempts} attempts)")
+        raise LlmError(f"{error} (after {self.attempts} attempt{'s' if self.attempts > 1 else ''})")
 
 
 def _content(raw: bytes) -> str:

@@ -303,6 +303,7 @@ async def test_slow_server_times_out_without_retry(harness: Harness) -> None:
     t0 = loop.time()
     reason = await _fallback(harness.strategy(llm_timeout_s=0.2))
     assert reason == "llm: timeout after 0.2 s"
+    assert loop.time() - t0 >= 0.2
     assert loop.time() - t0 < 1.5
     assert len(harness.server.requests) == 1
     assert harness.delays == []
@@ -436,7 +437,7 @@ async def test_fallback_when_the_rules_maintain_returns_none(harness: Harness) -
     harness.server.script = [status(503)]
     s = harness.strategy(llm_retries=0)
     assert await s.propose(context()) is None
-    assert s.last_fallback_reason == "llm: HTTP 503: test error 503 (after 1 attempts)"
+    assert s.last_fallback_reason == "llm: HTTP 503: test error 503 (after 1 attempt)"
 
 
 async def test_a_later_success_clears_the_fallback_reason(harness: Harness) -> None:
