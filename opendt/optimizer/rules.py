@@ -147,65 +147,93 @@ def _fewer_cores(h: Host, s: OptimizerSettings, max_task_cores: int | None) -> P
     return max(h.cpu.coreCount - 2, floor) if h.cpu.coreCount > floor else None
 
 
+def _pct(d: float) -> str:
+    return f"{d * 100:+.1f} %"
+
+
+Match = Callable[[float | None, float | None], str | None]
+"""When a rule matches: (energy delta, performance delta) → why, or None."""
+
+
+def _energy_at(at: float) -> Match:
+    def match(energy: float | None, perf: float | None) -> str | None:
+        if energy is not None and energy >= at - _EPS:
+            return f"energy {_pct(energy)} vs SLO (≥ {_pct(at)})"
+        return None
+
+    return match
+
+
+def _performance_at(at: float) -> Match:
+    def match(energy: float | None, perf: float | None) -> str | None:
+        if perf is not None and perf >= at - _EPS:
+            return f"performance {_pct(perf)} vs SLO (≥ {_pct(at)})"
+        return None
+
+    return match
+
+
+def _both_under(energy: float | None, perf: float | None) -> str | None:
+    if energy is None or perf is None:
+        return None
+    if energy <= CONSOLIDATE_ENERGY_AT + _EPS and perf <= CONSOLIDATE_PERFORMANCE_AT + _EPS:
+        return (
+            f"energy {_pct(energy)} (≤ {_pct(CONSOLIDATE_ENERGY_AT)}) and performance {_pct(perf)} "
+            f"(≤ {_pct(CONSOLIDATE_PERFORMANCE_AT)}) vs SLO"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class Rule:
+    """A rule: when it matches, and the change it makes to each host group's ``leaf``."""
+
     name: str
+    matches: Match
     leaf: str
     step: Step
     action: str
+    """What the rule does, formatted with the settings as ``s``."""
 
 
 RULES = (
-    Rule("massive_downscale", "count", _fewer_hosts, "one host fewer per group (floor {s.min_host_count})"),
+    Rule(
+        "massive_downscale",
+        _energy_at(MASSIVE_DOWNSCALE_AT),
+        "count",
+        _fewer_hosts,
+        "one host fewer per group (floor {s.min_host_count})",
+    ),
     Rule(
         "reduce_frequency",
+        _energy_at(REDUCE_FREQUENCY_AT),
         "cpu.coreSpeed",
         _slower,
         "coreSpeed × {s.core_speed_factor:g} (floor {s.min_core_speed_mhz:g} MHz)",
     ),
     Rule(
         "scale_up_large",
+        _performance_at(SCALE_UP_LARGE_AT),
         "cpu.coreCount",
         _more_cores(4, lambda s: s.max_core_count),
         "+4 cores per host (cap {s.max_core_count})",
     ),
     Rule(
         "scale_up_small",
+        _performance_at(SCALE_UP_SMALL_AT),
         "cpu.coreCount",
         _more_cores(2, lambda s: s.small_step_core_cap),
         "+2 cores per host (cap {s.small_step_core_cap})",
     ),
-    Rule("consolidate", "cpu.coreCount", _fewer_cores, "−2 cores per host (floor {s.min_core_count})"),
+    Rule(
+        "consolidate",
+        _both_under,
+        "cpu.coreCount",
+        _fewer_cores,
+        "−2 cores per host (floor {s.min_core_count})",
+    ),
 )
-"""The rules in priority order (see the module docstring for when each matches)."""
-
-
-def _pct(d: float) -> str:
-    return f"{d * 100:+.1f} %"
-
-
-def _matches(rule: str, energy: float | None, perf: float | None) -> str | None:
-    """Why ``rule`` matches the deltas, or None."""
-    if rule == "massive_downscale" and energy is not None and energy >= MASSIVE_DOWNSCALE_AT - _EPS:
-        return f"energy {_pct(energy)} vs SLO (≥ {_pct(MASSIVE_DOWNSCALE_AT)})"
-    if rule == "reduce_frequency" and energy is not None and energy >= REDUCE_FREQUENCY_AT - _EPS:
-        return f"energy {_pct(energy)} vs SLO (≥ {_pct(REDUCE_FREQUENCY_AT)})"
-    if rule == "scale_up_large" and perf is not None and perf >= SCALE_UP_LARGE_AT - _EPS:
-        return f"performance {_pct(perf)} vs SLO (≥ {_pct(SCALE_UP_LARGE_AT)})"
-    if rule == "scale_up_small" and perf is not None and perf >= SCALE_UP_SMALL_AT - _EPS:
-        return f"performance {_pct(perf)} vs SLO (≥ {_pct(SCALE_UP_SMALL_AT)})"
-    if (
-        rule == "consolidate"
-        and energy is not None
-        and perf is not None
-        and energy <= CONSOLIDATE_ENERGY_AT + _EPS
-        and perf <= CONSOLIDATE_PERFORMANCE_AT + _EPS
-    ):
-        return (
-            f"energy {_pct(energy)} (≤ {_pct(CONSOLIDATE_ENERGY_AT)}) and performance {_pct(perf)} "
-            f"(≤ {_pct(CONSOLIDATE_PERFORMANCE_AT)}) vs SLO"
-        )
-    return None
+"""The rules in priority order (see the module docstring)."""
 
 
 def with_values(topology: Topology, values: Mapping[tuple[int, int], Mapping[str, PatchValue]]) -> Topology:
@@ -229,7 +257,7 @@ def decide(ctx: OptimizerContext, settings: OptimizerSettings) -> Decision:
     energy, perf = side_delta(d, ENERGY_FIELDS), side_delta(d, PERFORMANCE_FIELDS)
     skipped: list[str] = []
     for rule in RULES:
-        why = _matches(rule.name, energy, perf)
+        why = rule.matches(energy, perf)
         if why is None:
             continue
         values: dict[tuple[int, int], dict[str, PatchValue]] = {}
