@@ -630,7 +630,7 @@
         label: path,
         stroke: COLORS.extra[i % COLORS.extra.length],
         scale: "p" + i,
-        axisLabel: path,
+        axisLabel: path.split(".").pop(), // the leaf: a whole path does not fit beside the chart
       })),
       paths.map((path) =>
         series.filter((r) => isNum((r.in_effect || {})[path])).map((r) => [r.time_ms, r.in_effect[path]]),
@@ -689,6 +689,8 @@
     const box = $("whatif-error");
     box.hidden = true;
     box.textContent = "";
+    delete box.dataset.status;
+    delete box.dataset.field;
     for (const input of document.querySelectorAll("#whatif-form input.invalid"))
       input.classList.remove("invalid");
   }

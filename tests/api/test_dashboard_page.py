@@ -1,0 +1,590 @@
+"""The built-in dashboard page at ``/``: its files over plain HTTP (no CDN, right types, no way out of the
+static directory), and the page itself in Debian's headless Chromium against a real daemon replaying the demo
+workload (charts with data, status, topology, calibration and the what-if form), with a screenshot saved to
+``tests/artifacts/dashboard.png``. The browser test is skipped only when no Chromium binary is found
+(``make test`` installs Debian's ``chromium`` where it can: ``.ci/install-chromium``)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from opendt.api import create_app
+from opendt.daemon import run_daemon
+from opendt.dashboard import STATIC_DIR, add_dashboard_routes, static_file
+from opendt.settings import (
+    DEFAULT_WORKLOAD,
+    ApiSettings,
+    CalibrationAxis,
+    CalibrationSettings,
+    KafkaSettings,
+    ReplaySettings,
+    Settings,
+    TopicNames,
+)
+from opendt.state import TwinState
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+EXPECTED_TYPES = {".js": "text/javascript", ".css": "text/css"}
+URL_RE = re.compile(r"https?://", re.IGNORECASE)
+
+
+def _ensure_dashboard(app: web.Application) -> None:
+    """Add the page's routes unless ``create_app`` already registered them."""
+    if not any(r.canonical == "/" for r in app.router.resources()):
+        add_dashboard_routes(app)
+
+
+@pytest.fixture
+async def page_url() -> AsyncIterator[str]:
+    """The API app (no twin) with the dashboard routes, on a free loopback port."""
+    app = create_app(TwinState(status="running"), ApiSettings(port=0))
+    _ensure_dashboard(app)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+class _Assets(HTMLParser):
+    """Every URL-valued attribute of the page (script src, link href, img src, a href, …)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[tuple[str, str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name in ("src", "href", "action", "srcset", "poster", "data") and value is not None:
+                self.refs.append((tag, name, value))
+
+
+async def test_index_serves_html_referencing_only_local_static_assets(page_url: str) -> None:
+    """1. ``/`` is HTML (utf-8) with ``Cache-Control: no-cache``; 2. the page and our own JS/CSS contain no
+    http(s):// URL at all (no CDN); 3. scripts and stylesheets are all under /static/ and include the
+    vendored uPlot; 4. each is served 200 with its content type and no-cache; 5. links go to /api/ only."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(page_url + "/") as resp:
+            assert resp.status == 200
+            assert resp.content_type == "text/html"
+            assert resp.charset == "utf-8"
+            assert resp.headers["Cache-Control"] == "no-cache"
+            html = await resp.text()
+        assert not URL_RE.search(html), URL_RE.findall(html)
+        parser = _Assets()
+        parser.feed(html)
+        assets = [v for tag, name, v in parser.refs if tag in ("script", "link")]
+        links = [v for tag, name, v in parser.refs if tag == "a"]
+        assert {"/static/app.js", "/static/app.css", "/static/vendor/uPlot.iife.min.js"} <= set(assets)
+        assert "/static/vendor/uPlot.min.css" in assets
+        assert all(a.startswith("/static/") for a in assets), assets
+        assert links, html
+        assert all(a.startswith("/api/") for a in links), links
+        for asset in assets:
+            async with http.get(page_url + asset) as resp:
+                body = await resp.read()
+                assert resp.status == 200, asset
+                assert resp.content_type == EXPECTED_TYPES[Path(asset).suffix], asset
+                assert resp.headers["Cache-Control"] == "no-cache"
+                assert body == (STATIC_DIR / asset.removeprefix("/static/")).read_bytes()
+                etag = resp.headers["ETag"]
+            if "/vendor/" not in asset:
+                assert not URL_RE.search(body.decode()), asset
+            async with http.get(page_url + asset, headers={"If-None-Match": etag}) as again:
+                assert again.status == 304, asset  # no-cache: the browser revalidates cheaply
+
+
+async def _raw_get(base: str, path: str) -> tuple[int, bytes]:
+    """``GET path`` sent byte for byte (no client-side normalization of ``..`` or percent-escapes)."""
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode("latin-1"))
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 "), (path, data[:200])
+    return int(head.split(b" ", 2)[1]), body
+
+
+TRAVERSALS = [
+    "/static/../settings.py",
+    "/static/../dashboard.py",
+    "/static/vendor/../../settings.py",
+    "/static/%2e%2e/settings.py",
+    "/static/%2E%2E/%2E%2E/pyproject.toml",
+    "/static/.%2e/dashboard.py",
+    "/static/..%2fsettings.py",
+    "/static/..%2Fdashboard.py",
+    "/static/%2e%2e%2fsettings.py",
+    "/static/vendor/..%2f..%2fsettings.py",
+    "/static/..%5csettings.py",
+    "/static/%5c..%5cdashboard.py",
+    "/static/%2fetc%2fpasswd",
+    "/static//etc/passwd",
+    "/static/%252e%252e/settings.py",
+    "/static/index.html%00.js",
+    "/static/../../../../../../etc/passwd",
+]
+
+
+async def test_static_requests_never_leave_the_static_directory(page_url: str) -> None:
+    """Dot-dot, percent-encoded (single and double), backslash, absolute and NUL variants are 403/404 and
+    never return a file from outside ``opendt/static``; a plain asset still is 200."""
+    secrets = [b"class Settings", b"def add_dashboard_routes", b"root:", b"[project]"]
+    for path in TRAVERSALS:
+        status, body = await _raw_get(page_url, path)
+        assert status in (403, 404), (path, status)
+        assert not any(s in body for s in secrets), path
+    status, body = await _raw_get(page_url, "/static/app.css")
+    assert status == 200
+    assert body == (STATIC_DIR / "app.css").read_bytes()
+
+
+def test_static_file_refuses_symlinks_hidden_names_and_unknown_types(tmp_path: Path) -> None:
+    """``static_file`` answers regular files of a served type under the root only: not through a symlink (to
+    a file or a directory, even one inside the root), not hidden names, not .py files, not directories."""
+    root = tmp_path / "static"
+    (root / "sub").mkdir(parents=True)
+    (root / "ok.js").write_text("1")
+    (root / "sub" / "ok.css").write_text("a{}")
+    (root / ".hidden.js").write_text("1")
+    (root / "code.py").write_text("x = 1")
+    (root / "dir.js").mkdir()
+    (tmp_path / "outside.js").write_text("secret")
+    (root / "link.js").symlink_to(tmp_path / "outside.js")
+    (root / "inner.js").symlink_to(root / "ok.js")
+    (root / "linkdir").symlink_to(root / "sub")
+    assert static_file("ok.js", root) == root / "ok.js"
+    assert static_file("sub/ok.css", root) == root / "sub" / "ok.css"
+    for bad in [
+        "link.js",
+        "inner.js",
+        "linkdir/ok.css",
+        ".hidden.js",
+        "code.py",
+        "dir.js",
+        "missing.js",
+        "../outside.js",
+        "sub/../ok.js",
+        "./ok.js",
+        "sub//ok.css",
+        "",
+        "sub\\..\\ok.js",
+    ]:
+        assert static_file(bad, root) is None, bad
+
+
+# ---------------------------------------------------------------------------------------------- the browser
+
+
+def _chromium() -> str | None:
+    for name in CHROMIUM_NAMES:
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    return None
+
+
+class Cdp:
+    """A minimal Chrome DevTools Protocol client over one page target's websocket."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self._next = 0
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.events: list[dict[str, Any]] = []
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            data = json.loads(msg.data)
+            fut = self._pending.pop(data["id"], None) if "id" in data else None
+            if fut is not None and not fut.done():
+                fut.set_result(data)
+            elif "method" in data:
+                self.events.append(data)
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("DevTools connection closed"))
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self._next += 1
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[self._next] = fut
+        await self.ws.send_json({"id": self._next, "method": method, "params": params})
+        answer = await asyncio.wait_for(fut, 60)
+        assert "error" not in answer, (method, answer["error"])
+        result: dict[str, Any] = answer["result"]
+        return result
+
+    async def js(self, expression: str) -> Any:
+        """The value of ``expression`` in the page (awaited when it is a promise)."""
+        r = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        assert "exceptionDetails" not in r, (expression, r["exceptionDetails"])
+        return r["result"].get("value")
+
+    async def wait_for(self, expression: str, what: str, timeout_s: float = 60.0) -> Any:
+        """Poll until ``expression`` is truthy (an exception thrown by it counts as not yet)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = await self.js(
+                f"(() => {{ try {{ return {expression}; }} catch (e) {{ return null; }} }})()"
+            )
+            if value:
+                return value
+            assert time.monotonic() < deadline, (
+                f"timed out waiting for {what}; page: {await self.js(SUMMARY)}"
+            )
+            await asyncio.sleep(0.25)
+
+    def page_errors(self) -> list[dict[str, Any]]:
+        """Uncaught exceptions and console.error calls seen so far."""
+        return [
+            e
+            for e in self.events
+            if e["method"] == "Runtime.exceptionThrown"
+            or (e["method"] == "Runtime.consoleAPICalled" and e["params"].get("type") == "error")
+        ]
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self._reader.cancel()
+
+
+async def _wait_for(predicate: Callable[[], Awaitable[bool]], what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-extensions",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-proxy-server",
+    "--hide-scrollbars",
+    "--window-size=1400,1000",
+    "--remote-debugging-address=127.0.0.1",
+    "--remote-debugging-port=0",
+]
+
+
+def _start_chromium(binary: str, profile: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """Headless Chromium with DevTools on a free port, in its own process group (so that the test ends
+    exactly the processes it started), output to ``log_path``."""
+    profile.mkdir(parents=True)
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(
+            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+        )
+
+
+def _devtools_port(profile: Path) -> int | None:
+    """The DevTools port from ``<profile>/DevToolsActivePort`` (port, then the browser's path), once written."""
+    try:
+        lines = (profile / "DevToolsActivePort").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    return int(lines[0]) if len(lines) >= 2 else None
+
+
+def _stop_chromium(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+async def _launch_chromium(binary: str, profile: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    proc = await asyncio.to_thread(_start_chromium, binary, profile, log_path)
+    deadline = time.monotonic() + 30
+    while (port := await asyncio.to_thread(_devtools_port, profile)) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            await asyncio.to_thread(_stop_chromium, proc)
+            log = await asyncio.to_thread(log_path.read_text, errors="replace")
+            raise AssertionError(f"chromium did not start (exit {proc.returncode}): {log[-2000:]}")
+        await asyncio.sleep(0.1)
+    return proc, port
+
+
+SUMMARY = """JSON.stringify({
+  status: document.querySelector('#status [data-key=status]')?.textContent ?? null,
+  badge: document.getElementById('status-badge').dataset.status,
+  ticks: Number(document.body.dataset.ticks || 0),
+  banner: document.getElementById('api-error').hidden ? null : document.getElementById('api-error').textContent,
+  power: Number(document.getElementById('chart-power').dataset.points),
+  carbon: Number(document.getElementById('chart-carbon').dataset.points),
+  powerCanvas: !!document.querySelector('#chart-power canvas'),
+  carbonCanvas: !!document.querySelector('#chart-carbon canvas'),
+  mape: document.querySelector('#power-metrics [data-key=mape] b')?.textContent ?? null,
+  topologyRows: document.querySelectorAll('#topology-table tbody tr').length,
+  topologyHosts: Array.from(document.querySelectorAll('#topology-table tbody tr')).map(r => r.dataset.host),
+  topologyCells: Array.from(document.querySelectorAll('#topology-table tbody tr td')).map(c => c.textContent),
+  differences: Number(document.getElementById('topology').dataset.differences),
+  diffCells: Array.from(document.querySelectorAll('#topology-table td.diff')).map(c => c.textContent),
+  calibration: document.getElementById('calibration').dataset.state,
+  calibrationPoints: Number(document.getElementById('chart-calibration').dataset.points),
+  calibrationText: document.getElementById('calibration').textContent,
+  replay: document.querySelector('.progress').dataset.progress,
+  form: !!document.getElementById('whatif-form'),
+  patchRows: document.querySelectorAll('#patch-rows .patch-row').length,
+  whatifStart: document.getElementById('whatif-start').value,
+  whatifEnd: document.getElementById('whatif-end').value,
+})"""
+
+SUBMIT_WHATIF = """(() => {
+  const set = (id, v) => { document.getElementById(id).value = v; };
+  set('whatif-start', %s);
+  set('whatif-end', %s);
+  const row = document.querySelector('#patch-rows .patch-row');
+  row.querySelector('.patch-key').value = 'cpu.coreSpeed';
+  row.querySelector('.patch-value').value = '2800';
+  document.getElementById('whatif-form').dataset.state = 'submitted';
+  document.getElementById('whatif-form').requestSubmit();
+  return true;
+})()"""
+
+WHATIF_SETTLED = "['done', 'error'].includes(document.getElementById('whatif-form').dataset.state)"
+
+WHATIF_RESULT = """JSON.stringify({
+  state: document.getElementById('whatif-form').dataset.state,
+  error: document.getElementById('whatif-error').hidden ? null : document.getElementById('whatif-error').textContent,
+  errorStatus: document.getElementById('whatif-error').dataset.status ?? null,
+  errorField: document.getElementById('whatif-error').dataset.field ?? null,
+  invalid: Array.from(document.querySelectorAll('#whatif-form input.invalid')).map(i => i.id || i.className),
+  resultShown: !document.getElementById('whatif-result').hidden,
+  points: Number(document.getElementById('chart-whatif').dataset.points),
+  totals: Array.from(document.querySelectorAll('#whatif-totals tbody tr')).map(r => r.dataset.key),
+  changes: document.getElementById('whatif-changes').textContent,
+})"""
+
+
+async def _power(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with http.get(url + "/api/power") as resp:
+        assert resp.status == 200
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+async def test_dashboard_in_headless_chromium(
+    kafka_bootstrap: str, unique_topic_names: Callable[[], TopicNames], tmp_path: Path
+) -> None:
+    """Against ``run_daemon`` replaying the demo workload (API on a free port): 1. the daemon serves the page
+    at ``/``; 2. in headless Chromium the status shows "running", the power and carbon charts are drawn with
+    data (data-points > 0, a canvas each) and the power MAPE is a number; 3. the topology table has one row
+    per demo host spec (A, B) with their core counts; 4. calibration (disabled here) says so; 5. the what-if
+    form renders with its patch row and prefilled range; submitted, a bad start is answered in the form
+    naming the field, and a real what-if (cpu.coreSpeed 2800) draws its chart and totals — or, on a daemon
+    without /api/what-if, the form shows the 404 answer; 6. no uncaught exception or console error; 7. a
+    full-page screenshot is saved to tests/artifacts/dashboard.png."""
+    binary = _chromium()
+    if binary is None:
+        pytest.skip(
+            f"no Chromium binary ({', '.join(CHROMIUM_NAMES)}) on PATH; .ci/install-chromium installs it"
+        )
+    settings = Settings(
+        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topics=unique_topic_names()),
+        replay=ReplaySettings(workload=DEFAULT_WORKLOAD, speed="max"),
+        api=ApiSettings(port=0),
+        calibration=CalibrationSettings(  # small: one axis, the believed and the hidden calibrationFactor
+            enabled=True,
+            grid=[CalibrationAxis(parameter="cpuPowerModel.calibrationFactor", values=[4.0, 6.5])],
+            refine_steps=0,
+        ),
+        data_dir=tmp_path / "data",
+    )
+    state = TwinState()
+    stop = asyncio.Event()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "dashboard.png"
+    shot.unlink(missing_ok=True)
+    async with asyncio.timeout(300), asyncio.TaskGroup() as tg:
+        daemon = tg.create_task(run_daemon(settings, shutdown_trigger=stop.wait, state=state))
+        try:
+            async with aiohttp.ClientSession() as http:
+
+                async def api_up() -> bool:
+                    assert not daemon.done(), "the daemon stopped"
+                    return bool(state.api_url)
+
+                async def has_data() -> bool:
+                    body = await _power(http, state.api_url)
+                    calibrated = state.snapshot()["topology"]["version"] >= 1
+                    return bool(body["simulated"]) and bool(body["measured"]) and calibrated
+
+                await _wait_for(api_up, "the API", 60)
+                url = state.api_url
+                await _wait_for(has_data, "simulated and measured power and a calibrated topology", 180)
+                async with http.get(url + "/") as resp:
+                    assert resp.status == 200, "the daemon does not serve the dashboard at / (create_app)"
+                    assert resp.content_type == "text/html"
+                async with http.post(url + "/api/whatif", json={}) as resp:
+                    has_whatif = resp.status not in (404, 405)
+                async with http.get(url + "/api/calibration") as resp:
+                    has_calibration = resp.status == 200
+            await _browse(binary, url, tmp_path, shot, has_whatif, has_calibration)
+        finally:
+            stop.set()
+    assert daemon.result() == 0
+
+
+async def _browse(
+    binary: str, url: str, tmp_path: Path, shot: Path, has_whatif: bool, has_calibration: bool
+) -> None:
+    proc, port = await _launch_chromium(binary, tmp_path / "chromium-profile", tmp_path / "chromium.log")
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/json/list") as resp:
+                targets = await resp.json()
+            page = next(t for t in targets if t["type"] == "page")
+            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                cdp = Cdp(ws)
+                try:
+                    await _check_page(cdp, url, shot, has_whatif, has_calibration)
+                finally:
+                    await cdp.close()
+    finally:
+        await asyncio.to_thread(_stop_chromium, proc)
+
+
+async def _check_page(cdp: Cdp, url: str, shot: Path, has_whatif: bool, has_calibration: bool) -> None:
+    await cdp.call("Runtime.enable")
+    await cdp.call("Page.enable")
+    await cdp.call(
+        "Emulation.setDeviceMetricsOverride", width=1400, height=1000, deviceScaleFactor=1, mobile=False
+    )
+    await cdp.call("Page.navigate", url=url + "/?refresh=1")
+    await cdp.wait_for(
+        f"location.href.startsWith({json.dumps(url + '/')}) && document.readyState === 'complete'", "the page"
+    )
+    await cdp.wait_for(
+        "Number(document.getElementById('chart-power').dataset.points) > 0"
+        " && Number(document.getElementById('chart-carbon').dataset.points) > 0"
+        " && document.querySelectorAll('#topology-table tbody tr').length > 0"
+        " && Number(document.getElementById('topology').dataset.differences) > 0"
+        " && document.getElementById('calibration').dataset.state !== 'loading'"
+        + (
+            " && Number(document.getElementById('chart-calibration').dataset.points) > 0"
+            if has_calibration
+            else ""
+        ),
+        "charts with data",
+    )
+    page = json.loads(await cdp.js(SUMMARY))
+    assert page["status"] == "running", page
+    assert page["badge"] == "running", page
+    assert page["banner"] is None, page
+    assert page["ticks"] >= 1
+    assert page["power"] > 0, page
+    assert page["carbon"] > 0, page
+    assert page["powerCanvas"], page
+    assert page["carbonCanvas"], page
+    assert re.fullmatch(r"[\d,.]+ %", page["mape"] or ""), page
+    assert page["topologyHosts"] == ["demo/A", "demo/B"], page
+    assert "24" in page["topologyCells"], page  # hosts of spec A
+    assert "32" in page["topologyCells"], page  # cores of spec B
+    assert page["differences"] >= 1, page
+    assert "4 → 6.5" in page["diffCells"], page  # the calibrated calibrationFactor, highlighted
+    if has_calibration:
+        assert page["calibration"] == "enabled", page
+        assert page["calibrationPoints"] > 0, page
+        assert "cpuPowerModel.calibrationFactor" in page["calibrationText"], page
+    else:
+        assert page["calibration"] == "disabled", page
+        assert "not running" in page["calibrationText"], page
+    assert page["form"], page
+    assert page["patchRows"] == 1, page
+    start_ms = _iso_ms(page["whatifStart"])
+    end_ms = _iso_ms(page["whatifEnd"])
+    assert 0 < end_ms - start_ms <= 6 * 3600 * 1000, page
+
+    if has_whatif:
+        await cdp.js(SUBMIT_WHATIF % (json.dumps("yesterday"), json.dumps(page["whatifEnd"])))
+        await cdp.wait_for(WHATIF_SETTLED, "the what-if answer (bad start)")
+        bad = json.loads(await cdp.js(WHATIF_RESULT))
+        assert bad["state"] == "error", bad
+        assert bad["errorField"] == "start", bad
+        assert bad["errorStatus"].startswith("4"), bad
+        assert "whatif-start" in bad["invalid"], bad
+        hour_end = min(start_ms + 3600 * 1000, end_ms)
+        await cdp.js(SUBMIT_WHATIF % (json.dumps(_ms_iso(start_ms)), json.dumps(_ms_iso(hour_end))))
+        await cdp.wait_for(WHATIF_SETTLED, "the what-if answer", 120)
+        good = json.loads(await cdp.js(WHATIF_RESULT))
+        assert good["state"] == "done", good
+        assert good["error"] is None, good
+        assert good["resultShown"], good
+        assert good["points"] > 0, good
+        assert good["totals"] == ["energy_kwh", "carbon_kg", "peak_w", "mean_w"], good
+        assert "coreSpeed" in good["changes"], good
+        assert "→ 2,800" in good["changes"], good
+        assert good["errorStatus"] is None, good
+    else:
+        await cdp.js(SUBMIT_WHATIF % (json.dumps(page["whatifStart"]), json.dumps(page["whatifEnd"])))
+        await cdp.wait_for(WHATIF_SETTLED, "the what-if answer (no endpoint)")
+        missing = json.loads(await cdp.js(WHATIF_RESULT))
+        assert missing["state"] == "error", missing
+        assert missing["errorStatus"] == "404", missing
+        assert missing["error"].startswith("HTTP 404"), missing
+        assert not missing["resultShown"], missing
+
+    assert cdp.page_errors() == []
+    metrics = await cdp.call("Page.getLayoutMetrics")
+    height = int(metrics["cssContentSize"]["height"]) + 1
+    png = await cdp.call(
+        "Page.captureScreenshot",
+        format="png",
+        captureBeyondViewport=True,
+        clip={"x": 0, "y": 0, "width": 1400, "height": height, "scale": 1},
+    )
+    data = base64.b64decode(png["data"])
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(data) > 20_000
+    await asyncio.to_thread(shot.write_bytes, data)
+
+
+def _iso_ms(text: str) -> int:
+    return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def _ms_iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
