@@ -225,6 +225,10 @@ class Calibrator:
         """The calibrated parameters in effect after each round (``time_ms``, ``value``, ``in_effect``)."""
         return [{"time_ms": r.time_ms, "value": r.value, "in_effect": r.in_effect} for r in self.records]
 
+    def rounds(self) -> list[dict[str, Any]]:
+        """Every round's summary, oldest first."""
+        return [r.summary() for r in self.records]
+
     def view(self) -> dict[str, Any]:
         recs = self.records
         return {

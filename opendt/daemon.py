@@ -22,9 +22,11 @@ import structlog
 from aiokafka import AIOKafkaProducer
 
 from opendt.api import TwinView, serve_api
+from opendt.calibration.candidates import CandidatePool
 from opendt.calibrator import calibrator_for
 from opendt.clock import SystemClock
 from opendt.consumer import ClosedWindow, WindowConsumer
+from opendt.history import TwinHistory
 from opendt.kafka.broker import BrokerError, EmbeddedBroker, kafka_broker_for
 from opendt.kafka.client import make_consumer, make_producer
 from opendt.models.messages import (
@@ -38,8 +40,9 @@ from opendt.models.messages import (
 from opendt.models.topology import Topology
 from opendt.replay import ReplayProducer, ReplayProgress
 from opendt.results import ResultStore
+from opendt.scenarios import ScenarioRunner
 from opendt.settings import Settings
-from opendt.simulator import SimTopology, Simulator, TopologyBox
+from opendt.simulator import HookChain, SimTopology, Simulator, TopologyBox
 from opendt.state import TwinState
 from opendt.workers import TwinEngine
 from opendt.workload import Workload, load_workload
@@ -197,6 +200,23 @@ async def _supervise(
                 settings, box, twin, workload.carbon, run_dir, publish=publish_calibrated
             )
             state.providers["calibration"] = calibrator.view
+        api = settings.api
+        history = TwinHistory(
+            lambda: twin.snapshot(archive="running"),
+            retention_ms=(api.whatif_max_range_s + api.whatif_snapshot_every_s) * 1000,
+            snapshot_every_ms=api.whatif_snapshot_every_s * 1000,
+        )
+        scenario_pool = CandidatePool(api.whatif_workers, timeout_s=api.whatif_timeout_s)
+        stack.push_async_callback(_bounded, scenario_pool.stop, "scenario_pool")
+        scenarios = ScenarioRunner(
+            history,
+            scenario_pool,
+            export_interval_ms=settings.simulation.export_interval_s * 1000,
+            carbon=None if workload.carbon is None else workload.carbon.rename({"timestamp_ms": "timestamp"}),
+            initial=workload.topology,
+            max_queue=api.whatif_queue,
+        )
+        state.providers["scenarios"] = scenarios.view
         simulator = Simulator(
             queue,
             twin,
@@ -206,7 +226,7 @@ async def _supervise(
             workload.carbon,
             publish=publish,
             commit=windows.commit_durable,
-            hooks=calibrator,
+            hooks=HookChain(calibrator, history),
         )
         _publish_views(state, progress, windows, simulator, store, box, run_dir)
         await producer.send_and_wait(
@@ -222,6 +242,8 @@ async def _supervise(
                 publish_topology=publish_topology,
                 calibration_view=None if calibrator is None else calibrator.view,
                 calibration_series=None if calibrator is None else calibrator.series,
+                calibration_rounds=None if calibrator is None else calibrator.rounds,
+                scenarios=scenarios,
             )
             state.api_url = await stack.enter_async_context(serve_api(state, settings.api, view))
         state.status = "running"

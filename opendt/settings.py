@@ -249,7 +249,15 @@ class ApiSettings(Section):
     port: int = Field(default=8080, ge=0, le=65535)
     token: str | None = None
     max_body_bytes: int = Field(default=1_000_000, gt=0)
-    whatif_max_range_s: int = Field(default=7 * 86400, gt=0)
+    whatif_max_range_s: int = Field(default=7 * 86400, gt=0, description="Longest what-if range")
+    whatif_queue: int = Field(
+        default=4, ge=1, description="What-if/optimizer runs queued or running at once; more → 429"
+    )
+    whatif_workers: int = Field(default=1, ge=1, description="Engine worker processes for scenario runs")
+    whatif_timeout_s: float = Field(default=60.0, gt=0, description="Per scenario run")
+    whatif_snapshot_every_s: int = Field(
+        default=3600, gt=0, description="Twin snapshot interval (what-ifs start from the newest before start)"
+    )
 
 
 class LogSettings(Section):

@@ -76,10 +76,15 @@ class Windower:
 
     @property
     def watermark_ms(self) -> int | None:
+        """The event time every source has reached (None before each has spoken). Once every source has
+        ended, the end of the last closed window (not the internal end-of-stream marker)."""
         values = list(self._latest.values())
         if any(v is None for v in values):
             return None
-        return min(v for v in values if v is not None)
+        wm = min(v for v in values if v is not None)
+        if wm >= FINAL and self._next_start is not None:
+            return self._next_start
+        return wm
 
     def _seen(self, source: Hashable, t_ms: int) -> None:
         if source not in self._latest:

@@ -325,9 +325,10 @@ class TwinEngine:
     async def set_topology(self, topology: dict[str, Any]) -> None:
         await self._call({"op": "set_topology", "topology": topology}, record=True)
 
-    async def snapshot(self) -> bytes:
-        """The engine state now, pickled (for warm-started calibration candidates); changes nothing."""
-        out = await self._call({"op": "cal.snapshot"}, record=False)
+    async def snapshot(self, archive: str = "none") -> bytes:
+        """The engine state now, pickled (warm starts of calibration candidates, what-ifs, proposals); changes
+        nothing. ``archive="running"`` keeps the running tasks' fragments (needed for structural changes)."""
+        out = await self._call({"op": "cal.snapshot", "archive": archive}, record=False)
         blob: bytes = out["snapshot"]["blob"][0]
         return blob
 

@@ -1,14 +1,18 @@
 """Warm-started candidate runs, executed inside engine worker processes (``opendt.workers`` ops ``cal.*``).
 
-* ``cal.snapshot`` (twin worker): the engine state now, pickled. The fragment archive is left out: it only
-  serves structural topology changes (re-queued tasks restart from their first fragment), which the search
-  space refuses (see :mod:`opendt.calibration.space`), and it grows with the whole trace, while the rest of
-  the state stays bounded (SURF mid-week: about 0.7 MB, 1 ms).
+* ``cal.snapshot`` (twin worker): the engine state now, pickled. The fragment archive is left out by
+  default: it only serves structural topology changes (re-queued tasks restart from their first fragment),
+  which the calibration search space refuses (see :mod:`opendt.calibration.space`), and it grows with the
+  whole trace, while the rest of the state stays bounded (SURF mid-week: about 0.7 MB, 1 ms). With
+  ``"archive": "running"`` (what-if and optimizer bases) the archive is kept for the tasks running now, the
+  only ones a structural change can re-queue, so the snapshot stays bounded too.
 * ``cal.prepare`` (candidate worker): keep one round's base — a snapshot (or, when the lookback starts
   before the twin's first window, a fresh engine spec) — and the lookback's tasks and fragments.
 * ``cal.candidate``: unpickle the base, ``set_topology(candidate)``, switch the export grid to the meter's
   interval, advance through the lookback's inputs to its end, and return one row per export instant whose
-  whole interval lies inside the lookback (summed over clusters).
+  whole interval lies inside the lookback (summed over clusters). What-if and optimizer runs instead keep
+  the twin's export grid (``regrid`` false) and may pre-roll: the snapshot advances with its own topology to
+  ``apply_at_ms`` before the candidate topology takes over; their rows (``full``) carry carbon as well.
 
 Advancing once over the whole lookback equals advancing window by window (the engine is causal and
 incremental == one-shot); the candidate with the twin's own topology reproduces the twin's rows.
@@ -29,13 +33,25 @@ if TYPE_CHECKING:
 OPS = ("cal.snapshot", "cal.prepare", "cal.candidate")
 
 
-def snapshot(engine: Engine) -> bytes:
-    archive = engine.frags.archive
-    engine.frags.archive = None
+def snapshot(engine: Engine, archive: str = "none") -> bytes:
+    """The engine pickled; ``archive`` "none" drops the fragment archive, "running" keeps that of running
+    tasks only (what a structural topology change can re-queue)."""
+    kept = engine.frags.archive
+    if archive == "running" and kept:
+        from opendt.engine.placement import RUNNING
+
+        state = np.asarray(engine.sched.state)
+        parts = [np.concatenate(col) for col in zip(*kept, strict=True)]
+        live = state[parts[0]] == RUNNING
+        engine.frags.archive = [(parts[0][live], parts[1][live], parts[2][live], parts[3][live])]
+    elif archive not in ("none", "running"):
+        raise ValueError(f"archive: must be 'none' or 'running', not {archive!r}")
+    else:
+        engine.frags.archive = None if archive == "none" else kept
     try:
         return pickle.dumps(engine, protocol=pickle.HIGHEST_PROTOCOL)
     finally:
-        engine.frags.archive = archive
+        engine.frags.archive = kept
 
 
 def set_export_interval(engine: Engine, interval_ms: int) -> None:
@@ -59,6 +75,10 @@ class RoundBase:
     fragments: pl.DataFrame
     until_ms: int
     interval_ms: int
+    apply_at_ms: int | None = None
+    """Pre-roll: advance with the snapshot's own topology to here, then switch to the candidate's."""
+    regrid: bool = True
+    full: bool = False
 
 
 def prepare(header: dict[str, Any], tables: dict[str, pl.DataFrame]) -> RoundBase:
@@ -71,6 +91,47 @@ def prepare(header: dict[str, Any], tables: dict[str, pl.DataFrame]) -> RoundBas
         fragments=tables["fragments"],
         until_ms=int(header["until_ms"]),
         interval_ms=int(header["export_interval_ms"]),
+        apply_at_ms=None if header.get("apply_at_ms") is None else int(header["apply_at_ms"]),
+        regrid=bool(header.get("regrid", True)),
+        full=bool(header.get("full", False)),
+    )
+
+
+def _split(
+    base: RoundBase, at_ms: int
+) -> tuple[tuple[pl.DataFrame, pl.DataFrame], tuple[pl.DataFrame, pl.DataFrame]]:
+    """Inputs before ``at_ms`` and after: tasks by submission; fragments go with their task, those of tasks
+    the snapshot already knows go early (the twin had them by then)."""
+    late = base.tasks.filter(pl.col("submission_ms") >= at_ms)
+    frag_late = pl.col("id").is_in(late["id"].implode())
+    return (base.tasks.filter(pl.col("submission_ms") < at_ms), base.fragments.filter(~frag_late)), (
+        late,
+        base.fragments.filter(frag_late),
+    )
+
+
+def _full_rows(rows: pl.DataFrame, after_ms: int) -> pl.DataFrame:
+    """Rows at instants in (after_ms, …], summed over clusters (intensity: the first cluster's)."""
+    cols = {
+        "timestamp_absolute": pl.Int64,
+        "power_draw": pl.Float64,
+        "energy_usage": pl.Float64,
+        "carbon_intensity": pl.Float64,
+        "carbon_emission": pl.Float64,
+    }
+    if rows.is_empty():
+        return pl.DataFrame(schema=cols)
+    return (
+        rows.filter(pl.col("timestamp_absolute") > after_ms)
+        .group_by("timestamp_absolute", maintain_order=True)
+        .agg(
+            pl.col("power_draw").sum(),
+            pl.col("energy_usage").sum(),
+            pl.col("carbon_intensity").first(),
+            pl.col("carbon_emission").sum(),
+        )
+        .sort("timestamp_absolute")
+        .cast(cols)  # type: ignore[arg-type]
     )
 
 
@@ -79,14 +140,27 @@ def run_candidate(base: RoundBase, topology: dict[str, Any]) -> pl.DataFrame:
     from opendt.models.topology import parse_topology
 
     topo = parse_topology(topology, source="candidate")
+    tasks, fragments = base.tasks, base.fragments
+    warm: Engine | None = None
     if base.blob is not None:
-        engine: Engine = pickle.loads(base.blob)  # noqa: S301 - our own snapshot, from our own twin worker
-        engine.set_topology(topo)
-        set_export_interval(engine, base.interval_ms)
+        warm = pickle.loads(base.blob)  # noqa: S301 - our own snapshot, from our own twin worker
+    elif base.apply_at_ms is not None and base.init_topology is not None:
+        init = parse_topology(base.init_topology, source="initial topology")
+        warm = Engine(init, export_interval_ms=base.interval_ms, carbon=base.carbon)
+    if warm is not None:
+        if base.apply_at_ms is not None:  # pre-roll with the base's own topology
+            (pre_t, pre_f), (tasks, fragments) = _split(base, base.apply_at_ms)
+            warm.advance(base.apply_at_ms, pre_t, pre_f)
+        warm.set_topology(topo)
+        if base.regrid:
+            set_export_interval(warm, base.interval_ms)
+        engine = warm
     else:
         engine = Engine(topo, export_interval_ms=base.interval_ms, carbon=base.carbon)
     start_rel = engine.t_lo
-    rows = engine.advance(base.until_ms, base.tasks, base.fragments)
+    rows = engine.advance(base.until_ms, tasks, fragments)
+    if base.full:
+        return _full_rows(rows, base.apply_at_ms if base.apply_at_ms is not None else -(2**62))
     if rows.is_empty():
         return pl.DataFrame(
             schema={"timestamp_absolute": pl.Int64, "power_draw": pl.Float64, "energy_usage": pl.Float64}
@@ -110,7 +184,8 @@ def handle(
     if op == "cal.snapshot":
         if engine is None:
             raise RuntimeError("worker not initialised")
-        return {"snapshot": pl.DataFrame({"blob": [snapshot(engine)]}, schema={"blob": pl.Binary})}
+        blob = snapshot(engine, str(header.get("archive", "none")))
+        return {"snapshot": pl.DataFrame({"blob": [blob]}, schema={"blob": pl.Binary})}
     if op == "cal.prepare":
         bases.clear()  # one round at a time per worker: the previous base is dropped
         bases[str(header["round"])] = prepare(header, tables)
