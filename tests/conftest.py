@@ -8,6 +8,8 @@
 - ``kafka_settings`` (session): ``KafkaSettings`` matching that broker; pass it to ``make_producer`` /
   ``make_consumer`` (with the embedded broker it shortens the consumer-group session timeout).
 - ``shared_dir``: the Path of ``../shared`` next to the repository; skips the test when it is absent.
+- ``daemon_settings``: ``make(workload, **replay_overrides)`` → Settings for ``run_daemon`` on that broker,
+  topics unique to the test, API on a free port, data under the test's tmp dir.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from opendt.kafka.broker import delete_topics, ensure_topics
 from opendt.kafka.testing import BrokerThread
-from opendt.settings import KafkaSettings, TopicNames
+from opendt.settings import ApiSettings, KafkaSettings, ReplaySettings, Settings, TopicNames
 
 _KAFKA_FIXTURES = {"kafka_bootstrap", "topic_factory", "kafka_thread", "kafka_settings"}
 
@@ -95,3 +98,22 @@ def shared_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared material not found at {path}")
     return path
+
+
+@pytest.fixture
+def daemon_settings(
+    kafka_bootstrap: str, unique_topic_names: Callable[[], TopicNames], tmp_path: Path
+) -> Callable[..., Settings]:
+    """``make(workload, **replay_overrides)``: Settings for ``run_daemon`` on the session broker, every topic
+    unique to the test (``unique_topic_names``), API on a free port, data under tmp."""
+
+    def make(workload: Path, **replay: Any) -> Settings:
+        topics = unique_topic_names()
+        return Settings(
+            kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topics=topics),
+            replay=ReplaySettings(workload=workload, **{"speed": "max", "heartbeat_s": 60, **replay}),
+            api=ApiSettings(port=0),
+            data_dir=tmp_path / "data",
+        )
+
+    return make

@@ -1,12 +1,10 @@
-"""Pipeline test helpers: a small generated workload (no ../shared needed), daemon settings on the session
-broker with topics unique to the test, the one-shot engine reference, and readers of a run's results."""
+"""Pipeline test helpers: a small generated workload (no ../shared needed), the one-shot engine reference,
+and readers of a run's results (``daemon_settings`` lives in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -14,7 +12,6 @@ import pytest
 
 from opendt.engine import Engine
 from opendt.models.topology import Topology
-from opendt.settings import ApiSettings, KafkaSettings, ReplaySettings, Settings, TopicNames
 from opendt.simulator import aggregate_rows
 from opendt.windowing import Window
 from opendt.workload import Workload, load_workload
@@ -185,22 +182,3 @@ def assert_windows_contiguous(windows: pl.DataFrame, window_ms: int = 300_000) -
     """One row per window: starts unique, aligned and contiguous from the first to the last."""
     starts = windows["window_start"].dt.epoch("ms").to_list()
     assert starts == list(range(starts[0], starts[-1] + window_ms, window_ms)), "windows not contiguous"
-
-
-@pytest.fixture
-def daemon_settings(
-    kafka_bootstrap: str, unique_topic_names: Callable[[], TopicNames], tmp_path: Path
-) -> Callable[..., Settings]:
-    """``make(workload, **replay_overrides)``: Settings for ``run_daemon`` on the session broker, every topic
-    unique to the test (``unique_topic_names``), API on a free port, data under tmp."""
-
-    def make(workload: Path, **replay: Any) -> Settings:
-        topics = unique_topic_names()
-        return Settings(
-            kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topics=topics),
-            replay=ReplaySettings(workload=workload, **{"speed": "max", "heartbeat_s": 60, **replay}),
-            api=ApiSettings(port=0),
-            data_dir=tmp_path / "data",
-        )
-
-    return make

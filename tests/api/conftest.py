@@ -1,0 +1,42 @@
+"""API test helpers: ``running_twin`` runs the whole daemon in process (session broker, demo day at max speed)
+and yields its API URL once every window is simulated."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+
+from opendt.daemon import run_daemon
+from opendt.settings import REPO_ROOT, Settings
+from opendt.state import TwinState
+
+DEMO = REPO_ROOT / "data" / "demo"
+
+
+@asynccontextmanager
+async def running_twin(settings: Settings, *, timeout_s: float = 120) -> AsyncIterator[tuple[str, TwinState]]:
+    """``run_daemon(settings)`` until the context exits; yields ``(api_url, state)`` after the replay is fully
+    simulated; asserts a clean exit (0) afterwards."""
+    state = TwinState()
+    stop = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        daemon = tg.create_task(run_daemon(settings, shutdown_trigger=stop.wait, state=state))
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not state.api_url:
+                    if daemon.done():
+                        raise AssertionError(f"the daemon exited early: {daemon.result()}")
+                    await asyncio.sleep(0.05)
+                async with aiohttp.ClientSession() as s:
+                    while True:
+                        async with s.get(f"{state.api_url}/api/status") as r:
+                            if (await r.json())["simulation"]["done"]:
+                                break
+                        await asyncio.sleep(0.2)
+            yield state.api_url, state
+        finally:
+            stop.set()
+    assert daemon.result() == 0

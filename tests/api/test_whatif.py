@@ -1,0 +1,184 @@
+"""POST /api/whatif against a running daemon (real broker, real engine workers, real HTTP) on the demo day."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from opendt.settings import ApiSettings, Settings
+
+from .conftest import DEMO, running_twin
+
+TOKEN = "whatif-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def twin(daemon_settings: Callable[..., Settings]) -> AsyncIterator[tuple[str, Settings]]:
+    """The demo day replayed at max speed, fully simulated; yields the API URL and the settings."""
+    base = daemon_settings(DEMO)
+    settings = base.model_copy(
+        update={"api": ApiSettings(port=0, token=TOKEN, whatif_queue=1, whatif_max_range_s=30 * 3600)}
+    )
+    async with running_twin(settings) as (url, _):
+        yield url, settings
+
+
+async def _whatif(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{url}/api/whatif", json=body, headers=AUTH if headers is None else headers) as r,
+    ):
+        return r.status, await r.json()
+
+
+def _values(series: list[list[float]]) -> list[float]:
+    return [v for _, v in series]
+
+
+async def test_identity_whatif_reproduces_the_twin_and_changes_move_it(twin: tuple[str, Settings]) -> None:
+    """1. Setting a parameter to the value it has (no change) reproduces the twin's own stored series exactly,
+    from a snapshot start (06:00) and after a pre-roll (06:17:30); 2. slower CPUs (coreSpeed 1200 instead of
+    2400/2200) change the prediction and report the change and the deltas; 3. a structural patch (fewer hosts)
+    runs too (the snapshot carries the running tasks' fragments)."""
+    url, _ = twin
+    for start in ("2024-03-04T06:00:00Z", "2024-03-04T06:17:30Z"):
+        status, doc = await _whatif(
+            url,
+            {
+                "start": start,
+                "end": "2024-03-04T12:00:00Z",
+                "patch": {"hosts[A].cpu.coreSpeed": 2400},
+                "step_s": 150,
+            },
+        )
+        assert status == 200, doc
+        assert doc["changes"] == []
+        base, new = doc["series"]["baseline"], doc["series"]["whatif"]
+        assert len(base) > 100
+        assert [t for t, _ in base] == [t for t, _ in new]
+        for b, w in zip(_values(base), _values(new), strict=True):
+            assert w == pytest.approx(b, rel=1e-9)
+        assert doc["totals"]["whatif"]["energy_kwh"] == pytest.approx(
+            doc["totals"]["baseline"]["energy_kwh"], rel=1e-6
+        )
+        assert doc["delta"]["energy_pct"] == pytest.approx(0, abs=1e-4)
+        assert doc["totals"]["measured"]["mean_w"] > 0
+
+    status, doc = await _whatif(
+        url, {"start": 1709532000000, "end": 1709553600000, "patch": {"cpu.coreSpeed": 1200}}
+    )
+    assert status == 200, doc
+    assert {c["path"] for c in doc["changes"]} == {
+        "clusters[demo].hosts[A].cpu.coreSpeed",
+        "clusters[demo].hosts[B].cpu.coreSpeed",
+    }
+    assert doc["start"] == "2024-03-04T06:00:00.000Z"
+    assert doc["delta"]["energy_pct"] != pytest.approx(0, abs=0.1)
+    assert _values(doc["series"]["whatif"]) != _values(doc["series"]["baseline"])
+
+    status, doc = await _whatif(
+        url, {"start": "2024-03-04T06:00:00Z", "end": "2024-03-04T09:00:00Z", "patch": {"hosts[A].count": 4}}
+    )
+    assert status == 200, doc
+    assert doc["totals"]["whatif"]["energy_kwh"] < doc["totals"]["baseline"]["energy_kwh"]
+    assert doc["topology"]["clusters"][0]["hosts"][0]["count"] == 4
+
+
+async def test_whole_topology_and_bad_requests(twin: tuple[str, Settings]) -> None:
+    """A whole topology is accepted; every bad request is a 4xx naming the problem, and the twin keeps
+    answering afterwards."""
+    url, _ = twin
+    async with aiohttp.ClientSession() as s, s.get(f"{url}/api/topology") as r:
+        physical = (await r.json())["physical"]
+    ok = {"start": "2024-03-04T05:00:00Z", "end": "2024-03-04T06:00:00Z"}
+    status, doc = await _whatif(url, {**ok, "topology": physical})
+    assert status == 200, doc
+    assert doc["changes"] == []
+
+    bad: list[tuple[dict[str, Any], dict[str, str] | None, int, str]] = [
+        ({**ok, "patch": {"cpu.coreSpeed": 1}}, {}, 401, "token"),
+        ({**ok, "patch": {"cpu.coreSpeed": 1}}, {"Authorization": "Bearer nope"}, 401, "token"),
+        ({**ok, "patch": {"cpu.warpDrive": 9}}, None, 422, "warpDrive"),
+        ({**ok, "patch": {"cpu.coreSpeed": -5}}, None, 422, "coreSpeed"),
+        ({**ok, "patch": {"clusters[nope].cpu.coreSpeed": 2000}}, None, 422, "nope"),
+        ({**ok, "patch": {}}, None, 422, "patch"),
+        ({**ok, "topology": {"clusters": []}}, None, 422, "cluster"),
+        ({**ok, "topology": physical, "patch": {"cpu.coreSpeed": 2000}}, None, 422, "exactly one"),
+        (
+            {"start": ok["end"], "end": ok["start"], "patch": {"cpu.coreSpeed": 2000}},
+            None,
+            422,
+            "after start",
+        ),
+        ({"start": "yesterday", "end": ok["end"], "patch": {"cpu.coreSpeed": 2000}}, None, 400, "ISO-8601"),
+        ({"end": ok["end"], "patch": {"cpu.coreSpeed": 2000}}, None, 422, "start"),
+        (
+            {
+                "start": "2024-03-04T00:00:00Z",
+                "end": "2024-03-05T07:00:00Z",
+                "patch": {"cpu.coreSpeed": 2000},
+            },
+            None,
+            422,
+            "whatif_max_range_s",
+        ),
+        (
+            {
+                "start": "2024-03-06T00:00:00Z",
+                "end": "2024-03-06T01:00:00Z",
+                "patch": {"cpu.coreSpeed": 2000},
+            },
+            None,
+            422,
+            "last simulated window",
+        ),
+        ({**ok, "patch": {"cpu.coreSpeed": 2000}, "colour": "red"}, None, 422, "colour"),
+        ({**ok, "patch": {"cpu.coreSpeed": 2000}, "step_s": "often"}, None, 422, "step_s"),
+    ]
+    for body, headers, want, needle in bad:
+        status, doc = await _whatif(url, body, headers)
+        assert status == want, (body, doc)
+        assert needle in doc["error"], (needle, doc)
+    async with aiohttp.ClientSession() as s, s.post(f"{url}/api/whatif", data=b"{nope", headers=AUTH) as r:
+        assert r.status == 400
+        assert (await r.json())["field"] == "body"
+    async with aiohttp.ClientSession() as s, s.get(f"{url}/health") as r:
+        assert r.status == 200
+
+
+async def test_a_full_queue_answers_429(twin: tuple[str, Settings]) -> None:
+    """With api.whatif_queue = 1, concurrent what-ifs beyond the one running get 429 with a message; the
+    running one completes."""
+    url, _ = twin
+    body = {"start": "2024-03-04T05:00:00Z", "end": "2024-03-04T16:00:00Z", "patch": {"cpu.coreSpeed": 2000}}
+    results = await asyncio.gather(*(_whatif(url, body) for _ in range(4)))
+    statuses = sorted(s for s, _ in results)
+    assert statuses[0] == 200
+    assert 429 in statuses
+    busy = next(doc for s, doc in results if s == 429)
+    assert "queued" in busy["error"]
+
+
+async def test_calibration_endpoint_without_calibrator(twin: tuple[str, Settings]) -> None:
+    """Calibration is off in the defaults: GET /api/calibration is a 404 saying so."""
+    url, _ = twin
+    async with aiohttp.ClientSession() as s, s.get(f"{url}/api/calibration") as r:
+        assert r.status == 404
+        assert "disabled" in (await r.json())["error"]
+
+
+def test_history_retention_needs_positive_intervals(tmp_path: Path) -> None:
+    """TwinHistory refuses a zero snapshot interval (it would snapshot never or always)."""
+    from opendt.history import TwinHistory
+
+    async def snap() -> bytes:
+        return b""
+
+    with pytest.raises(ValueError, match="must be > 0"):
+        TwinHistory(snap, retention_ms=1000, snapshot_every_ms=0)
