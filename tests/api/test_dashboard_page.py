@@ -409,14 +409,17 @@ async def _power(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
 async def test_dashboard_in_headless_chromium(
     kafka_bootstrap: str, unique_topic_names: Callable[[], TopicNames], tmp_path: Path
 ) -> None:
-    """Against ``run_daemon`` replaying the demo workload (API on a free port): 1. the daemon serves the page
-    at ``/``; 2. in headless Chromium the status shows "running", the power and carbon charts are drawn with
-    data (data-points > 0, a canvas each) and the power MAPE is a number; 3. the topology table has one row
-    per demo host spec (A, B) with their core counts; 4. calibration (disabled here) says so; 5. the what-if
-    form renders with its patch row and prefilled range; submitted, a bad start is answered in the form
-    naming the field, and a real what-if (cpu.coreSpeed 2800) draws its chart and totals — or, on a daemon
-    without /api/what-if, the form shows the 404 answer; 6. no uncaught exception or console error; 7. a
-    full-page screenshot is saved to tests/artifacts/dashboard.png."""
+    """Against ``run_daemon`` replaying the demo day with calibration on (API on a free port), once the day is
+    simulated: 1. the daemon serves the page at ``/``; 2. in headless Chromium the status shows "running"
+    and the page refreshes; the power and carbon charts are drawn with data (data-points > 0, a canvas each)
+    and the power MAPE is a number; 3. the topology table has one row per demo host spec (A, B) with their
+    counts and cores, and highlights exactly the calibrationFactor cells where /api/topology's simulated
+    topology differs from the physical one; 4. the calibration panel shows the rounds and their chart (or,
+    on a daemon without /api/calibration, that it is not running); 5. the what-if form renders with its
+    patch row and a prefilled range; submitted, a bad start is answered in the form naming the field, and a
+    real what-if (cpu.coreSpeed 2800) draws its chart, totals and changes (or, on a daemon without
+    /api/whatif, the form shows the 404 answer); 6. no uncaught exception or console error; 7. a full-page
+    screenshot is saved to tests/artifacts/dashboard.png."""
     binary = _chromium()
     if binary is None:
         pytest.skip(
@@ -447,14 +450,16 @@ async def test_dashboard_in_headless_chromium(
                     assert not daemon.done(), "the daemon stopped"
                     return bool(state.api_url)
 
-                async def has_data() -> bool:
-                    body = await _power(http, state.api_url)
-                    calibrated = state.snapshot()["topology"]["version"] >= 1
-                    return bool(body["simulated"]) and bool(body["measured"]) and calibrated
+                async def done() -> bool:  # the whole day simulated: the page's data no longer changes
+                    snap = state.snapshot()
+                    return bool(snap["simulation"]["done"]) and snap["topology"]["version"] >= 1
 
                 await _wait_for(api_up, "the API", 60)
                 url = state.api_url
-                await _wait_for(has_data, "simulated and measured power and a calibrated topology", 180)
+                await _wait_for(done, "the demo day simulated with a calibrated topology", 180)
+                power = await _power(http, url)
+                assert power["simulated"], power
+                assert power["measured"], power
                 async with http.get(url + "/") as resp:
                     assert resp.status == 200, "the daemon does not serve the dashboard at / (create_app)"
                     assert resp.content_type == "text/html"
@@ -462,14 +467,35 @@ async def test_dashboard_in_headless_chromium(
                     has_whatif = resp.status not in (404, 405)
                 async with http.get(url + "/api/calibration") as resp:
                     has_calibration = resp.status == 200
-            await _browse(binary, url, tmp_path, shot, has_whatif, has_calibration)
+                async with http.get(url + "/api/topology") as resp:
+                    diffs = _factor_diffs(await resp.json())
+            assert diffs, "the final simulated topology is not calibrated"
+            await _browse(binary, url, tmp_path, shot, has_whatif, has_calibration, diffs)
         finally:
             stop.set()
     assert daemon.result() == 0
 
 
+def _factor_diffs(doc: dict[str, Any]) -> list[str]:
+    """The topology table's highlighted calibrationFactor cells ("physical → simulated") for ``doc``."""
+    out = []
+    sim = doc["simulated"]["topology"]
+    for pc, sc in zip(doc["physical"]["clusters"], sim["clusters"], strict=True):
+        for ph, sh in zip(pc["hosts"], sc["hosts"], strict=True):
+            p, s = ph["cpuPowerModel"]["calibrationFactor"], sh["cpuPowerModel"]["calibrationFactor"]
+            if p != s:
+                out.append(f"{p:g} → {s:g}")
+    return out
+
+
 async def _browse(
-    binary: str, url: str, tmp_path: Path, shot: Path, has_whatif: bool, has_calibration: bool
+    binary: str,
+    url: str,
+    tmp_path: Path,
+    shot: Path,
+    has_whatif: bool,
+    has_calibration: bool,
+    diffs: list[str],
 ) -> None:
     proc, port = await _launch_chromium(binary, tmp_path / "chromium-profile", tmp_path / "chromium.log")
     try:
@@ -480,14 +506,16 @@ async def _browse(
             async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
                 cdp = Cdp(ws)
                 try:
-                    await _check_page(cdp, url, shot, has_whatif, has_calibration)
+                    await _check_page(cdp, url, shot, has_whatif, has_calibration, diffs)
                 finally:
                     await cdp.close()
     finally:
         await asyncio.to_thread(_stop_chromium, proc)
 
 
-async def _check_page(cdp: Cdp, url: str, shot: Path, has_whatif: bool, has_calibration: bool) -> None:
+async def _check_page(
+    cdp: Cdp, url: str, shot: Path, has_whatif: bool, has_calibration: bool, diffs: list[str]
+) -> None:
     await cdp.call("Runtime.enable")
     await cdp.call("Page.enable")
     await cdp.call(
@@ -502,6 +530,7 @@ async def _check_page(cdp: Cdp, url: str, shot: Path, has_whatif: bool, has_cali
         " && Number(document.getElementById('chart-carbon').dataset.points) > 0"
         " && document.querySelectorAll('#topology-table tbody tr').length > 0"
         " && Number(document.getElementById('topology').dataset.differences) > 0"
+        " && Number(document.body.dataset.ticks) >= 2"
         " && document.getElementById('calibration').dataset.state !== 'loading'"
         + (
             " && Number(document.getElementById('chart-calibration').dataset.points) > 0"
@@ -514,7 +543,7 @@ async def _check_page(cdp: Cdp, url: str, shot: Path, has_whatif: bool, has_cali
     assert page["status"] == "running", page
     assert page["badge"] == "running", page
     assert page["banner"] is None, page
-    assert page["ticks"] >= 1
+    assert page["ticks"] >= 2, page  # it refreshes
     assert page["power"] > 0, page
     assert page["carbon"] > 0, page
     assert page["powerCanvas"], page
@@ -523,8 +552,8 @@ async def _check_page(cdp: Cdp, url: str, shot: Path, has_whatif: bool, has_cali
     assert page["topologyHosts"] == ["demo/A", "demo/B"], page
     assert "24" in page["topologyCells"], page  # hosts of spec A
     assert "32" in page["topologyCells"], page  # cores of spec B
-    assert page["differences"] >= 1, page
-    assert "4 → 6.5" in page["diffCells"], page  # the calibrated calibrationFactor, highlighted
+    assert page["differences"] == len(diffs), page
+    assert page["diffCells"] == diffs, page  # the calibrated calibrationFactor, highlighted
     if has_calibration:
         assert page["calibration"] == "enabled", page
         assert page["calibrationPoints"] > 0, page
