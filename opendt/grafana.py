@@ -32,8 +32,8 @@ Every metric also takes ``format``: timeseries (default) | table. A target of th
 multi-value dashboard variable in Grafana's regex format) is the list of metrics a and b.
 
 Buckets: width = max(``intervalMs`` (default 60 s), ceil((to − from + 1 ms) / ``maxDataPoints``)
-(default 1000)), aligned on ``range.from``, so a series never has more than ``maxDataPoints`` points; a
-point's time is its bucket's start; the range is ``from <= t <= to``.
+(default 1000)), at most the whole range, aligned on ``range.from``, so a series never has more than
+``maxDataPoints`` points; a point's time is its bucket's start; the range is ``from <= t <= to``.
 
 Ad hoc filters (``filters``, or ``adhocFilters`` from plugin ≤ 0.6.3), keys from ``/tag-keys``:
 ``source`` (measured | simulated, per series), ``topology_version`` (per row of the simulated results and
@@ -198,10 +198,10 @@ def _filter(item: Any, where: str) -> Filter:
     if not isinstance(item, dict):
         raise ApiError(400, f"{where}: must be an object {{key, operator, value}}", where)
     key, op = item.get("key"), item.get("operator", "=")
-    if key not in TAG_KEYS:
+    if not isinstance(key, str) or key not in TAG_KEYS:
         known = ", ".join(TAG_KEYS)
         raise ApiError(400, f"{where}.key: unknown key {key!r} (known: {known})", f"{where}.key")
-    if op not in _OPS:
+    if not isinstance(op, str) or op not in _OPS:
         raise ApiError(400, f"{where}.operator: {op!r} is not one of {' '.join(_OPS)}", f"{where}.operator")
     many = item.get("values") if op in ("=|", "!=|") else None
     raw_values = many if many is not None else [item.get("value")]
@@ -292,7 +292,8 @@ def _ctx(body: dict[str, Any], view: TwinView) -> Ctx:
         raise ApiError(400, "range.to: must not be before range.from", "range.to")
     max_points = _number(body, "maxDataPoints", DEFAULT_MAX_POINTS, 1)
     interval = _number(body, "intervalMs", DEFAULT_INTERVAL_MS, 0)
-    bucket = max(interval, -(-(end - start + 1) // max_points), 1)
+    span = end - start + 1
+    bucket = max(1, min(max(interval, -(-span // max_points)), span))  # one bucket at most spans the range
     return Ctx(start, end, bucket, _filters(body))
 
 
