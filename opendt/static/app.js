@@ -66,7 +66,6 @@
   }
 
   const MAX_DATE_MS = 8.64e15; /* beyond this a JS Date is invalid */
-  const FINAL_WATERMARK = 2 ** 62; /* the windower's watermark once every source has finished */
 
   function iso(ms) {
     if (!isNum(ms)) return "—";
@@ -267,13 +266,7 @@
             iso(replay.trace_ms) +
             (isNum(replay.lag_s) ? ", lag " + fmtNum(replay.lag_s, 1) + " s" : ""),
       ],
-      [
-        "watermark",
-        "Watermark",
-        isNum(s.watermark_ms) && s.watermark_ms >= FINAL_WATERMARK
-          ? "final (every source finished)"
-          : iso(s.watermark_ms),
-      ],
+      ["watermark", "Watermark", iso(s.watermark_ms)],
       [
         "windows",
         "Windows",
