@@ -1,23 +1,25 @@
-"""``python -m opendt.engine --experiment-path X.json``: OpenDC's CLI contract (DESIGN §7)."""
+"""``python -m opendt.engine --experiment-path X.json``: OpenDC's CLI contract (DESIGN §7).
+
+Start-up matters here (a SURF week takes well under a second), so the CLI imports neither polars nor, for
+plain topology files, pydantic: inputs are read with pyarrow into numpy arrays (workload.py), the run is
+:func:`~opendt.engine.simulate.simulate_arrays`, and each output table is written with pyarrow as soon as it
+is built, on a background thread while the next one is computed.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from opendt.models.topology import TopologyError
-
-from .carbon import CarbonError
-from .experiment import Experiment, ExperimentError, Scenario, read_experiment, trackr_entry
-from .frames import InputError
-from .simulate import SimulationResult, simulate
-from .workload import load_workload
+if TYPE_CHECKING:
+    from .experiment import Experiment, Scenario
+    from .simulate import OneShot
+    from .table import Table
 
 FLOAT32 = {
     "powerSource": ("power_draw", "energy_usage", "carbon_intensity", "carbon_emission"),
@@ -41,25 +43,32 @@ NON_NULL_EXCEPT = {
 }
 
 
-def _write(df: pl.DataFrame, path: Path, kind: str) -> None:
-    casts = [pl.col(c).cast(pl.Float32) for c in FLOAT32.get(kind, ()) if c in df.columns]
-    if casts:
-        df = df.with_columns(casts)
-    table = df.to_arrow()
-    nullable = NON_NULL_EXCEPT.get(kind, set())
-    fields = [pa.field(f.name, f.type, nullable=f.name in nullable) for f in table.schema]
-    table = table.cast(pa.schema(fields)) if fields else table
-    pq.write_table(table, path, compression="zstd")
+def write_table(table: Table, path: Path, kind: str) -> None:
+    """Write an output table as OpenDC does: ZSTD parquet, OpenDC's types and nullability.
+
+    String columns are dictionary arrays written without the Arrow schema, so readers see plain strings (as in
+    OpenDC's files).
+    """
+    import pyarrow.parquet as pq
+
+    from .table import Col, to_arrow
+
+    f32 = set(FLOAT32.get(kind, ()))
+    table = {k: Col("f32", c.values, c.labels, c.valid) if k in f32 else c for k, c in table.items()}
+    arrow = to_arrow(table, nullable=frozenset(NON_NULL_EXCEPT.get(kind, ())))
+    pq.write_table(arrow, path, compression="zstd", store_schema=False)
 
 
-def run_scenario(exp: Experiment, sc: Scenario) -> SimulationResult:
+def run_scenario(sc: Scenario) -> OneShot:
     """Load the scenario's workload and simulate it."""
+    from .frames import InputError
+    from .simulate import simulate_arrays
+    from .workload import read_workload
+
     w = sc.workload
-    tasks, fragments = load_workload(Path(w["pathToFile"]), submission_time=w.get("submissionTime"))
-    if not tasks.filter(pl.col("id").is_in(fragments["id"].unique().to_list())).height:
-        raise InputError(f"workload {w['pathToFile']} has no task with fragments (OpenDC crashes on it)")
-    return simulate(
-        sc.topology,
+    tasks, fragments = read_workload(Path(w["pathToFile"]), submission_time=w.get("submissionTime"))
+    result = simulate_arrays(
+        sc.spec,
         tasks,
         fragments,
         export_interval_ms=sc.interval_ms,
@@ -67,30 +76,45 @@ def run_scenario(exp: Experiment, sc: Scenario) -> SimulationResult:
         carbon_by_cluster=sc.carbon,
         tables=frozenset(sc.files),
     )
+    if result.eng.t0 is None:  # no task was loaded: none has a fragment
+        raise InputError(f"workload {w['pathToFile']} has no task with fragments (OpenDC crashes on it)")
+    return result
 
 
 def run(path: Path) -> None:
     """Run every scenario and seed of the experiment and write OpenDC's output tree."""
+    from .experiment import read_experiment, trackr_entry
+
     exp = read_experiment(path)
     base = exp.output_folder / exp.name
     for sub in ("power_draw", "carbon_emission"):
         (base / "simulation-analysis" / sub).mkdir(parents=True, exist_ok=True)
-    for sc in exp.scenarios:
-        result = run_scenario(exp, sc)
-        frames = {
-            "powerSource": result.power_source,
-            "host": result.host,
-            "task": result.task,
-            "service": result.service,
-        }
-        for seed in range(exp.runs):
-            out = base / "raw-output" / str(sc.index) / f"seed={seed}"
-            out.mkdir(parents=True, exist_ok=True)
-            for kind in sc.files:
-                if kind in frames:
-                    _write(frames[kind], out / f"{kind}.parquet", kind)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet") as pool:
+        for sc in exp.scenarios:
+            _write_scenario(exp, sc, pool, base)
     trackr = [trackr_entry(exp, sc) for sc in exp.scenarios]
     (base / "trackr.json").write_text(json.dumps(trackr, indent=4), encoding="utf-8")
+
+
+def _write_scenario(exp: Experiment, sc: Scenario, pool: ThreadPoolExecutor, base: Path) -> None:
+    """Simulate, then build and write one table at a time (the writer thread overlaps the next build)."""
+    result = run_scenario(sc)
+    outs = [base / "raw-output" / str(sc.index) / f"seed={seed}" for seed in range(exp.runs)]
+    for out in outs:
+        out.mkdir(parents=True, exist_ok=True)
+    kinds = [k for k in sc.files if k != "battery"]
+    writing: Future[None] | None = None
+    for kind in kinds:
+        table = result.table(kind)
+        if writing is not None:
+            writing.result()  # one table in the writer at a time (bounds memory)
+        writing = pool.submit(write_table, table, outs[0] / f"{kind}.parquet", kind)
+        del table
+    if writing is not None:
+        writing.result()
+    for out in outs[1:]:  # every seed gives the same (deterministic) output
+        for kind in kinds:
+            shutil.copyfile(outs[0] / f"{kind}.parquet", out / f"{kind}.parquet")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         run(args.experiment_path)
-    except (ExperimentError, TopologyError, InputError, CarbonError, ValueError, OSError) as e:
+    except (ValueError, OSError) as e:  # ExperimentError, TopologyError, InputError, CarbonError, Arrow's
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         sys.stderr.write(f"error: {msg}\n")
         return 2

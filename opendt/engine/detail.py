@@ -8,15 +8,16 @@ rounded per interval (OpenDC rounds per update, so they may differ by a few ms).
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 
 from .integrate import integrate_many
 from .placement import TERMINATED
 from .power import F64, I64
 from .segments import SegmentSet
+from .table import Col, Table, const, nulls, num, text
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -24,18 +25,18 @@ if TYPE_CHECKING:
 EMBODIED_G_PER_MS = 1000.0 * 1000.0 / (5 * 365 * 24 * 3600 * 1000)
 
 
-def _instants(power: pl.DataFrame) -> tuple[I64, np.typing.NDArray[np.bool_]]:
-    """Distinct instants in row order and whether each is the final flush (the last, repeated or not)."""
-    ts = power.get_column("timestamp").unique(maintain_order=True).to_numpy().astype(np.int64)
-    flush = np.zeros(ts.size, dtype=np.bool_)
-    if ts.size:
+def _instants(power: Table) -> tuple[I64, np.typing.NDArray[np.bool_]]:
+    """Every instant in row order (one per block of cluster rows) and whether it is the final flush.
+
+    The flush is the last instant; on an on-grid end the last instant appears twice (regular row + flush).
+    """
+    clusters = power["cluster_name"].values
+    n_c = int(np.unique(clusters).size) if clusters.size else 1
+    times: I64 = power["timestamp"].values[::n_c].astype(np.int64)
+    flush = np.zeros(times.size, dtype=np.bool_)
+    if times.size:
         flush[-1] = True
-    n_rows = power.height // max(1, power.get_column("cluster_name").n_unique())
-    times = ts.tolist()
-    if n_rows > ts.size:  # on-grid end: the last instant appears twice (regular row + flush)
-        times.append(times[-1])
-        flush = np.r_[np.zeros(ts.size, dtype=np.bool_), True]
-    return np.array(times, dtype=np.int64), flush
+    return times, flush
 
 
 def _task_arrays(eng: Engine) -> dict[str, np.typing.NDArray[np.int64]]:
@@ -51,19 +52,13 @@ def _task_arrays(eng: Engine) -> dict[str, np.typing.NDArray[np.int64]]:
     }
 
 
-def _masked(values: I64, mask: np.typing.NDArray[np.bool_]) -> pl.Series:
-    """An Int64 series that is null where ``mask`` is false."""
-    d = pl.DataFrame({"v": pl.Series(values, dtype=pl.Int64), "m": pl.Series(mask, dtype=pl.Boolean)})
-    return d.select(pl.when(pl.col("m")).then(pl.col("v")).alias("v")).to_series()
-
-
 def _count_before(values: I64, t: I64, *, inclusive: bool) -> I64:
     """How many ``values`` are < t (or ≤ t), for every instant."""
     out: I64 = np.searchsorted(np.sort(values), t, side="right" if inclusive else "left").astype(np.int64)
     return out
 
 
-def service_frame(eng: Engine, power: pl.DataFrame) -> pl.DataFrame:
+def service_table(eng: Engine, power: Table) -> Table:
     """One row per instant: host and task counters (the flush row shows every task finished)."""
     times, flush = _instants(power)
     a = _task_arrays(eng)
@@ -81,20 +76,18 @@ def service_frame(eng: Engine, power: pl.DataFrame) -> pl.DataFrame:
     active[flush] = 0
     completed[flush] = int((~term).sum())
     terminated[flush] = int(term.sum())
-    i32 = pl.Int32
-    return pl.DataFrame(
-        {
-            "timestamp": times,
-            "timestamp_absolute": times + (eng.t0 or 0),
-            "hosts_up": pl.Series(np.full(times.size, eng.hosts.n), dtype=i32),
-            "hosts_down": pl.Series(np.zeros(times.size), dtype=i32),
-            "tasks_total": pl.Series(total, dtype=i32),
-            "tasks_pending": pl.Series(pending, dtype=i32),
-            "tasks_active": pl.Series(active, dtype=i32),
-            "tasks_completed": pl.Series(completed, dtype=i32),
-            "tasks_terminated": pl.Series(terminated, dtype=i32),
-        }
-    )
+    n = times.size
+    return {
+        "timestamp": num("i64", times),
+        "timestamp_absolute": num("i64", times + (eng.t0 or 0)),
+        "hosts_up": const("i32", eng.hosts.n, n),
+        "hosts_down": const("i32", 0, n),
+        "tasks_total": num("i32", total),
+        "tasks_pending": num("i32", pending),
+        "tasks_active": num("i32", active),
+        "tasks_completed": num("i32", completed),
+        "tasks_terminated": num("i32", terminated),
+    }
 
 
 def _left_values(owner: I64, s: I64, e: I64, vs: list[F64], times: I64, n: int) -> list[tuple[F64, F64]]:
@@ -109,7 +102,7 @@ def _left_values(owner: I64, s: I64, e: I64, vs: list[F64], times: I64, n: int) 
     ]
 
 
-def host_frame(eng: Engine, power: pl.DataFrame, segs: SegmentSet) -> pl.DataFrame:
+def host_table(eng: Engine, power: Table, segs: SegmentSet) -> Table:
     """One row per host per instant: power, energy, demand, usage and CPU times."""
     times, flush = _instants(power)
     hosts = eng.hosts
@@ -122,14 +115,14 @@ def host_frame(eng: Engine, power: pl.DataFrame, segs: SegmentSet) -> pl.DataFra
     (e_int, p_left), (_, d_left), (act, _), (steal, _) = _left_values(
         h, st, en, [x, d, sup / cap, (d - sup) / cap], times, n
     )
+    del h, st, en, d, cap, sup, x
     prev = np.r_[np.int64(0), times[:-1]]
     width = (times - prev).astype(np.float64)
-    width[flush & (np.r_[False, times[1:] == times[:-1]])] = 0.0
     dup = np.r_[False, times[1:] == times[:-1]]
+    width[flush & dup] = 0.0
     e_int[:, dup] = 0.0
     act[:, dup] = 0.0
     steal[:, dup] = 0.0
-    energy = (e_int + idle[:, None] * width) * 1e-3
     a = _task_arrays(eng)
     ok = a["start"] >= 0
     # running at instant t: start < t ≤ finish → instants [first after start, first after finish)
@@ -139,51 +132,61 @@ def host_frame(eng: Engine, power: pl.DataFrame, segs: SegmentSet) -> pl.DataFra
     running = np.cumsum(steps, axis=1)[:, :-1]
     running[:, flush] = 0
     demand = np.where(flush[None, :], 0.0, d_left)
-    p_draw = idle[:, None] + p_left
     usage = np.minimum(demand, hosts.capacity[:, None])
-    active = np.rint(act).astype(np.int64)
     nt = times.size
+    rows = n * nt
 
-    def col(m: np.typing.NDArray[Any]) -> np.typing.NDArray[Any]:
-        return m.T.reshape(-1)  # instant-major rows
+    def col(m: np.typing.NDArray[Any], dtype: type[np.generic]) -> np.typing.NDArray[Any]:
+        return np.ascontiguousarray(m.T, dtype=dtype).reshape(-1)  # instant-major rows
 
     def rep(v: np.typing.NDArray[Any]) -> np.typing.NDArray[Any]:
         return np.tile(v, nt)
 
-    f32 = pl.Float32
-    return pl.DataFrame(
-        {
-            "timestamp": np.repeat(times, n),
-            "timestamp_absolute": np.repeat(times, n) + (eng.t0 or 0),
-            "host_name": pl.Series(hosts.names, dtype=pl.Utf8).gather(rep(np.arange(n))),
-            "cluster_name": pl.Series(hosts.cluster_names, dtype=pl.Utf8).gather(rep(hosts.cluster)),
-            "core_count": pl.Series(rep(hosts.cores), dtype=pl.Int32),
-            "mem_capacity": rep(hosts.mem.astype(np.int64)),
-            "tasks_terminated": pl.Series(np.zeros(n * nt), dtype=pl.Int32),
-            "tasks_running": pl.Series(col(running), dtype=pl.Int32),
-            "tasks_error": pl.Series(np.zeros(n * nt), dtype=pl.Int32),
-            "tasks_invalid": pl.Series(np.zeros(n * nt), dtype=pl.Int32),
-            "cpu_capacity": pl.Series(rep(hosts.capacity), dtype=f32),
-            "cpu_usage": pl.Series(col(usage), dtype=f32),
-            "cpu_demand": pl.Series(col(demand), dtype=f32),
-            "cpu_utilization": pl.Series(col(usage / hosts.capacity[:, None]), dtype=f32),
-            "cpu_time_active": col(active),
-            "cpu_time_idle": col(np.rint(width[None, :] - act).astype(np.int64)),
-            "cpu_time_steal": col(np.rint(steal).astype(np.int64)),
-            "cpu_time_lost": np.zeros(n * nt, dtype=np.int64),
-            "power_draw": pl.Series(col(p_draw), dtype=f32),
-            "energy_usage": pl.Series(col(energy), dtype=f32),
-            "embodied_carbon": pl.Series(
-                rep(np.zeros(n)) + np.repeat(width, n) * EMBODIED_G_PER_MS, dtype=f32
-            ),
-            "uptime": np.repeat(width.astype(np.int64), n),
-            "downtime": np.zeros(n * nt, dtype=np.int64),
-            "boot_time": pl.Series(np.full(n * nt, eng.t0 or 0), dtype=pl.Int64),
-        }
-    )
+    f32, i64 = np.float32, np.int64
+    return {
+        "timestamp": num("i64", np.repeat(times, n)),
+        "timestamp_absolute": num("i64", np.repeat(times + (eng.t0 or 0), n)),
+        "host_name": text(hosts.names, rep(np.arange(n, dtype=np.int32))),
+        "cluster_name": text(hosts.cluster_names, rep(hosts.cluster.astype(np.int32))),
+        "core_count": num("i32", rep(hosts.cores.astype(np.int32))),
+        "mem_capacity": num("i64", rep(hosts.mem.astype(np.int64))),
+        "tasks_terminated": const("i32", 0, rows),
+        "tasks_running": num("i32", col(running, np.int32)),
+        "tasks_error": const("i32", 0, rows),
+        "tasks_invalid": const("i32", 0, rows),
+        "cpu_capacity": num("f32", rep(hosts.capacity.astype(f32))),
+        "cpu_usage": num("f32", col(usage, f32)),
+        "cpu_demand": num("f32", col(demand, f32)),
+        "cpu_utilization": num("f32", col(usage / hosts.capacity[:, None], f32)),
+        "cpu_time_active": num("i64", col(np.rint(act), i64)),
+        "cpu_time_idle": num("i64", col(np.rint(width[None, :] - act), i64)),
+        "cpu_time_steal": num("i64", col(np.rint(steal), i64)),
+        "cpu_time_lost": const("i64", 0, rows),
+        "power_draw": num("f32", col(idle[:, None] + p_left, f32)),
+        "energy_usage": num("f32", col((e_int + idle[:, None] * width) * 1e-3, f32)),
+        "embodied_carbon": num("f32", np.repeat((width * EMBODIED_G_PER_MS).astype(f32), n)),
+        "uptime": num("i64", np.repeat(width.astype(np.int64), n)),
+        "downtime": const("i64", 0, rows),
+        "boot_time": const("i64", eng.t0 or 0, rows),
+    }
 
 
-def task_frame(eng: Engine, power: pl.DataFrame) -> pl.DataFrame:
+STATES = ("PROVISIONING", "RUNNING", "COMPLETED", "TERMINATED")
+_INT = re.compile(r"[+-]?\d+")
+
+
+def _task_ids(ids: list[str | int], task: I64) -> Col:
+    """OpenDC's int32 task ids; ids that are not all int32 numbers (streaming input) stay strings."""
+    try:
+        values = [int(i) if isinstance(i, int) or _INT.fullmatch(i) else None for i in ids]
+    except TypeError:
+        values = [None]
+    if all(v is not None and -(2**31) <= v < 2**31 for v in values):
+        return num("i32", np.array(values, dtype=np.int32)[task])
+    return text([str(i) for i in ids], task)
+
+
+def task_table(eng: Engine, power: Table) -> Table:
     """One row per task per instant from its submission to the first instant after it finished."""
     times, flush = _instants(power)
     a = _task_arrays(eng)
@@ -201,10 +204,8 @@ def task_frame(eng: Engine, power: pl.DataFrame) -> pl.DataFrame:
     done = (finish < t) | fl
     running = placed & (start < t) & ~done
     terminated = a["state"][task] == TERMINATED
-    state = np.where(
-        done, np.where(terminated, "TERMINATED", "COMPLETED"), np.where(running, "RUNNING", "PROVISIONING")
-    )
-    names = pl.Series([*eng.hosts.names, ""], dtype=pl.Utf8)
+    state = np.where(done, np.where(terminated, 3, 2), np.where(running, 1, 0))
+    n_hosts = eng.hosts.n
     cap = np.r_[eng.hosts.capacity, 0.0]
     hidx = np.where(placed & (start < t), host, -1)
     limit = np.where(running, cap[hidx], 0.0)
@@ -213,44 +214,36 @@ def task_frame(eng: Engine, power: pl.DataFrame) -> pl.DataFrame:
         running | (done & placed), np.clip(np.minimum(t, finish) - np.maximum(prev, start), 0, None), 0
     )
     up = np.where(placed, up, 0)
-    ids = eng.ids
-    str_ids = pl.Series([str(i) for i in ids], dtype=pl.Utf8).gather(task)
-    int_ids = str_ids.cast(pl.Int32, strict=False)
-    if int_ids.null_count():  # OpenDC ids are int32; keep non-numeric ids (streaming input) as strings
-        int_ids = str_ids
     n = task.size
-    null_i = pl.Series([None] * n, dtype=pl.Int64)
-    return pl.DataFrame(
-        {
-            "timestamp": t,
-            "timestamp_absolute": t + (eng.t0 or 0),
-            "task_id": int_ids,
-            "task_name": [""] * n,
-            "host_name": names.gather(np.where(hidx < 0, len(names) - 1, hidx)),
-            "mem_capacity": a["mem"][task],
-            "cpu_count": pl.Series(a["cores"][task], dtype=pl.Int32),
-            "cpu_limit": pl.Series(limit, dtype=pl.Float32),
-            "cpu_usage": pl.Series(np.zeros(n), dtype=pl.Float32),
-            "cpu_demand": pl.Series(np.zeros(n), dtype=pl.Float32),
-            "cpu_time_active": up // 1000,
-            "cpu_time_idle": np.zeros(n, dtype=np.int64),
-            "cpu_time_steal": np.zeros(n, dtype=np.int64),
-            "cpu_time_lost": np.zeros(n, dtype=np.int64),
-            "gpu_count": pl.Series(np.zeros(n), dtype=pl.Int32),
-            "gpu_limit": pl.Series(np.zeros(n), dtype=pl.Float32),
-            "gpu_usage": pl.Series(np.zeros(n), dtype=pl.Float32),
-            "gpu_demand": pl.Series(np.zeros(n), dtype=pl.Float32),
-            "gpu_time_active": null_i,
-            "gpu_time_idle": null_i,
-            "gpu_time_steal": null_i,
-            "gpu_time_lost": null_i,
-            "uptime": up,
-            "downtime": np.zeros(n, dtype=np.int64),
-            "num_failures": np.zeros(n, dtype=np.int64),
-            "num_pauses": np.zeros(n, dtype=np.int64),
-            "schedule_time": _masked(start, placed & ((start < t) | fl)),
-            "submission_time": a["sub"][task],
-            "finish_time": _masked(finish, done),
-            "task_state": state.tolist(),
-        }
-    )
+    return {
+        "timestamp": num("i64", t),
+        "timestamp_absolute": num("i64", t + (eng.t0 or 0)),
+        "task_id": _task_ids(eng.ids, task),
+        "task_name": text([""], np.zeros(n, dtype=np.int32)),
+        "host_name": text([*eng.hosts.names, ""], np.where(hidx < 0, n_hosts, hidx)),
+        "mem_capacity": num("i64", a["mem"][task]),
+        "cpu_count": num("i32", a["cores"][task]),
+        "cpu_limit": num("f32", limit),
+        "cpu_usage": const("f32", 0.0, n),
+        "cpu_demand": const("f32", 0.0, n),
+        "cpu_time_active": num("i64", up // 1000),
+        "cpu_time_idle": const("i64", 0, n),
+        "cpu_time_steal": const("i64", 0, n),
+        "cpu_time_lost": const("i64", 0, n),
+        "gpu_count": const("i32", 0, n),
+        "gpu_limit": const("f32", 0.0, n),
+        "gpu_usage": const("f32", 0.0, n),
+        "gpu_demand": const("f32", 0.0, n),
+        "gpu_time_active": nulls("i64", n),
+        "gpu_time_idle": nulls("i64", n),
+        "gpu_time_steal": nulls("i64", n),
+        "gpu_time_lost": nulls("i64", n),
+        "uptime": num("i64", up),
+        "downtime": const("i64", 0, n),
+        "num_failures": const("i64", 0, n),
+        "num_pauses": const("i64", 0, n),
+        "schedule_time": num("i64", start, valid=placed & ((start < t) | fl)),
+        "submission_time": num("i64", a["sub"][task]),
+        "finish_time": num("i64", finish, valid=done),
+        "task_state": text(STATES, state),
+    }

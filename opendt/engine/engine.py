@@ -6,28 +6,41 @@ per-host demand segments and integrates power, energy and carbon exactly from th
 this one (integrate.py). Export rows up to ``until`` are final and returned; the energy of the export
 interval in progress is carried over. The power model is evaluated at integration time, so a
 ``set_topology`` with the same hosts applies exactly from the instant of the last ``advance``.
+
+polars is imported only by the methods that take or return frames, so the CLI (simulate.py) runs without it.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import polars as pl
-
-from opendt.models.topology import Topology
+import numpy.typing as npt
 
 from . import rows
 from .carbon import CarbonTrace
-from .frames import normalize_fragments, normalize_tasks
+from .frames import FragmentInput, TaskInput, fragment_columns, task_input
 from .hosts import HostTable, build_hosts
 from .integrate import aggregate_demand
 from .placement import NEVER, RUNNING, Scheduler
 from .power import F64, I64
 from .segments import FragmentStore, SegmentSet
+from .table import Table, to_polars
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from .topology import TopologyLike
 
 Scaling = Literal["NoDelay", "Perfect"]
+
+
+def _run_starts(ids: npt.NDArray[Any]) -> I64:
+    """First row of every run of equal consecutive values."""
+    if ids.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
 
 
 class Engine:
@@ -35,7 +48,7 @@ class Engine:
 
     def __init__(
         self,
-        topology: Topology,
+        topology: TopologyLike,
         *,
         export_interval_ms: int = 150_000,
         carbon: pl.DataFrame | None = None,
@@ -78,16 +91,20 @@ class Engine:
             raise RuntimeError("engine already finished")
         self._ingest(tasks, fragments)
         if self.t0 is None:
-            return rows.empty()
+            return to_polars(rows.empty())
         until = int(until_ms) - self.t0
         if until <= self.t_lo:
-            return rows.empty()
+            return to_polars(rows.empty())
         self.sched.run(until)
         self._place_fragments()
-        return self._integrate(until, final=False)
+        return to_polars(self._integrate(until, final=False))
 
     def finish(self) -> pl.DataFrame:
         """No more input: run to the last completion and return the remaining rows and the final flush."""
+        return to_polars(self.finish_table())
+
+    def finish_table(self) -> Table:
+        """:meth:`finish` as a :class:`~opendt.engine.table.Table` (no polars)."""
         if self.finished:
             raise RuntimeError("engine already finished")
         self.finished = True
@@ -99,7 +116,7 @@ class Engine:
         t_end = self.sched.end_time()
         return self._integrate(max(t_end, self.t_lo), final=True)
 
-    def set_topology(self, topology: Topology) -> None:
+    def set_topology(self, topology: TopologyLike) -> None:
         """Use ``topology`` from the current instant on (the ``until`` of the last ``advance``).
 
         Same hosts (names, cores, memory): only power models and speeds change, exactly from now.
@@ -135,74 +152,116 @@ class Engine:
         return self.t0
 
     # -- ingestion ----------------------------------------------------------------------------------------
-    def _ingest(self, tasks: pl.DataFrame, fragments: pl.DataFrame) -> None:
-        t = normalize_tasks(tasks) if tasks.height else None
-        f = normalize_fragments(fragments) if fragments.height else None
+    def _ingest(self, tasks: pl.DataFrame, fragments: pl.DataFrame, *, merge: bool = False) -> None:
+        """Ingest polars frames (the library API); see :meth:`ingest`."""
+        t = task_input(tasks) if tasks.height else None
+        if not fragments.height:
+            return  # a task is loaded with its first fragments
+        ids, dur, use = fragment_columns(fragments)
         if t is not None:
-            have = set(f["id"].unique().to_list()) if f is not None else set()
-            t = t.filter(pl.col("id").is_in(list(have)) & ~pl.col("id").is_in(list(self.index)))
-            if t.height:
-                t = t.with_row_index("_row").sort(["submission_ms", "_row"])
-                if self.t0 is None:
-                    self.t0 = int(t["submission_ms"][0])
-                subs = (t["submission_ms"].to_numpy() - self.t0).tolist()
-                mems = np.floor(t["mem_capacity"].to_numpy() / 1000.0 + 0.5).tolist()
-                for tid, sub, cores, mem in zip(
-                    t["id"].to_list(), subs, t["cpu_count"].to_list(), mems, strict=True
-                ):
-                    self.index[tid] = self.sched.add_task(max(int(sub), self.t_lo), int(cores), float(mem))
-                    self.ids.append(tid)
-        if f is not None and self.index:
-            self._ingest_fragments(f)
+            have = ids.unique()
+            self._add_tasks(t, have.to_numpy() if t.ids.dtype != object else np.array(have.to_list(), object))
+        if self.index:
+            self._add_fragments(self._task_index_series(ids), dur, use, merge=merge)
 
-    def _task_of(self, f: pl.DataFrame) -> tuple[I64, np.typing.NDArray[np.bool_]]:
-        """Task index of every fragment row (and which rows belong to a loaded task)."""
-        col = f.get_column("id")
-        if col.dtype.is_integer() and all(isinstance(k, int) for k in self.index):
-            keys = np.fromiter(self.index.keys(), dtype=np.int64, count=len(self.index))
-            vals = np.fromiter(self.index.values(), dtype=np.int64, count=len(self.index))
+    def ingest(
+        self, tasks: TaskInput | None, fragments: FragmentInput | None, *, merge: bool = False
+    ) -> None:
+        """Ingest checked arrays: tasks with at least one fragment here and not yet known, then fragments.
+
+        ``merge`` joins consecutive fragments of a task with the same usage into one (the demand signal is the
+        same); only for runs that never restart a task from its first fragment (one-shot NoDelay).
+        """
+        if fragments is None or fragments.n == 0:
+            return  # a task is loaded with its first fragments
+        run_starts = _run_starts(fragments.ids)
+        if tasks is not None and tasks.n:
+            self._add_tasks(tasks, fragments.ids[run_starts])
+        if self.index:
+            task = self._task_index(fragments.ids, run_starts)
+            self._add_fragments(task, fragments.duration, fragments.cpu_usage, merge=merge)
+
+    def _add_tasks(self, t: TaskInput, have: npt.NDArray[Any]) -> None:
+        """Register the tasks whose id is in ``have`` and not known yet, in submission order."""
+        index = self.index
+        known = np.fromiter((k in index for k in t.ids.tolist()), dtype=np.bool_, count=t.n)
+        rows = np.flatnonzero(np.isin(t.ids, have) & ~known)
+        if rows.size == 0:
+            return
+        rows = rows[np.argsort(t.submission_ms[rows], kind="stable")]
+        if self.t0 is None:
+            self.t0 = int(t.submission_ms[rows[0]])
+        subs = np.maximum(t.submission_ms[rows] - self.t0, self.t_lo)
+        mems = np.floor(t.mem_capacity[rows] / 1000.0 + 0.5)
+        ids = t.ids[rows].tolist()
+        first = self.sched.add_tasks(subs.tolist(), t.cpu_count[rows].tolist(), mems.tolist())
+        index.update(zip(ids, range(first, first + len(ids)), strict=True))
+        self.ids.extend(ids)
+
+    def _task_index(self, ids: npt.NDArray[Any], run_starts: I64) -> I64:
+        """Task index of every fragment (−1: not a loaded task); ids are looked up once per run."""
+        index = self.index
+        n = ids.size
+        if run_starts.size * 4 > n and ids.dtype != object and all(isinstance(k, int) for k in index):
+            keys = np.fromiter(index.keys(), dtype=np.int64, count=len(index))
+            vals = np.fromiter(index.values(), dtype=np.int64, count=len(index))
             order = np.argsort(keys)
             keys, vals = keys[order], vals[order]
-            ids = col.to_numpy()
             pos = np.minimum(np.searchsorted(keys, ids), keys.size - 1)
-            hit = keys[pos] == ids
-            return vals[pos], hit
+            out: I64 = np.where(keys[pos] == ids, vals[pos], -1)
+            return out
+        run_task = np.fromiter(
+            (index.get(k, -1) for k in ids[run_starts].tolist()), dtype=np.int64, count=run_starts.size
+        )
+        return np.repeat(run_task, np.diff(np.r_[run_starts, n]))
+
+    def _task_index_series(self, col: pl.Series) -> I64:
+        """:meth:`_task_index` for a polars id column (string ids are matched by a join)."""
+        import polars as pl
+
+        if col.dtype.is_integer() and all(isinstance(k, int) for k in self.index):
+            ids = col.to_numpy()
+            return self._task_index(ids, _run_starts(ids))
         keys_df = pl.DataFrame({"id": [str(k) for k in self.index], "task": list(self.index.values())})
         m = pl.DataFrame({"id": col.cast(pl.Utf8)}).join(keys_df, on="id", how="left", maintain_order="left")
-        t = m.get_column("task")
-        return t.fill_null(-1).to_numpy().astype(np.int64), t.is_not_null().to_numpy()
+        out: I64 = m.get_column("task").fill_null(-1).to_numpy().astype(np.int64)
+        return out
 
-    def _ingest_fragments(self, f: pl.DataFrame) -> None:
-        task, hit = self._task_of(f)
-        dur = f.get_column("duration").to_numpy()
-        use = f.get_column("cpu_usage").to_numpy()
+    def _add_fragments(self, task: I64, dur: I64, use: F64, *, merge: bool) -> None:
+        hit = task >= 0
         if not hit.all():
             task, dur, use = task[hit], dur[hit], use[hit]
         if task.size == 0:
             return
-        run_start = np.flatnonzero(np.r_[True, task[1:] != task[:-1]])
+        run_start = _run_starts(task)
         if np.unique(task[run_start]).size == run_start.size:
             order = None  # each task's rows are contiguous (the usual layout): no sort needed
             ts, ds, us, starts = task, dur, use, run_start
         else:
             order = np.argsort(task, kind="stable")
             ts, ds, us = task[order], dur[order], use[order]
-            starts = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1]])
+            starts = _run_starts(ts)
+        uniq = ts[starts]
+        totals = np.add.reduceat(ds, starts)
+        nonzero = np.logical_or.reduceat(us > 0, starts)
+        self.sched.extend_many(uniq.tolist(), totals.tolist(), nonzero.tolist())
+        if merge:
+            keep = np.r_[True, (ts[1:] != ts[:-1]) | (us[1:] != us[:-1])]
+            if not keep.all():
+                first = np.flatnonzero(keep)
+                ts, ds, us = ts[first], np.add.reduceat(ds, first), us[first]
+                starts = _run_starts(ts)
+            order = None  # stored in task order
         sizes = np.diff(np.r_[starts, ts.size])
         csum = np.cumsum(ds)
-        uniq = ts[starts]
-        known = np.array(self.sched.dur, dtype=np.int64)[uniq]
+        known = np.array(self.sched.dur, dtype=np.int64)[uniq] - totals  # duration known before this batch
         excl = csum - ds + np.repeat(known - (csum[starts] - ds[starts]), sizes)
         if order is None:
-            off = excl
+            self.frags.add(ts, excl, ds, us)
         else:
             off = np.empty_like(excl)
             off[order] = excl
-        totals = np.add.reduceat(ds, starts)
-        nonzero = np.logical_or.reduceat(us > 0, starts)
-        for i, d, nz in zip(uniq.tolist(), totals.tolist(), nonzero.tolist(), strict=True):
-            self.sched.extend(i, int(d), bool(nz))
-        self.frags.add(task, off, dur, use)
+            self.frags.add(task, off, dur, use)
 
     def _place_fragments(self) -> None:
         self.sched.placed.clear()
@@ -252,7 +311,7 @@ class Engine:
         d: F64 = np.concatenate((s.use[solo], sh[3]))
         return h, st, en, d
 
-    def _integrate(self, t_hi: int, *, final: bool) -> pl.DataFrame:
+    def _integrate(self, t_hi: int, *, final: bool) -> Table:
         assert self.t0 is not None
         out = rows.integrate_window(self, t_hi, final=final)
         self.t_lo = t_hi

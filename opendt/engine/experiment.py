@@ -10,12 +10,15 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any, cast
-
-from opendt.models.topology import Topology, load_topology
+from typing import TYPE_CHECKING, Any, cast
 
 from .carbon import CarbonTrace
+from .topology import TopoSpec, load_spec
+
+if TYPE_CHECKING:
+    from opendt.models.topology import Topology
 
 TOP_KEYS = {
     "name",
@@ -45,12 +48,20 @@ class Scenario:
 
     index: int
     topology_path: str
-    topology: Topology
+    topology_doc: Any
+    spec: TopoSpec
     carbon: list[CarbonTrace | None]
     workload: dict[str, Any]
     export: dict[str, Any]
     interval_ms: int
     files: tuple[str, ...]
+
+    @cached_property
+    def topology(self) -> Topology:
+        """The pydantic model of the topology (built on first use: the engine itself needs only ``spec``)."""
+        from opendt.models.topology import parse_topology
+
+        return parse_topology(self.topology_doc, source=self.topology_path)
 
 
 @dataclass(frozen=True)
@@ -89,15 +100,15 @@ def _check_failure(f: Any) -> None:
         raise ExperimentError("failure models are not supported")
 
 
-def _carbon_for(topology: Topology, topo_path: Path) -> list[CarbonTrace | None]:
+def _carbon_for(topology: TopoSpec, topo_path: Path) -> list[CarbonTrace | None]:
     out: list[CarbonTrace | None] = []
     for c in topology.clusters:
-        if c.battery is not None:
+        if c.has_battery:
             raise ExperimentError(f"cluster {c.name!r}: batteries are not supported")
         for h in c.hosts:
-            if h.cpuDistributionPolicy.type != "MAX_MIN_FAIRNESS":
+            if h.distribution != "MAX_MIN_FAIRNESS":
                 raise ExperimentError(f"host {h.name!r}: only the MAX_MIN_FAIRNESS distribution is supported")
-        p = c.powerSource.carbonTracePath
+        p = c.carbon_trace_path
         if p is None:
             out.append(None)
             continue
@@ -134,17 +145,17 @@ def read_experiment(path: Path) -> Experiment:
         tp = _keys(t, {"pathToFile"}, "topologies").get("pathToFile")
         if not isinstance(tp, str):
             raise ExperimentError("topologies[].pathToFile is required")
-        topo = load_topology(Path(tp))
-        topologies.append((tp, topo, _carbon_for(topo, Path(tp))))
+        doc, topo = load_spec(Path(tp))
+        topologies.append((tp, doc, topo, _carbon_for(topo, Path(tp))))
     workloads = [_workload(w) for w in _list(spec, "workloads", None)]
     exports = [_export(e) for e in _list(spec, "exportModels", [{}])]
     n_policies = len(spec.get("allocationPolicies", [1]))
     scenarios = []
     combos = itertools.product(topologies, workloads, range(n_policies), exports)
-    for i, ((tp, topo, carbon), w, _, ex) in enumerate(combos):
+    for i, ((tp, doc, topo, carbon), w, _, ex) in enumerate(combos):
         files = tuple(f for f in FILES if f in ex.get("filesToExport", FILES))
         interval = round(float(ex.get("exportInterval", 300)) * 1000)
-        scenarios.append(Scenario(i, tp, topo, carbon, w, ex, interval, files))
+        scenarios.append(Scenario(i, tp, doc, topo, carbon, w, ex, interval, files))
     name = spec.get("name") or "unnamed-simulation"
     return Experiment(str(name), Path(spec.get("outputFolder", "output")), runs, scenarios, spec)
 

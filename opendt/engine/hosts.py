@@ -11,9 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from opendt.models.topology import Topology
-
-from .power import F64, I64, PowerParams
+from .power import F64, I64, PowerModelLike, PowerParams
+from .topology import TopologyLike, spec_of
 
 
 def unique_name(name: str, taken: set[str]) -> str:
@@ -67,30 +66,30 @@ class HostTable:
         )
 
 
-def build_hosts(topology: Topology) -> HostTable:
+def build_hosts(topology: TopologyLike) -> HostTable:
     """Expand every host spec ``count`` times and unique-ify names as OpenDC does."""
     names: list[str] = []
     cluster: list[int] = []
     cores: list[int] = []
     capacity: list[float] = []
     mem: list[float] = []
-    models = []
+    models: list[PowerModelLike] = []
     host_taken: set[str] = set()
     cluster_taken: set[str] = set()
     source_taken: set[str] = set()
     cluster_names: list[str] = []
     source_names: list[str] = []
-    for ci, c in enumerate(topology.clusters):
+    for ci, c in enumerate(spec_of(topology).clusters):
         cluster_names.append(unique_name(c.name, cluster_taken))
-        source_names.append(unique_name(c.powerSource.name, source_taken))
+        source_names.append(unique_name(c.source_name, source_taken))
         for h in c.hosts:
             for _ in range(h.count):
                 names.append(unique_name(h.name, host_taken))
                 cluster.append(ci)
-                cores.append(h.cpu.cores)
-                capacity.append(h.cpu.capacity_mhz)
-                mem.append(h.memory.memorySize)
-                models.append(h.cpuPowerModel)
+                cores.append(h.cores)
+                capacity.append(h.capacity_mhz)
+                mem.append(h.memory_size)
+                models.append(h.power)
     return HostTable(
         names=names,
         cluster=np.array(cluster, dtype=np.int64),

@@ -73,12 +73,32 @@ class Scheduler:
         self.nonzero.append(False)
         return len(self.sub) - 1
 
+    def add_tasks(self, subs: list[int], cores: list[int], mems: list[float]) -> int:
+        """Register loaded tasks (submission order); returns the index of the first one."""
+        first = len(self.sub)
+        n = len(subs)
+        self.sub.extend(subs)
+        self.cores.extend(cores)
+        self.mem.extend(mems)
+        self.state.extend([QUEUED] * n)
+        self.start.extend([-1] * n)
+        self.finish.extend([-1] * n)
+        self.host.extend([-1] * n)
+        self.dur.extend([0] * n)
+        self.nonzero.extend([False] * n)
+        return first
+
     def extend(self, task: int, dur: int, nonzero: bool) -> None:
         """Record newly known fragments of ``task`` (total duration ``dur``, any non-zero usage)."""
         self.dur[task] += dur
         self.nonzero[task] = self.nonzero[task] or nonzero
         if self.state[task] == RUNNING:
             self._push(self.start[task] + self._run_time(task), task)
+
+    def extend_many(self, tasks: list[int], durs: list[int], nonzero: list[bool]) -> None:
+        """:meth:`extend` for several tasks."""
+        for task, d, nz in zip(tasks, durs, nonzero, strict=True):
+            self.extend(task, d, nz)
 
     def _run_time(self, task: int) -> int:
         if not self.streaming and not self.nonzero[task]:

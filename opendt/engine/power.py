@@ -7,15 +7,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from opendt.models.topology import PowerModel
-
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+
+
+class PowerModelLike(Protocol):
+    """The fields of a power model (the pydantic ``PowerModel`` or the engine's ``PowerSpec``)."""
+
+    @property
+    def modelType(self) -> str: ...
+    @property
+    def idlePower(self) -> float: ...
+    @property
+    def maxPower(self) -> float: ...
+    @property
+    def power(self) -> float: ...
+    @property
+    def calibrationFactor(self) -> float: ...
+    @property
+    def asymUtil(self) -> float: ...
+    @property
+    def dvfs(self) -> bool: ...
 
 
 class Model(NamedTuple):
@@ -38,8 +55,8 @@ class PowerParams:
     models: tuple[Model, ...]
 
     @staticmethod
-    def from_models(models: list[PowerModel]) -> PowerParams:
-        """Build the table from one pydantic ``PowerModel`` per host."""
+    def from_models(models: list[PowerModelLike]) -> PowerParams:
+        """Build the table from one power model per host."""
         index: dict[Model, int] = {}
         group = []
         for m in models:

@@ -11,31 +11,38 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 
 from .integrate import integrate, value_at
 from .power import F64, I64
+from .table import Table, num, text
 
 if TYPE_CHECKING:
     from .engine import Engine
 
-SCHEMA: dict[str, type[pl.DataType] | pl.DataType] = {
-    "timestamp": pl.Int64,
-    "timestamp_absolute": pl.Int64,
-    "cluster_name": pl.Utf8,
-    "source_name": pl.Utf8,
-    "power_draw": pl.Float64,
-    "energy_usage": pl.Float64,
-    "carbon_intensity": pl.Float64,
-    "carbon_emission": pl.Float64,
-}
 J_PER_KWH = 3.6e6
 CHUNK = 600_000
 
 
-def empty() -> pl.DataFrame:
-    """A rows frame with no rows."""
-    return pl.DataFrame(schema=SCHEMA)
+def _table(ts: I64, t0: int, ci: I64, clusters: list[str], sources: list[str], values: list[F64]) -> Table:
+    """powerSource rows (float64 in memory; OpenDC's files hold float32)."""
+    power, energy, intensity, carbon = values
+    return {
+        "timestamp": num("i64", ts),
+        "timestamp_absolute": num("i64", ts + t0),
+        "cluster_name": text(clusters, ci),
+        "source_name": text(sources, ci),
+        "power_draw": num("f64", power),
+        "energy_usage": num("f64", energy),
+        "carbon_intensity": num("f64", intensity),
+        "carbon_emission": num("f64", carbon),
+    }
+
+
+def empty() -> Table:
+    """A rows table with no rows."""
+    z = np.zeros(0, dtype=np.int64)
+    f = np.zeros(0, dtype=np.float64)
+    return _table(z, 0, z, [], [], [f, f, f, f])
 
 
 def _intensity(eng: Engine, t_abs: I64, *, right: bool) -> F64:
@@ -46,7 +53,7 @@ def _intensity(eng: Engine, t_abs: I64, *, right: bool) -> F64:
     return out
 
 
-def integrate_window(eng: Engine, t_hi: int, *, final: bool) -> pl.DataFrame:
+def integrate_window(eng: Engine, t_hi: int, *, final: bool) -> Table:
     """Integrate ``(eng.t_lo, t_hi]`` and return the export rows that became final."""
     assert eng.t0 is not None
     t0, dt, t_lo = eng.t0, eng.interval, eng.t_lo
@@ -138,16 +145,11 @@ def integrate_window(eng: Engine, t_hi: int, *, final: bool) -> pl.DataFrame:
     n_t = len(times)
     ts = np.repeat(np.array(times, dtype=np.int64), n_c)
     ci = np.tile(np.arange(n_c), n_t)
-    return pl.DataFrame(
-        {
-            "timestamp": ts,
-            "timestamp_absolute": ts + t0,
-            "cluster_name": [eng.hosts.cluster_names[c] for c in ci.tolist()],
-            "source_name": [eng.hosts.source_names[c] for c in ci.tolist()],
-            "power_draw": np.stack(p_rows, axis=1).T.reshape(-1),
-            "energy_usage": np.stack(e_rows, axis=1).T.reshape(-1),
-            "carbon_intensity": np.stack(intensity_t, axis=1).T.reshape(-1),
-            "carbon_emission": np.stack(c_rows, axis=1).T.reshape(-1),
-        },
-        schema=SCHEMA,
+    return _table(
+        ts,
+        t0,
+        ci,
+        eng.hosts.cluster_names,
+        eng.hosts.source_names,
+        [np.stack(v, axis=1).T.reshape(-1) for v in (p_rows, e_rows, intensity_t, c_rows)],
     )

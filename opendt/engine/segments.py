@@ -70,6 +70,8 @@ class SegmentSet:
     def concat_all(parts: list[SegmentSet]) -> SegmentSet:
         if not parts:
             return SegmentSet.empty()
+        if len(parts) == 1:
+            return parts[0]
         return SegmentSet(
             np.concatenate([p.host for p in parts]),
             np.concatenate([p.start for p in parts]),

@@ -1,17 +1,28 @@
-"""One-shot, OpenDC-compatible runs: all four output frames."""
+"""One-shot, OpenDC-compatible runs: the four output tables.
+
+:func:`simulate` takes and returns polars frames (the library API). :func:`simulate_arrays` is the same
+run on checked numpy inputs; its tables are built on demand as :class:`~opendt.engine.table.Table`
+objects, so the CLI writes each file and drops it before building the next, without importing polars.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
-import polars as pl
-
-from opendt.models.topology import Topology
+from typing import TYPE_CHECKING, Literal
 
 from .carbon import CarbonTrace
 from .engine import Engine
 from .segments import FragmentStore, SegmentSet
+from .table import Table, to_polars
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from .frames import FragmentInput, TaskInput
+    from .topology import TopologyLike
+
+Scaling = Literal["NoDelay", "Perfect"]
+KINDS = ("powerSource", "host", "task", "service")
 
 
 @dataclass(frozen=True)
@@ -24,18 +35,39 @@ class SimulationResult:
     service: pl.DataFrame
 
 
-def simulate(
-    topology: Topology,
-    tasks: pl.DataFrame,
-    fragments: pl.DataFrame,
-    *,
+class OneShot:
+    """A finished one-shot run; :meth:`table` builds an output table."""
+
+    def __init__(self, eng: Engine, power: Table, segs: SegmentSet | None) -> None:
+        self.eng = eng
+        self.power = power
+        self.segs = segs
+
+    def table(self, kind: str) -> Table:
+        """``powerSource``, ``host`` (needs the segments kept), ``task`` or ``service``."""
+        from . import detail
+
+        if kind == "powerSource":
+            return self.power
+        if kind == "host":
+            if self.segs is None:
+                raise ValueError("the host table was not requested")
+            return detail.host_table(self.eng, self.power, self.segs)
+        if kind == "task":
+            return detail.task_table(self.eng, self.power)
+        if kind == "service":
+            return detail.service_table(self.eng, self.power)
+        raise ValueError(f"unknown output table {kind!r}")
+
+
+def _engine(
+    topology: TopologyLike,
     export_interval_ms: int,
-    carbon: pl.DataFrame | None = None,
-    scaling: Literal["NoDelay", "Perfect"] = "NoDelay",
-    carbon_by_cluster: list[CarbonTrace | None] | None = None,
-    tables: frozenset[str] = frozenset({"powerSource", "host", "task", "service"}),
-) -> SimulationResult:
-    """Run the whole trace at once with OpenDC's semantics (all-zero tasks complete instantly)."""
+    scaling: str,
+    carbon: pl.DataFrame | None,
+    carbon_by_cluster: list[CarbonTrace | None] | None,
+    tables: frozenset[str],
+) -> Engine:
     if scaling not in ("NoDelay", "Perfect"):
         raise ValueError(f"unknown scalingPolicy {scaling!r}")
     eng = Engine(
@@ -47,7 +79,11 @@ def simulate(
     )
     eng.frags = FragmentStore(archive=False)
     eng.history = [] if "host" in tables else None
-    eng._ingest(tasks, fragments)
+    return eng
+
+
+def _run(eng: Engine, scaling: str) -> OneShot:
+    """Run the ingested engine to the end with OpenDC's semantics (all-zero tasks complete instantly)."""
     if scaling == "Perfect":
         from .perfect import run_perfect
 
@@ -55,21 +91,50 @@ def simulate(
         if eng.history is not None:
             eng.history.append(eng.segs)
         eng.finished = True
-        power = (
-            eng._integrate(max(eng.sched.end_time(), 0), final=True) if eng.t0 is not None else eng.finish()
-        )
+        if eng.t0 is not None:
+            power = eng._integrate(max(eng.sched.end_time(), 0), final=True)
+        else:
+            eng.finished = False
+            power = eng.finish_table()
     else:
-        power = eng.finish()
-    return _result(eng, power, SegmentSet.concat_all(eng.history or []), tables)
+        power = eng.finish_table()
+    segs = None if eng.history is None else SegmentSet.concat_all(eng.history)
+    eng.history = None
+    return OneShot(eng, power, segs)
 
 
-def _result(eng: Engine, power: pl.DataFrame, segs: SegmentSet, tables: frozenset[str]) -> SimulationResult:
-    from . import detail
+def simulate(
+    topology: TopologyLike,
+    tasks: pl.DataFrame,
+    fragments: pl.DataFrame,
+    *,
+    export_interval_ms: int,
+    carbon: pl.DataFrame | None = None,
+    scaling: Scaling = "NoDelay",
+    carbon_by_cluster: list[CarbonTrace | None] | None = None,
+    tables: frozenset[str] = frozenset(KINDS),
+) -> SimulationResult:
+    """Run the whole trace at once with OpenDC's semantics (all-zero tasks complete instantly)."""
+    import polars as pl
 
-    empty = pl.DataFrame()
-    return SimulationResult(
-        power_source=power,
-        host=detail.host_frame(eng, power, segs) if "host" in tables else empty,
-        task=detail.task_frame(eng, power) if "task" in tables else empty,
-        service=detail.service_frame(eng, power) if "service" in tables else empty,
-    )
+    eng = _engine(topology, export_interval_ms, scaling, carbon, carbon_by_cluster, tables)
+    eng._ingest(tasks, fragments, merge=scaling == "NoDelay")
+    run = _run(eng, scaling)
+    frames = [to_polars(run.table(k)) if k in tables else pl.DataFrame() for k in KINDS]
+    return SimulationResult(*frames)
+
+
+def simulate_arrays(
+    topology: TopologyLike,
+    tasks: TaskInput,
+    fragments: FragmentInput,
+    *,
+    export_interval_ms: int,
+    scaling: Scaling = "NoDelay",
+    carbon_by_cluster: list[CarbonTrace | None] | None = None,
+    tables: frozenset[str] = frozenset(KINDS),
+) -> OneShot:
+    """:func:`simulate` on checked arrays (no polars); the tables are built by :meth:`OneShot.table`."""
+    eng = _engine(topology, export_interval_ms, scaling, None, carbon_by_cluster, tables)
+    eng.ingest(tasks, fragments, merge=scaling == "NoDelay")
+    return _run(eng, scaling)
