@@ -9,10 +9,12 @@ rounded per interval (OpenDC rounds per update, so they may differ by a few ms).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .hosts import HostTable
 from .integrate import integrate_many
 from .placement import TERMINATED
 from .power import F64, I64
@@ -102,20 +104,40 @@ def _left_values(owner: I64, s: I64, e: I64, vs: list[F64], times: I64, n: int) 
     ]
 
 
-def host_table(eng: Engine, power: Table, segs: SegmentSet) -> Table:
-    """One row per host per instant: power, energy, demand, usage and CPU times."""
+@dataclass(frozen=True)
+class HostSeries:
+    """The host table's values before they become rows: instant-major matrices (instant × host)."""
+
+    hosts: HostTable
+    t0: int
+    times: I64
+    width: F64  # ms covered by each row
+    matrices: dict[str, np.typing.NDArray[Any]]  # column name → (instants × hosts) in the column's dtype
+
+    @property
+    def n_instants(self) -> int:
+        return int(self.times.size)
+
+
+def host_series(eng: Engine, power: Table, segs: SegmentSet) -> HostSeries:
+    """Integrate the host demand segments: power, energy, demand, usage and CPU times per host and instant."""
     times, flush = _instants(power)
     hosts = eng.hosts
     n = hosts.n
     h, st, en, d = eng.host_demand(segs)
-    cap = hosts.capacity[h]
-    sup = np.minimum(d, cap)
+    u = d / hosts.capacity[h]
+    over = bool((u > 1.0).any())
+    np.minimum(u, 1.0, out=u)
     idle = hosts.power.idle_power()
-    x = hosts.power.evaluate(h, np.minimum(d / cap, 1.0)) - idle[h]
-    (e_int, p_left), (_, d_left), (act, _), (steal, _) = _left_values(
-        h, st, en, [x, d, sup / cap, (d - sup) / cap], times, n
-    )
-    del h, st, en, d, cap, sup, x
+    x = hosts.power.evaluate(h, u)
+    x -= idle[h]
+    # channels: power above idle, demand and (only with over-demand) supply / capacity
+    binned = _left_values(h, st, en, [x, d, u] if over else [x, d], times, n)
+    del h, st, en, d, u, x
+    (e_int, p_left), (d_int, d_left) = binned[:2]
+    busy = d_int / hosts.capacity[:, None]  # ∫ demand / capacity
+    act = binned[2][0] if over else busy  # ∫ supply / capacity
+    steal = busy - act
     prev = np.r_[np.int64(0), times[:-1]]
     width = (times - prev).astype(np.float64)
     dup = np.r_[False, times[1:] == times[:-1]]
@@ -133,42 +155,78 @@ def host_table(eng: Engine, power: Table, segs: SegmentSet) -> Table:
     running[:, flush] = 0
     demand = np.where(flush[None, :], 0.0, d_left)
     usage = np.minimum(demand, hosts.capacity[:, None])
+
+    def t(m: np.typing.NDArray[Any], dtype: type[np.generic]) -> np.typing.NDArray[Any]:
+        return np.ascontiguousarray(m.T, dtype=dtype)  # instant-major: rows of one instant are contiguous
+
+    f32, i64 = np.float32, np.int64
+    return HostSeries(
+        hosts,
+        eng.t0 or 0,
+        times,
+        width,
+        {
+            "tasks_running": t(running, np.int32),
+            "cpu_usage": t(usage, f32),
+            "cpu_demand": t(demand, f32),
+            "cpu_utilization": t(usage / hosts.capacity[:, None], f32),
+            "cpu_time_active": t(np.rint(act), i64),
+            "cpu_time_idle": t(np.rint(width[None, :] - act), i64),
+            "cpu_time_steal": t(np.rint(steal), i64),
+            "power_draw": t(idle[:, None] + p_left, f32),
+            "energy_usage": t((e_int + idle[:, None] * width) * 1e-3, f32),
+        },
+    )
+
+
+def host_rows(hs: HostSeries, lo: int, hi: int) -> Table:
+    """The host table rows of instants ``lo … hi − 1`` (instant-major, hosts in topology order)."""
+    hosts = hs.hosts
+    n = hosts.n
+    times = hs.times[lo:hi]
+    width = hs.width[lo:hi]
     nt = times.size
     rows = n * nt
+    m = hs.matrices
 
-    def col(m: np.typing.NDArray[Any], dtype: type[np.generic]) -> np.typing.NDArray[Any]:
-        return np.ascontiguousarray(m.T, dtype=dtype).reshape(-1)  # instant-major rows
+    def col(name: str) -> np.typing.NDArray[Any]:
+        return m[name][lo:hi].reshape(-1)
 
     def rep(v: np.typing.NDArray[Any]) -> np.typing.NDArray[Any]:
         return np.tile(v, nt)
 
-    f32, i64 = np.float32, np.int64
     return {
         "timestamp": num("i64", np.repeat(times, n)),
-        "timestamp_absolute": num("i64", np.repeat(times + (eng.t0 or 0), n)),
+        "timestamp_absolute": num("i64", np.repeat(times + hs.t0, n)),
         "host_name": text(hosts.names, rep(np.arange(n, dtype=np.int32))),
         "cluster_name": text(hosts.cluster_names, rep(hosts.cluster.astype(np.int32))),
         "core_count": num("i32", rep(hosts.cores.astype(np.int32))),
         "mem_capacity": num("i64", rep(hosts.mem.astype(np.int64))),
         "tasks_terminated": const("i32", 0, rows),
-        "tasks_running": num("i32", col(running, np.int32)),
+        "tasks_running": num("i32", col("tasks_running")),
         "tasks_error": const("i32", 0, rows),
         "tasks_invalid": const("i32", 0, rows),
-        "cpu_capacity": num("f32", rep(hosts.capacity.astype(f32))),
-        "cpu_usage": num("f32", col(usage, f32)),
-        "cpu_demand": num("f32", col(demand, f32)),
-        "cpu_utilization": num("f32", col(usage / hosts.capacity[:, None], f32)),
-        "cpu_time_active": num("i64", col(np.rint(act), i64)),
-        "cpu_time_idle": num("i64", col(np.rint(width[None, :] - act), i64)),
-        "cpu_time_steal": num("i64", col(np.rint(steal), i64)),
+        "cpu_capacity": num("f32", rep(hosts.capacity.astype(np.float32))),
+        "cpu_usage": num("f32", col("cpu_usage")),
+        "cpu_demand": num("f32", col("cpu_demand")),
+        "cpu_utilization": num("f32", col("cpu_utilization")),
+        "cpu_time_active": num("i64", col("cpu_time_active")),
+        "cpu_time_idle": num("i64", col("cpu_time_idle")),
+        "cpu_time_steal": num("i64", col("cpu_time_steal")),
         "cpu_time_lost": const("i64", 0, rows),
-        "power_draw": num("f32", col(idle[:, None] + p_left, f32)),
-        "energy_usage": num("f32", col((e_int + idle[:, None] * width) * 1e-3, f32)),
-        "embodied_carbon": num("f32", np.repeat((width * EMBODIED_G_PER_MS).astype(f32), n)),
+        "power_draw": num("f32", col("power_draw")),
+        "energy_usage": num("f32", col("energy_usage")),
+        "embodied_carbon": num("f32", np.repeat((width * EMBODIED_G_PER_MS).astype(np.float32), n)),
         "uptime": num("i64", np.repeat(width.astype(np.int64), n)),
         "downtime": const("i64", 0, rows),
-        "boot_time": const("i64", eng.t0 or 0, rows),
+        "boot_time": const("i64", hs.t0, rows),
     }
+
+
+def host_table(eng: Engine, power: Table, segs: SegmentSet) -> Table:
+    """One row per host per instant: power, energy, demand, usage and CPU times."""
+    hs = host_series(eng, power, segs)
+    return host_rows(hs, 0, hs.n_instants)
 
 
 STATES = ("PROVISIONING", "RUNNING", "COMPLETED", "TERMINATED")

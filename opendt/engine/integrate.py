@@ -15,6 +15,8 @@ import numpy as np
 
 from .power import F64, I64
 
+CHUNK = 1 << 19  # segments per pass of integrate_many
+
 
 @dataclass(frozen=True)
 class Binned:
@@ -36,7 +38,39 @@ def integrate(owner: I64, s: I64, e: I64, v: F64, grid: I64, n_owner: int, *, un
 def integrate_many(
     owner: I64, s: I64, e: I64, values: list[F64], grid: I64, n_owner: int, *, uniform: int = 0
 ) -> list[Binned]:
-    """``integrate`` for several value channels of the same segments (the events are shared)."""
+    """``integrate`` for several value channels of the same segments (the events are shared).
+
+    Segments are taken ``CHUNK`` at a time (the sums are linear), which bounds the temporaries.
+    """
+    m = grid.size - 1
+    size = n_owner * (m + 2)  # bin m + 1 collects the events at or after the grid's end (dropped)
+    sums = [(np.zeros(size), np.zeros(size)) for _ in values]
+    for lo in range(0, s.size, CHUNK):
+        part = slice(lo, lo + CHUNK)
+        _accumulate(owner[part], s[part], e[part], [v[part] for v in values], grid, n_owner, uniform, sums)
+    lengths = np.diff(grid).astype(np.float64)
+    out = []
+    for a_flat, b_flat in sums:
+        a = a_flat.reshape(n_owner, m + 2)[:, : m + 1]
+        b = b_flat.reshape(n_owner, m + 2)[:, : m + 1]
+        slope = np.cumsum(a, axis=1, dtype=np.float64)
+        integral = slope[:, :-1] * lengths + b[:, 1:]
+        left: F64 = np.ascontiguousarray(slope[:, 1:], dtype=np.float64)
+        out.append(Binned(integral=integral, left=left))
+    return out
+
+
+def _accumulate(
+    owner: I64,
+    s: I64,
+    e: I64,
+    values: list[F64],
+    grid: I64,
+    n_owner: int,
+    uniform: int,
+    sums: list[tuple[F64, F64]],
+) -> None:
+    """Add the slope events of the segments to ``sums``: per channel, Σδ and Σδ·(bin end − τ) per bin."""
     m = grid.size - 1
     g0 = int(grid[0])
     s = np.maximum(s, g0)
@@ -53,26 +87,19 @@ def integrate_many(
     else:
         tau, own = np.concatenate((s, e)), np.concatenate((owner, owner))
         deltas = [np.concatenate((v, -v)) for v in values]
-    width = m + 2  # bin m + 1 collects the events at or after the grid's end (dropped)
     if uniform > 0:
         q, r = np.divmod(tau - g0, uniform)
         j = np.minimum(q + 1, m + 1)
         gap = (uniform - r).astype(np.float64)
+        del q, r
     else:
         j = np.searchsorted(grid, tau, side="right")
         gap = (grid[np.minimum(j, m)] - tau).astype(np.float64)
-    flat = j if n_owner == 1 else own * width + j
-    size = n_owner * width
-    lengths = np.diff(grid).astype(np.float64)
-    out = []
-    for delta in deltas:
-        a = np.bincount(flat, weights=delta, minlength=size).reshape(n_owner, width)[:, : m + 1]
-        b = np.bincount(flat, weights=delta * gap, minlength=size).reshape(n_owner, width)[:, : m + 1]
-        slope = np.cumsum(a, axis=1, dtype=np.float64)
-        integral = slope[:, :-1] * lengths + b[:, 1:]
-        left: F64 = np.ascontiguousarray(slope[:, 1:], dtype=np.float64)
-        out.append(Binned(integral=integral, left=left))
-    return out
+    flat = j if n_owner == 1 else own * (m + 2) + j
+    size = n_owner * (m + 2)
+    for delta, (a, b) in zip(deltas, sums, strict=True):
+        a += np.bincount(flat, weights=delta, minlength=size)
+        b += np.bincount(flat, weights=delta * gap, minlength=size)
 
 
 def value_at(owner: I64, s: I64, e: I64, v: F64, t: int, n_owner: int) -> F64:

@@ -45,6 +45,8 @@ class Scheduler:
         self.ended = False
         self.external_completions = False  # Perfect scaling: the fluid model decides completions
         self.placed: list[int] = []  # placements since the caller last cleared it
+        self._freed = 0  # counts the events that free resources (completions, host changes)
+        self._blocked: tuple[int, int] | None = None  # (queue head, _freed) when the head last did not fit
         self._set_hosts(hosts)
         self.free_cores = hosts.cores.copy()
         self.avail_mem = hosts.mem.copy()
@@ -152,6 +154,7 @@ class Scheduler:
         self._complete(task, t)
 
     def _complete(self, task: int, t: int) -> None:
+        self._freed += 1
         h = self.host[task]
         self.state[task] = COMPLETED
         self.finish[task] = t
@@ -164,6 +167,8 @@ class Scheduler:
         q = self.queue
         while q:
             task = q[0]
+            if self._blocked == (task, self._freed):
+                return  # the head did not fit and no resources were freed since: it still does not fit
             c = self.cores[task]
             m = self.mem[task]
             if c > self.max_cores or m > self.max_mem or not self._fits_empty(c, m):
@@ -172,10 +177,11 @@ class Scheduler:
                 self.finish[task] = t
                 continue
             ok = (self.free_cores >= c) & (self.mem_cap >= m) & (self.mem_slack + self.avail_mem >= m)
-            idx = np.flatnonzero(ok)
-            if idx.size == 0:
+            # RamWeigher: most available memory among the hosts that pass; argmax keeps the lowest index
+            h = int(np.argmax(np.where(ok, self.avail_mem, -np.inf)))
+            if not ok[h]:
+                self._blocked = (task, self._freed)
                 return
-            h = int(idx[np.argmax(self.avail_mem[idx])])
             q.popleft()
             self._place(task, h, t)
 
@@ -235,6 +241,7 @@ class Scheduler:
             self.host[i] = -1
         self.queue.extendleft(reversed(requeue))
         self._set_hosts(hosts)
+        self._freed += 1
         self.free_cores, self.avail_mem, self.running, self.shared = free, avail, running, shared
         self._request_pass(now)
         return requeue

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .integrate import integrate, value_at
+from .integrate import CHUNK, integrate, value_at
 from .power import F64, I64
 from .table import Table, num, text
 
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 J_PER_KWH = 3.6e6
-CHUNK = 600_000
 
 
 def _table(ts: I64, t0: int, ci: I64, clusters: list[str], sources: list[str], values: list[F64]) -> Table:

@@ -7,6 +7,7 @@ objects, so the CLI writes each file and drops it before building the next, with
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -42,6 +43,18 @@ class OneShot:
         self.eng = eng
         self.power = power
         self.segs = segs
+
+    def parts(self, kind: str, rows: int = 1 << 18) -> Iterator[Table]:
+        """:meth:`table` in parts of about ``rows`` rows: the host table is built part by part."""
+        from . import detail
+
+        if kind != "host" or self.segs is None:
+            yield self.table(kind)
+            return
+        hs = detail.host_series(self.eng, self.power, self.segs)
+        step = max(1, rows // max(1, hs.hosts.n))
+        for lo in range(0, max(hs.n_instants, 1), step):
+            yield detail.host_rows(hs, lo, min(lo + step, hs.n_instants))
 
     def table(self, kind: str) -> Table:
         """``powerSource``, ``host`` (needs the segments kept), ``task`` or ``service``."""
