@@ -15,11 +15,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import polars as pl
 import structlog
 from aiohttp import web
 
+from opendt.dashboard import add_dashboard_routes
 from opendt.history import HistoryGap
 from opendt.models.messages import iso_ms
 from opendt.models.topology import Topology, TopologyError, parse_topology
@@ -65,6 +67,11 @@ class ApiError(web.HTTPException):
     def __init__(self, status: int, message: str, field: str | None = None) -> None:
         self.status_code = status
         super().__init__(text=json.dumps({"error": message, "field": field}), content_type="application/json")
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    """A JSON answer via orjson (fast; NaN and ±Infinity become null, never invalid JSON)."""
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
 def parse_time(value: str, field: str) -> int:
@@ -139,22 +146,39 @@ def _simulated(view: TwinView) -> pl.DataFrame:
     )
 
 
+def bucket(
+    ts: np.ndarray, values: np.ndarray, start: int, end: int, step_ms: int, how: str = "mean"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per ``step_ms`` bucket of the points in [start, end): the bucket start and the mean (or sum) of the
+    finite values. ``ts`` must be ascending (the store and the meter are)."""
+    lo, hi = np.searchsorted(ts, (start, end), side="left")
+    t, v = ts[lo:hi], values[lo:hi]
+    finite = np.isfinite(v)
+    if not finite.all():
+        t, v = t[finite], v[finite]
+    if t.size == 0:
+        return np.empty(0, np.int64), np.empty(0, np.float64)
+    b = t // step_ms * step_ms
+    first = np.flatnonzero(np.concatenate(([True], b[1:] != b[:-1])))
+    agg = np.add.reduceat(v, first)
+    if how == "mean":
+        agg = agg / np.diff(np.append(first, t.size))
+    return b[first], agg
+
+
 def downsample(
     df: pl.DataFrame, column: str, start: int, end: int, step_ms: int, how: str = "mean"
-) -> list[list[Any]]:
+) -> list[tuple[int, float]]:
     """``[[epoch_ms, value], …]`` of ``column`` in [start, end), one point per step bucket (finite only)."""
-    part = df.filter(
-        (pl.col("timestamp_ms") >= start) & (pl.col("timestamp_ms") < end) & pl.col(column).is_finite()
-    )
-    if part.is_empty():
+    if df.is_empty():
         return []
-    agg = pl.col(column).mean() if how == "mean" else pl.col(column).sum()
-    out = (
-        part.group_by((pl.col("timestamp_ms") // step_ms * step_ms).alias("t"), maintain_order=True)
-        .agg(agg.alias("v"))
-        .sort("t")
-    )
-    return [[t, v] for t, v in out.iter_rows()]
+    ts = df["timestamp_ms"].to_numpy()
+    vals = df[column].cast(pl.Float64).to_numpy()
+    if ts.size > 1 and (np.diff(ts) < 0).any():
+        order = np.argsort(ts, kind="stable")
+        ts, vals = ts[order], vals[order]
+    t, v = bucket(ts, vals, start, end, step_ms, how)
+    return list(zip(t.tolist(), v.tolist(), strict=True))
 
 
 def power_metrics(sim: pl.DataFrame, measured: pl.DataFrame | None, start: int, end: int) -> dict[str, Any]:
@@ -176,22 +200,38 @@ def power_metrics(sim: pl.DataFrame, measured: pl.DataFrame | None, start: int, 
 async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
     ok = state.status not in ("failed",)
-    return web.json_response(
-        {"status": "ok" if ok else "failing", "twin": state.status}, status=200 if ok else 503
-    )
+    return _json({"status": "ok" if ok else "failing", "twin": state.status}, status=200 if ok else 503)
 
 
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATE].snapshot())
+    return _json(request.app[STATE].snapshot())
+
+
+SERIES_CACHE = web.AppKey("series_cache", dict)
+"""Rendered series answers by (path, start, end, step, result rows): a new window invalidates them."""
+
+
+def _cached(request: web.Request, key: tuple[Any, ...], render: Callable[[], Any]) -> web.Response:
+    cache: dict[tuple[Any, ...], bytes] = request.app[SERIES_CACHE]
+    view = request.app[VIEW]
+    full = (*key, -1 if view.store is None else view.store.agg.height)
+    body = cache.get(full)
+    if body is None:
+        body = orjson.dumps(render())
+        if len(cache) >= 256:
+            cache.clear()
+        cache[full] = body
+    return web.Response(body=body, content_type="application/json")
 
 
 async def power(request: web.Request) -> web.Response:
     start, end, step = _range(request)
     view = request.app[VIEW]
-    sim = _simulated(view)
-    measured = view.measured
-    return web.json_response(
-        {
+
+    def render() -> dict[str, Any]:
+        sim = _simulated(view)
+        measured = view.measured
+        return {
             "start": iso_ms(start),
             "end": iso_ms(end),
             "step_s": step // 1000,
@@ -200,14 +240,17 @@ async def power(request: web.Request) -> web.Response:
             "simulated": downsample(sim, "power_draw", start, end, step),
             "metrics": power_metrics(sim, measured, start, end),
         }
-    )
+
+    return _cached(request, ("power", start, end, step), render)
 
 
 async def carbon(request: web.Request) -> web.Response:
     start, end, step = _range(request)
-    sim = _simulated(request.app[VIEW])
-    return web.json_response(
-        {
+    view = request.app[VIEW]
+
+    def render() -> dict[str, Any]:
+        sim = _simulated(view)
+        return {
             "start": iso_ms(start),
             "end": iso_ms(end),
             "step_s": step // 1000,
@@ -215,7 +258,8 @@ async def carbon(request: web.Request) -> web.Response:
             "carbon_emission": downsample(sim, "carbon_emission", start, end, step, how="sum"),
             "units": {"carbon_intensity": "gCO2/kWh", "carbon_emission": "gCO2 per step"},
         }
-    )
+
+    return _cached(request, ("carbon", start, end, step), render)
 
 
 async def windows(request: web.Request) -> web.Response:
@@ -227,7 +271,7 @@ async def windows(request: web.Request) -> web.Response:
     if not 1 <= limit <= 10_000:
         raise ApiError(400, "limit: must be in 1..10000", "limit")
     if view.store is None:
-        return web.json_response({"windows": [], "total": 0})
+        return _json({"windows": [], "total": 0})
     w = view.store.windows.tail(limit).with_columns(
         pl.col("window_start").dt.epoch("ms"), pl.col("window_end").dt.epoch("ms")
     )
@@ -235,7 +279,7 @@ async def windows(request: web.Request) -> web.Response:
         {**r, "window_start": iso_ms(r["window_start"]), "window_end": iso_ms(r["window_end"])}
         for r in w.iter_rows(named=True)
     ]
-    return web.json_response({"windows": rows, "total": view.store.windows.height})
+    return _json({"windows": rows, "total": view.store.windows.height})
 
 
 def _topology_doc(view: TwinView) -> dict[str, Any]:
@@ -255,7 +299,7 @@ def _topology_doc(view: TwinView) -> dict[str, Any]:
 
 
 async def get_topology(request: web.Request) -> web.Response:
-    return web.json_response(_topology_doc(request.app[VIEW]))
+    return _json(_topology_doc(request.app[VIEW]))
 
 
 def _require_token(request: web.Request) -> None:
@@ -290,9 +334,7 @@ async def put_topology(request: web.Request) -> web.Response:
     if view.publish_topology is None:
         raise ApiError(404, "no twin to apply a topology to")
     version = await view.publish_topology(topo, "api", str(reason))
-    return web.json_response(
-        {"version": version, "source": "api", "applies": "from the next window"}, status=202
-    )
+    return _json({"version": version, "source": "api", "applies": "from the next window"}, status=202)
 
 
 async def reset_topology(request: web.Request) -> web.Response:
@@ -301,9 +343,7 @@ async def reset_topology(request: web.Request) -> web.Response:
     if view.publish_topology is None or view.box is None:
         raise ApiError(404, "no twin to reset")
     version = await view.publish_topology(view.box.physical, "api", "reset to the physical topology")
-    return web.json_response(
-        {"version": version, "source": "api", "applies": "from the next window"}, status=202
-    )
+    return _json({"version": version, "source": "api", "applies": "from the next window"}, status=202)
 
 
 def topology_at(view: TwinView, at_ms: int) -> Topology:
@@ -432,7 +472,7 @@ async def whatif(request: web.Request) -> web.Response:
         f"{name}_pct": _pct(totals["whatif"][key], totals["baseline"][key])
         for name, key in (("energy", "energy_kwh"), ("carbon", "carbon_kg"), ("peak", "peak_w"))
     }
-    return web.json_response(
+    return _json(
         {
             "start": iso_ms(start),
             "end": iso_ms(end),
@@ -463,7 +503,7 @@ async def calibration(request: web.Request) -> web.Response:
     doc = dict(view.calibration_view())
     doc["series"] = view.calibration_series() if view.calibration_series is not None else []
     doc["rounds_detail"] = view.calibration_rounds() if view.calibration_rounds is not None else []
-    return web.json_response(doc)
+    return _json(doc)
 
 
 OPENAPI = web.AppKey("openapi", bytes)
@@ -486,13 +526,11 @@ async def _errors(
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS].max_body_bytes
-        return web.json_response(
-            {"error": f"request body larger than {limit} bytes", "field": "body"}, status=413
-        )
+        return _json({"error": f"request body larger than {limit} bytes", "field": "body"}, status=413)
     except ApiError:
         raise
     except web.HTTPException as e:
-        return web.json_response({"error": e.reason, "field": None}, status=e.status)
+        return _json({"error": e.reason, "field": None}, status=e.status)
 
 
 def create_app(state: TwinState, settings: ApiSettings, view: TwinView | None = None) -> web.Application:
@@ -510,9 +548,14 @@ def create_app(state: TwinState, settings: ApiSettings, view: TwinView | None = 
     app.router.add_post("/api/topology/reset", reset_topology)
     app.router.add_post("/api/whatif", whatif)
     app.router.add_get("/api/calibration", calibration)
+    app[SERIES_CACHE] = {}
     app[OPENAPI] = orjson.dumps(openapi_document(token=settings.token is not None))
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/docs", docs)
+    from opendt.grafana import add_grafana_routes  # it builds on this module's app keys and helpers
+
+    add_grafana_routes(app)
+    add_dashboard_routes(app)
     return app
 
 
