@@ -49,7 +49,9 @@ class ParquetOutput:
     """One output file as OpenDC writes it: ZSTD parquet with OpenDC's types and nullability.
 
     Tables are appended as row groups. String columns are dictionary arrays written without the Arrow
-    schema, so readers see plain strings (as in OpenDC's files).
+    schema, so readers see plain strings (as in OpenDC's files). For write speed (the host table of a SURF
+    week has 1.1M rows), only strings are dictionary-encoded and only the timestamps carry statistics; the
+    values are the same, the files a little larger than OpenDC's.
     """
 
     def __init__(self, path: Path, kind: str) -> None:
@@ -67,7 +69,15 @@ class ParquetOutput:
         table = {k: Col("f32", c.values, c.labels, c.valid) if k in f32 else c for k, c in table.items()}
         arrow = to_arrow(table, nullable=self.nullable)
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, arrow.schema, compression="zstd", store_schema=False)
+            strings = [k for k, c in table.items() if c.kind == "str"]
+            self.writer = pq.ParquetWriter(
+                self.path,
+                arrow.schema,
+                compression="zstd",
+                store_schema=False,
+                use_dictionary=strings,
+                write_statistics=[k for k in ("timestamp", "timestamp_absolute") if k in table],
+            )
         self.writer.write_table(arrow)
 
     def close(self) -> None:

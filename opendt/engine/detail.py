@@ -17,7 +17,7 @@ import numpy as np
 from .hosts import HostTable
 from .integrate import integrate_many
 from .placement import TERMINATED
-from .power import F64, I64
+from .power import F64, I64, distinct
 from .segments import SegmentSet
 from .table import Col, Table, const, nulls, num, text
 
@@ -33,7 +33,7 @@ def _instants(power: Table) -> tuple[I64, np.typing.NDArray[np.bool_]]:
     The flush is the last instant; on an on-grid end the last instant appears twice (regular row + flush).
     """
     clusters = power["cluster_name"].values
-    n_c = int(np.unique(clusters).size) if clusters.size else 1
+    n_c = int(distinct(clusters).size) if clusters.size else 1
     times: I64 = power["timestamp"].values[::n_c].astype(np.int64)
     flush = np.zeros(times.size, dtype=np.bool_)
     if times.size:
@@ -94,7 +94,7 @@ def service_table(eng: Engine, power: Table) -> Table:
 
 def _left_values(owner: I64, s: I64, e: I64, vs: list[F64], times: I64, n: int) -> list[tuple[F64, F64]]:
     """Per channel: (integral per bin, left limit at each instant) per owner over the grid [0, times…]."""
-    grid = np.unique(np.r_[np.int64(0), times])
+    grid = distinct(np.r_[np.int64(0), times])
     widths = np.diff(grid)
     uniform = int(widths[0]) if widths.size and bool(np.all(widths == widths[0])) else 0
     pos = np.searchsorted(grid, times) - 1

@@ -24,7 +24,7 @@ from .frames import FragmentInput, TaskInput, fragment_columns, task_input
 from .hosts import HostTable, build_hosts
 from .integrate import aggregate_demand
 from .placement import NEVER, RUNNING, Scheduler
-from .power import F64, I64
+from .power import F64, I64, distinct
 from .segments import FragmentStore, SegmentSet
 from .table import Table, to_polars
 
@@ -234,7 +234,7 @@ class Engine:
         if task.size == 0:
             return
         run_start = _run_starts(task)
-        if np.unique(task[run_start]).size == run_start.size:
+        if distinct(task[run_start]).size == run_start.size:
             order = None  # each task's rows are contiguous (the usual layout): no sort needed
             ts, ds, us, starts = task, dur, use, run_start
         else:

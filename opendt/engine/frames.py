@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from .power import F64, I64
+from .power import F64, I64, distinct
 
 if TYPE_CHECKING:
     import polars as pl
@@ -51,7 +51,7 @@ class TaskInput:
             raise InputError("tasks: negative cpu_count")
         if _min_below_zero(self.mem_capacity):
             raise InputError("tasks: negative mem_capacity")
-        if np.unique(self.ids).size != self.ids.size:
+        if distinct(self.ids).size != self.ids.size:
             raise InputError("tasks: duplicate task ids")
         return self
 

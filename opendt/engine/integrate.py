@@ -72,34 +72,50 @@ def _accumulate(
 ) -> None:
     """Add the slope events of the segments to ``sums``: per channel, Σδ and Σδ·(bin end − τ) per bin."""
     m = grid.size - 1
-    g0 = int(grid[0])
-    s = np.maximum(s, g0)
-    keep = (e > s) & (s < grid[-1])
-    if not keep.all():
+    g0, g_end = int(grid[0]), int(grid[-1])
+    if s.size == 0:
+        return
+    clamp = int(s.min()) < g0
+    if clamp:
+        s = np.maximum(s, g0)
+    if clamp or int(s.max()) >= g_end or not bool((e > s).all()):
+        keep = (e > s) & (s < g_end)
         owner, s, e, values = owner[keep], s[keep], e[keep], [v[keep] for v in values]
-    if s.size > 1:
-        chained = (s[1:] == e[:-1]) & (owner[1:] == owner[:-1])
-        last = np.r_[~chained, True]
-        tau = np.concatenate((s, e[last]))
-        own = np.concatenate((owner, owner[last])) if n_owner > 1 else owner[:0]
-        deltas = [np.concatenate((v - np.r_[0.0, np.where(chained, v[:-1], 0.0)], -v[last])) for v in values]
-        del chained, last
-    else:
-        tau, own = np.concatenate((s, e)), np.concatenate((owner, owner))
-        deltas = [np.concatenate((v, -v)) for v in values]
+    n = s.size
+    # one event per segment start (the step from the previous segment when chained) and per chain end
+    chained = (s[1:] == e[:-1]) & (owner[1:] == owner[:-1])
+    last = np.ones(n, dtype=np.bool_)
+    np.logical_not(chained, out=last[:-1])
+    tau = np.concatenate((s, e[last]))
+    own = np.concatenate((owner, owner[last])) if n_owner > 1 else owner[:0]
+    deltas = []
+    for v in values:
+        d = np.empty(tau.size)
+        d[:n] = v
+        np.subtract(d[1:n], v[:-1], out=d[1:n], where=chained)
+        np.negative(v[last], out=d[n:])
+        deltas.append(d)
+    del chained, last
     if uniform > 0:
-        q, r = np.divmod(tau - g0, uniform)
-        j = np.minimum(q + 1, m + 1)
-        gap = (uniform - r).astype(np.float64)
-        del q, r
+        tau -= g0
+        j, r = np.divmod(tau, uniform)
+        j += 1
+        np.minimum(j, m + 1, out=j)
+        gap = np.subtract(uniform, r, dtype=np.float64)
+        del r
     else:
         j = np.searchsorted(grid, tau, side="right")
         gap = (grid[np.minimum(j, m)] - tau).astype(np.float64)
-    flat = j if n_owner == 1 else own * (m + 2) + j
+    del tau
+    if n_owner > 1:
+        own *= m + 2
+        j += own
+        del own
     size = n_owner * (m + 2)
     for delta, (a, b) in zip(deltas, sums, strict=True):
-        a += np.bincount(flat, weights=delta, minlength=size)
-        b += np.bincount(flat, weights=delta * gap, minlength=size)
+        a += np.bincount(j, weights=delta, minlength=size)
+        delta *= gap
+        b += np.bincount(j, weights=delta, minlength=size)
 
 
 def value_at(owner: I64, s: I64, e: I64, v: F64, t: int, n_owner: int) -> F64:

@@ -7,13 +7,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+
+
+def distinct(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """The sorted distinct values of ``a`` (``np.unique`` without its first-call import of ``numpy.ma``)."""
+    s = np.sort(a, axis=None)
+    return s[np.r_[True, s[1:] != s[:-1]]] if s.size else s
 
 
 class PowerModelLike(Protocol):

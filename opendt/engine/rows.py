@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .integrate import CHUNK, integrate, value_at
-from .power import F64, I64
+from .power import F64, I64, distinct
 from .table import Table, num, text
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ def integrate_window(eng: Engine, t_hi: int, *, final: bool) -> Table:
         return value_at(owner, s, e, x, t, n_c)
 
     steps = [tr.steps_between(t_lo + t0, t_hi + t0) - t0 for tr in eng.carbon if tr is not None]
-    grid = np.unique(np.concatenate([np.array([t_lo, t_hi], dtype=np.int64), inst[inst > t_lo], *steps]))
+    grid = distinct(np.concatenate([np.array([t_lo, t_hi], dtype=np.int64), inst[inst > t_lo], *steps]))
     m = grid.size - 1
     if m > 0:
         widths = np.diff(grid)

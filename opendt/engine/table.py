@@ -73,6 +73,20 @@ def _typed(c: Col) -> npt.NDArray[Any]:
     return c.values.astype(_NUMPY[c.kind], copy=False)
 
 
+def _arrow_numbers(kind: Kind, values: npt.NDArray[Any], valid: npt.NDArray[np.bool_] | None) -> pa.Array:
+    """A zero-copy Arrow array over ``values`` (``pa.array`` would import ``numpy.ma`` on first use)."""
+    import pyarrow as pa
+
+    data = np.ascontiguousarray(values.astype(_NUMPY[kind], copy=False))
+    bitmap = None
+    nulls = 0
+    if valid is not None:
+        bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+        nulls = int(valid.size - np.count_nonzero(valid))
+    arrow_type = {"i64": pa.int64(), "i32": pa.int32(), "f64": pa.float64(), "f32": pa.float32()}[kind]
+    return pa.Array.from_buffers(arrow_type, data.size, [bitmap, pa.py_buffer(data)], null_count=nulls)
+
+
 def to_arrow(table: Table, *, nullable: frozenset[str] | None = None) -> pa.Table:
     """An Arrow table; fields are non-null except the columns in ``nullable`` (default: those with nulls).
 
@@ -85,11 +99,10 @@ def to_arrow(table: Table, *, nullable: frozenset[str] | None = None) -> pa.Tabl
     for name, c in table.items():
         if c.kind == "str":
             arr: pa.Array = pa.DictionaryArray.from_arrays(
-                pa.array(c.values.astype(np.int32, copy=False)), pa.array(c.labels, pa.string())
+                _arrow_numbers("i32", c.values, None), pa.array(c.labels, pa.string())
             )
         else:
-            mask = None if c.valid is None else ~c.valid
-            arr = pa.array(_typed(c), mask=mask)
+            arr = _arrow_numbers(c.kind, c.values, c.valid)
         is_nullable = (c.valid is not None) if nullable is None else name in nullable
         arrays.append(arr)
         fields.append(pa.field(name, arr.type, nullable=is_nullable))
