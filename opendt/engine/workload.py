@@ -19,12 +19,20 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 TASK_READ = ("id", "submission_time", "duration", "cpu_count", "cpu_capacity", "mem_capacity")
-TASK_USED = ("id", "submission_time", "duration", "cpu_count", "mem_capacity")  # cpu_capacity: only required
 FRAGMENT_READ = ("id", "duration", "cpu_usage")
+# the columns used and how they are read: "id" (int64 or str), "t" (epoch ms), "i" (int64), "f" (float64)
+TASK_USED = {"id": "id", "submission_time": "t", "duration": "i", "cpu_count": "i", "mem_capacity": "i"}
+FRAGMENT_USED = {"id": "id", "duration": "i", "cpu_usage": "f"}
 
 
-def _read(path: Path, required: tuple[str, ...], used: tuple[str, ...]) -> pa.Table:
-    """The ``used`` columns of a parquet file that must have all of ``required``."""
+def _read(
+    path: Path, required: tuple[str, ...], used: dict[str, str], where: str
+) -> dict[str, npt.NDArray[Any]]:
+    """The ``used`` columns of a parquet file that must have all of ``required``, as numpy arrays.
+
+    Row groups are decoded one at a time into the final arrays, so the file is never held twice.
+    """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not path.is_file():
@@ -33,55 +41,52 @@ def _read(path: Path, required: tuple[str, ...], used: tuple[str, ...]) -> pa.Ta
         f = pq.ParquetFile(path)
     except (OSError, ValueError) as e:
         raise InputError(f"cannot read {path}: {e}") from None
-    names = f.schema_arrow.names
-    missing = [c for c in required if c not in names]
+    schema = f.schema_arrow
+    missing = [c for c in required if c not in schema.names]
     if missing:
         raise InputError(f"{path.name} lacks required column(s) {missing}")
-    return f.read(columns=list(used))
+    n = f.metadata.num_rows
+    out: dict[str, npt.NDArray[Any]] = {}
+    for name, kind in used.items():
+        t = schema.field(name).type
+        text_ids = kind == "id" and not pa.types.is_integer(t)
+        out[name] = np.empty(n, dtype=object if text_ids else np.float64 if kind == "f" else np.int64)
+    pos = 0
+    for i in range(f.num_row_groups):
+        group = f.read_row_group(i, columns=list(used), use_threads=False)
+        k = group.num_rows
+        for name, kind in used.items():
+            out[name][pos : pos + k] = _values(group.column(name), kind, where)
+        pos += k
+    return out
 
 
-def _column(table: pa.Table, name: str, kind: str, where: str) -> npt.NDArray[Any]:
-    """A column as int64 / float64 (``kind`` "i" / "f"), ms since the epoch for timestamps ("t")."""
+def _values(col: pa.ChunkedArray, kind: str, where: str) -> npt.NDArray[Any]:
+    """A column's values as read by ``kind`` (see ``TASK_USED``); nulls are errors."""
     import pyarrow as pa
 
-    col = table.column(name)
     if col.null_count:
         raise InputError(f"{where} has null values")
     t = col.type
-    out: npt.NDArray[Any]
-    if kind == "id":
-        if pa.types.is_integer(t):
-            out = col.to_numpy().astype(np.int64, copy=False)
-        else:
-            out = np.array([str(v) for v in col.to_pylist()], dtype=object)
-    elif kind == "t" and pa.types.is_timestamp(t):
-        out = col.to_numpy().astype("datetime64[ms]").astype(np.int64)
-    else:
-        out = col.to_numpy().astype(np.float64 if kind == "f" else np.int64, copy=False)
-    return out
+    if kind == "id" and not pa.types.is_integer(t):
+        return np.array([str(v) for v in col.to_pylist()], dtype=object)
+    values: npt.NDArray[Any] = col.to_numpy()
+    if kind == "t" and pa.types.is_timestamp(t):
+        values = values.astype("datetime64[ms]").view(np.int64)
+    return values
 
 
 def read_workload(directory: Path, *, submission_time: str | None = None) -> tuple[TaskInput, FragmentInput]:
     """Read and check ``tasks.parquet`` and ``fragments.parquet`` (pyarrow only)."""
     if not directory.is_dir():
         raise InputError(f"workload directory not found: {directory}")
-    t = _read(directory / "tasks.parquet", TASK_READ, TASK_USED)
-    f = _read(directory / "fragments.parquet", FRAGMENT_READ, FRAGMENT_READ)
-    duration = _column(t, "duration", "i", "tasks frame")
-    if duration.size and duration.min() < 0:
+    t = _read(directory / "tasks.parquet", TASK_READ, TASK_USED, "tasks frame")
+    if t["duration"].size and t["duration"].min() < 0:
         raise InputError("tasks.parquet: negative duration")
-    tasks = TaskInput(
-        _column(t, "id", "id", "tasks frame"),
-        _column(t, "submission_time", "t", "tasks frame"),
-        _column(t, "cpu_count", "i", "tasks frame"),
-        _column(t, "mem_capacity", "i", "tasks frame"),
-    ).validate()
+    tasks = TaskInput(t["id"], t["submission_time"], t["cpu_count"], t["mem_capacity"]).validate()
     del t
-    fragments = FragmentInput(
-        _column(f, "id", "id", "fragments frame"),
-        _column(f, "duration", "i", "fragments frame"),
-        _column(f, "cpu_usage", "f", "fragments frame"),
-    ).validate()
+    f = _read(directory / "fragments.parquet", FRAGMENT_READ, FRAGMENT_USED, "fragments frame")
+    fragments = FragmentInput(f["id"], f["duration"], f["cpu_usage"]).validate()
     del f
     if submission_time is not None and tasks.n:
         try:
