@@ -4,8 +4,10 @@
 
 The SURF workload (../shared/workload/SURF) is converted to OpenDC's schema in a temp dir first (not
 timed). Scale s < 1 keeps the first s of the tasks and s of the hosts; s > 1 replicates tasks (new ids)
-and hosts s times. Wall time and peak RSS are of the whole child process (``wait4`` rusage), median of
-the runs.
+and hosts s times. Wall time, CPU time (user + system) and peak RSS are of the whole child process
+(``wait4`` rusage); wall is reported as median and minimum of the runs, RSS as the maximum. The import
+share is the time the child spends importing modules (``-X importtime``, one extra untimed run) over the
+median wall time. The machine may be shared: the load average is printed with every row.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -75,20 +79,44 @@ def convert(dst: Path, scale: float) -> int:
     return hosts
 
 
-def run_once(exp: Path, cwd: Path) -> tuple[float, float]:
-    """One child run: (wall s, peak RSS MB)."""
+@dataclass(frozen=True)
+class Run:
+    wall: float  # s
+    cpu: float  # user + system s
+    rss: float  # peak MB
+
+
+def _cmd(exp: Path, *flags: str) -> list[str]:
+    return [sys.executable, *flags, "-m", "opendt.engine", "--experiment-path", str(exp)]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def run_once(exp: Path, cwd: Path) -> Run:
+    """One child run."""
     t = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "opendt.engine", "--experiment-path", str(exp)],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stderr=subprocess.PIPE,
-    )
+    proc = subprocess.Popen(_cmd(exp), cwd=cwd, env=_env(), stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
     if status != 0:
         raise SystemExit(f"engine failed: {proc.stderr.read().decode() if proc.stderr else status}")
-    return wall, usage.ru_maxrss / 1024
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+
+
+_IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+(\d+) \| (\s*)(\S+)")
+
+
+def import_seconds(exp: Path, cwd: Path) -> float:
+    """Total time the child spends in imports: the top-level entries of ``-X importtime``."""
+    r = subprocess.run(_cmd(exp, "-X", "importtime"), cwd=cwd, env=_env(), capture_output=True, text=True)
+    total_us = 0
+    for line in r.stderr.splitlines():
+        m = _IMPORT_LINE.match(line)
+        if m and m.group(2) == "":  # no indentation: imported directly, its time includes its children
+            total_us += int(m.group(1))
+    return total_us / 1e6
 
 
 def main() -> int:
@@ -100,7 +128,11 @@ def main() -> int:
     if not SURF.is_dir():
         print(f"SURF workload not found at {SURF}")
         return 1
-    rows = []
+    print(f"files: {a.files}; {a.runs} runs per scale; {os.cpu_count()} CPUs")
+    print(
+        f"{'scale':>6} {'hosts':>6} {'fragments':>10} {'wall med':>9} {'wall min':>9} {'cpu med':>8}"
+        f" {'peak RSS MB':>12} {'imports':>8} {'load 1m':>8}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for scale in [float(s) for s in a.scales.split(",")]:
             d = Path(tmp) / f"s{scale}"
@@ -113,13 +145,17 @@ def main() -> int:
                 "exportModels": [{"exportInterval": 150, "filesToExport": a.files.split(",")}],
             }
             (d / "exp.json").write_text(json.dumps(exp))
-            res = [run_once(d / "exp.json", d) for _ in range(a.runs)]
             n_frag = pl.scan_parquet(d / "workload" / "fragments.parquet").select(pl.len()).collect().item()
-            rows.append((scale, hosts, n_frag, statistics.median(r[0] for r in res), max(r[1] for r in res)))
-    print(f"files: {a.files}; median of {a.runs} runs")
-    print(f"{'scale':>6} {'hosts':>6} {'fragments':>10} {'wall s':>8} {'peak RSS MB':>12}")
-    for scale, hosts, n_frag, wall, rss in rows:
-        print(f"{scale:>6} {hosts:>6} {n_frag:>10} {wall:>8.2f} {rss:>12.0f}")
+            res = [run_once(d / "exp.json", d) for _ in range(a.runs)]
+            load = os.getloadavg()[0]
+            wall = statistics.median(r.wall for r in res)
+            share = import_seconds(d / "exp.json", d) / wall
+            print(
+                f"{scale:>6} {hosts:>6} {n_frag:>10} {wall:>9.2f} {min(r.wall for r in res):>9.2f}"
+                f" {statistics.median(r.cpu for r in res):>8.2f} {max(r.rss for r in res):>12.0f}"
+                f" {share:>8.0%} {load:>8.2f}",
+                flush=True,
+            )
     return 0
 
 
