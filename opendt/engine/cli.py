@@ -95,23 +95,24 @@ def write_table(table: Table, path: Path, kind: str) -> None:
 def run_scenario(sc: Scenario) -> OneShot:
     """Load the scenario's workload and simulate it."""
     from .frames import InputError
-    from .simulate import simulate_arrays
+    from .simulate import merge_fragments, one_shot_engine, run_one_shot
     from .workload import read_workload
 
     w = sc.workload
-    tasks, fragments = read_workload(Path(w["pathToFile"]), submission_time=w.get("submissionTime"))
-    result = simulate_arrays(
+    scaling = w.get("scalingPolicy", "NoDelay")
+    eng = one_shot_engine(
         sc.spec,
-        tasks,
-        fragments,
         export_interval_ms=sc.interval_ms,
-        scaling=w.get("scalingPolicy", "NoDelay"),
+        scaling=scaling,
         carbon_by_cluster=sc.carbon,
         tables=frozenset(sc.files),
     )
-    if result.eng.t0 is None:  # no task was loaded: none has a fragment
+    tasks, fragments = read_workload(Path(w["pathToFile"]), submission_time=w.get("submissionTime"))
+    eng.ingest(tasks, fragments, merge=merge_fragments(scaling))
+    del tasks, fragments  # the engine keeps what it needs: free the inputs before the run
+    if eng.t0 is None:  # no task was loaded: none has a fragment
         raise InputError(f"workload {w['pathToFile']} has no task with fragments (OpenDC crashes on it)")
-    return result
+    return run_one_shot(eng, scaling)
 
 
 def run(path: Path) -> None:

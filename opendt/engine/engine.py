@@ -36,6 +36,20 @@ if TYPE_CHECKING:
 Scaling = Literal["NoDelay", "Perfect"]
 
 
+def _offsets(dur: I64, runs: I64, base: I64, totals: I64) -> I64:
+    """Each row's offset in its run: ``base[r]`` plus the durations of the run's earlier rows.
+
+    Run ``r`` starts at row ``runs[r]`` and its durations sum to ``totals[r]``. One running sum over the
+    durations shifted by a row, corrected at each run start so that the sum restarts at ``base[r]``.
+    """
+    x = np.empty_like(dur)
+    x[0] = 0
+    x[1:] = dur[:-1]
+    x[runs] += base - np.r_[np.int64(0), base[:-1] + totals[:-1]]
+    np.cumsum(x, out=x)
+    return x
+
+
 def _run_starts(ids: npt.NDArray[Any]) -> I64:
     """First row of every run of equal consecutive values."""
     if ids.size == 0:
@@ -162,7 +176,9 @@ class Engine:
             have = ids.unique()
             self._add_tasks(t, have.to_numpy() if t.ids.dtype != object else np.array(have.to_list(), object))
         if self.index:
-            self._add_fragments(self._task_index_series(ids), dur, use, merge=merge)
+            task = self._task_index_series(ids)
+            runs = _run_starts(task)
+            self._add_runs(runs, task[runs], dur, use, merge=merge)
 
     def ingest(
         self, tasks: TaskInput | None, fragments: FragmentInput | None, *, merge: bool = False
@@ -174,12 +190,12 @@ class Engine:
         """
         if fragments is None or fragments.n == 0:
             return  # a task is loaded with its first fragments
-        run_starts = _run_starts(fragments.ids)
+        runs = _run_starts(fragments.ids)
         if tasks is not None and tasks.n:
-            self._add_tasks(tasks, fragments.ids[run_starts])
+            self._add_tasks(tasks, fragments.ids[runs])
         if self.index:
-            task = self._task_index(fragments.ids, run_starts)
-            self._add_fragments(task, fragments.duration, fragments.cpu_usage, merge=merge)
+            run_task = self._run_tasks(fragments.ids[runs])
+            self._add_runs(runs, run_task, fragments.duration, fragments.cpu_usage, merge=merge)
 
     def _add_tasks(self, t: TaskInput, have: npt.NDArray[Any]) -> None:
         """Register the tasks whose id is in ``have`` and not known yet, in submission order."""
@@ -198,69 +214,78 @@ class Engine:
         index.update(zip(ids, range(first, first + len(ids)), strict=True))
         self.ids.extend(ids)
 
-    def _task_index(self, ids: npt.NDArray[Any], run_starts: I64) -> I64:
-        """Task index of every fragment (−1: not a loaded task); ids are looked up once per run."""
+    def _run_tasks(self, ids: npt.NDArray[Any]) -> I64:
+        """Task index of each id (−1: not a loaded task)."""
         index = self.index
-        n = ids.size
-        if run_starts.size * 4 > n and ids.dtype != object and all(isinstance(k, int) for k in index):
+        if ids.size > 8192 and ids.dtype != object and all(isinstance(k, int) for k in index):
             keys = np.fromiter(index.keys(), dtype=np.int64, count=len(index))
             vals = np.fromiter(index.values(), dtype=np.int64, count=len(index))
             order = np.argsort(keys)
             keys, vals = keys[order], vals[order]
+            ids = ids.astype(np.int64, copy=False)
             pos = np.minimum(np.searchsorted(keys, ids), keys.size - 1)
             out: I64 = np.where(keys[pos] == ids, vals[pos], -1)
             return out
-        run_task = np.fromiter(
-            (index.get(k, -1) for k in ids[run_starts].tolist()), dtype=np.int64, count=run_starts.size
-        )
-        return np.repeat(run_task, np.diff(np.r_[run_starts, n]))
+        return np.fromiter((index.get(k, -1) for k in ids.tolist()), dtype=np.int64, count=ids.size)
 
     def _task_index_series(self, col: pl.Series) -> I64:
-        """:meth:`_task_index` for a polars id column (string ids are matched by a join)."""
+        """Task index of every fragment of a polars id column (string ids are matched by a join)."""
         import polars as pl
 
         if col.dtype.is_integer() and all(isinstance(k, int) for k in self.index):
             ids = col.to_numpy()
-            return self._task_index(ids, _run_starts(ids))
+            runs = _run_starts(ids)
+            return np.repeat(self._run_tasks(ids[runs]), np.diff(np.r_[runs, ids.size]))
         keys_df = pl.DataFrame({"id": [str(k) for k in self.index], "task": list(self.index.values())})
         m = pl.DataFrame({"id": col.cast(pl.Utf8)}).join(keys_df, on="id", how="left", maintain_order="left")
         out: I64 = m.get_column("task").fill_null(-1).to_numpy().astype(np.int64)
         return out
 
-    def _add_fragments(self, task: I64, dur: I64, use: F64, *, merge: bool) -> None:
-        hit = task >= 0
-        if not hit.all():
-            task, dur, use = task[hit], dur[hit], use[hit]
-        if task.size == 0:
+    def _add_runs(self, runs: I64, run_task: I64, dur: I64, use: F64, *, merge: bool) -> None:
+        """Add fragments given as runs: rows ``runs[k]`` up to the next run belong to task ``run_task[k]``.
+
+        Fragments of unknown tasks (−1) are dropped. Each fragment gets its offset from its task's start;
+        a task's fragments must be consecutive in the store, so interleaved input is sorted by task (stable).
+        """
+        n = dur.size
+        sizes = np.diff(np.r_[runs, n])
+        loaded = run_task >= 0
+        if not loaded.all():
+            rows = np.repeat(loaded, sizes)
+            dur, use, run_task, sizes = dur[rows], use[rows], run_task[loaded], sizes[loaded]
+            runs = np.r_[np.int64(0), np.cumsum(sizes)[:-1]] if sizes.size else sizes
+            n = dur.size
+        if n == 0:
             return
-        run_start = _run_starts(task)
-        if distinct(task[run_start]).size == run_start.size:
-            order = None  # each task's rows are contiguous (the usual layout): no sort needed
-            ts, ds, us, starts = task, dur, use, run_start
-        else:
+        unsorted: tuple[I64, I64, I64, F64] | None = None  # (sort order, task, dur, use) as given
+        if distinct(run_task).size != run_task.size:  # a task's rows are not consecutive: sort them
+            task = np.repeat(run_task, sizes)
             order = np.argsort(task, kind="stable")
-            ts, ds, us = task[order], dur[order], use[order]
-            starts = _run_starts(ts)
-        uniq = ts[starts]
-        totals = np.add.reduceat(ds, starts)
-        nonzero = np.logical_or.reduceat(us > 0, starts)
-        self.sched.extend_many(uniq.tolist(), totals.tolist(), nonzero.tolist())
+            unsorted = (order, task, dur, use)
+            task, dur, use = task[order], dur[order], use[order]
+            runs = _run_starts(task)
+            run_task, sizes = task[runs], np.diff(np.r_[runs, n])
+        totals = np.add.reduceat(dur, runs)
+        nonzero = np.logical_or.reduceat(use > 0, runs)
+        self.sched.extend_many(run_task.tolist(), totals.tolist(), nonzero.tolist())
+        before = np.array(self.sched.dur, dtype=np.int64)[run_task] - totals  # known before this batch
         if merge:
-            keep = np.r_[True, (ts[1:] != ts[:-1]) | (us[1:] != us[:-1])]
-            if not keep.all():
-                first = np.flatnonzero(keep)
-                ts, ds, us = ts[first], np.add.reduceat(ds, first), us[first]
-                starts = _run_starts(ts)
-            order = None  # stored in task order
-        sizes = np.diff(np.r_[starts, ts.size])
-        csum = np.cumsum(ds)
-        known = np.array(self.sched.dur, dtype=np.int64)[uniq] - totals  # duration known before this batch
-        excl = csum - ds + np.repeat(known - (csum[starts] - ds[starts]), sizes)
-        if order is None:
-            self.frags.add(ts, excl, ds, us)
-        else:
-            off = np.empty_like(excl)
-            off[order] = excl
+            change = use[1:] != use[:-1]
+            change[runs[1:] - 1] = True
+            first = np.flatnonzero(np.r_[True, change])
+            del change
+            dur, use = np.add.reduceat(dur, first), use[first]
+            runs = np.searchsorted(first, runs)
+            del first
+            unsorted = None  # merged fragments are stored in task order
+        sizes = np.diff(np.r_[runs, dur.size])
+        offset = _offsets(dur, runs, before, totals)
+        if unsorted is None:
+            self.frags.add(np.repeat(run_task, sizes), offset, dur, use)
+        else:  # keep the input order
+            order, task, dur, use = unsorted
+            off = np.empty_like(offset)
+            off[order] = offset
             self.frags.add(task, off, dur, use)
 
     def _place_fragments(self) -> None:

@@ -2,7 +2,7 @@
 
 The engine works on numpy arrays (:class:`TaskInput`, :class:`FragmentInput`); the polars frames of the
 library API and the parquet files read by the CLI are checked the same way. Integer ids stay integers
-(int64: fast lookups, OpenDC files); any other id type becomes a string.
+(fast lookups, OpenDC files); any other id type becomes a string.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 TASK_COLUMNS = ("id", "submission_ms", "cpu_count", "mem_capacity")
 FRAGMENT_COLUMNS = ("id", "duration", "cpu_usage")
 
-Ids = npt.NDArray[Any]  # int64, or object (str)
+Ids = npt.NDArray[Any]  # an integer dtype, or object (str)
 
 
 class InputError(ValueError):

@@ -15,6 +15,7 @@ import heapq
 from collections import deque
 
 import numpy as np
+import numpy.typing as npt
 
 from .hosts import HostTable
 
@@ -60,6 +61,7 @@ class Scheduler:
         self.mem_cap = hosts.mem
         self.mem_slack = hosts.mem * 0.5
         self._fit_cache: dict[tuple[int, float], bool] = {}
+        self._mem_fit: dict[float, npt.NDArray[np.bool_]] = {}  # memory ≥ m, per host
 
     # -- input -------------------------------------------------------------------------------------------
     def add_task(self, sub: int, cores: int, mem: float) -> int:
@@ -176,9 +178,15 @@ class Scheduler:
                 self.state[task] = TERMINATED
                 self.finish[task] = t
                 continue
-            ok = (self.free_cores >= c) & (self.mem_cap >= m) & (self.mem_slack + self.avail_mem >= m)
+            # VCpuFilter and RamFilter (memory capacity, then available memory with the 1.5 overcommit)
+            ok = self.free_cores >= c
+            fits = self._mem_fit.get(m)
+            if fits is None:
+                fits = self._mem_fit[m] = self.mem_cap >= m
+            ok &= fits
+            ok &= self.mem_slack + self.avail_mem >= m
             # RamWeigher: most available memory among the hosts that pass; argmax keeps the lowest index
-            h = int(np.argmax(np.where(ok, self.avail_mem, -np.inf)))
+            h = int(np.where(ok, self.avail_mem, -np.inf).argmax())
             if not ok[h]:
                 self._blocked = (task, self._freed)
                 return

@@ -1,8 +1,9 @@
 """One-shot, OpenDC-compatible runs: the four output tables.
 
-:func:`simulate` takes and returns polars frames (the library API). :func:`simulate_arrays` is the same
-run on checked numpy inputs; its tables are built on demand as :class:`~opendt.engine.table.Table`
-objects, so the CLI writes each file and drops it before building the next, without importing polars.
+:func:`simulate` takes and returns polars frames (the library API). The CLI uses its steps on numpy
+inputs (:func:`one_shot_engine`, ``Engine.ingest``, :func:`run_one_shot`): the inputs are dropped once
+ingested, and the tables are built on demand as :class:`~opendt.engine.table.Table` objects, so each file
+is written and dropped before the next is built, without importing polars.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from .table import Table, to_polars
 if TYPE_CHECKING:
     import polars as pl
 
-    from .frames import FragmentInput, TaskInput
     from .topology import TopologyLike
 
 Scaling = Literal["NoDelay", "Perfect"]
@@ -73,14 +73,17 @@ class OneShot:
         raise ValueError(f"unknown output table {kind!r}")
 
 
-def _engine(
+def one_shot_engine(
     topology: TopologyLike,
+    *,
     export_interval_ms: int,
-    scaling: str,
-    carbon: pl.DataFrame | None,
-    carbon_by_cluster: list[CarbonTrace | None] | None,
-    tables: frozenset[str],
+    scaling: str = "NoDelay",
+    carbon: pl.DataFrame | None = None,
+    carbon_by_cluster: list[CarbonTrace | None] | None = None,
+    tables: frozenset[str] = frozenset(KINDS),
 ) -> Engine:
+    """An engine for a one-shot run: ingest the whole trace (``merge=merge_fragments(scaling)``), then
+    :func:`run_one_shot`."""
     if scaling not in ("NoDelay", "Perfect"):
         raise ValueError(f"unknown scalingPolicy {scaling!r}")
     eng = Engine(
@@ -95,8 +98,15 @@ def _engine(
     return eng
 
 
-def _run(eng: Engine, scaling: str) -> OneShot:
-    """Run the ingested engine to the end with OpenDC's semantics (all-zero tasks complete instantly)."""
+def merge_fragments(scaling: str) -> bool:
+    """Whether ingestion may merge equal-usage fragments: not under Perfect, where each fragment's end is
+    truncated to the ms on its own."""
+    return scaling == "NoDelay"
+
+
+def run_one_shot(eng: Engine, scaling: str) -> OneShot:
+    """Run an ingested one-shot engine to the end with OpenDC's semantics (all-zero tasks complete
+    instantly)."""
     if scaling == "Perfect":
         from .perfect import run_perfect
 
@@ -130,24 +140,15 @@ def simulate(
     """Run the whole trace at once with OpenDC's semantics (all-zero tasks complete instantly)."""
     import polars as pl
 
-    eng = _engine(topology, export_interval_ms, scaling, carbon, carbon_by_cluster, tables)
-    eng._ingest(tasks, fragments, merge=scaling == "NoDelay")
-    run = _run(eng, scaling)
+    eng = one_shot_engine(
+        topology,
+        export_interval_ms=export_interval_ms,
+        scaling=scaling,
+        carbon=carbon,
+        carbon_by_cluster=carbon_by_cluster,
+        tables=tables,
+    )
+    eng._ingest(tasks, fragments, merge=merge_fragments(scaling))
+    run = run_one_shot(eng, scaling)
     frames = [to_polars(run.table(k)) if k in tables else pl.DataFrame() for k in KINDS]
     return SimulationResult(*frames)
-
-
-def simulate_arrays(
-    topology: TopologyLike,
-    tasks: TaskInput,
-    fragments: FragmentInput,
-    *,
-    export_interval_ms: int,
-    scaling: Scaling = "NoDelay",
-    carbon_by_cluster: list[CarbonTrace | None] | None = None,
-    tables: frozenset[str] = frozenset(KINDS),
-) -> OneShot:
-    """:func:`simulate` on checked arrays (no polars); the tables are built by :meth:`OneShot.table`."""
-    eng = _engine(topology, export_interval_ms, scaling, None, carbon_by_cluster, tables)
-    eng.ingest(tasks, fragments, merge=scaling == "NoDelay")
-    return _run(eng, scaling)

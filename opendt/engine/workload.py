@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 TASK_READ = ("id", "submission_time", "duration", "cpu_count", "cpu_capacity", "mem_capacity")
 FRAGMENT_READ = ("id", "duration", "cpu_usage")
-# the columns used and how they are read: "id" (int64 or str), "t" (epoch ms), "i" (int64), "f" (float64)
+# the columns used and how they are read: "id" (an integer or str), "t" (epoch ms), "i" (int64), "f" (float64)
 TASK_USED = {"id": "id", "submission_time": "t", "duration": "i", "cpu_count": "i", "mem_capacity": "i"}
 FRAGMENT_USED = {"id": "id", "duration": "i", "cpu_usage": "f"}
 
@@ -49,8 +49,11 @@ def _read(
     out: dict[str, npt.NDArray[Any]] = {}
     for name, kind in used.items():
         t = schema.field(name).type
-        text_ids = kind == "id" and not pa.types.is_integer(t)
-        out[name] = np.empty(n, dtype=object if text_ids else np.float64 if kind == "f" else np.int64)
+        if kind == "id":  # integer ids keep their width (OpenDC's are int32)
+            dtype: Any = np.dtype(t.to_pandas_dtype()) if pa.types.is_integer(t) else object
+        else:
+            dtype = np.float64 if kind == "f" else np.int64
+        out[name] = np.empty(n, dtype=dtype)
     pos = 0
     for i in range(f.num_row_groups):
         group = f.read_row_group(i, columns=list(used), use_threads=False)
