@@ -26,6 +26,8 @@ from opendt.history import HistoryGap
 from opendt.models.messages import iso_ms
 from opendt.models.topology import Topology, TopologyError, parse_topology
 from opendt.openapi import openapi_document
+from opendt.optimizer.component import Optimizer, OptimizerError
+from opendt.optimizer.slo import SloError, SloWatcher, parse_slo
 from opendt.results import ResultStore
 from opendt.scenarios import ScenarioBusy, ScenarioRunner
 from opendt.settings import ApiSettings
@@ -54,6 +56,10 @@ class TwinView:
     """The calibration journal, one summary per round (newest last)."""
     scenarios: ScenarioRunner | None = None
     """Warm-started runs over the twin's past (what-if); None = no twin."""
+    slo: SloWatcher | None = None
+    """The SLOs (config/slo.json, watched); None = no SLO file could be loaded."""
+    optimizer: Optimizer | None = None
+    """The SLO optimizer; None = optimizer.enabled is false."""
 
 
 STATE = web.AppKey("state", TwinState)
@@ -506,6 +512,81 @@ async def calibration(request: web.Request) -> web.Response:
     return _json(doc)
 
 
+def _slo_doc(watcher: SloWatcher) -> dict[str, Any]:
+    return {
+        "slo": watcher.current.to_json_dict(),
+        "path": str(watcher.path),
+        "changes": watcher.changes,
+        "rejections": watcher.rejections,
+    }
+
+
+async def get_slo(request: web.Request) -> web.Response:
+    watcher = request.app[VIEW].slo
+    if watcher is None:
+        raise ApiError(404, "no SLOs loaded (optimizer.slo_path missing or invalid at start)")
+    return _json(_slo_doc(watcher))
+
+
+async def put_slo(request: web.Request) -> web.Response:
+    _require_token(request)
+    watcher = request.app[VIEW].slo
+    body = await _json_body(request)
+    if watcher is None:
+        raise ApiError(404, "no SLOs loaded (optimizer.slo_path missing or invalid at start)")
+    try:
+        slo = parse_slo(body, source="body")
+    except SloError as e:
+        field = next((f for f in type(watcher.current).model_fields if f in str(e)), "body")
+        raise ApiError(422, str(e), field) from None
+    try:
+        await watcher.update(slo)
+    except OSError as e:
+        raise ApiError(409, f"cannot write {watcher.path}: {e}", None) from None
+    return _json(_slo_doc(watcher))
+
+
+async def get_optimizer(request: web.Request) -> web.Response:
+    opt = request.app[VIEW].optimizer
+    if opt is None:
+        raise ApiError(404, "the optimizer is disabled (optimizer.enabled: false)")
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise ApiError(400, "limit: must be an integer", "limit") from None
+    if not 1 <= limit <= 1000:
+        raise ApiError(400, "limit: must be in 1..1000", "limit")
+    return _json(opt.view(limit))
+
+
+async def accept_optimizer(request: web.Request) -> web.Response:
+    _require_token(request)
+    opt = request.app[VIEW].optimizer
+    index: int | None = None
+    if request.can_read_body:
+        body = await _json_body(request)
+        if not isinstance(body, dict) or set(body) - {"round"}:
+            raise ApiError(422, 'body: must be {} or {"round": <round number>}', "body")
+        index = body.get("round")
+        if index is not None and (not isinstance(index, int) or isinstance(index, bool)):
+            raise ApiError(422, "round: must be an integer", "round")
+    if opt is None:
+        raise ApiError(404, "the optimizer is disabled (optimizer.enabled: false)")
+    try:
+        r = await opt.accept(index)
+    except OptimizerError as e:
+        raise ApiError(409, str(e), "round") from None
+    return _json(
+        {
+            "version": r.accepted_version,
+            "source": "optimizer",
+            "round": r.index,
+            "applies": "from the next window",
+        },
+        status=202,
+    )
+
+
 OPENAPI = web.AppKey("openapi", bytes)
 DOCS_PAGE = Path(__file__).parent / "static" / "docs.html"
 
@@ -548,6 +629,10 @@ def create_app(state: TwinState, settings: ApiSettings, view: TwinView | None = 
     app.router.add_post("/api/topology/reset", reset_topology)
     app.router.add_post("/api/whatif", whatif)
     app.router.add_get("/api/calibration", calibration)
+    app.router.add_get("/api/slo", get_slo)
+    app.router.add_put("/api/slo", put_slo)
+    app.router.add_get("/api/optimizer", get_optimizer)
+    app.router.add_post("/api/optimizer/accept", accept_optimizer)
     app[SERIES_CACHE] = {}
     app[OPENAPI] = orjson.dumps(openapi_document(token=settings.token is not None))
     app.router.add_get("/openapi.json", openapi_json)

@@ -38,10 +38,13 @@ from opendt.models.messages import (
     to_ms,
 )
 from opendt.models.topology import Topology
+from opendt.optimizer.component import Optimizer
+from opendt.optimizer.llm import make_strategy
+from opendt.optimizer.slo import SloError, SloWatcher
 from opendt.replay import ReplayProducer, ReplayProgress
 from opendt.results import ResultStore
 from opendt.scenarios import ScenarioRunner
-from opendt.settings import Settings
+from opendt.settings import ConfigError, Settings
 from opendt.simulator import HookChain, SimTopology, Simulator, TopologyBox
 from opendt.state import TwinState
 from opendt.workers import TwinEngine
@@ -103,6 +106,18 @@ async def _bounded(close: Callable[[], Awaitable[object]], what: str) -> None:
             await close()
     except TimeoutError:
         log.warning("close_timeout", what=what, timeout_s=CLOSE_TIMEOUT_S)
+
+
+def _slo_watcher(settings: Settings) -> SloWatcher | None:
+    """The SLOs from ``optimizer.slo_path``, watched; a bad file is fatal only when the optimizer needs it."""
+    opt = settings.optimizer
+    try:
+        return SloWatcher(opt.slo_path, interval_s=opt.slo_poll_s)
+    except SloError as e:
+        if opt.enabled:
+            raise ConfigError(str(e)) from None
+        log.warning("slo_unavailable", path=str(opt.slo_path), error=str(e))
+        return None
 
 
 async def _watch_broker(broker: EmbeddedBroker) -> None:
@@ -217,6 +232,20 @@ async def _supervise(
             max_queue=api.whatif_queue,
         )
         state.providers["scenarios"] = scenarios.view
+        slo = _slo_watcher(settings)
+        optimizer = None
+        if settings.optimizer.enabled:
+            assert slo is not None  # _slo_watcher raises when the optimizer needs it
+            optimizer = Optimizer(
+                settings.optimizer,
+                box,
+                scenarios,
+                slo,
+                make_strategy(settings.optimizer),
+                window_ms=settings.windowing.window_s * 1000,
+                publish_topology=publish_topology,
+            )
+            state.providers["optimizer"] = optimizer.summary
         simulator = Simulator(
             queue,
             twin,
@@ -226,7 +255,7 @@ async def _supervise(
             workload.carbon,
             publish=publish,
             commit=windows.commit_durable,
-            hooks=HookChain(calibrator, history),
+            hooks=HookChain(calibrator, history, optimizer),
         )
         _publish_views(state, progress, windows, simulator, store, box, run_dir)
         await producer.send_and_wait(
@@ -244,6 +273,8 @@ async def _supervise(
                 calibration_series=None if calibrator is None else calibrator.series,
                 calibration_rounds=None if calibrator is None else calibrator.rounds,
                 scenarios=scenarios,
+                slo=slo,
+                optimizer=optimizer,
             )
             state.api_url = await stack.enter_async_context(serve_api(state, settings.api, view))
         state.status = "running"
@@ -284,6 +315,10 @@ async def _supervise(
                 tg.create_task(simulator.run())
                 if calibrator is not None:
                     tg.create_task(calibrator.run())
+                if slo is not None:
+                    tg.create_task(slo.run())
+                if optimizer is not None:
+                    tg.create_task(optimizer.run())
                 tg.create_task(_listen_topology(bootstrap, settings, box, state))
                 tg.create_task(stop_when(trigger, "signal"))
                 if broker is not None:

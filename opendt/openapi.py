@@ -171,6 +171,44 @@ class Calibration(BaseModel):
     rounds_detail: list[dict[str, Any]]
 
 
+class SloTargets(Strict):
+    energy_kwh_per_window: float | None = Field(default=None, gt=0)
+    peak_power_w: float | None = Field(default=None, gt=0)
+    carbon_g_per_window: float | None = Field(default=None, gt=0)
+    task_wait_p95_s: float | None = Field(default=None, gt=0)
+    task_runtime_mean_s: float | None = Field(default=None, gt=0)
+
+
+class SloState(Strict):
+    slo: dict[str, float]
+    path: str
+    changes: int
+    rejections: int
+
+
+class OptimizerState(BaseModel):
+    """Rounds (baseline vs proposal, score breakdown, verdict), the current best and its diff vs the twin."""
+
+    model_config = ConfigDict(extra="allow")
+    enabled: bool
+    status: str
+    cycle_count: int
+    slo_targets: dict[str, float]
+    best: dict[str, Any] | None
+    history: list[dict[str, Any]]
+
+
+class AcceptRequest(Strict):
+    round: int | None = Field(default=None, description="A kept round (default: the current best)")
+
+
+class AcceptedProposal(Strict):
+    version: int
+    source: Literal["optimizer"]
+    round: int
+    applies: str
+
+
 @dataclass
 class Param:
     name: str
@@ -197,6 +235,7 @@ class Operation:
     params: list[Param] = field(default_factory=list)
     body: type[BaseModel] | None = None
     writes: bool = False
+    body_required: bool = True
     errors: tuple[int, ...] = (400,)
     tag: str = "twin"
 
@@ -259,6 +298,41 @@ OPERATIONS: list[Operation] = [
         body=WhatIfRequest,
         writes=True,
         errors=(400, 404, 413, 422, 429, 500),
+    ),
+    Operation("get", "/api/slo", "The SLOs in force (file, watched)", SloState, errors=(404,)),
+    Operation(
+        "put",
+        "/api/slo",
+        "Replace the SLOs (validated; written to the file atomically)",
+        SloState,
+        body=SloTargets,
+        writes=True,
+        errors=(400, 404, 409, 413, 422),
+    ),
+    Operation(
+        "get",
+        "/api/optimizer",
+        "Optimizer rounds, current best proposal and its diff vs the twin",
+        OptimizerState,
+        params=[
+            Param(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                "Rounds of history",
+            )
+        ],
+        errors=(400, 404),
+    ),
+    Operation(
+        "post",
+        "/api/optimizer/accept",
+        "Apply the kept proposal (publishes on sim.topology, source optimizer)",
+        AcceptedProposal,
+        status=202,
+        body=AcceptRequest,
+        body_required=False,
+        writes=True,
+        errors=(400, 404, 409, 413, 422),
     ),
     Operation(
         "get",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 import structlog
@@ -45,6 +46,8 @@ class ScenarioResult:
     """One row per export instant in (start, end]: ``ROW_SCHEMA``; None when the run failed."""
     error: str = ""
     compute_s: float = 0.0
+    tasks: dict[str, Any] | None = None
+    """Task statistics of the range (:func:`~opendt.calibration.warm.task_stats`)."""
 
 
 class ScenarioRunner:
@@ -134,6 +137,7 @@ class ScenarioRunner:
                 else o.rows.rename({"timestamp_absolute": "timestamp_ms"}).cast(ROW_SCHEMA),
                 o.error,
                 o.worker_s,
+                None if o.stats is None or o.stats.is_empty() else o.stats.row(0, named=True),
             )
             for o in outs
         ]

@@ -25,7 +25,15 @@ import pytest
 
 from opendt.kafka.broker import delete_topics, ensure_topics
 from opendt.kafka.testing import BrokerThread
-from opendt.settings import ApiSettings, KafkaSettings, ReplaySettings, Settings, TopicNames
+from opendt.settings import (
+    REPO_ROOT,
+    ApiSettings,
+    KafkaSettings,
+    OptimizerSettings,
+    ReplaySettings,
+    Settings,
+    TopicNames,
+)
 
 _KAFKA_FIXTURES = {"kafka_bootstrap", "topic_factory", "kafka_thread", "kafka_settings"}
 
@@ -109,10 +117,13 @@ def daemon_settings(
 
     def make(workload: Path, **replay: Any) -> Settings:
         topics = unique_topic_names()
+        slo = tmp_path / "slo.json"  # a copy: API tests may PUT /api/slo, which writes the file
+        slo.write_bytes((REPO_ROOT / "config" / "slo.json").read_bytes())
         return Settings(
             kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topics=topics),
             replay=ReplaySettings(workload=workload, **{"speed": "max", "heartbeat_s": 60, **replay}),
             api=ApiSettings(port=0),
+            optimizer=OptimizerSettings(slo_path=slo),
             data_dir=tmp_path / "data",
         )
 

@@ -44,6 +44,8 @@ class Outcome:
     rows: pl.DataFrame | None
     error: str = ""
     worker_s: float = 0.0
+    stats: pl.DataFrame | None = None
+    """Task statistics (what-if / optimizer bases only): :func:`~opendt.calibration.warm.task_stats`."""
 
 
 class _Slot:
@@ -113,7 +115,7 @@ class CandidatePool:
             reply, out = await worker.call(
                 {"op": "cal.candidate", "round": rin.round_id, "topology": topology}, timeout_s=self.timeout_s
             )
-            return Outcome(out["rows"], "", float(reply.get("compute_s", 0.0)))
+            return Outcome(out["rows"], "", float(reply.get("compute_s", 0.0)), out.get("stats"))
         except WorkerError as e:
             return Outcome(None, f"engine error: {e}", loop.time() - t0)
         except WorkerDied as e:

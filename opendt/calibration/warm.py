@@ -135,7 +135,55 @@ def _full_rows(rows: pl.DataFrame, after_ms: int) -> pl.DataFrame:
     )
 
 
-def run_candidate(base: RoundBase, topology: dict[str, Any]) -> pl.DataFrame:
+TASK_STATS_SCHEMA = {
+    "tasks_submitted": pl.Int64,
+    "tasks_started": pl.Int64,
+    "tasks_finished": pl.Int64,
+    "tasks_waiting": pl.Int64,
+    "wait_p95_s": pl.Float64,
+    "wait_mean_s": pl.Float64,
+    "runtime_mean_s": pl.Float64,
+}
+
+
+def task_stats(engine: Engine, lo_ms: int, hi_ms: int) -> pl.DataFrame:
+    """One row about the tasks of [lo_ms, hi_ms) (absolute): waits (schedule − submission; a task still queued
+    at ``hi_ms`` counts with its wait so far; tasks that can never fit are left out) of the tasks submitted in
+    the range, and run times (finish − schedule) of those finished in it. Null where nothing qualifies."""
+    from opendt.engine.placement import TERMINATED
+
+    s = engine.sched
+    if engine.t0 is None or not s.sub:
+        return pl.DataFrame([{k: 0 if v == pl.Int64 else None for k, v in TASK_STATS_SCHEMA.items()}],
+                            schema=TASK_STATS_SCHEMA)  # fmt: skip
+    lo, hi = lo_ms - engine.t0, hi_ms - engine.t0
+    sub, start, finish = np.asarray(s.sub), np.asarray(s.start), np.asarray(s.finish)
+    state = np.asarray(s.state)
+    mine = (sub >= lo) & (sub < hi) & (state != TERMINATED)
+    started = mine & (start >= 0) & (start < hi)
+    wait = (np.where(started, start, hi) - sub)[mine] / 1000
+    done = (start >= 0) & (finish >= 0) & (finish > lo) & (finish <= hi)
+    run = (finish - start)[done] / 1000
+    return pl.DataFrame(
+        [
+            {
+                "tasks_submitted": int(mine.sum()),
+                "tasks_started": int(started.sum()),
+                "tasks_finished": int(done.sum()),
+                "tasks_waiting": int((mine & ~started).sum()),
+                "wait_p95_s": float(np.percentile(wait, 95)) if wait.size else None,
+                "wait_mean_s": float(wait.mean()) if wait.size else None,
+                "runtime_mean_s": float(run.mean()) if run.size else None,
+            }
+        ],
+        schema=TASK_STATS_SCHEMA,
+    )
+
+
+def run_candidate(
+    base: RoundBase, topology: dict[str, Any], extra: dict[str, pl.DataFrame] | None = None
+) -> pl.DataFrame:
+    """The candidate's rows; with ``full`` bases, ``extra["stats"]`` gets :func:`task_stats` of the range."""
     from opendt.engine import Engine
     from opendt.models.topology import parse_topology
 
@@ -160,7 +208,10 @@ def run_candidate(base: RoundBase, topology: dict[str, Any]) -> pl.DataFrame:
     start_rel = engine.t_lo
     rows = engine.advance(base.until_ms, tasks, fragments)
     if base.full:
-        return _full_rows(rows, base.apply_at_ms if base.apply_at_ms is not None else -(2**62))
+        lo = base.apply_at_ms if base.apply_at_ms is not None else -(2**62)
+        if extra is not None:
+            extra["stats"] = task_stats(engine, lo, base.until_ms)
+        return _full_rows(rows, lo)
     if rows.is_empty():
         return pl.DataFrame(
             schema={"timestamp_absolute": pl.Int64, "power_draw": pl.Float64, "energy_usage": pl.Float64}
@@ -194,5 +245,6 @@ def handle(
         base = bases.get(str(header["round"]))
         if base is None:
             raise RuntimeError(f"round {header['round']} not prepared in this worker")
-        return {"rows": run_candidate(base, header["topology"])}
+        extra: dict[str, pl.DataFrame] = {}
+        return {"rows": run_candidate(base, header["topology"], extra), **extra}
     raise ValueError(f"unknown op {op!r}")

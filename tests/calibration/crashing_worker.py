@@ -12,12 +12,12 @@ from opendt.workers import main
 _real = warm.run_candidate
 
 
-def _run_candidate(base: warm.RoundBase, topology: dict[str, Any]) -> Any:
+def _run_candidate(base: warm.RoundBase, topology: dict[str, Any], *extra: Any) -> Any:
     for cluster in topology["clusters"]:
         for host in cluster["hosts"]:
             if host.get("cpuPowerModel", {}).get("calibrationFactor") == 5.0:
                 os._exit(3)
-    return _real(base, topology)
+    return _real(base, topology, *extra)
 
 
 warm.run_candidate = _run_candidate

@@ -1,0 +1,324 @@
+"""The optimizer component: every ``optimizer.every_windows`` windows, re-simulate the trailing windows with
+the twin's topology (baseline) and with the strategy's proposal, score both against the SLOs, keep the best.
+
+It is a simulator hook (:class:`~opendt.simulator.WindowHooks`) that only queues rounds; :meth:`Optimizer.run`
+executes them through the shared :class:`~opendt.scenarios.ScenarioRunner` (low-priority engine workers,
+warm-started from the twin's state), so window simulations never wait for it. When rounds fall behind, a
+queued round is replaced by the newer one (counted as superseded). Nothing changes the twin until a user
+accepts the kept proposal (:meth:`Optimizer.accept`, ``POST /api/optimizer/accept``), which publishes it on
+``sim.topology`` with source ``optimizer``.
+
+Per-window units: the baseline and the proposal are simulated over the trailing ``every_windows`` windows;
+energy and carbon are divided by that count (the SLOs are per window), peak power is the maximum, task wait
+p95 and mean run time are over the tasks of the whole range.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+import structlog
+
+from opendt.history import HistoryGap
+from opendt.models.topology import Topology
+from opendt.optimizer.patch import PatchError, topology_diff
+from opendt.optimizer.rules import OptimizerContext, Proposal, RulesStrategy, Strategy
+from opendt.optimizer.scoring import Verdict, Weights, WindowOutcome, compare, meets, score
+from opendt.optimizer.slo import SloWatcher
+from opendt.scenarios import ScenarioBusy, ScenarioResult, ScenarioRunner
+from opendt.settings import OptimizerSettings
+from opendt.simulator import TopologyBox
+from opendt.windowing import Window
+
+log = structlog.get_logger(component="optimizer")
+
+PublishTopology = Callable[[Topology, str, str], Awaitable[int]]
+KEEP_ROUNDS = 1000
+
+
+class OptimizerError(RuntimeError):
+    """An accept that cannot be done (nothing kept, unknown round); the message says why."""
+
+
+def outcome_of(res: ScenarioResult, n_windows: int) -> WindowOutcome:
+    """A scenario run in SLO units (per window: energy and carbon divided by ``n_windows``)."""
+    rows = res.rows if res.rows is not None else pl.DataFrame()
+    tasks = res.tasks or {}
+    if rows.is_empty():
+        return WindowOutcome(0.0, 0.0, None, tasks.get("wait_p95_s"), tasks.get("runtime_mean_s"))
+    carbon = rows["carbon_emission"]
+    return WindowOutcome(
+        energy_kwh=float(rows["energy_usage"].sum()) / 3.6e6 / n_windows,
+        peak_power_w=float(rows["power_draw"].max()),  # type: ignore[arg-type]
+        carbon_g=float(carbon.sum()) / n_windows if carbon.is_not_null().any() else None,
+        task_wait_p95_s=tasks.get("wait_p95_s"),
+        task_runtime_mean_s=tasks.get("runtime_mean_s"),
+    )
+
+
+@dataclass
+class Round:
+    index: int
+    start_ms: int
+    end_ms: int
+    base_version: int
+    status: str = "queued"
+    """queued, maintain (no proposal), kept, rejected, failed, skipped, superseded."""
+    note: str = ""
+    baseline: WindowOutcome | None = None
+    candidate: WindowOutcome | None = None
+    proposal: Proposal | None = None
+    verdict: Verdict | None = None
+    baseline_meets: dict[str, bool] = field(default_factory=dict)
+    candidate_meets: dict[str, bool] = field(default_factory=dict)
+    baseline_score: dict[str, Any] | None = None
+    tasks: dict[str, Any] | None = None
+    proposal_compute_s: float | None = None
+    duration_s: float = 0.0
+    accepted_version: int | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.index,
+            "start_ms": self.start_ms,
+            "end_ms": self.end_ms,
+            "base_version": self.base_version,
+            "status": self.status,
+            "note": self.note,
+            "baseline": None if self.baseline is None else self.baseline.to_json_dict(),
+            "baseline_score": self.baseline_score,
+            "baseline_meets": self.baseline_meets,
+            "proposal": None if self.proposal is None else self.proposal.to_json_dict(),
+            "candidate": None if self.candidate is None else self.candidate.to_json_dict(),
+            "candidate_meets": self.candidate_meets,
+            "verdict": None if self.verdict is None else self.verdict.to_json_dict(),
+            "tasks": self.tasks,
+            "proposal_compute_s": self.proposal_compute_s,
+            "duration_s": round(self.duration_s, 4),
+            "accepted_version": self.accepted_version,
+        }
+
+
+class Optimizer:
+    def __init__(
+        self,
+        settings: OptimizerSettings,
+        box: TopologyBox,
+        scenarios: ScenarioRunner,
+        slo: SloWatcher,
+        strategy: Strategy,
+        *,
+        window_ms: int,
+        publish_topology: PublishTopology | None = None,
+    ) -> None:
+        self.settings = settings
+        self.box = box
+        self.scenarios = scenarios
+        self.slo = slo
+        self.strategy = strategy
+        self.window_ms = window_ms
+        self.publish_topology = publish_topology
+        self.weights = Weights.from_settings(settings)
+        self.rounds: deque[Round] = deque(maxlen=KEEP_ROUNDS)
+        self.best: Round | None = None
+        self._pending: Round | None = None
+        self._wake = asyncio.Event()
+        self._windows = 0
+        self._max_task_cores: int | None = None
+        self._count = 0
+        self.superseded = 0
+        self.accepted = 0
+        self.busy = False
+
+    # -- simulator hooks ---------------------------------------------------------------------------------
+
+    async def before_window(self, w: Window) -> None:
+        return None
+
+    async def after_window(
+        self, w: Window, tasks: pl.DataFrame, fragments: pl.DataFrame, *, replayed: bool = False
+    ) -> None:
+        if tasks.height:
+            biggest = int(tasks["cpu_count"].max())  # type: ignore[arg-type]
+            self._max_task_cores = max(biggest, self._max_task_cores or 0)
+        self._windows += 1
+        if replayed or w.final or self._windows % self.settings.every_windows:
+            return
+        self._count += 1
+        start = w.end_ms - self.settings.every_windows * self.window_ms
+        r = Round(self._count, start, w.end_ms, self.box.current.version)
+        if self._pending is not None:
+            self._pending.status, self._pending.note = "superseded", f"round {r.index} came before it ran"
+            self.superseded += 1
+        self._pending = r
+        self.rounds.append(r)
+        self._wake.set()
+
+    # -- rounds ------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run queued rounds until cancelled; the strategy is closed on the way out."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                r, self._pending = self._pending, None
+                if r is None:
+                    continue
+                self.busy = True
+                t0 = time.perf_counter()
+                try:
+                    await self.run_round(r)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    log.exception("optimizer_round_failed", round=r.index)
+                    r.status, r.note = "failed", f"{type(e).__name__}: {e}"
+                finally:
+                    self.busy = False
+                    r.duration_s = time.perf_counter() - t0
+                log.info(
+                    "optimizer_round",
+                    round=r.index,
+                    status=r.status,
+                    note=r.note,
+                    rule=None if r.proposal is None else r.proposal.rule,
+                    duration_s=round(r.duration_s, 4),
+                )
+        finally:
+            await self.strategy.aclose()
+
+    async def _simulate(self, r: Round, topology: Topology, what: str) -> ScenarioResult | None:
+        try:
+            [res] = await self.scenarios.run(r.start_ms, r.end_ms, [topology], what=what)
+        except (HistoryGap, ScenarioBusy) as e:
+            r.status, r.note = "skipped", f"{what}: {e}"
+            return None
+        if res.rows is None:
+            r.status, r.note = "failed", f"{what}: {res.error}"
+            return None
+        return res
+
+    async def run_round(self, r: Round) -> None:
+        topology = self.box.current.topology
+        r.base_version = self.box.current.version
+        slo = self.slo.current
+        n = self.settings.every_windows
+        base = await self._simulate(r, topology, "optimizer-baseline")
+        if base is None:
+            return
+        r.baseline = outcome_of(base, n)
+        r.tasks = base.tasks
+        r.baseline_meets = meets(r.baseline, slo)
+        r.baseline_score = score(r.baseline, slo, self.weights).to_json_dict()
+        ctx = OptimizerContext(
+            topology=topology,
+            outcome=r.baseline,
+            slo=slo,
+            window_start_ms=r.start_ms,
+            window_end_ms=r.end_ms,
+            physical=self.box.physical,
+            max_task_cores=self._max_task_cores,
+            stats={"windows": n, **(base.tasks or {})},
+        )
+        if isinstance(self.strategy, RulesStrategy):
+            decision = self.strategy.decide(ctx)  # the same as propose(), with the note of a maintain
+            proposal, note = decision.proposal, decision.note
+        else:
+            proposal = await self.strategy.propose(ctx)
+            note = getattr(self.strategy, "last_fallback_reason", None) or "the strategy proposed no change"
+        if proposal is None:
+            r.status, r.note = "maintain", note
+            return
+        r.proposal = proposal
+        cand = await self._simulate(r, proposal.topology, "optimizer-proposal")
+        if cand is None:
+            return
+        r.proposal_compute_s = cand.compute_s
+        r.candidate = outcome_of(cand, n)
+        r.candidate_meets = meets(r.candidate, slo)
+        r.verdict = compare(
+            r.baseline, r.candidate, slo, self.weights, min_improvement=self.settings.min_improvement
+        )
+        r.status = "kept" if r.verdict.kept else "rejected"
+        r.note = r.verdict.reason
+        if r.verdict.kept:
+            self.best = r
+
+    # -- accept and visibility ---------------------------------------------------------------------------
+
+    async def accept(self, index: int | None = None) -> Round:
+        """Publish the kept proposal of round ``index`` (default: the current best) as simulated topology."""
+        if index is None:
+            r = self.best
+            if r is None:
+                raise OptimizerError("no kept proposal to accept yet")
+        else:
+            r = next((x for x in self.rounds if x.index == index), None)
+            if r is None:
+                raise OptimizerError(f"round {index} is unknown (or too old)")
+            if r.status != "kept":
+                raise OptimizerError(f"round {index} kept no proposal (status {r.status})")
+        if r.accepted_version is not None:
+            raise OptimizerError(f"round {r.index} was already accepted (version {r.accepted_version})")
+        if self.publish_topology is None:
+            raise OptimizerError("no twin to apply a topology to")
+        assert r.proposal is not None
+        reason = f"optimizer round {r.index}: {r.proposal.reason}"
+        r.accepted_version = await self.publish_topology(r.proposal.topology, "optimizer", reason)
+        self.accepted += 1
+        if self.best is r:
+            self.best = None
+        log.info("optimizer_accepted", round=r.index, version=r.accepted_version, rule=r.proposal.rule)
+        return r
+
+    def _diff(self, r: Round | None) -> list[dict[str, Any]] | None:
+        if r is None or r.proposal is None:
+            return None
+        try:
+            return [vars(c) for c in topology_diff(self.box.current.topology, r.proposal.topology)]
+        except PatchError:
+            return None
+
+    def summary(self) -> dict[str, Any]:
+        """What ``/api/status`` shows (the rounds themselves are at ``/api/optimizer``)."""
+        v = self.view(limit=0)
+        return {
+            k: v[k]
+            for k in ("status", "strategy", "cycle_count", "counts", "topology_updates", "best_config")
+        }
+
+    def view(self, limit: int = 100) -> dict[str, Any]:
+        done = [r for r in self.rounds if r.status not in ("queued",)]
+        last = next((r for r in reversed(self.rounds) if r.baseline is not None), None)
+        best = self.best
+        return {
+            "enabled": True,
+            "status": "running" if self.busy else "idle",
+            "strategy": self.settings.strategy,
+            "every_windows": self.settings.every_windows,
+            "cycle_count": len(done),
+            "slo_targets": self.slo.current.targets(),
+            "current_topology": {"version": self.box.current.version, "source": self.box.current.source},
+            "window_baseline_score": None
+            if last is None or last.baseline_score is None
+            else last.baseline_score["score"],
+            "window_best_score": None
+            if best is None or best.verdict is None
+            else best.verdict.candidate.score,
+            "best_config": None if best is None or best.proposal is None else best.proposal.patch,
+            "best": None if best is None else best.to_json_dict(),
+            "diff_vs_current": self._diff(best),
+            "topology_updates": self.accepted,
+            "counts": {
+                s: sum(r.status == s for r in self.rounds)
+                for s in ("kept", "rejected", "maintain", "failed", "skipped", "superseded", "queued")
+            },
+            "history": [r.to_json_dict() for r in list(self.rounds)[-limit:]] if limit else [],
+        }

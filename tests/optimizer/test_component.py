@@ -1,0 +1,226 @@
+"""The optimizer in the running daemon (real broker, real engine workers, real HTTP): rounds, accept flow, SLO
+edits by API and by file, LLM failures falling back to the rules with the reason recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from opendt.daemon import run_daemon
+from opendt.settings import REPO_ROOT, ApiSettings, OptimizerSettings, Settings
+from opendt.state import TwinState
+
+DEMO = REPO_ROOT / "data" / "demo"
+TOKEN = "opt-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def _until(check: Callable[[], Awaitable[Any]], what: str, timeout_s: float = 90) -> Any:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            got = await check()
+            if got:
+                return got
+            await asyncio.sleep(0.2)
+    raise AssertionError(what)  # pragma: no cover - the timeout raises first
+
+
+async def _get(s: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    async with s.get(url) as r:
+        return r.status, await r.json()
+
+
+def _settings(
+    make: Callable[..., Settings], tmp_path: Path, slo: dict[str, float], speed: float | str, **opt: Any
+) -> Settings:
+    slo_path = tmp_path / "optimizer-slo.json"
+    slo_path.write_text(json.dumps(slo))
+    base = make(DEMO, speed=speed)
+    return base.model_copy(
+        update={
+            "api": ApiSettings(port=0, token=TOKEN),
+            "optimizer": OptimizerSettings(
+                enabled=True, every_windows=12, slo_path=slo_path, slo_poll_s=0.1, **opt
+            ),
+        }
+    )
+
+
+@pytest.fixture
+async def twin_factory() -> AsyncIterator[Callable[[Settings], Awaitable[str]]]:
+    """Start ``run_daemon(settings)`` in the background; returns its API URL. Stopped (exit 0) at teardown."""
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[int]] = []
+
+    async def start(settings: Settings) -> str:
+        state = TwinState()
+        tasks.append(asyncio.create_task(run_daemon(settings, shutdown_trigger=stop.wait, state=state)))
+        async with asyncio.timeout(60):
+            while not state.api_url:
+                assert not tasks[-1].done(), tasks[-1]
+                await asyncio.sleep(0.05)
+        return state.api_url
+
+    yield start
+    stop.set()
+    for t in tasks:
+        assert await asyncio.wait_for(t, 60) == 0
+
+
+async def test_rounds_accept_changes_the_next_windows(
+    daemon_settings: Callable[..., Settings],
+    tmp_path: Path,
+    twin_factory: Callable[[Settings], Awaitable[str]],
+) -> None:
+    """With an energy SLO far below the demo's use, rounds run every hour of trace, the rules propose a
+    downscale, it is kept with a score breakdown; accepting it (token needed) publishes it on sim.topology
+    (source optimizer) and the twin's next windows use it; a second accept of the same round is a 409."""
+    settings = _settings(
+        daemon_settings, tmp_path, {"energy_kwh_per_window": 0.08, "task_wait_p95_s": 7200.0}, speed=3600
+    )
+    url = await twin_factory(settings)
+    async with aiohttp.ClientSession() as s:
+
+        async def kept() -> Any:
+            status, doc = await _get(s, f"{url}/api/optimizer")
+            assert status == 200, doc
+            return doc if doc["best"] is not None else None
+
+        doc = await _until(kept, "a kept proposal")
+        best = doc["best"]
+        assert best["status"] == "kept"
+        assert best["proposal"]["source"] == "rules"
+        assert best["proposal"]["changes"]
+        assert best["candidate"]["energy_kwh"] < best["baseline"]["energy_kwh"]
+        assert best["verdict"]["improvement"] >= 0.05
+        assert {t["field"] for t in best["verdict"]["baseline"]["terms"]} >= {"energy_kwh_per_window"}
+        assert doc["diff_vs_current"]
+        assert doc["slo_targets"]["energy_kwh_per_window"] == 0.08
+
+        async with s.post(f"{url}/api/optimizer/accept") as r:
+            assert r.status == 401
+        async with s.post(f"{url}/api/optimizer/accept", headers=AUTH) as r:
+            assert r.status == 202, await r.text()
+            accepted = await r.json()
+        assert accepted["source"] == "optimizer"
+        version = accepted["version"]
+
+        async def applied() -> Any:
+            _, w = await _get(s, f"{url}/api/windows?limit=5")
+            return any(x["topology_version"] == version for x in w["windows"])
+
+        await _until(applied, "a window simulated with the accepted topology")
+        _, topo = await _get(s, f"{url}/api/topology")
+        assert topo["simulated"]["version"] >= version
+        async with s.post(f"{url}/api/optimizer/accept", json={"round": best["round"]}, headers=AUTH) as r:
+            assert r.status == 409
+            assert "already accepted" in (await r.json())["error"]
+        async with s.post(f"{url}/api/optimizer/accept", json={"round": "x"}, headers=AUTH) as r:
+            assert r.status == 422
+
+
+async def test_slo_edits_by_api_and_by_file(
+    daemon_settings: Callable[..., Settings],
+    tmp_path: Path,
+    twin_factory: Callable[[Settings], Awaitable[str]],
+) -> None:
+    """PUT /api/slo validates, writes the file and applies at once; a file edit is picked up by the watcher; a
+    bad file edit is rejected (counted, old SLOs kept); bad bodies are 4xx naming the field."""
+    settings = _settings(daemon_settings, tmp_path, {"energy_kwh_per_window": 0.3}, speed="max")
+    url = await twin_factory(settings)
+    path = settings.optimizer.slo_path
+    async with aiohttp.ClientSession() as s:
+        status, doc = await _get(s, f"{url}/api/slo")
+        assert status == 200
+        assert doc["slo"] == {"energy_kwh_per_window": 0.3}
+
+        new = {"energy_kwh_per_window": 0.25, "task_wait_p95_s": 600}
+        async with s.put(f"{url}/api/slo", json=new) as r:
+            assert r.status == 401
+        async with s.put(f"{url}/api/slo", json=new, headers=AUTH) as r:
+            assert r.status == 200, await r.text()
+            assert (await r.json())["slo"] == {"energy_kwh_per_window": 0.25, "task_wait_p95_s": 600.0}
+        assert json.loads(path.read_text()) == {"energy_kwh_per_window": 0.25, "task_wait_p95_s": 600.0}
+        for body, field in (
+            ({"energy_kwh_per_window": -1}, "energy_kwh_per_window"),
+            ({"colour": 1}, "colour"),
+            ({}, "body"),
+        ):
+            async with s.put(f"{url}/api/slo", json=body, headers=AUTH) as r:
+                assert r.status == 422, body
+                assert field in (await r.json())["error"] or (await r.json())["field"] == field
+
+        path.write_text(json.dumps({"peak_power_w": 5000}))
+
+        async def file_applied() -> Any:
+            _, d = await _get(s, f"{url}/api/slo")
+            return d if d["slo"] == {"peak_power_w": 5000.0} else None
+
+        await _until(file_applied, "the file edit applied", 10)
+        path.write_text("{not json")
+
+        async def rejected() -> Any:
+            _, d = await _get(s, f"{url}/api/slo")
+            return d if d["rejections"] >= 1 else None
+
+        d = await _until(rejected, "the bad edit rejected", 10)
+        assert d["slo"] == {"peak_power_w": 5000.0}
+        _, st = await _get(s, f"{url}/api/status")
+        assert st["optimizer"]["strategy"] == "rules"
+
+
+async def test_llm_failures_fall_back_to_rules_with_the_reason(
+    daemon_settings: Callable[..., Settings],
+    tmp_path: Path,
+    twin_factory: Callable[[Settings], Awaitable[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """strategy llm against a local OpenAI-compatible server that answers malformed content: every proposal
+    comes from the rules and records why the LLM was not used."""
+    calls: list[dict[str, Any]] = []
+
+    async def completions(request: web.Request) -> web.Response:
+        calls.append(await request.json())
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "{not json"}}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    try:
+        settings = _settings(
+            daemon_settings,
+            tmp_path,
+            {"energy_kwh_per_window": 0.1},
+            speed="max",
+            strategy="llm",
+            llm_base_url=f"http://127.0.0.1:{port}/v1",
+            llm_retries=0,
+            llm_timeout_s=5,
+        )
+        url = await twin_factory(settings)
+        async with aiohttp.ClientSession() as s:
+
+            async def proposals() -> Any:
+                _, d = await _get(s, f"{url}/api/optimizer?limit=1000")
+                got = [r["proposal"] for r in d["history"] if r["proposal"] is not None]
+                return got if len(got) >= 2 else None
+
+            got = await _until(proposals, "two proposals")
+        assert calls, "the LLM was never asked"
+        for p in got:
+            assert p["source"] == "rules"
+            assert p["fallback_reason"].startswith("llm:"), p["fallback_reason"]
+    finally:
+        await runner.cleanup()
