@@ -244,8 +244,74 @@ def _task_ids(ids: list[str | int], task: I64) -> Col:
     return text([str(i) for i in ids], task)
 
 
-def task_table(eng: Engine, power: Table) -> Table:
-    """One row per task per instant from its submission to the first instant after it finished."""
+def _demand_at(segs: SegmentSet, task: I64, q: I64) -> F64:
+    """The demand of ``task[i]`` at ``q[i]`` (its segment with ``start ≤ q < end``; 0 if none).
+
+    The segments of a task are contiguous and in time order (as the engine stores them); the search runs
+    over (block, start) keys, a block being one task's run of segments.
+    """
+    out = np.zeros(task.size)
+    n = segs.n
+    if n == 0 or task.size == 0:
+        return out
+    s_task, s_start, s_end, s_use = segs.task, segs.start, segs.end, segs.use
+    runs = np.flatnonzero(np.r_[True, s_task[1:] != s_task[:-1]])
+    if distinct(s_task[runs]).size != runs.size:  # a task's segments are not contiguous
+        order = np.lexsort((s_start, s_task))
+        s_task, s_start, s_end, s_use = s_task[order], s_start[order], s_end[order], s_use[order]
+        runs = np.flatnonzero(np.r_[True, s_task[1:] != s_task[:-1]])
+    block = np.repeat(np.arange(runs.size), np.diff(np.r_[runs, n]))
+    rank = np.full(int(max(int(s_task.max()), int(task.max()))) + 1, -1, dtype=np.int64)
+    rank[s_task[runs]] = np.arange(runs.size)
+    q_block = rank[task]
+    s_time, q_time = s_start, q
+    lo = min(int(s_start.min()), int(q.min()))
+    span = max(int(s_start.max()), int(q.max())) - lo + 2
+    if runs.size * span >= 1 << 62:  # (block, ms) keys would overflow: rank the times instead
+        times = distinct(np.concatenate((s_start, q)))
+        s_time, q_time = np.searchsorted(times, s_start), np.searchsorted(times, q)
+        lo, span = 0, times.size + 1
+    keys = block * span + (s_time - lo)
+    if not bool((keys[1:] >= keys[:-1]).all()):  # not in time order within a task
+        order = np.argsort(keys, kind="stable")
+        keys, block = keys[order], block[order]
+        s_start, s_end, s_use = s_start[order], s_end[order], s_use[order]
+    idx = np.searchsorted(keys, q_block * span + (q_time - lo), side="right") - 1
+    ok = (q_block >= 0) & (idx >= 0)
+    idx = np.maximum(idx, 0)
+    ok &= (block[idx] == q_block) & (s_start[idx] <= q) & (s_end[idx] > q)
+    out[ok] = s_use[idx[ok]]
+    return out
+
+
+def _supply(eng: Engine, host: I64, t: I64, demand: F64) -> F64:
+    """What each running task receives: its demand up to the host's capacity, shared by max-min fairness
+    (OPENDC_SEMANTICS §5.3) among the tasks on one host at one instant when they ask for more."""
+    cap = eng.hosts.capacity[host]
+    supply = np.minimum(demand, cap)
+    shared = eng.sched.shared[host]
+    if not shared.any():
+        return supply
+    from .perfect import max_min
+
+    rows = np.flatnonzero(shared)
+    order = rows[np.lexsort((t[rows], host[rows]))]
+    h, tt = host[order], t[order]
+    bounds = np.flatnonzero(np.r_[True, (h[1:] != h[:-1]) | (tt[1:] != tt[:-1]), True])
+    total = np.add.reduceat(demand[order], bounds[:-1])
+    for k in np.flatnonzero(total > cap[order[bounds[:-1]]]).tolist():
+        group = order[bounds[k] : bounds[k + 1]]
+        supply[group] = max_min(demand[group].tolist(), float(cap[group[0]]))
+    return supply
+
+
+def task_table(eng: Engine, power: Table, segs: SegmentSet | None = None) -> Table:
+    """One row per task per instant from its submission to the first instant after it finished.
+
+    With the demand segments, ``cpu_demand`` is the task's demand at the instant, sampled like the
+    powerSource's power (the left limit, except at the instants the engine samples after the events) and
+    ``cpu_usage`` what it receives; without the segments both are 0.
+    """
     times, flush = _instants(power)
     a = _task_arrays(eng)
     nt = a["sub"].size
@@ -273,6 +339,13 @@ def task_table(eng: Engine, power: Table) -> Table:
     )
     up = np.where(placed, up, 0)
     n = task.size
+    demand = np.zeros(n)
+    usage = np.zeros(n)
+    if segs is not None:
+        rows = np.flatnonzero(running)
+        after = np.isin(t[rows], np.array(sorted(eng._special_instants()), dtype=np.int64))
+        demand[rows] = _demand_at(segs, task[rows], t[rows] - 1 + after)
+        usage[rows] = _supply(eng, host[rows], t[rows], demand[rows])
     return {
         "timestamp": num("i64", t),
         "timestamp_absolute": num("i64", t + (eng.t0 or 0)),
@@ -282,8 +355,8 @@ def task_table(eng: Engine, power: Table) -> Table:
         "mem_capacity": num("i64", a["mem"][task]),
         "cpu_count": num("i32", a["cores"][task]),
         "cpu_limit": num("f32", limit),
-        "cpu_usage": const("f32", 0.0, n),
-        "cpu_demand": const("f32", 0.0, n),
+        "cpu_usage": num("f32", usage),
+        "cpu_demand": num("f32", demand),
         "cpu_time_active": num("i64", up // 1000),
         "cpu_time_idle": const("i64", 0, n),
         "cpu_time_steal": const("i64", 0, n),

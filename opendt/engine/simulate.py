@@ -67,7 +67,7 @@ class OneShot:
                 raise ValueError("the host table was not requested")
             return detail.host_table(self.eng, self.power, self.segs)
         if kind == "task":
-            return detail.task_table(self.eng, self.power)
+            return detail.task_table(self.eng, self.power, self.segs)
         if kind == "service":
             return detail.service_table(self.eng, self.power)
         raise ValueError(f"unknown output table {kind!r}")
@@ -94,7 +94,7 @@ def one_shot_engine(
         carbon_by_cluster=carbon_by_cluster,
     )
     eng.frags = FragmentStore(archive=False)
-    eng.history = [] if "host" in tables else None
+    eng.history = [] if {"host", "task"} & tables else None  # their tables need the demand segments
     return eng
 
 
