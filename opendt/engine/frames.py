@@ -55,11 +55,6 @@ class TaskInput:
             raise InputError("tasks: duplicate task ids")
         return self
 
-    def take(self, rows: npt.NDArray[Any]) -> TaskInput:
-        return TaskInput(
-            self.ids[rows], self.submission_ms[rows], self.cpu_count[rows], self.mem_capacity[rows]
-        )
-
 
 @dataclass(frozen=True)
 class FragmentInput:
