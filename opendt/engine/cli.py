@@ -1,9 +1,9 @@
 """``python -m opendt.engine --experiment-path X.json``: OpenDC's CLI contract (DESIGN §7).
 
 Start-up matters here (a SURF week takes well under a second), so the CLI imports neither polars nor, for
-plain topology files, pydantic: inputs are read with pyarrow into numpy arrays (workload.py), the run is
-:func:`~opendt.engine.simulate.simulate_arrays`, and each output table is written with pyarrow as soon as it
-is built, on a background thread while the next one is computed.
+plain topology files, pydantic: inputs are read with pyarrow into numpy arrays (workload.py), ingested and
+dropped before the run (simulate.py), and each output table is written with pyarrow as soon as it is
+built, on a background thread while the next one is computed.
 """
 
 from __future__ import annotations
