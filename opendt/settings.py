@@ -230,6 +230,11 @@ class OptimizerSettings(Section):
     max_core_count: int = Field(default=48, ge=1, description="Cap of the +4 cores rule and of any proposal")
     min_core_speed_mhz: float = Field(default=1800.0, gt=0, description="Floor of cpu.coreSpeed (MHz)")
     core_speed_factor: float = Field(default=0.9, gt=0, lt=1, description="coreSpeed multiplier of the rule")
+    downscale: Literal["one_host", "to_slo"] = Field(
+        default="to_slo",
+        description="massive_downscale: one host fewer per group (the earlier design), or the share of hosts "
+        "the energy excess asks for (count × SLO/energy, at least one fewer)",
+    )
     energy_weight: float = Field(default=0.6, ge=0, description="Score weight of the energy-side SLO terms")
     performance_weight: float = Field(default=0.4, ge=0, description="Score weight of the runtime/wait terms")
     min_improvement: float = Field(default=0.05, ge=0, description="Score gain a proposal needs to be kept")

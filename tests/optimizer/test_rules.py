@@ -15,7 +15,7 @@ from opendt.settings import OptimizerSettings
 
 from .conftest import context, host, outcome, topology, two_clusters
 
-S = OptimizerSettings()
+S = OptimizerSettings(downscale="one_host")  # the earlier design, rule by rule
 
 
 def _propose(
@@ -76,11 +76,28 @@ def test_massive_downscale_removes_one_host_per_group_in_every_cluster() -> None
 
 def test_massive_downscale_respects_min_host_count() -> None:
     """Groups at min_host_count keep their hosts (default 1; here 2 via settings)."""
-    p = decide(context(out=outcome(1.5)), OptimizerSettings(min_host_count=2)).proposal
+    p = decide(context(out=outcome(1.5)), OptimizerSettings(min_host_count=2, downscale="one_host")).proposal
     assert p is not None
     assert _groups(p.topology, "count") == [3, 2, 2]
     t = topology(("c", [host("X", 1, 16, 2400), host("Y", 5, 16, 2400)]))
     assert _groups(_propose(1.5, topo=t).topology, "count") == [1, 4]
+
+
+def test_massive_downscale_to_slo_cuts_hosts_by_the_energy_excess() -> None:
+    """downscale to_slo (the default): count / (1 + delta) rounded down, at least one fewer, floor respected:
+    +100 % halves the groups (A 4→2, B 2→1, C 3→1); +30 % takes one from each (4/1.3 = 3.08 → 3)."""
+    s = OptimizerSettings()
+    assert s.downscale == "to_slo"
+    p = decide(context(out=outcome(2.0)), s).proposal
+    assert p is not None
+    assert p.rule == "massive_downscale"
+    assert _groups(p.topology, "count") == [2, 1, 1]
+    p = decide(context(out=outcome(1.3)), s).proposal
+    assert p is not None
+    assert _groups(p.topology, "count") == [3, 1, 2]
+    p = decide(context(out=outcome(9.0)), OptimizerSettings(min_host_count=2)).proposal
+    assert p is not None
+    assert _groups(p.topology, "count") == [2, 2, 2]
 
 
 def test_massive_downscale_at_bound_falls_through_to_reduce_frequency() -> None:

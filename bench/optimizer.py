@@ -1,0 +1,147 @@
+"""Benchmark the SLO optimizer (rules) on a replayed trace: SLO attainment of its proposals and their cost.
+
+    .venv/bin/python bench/optimizer.py [--workload DIR] [--speed 7200] [--every-windows 12]
+
+1. A one-shot engine run of the whole trace gives the baseline's mean energy per window (windowing.window_s);
+   the energy SLO is 10 % below it (``--energy-factor 0.9``); the task wait p95 SLO is ``--wait-slo-s``.
+2. The daemon runs in process (embedded broker, replay at ``--speed``) with the optimizer on: every
+   ``--every-windows`` windows it re-simulates the trailing windows with the twin's topology and with the
+   rules' proposal. Nothing is accepted (the twin keeps the physical topology), so every round is judged
+   against the same baseline.
+3. Printed: rounds by status; of the rounds with a proposal, the share whose re-simulated energy meets the SLO
+   without the wait p95 above its SLO (the issue's target: ≥ 80 %), and of the kept ones; the engine time
+   per proposal and the round wall time (median, p95, max); the twin's window latency p50/p95 with the
+   optimizer running.
+
+The SURF week (../shared/workload/SURF) is used when present, else the demo workload (data/demo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from opendt.daemon import run_daemon
+from opendt.engine import Engine
+from opendt.settings import ApiSettings, OptimizerSettings, ReplaySettings, Settings, WindowingSettings
+from opendt.state import TwinState
+from opendt.workload import load_workload
+
+ROOT = Path(__file__).resolve().parents[1]
+SURF = ROOT.parent / "shared" / "workload" / "SURF"
+DEMO = ROOT / "data" / "demo"
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def baseline_energy_per_window(workload: Path, window_s: int) -> float:
+    w = load_workload(workload)
+    eng = Engine(w.topology, export_interval_ms=150_000, carbon=None)
+    rows = eng.advance(w.end_ms + 1, w.tasks, w.fragments)
+    rows = rows.vstack(eng.finish().select(rows.columns)) if rows.height else eng.finish()
+    span_ms = int(rows["timestamp_absolute"].max()) - w.origin_ms  # type: ignore[arg-type]
+    windows = span_ms / (window_s * 1000)
+    return float(rows["energy_usage"].sum()) / 3.6e6 / windows
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workload", type=Path, default=SURF if SURF.exists() else DEMO)
+    ap.add_argument("--speed", default="7200")
+    ap.add_argument("--every-windows", type=int, default=12)
+    ap.add_argument("--energy-factor", type=float, default=0.9)
+    ap.add_argument("--wait-slo-s", type=float, default=3600.0)
+    args = ap.parse_args()
+    window_s = 300
+    t0 = time.perf_counter()
+    base = baseline_energy_per_window(args.workload, window_s)
+    slo = {"energy_kwh_per_window": round(base * args.energy_factor, 6), "task_wait_p95_s": args.wait_slo_s}
+    print(f"workload {args.workload}: baseline {base:.4f} kWh per {window_s} s window (one-shot engine, "
+          f"{time.perf_counter() - t0:.1f} s); SLO {slo}")  # fmt: skip
+    tmp = Path(tempfile.mkdtemp(prefix="opendt-bench-opt-"))
+    (tmp / "slo.json").write_text(json.dumps(slo))
+    speed: float | str = "max" if args.speed == "max" else float(args.speed)
+    settings = Settings(
+        replay=ReplaySettings(workload=args.workload, speed=speed),
+        windowing=WindowingSettings(window_s=window_s),
+        api=ApiSettings(port=0),
+        optimizer=OptimizerSettings(
+            enabled=True, every_windows=args.every_windows, slo_path=tmp / "slo.json"
+        ),
+        data_dir=tmp / "data",
+    )
+    state = TwinState()
+    stop = asyncio.Event()
+    t0 = time.perf_counter()
+    async with asyncio.TaskGroup() as tg:
+        daemon = tg.create_task(run_daemon(settings, shutdown_trigger=stop.wait, state=state))
+        while not state.api_url:  # noqa: ASYNC110 - the state has no event to wait on
+            await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession() as s:
+            while True:
+                async with s.get(f"{state.api_url}/api/status") as r:
+                    st = await r.json()
+                if st["simulation"]["done"] and st["optimizer"]["status"] == "idle":
+                    break
+                await asyncio.sleep(1)
+            async with s.get(f"{state.api_url}/api/optimizer?limit=1000") as r:
+                opt: dict[str, Any] = await r.json()
+        stop.set()
+    assert daemon.result() == 0
+    wall = time.perf_counter() - t0
+    rounds = opt["history"]
+    print(f"twin + optimizer: {wall:.1f} s wall; window latency p50 {st['simulation']['latency_p50_s']} s, "
+          f"p95 {st['simulation']['latency_p95_s']} s; rounds {opt['counts']}")  # fmt: skip
+    e_slo, w_slo = slo["energy_kwh_per_window"], slo["task_wait_p95_s"]
+
+    def good(r: dict[str, Any]) -> bool:
+        c = r["candidate"]
+        if c is None:
+            return False
+        wait = c["task_wait_p95_s"]
+        return bool(c["energy_kwh"] <= e_slo and (wait is None or wait <= w_slo))
+
+    proposed = [r for r in rounds if r["proposal"] is not None]
+    kept = [r for r in proposed if r["status"] == "kept"]
+    rules: dict[str, int] = {}
+    for r in proposed:
+        rules[r["proposal"]["rule"]] = rules.get(r["proposal"]["rule"], 0) + 1
+    if proposed:
+        n_good = sum(good(r) for r in proposed)
+        share = 100 * n_good / len(proposed)
+        print(f"rounds with a proposal: {len(proposed)} (rules {rules})")
+        print(f"  re-simulated energy ≤ SLO and wait p95 ≤ SLO: {n_good} = {share:.1f} %")
+        if kept:
+            k_good = sum(good(r) for r in kept)
+            print(
+                f"kept proposals: {len(kept)}; meeting both SLOs: {k_good} = {100 * k_good / len(kept):.1f} %"
+            )
+        saved = [
+            1 - r["candidate"]["energy_kwh"] / r["baseline"]["energy_kwh"] for r in proposed if r["candidate"]
+        ]
+        print(
+            f"energy saved by the proposals vs their baseline: median {100 * statistics.median(saved):.1f} %"
+        )
+        cost = [r["proposal_compute_s"] for r in proposed if r["proposal_compute_s"] is not None]
+        hours = args.every_windows * window_s / 3600
+        print(f"engine time per proposal ({hours:.1f} h of trace): median {statistics.median(cost):.3f} s, "
+              f"p95 {pct(cost, 0.95):.3f} s, max {max(cost):.3f} s")  # fmt: skip
+    dur = [r["duration_s"] for r in rounds if r["status"] not in ("superseded", "queued")]
+    if dur:
+        print(f"round wall time (baseline + proposal, with transfers): median {statistics.median(dur):.3f} s, "
+              f"p95 {pct(dur, 0.95):.3f} s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
