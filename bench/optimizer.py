@@ -133,13 +133,18 @@ async def main() -> None:
         print(
             f"energy saved by the proposals vs their baseline: median {100 * statistics.median(saved):.1f} %"
         )
+        for rule in rules:
+            mine = [r for r in proposed if r["proposal"]["rule"] == rule and r["candidate"]]
+            cut = [1 - r["candidate"]["energy_kwh"] / r["baseline"]["energy_kwh"] for r in mine]
+            print(f"  {rule}: {len(mine)} proposals, energy saved median {100 * statistics.median(cut):.1f} %, "
+                  f"meeting the SLOs {sum(good(r) for r in mine)}; e.g. {mine[0]['proposal']['changes'][:1]}")  # fmt: skip
         cost = [r["proposal_compute_s"] for r in proposed if r["proposal_compute_s"] is not None]
         hours = args.every_windows * window_s / 3600
         print(f"engine time per proposal ({hours:.1f} h of trace): median {statistics.median(cost):.3f} s, "
               f"p95 {pct(cost, 0.95):.3f} s, max {max(cost):.3f} s")  # fmt: skip
     dur = [r["duration_s"] for r in rounds if r["status"] not in ("superseded", "queued")]
     if dur:
-        print(f"round wall time (baseline + proposal, with transfers): median {statistics.median(dur):.3f} s, "
+        print(f"round wall time (baseline + proposal, transfers): median {statistics.median(dur):.3f} s, "
               f"p95 {pct(dur, 0.95):.3f} s")  # fmt: skip
 
 
