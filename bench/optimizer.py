@@ -136,8 +136,11 @@ async def main() -> None:
         for rule in rules:
             mine = [r for r in proposed if r["proposal"]["rule"] == rule and r["candidate"]]
             cut = [1 - r["candidate"]["energy_kwh"] / r["baseline"]["energy_kwh"] for r in mine]
-            print(f"  {rule}: {len(mine)} proposals, energy saved median {100 * statistics.median(cut):.1f} %, "
-                  f"meeting the SLOs {sum(good(r) for r in mine)}; e.g. {mine[0]['proposal']['changes'][:1]}")  # fmt: skip
+            example = mine[0]["proposal"]["changes"][:1]
+            met = sum(good(r) for r in mine)
+            saved_pct = 100 * statistics.median(cut)
+            print(f"  {rule}: {len(mine)} proposals, saved median {saved_pct:.1f} %, meeting SLOs {met}")
+            print(f"    e.g. {example}")
         cost = [r["proposal_compute_s"] for r in proposed if r["proposal_compute_s"] is not None]
         hours = args.every_windows * window_s / 3600
         print(f"engine time per proposal ({hours:.1f} h of trace): median {statistics.median(cost):.3f} s, "
