@@ -6,8 +6,12 @@ The SURF workload (../shared/workload/SURF) is converted to OpenDC's schema in a
 timed). Scale s < 1 keeps the first s of the tasks and s of the hosts; s > 1 replicates tasks (new ids)
 and hosts s times. Wall time, CPU time (user + system) and peak RSS are of the whole child process
 (``wait4`` rusage); wall is reported as median and minimum of the runs, RSS as the maximum. The import
-share is the time the child spends importing modules (``-X importtime``, one extra untimed run) over the
-median wall time. The machine may be shared: the load average is printed with every row.
+share is the part of a child's wall time spent importing modules (one extra run with ``-X importtime``).
+The machine may be shared: the load average is printed with every row.
+
+The conversion runs in its own process and this one never imports polars: a child's ``ru_maxrss``
+includes the memory of the parent it was forked from (the kernel carries the old address space's
+high-water mark over ``exec``), so a large parent would inflate the children's peak RSS.
 """
 
 from __future__ import annotations
@@ -24,14 +28,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import polars as pl
-
 ROOT = Path(__file__).resolve().parents[1]
 SURF = ROOT.parent / "shared" / "workload" / "SURF"
 
 
-def convert(dst: Path, scale: float) -> int:
-    """Write tasks/fragments/topology for ``scale``; returns the host count."""
+def convert(dst: Path, scale: float) -> tuple[int, int]:
+    """Write tasks/fragments/topology for ``scale``; returns (hosts, fragments)."""
+    import polars as pl
+
     tasks = pl.read_parquet(SURF / "tasks.parquet")
     frags = pl.read_parquet(SURF / "fragments.parquet")
     ids = tasks.select(pl.col("id").cast(pl.Utf8)).with_row_index("n")
@@ -76,7 +80,20 @@ def convert(dst: Path, scale: float) -> int:
     t.write_parquet(dst / "tasks.parquet")
     f.write_parquet(dst / "fragments.parquet")
     (dst / "topology.json").write_text(json.dumps(topo))
-    return hosts
+    return hosts, f.height
+
+
+def convert_in_child(dst: Path, scale: float) -> tuple[int, int]:
+    """:func:`convert` in a separate process (keeps this one small)."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--convert", str(dst), str(scale)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    hosts, fragments = json.loads(out)
+    return int(hosts), int(fragments)
 
 
 @dataclass(frozen=True)
@@ -108,15 +125,18 @@ def run_once(exp: Path, cwd: Path) -> Run:
 _IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+(\d+) \| (\s*)(\S+)")
 
 
-def import_seconds(exp: Path, cwd: Path) -> float:
-    """Total time the child spends in imports: the top-level entries of ``-X importtime``."""
+def import_share(exp: Path, cwd: Path) -> float:
+    """Share of one child run's wall time spent in imports: the top-level entries of ``-X importtime``
+    (over the wall time of that same, instrumented run)."""
+    t = time.perf_counter()
     r = subprocess.run(_cmd(exp, "-X", "importtime"), cwd=cwd, env=_env(), capture_output=True, text=True)
+    wall = time.perf_counter() - t
     total_us = 0
     for line in r.stderr.splitlines():
         m = _IMPORT_LINE.match(line)
         if m and m.group(2) == "":  # no indentation: imported directly, its time includes its children
             total_us += int(m.group(1))
-    return total_us / 1e6
+    return total_us / 1e6 / wall
 
 
 def main() -> int:
@@ -124,7 +144,11 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--scales", default="0.25,0.5,1,4")
     ap.add_argument("--files", default="powerSource,host,task,service")
+    ap.add_argument("--convert", nargs=2, metavar=("DIR", "SCALE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.convert:
+        print(json.dumps(convert(Path(a.convert[0]), float(a.convert[1]))))
+        return 0
     if not SURF.is_dir():
         print(f"SURF workload not found at {SURF}")
         return 1
@@ -136,7 +160,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for scale in [float(s) for s in a.scales.split(",")]:
             d = Path(tmp) / f"s{scale}"
-            hosts = convert(d / "workload", scale)
+            hosts, n_frag = convert_in_child(d / "workload", scale)
             exp = {
                 "name": "bench",
                 "topologies": [{"pathToFile": "workload/topology.json"}],
@@ -145,11 +169,10 @@ def main() -> int:
                 "exportModels": [{"exportInterval": 150, "filesToExport": a.files.split(",")}],
             }
             (d / "exp.json").write_text(json.dumps(exp))
-            n_frag = pl.scan_parquet(d / "workload" / "fragments.parquet").select(pl.len()).collect().item()
             res = [run_once(d / "exp.json", d) for _ in range(a.runs)]
             load = os.getloadavg()[0]
             wall = statistics.median(r.wall for r in res)
-            share = import_seconds(d / "exp.json", d) / wall
+            share = import_share(d / "exp.json", d)
             print(
                 f"{scale:>6} {hosts:>6} {n_frag:>10} {wall:>9.2f} {min(r.wall for r in res):>9.2f}"
                 f" {statistics.median(r.cpu for r in res):>8.2f} {max(r.rss for r in res):>12.0f}"

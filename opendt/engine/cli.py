@@ -141,7 +141,7 @@ def _write_scenario(exp: Experiment, sc: Scenario, pool: ThreadPoolExecutor, bas
     last: Future[None] | None = None
     for kind in kinds:
         file = ParquetOutput(outs[0] / f"{kind}.parquet", kind)
-        for part in result.parts(kind):
+        for part in result.parts(kind, last=kind == kinds[-1]):
             if last is not None:
                 last.result()  # one part in the writer at a time (bounds memory)
             last = pool.submit(file.write, part)

@@ -120,11 +120,16 @@ class HostSeries:
 
 
 def host_series(eng: Engine, power: Table, segs: SegmentSet) -> HostSeries:
-    """Integrate the host demand segments: power, energy, demand, usage and CPU times per host and instant."""
+    """Integrate the host demand segments: power, energy, demand, usage and CPU times per host and instant.
+
+    Intermediate matrices are dropped as soon as their output is built (this is the CLI's memory peak);
+    so are the segments, unless the caller keeps them.
+    """
     times, flush = _instants(power)
     hosts = eng.hosts
     n = hosts.n
     h, st, en, d = eng.host_demand(segs)
+    del segs
     u = d / hosts.capacity[h]
     over = bool((u > 1.0).any())
     np.minimum(u, 1.0, out=u)
@@ -134,17 +139,43 @@ def host_series(eng: Engine, power: Table, segs: SegmentSet) -> HostSeries:
     # channels: power above idle, demand and (only with over-demand) supply / capacity
     binned = _left_values(h, st, en, [x, d, u] if over else [x, d], times, n)
     del h, st, en, d, u, x
-    (e_int, p_left), (d_int, d_left) = binned[:2]
-    busy = d_int / hosts.capacity[:, None]  # ∫ demand / capacity
-    act = binned[2][0] if over else busy  # ∫ supply / capacity
-    steal = busy - act
+    (e_int, p_left), (d_int, d_left) = binned[0], binned[1]
+    act_int = binned[2][0] if over else None
+    del binned
     prev = np.r_[np.int64(0), times[:-1]]
     width = (times - prev).astype(np.float64)
     dup = np.r_[False, times[1:] == times[:-1]]
     width[flush & dup] = 0.0
+    cap = hosts.capacity[:, None]
+    f32, i64 = np.float32, np.int64
+
+    def t(m: np.typing.NDArray[Any], dtype: type[np.generic]) -> np.typing.NDArray[Any]:
+        return np.ascontiguousarray(m.T, dtype=dtype)  # instant-major: rows of one instant are contiguous
+
+    out: dict[str, np.typing.NDArray[Any]] = {}
+    out["power_draw"] = t(idle[:, None] + p_left, f32)
+    del p_left
     e_int[:, dup] = 0.0
+    out["energy_usage"] = t((e_int + idle[:, None] * width) * 1e-3, f32)
+    del e_int
+    demand = np.where(flush[None, :], 0.0, d_left)
+    del d_left
+    out["cpu_demand"] = t(demand, f32)
+    np.minimum(demand, cap, out=demand)  # now the usage
+    out["cpu_usage"] = t(demand, f32)
+    demand /= cap
+    out["cpu_utilization"] = t(demand, f32)
+    del demand
+    busy = d_int
+    busy /= cap  # ∫ demand / capacity
+    act = busy if act_int is None else act_int  # ∫ supply / capacity
+    steal = busy - act
     act[:, dup] = 0.0
     steal[:, dup] = 0.0
+    out["cpu_time_active"] = t(np.rint(act), i64)
+    out["cpu_time_idle"] = t(np.rint(width[None, :] - act), i64)
+    out["cpu_time_steal"] = t(np.rint(steal), i64)
+    del busy, act, act_int, steal
     a = _task_arrays(eng)
     ok = a["start"] >= 0
     # running at instant t: start < t ≤ finish → instants [first after start, first after finish)
@@ -153,30 +184,19 @@ def host_series(eng: Engine, power: Table, segs: SegmentSet) -> HostSeries:
     np.add.at(steps, (a["host"][ok], np.searchsorted(times, a["finish"][ok], side="right")), -1)
     running = np.cumsum(steps, axis=1)[:, :-1]
     running[:, flush] = 0
-    demand = np.where(flush[None, :], 0.0, d_left)
-    usage = np.minimum(demand, hosts.capacity[:, None])
-
-    def t(m: np.typing.NDArray[Any], dtype: type[np.generic]) -> np.typing.NDArray[Any]:
-        return np.ascontiguousarray(m.T, dtype=dtype)  # instant-major: rows of one instant are contiguous
-
-    f32, i64 = np.float32, np.int64
-    return HostSeries(
-        hosts,
-        eng.t0 or 0,
-        times,
-        width,
-        {
-            "tasks_running": t(running, np.int32),
-            "cpu_usage": t(usage, f32),
-            "cpu_demand": t(demand, f32),
-            "cpu_utilization": t(usage / hosts.capacity[:, None], f32),
-            "cpu_time_active": t(np.rint(act), i64),
-            "cpu_time_idle": t(np.rint(width[None, :] - act), i64),
-            "cpu_time_steal": t(np.rint(steal), i64),
-            "power_draw": t(idle[:, None] + p_left, f32),
-            "energy_usage": t((e_int + idle[:, None] * width) * 1e-3, f32),
-        },
+    out["tasks_running"] = t(running, np.int32)
+    order = (
+        "tasks_running",
+        "cpu_usage",
+        "cpu_demand",
+        "cpu_utilization",
+        "cpu_time_active",
+        "cpu_time_idle",
+        "cpu_time_steal",
+        "power_draw",
+        "energy_usage",
     )
+    return HostSeries(hosts, eng.t0 or 0, times, width, {k: out[k] for k in order})
 
 
 def host_rows(hs: HostSeries, lo: int, hi: int) -> Table:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Literal
 from .carbon import CarbonTrace
 from .engine import Engine
 from .segments import FragmentStore, SegmentSet
-from .table import Table, to_polars
+from .table import Table, height, to_polars
+from .table import rows as table_rows
 
 if TYPE_CHECKING:
     import polars as pl
@@ -44,17 +45,30 @@ class OneShot:
         self.power = power
         self.segs = segs
 
-    def parts(self, kind: str, rows: int = 1 << 18) -> Iterator[Table]:
-        """:meth:`table` in parts of about ``rows`` rows: the host table is built part by part."""
+    def parts(self, kind: str, rows: int = 1 << 18, *, last: bool = False) -> Iterator[Table]:
+        """:meth:`table` in parts of about ``rows`` rows (the host table is built part by part).
+
+        ``last``: no table is built after this one, so the demand segments are dropped once used.
+        """
         from . import detail
 
         if kind != "host" or self.segs is None:
-            yield self.table(kind)
+            table = self.table(kind)
+            n = height(table)
+            for lo in range(0, max(n, 1), rows):
+                yield table_rows(table, lo, min(lo + rows, n))
             return
-        hs = detail.host_series(self.eng, self.power, self.segs)
+        hs = detail.host_series(self.eng, self.power, self._take_segments() if last else self.segs)
         step = max(1, rows // max(1, hs.hosts.n))
         for lo in range(0, max(hs.n_instants, 1), step):
             yield detail.host_rows(hs, lo, min(lo + step, hs.n_instants))
+
+    def _take_segments(self) -> SegmentSet:
+        """The segments, no longer kept here (whoever uses them last frees them)."""
+        segs = self.segs
+        assert segs is not None
+        self.segs = None
+        return segs
 
     def table(self, kind: str) -> Table:
         """``powerSource``, ``host`` (needs the segments kept), ``task`` or ``service``."""

@@ -47,13 +47,22 @@ def num(kind: Kind, values: npt.ArrayLike, valid: npt.NDArray[np.bool_] | None =
 
 
 def const(kind: Kind, value: float, n: int) -> Col:
-    """A column repeating ``value``."""
-    return Col(kind, np.full(n, value, dtype=_NUMPY[kind]))
+    """A column repeating ``value`` (a read-only view: no memory until it is written out)."""
+    return Col(kind, np.broadcast_to(np.array(value, dtype=_NUMPY[kind]), (n,)))
 
 
 def nulls(kind: Kind, n: int) -> Col:
     """An all-null column."""
-    return Col(kind, np.zeros(n, dtype=_NUMPY[kind]), valid=np.zeros(n, dtype=np.bool_))
+    zero = np.broadcast_to(np.zeros((), dtype=_NUMPY[kind]), (n,))
+    return Col(kind, zero, valid=np.broadcast_to(np.zeros((), dtype=np.bool_), (n,)))
+
+
+def rows(table: Table, lo: int, hi: int) -> Table:
+    """Rows ``lo … hi − 1`` of ``table`` (views)."""
+    return {
+        k: Col(c.kind, c.values[lo:hi], c.labels, None if c.valid is None else c.valid[lo:hi])
+        for k, c in table.items()
+    }
 
 
 def text(labels: list[str] | tuple[str, ...], codes: npt.ArrayLike) -> Col:
