@@ -132,23 +132,22 @@ def _data_bounds(view: TwinView) -> tuple[int, int]:
     return min(c[0] for c in candidates), max(c[1] for c in candidates)
 
 
-def _simulated(view: TwinView) -> pl.DataFrame:
-    if view.store is None or view.store.agg.is_empty():
-        return pl.DataFrame(
-            schema={
-                "timestamp_ms": pl.Int64,
-                "power_draw": pl.Float64,
-                "energy_usage": pl.Float64,
-                "carbon_intensity": pl.Float64,
-                "carbon_emission": pl.Float64,
-            }
-        )
+SIMULATED_SCHEMA = {
+    "timestamp_ms": pl.Int64,
+    "power_draw": pl.Float64,
+    "energy_usage": pl.Float64,
+    "carbon_intensity": pl.Float64,
+    "carbon_emission": pl.Float64,
+    "topology_version": pl.Int64,
+}
+
+
+def simulated_frame(view: TwinView) -> pl.DataFrame:
+    """The stored results as ``SIMULATED_SCHEMA`` (epoch-ms ``timestamp_ms``); empty without a store."""
+    if view.store is None:
+        return pl.DataFrame(schema=SIMULATED_SCHEMA)
     return view.store.agg.select(
-        pl.col("timestamp").dt.epoch("ms").alias("timestamp_ms"),
-        "power_draw",
-        "energy_usage",
-        "carbon_intensity",
-        "carbon_emission",
+        pl.col("timestamp").dt.epoch("ms").alias("timestamp_ms"), *list(SIMULATED_SCHEMA)[1:]
     )
 
 
@@ -235,7 +234,7 @@ async def power(request: web.Request) -> web.Response:
     view = request.app[VIEW]
 
     def render() -> dict[str, Any]:
-        sim = _simulated(view)
+        sim = simulated_frame(view)
         measured = view.measured
         return {
             "start": iso_ms(start),
@@ -255,7 +254,7 @@ async def carbon(request: web.Request) -> web.Response:
     view = request.app[VIEW]
 
     def render() -> dict[str, Any]:
-        sim = _simulated(view)
+        sim = simulated_frame(view)
         return {
             "start": iso_ms(start),
             "end": iso_ms(end),
@@ -466,7 +465,7 @@ async def whatif(request: web.Request) -> web.Response:
         raise ApiError(429, f"too many what-if runs queued: {e}", None) from None
     if res.rows is None:
         raise ApiError(500, f"the what-if simulation failed: {res.error}", None)
-    sim = _simulated(view)
+    sim = simulated_frame(view)
     step_ms = (step_s or max(60, -(-(end - start) // 1000 // 500))) * 1000
     measured = view.measured
     totals = {

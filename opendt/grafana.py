@@ -58,7 +58,7 @@ import orjson
 import polars as pl
 from aiohttp import web
 
-from opendt.api import STATE, VIEW, ApiError, TwinView, _data_bounds, parse_time
+from opendt.api import STATE, VIEW, ApiError, TwinView, _data_bounds, parse_time, simulated_frame
 
 PREFIX = "/grafana"
 DEFAULT_INTERVAL_MS = 60_000
@@ -300,26 +300,6 @@ def _ctx(body: dict[str, Any], view: TwinView) -> Ctx:
 # -- the twin's data as frames of ``timestamp_ms`` ---------------------------------------------------------
 
 
-def _simulated(view: TwinView) -> pl.DataFrame:
-    if view.store is None:
-        return pl.DataFrame(
-            schema={
-                "timestamp_ms": pl.Int64,
-                "power_draw": pl.Float64,
-                "carbon_intensity": pl.Float64,
-                "carbon_emission": pl.Float64,
-                "topology_version": pl.Int64,
-            }
-        )
-    return view.store.agg.select(
-        pl.col("timestamp").dt.epoch("ms").alias("timestamp_ms"),
-        "power_draw",
-        "carbon_intensity",
-        "carbon_emission",
-        "topology_version",
-    )
-
-
 def _measured(view: TwinView, ctx: Ctx) -> pl.DataFrame:
     """Measured power per instant: the sum over power sources (unknown if any value is not finite)."""
     if view.measured is None:
@@ -441,18 +421,18 @@ def _power_measured(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
 
 
 def _power_simulated(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
-    points = ctx.bucketed(ctx.rows(_simulated(view)), "power_draw", p["aggregation"])
+    points = ctx.bucketed(ctx.rows(simulated_frame(view)), "power_draw", p["aggregation"])
     return [Series(_named("Simulated power", p["aggregation"]), points, "watt", {"source": "simulated"})]
 
 
 def _carbon_intensity(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
-    points = ctx.bucketed(ctx.rows(_simulated(view)), "carbon_intensity", p["aggregation"])
+    points = ctx.bucketed(ctx.rows(simulated_frame(view)), "carbon_intensity", p["aggregation"])
     return [Series(_named("Carbon intensity", p["aggregation"]), points, "suffix: gCO2/kWh")]
 
 
 def _carbon_emission(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
     how = p["aggregation"]
-    points = ctx.bucketed(ctx.rows(_simulated(view)), "carbon_emission", how)
+    points = ctx.bucketed(ctx.rows(simulated_frame(view)), "carbon_emission", how)
     name = "Carbon emission per bucket" if how == "sum" else f"Carbon emission per export interval ({how})"
     return [Series(name, points, "massg", {"source": "simulated"})]
 
@@ -460,7 +440,7 @@ def _carbon_emission(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
 def _mape(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
     measured = _measured(view, ctx).rename({"power_draw": "measured"})
     both = (
-        ctx.rows(_simulated(view))
+        ctx.rows(simulated_frame(view))
         .join(measured, on="timestamp_ms")
         .filter(pl.col("power_draw").is_finite() & pl.col("measured").is_finite() & (pl.col("measured") > 0))
         .with_columns(
@@ -692,7 +672,7 @@ async def query(request: web.Request) -> web.Response:
 
 
 def _versions(view: TwinView, ctx: Ctx | None) -> list[int]:
-    frames = [_simulated(view).select("timestamp_ms", "topology_version")]
+    frames = [simulated_frame(view).select("timestamp_ms", "topology_version")]
     frames.append(_windows(view).select("timestamp_ms", "topology_version"))
     seen: set[int] = set()
     for df in frames:
