@@ -1,19 +1,31 @@
 """API test helpers: ``running_twin`` runs the whole daemon in process (session broker, demo day at max speed)
-and yields its API URL once every window is simulated."""
+and yields its API URL once every window is simulated; ``no_nan`` and ``utc`` for answers and stores."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
+import polars as pl
 
 from opendt.daemon import run_daemon
 from opendt.settings import REPO_ROOT, Settings
 from opendt.state import TwinState
 
 DEMO = REPO_ROOT / "data" / "demo"
+
+
+def no_nan(token: str) -> Any:
+    """``json.loads(..., parse_constant=no_nan)``: NaN or ±Infinity in an answer fails the test."""
+    raise AssertionError(f"non-JSON number {token} in an answer")
+
+
+def utc(ms: list[int]) -> pl.Series:
+    """Epoch milliseconds as a UTC datetime column (the result store's timestamps)."""
+    return pl.Series(ms, dtype=pl.Int64).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC")
 
 
 @asynccontextmanager

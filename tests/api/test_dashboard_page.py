@@ -24,11 +24,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from opendt.api import create_app
+from opendt.api import serve_api
 from opendt.daemon import run_daemon
-from opendt.dashboard import STATIC_DIR, add_dashboard_routes, static_file
+from opendt.dashboard import STATIC_DIR, static_file
 from opendt.settings import (
     DEFAULT_WORKLOAD,
     ApiSettings,
@@ -47,25 +46,11 @@ EXPECTED_TYPES = {".js": "text/javascript", ".css": "text/css"}
 URL_RE = re.compile(r"https?://", re.IGNORECASE)
 
 
-def _ensure_dashboard(app: web.Application) -> None:
-    """Add the page's routes unless ``create_app`` already registered them."""
-    if not any(r.canonical == "/" for r in app.router.resources()):
-        add_dashboard_routes(app)
-
-
 @pytest.fixture
 async def page_url() -> AsyncIterator[str]:
-    """The API app (no twin) with the dashboard routes, on a free loopback port."""
-    app = create_app(TwinState(status="running"), ApiSettings(port=0))
-    _ensure_dashboard(app)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    """The API app (no twin), dashboard included, on a free loopback port."""
+    async with serve_api(TwinState(status="running"), ApiSettings(port=0)) as url:
+        yield url
 
 
 class _Assets(HTMLParser):

@@ -15,7 +15,7 @@ import copy
 import json
 import math
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +23,21 @@ import aiohttp
 import polars as pl
 import pytest
 import yaml
-from aiohttp import web
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
 from openapi_spec_validator import validate as validate_spec
 from referencing import Registry
 from referencing.jsonschema import DRAFT4
 
-from opendt.api import TwinView, create_app
-from opendt.grafana import METRICS, add_grafana_routes
+from opendt.api import TwinView, serve_api
+from opendt.grafana import METRICS
 from opendt.models.messages import iso_ms
 from opendt.models.topology import parse_topology
 from opendt.results import ResultStore, WindowRecord
 from opendt.settings import ApiSettings
 from opendt.simulator import TopologyBox
 from opendt.state import TwinState
+
+from .conftest import no_nan, utc
 
 T0 = 1_665_100_800_000  # 2022-10-07T00:00:00Z
 ROW_MS = 150_000
@@ -135,10 +136,6 @@ def oracle(shared_dir: Path) -> Oracle:
     return Oracle(yaml.safe_load(spec_path.read_text(encoding="utf-8")))
 
 
-def _no_nan(token: str) -> Any:
-    raise AssertionError(f"non-JSON number {token} in an answer")
-
-
 class Client:
     """Calls the served datasource and checks every answer (and every request meant to be the plugin's)."""
 
@@ -178,14 +175,10 @@ class Client:
     @staticmethod
     def _read(content_type: str, raw: bytes) -> Any:
         assert content_type == "application/json"
-        return json.loads(raw, parse_constant=_no_nan)
+        return json.loads(raw, parse_constant=no_nan)
 
 
 # -- the twin --------------------------------------------------------------------------------------------
-
-
-def _utc(ms: list[int]) -> pl.Series:
-    return pl.Series(ms, dtype=pl.Int64).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC")
 
 
 async def make_store(tmp: Path) -> ResultStore:
@@ -196,13 +189,13 @@ async def make_store(tmp: Path) -> ResultStore:
         ks = [k for k in range(14) if k // 2 == w]
         rows = pl.DataFrame(
             {
-                "timestamp": _utc([SIM_T[k] for k in ks]),
+                "timestamp": utc([SIM_T[k] for k in ks]),
                 "power_draw": pl.Series([SIM_POWER[k] for k in ks], dtype=pl.Float64),
                 "energy_usage": pl.Series([150_000.0 for _ in ks], dtype=pl.Float64),
                 "carbon_intensity": pl.Series([SIM_INTENSITY[k] for k in ks], dtype=pl.Float64),
                 "carbon_emission": pl.Series([SIM_EMISSION[k] for k in ks], dtype=pl.Float64),
                 "topology_version": pl.Series([SIM_VERSION[k] for k in ks], dtype=pl.Int64),
-                "window_start": _utc([start for _ in ks]),
+                "window_start": utc([start for _ in ks]),
             }
         )
         version = 0 if w < 4 else 1
@@ -225,19 +218,9 @@ def make_view(store: ResultStore | None) -> TwinView:
     )
 
 
-@asynccontextmanager
-async def served(view: TwinView, status: str = "running") -> AsyncIterator[str]:
-    """The API app with the Grafana routes added, on a free loopback port."""
-    app = create_app(TwinState(status=status), ApiSettings(port=0, max_body_bytes=100_000), view)
-    add_grafana_routes(app)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+def served(view: TwinView, status: str = "running") -> AbstractAsyncContextManager[str]:
+    """The API (Grafana routes included) on a free loopback port."""
+    return serve_api(TwinState(status=status), ApiSettings(port=0, max_body_bytes=100_000), view)
 
 
 @asynccontextmanager
@@ -678,13 +661,13 @@ async def test_non_finite_values_never_reach_the_wire(tmp_path: Path, oracle: Or
     ts = [T0 + ROW_MS * (k + 1) for k in range(4)]  # buckets of 300 s from T0: ts0 | ts1 ts2 | ts3
     rows = pl.DataFrame(
         {
-            "timestamp": _utc(ts),
+            "timestamp": utc(ts),
             "power_draw": [NAN, NAN, 500.0, INF],
             "energy_usage": [1.0, 1.0, 1.0, 1.0],
             "carbon_intensity": [NAN, -INF, 100.0, 1e308],
             "carbon_emission": [2.0, 1e308, 1e308, NAN],
             "topology_version": [0, 0, 0, 0],
-            "window_start": _utc([T0, T0, T0 + WINDOW_MS, T0 + WINDOW_MS]),
+            "window_start": utc([T0, T0, T0 + WINDOW_MS, T0 + WINDOW_MS]),
         }
     )
     await store.commit(WindowRecord(T0, T0 + WINDOW_MS, "ok", 2, 1, 1, 1, 0, NAN, INF, 1), rows.head(2))
@@ -708,7 +691,7 @@ async def test_non_finite_values_never_reach_the_wire(tmp_path: Path, oracle: Or
         raw = await r.read()
     for token in (b"NaN", b"Infinity", b"null"):
         assert token not in raw
-    answer = json.loads(raw, parse_constant=_no_nan)
+    answer = json.loads(raw, parse_constant=no_nan)
     assert oracle.errors("/query", "response", [el for el in answer if "datapoints" in el]) == []
     got = {el.get("target", "table"): el.get("datapoints", el.get("rows")) for el in answer}
     assert got == {

@@ -20,16 +20,16 @@ import aiohttp
 import polars as pl
 import pytest
 import yaml
-from aiohttp import web
 from openapi_schema_validator import OAS30Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT4
 
-from opendt.api import TwinView, create_app, parse_time
-from opendt.grafana import add_grafana_routes
+from opendt.api import TwinView, parse_time, serve_api
 from opendt.results import ResultStore, WindowRecord
 from opendt.settings import ApiSettings
 from opendt.state import TwinState
+
+from .conftest import no_nan, utc
 
 REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "grafana"
@@ -109,10 +109,6 @@ def plugin_request(dashboard: dict[str, Any], panel: dict[str, Any]) -> dict[str
     }
 
 
-def _utc(ms: list[int]) -> pl.Series:
-    return pl.Series(ms, dtype=pl.Int64).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC")
-
-
 async def _view(tmp: Path) -> TwinView:
     """Two hours of a running twin: 24 windows, measured power every 30 s, three calibration rounds."""
     store = ResultStore(tmp / "run")
@@ -122,13 +118,13 @@ async def _view(tmp: Path) -> TwinView:
         ts = [start + 150_000, start + 300_000]
         rows = pl.DataFrame(
             {
-                "timestamp": _utc(ts),
+                "timestamp": utc(ts),
                 "power_draw": [20_000.0 + 10 * w, 20_100.0 + 10 * w],
                 "energy_usage": [3.0e6, 3.0e6],
                 "carbon_intensity": [150.0 + w, 150.5 + w],
                 "carbon_emission": [125.0, 126.0],
                 "topology_version": [w // 8, w // 8],
-                "window_start": _utc([start, start]),
+                "window_start": utc([start, start]),
             }
         )
         rec = WindowRecord(start, start + WINDOW_MS, "ok", 2, 3, 30, 10, w // 8, 0.2 + w / 100, 0.1, 1)
@@ -150,16 +146,8 @@ async def _view(tmp: Path) -> TwinView:
 
 @pytest.fixture
 async def base(tmp_path: Path) -> AsyncIterator[str]:
-    app = create_app(TwinState(status="running"), ApiSettings(port=0), await _view(tmp_path))
-    add_grafana_routes(app)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serve_api(TwinState(status="running"), ApiSettings(port=0), await _view(tmp_path)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -173,14 +161,10 @@ def query_answer_validator(shared_dir: Path) -> OAS30Validator:
     return OAS30Validator({"$ref": ref}, registry=registry)
 
 
-def _no_nan(token: str) -> Any:
-    raise AssertionError(f"non-JSON number {token} in an answer")
-
-
 async def _post(base: str, path: str, body: Any) -> tuple[int, Any]:
     async with aiohttp.ClientSession() as s, s.post(base + "/grafana" + path, json=body) as r:
         assert r.content_type == "application/json"
-        return r.status, json.loads(await r.read(), parse_constant=_no_nan)
+        return r.status, json.loads(await r.read(), parse_constant=no_nan)
 
 
 def test_dashboard_uses_our_datasource_everywhere() -> None:
