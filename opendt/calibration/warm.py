@@ -140,6 +140,7 @@ TASK_STATS_SCHEMA = {
     "tasks_started": pl.Int64,
     "tasks_finished": pl.Int64,
     "tasks_waiting": pl.Int64,
+    "tasks_requeued": pl.Int64,
     "wait_p95_s": pl.Float64,
     "wait_mean_s": pl.Float64,
     "runtime_mean_s": pl.Float64,
@@ -147,9 +148,13 @@ TASK_STATS_SCHEMA = {
 
 
 def task_stats(engine: Engine, lo_ms: int, hi_ms: int) -> pl.DataFrame:
-    """One row about the tasks of [lo_ms, hi_ms) (absolute): waits (schedule − submission; a task still queued
-    at ``hi_ms`` counts with its wait so far; tasks that can never fit are left out) of the tasks submitted in
-    the range, and run times (finish − schedule) of those finished in it. Null where nothing qualifies."""
+    """One row about the tasks of [lo_ms, hi_ms) (absolute).
+
+    Waits: of the tasks submitted in the range, ``schedule − submission``; of the tasks a topology change
+    sent back to the queue in the range (``tasks_requeued``: their host was removed and no other had room),
+    ``restart − re-queue``. A task still queued at ``hi_ms`` counts with its wait so far; tasks that can never
+    fit are left out. Run times: ``finish − schedule`` of the tasks finished in the range. Null where nothing
+    qualifies."""
     from opendt.engine.placement import TERMINATED
 
     s = engine.sched
@@ -159,18 +164,26 @@ def task_stats(engine: Engine, lo_ms: int, hi_ms: int) -> pl.DataFrame:
     lo, hi = lo_ms - engine.t0, hi_ms - engine.t0
     sub, start, finish = np.asarray(s.sub), np.asarray(s.start), np.asarray(s.finish)
     state = np.asarray(s.state)
-    mine = (sub >= lo) & (sub < hi) & (state != TERMINATED)
+    live = state != TERMINATED
+    requeued_at = getattr(s, "requeued_at", {})
+    back = {i: t for i, t in requeued_at.items() if lo <= t < hi and state[i] != TERMINATED}
+    since = sub.copy()
+    if back:
+        idx = np.fromiter(back, dtype=np.int64, count=len(back))
+        since[idx] = np.fromiter(back.values(), dtype=np.int64, count=len(back))
+    mine = (((sub >= lo) & (sub < hi)) | np.isin(np.arange(sub.size), list(back))) & live
     started = mine & (start >= 0) & (start < hi)
-    wait = (np.where(started, start, hi) - sub)[mine] / 1000
+    wait = (np.where(started, start, hi) - since)[mine] / 1000
     done = (start >= 0) & (finish >= 0) & (finish > lo) & (finish <= hi)
     run = (finish - start)[done] / 1000
     return pl.DataFrame(
         [
             {
-                "tasks_submitted": int(mine.sum()),
+                "tasks_submitted": int(((sub >= lo) & (sub < hi) & live).sum()),
                 "tasks_started": int(started.sum()),
                 "tasks_finished": int(done.sum()),
                 "tasks_waiting": int((mine & ~started).sum()),
+                "tasks_requeued": len(back),
                 "wait_p95_s": float(np.percentile(wait, 95)) if wait.size else None,
                 "wait_mean_s": float(wait.mean()) if wait.size else None,
                 "runtime_mean_s": float(run.mean()) if run.size else None,

@@ -134,8 +134,10 @@ class Engine:
         """Use ``topology`` from the current instant on (the ``until`` of the last ``advance``).
 
         Same hosts (names, cores, memory): only power models and speeds change, exactly from now.
-        Otherwise hosts are matched by index; tasks on removed hosts are stopped now and re-queued at the
-        front of the queue, restarting from their first fragment.
+        Otherwise hosts are matched by index. A task on a removed host migrates, keeping its progress, to a
+        kept host of its cluster with room for it (chosen as a placement would; not under Perfect scaling);
+        one that fits nowhere is stopped now and re-queued at the front of the queue, restarting from its
+        first fragment (:meth:`Scheduler.resize <opendt.engine.placement.Scheduler.resize>`).
         """
         new = build_hosts(topology)
         if new.n_clusters != self.hosts.n_clusters:
@@ -146,7 +148,10 @@ class Engine:
             self.acc_energy = np.zeros(new.n_clusters)
             self.acc_carbon = np.zeros(new.n_clusters)
         if not new.same_structure(self.hosts):
-            requeued = self.sched.resize(new, self.t_lo)
+            migrate = not self.sched.external_completions
+            requeued, migrated = self.sched.resize(new, self.t_lo, migrate=migrate)
+            if migrated:
+                self.segs = self.segs.move_tasks(migrated, self.t_lo)
             if requeued:
                 self.segs = self.segs.stop_tasks(np.array(requeued, dtype=np.int64), self.t_lo)
                 self.frags.reopen(np.array(requeued, dtype=np.int64))

@@ -46,6 +46,7 @@ class Scheduler:
         self.ended = False
         self.external_completions = False  # Perfect scaling: the fluid model decides completions
         self.placed: list[int] = []  # placements since the caller last cleared it
+        self.requeued_at: dict[int, int] = {}  # task → when a topology change last sent it back to the queue
         self._freed = 0  # counts the events that free resources (completions, host changes)
         self._blocked: tuple[int, int] | None = None  # (queue head, _freed) when the head last did not fit
         self._set_hosts(hosts)
@@ -224,14 +225,21 @@ class Scheduler:
     def all_done(self) -> bool:
         return self.next_sub == len(self.sub) and not self.queue and not any(s == RUNNING for s in self.state)
 
-    def resize(self, hosts: HostTable, now: int) -> list[int]:
-        """Switch to a new host table; tasks on removed hosts go back to the front of the queue.
+    def resize(self, hosts: HostTable, now: int, *, migrate: bool = True) -> tuple[list[int], dict[int, int]]:
+        """Switch to a new host table. Hosts are matched by index; the tasks on removed hosts are moved.
 
-        Hosts are matched by index. Returns the re-queued tasks (they restart from their first fragment).
+        With ``migrate`` (not under Perfect scaling, whose fluid state is per host), a task on a removed host
+        moves to a kept host of the same cluster that passes the placement filters, chosen as a placement
+        would (RamWeigher: most available memory, then lowest index), oldest task first: it keeps its
+        progress, as a live migration would (draining a host before switching it off). A task that fits
+        nowhere goes back to the front of the queue and restarts from its first fragment later.
+
+        Returns the re-queued tasks (in queue order) and the migrated ones (task → new host).
         """
         keep = hosts.n
-        requeue = [i for i, s in enumerate(self.state) if s == RUNNING and self.host[i] >= keep]
-        requeue.sort(key=lambda i: (self.start[i], i))
+        old_cluster = self.hosts.cluster
+        moving = [i for i, s in enumerate(self.state) if s == RUNNING and self.host[i] >= keep]
+        moving.sort(key=lambda i: (self.start[i], i))
         free = hosts.cores.copy()
         avail = hosts.mem.copy()
         running = np.zeros(hosts.n, dtype=np.int64)
@@ -243,13 +251,33 @@ class Scheduler:
                 free[h] -= self.cores[i]
                 avail[h] -= self.mem[i]
                 running[h] += 1
-        for i in requeue:
-            self.state[i] = QUEUED
-            self.start[i] = -1
-            self.host[i] = -1
+        requeue: list[int] = []
+        migrated: dict[int, int] = {}
+        slack = hosts.mem * 0.5
+        for i in moving:
+            h = -1
+            if migrate:
+                c, m = self.cores[i], self.mem[i]
+                ok = (free >= c) & (hosts.mem >= m) & (slack + avail >= m)
+                ok &= hosts.cluster == old_cluster[self.host[i]]
+                h = int(np.where(ok, avail, -np.inf).argmax()) if ok.any() else -1
+            if h < 0:
+                requeue.append(i)
+                self.state[i] = QUEUED
+                self.start[i] = -1
+                self.host[i] = -1
+                self.requeued_at[i] = now
+                continue
+            migrated[i] = h
+            self.host[i] = h
+            free[h] -= self.cores[i]
+            avail[h] -= self.mem[i]
+            running[h] += 1
+            if running[h] > 1:
+                shared[h] = True
         self.queue.extendleft(reversed(requeue))
         self._set_hosts(hosts)
         self._freed += 1
         self.free_cores, self.avail_mem, self.running, self.shared = free, avail, running, shared
         self._request_pass(now)
-        return requeue
+        return requeue, migrated

@@ -58,6 +58,28 @@ class SegmentSet:
         mask = self.host < n
         return self if mask.all() else self._select(mask)
 
+    def move_tasks(self, moves: dict[int, int], t: int) -> SegmentSet:
+        """Move the segments of the tasks in ``moves`` (task → new host) from ``t`` on; a segment running
+        at ``t`` is split there (its part before ``t`` stays on the old host)."""
+        if not moves or self.n == 0:
+            return self
+        tasks = np.fromiter(moves, dtype=np.int64, count=len(moves))
+        hosts = np.fromiter(moves.values(), dtype=np.int64, count=len(moves))
+        order = np.argsort(tasks)
+        tasks, hosts = tasks[order], hosts[order]
+        hit = np.isin(self.task, tasks)
+        if not hit.any():
+            return self
+        straddle = hit & (self.start < t) & (self.end > t)
+        before = self._select(straddle)
+        before = SegmentSet(before.host, before.start, np.full_like(before.end, t), before.use, before.task)
+        start = np.where(straddle, t, self.start)
+        new_host = hosts[np.searchsorted(tasks, self.task[hit])]
+        host = self.host.copy()
+        moved = hit & (self.end > t)
+        host[hit] = np.where(moved[hit], new_host, host[hit])
+        return SegmentSet(host, start, self.end, self.use, self.task).concat(before)
+
     def stop_tasks(self, tasks: I64, t: int) -> SegmentSet:
         """Cut the segments of ``tasks`` at ``t`` (the tasks were stopped at ``t``)."""
         hit = np.isin(self.task, tasks)

@@ -119,6 +119,53 @@ def test_removing_hosts_requeues_their_tasks() -> None:
     assert late["power_draw"].max() <= 200.0 + 1e-9
 
 
+def test_removed_hosts_tasks_migrate_where_there_is_room() -> None:
+    """Shrinking 2 → 1 host moves the second host's task onto the first (room for both): it keeps its
+    progress (same finish), and from the switch on one host draws the power of both demands."""
+    from .conftest import frames
+
+    two = topo(("C", [host_spec("H", 2, 16, 2000.0, linear())]))
+    one = topo(("C", [host_spec("H", 1, 16, 2000.0, linear())]))
+    tasks, frags = frames([("a", 0, 8, [(600_000, 8_000.0)]), ("b", 0, 8, [(600_000, 16_000.0)])])
+    eng = Engine(two, export_interval_ms=60_000)
+    before = eng.advance(300_000, tasks, frags)
+    assert eng.sched.host == [0, 1]
+    eng.set_topology(one)
+    rows = pl.concat([before, eng.advance(2_000_000, tasks.clear(), frags.clear()), eng.finish()])
+    assert eng.sched.host == [0, 0]
+    assert eng.sched.finish == [600_000, 600_000]  # no restart
+    assert eng.sched.requeued_at == {}
+    power = dict(zip(rows["timestamp"].to_list(), rows["power_draw"].to_list(), strict=True))
+    assert power[300_000] == pytest.approx(125.0 + 150.0)  # left limit: both hosts, u = 0.25 and 0.5
+    assert power[360_000] == pytest.approx(175.0)  # one host, u = 0.75
+    energy = dict(zip(rows["timestamp"].to_list(), rows["energy_usage"].to_list(), strict=True))
+    assert energy[600_000] == pytest.approx(175.0 * 60)
+
+
+def test_removed_hosts_tasks_that_fit_nowhere_restart_and_count_as_waiting() -> None:
+    """No room on the kept host: the task is re-queued, restarts when the host frees up, and the range's
+    task statistics count its wait from the re-queue."""
+    from opendt.calibration.warm import task_stats
+
+    from .conftest import frames
+
+    two = topo(("C", [host_spec("H", 2, 16, 2000.0, linear())]))
+    one = topo(("C", [host_spec("H", 1, 16, 2000.0, linear())]))
+    tasks, frags = frames([("a", 0, 16, [(600_000, 8_000.0)]), ("b", 0, 16, [(600_000, 16_000.0)])])
+    eng = Engine(two, export_interval_ms=60_000)
+    eng.advance(300_000, tasks, frags)
+    eng.set_topology(one)
+    eng.advance(2_000_000, tasks.clear(), frags.clear())
+    assert eng.sched.requeued_at == {1: 300_000}
+    assert eng.sched.start[1] == 600_000
+    assert eng.sched.finish[1] == 1_200_000  # from its first fragment
+    t0 = eng.origin_ms
+    assert t0 is not None
+    st = task_stats(eng, t0 + 300_000, t0 + 900_000).row(0, named=True)
+    assert (st["tasks_submitted"], st["tasks_requeued"], st["wait_p95_s"]) == (0, 1, 300.0)
+    assert task_stats(eng, t0, t0 + 300_000).row(0, named=True)["tasks_requeued"] == 0
+
+
 def test_clone_is_independent() -> None:
     """A clone continues exactly like the original and does not share state with it."""
     tasks, frags = random_trace(4)
