@@ -235,6 +235,22 @@ class OptimizerSettings(Section):
         description="massive_downscale: one host fewer per group (the earlier design), or the share of hosts "
         "the energy excess asks for (count × SLO/energy, at least one fewer)",
     )
+    search_steps: int = Field(
+        default=6,
+        ge=0,
+        description="Host-count cuts tried per search ladder when an energy rule matches (coarse, then "
+        "refined where the energy SLO is first met, until one meets every SLO); 0: only the rule's proposal "
+        "(the earlier design)",
+    )
+    search_refinements: int = Field(
+        default=3, ge=0, description="Refined ladders at most per round (each narrows the interval ~7×)"
+    )
+    search_floor: float = Field(
+        default=0.25,
+        gt=0,
+        lt=1,
+        description="Deepest cut the search tries, as a fraction of each group's hosts",
+    )
     energy_weight: float = Field(default=0.6, ge=0, description="Score weight of the energy-side SLO terms")
     performance_weight: float = Field(default=0.4, ge=0, description="Score weight of the runtime/wait terms")
     min_improvement: float = Field(default=0.05, ge=0, description="Score gain a proposal needs to be kept")

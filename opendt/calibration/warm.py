@@ -141,19 +141,26 @@ TASK_STATS_SCHEMA = {
     "tasks_finished": pl.Int64,
     "tasks_waiting": pl.Int64,
     "tasks_requeued": pl.Int64,
+    "wait_drained": pl.Boolean,
     "wait_p95_s": pl.Float64,
     "wait_mean_s": pl.Float64,
     "runtime_mean_s": pl.Float64,
 }
 
 
-def task_stats(engine: Engine, lo_ms: int, hi_ms: int) -> pl.DataFrame:
+def task_stats(engine: Engine, lo_ms: int, hi_ms: int, *, drain: bool = False) -> pl.DataFrame:
     """One row about the tasks of [lo_ms, hi_ms) (absolute).
 
     Waits: of the tasks submitted in the range, ``schedule − submission``; of the tasks a topology change
     sent back to the queue in the range (``tasks_requeued``: their host was removed and no other had room),
-    ``restart − re-queue``. A task still queued at ``hi_ms`` counts with its wait so far; tasks that can never
-    fit are left out. Run times: ``finish − schedule`` of the tasks finished in the range. Null where nothing
+    ``restart − re-queue``. ``tasks_waiting``: those still queued at ``hi_ms``. Their wait is the wait so far,
+    unless ``drain``: then the scheduler runs on past ``hi_ms`` with no further input until they have all
+    started, which gives their exact start (``wait_drained``): the queue is strict FIFO with head-of-line
+    blocking, so later submissions cannot overtake them, and a running task lasts at least its declared
+    duration (:meth:`~opendt.engine.placement.Scheduler.drain`; its known fragments when the task frames had
+    no duration). That needs NoDelay (under Perfect scaling completions come from the fluid model, and the
+    wait so far is kept). ``drain`` consumes the engine's scheduler: call it last. Tasks that can never fit
+    are left out. Run times: ``finish − schedule`` of the tasks finished in the range. Null where nothing
     qualifies."""
     from opendt.engine.placement import TERMINATED
 
@@ -162,7 +169,12 @@ def task_stats(engine: Engine, lo_ms: int, hi_ms: int) -> pl.DataFrame:
         return pl.DataFrame([{k: 0 if v == pl.Int64 else None for k, v in TASK_STATS_SCHEMA.items()}],
                             schema=TASK_STATS_SCHEMA)  # fmt: skip
     lo, hi = lo_ms - engine.t0, hi_ms - engine.t0
-    sub, start, finish = np.asarray(s.sub), np.asarray(s.start), np.asarray(s.finish)
+    sub, finish = np.asarray(s.sub), np.asarray(s.finish)
+    start_at_hi = np.asarray(s.start)
+    drained = drain and not s.external_completions
+    if drained:
+        s.drain()  # no input arrives: every queued task starts (or is found to never fit)
+    start = np.asarray(s.start)
     state = np.asarray(s.state)
     live = state != TERMINATED
     requeued_at = getattr(s, "requeued_at", {})
@@ -172,10 +184,11 @@ def task_stats(engine: Engine, lo_ms: int, hi_ms: int) -> pl.DataFrame:
         idx = np.fromiter(back, dtype=np.int64, count=len(back))
         since[idx] = np.fromiter(back.values(), dtype=np.int64, count=len(back))
     mine = (((sub >= lo) & (sub < hi)) | np.isin(np.arange(sub.size), list(back))) & live
-    started = mine & (start >= 0) & (start < hi)
-    wait = (np.where(started, start, hi) - since)[mine] / 1000
-    done = (start >= 0) & (finish >= 0) & (finish > lo) & (finish <= hi)
-    run = (finish - start)[done] / 1000
+    started = mine & (start_at_hi >= 0) & (start_at_hi < hi)
+    resolved = mine & (start >= 0) if drained else started
+    wait = (np.where(resolved, start, hi) - since)[mine] / 1000
+    done = (start_at_hi >= 0) & (finish >= 0) & (finish > lo) & (finish <= hi)
+    run = (finish - start_at_hi)[done] / 1000
     return pl.DataFrame(
         [
             {
@@ -184,6 +197,7 @@ def task_stats(engine: Engine, lo_ms: int, hi_ms: int) -> pl.DataFrame:
                 "tasks_finished": int(done.sum()),
                 "tasks_waiting": int((mine & ~started).sum()),
                 "tasks_requeued": len(back),
+                "wait_drained": drained,
                 "wait_p95_s": float(np.percentile(wait, 95)) if wait.size else None,
                 "wait_mean_s": float(wait.mean()) if wait.size else None,
                 "runtime_mean_s": float(run.mean()) if run.size else None,
@@ -223,7 +237,7 @@ def run_candidate(
     if base.full:
         lo = base.apply_at_ms if base.apply_at_ms is not None else -(2**62)
         if extra is not None:
-            extra["stats"] = task_stats(engine, lo, base.until_ms)
+            extra["stats"] = task_stats(engine, lo, base.until_ms, drain=True)
         return _full_rows(rows, lo)
     if rows.is_empty():
         return pl.DataFrame(

@@ -40,6 +40,9 @@ class TaskInput:
     submission_ms: I64
     cpu_count: I64
     mem_capacity: I64
+    duration_ms: I64 | None = None
+    """The declared duration, when the frame has one (only :func:`~opendt.calibration.warm.task_stats`'s
+    drain uses it: in streaming mode a running task's fragments are known only up to now)."""
 
     @property
     def n(self) -> int:
@@ -113,7 +116,12 @@ def task_input(tasks: pl.DataFrame) -> TaskInput:
     if any(c.null_count() for c in cols):
         raise InputError("tasks frame has null values")
     ids_np = ids.to_numpy() if ids.dtype == pl.Int64 else np.array(ids.to_list(), dtype=object)
-    return TaskInput(ids_np, *(c.to_numpy() for c in cols[1:])).validate()
+    dur = None
+    if "duration" in tasks.columns:
+        d = tasks.get_column("duration")
+        dur = d.cast(pl.Int64).fill_null(-1).to_numpy() if d.dtype.is_numeric() else None
+    sub, cores, mem = (c.to_numpy() for c in cols[1:])
+    return TaskInput(ids_np, sub, cores, mem, duration_ms=dur).validate()
 
 
 def fragment_columns(fragments: pl.DataFrame) -> tuple[pl.Series, I64, F64]:

@@ -47,6 +47,7 @@ class Scheduler:
         self.external_completions = False  # Perfect scaling: the fluid model decides completions
         self.placed: list[int] = []  # placements since the caller last cleared it
         self.requeued_at: dict[int, int] = {}  # task → when a topology change last sent it back to the queue
+        self.declared: list[int] = []  # per task: its declared duration (ms), −1 unknown; see drain()
         self._freed = 0  # counts the events that free resources (completions, host changes)
         self._blocked: tuple[int, int] | None = None  # (queue head, _freed) when the head last did not fit
         self._set_hosts(hosts)
@@ -67,6 +68,7 @@ class Scheduler:
     # -- input -------------------------------------------------------------------------------------------
     def add_task(self, sub: int, cores: int, mem: float) -> int:
         """Register a loaded task (submission order); returns its index."""
+        self.declared.append(-1)
         self.sub.append(sub)
         self.cores.append(cores)
         self.mem.append(mem)
@@ -135,6 +137,15 @@ class Scheduler:
                 if self.state[task] == RUNNING and self.start[task] + self._run_time(task) == t:
                     self._complete(task, t)
             self.step(t)
+
+    def drain(self) -> None:
+        """Run to the end with no further input, every running task lasting at least its declared duration
+        (in streaming mode its fragments are known only up to now). Consumes the schedule: for statistics."""
+        declared = getattr(self, "declared", [])
+        for task, d in enumerate(declared):
+            if self.state[task] == RUNNING and d > self.dur[task]:
+                self.extend(task, d - self.dur[task], False)
+        self.run(NEVER)
 
     def next_event(self) -> int:
         """The next submission or pass time (completions excluded), NEVER when idle."""

@@ -16,6 +16,7 @@ p95 and mean run time are over the tasks of the whole range.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -28,9 +29,17 @@ import structlog
 from opendt.history import HistoryGap
 from opendt.models.topology import Topology
 from opendt.optimizer.patch import PatchError, topology_diff
-from opendt.optimizer.rules import OptimizerContext, Proposal, RulesStrategy, Strategy
-from opendt.optimizer.scoring import Verdict, Weights, WindowOutcome, compare, meets, score
-from opendt.optimizer.slo import SloWatcher
+from opendt.optimizer.rules import (
+    OptimizerContext,
+    Proposal,
+    RulesStrategy,
+    Strategy,
+    downscale_ladder,
+    energy_rule_matched,
+    ladder_fractions,
+)
+from opendt.optimizer.scoring import Verdict, Weights, WindowOutcome, compare, deltas, meets, score
+from opendt.optimizer.slo import PERFORMANCE_FIELDS, SloWatcher
 from opendt.scenarios import ScenarioBusy, ScenarioResult, ScenarioRunner
 from opendt.settings import OptimizerSettings
 from opendt.simulator import TopologyBox
@@ -63,6 +72,49 @@ def outcome_of(res: ScenarioResult, n_windows: int) -> WindowOutcome:
 
 
 @dataclass
+class Trial:
+    """One simulated candidate of a round: the proposal, its outcome, which SLOs it meets, its verdict."""
+
+    proposal: Proposal
+    outcome: WindowOutcome
+    meets: dict[str, bool]
+    verdict: Verdict
+    compute_s: float | None
+    stage: str
+    """``rule`` (the strategy's proposal), ``coarse`` or ``refine`` (the search's ladders)."""
+
+    @property
+    def feasible(self) -> bool:
+        """Kept over the baseline and meeting every SLO that is measured."""
+        return self.verdict.kept and all(self.meets.values())
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "rule": self.proposal.rule,
+            "changes": [
+                {"path": c.path, "before": c.before, "after": c.after} for c in self.proposal.changes
+            ],
+            "outcome": self.outcome.to_json_dict(),
+            "meets": self.meets,
+            "score": self.verdict.candidate.score,
+            "kept": self.verdict.kept,
+            "feasible": self.feasible,
+            "reason": self.verdict.reason,
+            "compute_s": self.compute_s,
+        }
+
+
+def choose(trials: list[Trial]) -> Trial | None:
+    """The best trial: the lowest score among those meeting every SLO, else among the kept ones (the first on
+    a tie: milder changes come first); None when none is kept."""
+    for pool in ([t for t in trials if t.feasible], [t for t in trials if t.verdict.kept]):
+        if pool:
+            return min(pool, key=lambda t: t.verdict.candidate.score)
+    return None
+
+
+@dataclass
 class Round:
     index: int
     start_ms: int
@@ -80,6 +132,8 @@ class Round:
     baseline_score: dict[str, Any] | None = None
     tasks: dict[str, Any] | None = None
     proposal_compute_s: float | None = None
+    trials: list[Trial] = field(default_factory=list)
+    """Every candidate simulated in the round (the rule's proposal first, then the search's)."""
     duration_s: float = 0.0
     accepted_version: int | None = None
 
@@ -100,6 +154,7 @@ class Round:
             "verdict": None if self.verdict is None else self.verdict.to_json_dict(),
             "tasks": self.tasks,
             "proposal_compute_s": self.proposal_compute_s,
+            "candidates": [t.to_json_dict() for t in self.trials],
             "duration_s": round(self.duration_s, 4),
             "accepted_version": self.accepted_version,
         }
@@ -194,27 +249,75 @@ class Optimizer:
         finally:
             await self.strategy.aclose()
 
-    async def _simulate(self, r: Round, topology: Topology, what: str) -> ScenarioResult | None:
+    async def _simulate(self, r: Round, topologies: list[Topology], what: str) -> list[ScenarioResult] | None:
         try:
-            [res] = await self.scenarios.run(r.start_ms, r.end_ms, [topology], what=what)
+            return await self.scenarios.run(r.start_ms, r.end_ms, topologies, what=what)
         except (HistoryGap, ScenarioBusy) as e:
             r.status, r.note = "skipped", f"{what}: {e}"
             return None
-        if res.rows is None:
-            r.status, r.note = "failed", f"{what}: {res.error}"
+
+    async def _trials(self, r: Round, proposals: list[Proposal], stage: str, what: str) -> list[Trial] | None:
+        """Simulate ``proposals`` in one scenario run and judge each against the round's baseline; None when
+        the run was skipped. A candidate whose simulation failed is logged and left out."""
+        if not proposals:
+            return []
+        results = await self._simulate(r, [p.topology for p in proposals], what)
+        if results is None:
             return None
-        return res
+        assert r.baseline is not None
+        slo, n = self.slo.current, self.settings.every_windows
+        out = []
+        for p, res in zip(proposals, results, strict=True):
+            if res.rows is None:
+                log.warning("optimizer_candidate_failed", round=r.index, rule=p.rule, error=res.error)
+                continue
+            o = outcome_of(res, n)
+            v = compare(r.baseline, o, slo, self.weights, min_improvement=self.settings.min_improvement)
+            out.append(Trial(p, o, meets(o, slo), v, res.compute_s, stage))
+        return out
+
+    def _refine_fractions(self, coarse: list[tuple[float, Trial]]) -> list[float]:
+        """Fractions strictly between the last cut tried (by falling fraction) that misses the energy-side
+        SLOs and the first that meets them (the current topology, 1.0, when the first one already does):
+        where the shallowest cut meeting them lies and, when that one breaks the wait SLO, any cut meeting
+        both."""
+        steps = self.settings.search_steps
+        energy_ok = [all(v for f, v in t.meets.items() if f not in PERFORMANCE_FIELDS) for _, t in coarse]
+        k = next((i for i, ok in enumerate(energy_ok) if ok), None)
+        if k is None:
+            return []
+        top = coarse[k - 1][0] if k > 0 else 1.0
+        bottom = coarse[k][0]
+        return ladder_fractions(top, bottom, steps + 2)[1:-1]
+
+    def _ladder(
+        self, ctx: OptimizerContext, fractions: list[float], why: str, rule: Proposal
+    ) -> list[tuple[float, Proposal]]:
+        """The search's cuts with their fractions, carrying the rule's fallback reason; a cut equal to the
+        rule's proposal is that proposal (simulated once)."""
+        return [
+            (
+                f,
+                rule
+                if p.topology == rule.topology
+                else dataclasses.replace(p, fallback_reason=rule.fallback_reason),
+            )
+            for f, p in downscale_ladder(ctx, self.settings, fractions, why)
+        ]
 
     async def run_round(self, r: Round) -> None:
         topology = self.box.current.topology
         r.base_version = self.box.current.version
         slo = self.slo.current
         n = self.settings.every_windows
-        base = await self._simulate(r, topology, "optimizer-baseline")
+        base = await self._simulate(r, [topology], "optimizer-baseline")
         if base is None:
             return
-        r.baseline = outcome_of(base, n)
-        r.tasks = base.tasks
+        if base[0].rows is None:
+            r.status, r.note = "failed", f"optimizer-baseline: {base[0].error}"
+            return
+        r.baseline = outcome_of(base[0], n)
+        r.tasks = base[0].tasks
         r.baseline_meets = meets(r.baseline, slo)
         r.baseline_score = score(r.baseline, slo, self.weights).to_json_dict()
         ctx = OptimizerContext(
@@ -225,7 +328,7 @@ class Optimizer:
             window_end_ms=r.end_ms,
             physical=self.box.physical,
             max_task_cores=self._max_task_cores,
-            stats={"windows": n, **(base.tasks or {})},
+            stats={"windows": n, **(base[0].tasks or {})},
         )
         if isinstance(self.strategy, RulesStrategy):
             decision = self.strategy.decide(ctx)  # the same as propose(), with the note of a maintain
@@ -237,18 +340,59 @@ class Optimizer:
             r.status, r.note = "maintain", note
             return
         r.proposal = proposal
-        cand = await self._simulate(r, proposal.topology, "optimizer-proposal")
-        if cand is None:
+        ladder: list[tuple[float, Proposal]] = []
+        # the search extends the rules (also when they stood in for the LLM); an LLM's answer is judged alone
+        searching = self.settings.search_steps > 0 and proposal.source == "rules"
+        why = energy_rule_matched(ctx) if searching else None
+        if why is not None:
+            energy = max(v for f, v in deltas(r.baseline, slo).items() if f not in PERFORMANCE_FIELDS)
+            top = min(1.0, 1 / (1 + energy))
+            ladder = self._ladder(
+                ctx,
+                ladder_fractions(top, self.settings.search_floor, self.settings.search_steps),
+                why,
+                proposal,
+            )
+        proposals = [proposal, *(p for _, p in ladder if p is not proposal)]
+        trials = await self._trials(r, proposals, "coarse", "optimizer-proposals")
+        if trials is None:
             return
-        r.proposal_compute_s = cand.compute_s
-        r.candidate = outcome_of(cand, n)
-        r.candidate_meets = meets(r.candidate, slo)
-        r.verdict = compare(
-            r.baseline, r.candidate, slo, self.weights, min_improvement=self.settings.min_improvement
-        )
-        r.status = "kept" if r.verdict.kept else "rejected"
-        r.note = r.verdict.reason
-        if r.verdict.kept:
+        for t in trials:
+            if t.proposal is proposal:
+                t.stage = "rule"
+        if why is not None:
+            by_proposal = {id(t.proposal): t for t in trials}
+            tried = [(f, by_proposal[id(p)]) for f, p in ladder if id(p) in by_proposal]
+            for _ in range(self.settings.search_refinements):
+                if any(t.feasible for _, t in tried):
+                    break
+                fine = self._refine_fractions(sorted(tried, key=lambda x: -x[0]))
+                seen = [t.proposal.topology for t in trials]
+                refine = [(f, p) for f, p in self._ladder(ctx, fine, why, proposal) if p.topology not in seen]
+                if not refine:
+                    break
+                more = await self._trials(r, [p for _, p in refine], "refine", "optimizer-search")
+                if not more:
+                    break
+                by_proposal = {id(t.proposal): t for t in more}
+                tried += [(f, by_proposal[id(p)]) for f, p in refine if id(p) in by_proposal]
+                trials += more
+        r.trials = trials
+        best = choose(trials)
+        shown = best or min(trials, key=lambda t: t.verdict.candidate.score, default=None)
+        if shown is None:
+            r.status, r.note = "failed", "every candidate's simulation failed"
+            return
+        r.proposal = shown.proposal
+        r.proposal_compute_s = shown.compute_s
+        r.candidate = shown.outcome
+        r.candidate_meets = shown.meets
+        r.verdict = shown.verdict
+        r.status = "kept" if best is not None else "rejected"
+        r.note = shown.verdict.reason
+        if len(trials) > 1:
+            r.note += f" ({len(trials)} candidates, {sum(t.feasible for t in trials)} meeting every SLO)"
+        if best is not None:
             self.best = r
 
     # -- accept and visibility ---------------------------------------------------------------------------

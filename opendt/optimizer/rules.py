@@ -26,6 +26,16 @@ is, never raised (lowered) to it. Consolidation also keeps a group that can run 
 **Bounds fall through**: a rule that matches but changes no group because every group is at its bound is
 skipped (noted in the proposal's reason and in :attr:`Decision.note`) and the next rule is tried, so an energy
 overshoot with every group at one host still lowers the frequency. Deterministic: same context, same answer.
+
+**Search** (``search_steps`` > 0; the optimizer component runs it, :func:`downscale_ladder` builds it): when
+an energy-side rule matches (energy delta ≥ +15 %), the rule's proposal is simulated together with a ladder
+of host-count cuts (``downscale_search``: every group × f for ``search_steps`` fractions from ``1 / (1 +
+delta)`` down to ``search_floor``), then with finer ladders between the last cut that misses the energy SLO
+and the first that meets it, up to ``search_refinements`` times or until a cut meets every SLO. Under
+OpenDC's utilization-based power models a slower clock barely saves energy (the same work at a higher
+utilization), and how deep a cut can go before tasks queue past the wait SLO depends on the window's load,
+which only a simulation tells; the component keeps the best-scoring candidate that meets every SLO (else
+the best kept one).
 """
 
 from __future__ import annotations
@@ -289,6 +299,51 @@ def decide(ctx: OptimizerContext, settings: OptimizerSettings) -> Decision:
     if skipped:
         note += f" ({'; '.join(skipped)})"
     return Decision(None, note)
+
+
+def energy_rule_matched(ctx: OptimizerContext) -> str | None:
+    """Why an energy-side rule (``massive_downscale`` or ``reduce_frequency``) matches ``ctx``, else None."""
+    d = deltas(ctx.outcome, ctx.slo)
+    energy = side_delta(d, ENERGY_FIELDS)
+    return _energy_at(REDUCE_FREQUENCY_AT)(energy, None)
+
+
+def ladder_fractions(top: float, bottom: float, steps: int) -> list[float]:
+    """``steps`` fractions from ``top`` down to ``bottom``, evenly spaced, both ends included (one step:
+    ``top``)."""
+    if steps <= 0:
+        return []
+    if steps == 1:
+        return [top]
+    return [top - (top - bottom) * k / (steps - 1) for k in range(steps)]
+
+
+def downscale_ladder(
+    ctx: OptimizerContext, settings: OptimizerSettings, fractions: list[float], why: str
+) -> list[tuple[float, Proposal]]:
+    """The search's energy-side candidates (the ``downscale_search`` rule), each with its fraction: for each
+    fraction ``f`` (in the given order), every host group scaled to ``floor(count × f)``, floor
+    ``min_host_count``. Candidates that change nothing or repeat an earlier one are left out."""
+    seen: set[tuple[int, ...]] = set()
+    out: list[tuple[float, Proposal]] = []
+    for f in fractions:
+        values: dict[tuple[int, int], dict[str, PatchValue]] = {}
+        counts = []
+        for ci, cluster in enumerate(ctx.topology.clusters):
+            for hi, host in enumerate(cluster.hosts):
+                n = min(host.count, max(settings.min_host_count, math.floor(host.count * f + _EPS)))
+                counts.append(n)
+                if n != host.count:
+                    values[(ci, hi)] = {"count": n}
+        key = tuple(counts)
+        if not values or key in seen:
+            continue
+        seen.add(key)
+        topology = with_values(ctx.topology, values)
+        reason = f"downscale_search: {why} → hosts × {f:.3f} per group (floor {settings.min_host_count})"
+        changes = tuple(topology_diff(ctx.topology, topology))
+        out.append((f, Proposal(topology, changes, reason, "downscale_search", "rules")))
+    return out
 
 
 def _reference(ctx: OptimizerContext) -> Topology:

@@ -17,10 +17,13 @@ sides (:class:`Weights`, defaults 0.6 / 0.4 as in the earlier design):
 With only an energy and a runtime target this is exactly the earlier ``0.6 × energy Δ + 0.4 × runtime Δ``.
 With energy, peak power and wait p95 set: 0.3 × energy Δ + 0.3 × peak Δ + 0.4 × wait Δ.
 
-**Kept**: a proposal replaces the baseline only if its score is lower by at least ``min_improvement``
-(default 0.05) and, with ``protect_met`` (default), it breaks no SLO that the baseline meets (an energy
-saving must not push the task wait p95 over its target). Both are scored over the same terms: those
-measured in both outcomes.
+**Kept**: a proposal replaces the baseline only if, with ``protect_met`` (default), it breaks no SLO that the
+baseline meets (an energy saving must not push the task wait p95 over its target), and either it meets an SLO
+the baseline misses (SLO attainment first) or its score is lower by at least ``min_improvement`` (default
+0.05). The first clause departs from the earlier design's score-only rule: a score rewards doing better than
+a target as much as it penalizes missing one, so a baseline 26 % over its energy SLO with no waiting
+(0.6 × 0.26 + 0.4 × −1 = −0.24) outscores a proposal that meets both SLOs with waits near their target
+(0.6 × −0.03 + 0.4 × −0.23 = −0.11). Both are scored over the same terms: those measured in both outcomes.
 """
 
 from __future__ import annotations
@@ -44,8 +47,11 @@ class WindowOutcome:
     * ``peak_power_w``: the largest total ``power_draw`` (summed over power sources) at an export instant;
     * ``carbon_g``: Σ ``carbon_emission`` (g); None when the topology has no carbon trace;
     * ``task_wait_p95_s``: 95th percentile of ``schedule_time − submission_time`` over the tasks submitted in
-      the window (a task still waiting at the window's end counts with its wait so far); 0.0 when every task
-      started at once, None when no task was submitted;
+      the window, and of ``restart − re-queue`` over the tasks a topology change re-queued in it (their host
+      was removed and no other had room). A task still waiting at the window's end gets its exact wait: the
+      scenario's scheduler runs on with no further input until it starts (FIFO: later tasks cannot overtake
+      it; :func:`~opendt.calibration.warm.task_stats`). 0.0 when every task started at once, None when no
+      task was submitted;
     * ``task_runtime_mean_s``: mean ``finish_time − schedule_time`` of the tasks that finished in the window;
       None when none did.
 
@@ -258,11 +264,18 @@ def compare(
     improvement = b.score - c.score
     mb, mc = meets(baseline, slo), meets(candidate, slo)
     broken = tuple(f for f in common if mb[f] and not mc[f])
+    fixed = tuple(f for f in common if not mb[f] and mc[f])
     if not common:
         return Verdict(False, 0.0, b, c, (), "no SLO is measured in both outcomes")
     if protect_met and broken:
         reason = f"breaks SLO(s) the baseline meets: {', '.join(broken)}"
         return Verdict(False, improvement, b, c, broken, reason)
+    if fixed and not broken:
+        reason = (
+            f"meets SLO(s) the baseline misses: {', '.join(fixed)}, breaks none "
+            f"(score {c.score:.4f} vs baseline {b.score:.4f}: gain {improvement:.4f})"
+        )
+        return Verdict(True, improvement, b, c, broken, reason)
     if improvement + _EPS < min_improvement:
         reason = f"score {c.score:.4f} vs baseline {b.score:.4f}: gain {improvement:.4f} < {min_improvement}"
         return Verdict(False, improvement, b, c, broken, reason)

@@ -6,7 +6,8 @@ at least one must be set, every one is a finite number > 0, and unknown keys are
 * ``energy_kwh_per_window``: energy drawn by the datacenter during one window (kWh);
 * ``peak_power_w``: the highest total power draw at an export instant of the window (W);
 * ``carbon_g_per_window``: carbon emitted during one window (gCO2);
-* ``task_wait_p95_s``: 95th percentile of the wait (submission → start) of the window's tasks (s);
+* ``task_wait_p95_s``: 95th percentile of the wait (submission → start) of the window's tasks, including
+  waits that end after the window and those of tasks re-queued by a topology change (s);
 * ``task_runtime_mean_s``: mean runtime (start → finish) of the tasks that finished in the window (s).
   This keeps the earlier design's runtime target: it grows when hosts are slowed down or oversubscribed
   (OpenDC stretches fragments whose demand exceeds the supply), which the runtime rules react to.

@@ -166,6 +166,49 @@ def test_removed_hosts_tasks_that_fit_nowhere_restart_and_count_as_waiting() -> 
     assert task_stats(eng, t0, t0 + 300_000).row(0, named=True)["tasks_requeued"] == 0
 
 
+def test_task_stats_drain_gives_the_exact_wait_of_tasks_still_queued() -> None:
+    """A range that ends while a task waits: without drain its wait is the wait so far; with drain the
+    scheduler runs on (no input) and the wait is exact: a later submission could not have overtaken it."""
+    from opendt.calibration.warm import task_stats
+
+    from .conftest import frames
+
+    one = topo(("C", [host_spec("H", 1, 16, 2000.0, linear())]))
+    tasks, frags = frames([("a", 0, 16, [(600_000, 8_000.0)]), ("b", 100_000, 16, [(60_000, 8_000.0)])])
+    eng = Engine(one, export_interval_ms=60_000)
+    eng.advance(400_000, tasks, frags)
+    t0 = eng.origin_ms
+    assert t0 is not None
+    so_far = task_stats(eng, t0 + 50_000, t0 + 400_000).row(0, named=True)
+    assert (so_far["tasks_waiting"], so_far["wait_p95_s"], so_far["wait_drained"]) == (1, 300.0, False)
+    exact = task_stats(eng, t0 + 50_000, t0 + 400_000, drain=True).row(0, named=True)
+    assert (exact["tasks_waiting"], exact["wait_p95_s"], exact["wait_drained"]) == (1, 500.0, True)
+
+
+@pytest.mark.parametrize(("declared", "wait"), [(600_000, 500.0), (None, 200.0)])
+def test_task_stats_drain_runs_a_streaming_task_for_its_declared_duration(
+    declared: int | None, wait: float
+) -> None:
+    """Streaming: at 250 s only the first 300 s of task a's fragments are known. The drain lets it run for its
+    declared 600 s, so b (submitted at 100 s) starts at 600 s; without a declared duration, at 300 s."""
+    from opendt.calibration.warm import task_stats
+
+    from .conftest import frames
+
+    one = topo(("C", [host_spec("H", 1, 16, 2000.0, linear())]))
+    tasks, frags = frames([("a", 0, 16, [(300_000, 8_000.0)]), ("b", 100_000, 16, [(60_000, 8_000.0)])])
+    if declared is None:
+        tasks = tasks.drop("duration")
+    else:
+        tasks = tasks.with_columns(pl.Series("duration", [declared, 60_000], dtype=pl.Int64))
+    eng = Engine(one, export_interval_ms=60_000)
+    eng.advance(250_000, tasks, frags)
+    t0 = eng.origin_ms
+    assert t0 is not None
+    st = task_stats(eng, t0, t0 + 250_000, drain=True).row(0, named=True)
+    assert st["wait_p95_s"] == pytest.approx(0.95 * wait)  # the 95th percentile of (0, wait), interpolated
+
+
 def test_clone_is_independent() -> None:
     """A clone continues exactly like the original and does not share state with it."""
     tasks, frags = random_trace(4)

@@ -209,6 +209,21 @@ def test_compare_rejects_a_proposal_that_breaks_a_met_slo() -> None:
     assert compare(base, cand, slo, protect_met=False).kept
 
 
+def test_compare_keeps_a_proposal_that_meets_an_slo_the_baseline_misses() -> None:
+    """Baseline: energy +26 %, no waiting (score 0.6 × 0.26 − 0.4 = −0.244). Proposal: both SLOs met, the
+    wait near its target (0.6 × −0.035 + 0.4 × −0.226 = −0.111): a worse score, but it meets the energy SLO
+    the baseline misses and breaks none, so it is kept; one that still misses energy is judged by score."""
+    slo = Slo(energy_kwh_per_window=1.0, task_wait_p95_s=3600.0)
+    base = _out(1.26, task_wait_p95_s=0.0)
+    v = compare(base, _out(0.965, task_wait_p95_s=2787.0), slo)
+    assert v.improvement < 0
+    assert v.kept
+    assert "meets SLO(s) the baseline misses: energy_kwh_per_window, breaks none" in v.reason
+    near = compare(base, _out(1.01, task_wait_p95_s=2787.0), slo)
+    assert not near.kept
+    assert "<" in near.reason
+
+
 def test_compare_uses_the_terms_measured_in_both() -> None:
     """A term measured in only one outcome is left out of both scores."""
     base = _out(1.2, task_runtime_mean_s=500.0)
