@@ -177,13 +177,15 @@ def task_stats(engine: Engine, lo_ms: int, hi_ms: int, *, drain: bool = False) -
     start = np.asarray(s.start)
     state = np.asarray(s.state)
     live = state != TERMINATED
-    requeued_at = getattr(s, "requeued_at", {})
-    back = {i: t for i, t in requeued_at.items() if lo <= t < hi and state[i] != TERMINATED}
-    since = sub.copy()
+    back = {i: t for i, t in s.requeued_at.items() if lo <= t < hi}
+    since = sub.copy()  # when each task's wait began: its submission, or its re-queue in the range
+    requeued = np.zeros(sub.size, dtype=np.bool_)
     if back:
         idx = np.fromiter(back, dtype=np.int64, count=len(back))
         since[idx] = np.fromiter(back.values(), dtype=np.int64, count=len(back))
-    mine = (((sub >= lo) & (sub < hi)) | np.isin(np.arange(sub.size), list(back))) & live
+        requeued[idx] = True
+    requeued &= live
+    mine = (((sub >= lo) & (sub < hi)) | requeued) & live
     started = mine & (start_at_hi >= 0) & (start_at_hi < hi)
     resolved = mine & (start >= 0) if drained else started
     wait = (np.where(resolved, start, hi) - since)[mine] / 1000
@@ -196,7 +198,7 @@ def task_stats(engine: Engine, lo_ms: int, hi_ms: int, *, drain: bool = False) -
                 "tasks_started": int(started.sum()),
                 "tasks_finished": int(done.sum()),
                 "tasks_waiting": int((mine & ~started).sum()),
-                "tasks_requeued": len(back),
+                "tasks_requeued": int(requeued.sum()),
                 "wait_drained": drained,
                 "wait_p95_s": float(np.percentile(wait, 95)) if wait.size else None,
                 "wait_mean_s": float(wait.mean()) if wait.size else None,

@@ -215,9 +215,8 @@ class Engine:
         subs = np.maximum(t.submission_ms[rows] - self.t0, self.t_lo)
         mems = np.floor(t.mem_capacity[rows] / 1000.0 + 0.5)
         ids = t.ids[rows].tolist()
-        first = self.sched.add_tasks(subs.tolist(), t.cpu_count[rows].tolist(), mems.tolist())
-        declared = [-1] * rows.size if t.duration_ms is None else t.duration_ms[rows].tolist()
-        self.sched.declared.extend(declared)
+        declared = None if t.duration_ms is None else t.duration_ms[rows].tolist()
+        first = self.sched.add_tasks(subs.tolist(), t.cpu_count[rows].tolist(), mems.tolist(), declared)
         index.update(zip(ids, range(first, first + len(ids)), strict=True))
         self.ids.extend(ids)
 

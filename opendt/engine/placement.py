@@ -80,10 +80,14 @@ class Scheduler:
         self.nonzero.append(False)
         return len(self.sub) - 1
 
-    def add_tasks(self, subs: list[int], cores: list[int], mems: list[float]) -> int:
-        """Register loaded tasks (submission order); returns the index of the first one."""
+    def add_tasks(
+        self, subs: list[int], cores: list[int], mems: list[float], declared: list[int] | None = None
+    ) -> int:
+        """Register loaded tasks (submission order), with their declared durations (ms) when known; returns
+        the index of the first one."""
         first = len(self.sub)
         n = len(subs)
+        self.declared.extend([-1] * n if declared is None else declared)
         self.sub.extend(subs)
         self.cores.extend(cores)
         self.mem.extend(mems)
@@ -141,8 +145,7 @@ class Scheduler:
     def drain(self) -> None:
         """Run to the end with no further input, every running task lasting at least its declared duration
         (in streaming mode its fragments are known only up to now). Consumes the schedule: for statistics."""
-        declared = getattr(self, "declared", [])
-        for task, d in enumerate(declared):
+        for task, d in enumerate(self.declared):
             if self.state[task] == RUNNING and d > self.dur[task]:
                 self.extend(task, d - self.dur[task], False)
         self.run(NEVER)
@@ -190,20 +193,35 @@ class Scheduler:
                 self.state[task] = TERMINATED
                 self.finish[task] = t
                 continue
-            # VCpuFilter and RamFilter (memory capacity, then available memory with the 1.5 overcommit)
-            ok = self.free_cores >= c
-            fits = self._mem_fit.get(m)
-            if fits is None:
-                fits = self._mem_fit[m] = self.mem_cap >= m
-            ok &= fits
-            ok &= self.mem_slack + self.avail_mem >= m
-            # RamWeigher: most available memory among the hosts that pass; argmax keeps the lowest index
-            h = int(np.where(ok, self.avail_mem, -np.inf).argmax())
-            if not ok[h]:
+            h = self._pick(c, m, self.free_cores, self.avail_mem)
+            if h < 0:
                 self._blocked = (task, self._freed)
                 return
             q.popleft()
             self._place(task, h, t)
+
+    def _pick(
+        self,
+        c: int,
+        m: float,
+        free: npt.NDArray[np.int64],
+        avail: npt.NDArray[np.float64],
+        allowed: npt.NDArray[np.bool_] | None = None,
+    ) -> int:
+        """The host a task of ``c`` cores and ``m`` memory goes to, given free cores and available memory per
+        host (and, optionally, the hosts ``allowed``); −1 when none passes the filters."""
+        # VCpuFilter and RamFilter (memory capacity, then available memory with the 1.5 overcommit)
+        ok = free >= c
+        fits = self._mem_fit.get(m)
+        if fits is None:
+            fits = self._mem_fit[m] = self.mem_cap >= m
+        ok &= fits
+        ok &= self.mem_slack + avail >= m
+        if allowed is not None:
+            ok &= allowed
+        # RamWeigher: most available memory among the hosts that pass; argmax keeps the lowest index
+        h = int(np.where(ok, avail, -np.inf).argmax())
+        return h if ok[h] else -1
 
     def _fits_empty(self, c: int, m: float) -> bool:
         # OpenDC only compares against the largest host; a task fitting no single host would wait
@@ -264,14 +282,12 @@ class Scheduler:
                 running[h] += 1
         requeue: list[int] = []
         migrated: dict[int, int] = {}
-        slack = hosts.mem * 0.5
+        self._set_hosts(hosts)  # the placement filters of the new hosts
         for i in moving:
             h = -1
             if migrate:
-                c, m = self.cores[i], self.mem[i]
-                ok = (free >= c) & (hosts.mem >= m) & (slack + avail >= m)
-                ok &= hosts.cluster == old_cluster[self.host[i]]
-                h = int(np.where(ok, avail, -np.inf).argmax()) if ok.any() else -1
+                same_cluster = hosts.cluster == old_cluster[self.host[i]]
+                h = self._pick(self.cores[i], self.mem[i], free, avail, same_cluster)
             if h < 0:
                 requeue.append(i)
                 self.state[i] = QUEUED
@@ -287,7 +303,6 @@ class Scheduler:
             if running[h] > 1:
                 shared[h] = True
         self.queue.extendleft(reversed(requeue))
-        self._set_hosts(hosts)
         self._freed += 1
         self.free_cores, self.avail_mem, self.running, self.shared = free, avail, running, shared
         self._request_pass(now)

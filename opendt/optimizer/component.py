@@ -38,8 +38,17 @@ from opendt.optimizer.rules import (
     energy_rule_matched,
     ladder_fractions,
 )
-from opendt.optimizer.scoring import Verdict, Weights, WindowOutcome, compare, deltas, meets, score
-from opendt.optimizer.slo import PERFORMANCE_FIELDS, SloWatcher
+from opendt.optimizer.scoring import (
+    Verdict,
+    Weights,
+    WindowOutcome,
+    compare,
+    deltas,
+    meets,
+    score,
+    side_delta,
+)
+from opendt.optimizer.slo import ENERGY_FIELDS, SloWatcher
 from opendt.scenarios import ScenarioBusy, ScenarioResult, ScenarioRunner
 from opendt.settings import OptimizerSettings
 from opendt.simulator import TopologyBox
@@ -282,7 +291,7 @@ class Optimizer:
         where the shallowest cut meeting them lies and, when that one breaks the wait SLO, any cut meeting
         both."""
         steps = self.settings.search_steps
-        energy_ok = [all(v for f, v in t.meets.items() if f not in PERFORMANCE_FIELDS) for _, t in coarse]
+        energy_ok = [all(v for f, v in t.meets.items() if f in ENERGY_FIELDS) for _, t in coarse]
         k = next((i for i, ok in enumerate(energy_ok) if ok), None)
         if k is None:
             return []
@@ -345,7 +354,8 @@ class Optimizer:
         searching = self.settings.search_steps > 0 and proposal.source == "rules"
         why = energy_rule_matched(ctx) if searching else None
         if why is not None:
-            energy = max(v for f, v in deltas(r.baseline, slo).items() if f not in PERFORMANCE_FIELDS)
+            energy = side_delta(deltas(r.baseline, slo), ENERGY_FIELDS)
+            assert energy is not None  # an energy rule matched on it
             top = min(1.0, 1 / (1 + energy))
             ladder = self._ladder(
                 ctx,
