@@ -101,6 +101,11 @@ async def test_rounds_accept_changes_the_next_windows(
         assert best["candidate"]["energy_kwh"] < best["baseline"]["energy_kwh"]
         assert best["verdict"]["improvement"] >= 0.05
         assert {t["field"] for t in best["verdict"]["baseline"]["terms"]} >= {"energy_kwh_per_window"}
+        # the host-count search ran through the real scenario pool: every candidate is listed, the kept one
+        # among them
+        assert len(best["candidates"]) > 1
+        assert best["proposal"]["changes"] in [c["changes"] for c in best["candidates"]]
+        assert all(c["outcome"]["energy_kwh"] > 0 for c in best["candidates"])
         assert doc["diff_vs_current"]
         assert doc["slo_targets"]["energy_kwh_per_window"] == 0.08
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from pydantic import ValidationError
 
 from opendt.models.topology import Topology
 from opendt.optimizer.component import Optimizer, Round, Trial, choose
@@ -204,3 +205,10 @@ async def test_no_search_on_the_performance_side(tmp_path: Path) -> None:
 def test_slo_fixture_is_what_the_choose_test_assumes() -> None:
     assert Slo(energy_kwh_per_window=1.0, task_wait_p95_s=100.0) == SLO
     assert _counts(two_clusters()) == [4, 2, 3]
+
+
+@pytest.mark.parametrize("bad", [{"search_steps": -1}, {"search_refinements": -1}, {"search_floor": 0.0},
+                                 {"search_floor": 1.0}])  # fmt: skip
+def test_search_settings_are_validated(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match=next(iter(bad))):
+        OptimizerSettings(**bad)
