@@ -118,11 +118,13 @@ async def test_schemathesis_finds_no_server_errors(twin: str, tmp_path: Path) ->
     """schemathesis (examples, coverage and fuzzing phases) against the live daemon: no 5xx, every status and
     body and content type as documented."""
     st = Path(sys.executable).with_name("st")
+    # One worker: with two, schemathesis's threads call hypothesis's ast.parse concurrently, which CPython
+    # 3.11.7 does not survive ("AST constructor recursion depth mismatch", a SystemError seen in CI).
     proc = await asyncio.create_subprocess_exec(
         str(st), "run", f"{twin}/openapi.json",
         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
         "response_schema_conformance",
-        "--max-examples", "25", "--seed", "7", "--workers", "2",
+        "--max-examples", "25", "--seed", "7", "--workers", "1",
         "--phases", "examples,coverage,fuzzing",
         "-H", f"Authorization: Bearer {TOKEN}",
         "--request-timeout", "30",
