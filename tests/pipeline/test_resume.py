@@ -63,7 +63,9 @@ def _durable_windows(data_dir: Path) -> int:
     if not runs.is_dir():
         return 0
     journals = list(runs.glob("*/windows.parquet"))
-    return pl.read_parquet(journals[0]).height if journals else 0
+    # read once, by bytes: polars opens a path twice (metadata, then pages), which races with the
+    # daemon's atomic replace of the file and can pair one version's footer with the next one's pages
+    return pl.read_parquet(journals[0].read_bytes()).height if journals else 0
 
 
 def _run_to_completion(wl: Path, data_dir: Path, log_path: Path) -> None:
