@@ -74,6 +74,7 @@ class Calibrator:
         window_ms: int,
         carbon: pl.DataFrame | None,
         publish: Publish | None = None,
+        is_durable: Callable[[int], bool] | None = None,
     ) -> None:
         self.every_ms = settings.every_s * 1000
         self.lookback_ms = settings.lookback_s * 1000
@@ -91,6 +92,8 @@ class Calibrator:
         self.window_ms = window_ms
         self.carbon = carbon
         self.publish = publish
+        self.is_durable = is_durable
+        """Whether the window starting at a given instant is already durable (resumed runs)."""
         self.runner = RoundRunner(settings, self.axes, pool)
         self._kept: deque[_Kept] = deque()
         self._snapshots: dict[int, bytes] = {}
@@ -135,8 +138,19 @@ class Calibrator:
                 raise
             except Exception as e:  # noqa: BLE001 - the round that needs it is skipped, the twin goes on
                 log.warning("calibration_snapshot_failed", at_ms=w.end_ms, error=str(e))
-        if w.end_ms % self.every_ms == 0 and not replayed:
+        if w.end_ms % self.every_ms == 0 and (not replayed or self._rerun(w.end_ms)):
             self._queue_round(w.end_ms)
+
+    def _rerun(self, at_ms: int) -> bool:
+        """On a resume (the window is replayed): run the round queued at ``at_ms`` again only when the earlier
+        process left it unfinished (not journaled, or ``chosen`` but never applied) and its apply window is
+        still to be simulated; a finished one only carries its number on, so rounds keep the numbers an
+        uninterrupted run gives them."""
+        done = self.journal.done_at(at_ms)
+        if done is not None:
+            self._rounds = max(self._rounds, done.round)
+            return False
+        return self.is_durable is not None and not self.is_durable(at_ms + self.apply_delay_ms)
 
     def _queue_round(self, at_ms: int) -> None:
         lo = at_ms - self.lookback_ms
@@ -256,11 +270,14 @@ def calibrator_for(
     *,
     publish: Publish | None = None,
     pool_command: list[str] | None = None,
+    is_durable: Callable[[int], bool] | None = None,
 ) -> Calibrator:
-    """The calibrator of a twin: candidate pool and journal (``<run_dir>/calibration.parquet``) included."""
+    """The calibrator of a twin: candidate pool and journal (``<run_dir>/calibration.parquet``, with the
+    rounds of an earlier process of the run) included."""
     cal = settings.calibration
     pool = CandidatePool(cal.max_parallel, timeout_s=cal.timeout_s, nice=cal.nice, command=pool_command)
     journal = Journal(None if run_dir is None else run_dir / "calibration.parquet")
+    journal.load()
     return Calibrator(
         cal,
         box,
@@ -270,6 +287,7 @@ def calibrator_for(
         window_ms=settings.windowing.window_s * 1000,
         carbon=None if carbon is None else carbon.rename({"timestamp_ms": "timestamp"}, strict=False),
         publish=publish,
+        is_durable=is_durable,
     )
 
 

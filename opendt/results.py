@@ -139,6 +139,12 @@ class ResultStore:
         tmp.write_text(json.dumps(doc, indent=1))
         tmp.replace(d / f"v{version}.json")
 
+    def latest_topology(self) -> dict[str, Any] | None:
+        """The saved topology of the highest version (what an earlier process of the run last applied)."""
+        d = self.run_dir / "topologies"
+        versions = [int(p.stem[1:]) for p in d.glob("v*.json") if p.stem[1:].isdigit()] if d.is_dir() else []
+        return self.load_topology(max(versions)) if versions else None
+
     def load_topology(self, version: int) -> dict[str, Any] | None:
         p = self.run_dir / "topologies" / f"v{version}.json"
         if not p.exists():

@@ -198,10 +198,14 @@ class Simulator:
         self.done = asyncio.Event()
 
     async def run(self) -> None:
-        await self.twin.init(
-            self.box.current.topology.to_json_dict(), self.settings.export_interval_s * 1000, self.carbon
-        )
-        self.applied_version = self.box.current.version
+        # a resumed run replays its durable windows from the physical topology (version 0), each window under
+        # the version it was simulated with; a new run starts from the current one
+        if self.store.durable_count:
+            topology, version = self.box.physical, 0
+        else:
+            topology, version = self.box.current.topology, self.box.current.version
+        await self.twin.init(topology.to_json_dict(), self.settings.export_interval_s * 1000, self.carbon)
+        self.applied_version = version
         try:
             while (cw := await self.queue.get()) is not None:
                 await self.process(cw)
@@ -222,6 +226,8 @@ class Simulator:
             return
         if version == self.box.current.version:
             topo = self.box.current.topology
+        elif version == 0:  # the physical topology (a resumed run's box starts at the last saved version)
+            topo = self.box.physical
         else:
             doc = self.store.load_topology(version)
             if doc is None:
@@ -267,7 +273,8 @@ class Simulator:
             await self.hooks.before_window(w)
         cur = self.box.current
         if cur.version != self.applied_version:
-            self.store.save_topology(cur.version, cur.topology, {"source": cur.source, "reason": cur.reason})
+            meta = {"source": cur.source, "reason": cur.reason, "timestamp_ms": cur.timestamp_ms}
+            self.store.save_topology(cur.version, cur.topology, meta)
             await self._apply_version(cur.version)
             log.info("topology_applied", version=cur.version, source=cur.source, window_start=w.start_ms)
         status, error, attempts = "ok", "", 1

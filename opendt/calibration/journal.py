@@ -179,8 +179,42 @@ def _write(df: pl.DataFrame, path: Path) -> None:
     tmp.replace(path)
 
 
+def _record(row: dict[str, Any]) -> RoundRecord:
+    return RoundRecord(
+        round=row["round"],
+        time_ms=row["time"],
+        lookback_start_ms=row["lookback_start"],
+        apply_at_ms=row["apply_at"],
+        status=row["status"],
+        reason=row["reason"],
+        metric=row["metric"],
+        candidates=row["candidates"],
+        rejected=row["rejected"],
+        failed=row["failed"],
+        samples=row["samples"],
+        export_interval_ms=row["export_interval_ms"],
+        incumbent_score=row["incumbent_score"],
+        winner_score=row["winner_score"],
+        winner=json.loads(row["winner"]),
+        in_effect=json.loads(row["in_effect"]),
+        version=row["version"],
+        duration_s=row["duration_s"],
+        scores=[ScoreRow(**sc) for sc in row["scores"] or []],
+    )
+
+
+def from_frame(df: pl.DataFrame) -> list[RoundRecord]:
+    """The records of a ``calibration.parquet`` frame (the inverse of :func:`to_frame`)."""
+    epochs = (pl.col(c).dt.epoch("ms") for c in ("time", "lookback_start", "apply_at"))
+    return [_record(row) for row in df.cast(SCHEMA).with_columns(epochs).iter_rows(named=True)]
+
+
+DONE = frozenset({"applied", "kept", "skipped", "failed"})
+"""Round statuses with nothing left to do; a ``chosen`` round still waits for its apply instant."""
+
+
 class Journal:
-    """``<run_dir>/calibration.parquet``: every round of this process, in order."""
+    """``<run_dir>/calibration.parquet``: every round of the run, in order (a resumed run's included)."""
 
     def __init__(self, path: Path | None, *, on_new: Callable[[RoundRecord], None] | None = None) -> None:
         self.path = path
@@ -188,12 +222,28 @@ class Journal:
         self.records: list[RoundRecord] = []
         self._lock = asyncio.Lock()
 
+    def load(self) -> None:
+        """Read the rounds an earlier process of this run journaled (none without a file)."""
+        if self.path is not None and self.path.exists():
+            self.records = from_frame(pl.read_parquet(self.path))
+
+    def done_at(self, time_ms: int) -> RoundRecord | None:
+        """The journaled round queued at ``time_ms`` when it has nothing left to do (see :data:`DONE`)."""
+        for r in reversed(self.records):
+            if r.time_ms == time_ms:
+                return r if r.status in DONE else None
+        return None
+
     async def save(self, record: RoundRecord) -> None:
-        """Add ``record`` (or replace the row of the same round) and rewrite the file."""
+        """Add ``record`` (or replace the row of the same round: a later status of it, or its re-run after a
+        resume) and rewrite the file."""
         async with self._lock:
-            if not any(r is record for r in self.records):
+            at = next((i for i, r in enumerate(self.records) if r.round == record.round), None)
+            if at is None:
                 self.records.append(record)
                 if self.on_new is not None:
                     self.on_new(record)
+            else:
+                self.records[at] = record
             if self.path is not None:
                 await asyncio.to_thread(_write, to_frame(self.records), self.path)

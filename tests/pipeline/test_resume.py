@@ -23,9 +23,11 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def _opendt_run(wl: Path, data_dir: Path, log_path: Path, *args: str) -> subprocess.Popen[bytes]:
+def _opendt_run(
+    wl: Path, data_dir: Path, log_path: Path, *args: str, env_extra: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENDT_")}
-    env.update({"OPENDT_API__PORT": "0", "OPENDT_LOG__FORMAT": "json"})
+    env.update({"OPENDT_API__PORT": "0", "OPENDT_LOG__FORMAT": "json", **(env_extra or {})})
     with log_path.open("wb") as log:
         return subprocess.Popen(
             [
@@ -68,8 +70,15 @@ def _durable_windows(data_dir: Path) -> int:
     return pl.read_parquet(journals[0].read_bytes()).height if journals else 0
 
 
-def _run_to_completion(wl: Path, data_dir: Path, log_path: Path) -> None:
-    proc = _opendt_run(wl, data_dir, log_path, "--speed", "max", "--exit-when-done")
+def _journal(data_dir: Path, name: str) -> pl.DataFrame | None:
+    files = list((data_dir / "runs").glob(f"*/{name}")) if (data_dir / "runs").is_dir() else []
+    return pl.read_parquet(files[0].read_bytes()) if files else None
+
+
+def _run_to_completion(
+    wl: Path, data_dir: Path, log_path: Path, env_extra: dict[str, str] | None = None
+) -> None:
+    proc = _opendt_run(wl, data_dir, log_path, "--speed", "max", "--exit-when-done", env_extra=env_extra)
     try:
         assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
     finally:
@@ -122,4 +131,76 @@ def test_kill_9_mid_run_then_rerun_equals_uninterrupted_run(tmp_path: Path, smal
     assert agg["timestamp"].is_unique().all()
     assert agg["timestamp"].to_list() == ref["timestamp"].to_list()
     assert windows["window_start"].to_list() == ref_windows["window_start"].to_list()
+    assert max_rel_diff(agg, ref, ("power_draw", "energy_usage", "carbon_emission")) <= 1e-9
+
+
+CALIBRATION = {
+    "OPENDT_CALIBRATION__ENABLED": "true",
+    "OPENDT_CALIBRATION__EVERY_S": "900",
+    "OPENDT_CALIBRATION__LOOKBACK_S": "900",
+    "OPENDT_CALIBRATION__APPLY_DELAY_S": "600",
+    "OPENDT_CALIBRATION__GRID": '[{"parameter": "cpuPowerModel.calibrationFactor", "values": [2, 5, 8]}]',
+    "OPENDT_CALIBRATION__REFINE_STEPS": "0",
+}
+ROUND_KEYS = ["round", "time", "apply_at", "status", "winner", "in_effect", "version", "winner_score"]
+
+
+def test_kill_9_with_calibration_then_rerun_keeps_rounds_and_topologies(
+    tmp_path: Path, small_workload: Path
+) -> None:
+    """With calibration on, SIGKILL once a round was applied (and, when the timing allows, another waits for
+    its apply instant), then rerun: the earlier process's rounds stay in calibration.parquet (before, the
+    first new round rewrote it with only its own), the twin keeps the calibrated topology after the replayed
+    windows and new versions follow the saved ones (before, it fell back to the physical topology and
+    version 1 was reused for a different topology), and the rounds, topology versions and results equal an
+    uninterrupted run's."""
+    crashed = tmp_path / "crashed"
+    proc = _opendt_run(
+        small_workload, crashed, tmp_path / "first.log", "--speed", "600", env_extra=CALIBRATION
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no calibration round applied in 90 s"
+            rounds = _journal(crashed, "calibration.parquet")
+            status = [] if rounds is None else rounds["status"].to_list()
+            if "applied" in status and ("chosen" in status or status.count("applied") >= 2):
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    rounds_before = _journal(crashed, "calibration.parquet")
+    assert rounds_before is not None
+    _, windows_before = read_results(crashed)
+    assert windows_before["topology_version"].max() >= 1, "the kill came before a calibrated window"
+    saved_before = {p.name: p.read_text() for p in (run_dir(crashed) / "topologies").glob("v*.json")}
+
+    _run_to_completion(small_workload, crashed, tmp_path / "second.log", CALIBRATION)
+    assert _events(tmp_path / "second.log")["topology_resumed"]["version"] >= 1
+    rounds = _journal(crashed, "calibration.parquet")
+    assert rounds is not None
+    assert rounds["round"].is_unique().all()
+    done = rounds_before.filter(pl.col("status") != "chosen").select(ROUND_KEYS)
+    assert rounds.select(ROUND_KEYS).filter(pl.col("round").is_in(done["round"].implode())).equals(done)
+    for name, text in saved_before.items():  # no version number reused for another topology
+        assert (
+            json.loads((run_dir(crashed) / "topologies" / name).read_text())["topology"]
+            == json.loads(text)["topology"]
+        )
+
+    clean = tmp_path / "clean"
+    _run_to_completion(small_workload, clean, tmp_path / "clean.log", CALIBRATION)
+    ref_rounds = _journal(clean, "calibration.parquet")
+    assert ref_rounds is not None
+    assert "applied" in ref_rounds["status"].to_list()
+    assert rounds.select(ROUND_KEYS).equals(ref_rounds.select(ROUND_KEYS))
+    agg, windows = read_results(crashed)
+    ref, ref_windows = read_results(clean)
+    assert windows["topology_version"].to_list() == ref_windows["topology_version"].to_list()
+    assert agg["timestamp"].to_list() == ref["timestamp"].to_list()
     assert max_rel_diff(agg, ref, ("power_draw", "energy_usage", "carbon_emission")) <= 1e-9
