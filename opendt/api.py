@@ -363,12 +363,8 @@ def topology_at(view: TwinView, at_ms: int) -> Topology:
         )
         if w.height:
             version = int(w["topology_version"][-1])
-    if version == box.current.version:
-        return box.current.topology
-    if version == 0:
-        return box.physical
-    doc = None if view.store is None else view.store.load_topology(version)
-    return box.physical if doc is None else parse_topology(doc["topology"], source=f"topology v{version}")
+    topology = box.of_version(version, view.store)
+    return box.physical if topology is None else topology
 
 
 def _totals(df: pl.DataFrame, start: int, end: int) -> dict[str, float | None]:

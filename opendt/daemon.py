@@ -37,7 +37,7 @@ from opendt.models.messages import (
     encode_sim_topology,
     to_ms,
 )
-from opendt.models.topology import Topology, parse_topology
+from opendt.models.topology import Topology
 from opendt.optimizer.component import Optimizer
 from opendt.optimizer.llm import make_strategy
 from opendt.optimizer.slo import SloError, SloWatcher
@@ -173,19 +173,7 @@ async def _supervise(
     }
     topics = settings.kafka.topics
     box = TopologyBox(workload.topology)
-    resumed = store.latest_topology()
-    if resumed is not None:
-        # the topology an earlier process of this run last applied stays in effect, and new versions follow
-        # its number (the embedded broker keeps no sim.topology history; an external one re-offers it)
-        box.offer(
-            SimTopology(
-                int(resumed["version"]),
-                str(resumed.get("source", "resumed")),
-                str(resumed.get("reason", "")),
-                parse_topology(resumed["topology"], source=f"run topology v{resumed['version']}"),
-                int(resumed.get("timestamp_ms", 0)),
-            )
-        )
+    if box.resume(store):
         log.info("topology_resumed", version=box.current.version, source=box.current.source)
     queue: asyncio.Queue[ClosedWindow | None] = asyncio.Queue(maxsize=settings.windowing.queue_size)
     progress = ReplayProgress()

@@ -65,6 +65,34 @@ class TopologyBox:
         self.current = candidate
         return True
 
+    def of_version(self, version: int, store: ResultStore | None) -> Topology | None:
+        """The topology of ``version``: the current one, the physical one (0), else the one the run saved
+        (``None`` when unknown)."""
+        if version == self.current.version:
+            return self.current.topology
+        if version == 0:
+            return self.physical
+        doc = None if store is None else store.load_topology(version)
+        return None if doc is None else parse_topology(doc["topology"], source=f"run topology v{version}")
+
+    def resume(self, store: ResultStore) -> bool:
+        """Make the highest version an earlier process of the run saved (what it last applied) the current
+        one, so it stays in effect and new versions follow its number (the embedded broker keeps no
+        sim.topology history; an external one re-offers it, and older offers are ignored)."""
+        doc = store.latest_topology()
+        if doc is None:
+            return False
+        version = int(doc["version"])
+        return self.offer(
+            SimTopology(
+                version,
+                str(doc.get("source", "resumed")),
+                str(doc.get("reason", "")),
+                parse_topology(doc["topology"], source=f"run topology v{version}"),
+                int(doc.get("timestamp_ms", 0)),
+            )
+        )
+
 
 def window_frames(w: Window) -> tuple[pl.DataFrame, pl.DataFrame]:
     tasks = pl.DataFrame(w.tasks, schema=TASK_SCHEMA, orient="row")
@@ -224,16 +252,10 @@ class Simulator:
     async def _apply_version(self, version: int) -> None:
         if version == self.applied_version:
             return
-        if version == self.box.current.version:
-            topo = self.box.current.topology
-        elif version == 0:  # the physical topology (a resumed run's box starts at the last saved version)
-            topo = self.box.physical
-        else:
-            doc = self.store.load_topology(version)
-            if doc is None:
-                log.warning("topology_version_unknown", version=version)
-                return
-            topo = parse_topology(doc["topology"], source=f"run topology v{version}")
+        topo = self.box.of_version(version, self.store)
+        if topo is None:
+            log.warning("topology_version_unknown", version=version)
+            return
         await self._retrying("set_topology", lambda: self.twin.set_topology(topo.to_json_dict()))
         self.applied_version = version
 

@@ -60,19 +60,17 @@ def _events(log_path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _durable_windows(data_dir: Path) -> int:
-    runs = data_dir / "runs"
-    if not runs.is_dir():
-        return 0
-    journals = list(runs.glob("*/windows.parquet"))
-    # read once, by bytes: polars opens a path twice (metadata, then pages), which races with the
-    # daemon's atomic replace of the file and can pair one version's footer with the next one's pages
-    return pl.read_parquet(journals[0].read_bytes()).height if journals else 0
-
-
 def _journal(data_dir: Path, name: str) -> pl.DataFrame | None:
+    """A file of the run under ``data_dir`` while the daemon may be writing it: read once, by bytes (polars
+    opens a path twice, metadata then pages, which races with the daemon's atomic replace of the file and
+    can pair one version's footer with the next one's pages)."""
     files = list((data_dir / "runs").glob(f"*/{name}")) if (data_dir / "runs").is_dir() else []
     return pl.read_parquet(files[0].read_bytes()) if files else None
+
+
+def _durable_windows(data_dir: Path) -> int:
+    df = _journal(data_dir, "windows.parquet")
+    return 0 if df is None else df.height
 
 
 def _run_to_completion(
