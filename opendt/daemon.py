@@ -39,6 +39,7 @@ from opendt.models.messages import (
 )
 from opendt.models.topology import Topology
 from opendt.optimizer.component import Optimizer
+from opendt.optimizer.journal import OptimizerJournal
 from opendt.optimizer.llm import make_strategy
 from opendt.optimizer.slo import SloError, SloWatcher
 from opendt.replay import ReplayProducer, ReplayProgress
@@ -252,7 +253,10 @@ async def _supervise(
                 make_strategy(settings.optimizer),
                 window_ms=settings.windowing.window_s * 1000,
                 publish_topology=publish_topology,
+                journal=OptimizerJournal(run_dir / "optimizer.jsonl"),
             )
+            if resumed := optimizer.resume():
+                log.info("optimizer_resumed", rounds=resumed, kept=optimizer.best is not None)
             state.providers["optimizer"] = optimizer.summary
         simulator = Simulator(
             queue,

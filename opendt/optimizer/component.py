@@ -28,6 +28,7 @@ import structlog
 
 from opendt.history import HistoryGap
 from opendt.models.topology import Topology
+from opendt.optimizer.journal import OptimizerJournal
 from opendt.optimizer.patch import PatchError, topology_diff
 from opendt.optimizer.rules import (
     OptimizerContext,
@@ -145,6 +146,10 @@ class Round:
     """Every candidate simulated in the round (the rule's proposal first, then the search's)."""
     duration_s: float = 0.0
     accepted_version: int | None = None
+    recorded_candidates: list[dict[str, Any]] | None = None
+    """A round read back from the journal: its candidates as recorded (``trials`` is empty then)."""
+    rerun: bool = False
+    """Queued by a replayed window (after a restart) because no earlier process recorded it."""
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
@@ -163,10 +168,40 @@ class Round:
             "verdict": None if self.verdict is None else self.verdict.to_json_dict(),
             "tasks": self.tasks,
             "proposal_compute_s": self.proposal_compute_s,
-            "candidates": [t.to_json_dict() for t in self.trials],
+            "candidates": self.recorded_candidates
+            if self.recorded_candidates is not None
+            else [t.to_json_dict() for t in self.trials],
             "duration_s": round(self.duration_s, 4),
             "accepted_version": self.accepted_version,
         }
+
+    @classmethod
+    def from_json_dict(cls, d: dict[str, Any]) -> Round:
+        """The inverse of :meth:`to_json_dict` (a round of the journal)."""
+
+        def outcome(x: dict[str, Any] | None) -> WindowOutcome | None:
+            return None if x is None else WindowOutcome.from_json_dict(x)
+
+        return cls(
+            index=int(d["round"]),
+            start_ms=int(d["start_ms"]),
+            end_ms=int(d["end_ms"]),
+            base_version=int(d["base_version"]),
+            status=d["status"],
+            note=d["note"],
+            baseline=outcome(d["baseline"]),
+            candidate=outcome(d["candidate"]),
+            proposal=None if d["proposal"] is None else Proposal.from_json_dict(d["proposal"]),
+            verdict=None if d["verdict"] is None else Verdict.from_json_dict(d["verdict"]),
+            baseline_meets=d["baseline_meets"],
+            candidate_meets=d["candidate_meets"],
+            baseline_score=d["baseline_score"],
+            tasks=d["tasks"],
+            proposal_compute_s=d["proposal_compute_s"],
+            duration_s=float(d["duration_s"]),
+            accepted_version=d["accepted_version"],
+            recorded_candidates=list(d["candidates"]),
+        )
 
 
 class Optimizer:
@@ -180,6 +215,7 @@ class Optimizer:
         *,
         window_ms: int,
         publish_topology: PublishTopology | None = None,
+        journal: OptimizerJournal | None = None,
     ) -> None:
         self.settings = settings
         self.box = box
@@ -188,6 +224,7 @@ class Optimizer:
         self.strategy = strategy
         self.window_ms = window_ms
         self.publish_topology = publish_topology
+        self.journal = journal or OptimizerJournal(None)
         self.weights = Weights.from_settings(settings)
         self.rounds: deque[Round] = deque(maxlen=KEEP_ROUNDS)
         self.best: Round | None = None
@@ -195,7 +232,6 @@ class Optimizer:
         self._wake = asyncio.Event()
         self._windows = 0
         self._max_task_cores: int | None = None
-        self._count = 0
         self.superseded = 0
         self.accepted = 0
         self.busy = False
@@ -212,17 +248,45 @@ class Optimizer:
             biggest = int(tasks["cpu_count"].max())  # type: ignore[arg-type]
             self._max_task_cores = max(biggest, self._max_task_cores or 0)
         self._windows += 1
-        if replayed or w.final or self._windows % self.settings.every_windows:
+        if w.final or self._windows % self.settings.every_windows:
             return
-        self._count += 1
+        # numbered by the windows since the run's start, replayed ones included: a restarted twin goes on with
+        # the numbers of the rounds it recorded, runs again a round it never recorded (queued or running at
+        # the kill), and a round over windows simulated again replaces its record
+        index = self._windows // self.settings.every_windows
+        if replayed and any(x.index == index for x in self.rounds):
+            return
         start = w.end_ms - self.settings.every_windows * self.window_ms
-        r = Round(self._count, start, w.end_ms, self.box.current.version)
-        if self._pending is not None:
-            self._pending.status, self._pending.note = "superseded", f"round {r.index} came before it ran"
-            self.superseded += 1
-        self._pending = r
+        r = Round(index, start, w.end_ms, self.box.current.version, rerun=replayed)
+        old = next((x for x in self.rounds if x.index == index), None)
+        if old is not None:
+            self.rounds.remove(old)
+            if self.best is old:
+                self.best = None
+        pending, self._pending = self._pending, r
         self.rounds.append(r)
         self._wake.set()
+        if pending is not None and pending.rerun:  # only the last of the unrecorded rounds of a replay runs
+            self.rounds.remove(pending)
+        elif pending is not None:
+            pending.status, pending.note = "superseded", f"round {r.index} came before it ran"
+            self.superseded += 1
+            await self.journal.round(pending.to_json_dict())
+
+    def resume(self) -> int:
+        """Read the journal's rounds back (a restarted twin): the history, the accepted count and the kept
+        proposal still waiting for an operator. Returns the number of rounds read."""
+        for d in self.journal.load():
+            try:
+                self.rounds.append(Round.from_json_dict(d))
+            except (KeyError, TypeError, ValueError) as e:  # TopologyError is a ValueError
+                self.journal.errors += 1
+                log.warning("optimizer_journal_bad_round", round=d.get("round"), error=repr(e))
+        self.accepted = sum(r.accepted_version is not None for r in self.rounds)
+        self.superseded = sum(r.status == "superseded" for r in self.rounds)
+        last = next((r for r in reversed(self.rounds) if r.status == "kept"), None)
+        self.best = last if last is not None and last.accepted_version is None else None
+        return len(self.rounds)
 
     # -- rounds ------------------------------------------------------------------------------------------
 
@@ -255,6 +319,7 @@ class Optimizer:
                     rule=None if r.proposal is None else r.proposal.rule,
                     duration_s=round(r.duration_s, 4),
                 )
+                await self.journal.round(r.to_json_dict())
         finally:
             await self.strategy.aclose()
 
@@ -426,6 +491,7 @@ class Optimizer:
         assert r.proposal is not None
         reason = f"optimizer round {r.index}: {r.proposal.reason}"
         r.accepted_version = await self.publish_topology(r.proposal.topology, "optimizer", reason)
+        await self.journal.accepted(r.index, r.accepted_version)
         self.accepted += 1
         if self.best is r:
             self.best = None

@@ -113,6 +113,20 @@ class Proposal:
             "topology": self.topology.to_json_dict(),
         }
 
+    @classmethod
+    def from_json_dict(cls, d: dict[str, Any]) -> Proposal:
+        """The inverse of :meth:`to_json_dict` (a change's ``leaf``: its path after the host spec's)."""
+        cs = d["changes"]
+        changes = (Change(c["path"], c["path"].split("].")[-1], c["before"], c["after"]) for c in cs)
+        return cls(
+            topology=parse_topology(d["topology"], source="proposal"),
+            changes=tuple(changes),
+            reason=d["reason"],
+            rule=d["rule"],
+            source=d["source"],
+            fallback_reason=d.get("fallback_reason"),
+        )
+
 
 class Strategy(Protocol):
     """What the optimizer component calls: ``await strategy.propose(ctx)``; None means maintain."""

@@ -78,6 +78,10 @@ class WindowOutcome:
             "task_runtime_mean_s": self.task_runtime_mean_s,
         }
 
+    @classmethod
+    def from_json_dict(cls, d: dict[str, Any]) -> WindowOutcome:
+        return cls(**d)
+
 
 OUTCOME_FIELD = {
     "energy_kwh_per_window": "energy_kwh",
@@ -133,6 +137,10 @@ class Term:
             "met": self.met,
         }
 
+    @classmethod
+    def from_json_dict(cls, d: dict[str, Any]) -> Term:
+        return cls(**{k: v for k, v in d.items() if k != "met"})
+
 
 @dataclass(frozen=True)
 class ScoreBreakdown:
@@ -151,6 +159,10 @@ class ScoreBreakdown:
             "terms": [t.to_json_dict() for t in self.terms],
             "missing": list(self.missing),
         }
+
+    @classmethod
+    def from_json_dict(cls, d: dict[str, Any]) -> ScoreBreakdown:
+        return cls(d["score"], tuple(Term.from_json_dict(t) for t in d["terms"]), tuple(d["missing"]))
 
 
 def relative_delta(value: float, target: float) -> float:
@@ -246,6 +258,17 @@ class Verdict:
             "broken": list(self.broken),
             "reason": self.reason,
         }
+
+    @classmethod
+    def from_json_dict(cls, d: dict[str, Any]) -> Verdict:
+        return cls(
+            kept=d["kept"],
+            improvement=d["improvement"],
+            baseline=ScoreBreakdown.from_json_dict(d["baseline"]),
+            candidate=ScoreBreakdown.from_json_dict(d["candidate"]),
+            broken=tuple(d["broken"]),
+            reason=d["reason"],
+        )
 
 
 def compare(

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from opendt.models.topology import Topology, parse_topology
-from opendt.optimizer.rules import OptimizerContext
+from opendt.optimizer.component import Optimizer
+from opendt.optimizer.journal import OptimizerJournal
+from opendt.optimizer.rules import OptimizerContext, RulesStrategy
 from opendt.optimizer.scoring import WindowOutcome
-from opendt.optimizer.slo import Slo
+from opendt.optimizer.slo import Slo, SloWatcher
+from opendt.scenarios import ScenarioResult
+from opendt.settings import OptimizerSettings
+from opendt.simulator import TopologyBox
 
 WINDOW_START_MS = 1_709_510_400_000  # 2024-03-04T00:00:00Z
 WINDOW_END_MS = WINDOW_START_MS + 300_000
@@ -61,3 +71,42 @@ def context(
         window_end_ms=WINDOW_END_MS,
         **kw,
     )
+
+
+class FakeScenarios:
+    """Energy = ``base`` + hosts × ``per_host`` kWh per hour; wait p95 = 0 s down to ``busy`` hosts, then
+    3000 s."""
+
+    def __init__(self, per_host: float = 0.01, busy: int = 60, base: float = 0.0) -> None:
+        self.per_host, self.busy, self.base = per_host, busy, base
+        self.calls: list[tuple[str, list[int]]] = []
+
+    async def run(self, start_ms: int, end_ms: int, topologies: Sequence[Topology], *, what: str
+                  ) -> list[ScenarioResult]:  # fmt: skip
+        self.calls.append((what, [t.host_count for t in topologies]))
+        out = []
+        for t in topologies:
+            n = t.host_count
+            kwh = self.base + n * self.per_host
+            rows = pl.DataFrame({"energy_usage": [kwh * 3.6e6], "power_draw": [n * 10.0],
+                                 "carbon_emission": [None]}, schema_overrides={"carbon_emission": pl.Float64})  # fmt: skip
+            tasks = {"wait_p95_s": 0.0 if n >= self.busy else 3000.0, "runtime_mean_s": 600.0}
+            out.append(ScenarioResult(rows, None, 0.01, tasks))
+        return out
+
+
+def make_optimizer(
+    tmp_path: Path,
+    slo: dict[str, Any],
+    scen: FakeScenarios,
+    journal: OptimizerJournal | None = None,
+    **kw: Any,
+) -> Optimizer:
+    """100 hosts of 16 cores, rules, every 12 windows of 5 min, the SLOs written to ``tmp_path/slo.json``."""
+    (tmp_path / "slo.json").write_text(json.dumps(slo))
+    settings = OptimizerSettings(
+        **{"enabled": True, "every_windows": 12, "slo_path": tmp_path / "slo.json", **kw}
+    )
+    box = TopologyBox(topology(("c", [host("h", 100, 16, 2100)])))
+    return Optimizer(settings, box, scen, SloWatcher(tmp_path / "slo.json"), RulesStrategy(settings),  # type: ignore[arg-type]
+                     window_ms=300_000, journal=journal)  # fmt: skip

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from opendt.daemon import run_daemon
-from opendt.settings import REPO_ROOT, ApiSettings, OptimizerSettings, Settings
+from opendt.settings import REPO_ROOT, ApiSettings, OptimizerSettings, Settings, TopicNames
 from opendt.state import TwinState
 
 DEMO = REPO_ROOT / "data" / "demo"
@@ -229,3 +229,92 @@ async def test_llm_failures_fall_back_to_rules_with_the_reason(
             assert p["fallback_reason"].startswith("llm:"), p["fallback_reason"]
     finally:
         await runner.cleanup()
+
+
+async def test_a_restarted_twin_keeps_rounds_accepts_and_the_waiting_proposal(
+    daemon_settings: Callable[..., Settings], tmp_path: Path, unique_topic_names: Callable[[], TopicNames]
+) -> None:
+    """Run 1 (real broker, engine workers, HTTP): a proposal is accepted, another kept one waits; the daemon
+    stops. Run 2 on the same data dir (fresh topics, as after a broker restart) resumes the run: GET
+    /api/optimizer shows run 1's rounds exactly as before, the accept still recorded, new rounds numbered after
+    them, and the waiting proposal can be accepted and is applied to the next windows."""
+    settings = _settings(
+        daemon_settings, tmp_path, {"energy_kwh_per_window": 0.08, "task_wait_p95_s": 7200.0}, speed=3600
+    )
+
+    async def run(s: Settings, body: Callable[[aiohttp.ClientSession, str], Awaitable[Any]]) -> Any:
+        stop, state = asyncio.Event(), TwinState()
+        task = asyncio.create_task(run_daemon(s, shutdown_trigger=stop.wait, state=state))
+        try:
+            async with asyncio.timeout(60):
+                while not state.api_url:
+                    assert not task.done(), task
+                    await asyncio.sleep(0.05)
+            async with aiohttp.ClientSession() as http:
+                return await body(http, state.api_url)
+        finally:
+            stop.set()
+            assert await asyncio.wait_for(task, 60) == 0
+
+    async def first(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+        async def kept() -> Any:
+            _, doc = await _get(http, f"{url}/api/optimizer")
+            return doc["best"]
+
+        best = await _until(kept, "a kept proposal")
+        async with http.post(f"{url}/api/optimizer/accept", headers=AUTH) as r:
+            assert r.status == 202, await r.text()
+            version = (await r.json())["version"]
+
+        async def another() -> Any:
+            _, doc = await _get(http, f"{url}/api/optimizer")
+            b = doc["best"]
+            return b if b is not None and b["round"] > best["round"] else None
+
+        waiting = await _until(another, "a second kept proposal")
+        _, doc = await _get(http, f"{url}/api/optimizer?limit=1000")
+        done = [h for h in doc["history"] if h["status"] != "queued"]
+        return {"history": done, "accepted": best["round"], "version": version, "waiting": waiting["round"]}
+
+    run1 = await run(settings, first)
+    history, accepted_round, version, waiting_round = (
+        run1["history"], run1["accepted"], run1["version"], run1["waiting"]
+    )  # fmt: skip
+    journal = next((tmp_path / "data" / "runs").glob("*/optimizer.jsonl"))
+    assert journal.stat().st_size > 0
+
+    resumed = settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"topics": unique_topic_names()})}
+    )
+
+    async def second(http: aiohttp.ClientSession, url: str) -> None:
+        _, doc = await _get(http, f"{url}/api/optimizer?limit=1000")
+        by_round = {h["round"]: h for h in doc["history"]}
+        for h in history:  # (a round still running at the stop was not recorded, and may run again)
+            assert by_round[h["round"]] == h
+        assert by_round[accepted_round]["accepted_version"] == version
+        assert doc["topology_updates"] >= 1
+        async with http.post(
+            f"{url}/api/optimizer/accept", json={"round": accepted_round}, headers=AUTH
+        ) as r:
+            assert r.status == 409
+        async with http.post(f"{url}/api/optimizer/accept", json={"round": waiting_round}, headers=AUTH) as r:
+            assert r.status == 202, await r.text()
+            second_version = (await r.json())["version"]
+        assert second_version > version
+
+        async def applied() -> Any:
+            _, w = await _get(http, f"{url}/api/windows?limit=5")
+            return any(x["topology_version"] == second_version for x in w["windows"])
+
+        await _until(applied, "a window simulated with the proposal accepted after the restart")
+
+        async def newer() -> Any:
+            _, d = await _get(http, f"{url}/api/optimizer?limit=1000")
+            done = [h["round"] for h in d["history"] if h["status"] != "queued"]
+            return done if max(done) > max(h["round"] for h in history) else None
+
+        done = await _until(newer, "a round of run 2")
+        assert len(done) == len(set(done))
+
+    await run(resumed, second)

@@ -7,31 +7,25 @@ the host count, so every choice can be checked by hand; the real runner is exerc
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import pytest
 from pydantic import ValidationError
 
 from opendt.models.topology import Topology
-from opendt.optimizer.component import Optimizer, Round, Trial, choose
+from opendt.optimizer.component import Round, Trial, choose
 from opendt.optimizer.rules import (
-    RulesStrategy,
     decide,
     downscale_ladder,
     energy_rule_matched,
     ladder_fractions,
 )
 from opendt.optimizer.scoring import compare
-from opendt.optimizer.slo import Slo, SloWatcher
-from opendt.scenarios import ScenarioResult
+from opendt.optimizer.slo import Slo
 from opendt.settings import OptimizerSettings
-from opendt.simulator import TopologyBox
 
-from .conftest import SLO, context, host, outcome, topology, two_clusters
+from .conftest import SLO, FakeScenarios, context, make_optimizer, outcome, two_clusters
 
 HOUR = 3_600_000
 
@@ -98,42 +92,12 @@ def test_choose_prefers_trials_meeting_every_slo_then_kept_ones() -> None:
 # --- a round against a stand-in scenario runner ---------------------------------------------------------------
 
 
-class FakeScenarios:
-    """Energy = ``base`` + hosts × ``per_host`` kWh per hour; wait p95 = 0 s down to ``busy`` hosts, then
-    3000 s."""
-
-    def __init__(self, per_host: float = 0.01, busy: int = 60, base: float = 0.0) -> None:
-        self.per_host, self.busy, self.base = per_host, busy, base
-        self.calls: list[tuple[str, list[int]]] = []
-
-    async def run(self, start_ms: int, end_ms: int, topologies: Sequence[Topology], *, what: str
-                  ) -> list[ScenarioResult]:  # fmt: skip
-        self.calls.append((what, [sum(_counts(t)) for t in topologies]))
-        out = []
-        for t in topologies:
-            n = sum(_counts(t))
-            kwh = self.base + n * self.per_host
-            rows = pl.DataFrame({"energy_usage": [kwh * 3.6e6], "power_draw": [n * 10.0],
-                                 "carbon_emission": [None]}, schema_overrides={"carbon_emission": pl.Float64})  # fmt: skip
-            tasks = {"wait_p95_s": 0.0 if n >= self.busy else 3000.0, "runtime_mean_s": 600.0}
-            out.append(ScenarioResult(rows, None, 0.01, tasks))
-        return out
-
-
-def _optimizer(tmp_path: Path, slo: dict[str, Any], scen: FakeScenarios, **kw: Any) -> Optimizer:
-    (tmp_path / "slo.json").write_text(json.dumps(slo))
-    settings = OptimizerSettings(enabled=True, every_windows=12, slo_path=tmp_path / "slo.json", **kw)
-    box = TopologyBox(topology(("c", [host("h", 100, 16, 2100)])))
-    return Optimizer(settings, box, scen, SloWatcher(tmp_path / "slo.json"), RulesStrategy(settings),  # type: ignore[arg-type]
-                     window_ms=300_000)  # fmt: skip
-
-
 async def test_round_stops_at_the_coarse_ladder_when_a_cut_meets_every_slo(tmp_path: Path) -> None:
     """100 hosts, 1 kWh, SLO 0.6 kWh (+66.7 %): the rule cuts to 60 (meets both SLOs); the coarse ladder
     (0.6 → 0.25) also tries 53, 46, 39, 32, 25 (energy fine, waits 3000 s > 1800 s: not kept). A cut meets
     every SLO, so nothing is refined; the 60-host cut is chosen."""
     scen = FakeScenarios(busy=60)
-    opt = _optimizer(tmp_path, {"energy_kwh_per_window": 0.6 / 12, "task_wait_p95_s": 1800}, scen)
+    opt = make_optimizer(tmp_path, {"energy_kwh_per_window": 0.6 / 12, "task_wait_p95_s": 1800}, scen)
     r = Round(1, 0, HOUR, 0)
     await opt.run_round(r)
     assert scen.calls == [("optimizer-baseline", [100]), ("optimizer-proposals", [60, 53, 46, 39, 32, 25])]
@@ -152,7 +116,7 @@ async def test_round_refines_between_the_last_miss_and_the_first_hit(tmp_path: P
     SLO but breaks the wait (busy at 72). Refined between 82 and 71: 80, 79, 77, 76, 74, 72, of which 72 meets
     both (energy 0.66) and is chosen; no further refinement."""
     scen = FakeScenarios(per_host=0.005, base=0.3, busy=72)
-    opt = _optimizer(tmp_path, {"energy_kwh_per_window": 0.661 / 12, "task_wait_p95_s": 1800}, scen)
+    opt = make_optimizer(tmp_path, {"energy_kwh_per_window": 0.661 / 12, "task_wait_p95_s": 1800}, scen)
     r = Round(1, 0, HOUR, 0)
     await opt.run_round(r)
     assert scen.calls[1] == ("optimizer-proposals", [100, 82, 71, 59, 48, 36, 25])
@@ -169,7 +133,7 @@ async def test_refinement_narrows_until_no_count_is_left(tmp_path: Path) -> None
     96 … 78 between 100 and 75, then 77 and 76 between 78 and 75; then no count is left to try. The best kept
     cut (by score) is reported, meeting not every SLO."""
     scen = FakeScenarios(busy=76)
-    opt = _optimizer(tmp_path, {"energy_kwh_per_window": 0.75 / 12, "task_wait_p95_s": 1800}, scen)
+    opt = make_optimizer(tmp_path, {"energy_kwh_per_window": 0.75 / 12, "task_wait_p95_s": 1800}, scen)
     r = Round(1, 0, HOUR, 0)
     await opt.run_round(r)
     assert [n for _, n in scen.calls] == [[100], [75, 65, 55, 45, 35, 25], [96, 92, 89, 85, 82, 78], [77, 76]]
@@ -180,7 +144,7 @@ async def test_refinement_narrows_until_no_count_is_left(tmp_path: Path) -> None
 
 async def test_search_steps_zero_is_the_earlier_one_proposal_design(tmp_path: Path) -> None:
     scen = FakeScenarios(busy=70)
-    opt = _optimizer(tmp_path, {"energy_kwh_per_window": 0.8 / 12, "task_wait_p95_s": 1800}, scen,
+    opt = make_optimizer(tmp_path, {"energy_kwh_per_window": 0.8 / 12, "task_wait_p95_s": 1800}, scen,
                      search_steps=0)  # fmt: skip
     r = Round(1, 0, HOUR, 0)
     await opt.run_round(r)
@@ -194,7 +158,7 @@ async def test_search_steps_zero_is_the_earlier_one_proposal_design(tmp_path: Pa
 async def test_no_search_on_the_performance_side(tmp_path: Path) -> None:
     """Wait p95 over its SLO, energy fine: the scale-up rule's proposal is simulated alone."""
     scen = FakeScenarios(busy=200)  # every count waits 3000 s
-    opt = _optimizer(tmp_path, {"energy_kwh_per_window": 5.0, "task_wait_p95_s": 1800}, scen)
+    opt = make_optimizer(tmp_path, {"energy_kwh_per_window": 5.0, "task_wait_p95_s": 1800}, scen)
     r = Round(1, 0, HOUR, 0)
     await opt.run_round(r)
     assert r.proposal is not None
