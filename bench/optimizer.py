@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import statistics
 import tempfile
 import time
@@ -87,34 +86,6 @@ def idle_kwh(eng: Engine, lo_ms: int, hi_ms: int) -> float:
             end = max(end, b)
     idle_ms = (hi - lo) - busy
     return float((eng.hosts.power.idle_power() * idle_ms).sum()) / 3.6e9
-
-
-def delay_bound_kwh(eng: Engine, lo_ms: int, hi_ms: int) -> float:
-    """Energy (kWh) in [lo, hi) that delaying tasks could save at most, on top of :func:`idle_kwh`: every task
-    submitted in the range moved out of it entirely, and the k running tasks with the most host time in it
-    evicted, k = ⌈0.05 n / 0.95⌉ + 1 for n submitted tasks (more than a wait p95 lets wait past its SLO), each
-    at its host's maximum power P(u) over u in [0, 1] for all its time in the range. Far more than any
-    candidate within a wait SLO can save: a round whose baseline minus both still exceeds the energy SLO
-    cannot meet it with any topology of these hosts."""
-    s = eng.sched
-    t0 = eng.origin_ms
-    assert t0 is not None
-    lo, hi = lo_ms - t0, hi_ms - t0
-    u = np.linspace(0.0, 1.0, 2001)
-    pw = eng.hosts.power
-    pmax = np.array([pw.evaluate(np.full(u.shape, h, dtype=np.int64), u).max() for h in range(eng.hosts.n)])
-    new_j, running, n_new = 0.0, [], 0
-    for task, h in enumerate(s.host):
-        if h < 0 or s.start[task] < 0:
-            continue
-        busy_s = max(0, min(s.finish[task], hi) - max(s.start[task], lo)) / 1000
-        if lo <= s.sub[task] < hi:
-            n_new += 1
-            new_j += busy_s * pmax[h]
-        elif busy_s > 0:
-            running.append(busy_s * pmax[h])
-    k = math.ceil(0.05 * n_new / 0.95) + 1
-    return (new_j + sum(sorted(running, reverse=True)[:k])) / 3.6e6
 
 
 async def run_twin(args: argparse.Namespace, slo: dict[str, float], window_s: int) -> dict[str, Any]:
@@ -261,17 +232,6 @@ async def main() -> None:
             )
             for r in proposed
         ]
-        per_window = [window_s * 1000 / (r["end_ms"] - r["start_ms"]) for r in proposed]
-        bound = [
-            f - delay_bound_kwh(engine, r["start_ms"], r["end_ms"]) * w
-            for r, f, w in zip(proposed, floor, per_window, strict=True)
-        ]
-        n_out = sum(b > e_slo for b in bound)
-        share_out = 100 * n_out / len(proposed)
-        print(f"  delay bound (the floor minus every task submitted in the round moved out of it and a few "
-              f"running ones evicted, at max power): over the energy SLO in {n_out} = {share_out:.1f} % of "
-              f"the rounds, so at most {100 - share_out:.1f} % can meet it with any host count"
-              )  # fmt: skip
         near = sum(
             r["status"] == "maintain" and r["baseline"] is not None and r["baseline"]["energy_kwh"] > e_slo
             for r in rounds
