@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,55 +64,101 @@ def _json_object(fields: list[tuple[str, pl.Expr, bool]]) -> pl.Expr:
     return pl.concat_str([*parts, pl.lit("}")])
 
 
-def encode_events(workload: Workload, power_source: str) -> pl.DataFrame:
-    """All records as one frame sorted by trace time: ``t`` (ms), ``stream``, ``key``, ``value`` (JSON)."""
-    id_key = _json_object([("id", _json_str("id"), True)]).alias("key")
-    tasks = workload.tasks.select(
-        pl.col("submission_ms").alias("t"),
-        pl.lit(TASKS, pl.Int8).alias("stream"),
-        id_key,
-        _json_object(
-            [
-                ("submission_time", _iso("submission_ms"), True),
-                ("duration", _num("duration"), False),
-                ("cpu_count", _num("cpu_count"), False),
-                ("cpu_capacity", _num("cpu_capacity"), False),
-                ("mem_capacity", _num("mem_capacity"), False),
-            ]
-        ).alias("value"),
-    )
-    frags = workload.fragments.select(
-        pl.col("submission_ms").alias("t"),
-        pl.lit(FRAGMENTS, pl.Int8).alias("stream"),
-        id_key,
-        _json_object(
-            [
-                ("submission_time", _iso("submission_ms"), True),
-                ("duration", _num("duration"), False),
-                ("cpu_count", _num("cpu_count"), False),
-                ("cpu_usage", _num("cpu_usage"), False),
-                ("index", _num("index"), False),
-            ]
-        ).alias("value"),
-    )
-    parts = [tasks, frags]
+@dataclass(frozen=True)
+class _Stream:
+    frame: pl.DataFrame
+    t: str
+    """The column of trace time (epoch ms)."""
+    key: pl.Expr
+    value: pl.Expr
+
+
+def _streams(workload: Workload, power_source: str) -> list[_Stream]:
+    """Per stream (index ``TASKS``, ``FRAGMENTS``, ``POWER``): its rows and its records' expressions."""
+    id_key = _json_object([("id", _json_str("id"), True)])
+    out = [
+        _Stream(
+            workload.tasks,
+            "submission_ms",
+            id_key,
+            _json_object(
+                [
+                    ("submission_time", _iso("submission_ms"), True),
+                    ("duration", _num("duration"), False),
+                    ("cpu_count", _num("cpu_count"), False),
+                    ("cpu_capacity", _num("cpu_capacity"), False),
+                    ("mem_capacity", _num("mem_capacity"), False),
+                ]
+            ),
+        ),
+        _Stream(
+            workload.fragments,
+            "submission_ms",
+            id_key,
+            _json_object(
+                [
+                    ("submission_time", _iso("submission_ms"), True),
+                    ("duration", _num("duration"), False),
+                    ("cpu_count", _num("cpu_count"), False),
+                    ("cpu_usage", _num("cpu_usage"), False),
+                    ("index", _num("index"), False),
+                ]
+            ),
+        ),
+    ]
     if workload.consumption is not None:
         key = '{"source":"' + power_source.replace("\\", "\\\\").replace('"', '\\"') + '"}'
-        parts.append(
-            workload.consumption.select(
-                pl.col("timestamp_ms").alias("t"),
-                pl.lit(POWER, pl.Int8).alias("stream"),
-                pl.lit(key).alias("key"),
+        out.append(
+            _Stream(
+                workload.consumption,
+                "timestamp_ms",
+                pl.lit(key),
                 _json_object(
                     [
                         ("timestamp", _iso("timestamp_ms"), True),
                         ("power_draw", _num("power_draw"), False),
                         ("energy_usage", pl.col("energy_usage").fill_null(0.0).cast(pl.Utf8), False),
                     ]
-                ).alias("value"),
+                ),
             )
         )
+    return out
+
+
+def event_order(streams: list[_Stream]) -> pl.DataFrame:
+    """Every record's place in the merged stream: ``t`` (ms), ``stream``, ``row`` (in its frame), sorted by
+    trace time, then stream (tasks before their fragments), then row. 13 bytes a record: the records
+    themselves are encoded a chunk at a time (:func:`encode_chunk`)."""
+    parts = [
+        s.frame.select(
+            pl.col(s.t).alias("t"),
+            pl.lit(i, pl.Int8).alias("stream"),
+            pl.int_range(pl.len(), dtype=pl.UInt32).alias("row"),
+        )
+        for i, s in enumerate(streams)
+    ]
     return pl.concat(parts).sort(["t", "stream"], maintain_order=True)
+
+
+def encode_chunk(streams: list[_Stream], order: pl.DataFrame) -> pl.DataFrame:
+    """The records of ``order`` (a slice of :func:`event_order`) in its order: ``t``, ``stream``, ``key``,
+    ``value`` (DESIGN §4 JSON)."""
+    pos = order.with_row_index("pos")
+    parts = []
+    for i, s in enumerate(streams):
+        mine = pos.filter(pl.col("stream") == i)
+        if mine.height:
+            rows = s.frame[mine["row"]].select(s.key.alias("key"), s.value.alias("value"))
+            parts.append(pl.concat([mine.select("pos", "t", "stream"), rows], how="horizontal"))
+    if not parts:
+        return pl.DataFrame(schema={"t": pl.Int64, "stream": pl.Int8, "key": pl.Utf8, "value": pl.Utf8})
+    return pl.concat(parts).sort("pos").drop("pos")
+
+
+def encode_events(workload: Workload, power_source: str) -> pl.DataFrame:
+    """All records as one frame sorted by trace time: ``t`` (ms), ``stream``, ``key``, ``value`` (JSON)."""
+    streams = _streams(workload, power_source)
+    return encode_chunk(streams, event_order(streams))
 
 
 @dataclass
@@ -157,15 +203,30 @@ class ReplayProducer:
         self.progress = progress if progress is not None else ReplayProgress()
         self._log = log.bind(workload=workload.meta.name)
 
-    def _chunks(self, events: pl.DataFrame) -> Iterator[pl.DataFrame]:
-        for off in range(0, events.height, CHUNK):
-            yield events.slice(off, CHUNK)
+    async def _chunks(self, streams: list[_Stream], order: pl.DataFrame) -> AsyncIterator[pl.DataFrame]:
+        """The encoded records, ``CHUNK`` at a time, each encoded off the event loop while the one before it
+        is sent."""
+        offsets = range(0, order.height, CHUNK)
+        if not offsets:
+            return
+        ahead = asyncio.ensure_future(asyncio.to_thread(encode_chunk, streams, order.slice(0, CHUNK)))
+        try:
+            for off in offsets:
+                chunk = await ahead
+                if off + CHUNK < order.height:
+                    nxt = order.slice(off + CHUNK, CHUNK)
+                    ahead = asyncio.ensure_future(asyncio.to_thread(encode_chunk, streams, nxt))
+                yield chunk
+        finally:
+            if not ahead.done():
+                ahead.cancel()
 
     async def run(self) -> None:
         wl = self.workload
         source = wl.topology.clusters[0].powerSource.name
-        events = await asyncio.to_thread(encode_events, wl, source)
-        start_ms = int(events["t"][0]) if events.height else wl.origin_ms
+        streams = _streams(wl, source)
+        order = await asyncio.to_thread(event_order, streams)
+        start_ms = int(order["t"][0]) if order.height else wl.origin_ms
         end_ms = max(wl.end_ms, start_ms)
         hb_ms = int(self.settings.heartbeat_s * 1000)
         speed = None if self.settings.speed == "max" else float(self.settings.speed)
@@ -189,14 +250,14 @@ class ReplayProducer:
         last_flush = self.clock.monotonic()
         n = 0
         self._log.info(
-            "replay_started", records=events.height, start_ms=start_ms, end_ms=end_ms, speed=speed or "max"
+            "replay_started", records=order.height, start_ms=start_ms, end_ms=end_ms, speed=speed or "max"
         )
-        for chunk in self._chunks(events):
+        async for chunk in self._chunks(streams, order):
             ts = chunk["t"].to_list()
-            streams = chunk["stream"].to_list()
+            kinds = chunk["stream"].to_list()
             keys = chunk["key"].to_list()
             values = chunk["value"].to_list()
-            for t, s, k, v in zip(ts, streams, keys, values, strict=True):
+            for t, s, k, v in zip(ts, kinds, keys, values, strict=True):
                 if t >= next_hb:
                     hb = (t // hb_ms) * hb_ms
                     for sender in senders:
