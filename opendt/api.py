@@ -96,6 +96,17 @@ def parse_time(value: str, field: str) -> int:
     return round(dt.timestamp() * 1000)
 
 
+def _limit(request: web.Request, most: int, default: int = 100) -> int:
+    """The ``limit`` query parameter: an integer in 1..``most`` (400 naming it otherwise)."""
+    try:
+        limit = int(request.query.get("limit", str(default)))
+    except ValueError:
+        raise ApiError(400, "limit: must be an integer", "limit") from None
+    if not 1 <= limit <= most:
+        raise ApiError(400, f"limit: must be in 1..{most}", "limit")
+    return limit
+
+
 def _range(request: web.Request, default_step_s: int = 60) -> tuple[int, int, int]:
     q = request.query
     unknown = set(q) - {"start", "end", "step_s"}
@@ -269,12 +280,7 @@ async def carbon(request: web.Request) -> web.Response:
 
 async def windows(request: web.Request) -> web.Response:
     view = request.app[VIEW]
-    try:
-        limit = int(request.query.get("limit", "100"))
-    except ValueError:
-        raise ApiError(400, "limit: must be an integer", "limit") from None
-    if not 1 <= limit <= 10_000:
-        raise ApiError(400, "limit: must be in 1..10000", "limit")
+    limit = _limit(request, 10_000)
     if view.store is None:
         return _json({"windows": [], "total": 0})
     w = view.store.windows.tail(limit).with_columns(
@@ -545,13 +551,7 @@ async def get_optimizer(request: web.Request) -> web.Response:
     opt = request.app[VIEW].optimizer
     if opt is None:
         raise ApiError(404, "the optimizer is disabled (optimizer.enabled: false)")
-    try:
-        limit = int(request.query.get("limit", "100"))
-    except ValueError:
-        raise ApiError(400, "limit: must be an integer", "limit") from None
-    if not 1 <= limit <= 1000:
-        raise ApiError(400, "limit: must be in 1..1000", "limit")
-    return _json(opt.view(limit))
+    return _json(opt.view(_limit(request, 1000)))
 
 
 async def accept_optimizer(request: web.Request) -> web.Response:
