@@ -73,6 +73,13 @@ class _Stream:
     value: pl.Expr
 
 
+def _submitted(*numeric: str) -> pl.Expr:
+    """A task or fragment record: its ``submission_time``, then the ``numeric`` columns in order."""
+    return _json_object(
+        [("submission_time", _iso("submission_ms"), True), *((c, _num(c), False) for c in numeric)]
+    )
+
+
 def _streams(workload: Workload, power_source: str) -> list[_Stream]:
     """Per stream (index ``TASKS``, ``FRAGMENTS``, ``POWER``): its rows and its records' expressions."""
     id_key = _json_object([("id", _json_str("id"), True)])
@@ -81,29 +88,13 @@ def _streams(workload: Workload, power_source: str) -> list[_Stream]:
             workload.tasks,
             "submission_ms",
             id_key,
-            _json_object(
-                [
-                    ("submission_time", _iso("submission_ms"), True),
-                    ("duration", _num("duration"), False),
-                    ("cpu_count", _num("cpu_count"), False),
-                    ("cpu_capacity", _num("cpu_capacity"), False),
-                    ("mem_capacity", _num("mem_capacity"), False),
-                ]
-            ),
+            _submitted("duration", "cpu_count", "cpu_capacity", "mem_capacity"),
         ),
         _Stream(
             workload.fragments,
             "submission_ms",
             id_key,
-            _json_object(
-                [
-                    ("submission_time", _iso("submission_ms"), True),
-                    ("duration", _num("duration"), False),
-                    ("cpu_count", _num("cpu_count"), False),
-                    ("cpu_usage", _num("cpu_usage"), False),
-                    ("index", _num("index"), False),
-                ]
-            ),
+            _submitted("duration", "cpu_count", "cpu_usage", "index"),
         ),
     ]
     if workload.consumption is not None:
