@@ -254,11 +254,11 @@ class Optimizer:
         # the numbers of the rounds it recorded, runs again a round it never recorded (queued or running at
         # the kill), and a round over windows simulated again replaces its record
         index = self._windows // self.settings.every_windows
-        if replayed and any(x.index == index for x in self.rounds):
+        old = next((x for x in self.rounds if x.index == index), None)
+        if replayed and old is not None:
             return
         start = w.end_ms - self.settings.every_windows * self.window_ms
         r = Round(index, start, w.end_ms, self.box.current.version, rerun=replayed)
-        old = next((x for x in self.rounds if x.index == index), None)
         if old is not None:
             self.rounds.remove(old)
             if self.best is old:
