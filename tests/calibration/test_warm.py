@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 
 from opendt.calibration.candidates import CandidatePool, RoundInput
+from opendt.calibration.warm import load_snapshot, snapshot
 from opendt.engine import Engine
 from opendt.workers import TwinEngine
 from opendt.workload import load_workload
@@ -67,3 +70,26 @@ async def test_snapshot_candidate_equals_an_uninterrupted_run(tmp_path: Path) ->
     assert got.height >= 110
     np.testing.assert_allclose(got["energy_usage"].to_numpy(), expected["energy_usage"].to_numpy(), rtol=1e-9)
     np.testing.assert_allclose(got["power_draw"].to_numpy(), expected["power_draw"].to_numpy(), rtol=1e-9)
+
+
+def test_snapshots_are_compressed_and_load_back_to_the_same_engine(tmp_path: Path) -> None:
+    """A snapshot is the zstd-compressed pickle (smaller than the pickle); the engine it loads goes on exactly
+    as the snapshotted one; a bare pickle (an older snapshot) still loads; a damaged one raises."""
+    wl = load_workload(write_demo_prefix(tmp_path / "wl", 3.0))
+    start = wl.origin_ms // W * W
+    mid, end = start + 12 * W, start + 24 * W
+    early = pl.col("submission_ms") < mid
+    eng = Engine(wl.topology, export_interval_ms=150_000, carbon=None)
+    eng.advance(mid, wl.tasks.filter(early), wl.fragments.filter(early))
+    blob = snapshot(eng, "running")
+    raw = pickle.dumps(eng, protocol=pickle.HIGHEST_PROTOCOL)
+    assert blob.startswith(b"ODTZ1")
+    assert len(blob) < len(raw) / 2
+    rest = (wl.tasks.filter(~early), wl.fragments.filter(~early))
+    expected = eng.advance(end, *rest)
+    for b in (blob, raw):
+        got = load_snapshot(b).advance(end, *rest)
+        assert got.height > 0
+        assert got.equals(expected)
+    with pytest.raises(OSError, match="ZSTD"):
+        load_snapshot(blob[: len(blob) // 2])
