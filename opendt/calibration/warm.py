@@ -64,14 +64,19 @@ def snapshot(engine: Engine, archive: str = "none") -> bytes:
     return _ZSTD_MAGIC + len(raw).to_bytes(8, "little") + packed
 
 
+def unpack_snapshot(blob: bytes) -> bytes:
+    """The pickle inside a :func:`snapshot` (a bare pickle, as older snapshots were, is returned as it is)."""
+    if not blob.startswith(_ZSTD_MAGIC):
+        return blob
+    head = len(_ZSTD_MAGIC)
+    size = int.from_bytes(blob[head : head + 8], "little")
+    raw: bytes = _ZSTD.decompress(blob[head + 8 :], decompressed_size=size, asbytes=True)
+    return raw
+
+
 def load_snapshot(blob: bytes) -> Engine:
-    """The engine of a :func:`snapshot` (a bare pickle, as older snapshots were, is read as it is)."""
-    raw = blob
-    if blob.startswith(_ZSTD_MAGIC):
-        head = len(_ZSTD_MAGIC)
-        size = int.from_bytes(blob[head : head + 8], "little")
-        raw = _ZSTD.decompress(blob[head + 8 :], decompressed_size=size, asbytes=True)
-    engine: Engine = pickle.loads(raw)  # noqa: S301 - our own snapshot, from our own twin worker
+    """The engine of a :func:`snapshot` (or of its :func:`unpack_snapshot`)."""
+    engine: Engine = pickle.loads(unpack_snapshot(blob))  # noqa: S301 - our own snapshot, from our twin worker
     return engine
 
 
@@ -90,6 +95,7 @@ def set_export_interval(engine: Engine, interval_ms: int) -> None:
 @dataclass
 class RoundBase:
     blob: bytes | None
+    """The snapshot's pickle (:func:`unpack_snapshot`), None for a fresh engine."""
     init_topology: dict[str, Any] | None
     carbon: pl.DataFrame | None
     tasks: pl.DataFrame
@@ -103,7 +109,8 @@ class RoundBase:
 
 
 def prepare(header: dict[str, Any], tables: dict[str, pl.DataFrame]) -> RoundBase:
-    blob = tables["snapshot"]["blob"][0] if "snapshot" in tables else None
+    # decompressed once here: every candidate of the round unpickles its own copy
+    blob = unpack_snapshot(tables["snapshot"]["blob"][0]) if "snapshot" in tables else None
     return RoundBase(
         blob=blob,
         init_topology=header.get("init_topology"),

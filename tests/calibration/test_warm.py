@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from opendt.calibration.candidates import CandidatePool, RoundInput
-from opendt.calibration.warm import load_snapshot, snapshot
+from opendt.calibration.warm import load_snapshot, snapshot, unpack_snapshot
 from opendt.engine import Engine
 from opendt.workers import TwinEngine
 from opendt.workload import load_workload
@@ -73,8 +73,9 @@ async def test_snapshot_candidate_equals_an_uninterrupted_run(tmp_path: Path) ->
 
 
 def test_snapshots_are_compressed_and_load_back_to_the_same_engine(tmp_path: Path) -> None:
-    """A snapshot is the zstd-compressed pickle (smaller than the pickle); the engine it loads goes on exactly
-    as the snapshotted one; a bare pickle (an older snapshot) still loads; a damaged one raises."""
+    """A snapshot is the zstd-compressed pickle (smaller than the pickle, unpacked to it exactly); the engine
+    it loads goes on exactly as the snapshotted one; a bare pickle (an older snapshot) still loads; a damaged
+    one raises."""
     wl = load_workload(write_demo_prefix(tmp_path / "wl", 3.0))
     start = wl.origin_ms // W * W
     mid, end = start + 12 * W, start + 24 * W
@@ -84,7 +85,10 @@ def test_snapshots_are_compressed_and_load_back_to_the_same_engine(tmp_path: Pat
     blob = snapshot(eng, "running")
     raw = pickle.dumps(eng, protocol=pickle.HIGHEST_PROTOCOL)
     assert blob.startswith(b"ODTZ1")
-    assert len(blob) < len(raw) / 2
+    inner = unpack_snapshot(blob)  # the pickle
+    assert inner.startswith(b"\x80")
+    assert len(blob) < len(inner) / 2
+    assert unpack_snapshot(inner) is inner
     rest = (wl.tasks.filter(~early), wl.fragments.filter(~early))
     expected = eng.advance(end, *rest)
     for b in (blob, raw):
