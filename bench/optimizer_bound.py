@@ -147,6 +147,10 @@ def analyse(dump_path: Path, dump: dict[str, Any], grid: dict[tuple[int, int], l
         return w_slo is None or wait is None or wait <= w_slo
 
     proposed = [r for r in dump["history"] if r["proposal"] is not None]
+    missing = [r for r in proposed if (r["start_ms"], r["end_ms"]) not in grid]
+    if missing:  # a dump of another run analysed against a grid of these rounds
+        print(f"{dump_path.name}: {len(missing)} of its rounds with a proposal are not in the grid, left out")
+        proposed = [r for r in proposed if r not in missing]
     reach, own, best_gap = 0, 0, []
     diffs: list[float] = []
     wait_diffs = 0
