@@ -39,12 +39,15 @@ import polars as pl
 from opendt.calibration.offline import cut_windows
 from opendt.calibration.warm import prepare, run_candidate, snapshot
 from opendt.engine import Engine
+from opendt.optimizer.component import outcome_of
+from opendt.scenarios import ScenarioResult, scenario_header
+from opendt.settings import SimulationSettings
 from opendt.simulator import window_frames
 from opendt.workload import load_workload
 
 ROOT = Path(__file__).resolve().parents[1]
 SURF = ROOT.parent / "shared" / "workload" / "SURF"
-EXPORT_MS = 150_000
+EXPORT_MS = SimulationSettings().export_interval_s * 1000  # the twin's export grid (the default settings)
 
 
 def simulate_grid(
@@ -52,14 +55,7 @@ def simulate_grid(
 ) -> dict[str, Any]:
     """Every (count, speed) of one round: energy per window (kWh), wait p95 (s), tasks re-queued."""
     start, end, blob, tasks, frags, topo, speeds, n_max, n_windows = job
-    header = {
-        "until_ms": end,
-        "export_interval_ms": EXPORT_MS,
-        "regrid": False,
-        "full": True,
-        "apply_at_ms": start,
-        "init_topology": topo,
-    }
+    header = scenario_header(start, end, EXPORT_MS, topo)  # as the optimizer's scenario runs
     base = prepare(header, {"tasks": tasks, "fragments": frags, "snapshot": pl.DataFrame({"blob": [blob]})})
     grid = []
     t0 = time.perf_counter()
@@ -71,12 +67,13 @@ def simulate_grid(
             extra: dict[str, pl.DataFrame] = {}
             rows = run_candidate(base, t, extra)
             stats = extra["stats"].row(0, named=True)
+            o = outcome_of(ScenarioResult(rows, tasks=stats), n_windows)
             grid.append(
                 {
                     "count": n,
                     "speed": speed,
-                    "energy_kwh": float(rows["energy_usage"].sum()) / 3.6e6 / n_windows,
-                    "wait_p95_s": stats["wait_p95_s"],
+                    "energy_kwh": o.energy_kwh,
+                    "wait_p95_s": o.task_wait_p95_s,
                     "requeued": stats["tasks_requeued"],
                 }
             )

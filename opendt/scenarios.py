@@ -50,6 +50,22 @@ class ScenarioResult:
     """Task statistics of the range (:func:`~opendt.calibration.warm.task_stats`)."""
 
 
+def scenario_header(
+    start_ms: int, end_ms: int, export_interval_ms: int, initial: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``cal.prepare`` header of a scenario run over ``[start_ms, end_ms)``: the twin's export grid kept,
+    the candidate topology applied at ``start_ms`` (after a pre-roll from the snapshot with its own), whole
+    rows with task statistics; ``initial`` (the physical topology) starts a run with no snapshot before it."""
+    return {
+        "until_ms": end_ms,
+        "export_interval_ms": export_interval_ms,
+        "regrid": False,
+        "full": True,
+        "apply_at_ms": start_ms,
+        "init_topology": initial,
+    }
+
+
 class ScenarioRunner:
     def __init__(
         self,
@@ -98,14 +114,7 @@ class ScenarioRunner:
             self.rejected_busy += 1
             raise ScenarioBusy(f"{self._waiting} scenario runs already queued (api.whatif_queue)")
         base = self.history.base(start_ms, end_ms)
-        header: dict[str, object] = {
-            "until_ms": end_ms,
-            "export_interval_ms": self.export_interval_ms,
-            "regrid": False,
-            "full": True,
-            "apply_at_ms": start_ms,
-            "init_topology": self.initial.to_json_dict(),
-        }
+        header = scenario_header(start_ms, end_ms, self.export_interval_ms, self.initial.to_json_dict())
         tables = {"tasks": base.tasks, "fragments": base.fragments}
         if base.blob is not None:
             tables["snapshot"] = pl.DataFrame({"blob": [base.blob]}, schema={"blob": pl.Binary})
