@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SURF = ROOT.parent / "shared" / "workload" / "SURF"
 
-from opendt.calibration.offline import calibrate_offline, during_rounds, prediction_mape  # noqa: E402
+from opendt.commands.calibrate import calibrate_offline, during_rounds, prediction_mape  # noqa: E402
 from opendt.settings import load_settings  # noqa: E402
 from opendt.workload import load_workload  # noqa: E402
 

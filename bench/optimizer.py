@@ -39,7 +39,7 @@ from opendt.daemon import run_daemon
 from opendt.engine import Engine
 from opendt.log import configure_logging
 from opendt.settings import ApiSettings, OptimizerSettings, ReplaySettings, Settings, WindowingSettings
-from opendt.state import TwinState
+from opendt.twin.status import TwinState
 from opendt.workload import load_workload
 
 ROOT = Path(__file__).resolve().parents[1]

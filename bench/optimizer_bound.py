@@ -36,13 +36,13 @@ from typing import Any
 
 import polars as pl
 
-from opendt.calibration.offline import cut_windows
-from opendt.calibration.warm import prepare, run_candidate, snapshot
+from opendt.commands.calibrate import cut_windows
 from opendt.engine import Engine
 from opendt.optimizer.component import outcome_of
-from opendt.scenarios import ScenarioResult, scenario_header
 from opendt.settings import SimulationSettings
-from opendt.simulator import window_frames
+from opendt.twin.loop import window_frames
+from opendt.twin.scenarios import ScenarioResult, scenario_header
+from opendt.worker.warm import prepare, run_candidate, snapshot
 from opendt.workload import load_workload
 
 ROOT = Path(__file__).resolve().parents[1]

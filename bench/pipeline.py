@@ -79,7 +79,7 @@ def _kind(p: psutil.Process) -> str:
     cmd = " ".join(p.cmdline())
     if "tansu" in p.name() or "tansu" in cmd:
         return "tansu"
-    if "opendt.workers" in cmd:
+    if "opendt.worker.client" in cmd:
         return "worker"
     return "daemon"
 
@@ -94,7 +94,7 @@ def _start(workload: Path, data_dir: Path, log_path: Path, *args: str) -> subpro
 
 def _one_shot(workload: Path, until_ms: int) -> pl.DataFrame:
     from opendt.engine import Engine
-    from opendt.simulator import aggregate_rows
+    from opendt.twin.loop import aggregate_rows
     from opendt.workload import load_workload
 
     wl = load_workload(workload)

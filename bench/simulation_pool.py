@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from opendt.simulation.pool import Priority, SimulationPool  # noqa: E402
+from opendt.opendc.pool import Priority, SimulationPool  # noqa: E402
 
 NOOP = [sys.executable, "-c", "pass"]
 SLOW = [sys.executable, "-c", "import time; time.sleep(0.1)"]

@@ -120,7 +120,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         sys.stdout.write(settings_as_yaml(settings))
         return 0
     if cmd == "demo":
-        from opendt.demo import generate_demo
+        from opendt.commands.demo import generate_demo
 
         out = args.out or Path(__file__).resolve().parent.parent / "data" / "demo"
         summary = generate_demo(out, seed=args.seed)
@@ -131,7 +131,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         return run_async(lambda stop: _ok(run_broker_forever(settings.kafka, stop)))
     if cmd == "simulate":
-        from opendt.simulation.cli import simulate_cli
+        from opendt.commands.simulate import simulate_cli
 
         return asyncio.run(simulate_cli(args.workload, args.topology, args.out, settings.simulation))
     if cmd == "run":
@@ -143,7 +143,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if cmd == "replay":
         return run_async(lambda stop: _replay(settings, stop))
     if cmd == "calibrate":
-        from opendt.calibration.offline import calibrate_cli
+        from opendt.commands.calibrate import calibrate_cli
 
         return asyncio.run(calibrate_cli(settings.replay.workload, settings, args.out))
     sys.stderr.write(f"opendt {cmd}: not available yet in this version\n")
@@ -155,7 +155,7 @@ async def _replay(settings: Settings, stop: asyncio.Event) -> int:
     from opendt.clock import SystemClock
     from opendt.kafka.broker import kafka_for
     from opendt.kafka.client import make_producer
-    from opendt.replay import ReplayProducer
+    from opendt.stream.replay import ReplayProducer
     from opendt.workload import load_workload
 
     workload = await asyncio.to_thread(load_workload, settings.replay.workload)

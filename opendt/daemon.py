@@ -21,12 +21,9 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from opendt.api import TwinView, serve_api
-from opendt.calibration.candidates import CandidatePool
-from opendt.calibrator import calibrator_for
+from opendt.api.app import TwinView, serve_api
+from opendt.calibration.component import calibrator_for
 from opendt.clock import SystemClock
-from opendt.consumer import ClosedWindow, WindowConsumer
-from opendt.history import TwinHistory
 from opendt.kafka.broker import BrokerError, EmbeddedBroker, kafka_broker_for
 from opendt.kafka.client import make_consumer, make_producer
 from opendt.models.messages import (
@@ -42,13 +39,16 @@ from opendt.optimizer.component import Optimizer
 from opendt.optimizer.journal import OptimizerJournal
 from opendt.optimizer.llm import make_strategy
 from opendt.optimizer.slo import SloError, SloWatcher
-from opendt.replay import ReplayProducer, ReplayProgress
-from opendt.results import ResultStore
-from opendt.scenarios import ScenarioRunner
 from opendt.settings import ConfigError, Settings
-from opendt.simulator import HookChain, SimTopology, Simulator, TopologyBox
-from opendt.state import TwinState
-from opendt.workers import TwinEngine
+from opendt.stream.consumer import ClosedWindow, WindowConsumer
+from opendt.stream.replay import ReplayProducer, ReplayProgress
+from opendt.twin.history import TwinHistory
+from opendt.twin.loop import HookChain, SimTopology, Simulator, TopologyBox
+from opendt.twin.results import ResultStore
+from opendt.twin.scenarios import ScenarioRunner
+from opendt.twin.status import TwinState
+from opendt.worker.client import TwinEngine
+from opendt.worker.pool import CandidatePool
 from opendt.workload import Workload, load_workload
 
 log = structlog.get_logger(component="daemon")

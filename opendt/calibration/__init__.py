@@ -1,2 +1,3 @@
-"""The online calibrator's parts: search space, scoring, warm-started candidate runs, rounds, journal, and
-the offline driver (``opendt calibrate``). The component itself is :mod:`opendt.calibrator`."""
+"""The online calibrator: the component (:mod:`~opendt.calibration.component`), its search space, scoring,
+rounds and journal. Candidates run in :mod:`opendt.worker`; ``opendt calibrate`` is
+:mod:`opendt.commands.calibrate`."""

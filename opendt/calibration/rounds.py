@@ -11,7 +11,6 @@ from typing import Any
 import polars as pl
 import structlog
 
-from opendt.calibration.candidates import CandidatePool, Outcome, RoundInput
 from opendt.calibration.journal import RoundRecord, ScoreRow
 from opendt.calibration.scoring import align, predicted_at, sampling_interval_ms, score
 from opendt.calibration.space import (
@@ -25,6 +24,7 @@ from opendt.calibration.space import (
 )
 from opendt.models.topology import Topology
 from opendt.settings import CalibrationSettings
+from opendt.worker.pool import CandidatePool, Outcome, RoundInput
 
 log = structlog.get_logger(component="calibrator")
 

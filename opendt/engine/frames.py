@@ -41,7 +41,7 @@ class TaskInput:
     cpu_count: I64
     mem_capacity: I64
     duration_ms: I64 | None = None
-    """The declared duration, when the frame has one (only :func:`~opendt.calibration.warm.task_stats`'s
+    """The declared duration, when the frame has one (only :func:`~opendt.worker.warm.task_stats`'s
     drain uses it: in streaming mode a running task's fragments are known only up to now)."""
 
     @property

@@ -1,8 +1,8 @@
 """The optimizer component: every ``optimizer.every_windows`` windows, re-simulate the trailing windows with
 the twin's topology (baseline) and with the strategy's proposal, score both against the SLOs, keep the best.
 
-It is a simulator hook (:class:`~opendt.simulator.WindowHooks`) that only queues rounds; :meth:`Optimizer.run`
-executes them through the shared :class:`~opendt.scenarios.ScenarioRunner` (low-priority engine workers,
+It is a simulator hook (:class:`~opendt.twin.loop.WindowHooks`) that only queues rounds; :meth:`Optimizer.run`
+executes them through the shared :class:`~opendt.twin.scenarios.ScenarioRunner` (low-priority engine workers,
 warm-started from the twin's state), so window simulations never wait for it. When rounds fall behind, a
 queued round is replaced by the newer one (counted as superseded). Nothing changes the twin until a user
 accepts the kept proposal (:meth:`Optimizer.accept`, ``POST /api/optimizer/accept``), which publishes it on
@@ -26,7 +26,6 @@ from typing import Any
 import polars as pl
 import structlog
 
-from opendt.history import HistoryGap
 from opendt.models.topology import Topology
 from opendt.optimizer.journal import OptimizerJournal
 from opendt.optimizer.patch import PatchError, topology_diff
@@ -50,10 +49,11 @@ from opendt.optimizer.scoring import (
     side_delta,
 )
 from opendt.optimizer.slo import ENERGY_FIELDS, SloWatcher
-from opendt.scenarios import ScenarioBusy, ScenarioResult, ScenarioRunner
 from opendt.settings import OptimizerSettings
-from opendt.simulator import TopologyBox
-from opendt.windowing import Window
+from opendt.stream.windowing import Window
+from opendt.twin.history import HistoryGap
+from opendt.twin.loop import TopologyBox
+from opendt.twin.scenarios import ScenarioBusy, ScenarioResult, ScenarioRunner
 
 log = structlog.get_logger(component="optimizer")
 

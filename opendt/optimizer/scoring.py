@@ -50,7 +50,7 @@ class WindowOutcome:
       the window, and of ``restart − re-queue`` over the tasks a topology change re-queued in it (their host
       was removed and no other had room). A task still waiting at the window's end gets its exact wait: the
       scenario's scheduler runs on with no further input until it starts (FIFO: later tasks cannot overtake
-      it; :func:`~opendt.calibration.warm.task_stats`). 0.0 when every task started at once, None when no
+      it; :func:`~opendt.worker.warm.task_stats`). 0.0 when every task started at once, None when no
       task was submitted;
     * ``task_runtime_mean_s``: mean ``finish_time − schedule_time`` of the tasks that finished in the window;
       None when none did.

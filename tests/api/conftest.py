@@ -13,7 +13,7 @@ import polars as pl
 
 from opendt.daemon import run_daemon
 from opendt.settings import REPO_ROOT, Settings
-from opendt.state import TwinState
+from opendt.twin.status import TwinState
 
 DEMO = REPO_ROOT / "data" / "demo"
 

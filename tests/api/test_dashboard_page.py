@@ -25,9 +25,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from opendt.api import serve_api
+from opendt.api.app import serve_api
+from opendt.api.dashboard import STATIC_DIR, static_file
 from opendt.daemon import run_daemon
-from opendt.dashboard import STATIC_DIR, static_file
 from opendt.settings import (
     DEFAULT_WORKLOAD,
     ApiSettings,
@@ -38,7 +38,7 @@ from opendt.settings import (
     Settings,
     TopicNames,
 )
-from opendt.state import TwinState
+from opendt.twin.status import TwinState
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

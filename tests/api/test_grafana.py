@@ -28,14 +28,14 @@ from openapi_spec_validator import validate as validate_spec
 from referencing import Registry
 from referencing.jsonschema import DRAFT4
 
-from opendt.api import TwinView, serve_api
-from opendt.grafana import METRICS
+from opendt.api.app import TwinView, serve_api
+from opendt.api.grafana import METRICS
 from opendt.models.messages import iso_ms
 from opendt.models.topology import parse_topology
-from opendt.results import ResultStore, WindowRecord
 from opendt.settings import ApiSettings
-from opendt.simulator import TopologyBox
-from opendt.state import TwinState
+from opendt.twin.loop import TopologyBox
+from opendt.twin.results import ResultStore, WindowRecord
+from opendt.twin.status import TwinState
 
 from .conftest import no_nan, utc
 

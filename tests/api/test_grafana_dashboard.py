@@ -24,10 +24,10 @@ from openapi_schema_validator import OAS30Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT4
 
-from opendt.api import TwinView, parse_time, serve_api
-from opendt.results import ResultStore, WindowRecord
+from opendt.api.app import TwinView, parse_time, serve_api
 from opendt.settings import ApiSettings
-from opendt.state import TwinState
+from opendt.twin.results import ResultStore, WindowRecord
+from opendt.twin.status import TwinState
 
 from .conftest import no_nan, utc
 

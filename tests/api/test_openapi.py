@@ -15,10 +15,10 @@ import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from opendt.api import create_app
-from opendt.openapi import openapi_document
+from opendt.api.app import create_app
+from opendt.api.openapi import openapi_document
 from opendt.settings import ApiSettings, Settings
-from opendt.state import TwinState
+from opendt.twin.status import TwinState
 
 from .conftest import DEMO, running_twin
 

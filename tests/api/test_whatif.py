@@ -175,7 +175,7 @@ async def test_calibration_endpoint_without_calibrator(twin: tuple[str, Settings
 
 def test_history_retention_needs_positive_intervals(tmp_path: Path) -> None:
     """TwinHistory refuses a zero snapshot interval (it would snapshot never or always)."""
-    from opendt.history import TwinHistory
+    from opendt.twin.history import TwinHistory
 
     async def snap() -> bytes:
         return b""

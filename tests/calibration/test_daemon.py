@@ -10,8 +10,8 @@ from pathlib import Path
 
 import polars as pl
 
+from opendt.commands.demo import TRUE_CALIBRATION_FACTOR
 from opendt.daemon import run_daemon
-from opendt.demo import TRUE_CALIBRATION_FACTOR
 from opendt.kafka.client import make_consumer
 from opendt.models.messages import SimTopologyMessage, decode
 from opendt.settings import (
@@ -23,7 +23,7 @@ from opendt.settings import (
     Settings,
     TopicNames,
 )
-from opendt.state import TwinState
+from opendt.twin.status import TwinState
 
 from .conftest import DEMO
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 from structlog.testing import capture_logs
 
-from opendt.calibration.offline import calibrate_offline
+from opendt.commands.calibrate import calibrate_offline
 
 from .conftest import cf_settings, crashing_command, write_demo_prefix
 

@@ -9,10 +9,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from opendt.calibration.candidates import CandidatePool, RoundInput
-from opendt.calibration.warm import load_snapshot, snapshot, unpack_snapshot
 from opendt.engine import Engine
-from opendt.workers import TwinEngine
+from opendt.worker.client import TwinEngine
+from opendt.worker.pool import CandidatePool, RoundInput
+from opendt.worker.warm import load_snapshot, snapshot, unpack_snapshot
 from opendt.workload import load_workload
 
 from .conftest import write_demo_prefix

@@ -145,7 +145,7 @@ def test_removed_hosts_tasks_migrate_where_there_is_room() -> None:
 def test_removed_hosts_tasks_that_fit_nowhere_restart_and_count_as_waiting() -> None:
     """No room on the kept host: the task is re-queued, restarts when the host frees up, and the range's
     task statistics count its wait from the re-queue."""
-    from opendt.calibration.warm import task_stats
+    from opendt.worker.warm import task_stats
 
     from .conftest import frames
 
@@ -169,7 +169,7 @@ def test_removed_hosts_tasks_that_fit_nowhere_restart_and_count_as_waiting() -> 
 def test_task_stats_drain_gives_the_exact_wait_of_tasks_still_queued() -> None:
     """A range that ends while a task waits: without drain its wait is the wait so far; with drain the
     scheduler runs on (no input) and the wait is exact: a later submission could not have overtaken it."""
-    from opendt.calibration.warm import task_stats
+    from opendt.worker.warm import task_stats
 
     from .conftest import frames
 
@@ -191,7 +191,7 @@ def test_task_stats_drain_runs_a_streaming_task_for_its_declared_duration(
 ) -> None:
     """Streaming: at 250 s only the first 300 s of task a's fragments are known. The drain lets it run for its
     declared 600 s, so b (submitted at 100 s) starts at 600 s; without a declared duration, at 300 s."""
-    from opendt.calibration.warm import task_stats
+    from opendt.worker.warm import task_stats
 
     from .conftest import frames
 

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from opendt.daemon import run_daemon
 from opendt.settings import REPO_ROOT, ApiSettings, OptimizerSettings, Settings, TopicNames
-from opendt.state import TwinState
+from opendt.twin.status import TwinState
 
 DEMO = REPO_ROOT / "data" / "demo"
 TOKEN = "opt-token"

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from opendt.optimizer.component import Round
 from opendt.optimizer.journal import OptimizerJournal
 from opendt.optimizer.slo import Slo
-from opendt.windowing import Window
+from opendt.stream.windowing import Window
 
 from .conftest import FakeScenarios, make_optimizer
 

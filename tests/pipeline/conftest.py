@@ -12,8 +12,8 @@ import pytest
 
 from opendt.engine import Engine
 from opendt.models.topology import Topology
-from opendt.simulator import aggregate_rows
-from opendt.windowing import Window
+from opendt.stream.windowing import Window
+from opendt.twin.loop import aggregate_rows
 from opendt.workload import Workload, load_workload
 
 W = 300_000

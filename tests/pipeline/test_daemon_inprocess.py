@@ -12,7 +12,7 @@ import aiohttp
 
 from opendt.daemon import run_daemon
 from opendt.settings import Settings
-from opendt.state import TwinState
+from opendt.twin.status import TwinState
 
 from .conftest import assert_windows_contiguous, last_window_end_ms, max_rel_diff, one_shot, read_results
 

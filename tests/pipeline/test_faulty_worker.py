@@ -10,12 +10,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from opendt.consumer import ClosedWindow
-from opendt.results import ResultStore
 from opendt.settings import SimulationSettings
-from opendt.simulator import Simulator, TopologyBox
-from opendt.windowing import Window
-from opendt.workers import TwinEngine
+from opendt.stream.consumer import ClosedWindow
+from opendt.stream.windowing import Window
+from opendt.twin.loop import Simulator, TopologyBox
+from opendt.twin.results import ResultStore
+from opendt.worker.client import TwinEngine
 from opendt.workload import Workload, load_workload
 
 from .conftest import windowed_reference, workload_windows
@@ -23,7 +23,7 @@ from .conftest import windowed_reference, workload_windows
 FAULTY_WORKER = """
 import os, sys, time
 from opendt.engine import Engine
-from opendt.workers import main
+from opendt.worker.client import main
 
 MODE, BAD_UNTIL = sys.argv[1], int(sys.argv[2])
 advance = Engine.advance

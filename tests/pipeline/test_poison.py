@@ -14,7 +14,7 @@ from opendt.daemon import run_daemon
 from opendt.kafka.client import make_producer
 from opendt.models.messages import DATACENTER_KEY
 from opendt.settings import Settings
-from opendt.state import TwinState
+from opendt.twin.status import TwinState
 from opendt.workload import load_workload
 
 from .conftest import assert_windows_contiguous, last_window_end_ms, max_rel_diff, one_shot, read_results

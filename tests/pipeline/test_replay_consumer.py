@@ -9,10 +9,10 @@ from pathlib import Path
 import polars as pl
 
 from opendt.clock import SystemClock
-from opendt.consumer import ClosedWindow, WindowConsumer
 from opendt.kafka.client import make_consumer, make_producer
-from opendt.replay import ReplayProducer
 from opendt.settings import KafkaSettings, ReplaySettings, TopicNames
+from opendt.stream.consumer import ClosedWindow, WindowConsumer
+from opendt.stream.replay import ReplayProducer
 from opendt.workload import load_workload
 
 W = 300_000

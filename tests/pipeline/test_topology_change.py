@@ -17,7 +17,7 @@ from opendt.kafka.client import make_producer
 from opendt.models.messages import DATACENTER_KEY, encode_sim_topology
 from opendt.models.topology import parse_topology
 from opendt.settings import Settings
-from opendt.state import TwinState
+from opendt.twin.status import TwinState
 from opendt.workload import load_workload
 
 from .conftest import max_rel_diff, read_results, run_dir, windowed_reference, workload_windows

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from opendt.engine import Engine
-from opendt.workers import TwinEngine, WorkerDied, WorkerError
+from opendt.worker.client import TwinEngine, WorkerDied, WorkerError
 from opendt.workload import Workload, load_workload
 
 W = 300_000
@@ -77,7 +77,7 @@ async def test_hanging_worker_times_out_and_is_replaced(tmp_path: Path, small_wo
     hang.write_text(  # the first worker hangs in its first init; the next ones are healthy
         "import os, time\n"
         "from opendt.engine import Engine\n"
-        "from opendt.workers import main\n"
+        "from opendt.worker.client import main\n"
         "init = Engine.__init__\n"
         "def hang_once(self, *a, **k):\n"
         f"    if not os.path.exists({str(marker)!r}):\n"
@@ -102,7 +102,9 @@ async def test_slow_worker_startup_is_not_a_hang(tmp_path: Path, small_workload:
     """A worker whose interpreter takes longer to start than the call timeout still serves: the timeout
     covers the calls, not the start (which has its own, longer one)."""
     slow = tmp_path / "slow_worker.py"
-    slow.write_text("import time\ntime.sleep(2)\nfrom opendt.workers import main\nraise SystemExit(main())\n")
+    slow.write_text(
+        "import time\ntime.sleep(2)\nfrom opendt.worker.client import main\nraise SystemExit(main())\n"
+    )
     wl, _ = _windows(small_workload)
     twin = TwinEngine([sys.executable, str(slow)], timeout_s=1)
     try:

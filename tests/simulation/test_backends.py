@@ -12,18 +12,18 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from opendt.commands.simulate import simulate_cli
 from opendt.models.topology import Topology, load_topology
-from opendt.settings import SimulationSettings
-from opendt.simulation.backends import (
+from opendt.opendc.backends import (
     BackendConfigError,
     BuiltinBackend,
     OpenDCBackend,
     backend_from_settings,
     run_simulation,
 )
-from opendt.simulation.cli import simulate_cli
-from opendt.simulation.pool import SimulationError, SimulationPool
-from opendt.simulation.results import read_output
+from opendt.opendc.pool import SimulationError, SimulationPool
+from opendt.opendc.results import read_output
+from opendt.settings import SimulationSettings
 
 FAKE = Path(__file__).with_name("fake_sim.py")
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"

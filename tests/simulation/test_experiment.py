@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from opendt.models.topology import parse_topology
-from opendt.simulation.experiment import ExperimentError, map_task_ids, write_experiment
+from opendt.opendc.experiment import ExperimentError, map_task_ids, write_experiment
 
 TOPOLOGY = {
     "clusters": [

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from opendt.simulation.pool import PoolClosedError, Priority, SimulationError, SimulationPool
+from opendt.opendc.pool import PoolClosedError, Priority, SimulationError, SimulationPool
 
 FAKE = Path(__file__).with_name("fake_sim.py")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from opendt.simulation.results import SimulationOutputError, read_output, read_output_async
+from opendt.opendc.results import SimulationOutputError, read_output, read_output_async
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 REFERENCE = SHARED / "reference" / "opendc"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from opendt.demo import TRUE_CALIBRATION_FACTOR, generate_demo
+from opendt.commands.demo import TRUE_CALIBRATION_FACTOR, generate_demo
 from opendt.workload import load_workload
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"

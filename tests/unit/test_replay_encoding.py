@@ -8,9 +8,9 @@ import json
 import polars as pl
 import pytest
 
-from opendt import replay
-from opendt.replay import ReplayProducer, encode_events, event_order
+from opendt.stream import replay
 from opendt.settings import REPO_ROOT, ReplaySettings, TopicNames
+from opendt.stream.replay import ReplayProducer, encode_events, event_order
 from opendt.workload import load_workload
 
 DEMO = REPO_ROOT / "data" / "demo"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from opendt.windowing import Windower, window_start
+from opendt.stream.windowing import Windower, window_start
 
 W = 300_000
 T, F, P = ("dc.tasks", 0), ("dc.fragments", 0), ("dc.power", 0)

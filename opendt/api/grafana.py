@@ -58,7 +58,7 @@ import orjson
 import polars as pl
 from aiohttp import web
 
-from opendt.api import STATE, VIEW, ApiError, TwinView, _data_bounds, parse_time, simulated_frame
+from opendt.api.app import STATE, VIEW, ApiError, TwinView, _data_bounds, parse_time, simulated_frame
 
 PREFIX = "/grafana"
 DEFAULT_INTERVAL_MS = 60_000
@@ -756,7 +756,7 @@ async def tag_values(request: web.Request) -> web.Response:
 
 
 def add_grafana_routes(app: web.Application) -> None:
-    """Serve the datasource under ``/grafana`` on an app made by :func:`opendt.api.create_app`."""
+    """Serve the datasource under ``/grafana`` on an app made by :func:`opendt.api.app.create_app`."""
     app.router.add_get(PREFIX, health)
     app.router.add_get(PREFIX + "/", health)
     app.router.add_post(PREFIX + "/metrics", metrics)

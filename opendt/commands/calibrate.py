@@ -2,10 +2,10 @@
 
 Windows are cut directly from the workload's frames (the same ``[start, end)`` windows the consumer would
 close, every one from the first event to the last, the last one final) and go through the same
-:class:`~opendt.simulator.Simulator` (twin worker, result store) with the same
-:class:`~opendt.calibrator.Calibrator` hooks as the daemon. The twin's prediction at ``t`` therefore only
-uses topologies chosen from data before ``t``. At the end: the whole-trace MAPE of the twin's prediction
-(its ``power_draw`` at the export instants) against the measured power at the same instants.
+:class:`~opendt.twin.loop.Simulator` (twin worker, result store) with the same
+:class:`~opendt.calibration.component.Calibrator` hooks as the daemon. The twin's prediction at ``t``
+therefore only uses topologies chosen from data before ``t``. At the end: the whole-trace MAPE of the twin's
+prediction (its ``power_draw`` at the export instants) against the measured power at the same instants.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from opendt.calibration.component import calibrator_for
 from opendt.calibration.journal import RoundRecord
 from opendt.calibration.scoring import mape
-from opendt.calibrator import calibrator_for
-from opendt.consumer import ClosedWindow
-from opendt.results import ResultStore
 from opendt.settings import Settings
-from opendt.simulator import Simulator, TopologyBox
-from opendt.windowing import Window
-from opendt.workers import TwinEngine
+from opendt.stream.consumer import ClosedWindow
+from opendt.stream.windowing import Window
+from opendt.twin.loop import Simulator, TopologyBox
+from opendt.twin.results import ResultStore
+from opendt.worker.client import TwinEngine
 from opendt.workload import FRAGMENT_SCHEMA, TASK_SCHEMA, Workload, load_workload
 
 

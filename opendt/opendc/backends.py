@@ -23,10 +23,10 @@ from typing import Protocol
 import polars as pl
 
 from opendt.models.topology import Topology
+from opendt.opendc.experiment import DEFAULT_FILES, ExperimentFiles, ScalingPolicy, write_experiment
+from opendt.opendc.pool import Priority, SimulationPool
+from opendt.opendc.results import SimulationOutput, read_output
 from opendt.settings import SimulationSettings
-from opendt.simulation.experiment import DEFAULT_FILES, ExperimentFiles, ScalingPolicy, write_experiment
-from opendt.simulation.pool import Priority, SimulationPool
-from opendt.simulation.results import SimulationOutput, read_output
 
 _PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
@@ -132,9 +132,9 @@ async def run_simulation(
 ) -> SimulationOutput:
     """Write the experiment into ``workdir``, run ``backend`` on it through ``pool``, read the output.
 
-    Raises :class:`~opendt.simulation.experiment.ExperimentError` for unusable inputs,
-    :class:`~opendt.simulation.pool.SimulationError` when the engine fails and
-    :class:`~opendt.simulation.results.SimulationOutputError` when it exits 0 without usable output.
+    Raises :class:`~opendt.opendc.experiment.ExperimentError` for unusable inputs,
+    :class:`~opendt.opendc.pool.SimulationError` when the engine fails and
+    :class:`~opendt.opendc.results.SimulationOutputError` when it exits 0 without usable output.
     """
     t0 = time.monotonic()
     exp = await asyncio.to_thread(

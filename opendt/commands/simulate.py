@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import TextIO
 
 from opendt.models.topology import TopologyError
+from opendt.opendc.backends import BackendConfigError, backend_from_settings, run_simulation
+from opendt.opendc.experiment import ExperimentError
+from opendt.opendc.pool import SimulationError, SimulationPool
+from opendt.opendc.results import SimulationOutput, SimulationOutputError
 from opendt.settings import SimulationSettings
-from opendt.simulation.backends import BackendConfigError, backend_from_settings, run_simulation
-from opendt.simulation.experiment import ExperimentError
-from opendt.simulation.pool import SimulationError, SimulationPool
-from opendt.simulation.results import SimulationOutput, SimulationOutputError
 from opendt.workload import WorkloadError, load_workload, resolve_carbon_path
 
 EXIT_OK = 0

@@ -1,7 +1,7 @@
 """Long-lived engine worker processes: the twin's state stays in a child process; windows go in and rows come
 out over pipes (a JSON header plus Arrow IPC tables), so no process is spawned per window.
 
-Child: ``python -m opendt.workers`` (a blocking loop over stdin/stdout). Parent: :class:`EngineWorker`
+Child: ``python -m opendt.worker.client`` (a blocking loop over stdin/stdout). Parent: :class:`EngineWorker`
 (one child, lifecycle of an aiokafka resource) and :class:`TwinEngine`, which keeps the history of the
 state-changing calls and, when its child dies or hangs, kills it, starts a new one and replays the history
 so the state is rebuilt exactly (the engine is deterministic).
@@ -79,7 +79,7 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
     from opendt.models.topology import parse_topology
 
     engine: Engine | None = None
-    cal_bases: dict[str, Any] = {}  # calibration candidate runs (opendt.calibration.warm)
+    cal_bases: dict[str, Any] = {}  # calibration candidate runs (opendt.worker.warm)
     while True:
         try:
             (n,) = _LEN.unpack(_read_exact(stdin, 4))
@@ -102,7 +102,7 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
                     carbon=tables.get("carbon"),
                 )
             elif op.startswith("cal."):
-                from opendt.calibration import warm
+                from opendt.worker import warm
 
                 out = warm.handle(op, header, tables, engine, cal_bases)
             elif engine is None:
@@ -132,7 +132,7 @@ def main() -> int:
 
 
 def default_command() -> list[str]:
-    return [sys.executable, "-m", "opendt.workers"]
+    return [sys.executable, "-m", "opendt.worker.client"]
 
 
 class EngineWorker:

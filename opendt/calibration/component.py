@@ -9,11 +9,11 @@ It rides on the simulator's windows (trace time, never the wall clock) through t
 * ``before_window``: at a round's apply instant (round instant + ``apply_delay_s``, rounded up to a window
   start) take its result — waiting only if the round is still running — and, when a candidate beat the
   current topology by ``margin``, make it the simulated topology from this window on: offered to the
-  :class:`~opendt.simulator.TopologyBox` and published on ``sim.topology`` (version = current + 1, source
+  :class:`~opendt.twin.loop.TopologyBox` and published on ``sim.topology`` (version = current + 1, source
   ``calibrator``, reason with the score). A fixed apply instant keeps runs reproducible (DESIGN §10).
 
 Rounds run in :meth:`Calibrator.run`, one at a time, with the candidates in a bounded pool of low-priority
-worker processes (:mod:`opendt.calibration.candidates`) warm-started from the snapshot, so the twin's worker
+worker processes (:mod:`opendt.worker.pool`) warm-started from the snapshot, so the twin's worker
 never runs a candidate. Every round is recorded (``calibration.parquet``) and summarised by :meth:`view`.
 """
 
@@ -30,14 +30,14 @@ from typing import Any
 import polars as pl
 import structlog
 
-from opendt.calibration.candidates import CandidatePool
 from opendt.calibration.journal import Journal, RoundRecord
 from opendt.calibration.rounds import RoundJob, RoundRunner
 from opendt.calibration.space import parse_space
 from opendt.settings import CalibrationSettings, Settings
-from opendt.simulator import SimTopology, TopologyBox
-from opendt.windowing import Window
-from opendt.workers import TwinEngine
+from opendt.stream.windowing import Window
+from opendt.twin.loop import SimTopology, TopologyBox
+from opendt.worker.client import TwinEngine
+from opendt.worker.pool import CandidatePool
 
 log = structlog.get_logger(component="calibrator")
 

@@ -21,18 +21,18 @@ import polars as pl
 import structlog
 from aiohttp import web
 
-from opendt.dashboard import add_dashboard_routes
-from opendt.history import HistoryGap
+from opendt.api.dashboard import add_dashboard_routes
+from opendt.api.openapi import openapi_document
 from opendt.models.messages import iso_ms
 from opendt.models.topology import Topology, TopologyError, parse_topology
-from opendt.openapi import openapi_document
 from opendt.optimizer.component import Optimizer, OptimizerError
 from opendt.optimizer.slo import SloError, SloWatcher, parse_slo
-from opendt.results import ResultStore
-from opendt.scenarios import ScenarioBusy, ScenarioRunner
 from opendt.settings import ApiSettings
-from opendt.simulator import TopologyBox
-from opendt.state import TwinState
+from opendt.twin.history import HistoryGap
+from opendt.twin.loop import TopologyBox
+from opendt.twin.results import ResultStore
+from opendt.twin.scenarios import ScenarioBusy, ScenarioRunner
+from opendt.twin.status import TwinState
 
 log = structlog.get_logger(component="api")
 
@@ -632,7 +632,7 @@ def create_app(state: TwinState, settings: ApiSettings, view: TwinView | None = 
     app[OPENAPI] = orjson.dumps(openapi_document(token=settings.token is not None))
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/docs", docs)
-    from opendt.grafana import add_grafana_routes  # it builds on this module's app keys and helpers
+    from opendt.api.grafana import add_grafana_routes  # it builds on this module's app keys and helpers
 
     add_grafana_routes(app)
     add_dashboard_routes(app)

@@ -1,6 +1,7 @@
-"""Simulator subprocesses: the pool, the experiment writer, the result reader and the two engines."""
+"""One-shot runs under the OpenDC contract (DESIGN §7): the subprocess pool, the builtin and OpenDC backends,
+the experiment writer and the output reader."""
 
-from opendt.simulation.backends import (
+from opendt.opendc.backends import (
     Backend,
     BackendConfigError,
     BuiltinBackend,
@@ -8,8 +9,8 @@ from opendt.simulation.backends import (
     backend_from_settings,
     run_simulation,
 )
-from opendt.simulation.experiment import ExperimentError, ExperimentFiles, write_experiment
-from opendt.simulation.pool import (
+from opendt.opendc.experiment import ExperimentError, ExperimentFiles, write_experiment
+from opendt.opendc.pool import (
     PoolClosedError,
     PoolLoad,
     Priority,
@@ -18,7 +19,7 @@ from opendt.simulation.pool import (
     SimulationError,
     SimulationPool,
 )
-from opendt.simulation.results import SimulationOutput, SimulationOutputError, read_output, read_output_async
+from opendt.opendc.results import SimulationOutput, SimulationOutputError, read_output, read_output_async
 
 __all__ = [
     "Backend",

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from opendt.kafka.client import DeadLetter, DecodeStats, forward_dead_letters, note_malformed
 from opendt.models.messages import Heartbeat, MessageError, decode_row
 from opendt.settings import TopicNames
-from opendt.windowing import Window, Windower, window_start
+from opendt.stream.windowing import Window, Windower, window_start
 
 log = structlog.get_logger(component="consumer")
 

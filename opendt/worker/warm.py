@@ -1,4 +1,4 @@
-"""Warm-started candidate runs, executed inside engine worker processes (``opendt.workers`` ops ``cal.*``).
+"""Warm-started candidate runs, executed inside engine worker processes (ops ``cal.*``).
 
 * ``cal.snapshot`` (twin worker): the engine state now, pickled and zstd-compressed (:func:`snapshot`). The
   fragment archive is left out by default: it only serves structural topology changes (re-queued tasks

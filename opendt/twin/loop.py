@@ -24,13 +24,13 @@ from typing import Protocol, TypeVar
 import polars as pl
 import structlog
 
-from opendt.consumer import ClosedWindow
 from opendt.models.messages import iso_ms
 from opendt.models.topology import Topology, parse_topology
-from opendt.results import ResultStore, WindowRecord
 from opendt.settings import SimulationSettings
-from opendt.windowing import Window
-from opendt.workers import TwinEngine, WorkerDied, WorkerError
+from opendt.stream.consumer import ClosedWindow
+from opendt.stream.windowing import Window
+from opendt.twin.results import ResultStore, WindowRecord
+from opendt.worker.client import TwinEngine, WorkerDied, WorkerError
 from opendt.workload import FRAGMENT_SCHEMA, TASK_SCHEMA
 
 log = structlog.get_logger(component="simulator")

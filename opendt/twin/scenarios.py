@@ -1,10 +1,10 @@
 """Warm-started scenario runs over a past range: what-ifs (API) and optimizer proposals share this runner.
 
 A run simulates ``[start, end)`` of the twin's past with other topologies: it starts from the twin's state
-kept by :class:`~opendt.history.TwinHistory` (the newest snapshot at or before ``start``), pre-rolls to
+kept by :class:`~opendt.twin.history.TwinHistory` (the newest snapshot at or before ``start``), pre-rolls to
 ``start`` with the twin's own topology, switches to each candidate topology there and advances to ``end`` on
 the twin's export grid, so its rows line up with the twin's stored results instant by instant. Runs go
-through a :class:`~opendt.calibration.candidates.CandidatePool` of low-priority engine workers (never the
+through a :class:`~opendt.worker.pool.CandidatePool` of low-priority engine workers (never the
 twin's own worker): one run at a time, the others wait in a bounded queue; a full queue is
 :class:`ScenarioBusy` (the API answers 429).
 """
@@ -19,9 +19,9 @@ from typing import Any
 import polars as pl
 import structlog
 
-from opendt.calibration.candidates import CandidatePool, RoundInput
-from opendt.history import TwinHistory
 from opendt.models.topology import Topology
+from opendt.twin.history import TwinHistory
+from opendt.worker.pool import CandidatePool, RoundInput
 
 log = structlog.get_logger(component="scenarios")
 
@@ -47,7 +47,7 @@ class ScenarioResult:
     error: str = ""
     compute_s: float = 0.0
     tasks: dict[str, Any] | None = None
-    """Task statistics of the range (:func:`~opendt.calibration.warm.task_stats`)."""
+    """Task statistics of the range (:func:`~opendt.worker.warm.task_stats`)."""
 
 
 def scenario_header(
@@ -107,8 +107,8 @@ class ScenarioRunner:
     ) -> list[ScenarioResult]:
         """Each topology over ``[start_ms, end_ms)`` from the twin's state at ``start_ms``.
 
-        Raises :class:`~opendt.history.HistoryGap` when the range is not covered and :class:`ScenarioBusy`
-        when ``max_queue`` runs are already waiting or running.
+        Raises :class:`~opendt.twin.history.HistoryGap` when the range is not covered and
+        :class:`ScenarioBusy` when ``max_queue`` runs are already waiting or running.
         """
         if self._waiting >= self.max_queue:
             self.rejected_busy += 1

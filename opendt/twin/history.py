@@ -1,6 +1,6 @@
 """The twin's recent past, kept for warm-started runs (what-if, optimizer): window inputs, engine snapshots.
 
-A :class:`TwinHistory` is a simulator hook (:class:`~opendt.simulator.WindowHooks`): after each window it
+A :class:`TwinHistory` is a simulator hook (:class:`~opendt.twin.loop.WindowHooks`): after each window it
 keeps the window's tasks and fragments and, every ``snapshot_every_ms`` of trace time, a snapshot of the
 twin's engine taken at the window's end (with the running tasks' fragments, so a warm start may change the
 host structure). Everything older than ``retention_ms`` behind the newest window is dropped, so memory is
@@ -8,7 +8,7 @@ bounded by the retention, not by the length of the run.
 
 A run over ``[start, end)`` starts from the newest snapshot at or before ``start`` (or from a fresh engine
 when ``start`` is not after the twin's first window), replays the kept inputs from there, and switches
-topology at ``start`` (see :mod:`opendt.calibration.warm`).
+topology at ``start`` (see :mod:`opendt.worker.warm`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import polars as pl
 import structlog
 
-from opendt.windowing import Window
+from opendt.stream.windowing import Window
 
 log = structlog.get_logger(component="history")
 

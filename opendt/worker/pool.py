@@ -1,6 +1,6 @@
 """A bounded pool of candidate worker processes (long-lived, low CPU priority).
 
-Candidate runs never go through the twin's worker: they run in ``size`` separate ``opendt.workers`` children
+Candidate runs never go through the twin's worker: they run in ``size`` separate engine worker children
 started under ``nice`` (so on a busy machine the twin's window simulations get the CPU first). Each worker
 receives a round's base once (``cal.prepare``: snapshot + lookback inputs), then pulls candidates from a
 shared queue (``cal.candidate``). A candidate that fails — the engine raises, the child dies or hangs past
@@ -20,19 +20,19 @@ from typing import Any, Self
 import polars as pl
 import structlog
 
-from opendt.workers import EngineWorker, WorkerDied, WorkerError
+from opendt.worker.client import EngineWorker, WorkerDied, WorkerError
 
 log = structlog.get_logger(component="calibrator")
 
 
 def candidate_command(nice: int) -> list[str]:
-    code = f"import os; os.nice({int(nice)}); from opendt.workers import main; raise SystemExit(main())"
+    code = f"import os; os.nice({int(nice)}); from opendt.worker.client import main; raise SystemExit(main())"
     return [sys.executable, "-c", code]
 
 
 @dataclass
 class RoundInput:
-    """What every worker needs once per round (see :func:`opendt.calibration.warm.prepare`)."""
+    """What every worker needs once per round (see :func:`opendt.worker.warm.prepare`)."""
 
     round_id: int
     header: dict[str, Any]
@@ -45,7 +45,7 @@ class Outcome:
     error: str = ""
     worker_s: float = 0.0
     stats: pl.DataFrame | None = None
-    """Task statistics (what-if / optimizer bases only): :func:`~opendt.calibration.warm.task_stats`."""
+    """Task statistics (what-if / optimizer bases only): :func:`~opendt.worker.warm.task_stats`."""
 
 
 class _Slot:
