@@ -363,7 +363,7 @@ def task_table(eng: Engine, power: Table, segs: SegmentSet | None = None) -> Tab
     usage = np.zeros(n)
     if segs is not None:
         rows = np.flatnonzero(running)
-        after = np.isin(t[rows], np.array(sorted(eng._special_instants()), dtype=np.int64))
+        after = np.isin(t[rows], np.array(sorted(eng.special_instants()), dtype=np.int64))
         demand[rows] = _demand_at(segs, task[rows], t[rows] - 1 + after)
         usage[rows] = _supply(eng, host[rows], t[rows], demand[rows])
     return {

@@ -70,15 +70,12 @@ class Engine:
         streaming: bool = True,
         carbon_by_cluster: list[CarbonTrace | None] | None = None,
     ) -> None:
-        if export_interval_ms <= 0:
-            raise ValueError("export_interval_ms must be > 0")
         if scaling not in ("NoDelay", "Perfect"):
             raise ValueError(f"unknown scaling policy {scaling!r}")
         if scaling == "Perfect":
             raise ValueError("use opendt.engine.simulate for Perfect scaling (the Engine is NoDelay)")
         self.topology = topology
         self.hosts: HostTable = build_hosts(topology)
-        self.interval = int(export_interval_ms)
         self.streaming = streaming
         if carbon_by_cluster is not None:
             self.carbon = list(carbon_by_cluster)
@@ -93,9 +90,7 @@ class Engine:
         self.history: list[SegmentSet] | None = None
         self.t0: int | None = None
         self.t_lo = 0
-        self.next_k = 1
-        self.acc_energy = np.zeros(self.hosts.n_clusters)
-        self.acc_carbon = np.zeros(self.hosts.n_clusters)
+        self.export = rows.ExportGrid.start(export_interval_ms, self.hosts.n_clusters)
         self.finished = False
 
     # -- public API ---------------------------------------------------------------------------------------
@@ -144,9 +139,7 @@ class Engine:
             if len({id(c) for c in self.carbon}) > 1:
                 raise ValueError("cannot change the number of clusters with per-cluster carbon traces")
             self.carbon = [self.carbon[0]] * new.n_clusters
-            # the interval in progress restarts per cluster (clusters are matched by index only)
-            self.acc_energy = np.zeros(new.n_clusters)
-            self.acc_carbon = np.zeros(new.n_clusters)
+            self.export.resize(new.n_clusters)  # clusters are matched by index only
         if not new.same_structure(self.hosts):
             migrate = not self.sched.external_completions
             requeued, migrated = self.sched.resize(new, self.t_lo, migrate=migrate)
@@ -160,6 +153,15 @@ class Engine:
             self.sched.hosts = new
         self.topology = topology
         self.hosts = new
+
+    @property
+    def interval(self) -> int:
+        """The export interval (ms)."""
+        return self.export.interval
+
+    def set_export_interval(self, interval_ms: int) -> None:
+        """Export every ``interval_ms`` from the current instant on (the first row may be partial)."""
+        self.export.regrid(interval_ms, self.t_lo)
 
     def clone(self) -> Engine:
         """An independent copy of the whole state (warm start for calibration or what-if runs)."""
@@ -305,7 +307,7 @@ class Engine:
                 self.history.append(new)
 
     # -- integration and export rows ------------------------------------------------------------------------
-    def _special_instants(self) -> set[int]:
+    def special_instants(self) -> set[int]:
         """Export instants sampled after the events at that instant (OPENDC_SEMANTICS §8.6, §10.2.4).
 
         The carbon model requests the engine wake-up for its first step right at t = 0, so an export at that
@@ -317,7 +319,7 @@ class Engine:
             if trace is None:
                 continue
             step = trace.first_step_after(self.t0)
-            if step is not None and (step - self.t0) % self.interval == 0:
+            if step is not None and (step - self.t0) % self.export.interval == 0:
                 out.add(step - self.t0)
         return out
 

@@ -3,23 +3,81 @@
 Rows come at ``k·Δ`` (relative ms, k ≥ 1). ``energy_usage`` is the exact integral over ``(t − Δ, t]``,
 ``carbon_emission`` the integral of intensity × power, ``power_draw`` and ``carbon_intensity`` the left
 limit at ``t`` (except at the instants the engine samples after the events, see
-``Engine._special_instants``). The run ends with OpenDC's final flush row at the last completion.
+``Engine.special_instants``). The run ends with OpenDC's final flush row at the last completion.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
+from .carbon import CarbonTrace
+from .hosts import HostTable
 from .integrate import CHUNK, integrate, value_at
 from .power import F64, I64, distinct
+from .segments import SegmentSet
 from .table import Table, num, text
 
-if TYPE_CHECKING:
-    from .engine import Engine
-
 J_PER_KWH = 3.6e6
+
+
+@dataclass
+class ExportGrid:
+    """The export grid and what it carries between integrations: rows at ``k·interval`` (relative ms) for
+    ``k ≥ next_k``, and the energy and carbon of the interval in progress per cluster. Only its own methods
+    change it: :func:`integrate_window` through :meth:`emitted`, the engine through :meth:`resize` and
+    :meth:`regrid`."""
+
+    interval: int
+    next_k: int
+    carried_energy: F64
+    carried_carbon: F64
+
+    @classmethod
+    def start(cls, interval_ms: int, n_clusters: int) -> ExportGrid:
+        """A grid from the run's start: the first row at ``interval``, nothing carried."""
+        if interval_ms <= 0:
+            raise ValueError("export_interval_ms must be > 0")
+        return cls(int(interval_ms), 1, np.zeros(n_clusters), np.zeros(n_clusters))
+
+    def resize(self, n_clusters: int) -> None:
+        """Another number of clusters (matched by index only): the interval in progress restarts."""
+        self.carried_energy = np.zeros(n_clusters)
+        self.carried_carbon = np.zeros(n_clusters)
+
+    def regrid(self, interval_ms: int, t_lo: int) -> None:
+        """Export every ``interval_ms`` from ``t_lo`` on: the first row after ``t_lo`` may cover less than a
+        whole interval (tests/calibration/test_warm.py pins that a regridded warm start equals a one-shot
+        run)."""
+        if interval_ms <= 0:
+            raise ValueError("export_interval_ms must be > 0")
+        self.interval = int(interval_ms)
+        self.next_k = t_lo // self.interval + 1
+        self.resize(self.carried_energy.size)
+
+    def emitted(self, rows: int, energy: F64, carbon: F64) -> None:
+        """``rows`` grid instants were exported; ``energy`` and ``carbon`` are carried to the next one."""
+        self.next_k += rows
+        self.carried_energy, self.carried_carbon = energy, carbon
+
+
+class Integrable(Protocol):
+    """What :func:`integrate_window` reads of the engine (:class:`~opendt.engine.engine.Engine`)."""
+
+    t0: int | None
+    t_lo: int
+    hosts: HostTable
+    carbon: list[CarbonTrace | None]
+    segs: SegmentSet
+    export: ExportGrid
+
+    def special_instants(self) -> set[int]: ...
+
+    def host_demand(self, s: SegmentSet) -> tuple[I64, I64, I64, F64]: ...
+
+    def power_segments(self, h: I64, st: I64, en: I64, d: F64) -> tuple[I64, I64, I64, F64]: ...
 
 
 def _table(ts: I64, t0: int, ci: I64, clusters: list[str], sources: list[str], values: list[F64]) -> Table:
@@ -44,7 +102,7 @@ def empty() -> Table:
     return _table(z, 0, z, [], [], [f, f, f, f])
 
 
-def _intensity(eng: Engine, t_abs: I64, *, right: bool) -> F64:
+def _intensity(eng: Integrable, t_abs: I64, *, right: bool) -> F64:
     out = np.zeros((eng.hosts.n_clusters, t_abs.size))
     for c, trace in enumerate(eng.carbon):
         if trace is not None:
@@ -52,13 +110,14 @@ def _intensity(eng: Engine, t_abs: I64, *, right: bool) -> F64:
     return out
 
 
-def integrate_window(eng: Engine, t_hi: int, *, final: bool) -> Table:
+def integrate_window(eng: Integrable, t_hi: int, *, final: bool) -> Table:
     """Integrate ``(eng.t_lo, t_hi]`` and return the export rows that became final."""
     assert eng.t0 is not None
-    t0, dt, t_lo = eng.t0, eng.interval, eng.t_lo
+    grid_state = eng.export
+    t0, dt, t_lo = eng.t0, grid_state.interval, eng.t_lo
     n_c = eng.hosts.n_clusters
-    special = eng._special_instants()
-    ks = np.arange(eng.next_k, t_hi // dt + 1, dtype=np.int64)
+    special = eng.special_instants()
+    ks = np.arange(grid_state.next_k, t_hi // dt + 1, dtype=np.int64)
     inst = ks * dt
     if not final and inst.size and int(inst[-1]) == t_hi and t_hi in special:
         inst = inst[:-1]
@@ -101,7 +160,7 @@ def integrate_window(eng: Engine, t_hi: int, *, final: bool) -> Table:
     at_e, at_c = cum_e0[:, col + 1], cum_c0[:, col + 1]
     e_mat = np.diff(np.concatenate((z, at_e), axis=1), axis=1)
     c_mat = np.diff(np.concatenate((z, at_c), axis=1), axis=1)
-    acc_e, acc_c = eng.acc_energy, eng.acc_carbon
+    acc_e, acc_c = grid_state.carried_energy, grid_state.carried_carbon
     if inst.size:
         e_mat[:, 0] += acc_e
         c_mat[:, 0] += acc_c
@@ -126,7 +185,7 @@ def integrate_window(eng: Engine, t_hi: int, *, final: bool) -> Table:
     intensity_t = list(i_mat.T)
     if final:
         flush_p = idle + power_at(t_hi - 1)
-        on_grid = t_hi % dt == 0 and t_hi > 0 and (eng.next_k + len(times)) * dt > t_hi
+        on_grid = t_hi % dt == 0 and t_hi > 0 and (grid_state.next_k + len(times)) * dt > t_hi
         times.append(t_hi)
         p_rows.append(flush_p)
         intensity_t.append(_intensity(eng, np.array([t_hi + t0]), right=True)[:, 0])
@@ -137,8 +196,7 @@ def integrate_window(eng: Engine, t_hi: int, *, final: bool) -> Table:
             e_rows.append(rest_e)
             c_rows.append(rest_c)
         rest_e, rest_c = np.zeros(n_c), np.zeros(n_c)
-    eng.acc_energy, eng.acc_carbon = rest_e, rest_c
-    eng.next_k += int(inst.size)
+    grid_state.emitted(int(inst.size), rest_e, rest_c)
     if not times:
         return empty()
     n_t = len(times)

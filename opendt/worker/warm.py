@@ -80,18 +80,6 @@ def load_snapshot(blob: bytes) -> Engine:
     return engine
 
 
-def set_export_interval(engine: Engine, interval_ms: int) -> None:
-    """Export every ``interval_ms`` from the engine's current instant on (the first row may be partial).
-
-    Relies on the engine's export state (``interval``, ``next_k``, the carried energy of the interval in
-    progress); tests/calibration/test_warm.py pins that a regridded warm start equals a one-shot run.
-    """
-    engine.interval = int(interval_ms)
-    engine.next_k = engine.t_lo // engine.interval + 1
-    engine.acc_energy = np.zeros_like(engine.acc_energy)
-    engine.acc_carbon = np.zeros_like(engine.acc_carbon)
-
-
 @dataclass
 class RoundBase:
     blob: bytes | None
@@ -258,7 +246,7 @@ def run_candidate(
             warm.advance(base.apply_at_ms, pre_t, pre_f)
         warm.set_topology(topo)
         if base.regrid:
-            set_export_interval(warm, base.interval_ms)
+            warm.set_export_interval(base.interval_ms)
         engine = warm
     else:
         engine = Engine(topo, export_interval_ms=base.interval_ms, carbon=base.carbon)
