@@ -444,7 +444,7 @@ async def whatif(request: web.Request) -> web.Response:
     base = topology_at(view, start)
     changes: list[dict[str, Any]] = []
     if "patch" in body:
-        from opendt.optimizer.patch import PatchError, apply_patch, topology_diff
+        from opendt.models.patch import PatchError, apply_patch, topology_diff
 
         patch = body["patch"]
         if not isinstance(patch, dict) or not patch:

@@ -1,15 +1,17 @@
 """The calibration search space: dotted host parameters, grids, successive refinement, up-front validation.
 
-A parameter path is ``[clusters[NAME].][hosts[NAME].]<leaf>`` where ``<leaf>`` is one of :data:`LEAVES`
-(``cpuPowerModel.calibrationFactor``, ``cpuPowerModel.idlePower``, ``cpuPowerModel.maxPower``,
-``cpuPowerModel.modelType``, ``cpu.coreSpeed``, …). Without a prefix it applies to every host spec of every
-cluster. Structural parameters (host ``count``, ``cpu.coreCount``, ``memory.memorySize``) are refused: they
-change placement, which a warm start from the twin's state cannot honour.
+A parameter path is ``[clusters[NAME].][hosts[NAME].]<leaf>`` (the grammar of :mod:`opendt.models.patch`)
+where ``<leaf>`` is one of :data:`~opendt.models.patch.LEAVES` (``cpuPowerModel.calibrationFactor``,
+``cpuPowerModel.idlePower``, ``cpuPowerModel.maxPower``, ``cpuPowerModel.modelType``, ``cpu.coreSpeed``,
+…). Without a prefix it applies to every host spec of every cluster. Structural parameters (host ``count``,
+``cpu.coreCount``, ``memory.memorySize``) are refused: they change placement, which a warm start from the
+twin's state cannot honour.
 
 A candidate is the current topology with one value per axis substituted; it is validated before anything
-runs: the pydantic :class:`~opendt.models.topology.Topology` rejects negative powers, maxPower < idlePower and
-asymptotic without asymUtil > 0 (OpenDC hangs there); :func:`missing_parameters` rejects a model type whose
-parameters the document does not set (mse without calibrationFactor, constant without power).
+runs: the pydantic :class:`~opendt.models.topology.Topology` rejects negative powers, maxPower < idlePower
+and asymptotic without asymUtil > 0 (OpenDC hangs there);
+:func:`~opendt.models.patch.missing_parameters` rejects a model type whose parameters the document does not
+set (mse without calibrationFactor, constant without power).
 """
 
 from __future__ import annotations
@@ -18,26 +20,23 @@ import copy
 import itertools
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from opendt.models.patch import (
+    LEAVES,
+    STRUCTURAL,
+    PatchError,
+    PatchPath,
+    document_value,
+    missing_parameters,
+    parse_path,
+    set_leaf,
+    targets,
+)
 from opendt.models.topology import Topology, TopologyError, parse_topology
 from opendt.settings import CalibrationAxis
-
-LEAVES: dict[str, type] = {
-    "cpuPowerModel.calibrationFactor": float,
-    "cpuPowerModel.idlePower": float,
-    "cpuPowerModel.maxPower": float,
-    "cpuPowerModel.power": float,
-    "cpuPowerModel.asymUtil": float,
-    "cpuPowerModel.modelType": str,
-    "cpu.coreSpeed": float,
-}
-STRUCTURAL = ("count", "cpu.coreCount", "cpu.count", "memory.memorySize")
-REQUIRED = {"mse": ("calibrationFactor",), "constant": ("power",), "asymptotic": ("asymUtil",)}
-_PREFIX = re.compile(r"^(?:clusters\[(?P<cluster>[^\]]+)\]\.)?(?:hosts\[(?P<host>[^\]]+)\]\.)?(?P<leaf>.+)$")
 
 Value = float | str
 
@@ -57,6 +56,10 @@ class Axis:
     numeric: bool
 
     @property
+    def parsed(self) -> PatchPath:
+        return PatchPath(self.path, self.leaf, self.cluster, self.host)
+
+    @property
     def bounds(self) -> tuple[float, float]:
         nums = [float(p) for p in self.points]
         return min(nums), max(nums)
@@ -74,19 +77,17 @@ class Candidate:
 
 
 def parse_axis(spec: CalibrationAxis) -> Axis:
-    m = _PREFIX.match(spec.parameter.strip())
-    if m is None:  # pragma: no cover - the pattern matches every string
-        raise SearchSpaceError(f"{spec.parameter!r}: not a parameter path")
-    leaf = m.group("leaf")
+    try:
+        path = parse_path(spec.parameter, noun="host parameter")
+    except PatchError as e:
+        raise SearchSpaceError(str(e)) from None
+    leaf = path.leaf
     if leaf in STRUCTURAL:
         raise SearchSpaceError(
             f"{spec.parameter!r}: {leaf} is structural (changes placement); it cannot be calibrated from a "
             "warm start"
         )
-    kind = LEAVES.get(leaf)
-    if kind is None:
-        known = ", ".join(LEAVES)
-        raise SearchSpaceError(f"{spec.parameter!r}: unknown host parameter {leaf!r} (known: {known})")
+    kind = LEAVES[leaf]
     points = spec.points()
     if kind is float:
         bad = [p for p in points if isinstance(p, str)]
@@ -103,7 +104,7 @@ def parse_axis(spec: CalibrationAxis) -> Axis:
         pts = tuple(str(p) for p in points)
     if len(set(pts)) != len(pts):
         raise SearchSpaceError(f"{spec.parameter!r}: duplicate values")
-    return Axis(spec.parameter, leaf, m.group("cluster"), m.group("host"), pts, spec.scale, kind is float)
+    return Axis(spec.parameter, leaf, path.cluster, path.host, pts, spec.scale, kind is float)
 
 
 def parse_space(specs: Sequence[CalibrationAxis], topology: Topology) -> list[Axis]:
@@ -117,26 +118,16 @@ def parse_space(specs: Sequence[CalibrationAxis], topology: Topology) -> list[Ax
         if key in seen:
             raise SearchSpaceError(f"{a.path!r}: the same parameter appears on two axes")
         seen.add(key)
-        if not _targets(topology.to_json_dict(), a):
-            raise SearchSpaceError(f"{a.path!r}: matches no host in the topology")
+        try:
+            targets(topology, a.parsed)
+        except PatchError as e:
+            raise SearchSpaceError(f"{a.path!r}: matches no host in the topology ({e})") from None
     return axes
 
 
-def _targets(doc: dict[str, Any], axis: Axis) -> list[tuple[int, int, dict[str, Any]]]:
-    out = []
-    for ci, cluster in enumerate(doc["clusters"]):
-        if axis.cluster is not None and cluster.get("name", "Cluster") != axis.cluster:
-            continue
-        for hi, host in enumerate(cluster["hosts"]):
-            if axis.host is not None and host.get("name", "Host") != axis.host:
-                continue
-            out.append((ci, hi, host))
-    return out
-
-
-def _leaf_get(host: dict[str, Any], leaf: str) -> Any:
-    section, key = leaf.split(".")
-    return host.get(section, {}).get(key)
+def _hosts(topology: Topology, doc: dict[str, Any], axis: Axis) -> list[tuple[int, int, dict[str, Any]]]:
+    """(cluster index, host index, host document) of every host spec ``axis`` applies to."""
+    return [(ci, hi, doc["clusters"][ci]["hosts"][hi]) for ci, hi in targets(topology, axis.parsed)]
 
 
 def apply_values(
@@ -146,35 +137,20 @@ def apply_values(
     doc = copy.deepcopy(current.to_json_dict())
     phys = physical.to_json_dict()
     for axis, value in zip(axes, values, strict=True):
-        for ci, hi, host in _targets(doc, axis):
-            section, key = axis.leaf.split(".")
+        for ci, hi, host in _hosts(current, doc, axis):
             v: Any = value
             if axis.scale:
                 try:
-                    base = _leaf_get(phys["clusters"][ci]["hosts"][hi], axis.leaf)
+                    base = document_value(phys["clusters"][ci]["hosts"][hi], axis.leaf)
                 except (IndexError, KeyError):
                     base = None
                 if base is None:
-                    base = _leaf_get(host, axis.leaf)
+                    base = document_value(host, axis.leaf)
                 if base is None:
                     raise SearchSpaceError(f"{axis.path!r}: scale needs a value in the topology to scale")
                 v = float(base) * float(value)
-            host.setdefault(section, {})[key] = v
+            set_leaf(host, current.clusters[ci].hosts[hi], axis.leaf, v)
     return doc
-
-
-def missing_parameters(topology: Topology) -> str:
-    """Why the power models of ``topology`` cannot run as written ('' when they can)."""
-    for cluster in topology.clusters:
-        for host in cluster.hosts:
-            pm = host.cpuPowerModel
-            for need in REQUIRED.get(pm.modelType, ()):
-                if need not in pm.model_fields_set:
-                    return (
-                        f"clusters[{cluster.name}].hosts[{host.name}]: modelType {pm.modelType} needs "
-                        f"{need}, which is not set"
-                    )
-    return ""
 
 
 def make_candidate(
@@ -201,15 +177,15 @@ def current_values(current: Topology, physical: Topology, axes: Sequence[Axis]) 
     doc, phys = current.to_json_dict(), physical.to_json_dict()
     out: list[Value] = []
     for axis in axes:
-        ci, hi, host = _targets(doc, axis)[0]
-        v = _leaf_get(host, axis.leaf)
+        ci, hi, host = _hosts(current, doc, axis)[0]
+        v = document_value(host, axis.leaf)
         if v is None:
             defaults = {"calibrationFactor": 1.0, "asymUtil": 0.0, "power": 400.0}
             v = defaults.get(axis.leaf.split(".")[1])
         if v is None:
             return None
         if axis.scale:
-            base = _leaf_get(phys["clusters"][ci]["hosts"][hi], axis.leaf)
+            base = document_value(phys["clusters"][ci]["hosts"][hi], axis.leaf)
             if not base:
                 return None
             v = float(v) / float(base)

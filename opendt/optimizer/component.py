@@ -26,9 +26,9 @@ from typing import Any
 import polars as pl
 import structlog
 
+from opendt.models.patch import PatchError, topology_diff
 from opendt.models.topology import Topology
 from opendt.optimizer.journal import OptimizerJournal
-from opendt.optimizer.patch import PatchError, topology_diff
 from opendt.optimizer.rules import (
     OptimizerContext,
     Proposal,

@@ -15,7 +15,7 @@ unprefixed, per cluster and per host group, values absolute.
 Any other status fails at once.
 
 **Validation.** The answer must be JSON matching the schema, name only allowed paths (each once), apply
-(:func:`~opendt.optimizer.patch.apply_patch`) to a valid topology, and stay within the optimizer's bounds
+(:func:`~opendt.models.patch.apply_patch`) to a valid topology, and stay within the optimizer's bounds
 (:func:`~opendt.optimizer.rules.bound_violations`). An empty ``changes`` (or one that changes nothing) is the
 LLM's "maintain": no proposal, no fallback.
 
@@ -38,8 +38,8 @@ import aiohttp
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from opendt.models.patch import PatchError, apply_patch, topology_diff
 from opendt.models.topology import Topology
-from opendt.optimizer.patch import PatchError, apply_patch, topology_diff
 from opendt.optimizer.rules import (
     KNOBS,
     OptimizerContext,

@@ -46,8 +46,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from opendt.models.patch import Change, PatchValue, leaf_value, topology_diff
 from opendt.models.topology import Host, Topology, parse_topology
-from opendt.optimizer.patch import Change, PatchValue, leaf_value, topology_diff
 from opendt.optimizer.scoring import WindowOutcome, deltas, side_delta
 from opendt.optimizer.slo import ENERGY_FIELDS, PERFORMANCE_FIELDS, Slo
 from opendt.settings import OptimizerSettings
@@ -99,7 +99,7 @@ class Proposal:
 
     @property
     def patch(self) -> dict[str, PatchValue]:
-        """The changes as a patch (fully prefixed paths) for :func:`~opendt.optimizer.patch.apply_patch`.
+        """The changes as a patch (fully prefixed paths) for :func:`~opendt.models.patch.apply_patch`.
         Exact unless two host specs of one cluster share a name and got different values."""
         return {c.path: c.after for c in self.changes}
 

@@ -1,4 +1,4 @@
-"""A candidate worker (``opendt.worker.client`` protocol) whose process dies when asked to run a candidate with
+"""A candidate worker (the engine worker protocol) whose process dies when asked to run a candidate with
 calibrationFactor 5.0: a real crashing subprocess, to check that a failing candidate does not stop a round."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from opendt.calibration import warm
+from opendt.worker import warm
 from opendt.worker.client import main
 
 _real = warm.run_candidate

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from opendt.models.patch import PATCH_LEAVES, Change, PatchError, apply_patch, topology_diff
 from opendt.models.topology import load_topology, parse_topology
-from opendt.optimizer.patch import PATCH_LEAVES, Change, PatchError, apply_patch, topology_diff
 
 from .conftest import host, topology, two_clusters
 

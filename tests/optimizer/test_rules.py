@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from opendt.models.patch import apply_patch
 from opendt.models.topology import Topology
-from opendt.optimizer.patch import apply_patch
 from opendt.optimizer.rules import RULES, Proposal, RulesStrategy, bound_violations, decide
 from opendt.optimizer.slo import Slo
 from opendt.settings import OptimizerSettings

@@ -8,8 +8,8 @@ import json
 import polars as pl
 import pytest
 
-from opendt.stream import replay
 from opendt.settings import REPO_ROOT, ReplaySettings, TopicNames
+from opendt.stream import replay
 from opendt.stream.replay import ReplayProducer, encode_events, event_order
 from opendt.workload import load_workload
 

@@ -1,18 +1,19 @@
 """Dotted topology patches: ``{"cpu.coreSpeed": 2800, "clusters[demo].hosts[B].count": 10}`` → a new topology.
 
-A path is ``[clusters[NAME].][hosts[NAME].]<leaf>`` (the syntax of :mod:`opendt.calibration.space`):
+The one grammar of dotted host parameters, shared by patches (what-if, optimizer) and calibration axes
+(:mod:`opendt.calibration.space`). A path is ``[clusters[NAME].][hosts[NAME].]<leaf>``:
 
 * without a prefix it applies to every host spec of every cluster; ``clusters[NAME].`` restricts it to one
   cluster, ``hosts[NAME].`` to the host specs of that name (in every cluster, or in the named one);
-* ``<leaf>`` is one of :data:`PATCH_LEAVES`: the calibration leaves (:data:`~opendt.calibration.space.LEAVES`:
-  ``cpu.coreSpeed``, ``cpuPowerModel.*``) plus the structural ones (``count``, ``cpu.coreCount``,
+* ``<leaf>`` is one of :data:`PATCH_LEAVES`: the calibration leaves (:data:`LEAVES`: ``cpu.coreSpeed``,
+  ``cpuPowerModel.*``) plus the structural ones (:data:`STRUCTURAL`: (``count``, ``cpu.coreCount``,
   ``cpu.count``, ``memory.memorySize``), which a what-if or an optimizer proposal may change (a calibration
   may not: it warm-starts placement);
 * a value replaces the host spec's value (absolute, not relative); paths are applied in the mapping's order,
   so a later, narrower path overrides an earlier, wider one.
 
 The result is validated like any topology (:func:`~opendt.models.topology.parse_topology`, plus
-:func:`~opendt.calibration.space.missing_parameters`); any problem raises :class:`PatchError` naming the path
+:func:`missing_parameters`); any problem raises :class:`PatchError` naming the path
 and value. :func:`topology_diff` gives the patchable values that differ between two topologies of the same
 shape, as fully prefixed paths (what the API shows as "diff vs current").
 """
@@ -27,16 +28,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from opendt.calibration.space import LEAVES, missing_parameters
 from opendt.models.topology import Host, Topology, TopologyError, parse_topology
 
-PATCH_LEAVES: dict[str, type] = {
-    **LEAVES,
+LEAVES: dict[str, type] = {
+    "cpuPowerModel.calibrationFactor": float,
+    "cpuPowerModel.idlePower": float,
+    "cpuPowerModel.maxPower": float,
+    "cpuPowerModel.power": float,
+    "cpuPowerModel.asymUtil": float,
+    "cpuPowerModel.modelType": str,
+    "cpu.coreSpeed": float,
+}
+"""The leaves that leave placement alone (what a calibration may set)."""
+STRUCTURAL: dict[str, type] = {
     "count": int,
     "cpu.coreCount": int,
     "cpu.count": int,
     "memory.memorySize": float,
 }
+"""The leaves that change placement (a what-if or an optimizer proposal may set them; a calibration may
+not)."""
+PATCH_LEAVES: dict[str, type] = {**LEAVES, **STRUCTURAL}
 """Every leaf a patch may set, with its kind (int leaves accept integral floats such as 12.0)."""
 
 PatchValue = float | int | str
@@ -70,14 +82,14 @@ class Change:
     after: PatchValue
 
 
-def parse_path(path: str) -> PatchPath:
-    """Parse ``path``; raises :class:`PatchError` for a malformed path or an unknown leaf."""
+def parse_path(path: str, *, noun: str = "parameter") -> PatchPath:
+    """Parse ``path``; raises :class:`PatchError` for a malformed path or an unknown leaf (named a ``noun``)."""
     m = _PATH.match(path.strip())
     if m is None:
         raise PatchError(f"{path!r}: not a path of the form [clusters[NAME].][hosts[NAME].]<leaf>")
     leaf = m.group("leaf")
     if leaf not in PATCH_LEAVES:
-        raise PatchError(f"{path!r}: unknown parameter {leaf!r} (known: {', '.join(PATCH_LEAVES)})")
+        raise PatchError(f"{path!r}: unknown {noun} {leaf!r} (known: {', '.join(PATCH_LEAVES)})")
     return PatchPath(path, leaf, m.group("cluster"), m.group("host"))
 
 
@@ -131,7 +143,7 @@ def leaf_value(host: Host, leaf: str) -> PatchValue:
     return obj
 
 
-def _set_leaf(host_doc: dict[str, Any], host: Host, leaf: str, value: PatchValue) -> None:
+def set_leaf(host_doc: dict[str, Any], host: Host, leaf: str, value: PatchValue) -> None:
     if "." not in leaf:
         host_doc[leaf] = value
         return
@@ -139,6 +151,32 @@ def _set_leaf(host_doc: dict[str, Any], host: Host, leaf: str, value: PatchValue
     if section not in host_doc:  # seed a defaulted section with its values, so the change keeps them
         host_doc[section] = getattr(host, section).model_dump(mode="json", exclude_unset=True)
     host_doc[section][key] = value
+
+
+REQUIRED = {"mse": ("calibrationFactor",), "constant": ("power",), "asymptotic": ("asymUtil",)}
+"""The power-model parameters each model type needs set."""
+
+
+def missing_parameters(topology: Topology) -> str:
+    """Why the power models of ``topology`` cannot run as written ('' when they can)."""
+    for cluster in topology.clusters:
+        for host in cluster.hosts:
+            pm = host.cpuPowerModel
+            for need in REQUIRED.get(pm.modelType, ()):
+                if need not in pm.model_fields_set:
+                    return (
+                        f"clusters[{cluster.name}].hosts[{host.name}]: modelType {pm.modelType} needs "
+                        f"{need}, which is not set"
+                    )
+    return ""
+
+
+def document_value(host_doc: dict[str, Any], leaf: str) -> Any:
+    """The value a host spec's JSON document sets for ``leaf`` (None when it leaves it to the default)."""
+    if "." not in leaf:
+        return host_doc.get(leaf)
+    section, key = leaf.split(".")
+    return host_doc.get(section, {}).get(key)
 
 
 def apply_patch(topology: Topology, patch: Mapping[str, PatchValue]) -> Topology:
@@ -152,7 +190,7 @@ def apply_patch(topology: Topology, patch: Mapping[str, PatchValue]) -> Topology
         p = parse_path(path)
         value = coerce_value(path, p.leaf, raw)
         for ci, hi in targets(topology, p):
-            _set_leaf(doc["clusters"][ci]["hosts"][hi], topology.clusters[ci].hosts[hi], p.leaf, value)
+            set_leaf(doc["clusters"][ci]["hosts"][hi], topology.clusters[ci].hosts[hi], p.leaf, value)
     shown = json.dumps(dict(patch))
     try:
         result = parse_topology(doc, source="patched")
