@@ -83,7 +83,7 @@ class Change:
 
 
 def parse_path(path: str, *, noun: str = "parameter") -> PatchPath:
-    """Parse ``path``; raises :class:`PatchError` for a malformed path or an unknown leaf (named a ``noun``)."""
+    """Parse ``path``; :class:`PatchError` for a malformed path or an unknown leaf (named a ``noun``)."""
     m = _PATH.match(path.strip())
     if m is None:
         raise PatchError(f"{path!r}: not a path of the form [clusters[NAME].][hosts[NAME].]<leaf>")
