@@ -79,7 +79,7 @@ def _kind(p: psutil.Process) -> str:
     cmd = " ".join(p.cmdline())
     if "tansu" in p.name() or "tansu" in cmd:
         return "tansu"
-    if "opendt.worker.client" in cmd:
+    if "opendt.worker" in cmd:
         return "worker"
     return "daemon"
 

@@ -36,6 +36,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from opendt.settings import KafkaSettings
+from opendt.worker.process import ChildProcess, OutputTail, signal_group
 
 log = structlog.get_logger(component="broker")
 
@@ -141,8 +142,7 @@ class EmbeddedBroker:
 
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
-        self._proc: asyncio.subprocess.Process | None = None
-        self._readers: list[asyncio.Task[None]] = []
+        self._child: ChildProcess | None = None
         self._tail: deque[str] = deque(maxlen=_STDERR_TAIL_LINES)
         self._bootstrap: str | None = None
         self._exit_task: asyncio.Task[int] | None = None
@@ -160,7 +160,7 @@ class EmbeddedBroker:
     @property
     def pid(self) -> int | None:
         """Process id of the Tansu child (also its process group id), or ``None`` when not started."""
-        return self._proc.pid if self._proc is not None else None
+        return self._child.pid if self._child is not None else None
 
     async def start(self) -> None:
         """Start Tansu and wait until it answers a Kafka metadata request, within ``startup_timeout_s``."""
@@ -201,30 +201,21 @@ class EmbeddedBroker:
         ]
         self._tail.clear()
         self._stopping = False
-        self._proc = await asyncio.create_subprocess_exec(
-            str(binary),
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # own group: Ctrl-C reaches only the daemon, which stops Tansu
+        self._child = child = await ChildProcess.spawn(
+            [str(binary), *args],
+            stdout_tail=OutputTail(on_line=lambda line: self._line("stdout", line)),
+            stderr_tail=OutputTail(on_line=lambda line: self._line("stderr", line)),
             preexec_fn=_die_with_parent_preexec(),  # only prctl + getppid: fork-safe
             env={**os.environ, "NO_COLOR": "1"},  # plain log lines
         )
-        assert self._proc.stdout is not None
-        assert self._proc.stderr is not None
-        self._readers = [
-            asyncio.create_task(self._pump(self._proc.stdout, "stdout"), name="tansu-stdout"),
-            asyncio.create_task(self._pump(self._proc.stderr, "stderr"), name="tansu-stderr"),
-        ]
-        log.info("broker_starting", binary=str(binary), pid=self._proc.pid, args=args)
+        log.info("broker_starting", binary=str(binary), pid=child.pid, args=args)
         bootstrap = f"[{advertised}]:{port}" if ":" in advertised else f"{advertised}:{port}"
         probe_host = _LOOPBACK.get(host, host)  # a wildcard listener is probed on loopback
         probe_addr = f"[{probe_host}]:{port}" if ":" in probe_host else f"{probe_host}:{port}"
         timeout = self._settings.startup_timeout_s
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        exited = self._exit_task = asyncio.create_task(self._proc.wait(), name="tansu-wait")
+        exited = self._exit_task = asyncio.create_task(child.proc.wait(), name="tansu-wait")
         exited.add_done_callback(self._on_exit)
         probe = asyncio.create_task(_probe(probe_addr), name="tansu-probe")
         try:
@@ -234,11 +225,11 @@ class EmbeddedBroker:
         finally:
             probe.cancel()
             await asyncio.gather(probe, return_exceptions=True)
-        if exited in done or self._proc.returncode is not None:
-            await self._drain_readers()
+        if exited in done or child.returncode is not None:
+            await child.drained()
             tail = self._tail_text()
             raise _EarlyExit(
-                f"Tansu ({binary}) exited with code {self._proc.returncode} during startup; output:\n{tail}",
+                f"Tansu ({binary}) exited with code {child.returncode} during startup; output:\n{tail}",
                 port_in_use="address already in use" in tail.lower() or "addrinuse" in tail.lower(),
             )
         if probe not in done:
@@ -248,19 +239,14 @@ class EmbeddedBroker:
             )
         probe.result()
         self._bootstrap = bootstrap
-        log.info(
-            "broker_started", bootstrap=bootstrap, pid=self._proc.pid, startup_s=round(loop.time() - t0, 3)
-        )
+        log.info("broker_started", bootstrap=bootstrap, pid=child.pid, startup_s=round(loop.time() - t0, 3))
 
-    async def _pump(self, stream: asyncio.StreamReader, name: str) -> None:
-        async for raw in stream:
-            line = raw.decode("utf-8", "replace").rstrip()
-            if line:
-                self._tail.append(line)
-                if " ERROR " in line or " WARN " in line or "panicked" in line:
-                    log.warning("broker_output", stream=name, line=line)
-                else:
-                    log.info("broker_output", stream=name, line=line)
+    def _line(self, stream: str, line: str) -> None:
+        self._tail.append(line)
+        if " ERROR " in line or " WARN " in line or "panicked" in line:
+            log.warning("broker_output", stream=stream, line=line)
+        else:
+            log.info("broker_output", stream=stream, line=line)
 
     def _on_exit(self, task: asyncio.Task[int]) -> None:
         if self._stopping or task.cancelled() or self._bootstrap is None:
@@ -277,45 +263,26 @@ class EmbeddedBroker:
     def _tail_text(self) -> str:
         return "\n".join(self._tail) if self._tail else "(no output)"
 
-    async def _drain_readers(self) -> None:
-        if self._readers:
-            await asyncio.gather(*self._readers, return_exceptions=True)
-            self._readers = []
-
     async def stop(self) -> None:
         """SIGTERM the broker's process group, wait up to 5 s, then SIGKILL it. Idempotent."""
-        if self._stopped or self._proc is None:
+        if self._stopped or self._child is None:
             self._stopped = True
             return
         self._stopped = True
         code = await self._cleanup()
-        log.info("broker_stopped", pid=self._proc.pid, returncode=code)
+        log.info("broker_stopped", pid=self._child.pid, returncode=code)
 
     async def _cleanup(self) -> int | None:
         """Terminate and reap the child and its group, even when cancelled midway."""
-        proc = self._proc
+        child = self._child
         self._stopping = True
         self._bootstrap = None
-        if proc is None:
+        if child is None:
             return None
-        try:
-            if proc.returncode is None:
-                _killpg(proc.pid, signal.SIGTERM)
-                try:
-                    async with asyncio.timeout(_STOP_GRACE_S):
-                        await proc.wait()
-                except TimeoutError:
-                    log.warning("broker_kill", pid=proc.pid, reason="no exit after SIGTERM")
-        finally:
-            _killpg(proc.pid, signal.SIGKILL)  # stragglers in the group, and the child if still alive
-            if proc.returncode is None:
-                await proc.wait()
-            if self._exit_task is not None:
-                await asyncio.gather(self._exit_task, return_exceptions=True)
-            for t in self._readers:
-                t.cancel()
-            await self._drain_readers()
-        return proc.returncode
+        code = await child.stop(_STOP_GRACE_S)
+        if self._exit_task is not None:
+            await asyncio.gather(self._exit_task, return_exceptions=True)
+        return code
 
     async def __aenter__(self) -> EmbeddedBroker:
         await self.start()
@@ -327,23 +294,18 @@ class EmbeddedBroker:
         await self.stop()
 
     def __del__(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.returncode is None and not self._stopped:
+        child = self._child
+        if child is not None and child.returncode is None and not self._stopped:
             warnings.warn(
-                f"unstopped EmbeddedBroker {self!r} (pid {proc.pid})", ResourceWarning, stacklevel=1
+                f"unstopped EmbeddedBroker {self!r} (pid {child.pid})", ResourceWarning, stacklevel=1
             )
-            _killpg(proc.pid, signal.SIGKILL)
+            signal_group(child.pid, signal.SIGKILL)
 
 
 class _EarlyExit(Exception):
     def __init__(self, message: str, *, port_in_use: bool) -> None:
         super().__init__(message)
         self.port_in_use = port_in_use
-
-
-def _killpg(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 async def _probe(bootstrap: str) -> None:

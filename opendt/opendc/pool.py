@@ -1,7 +1,7 @@
 """A bounded, prioritised pool of simulator subprocesses (STYLE practices 10–12, DESIGN §7).
 
-Every run is one child process started with :func:`asyncio.create_subprocess_exec` (never a shell) in its
-own session, so the child and everything it spawns share one process group. The pool runs at most
+Every run is one :class:`~opendt.worker.process.ChildProcess` (never a shell) in its own session, so the child
+and everything it spawns share one process group. The pool runs at most
 ``max_parallel`` children; callers beyond that wait in a priority queue, so a flood of low-priority runs
 (calibration candidates) never delays a high-priority one (a window simulation): a freed slot always goes
 to the best waiting priority, FIFO within a priority. Each attempt is bounded by ``asyncio.timeout``; on
@@ -31,11 +31,11 @@ import polars as pl
 import structlog
 
 from opendt.settings import SimulationSettings
+from opendt.worker.process import ChildProcess, OutputTail
 
 log = structlog.get_logger(__name__)
 
 _TAIL_BYTES = 8192
-_CHUNK = 65536
 
 
 class Priority(IntEnum):
@@ -140,42 +140,6 @@ class _Waiter:
     future: asyncio.Future[None] = field(compare=False)
 
 
-class _Tail:
-    """Keeps the last ``limit`` bytes of a stream and the total byte count."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.buf = bytearray()
-        self.total = 0
-
-    def add(self, chunk: bytes) -> None:
-        self.total += len(chunk)
-        self.buf += chunk
-        if len(self.buf) > self.limit:
-            del self.buf[: len(self.buf) - self.limit]
-
-    def text(self) -> str:
-        return self.buf.decode("utf-8", errors="replace")
-
-
-async def _drain(stream: asyncio.StreamReader | None, tail: _Tail) -> None:
-    if stream is None:
-        return
-    while chunk := await stream.read(_CHUNK):
-        tail.add(chunk)
-
-
-def _signal_group(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
-    """Signal the child's whole process group (it leads its own session); fall back to the child alone."""
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-
-
 class SimulationPool:
     """Runs simulator commands with bounded concurrency, priorities, timeouts, retries and clean kills.
 
@@ -211,7 +175,7 @@ class SimulationPool:
         self._free = max_parallel
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
-        self._procs: set[asyncio.subprocess.Process] = set()
+        self._procs: set[ChildProcess] = set()
         self._running = 0
         self._completed = 0
         self._failed = 0
@@ -240,9 +204,9 @@ class SimulationPool:
                 w.future.set_exception(PoolClosedError("simulation pool stopped while the run was queued"))
         # Runs observe _closed and kill their own process groups; nudge them now so they do not wait
         # for their timeout.
-        for proc in list(self._procs):
-            if proc.returncode is None:
-                _signal_group(proc, signal.SIGTERM)
+        for child in list(self._procs):
+            if child.returncode is None:
+                child.signal(signal.SIGTERM)
         await self._idle.wait()
 
     async def __aenter__(self) -> Self:
@@ -384,7 +348,9 @@ class SimulationPool:
                     run_s,
                 )
 
-    def _failure(self, rc: _Exit, err: _Tail, attempt: int, label: str, timeout: float) -> SimulationError:
+    def _failure(
+        self, rc: _Exit, err: OutputTail, attempt: int, label: str, timeout: float
+    ) -> SimulationError:
         cls = PoolClosedError if self._closed else SimulationError
         if rc.timed_out:
             msg = f"{label}: timed out after {timeout:g} s (attempt {attempt}); process group killed"
@@ -439,7 +405,7 @@ class SimulationPool:
         env: Mapping[str, str] | None,
         limit_s: float,
         label: str,
-    ) -> tuple[_Exit, _Tail, _Tail]:
+    ) -> tuple[_Exit, OutputTail, OutputTail]:
         if self._closed:
             raise PoolClosedError("simulation pool stopped")
         self._running += 1
@@ -454,27 +420,24 @@ class SimulationPool:
 
     async def _spawn(
         self, argv: tuple[str, ...], cwd: Path | None, env: Mapping[str, str] | None, label: str
-    ) -> asyncio.subprocess.Process:
+    ) -> ChildProcess:
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            child = await ChildProcess.spawn(
+                argv,
+                stdout_tail=OutputTail(self.tail_bytes),
+                stderr_tail=OutputTail(self.tail_bytes),
                 cwd=cwd,
-                env=dict(env) if env is not None else None,
-                start_new_session=True,  # own process group: a kill reaches the child's children too
+                env=env,
             )
         except OSError as e:
             raise SimulationError(f"{label}: cannot start {argv[0]!r}: {e}", label=label) from e
-        log.debug("simulation started", label=label, pid=proc.pid)
-        return proc
+        log.debug("simulation started", label=label, pid=child.pid)
+        return child
 
     async def _supervise(
-        self, proc: asyncio.subprocess.Process, limit_s: float, label: str
-    ) -> tuple[_Exit, _Tail, _Tail]:
-        out, err = _Tail(self.tail_bytes), _Tail(self.tail_bytes)
-        self._procs.add(proc)
+        self, child: ChildProcess, limit_s: float, label: str
+    ) -> tuple[_Exit, OutputTail, OutputTail]:
+        self._procs.add(child)
         timed_out = False
         finished = False
         try:
@@ -482,45 +445,16 @@ class SimulationPool:
             if not self._closed:
                 try:
                     async with asyncio.timeout(limit_s):
-                        await asyncio.gather(_drain(proc.stdout, out), _drain(proc.stderr, err))
-                        await proc.wait()
+                        await child.wait()
                         finished = not self._closed
                 except TimeoutError:
                     timed_out = True
-                    log.warning("simulation timed out", label=label, pid=proc.pid, timeout_s=limit_s)
+                    log.warning("simulation timed out", label=label, pid=child.pid, timeout_s=limit_s)
         finally:
             if not finished:
-                await self._reap(proc)
-            self._procs.discard(proc)
-        return _Exit(proc.returncode, timed_out), out, err
-
-    async def _reap(self, proc: asyncio.subprocess.Process) -> None:
-        """Terminate → wait briefly → kill → wait, for the whole group, even if we are cancelled meanwhile."""
-        if proc.returncode is not None:
-            # The leader is gone but the run did not finish (e.g. a descendant kept our pipes open until
-            # the timeout): kill what is left of its group.
-            _signal_group(proc, signal.SIGKILL)
-            return
-        task = asyncio.ensure_future(self._terminate(proc))
-        cancelled = False
-        while not task.done():
-            try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                cancelled = True  # keep reaping; re-raise once the child is gone
-        task.result()
-        if cancelled:
-            raise asyncio.CancelledError
-
-    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
-        _signal_group(proc, signal.SIGTERM)
-        try:
-            async with asyncio.timeout(self.kill_grace_s):
-                await proc.wait()
-        except TimeoutError:
-            pass
-        _signal_group(proc, signal.SIGKILL)
-        await proc.wait()
+                await child.stop(self.kill_grace_s)  # terminate → grace → kill the group → wait
+            self._procs.discard(child)
+        return _Exit(child.returncode, timed_out), child.stdout_tail, child.stderr_tail
 
     # -- results -----------------------------------------------------------------------------------------
 

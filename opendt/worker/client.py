@@ -1,36 +1,30 @@
-"""Long-lived engine worker processes: the twin's state stays in a child process; windows go in and rows come
-out over pipes (a JSON header plus Arrow IPC tables), so no process is spawned per window.
+"""The parent side of the engine worker processes (:mod:`opendt.worker.child`): the twin's state stays in a
+child process; windows go in and rows come out over pipes (:mod:`opendt.worker.protocol`), so no process is
+spawned per window.
 
-Child: ``python -m opendt.worker.client`` (a blocking loop over stdin/stdout). Parent: :class:`EngineWorker`
-(one child, lifecycle of an aiokafka resource) and :class:`TwinEngine`, which keeps the history of the
-state-changing calls and, when its child dies or hangs, kills it, starts a new one and replays the history
-so the state is rebuilt exactly (the engine is deterministic).
-
-Frame (both directions): 4-byte big-endian header length, header JSON; the header lists the tables that follow
-as ``[[name, nbytes], …]``, each an Arrow IPC stream.
+:class:`EngineWorker` is one child (lifecycle of an aiokafka resource; started and stopped through
+:class:`~opendt.worker.process.ChildProcess`). :class:`TwinEngine` keeps the history of the state-changing
+calls and, when its child dies or hangs, kills it, starts a new one and replays the history so the state is
+rebuilt exactly (the engine is deterministic).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import json
-import os
-import signal
-import struct
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
 import polars as pl
 import structlog
 
-log = structlog.get_logger(component="worker")
+from opendt.worker.process import PIPE, ChildProcess, OutputTail
+from opendt.worker.protocol import LEN, pack, unpack_tables
 
-_LEN = struct.Struct(">I")
+log = structlog.get_logger(component="worker")
 
 
 class WorkerError(RuntimeError):
@@ -41,98 +35,12 @@ class WorkerDied(RuntimeError):
     """The worker process exited, hung past the timeout, or broke the protocol."""
 
 
-def _pack(header: dict[str, Any], tables: dict[str, pl.DataFrame] | None = None) -> bytes:
-    blobs = []
-    for name, df in (tables or {}).items():
-        buf = io.BytesIO()
-        df.write_ipc_stream(buf)
-        blobs.append((name, buf.getvalue()))
-    header = {**header, "tables": [[n, len(b)] for n, b in blobs]}
-    h = json.dumps(header).encode()
-    return _LEN.pack(len(h)) + h + b"".join(b for _, b in blobs)
-
-
-def _unpack_tables(header: dict[str, Any], data: bytes) -> dict[str, pl.DataFrame]:
-    out: dict[str, pl.DataFrame] = {}
-    pos = 0
-    for name, n in header.get("tables", []):
-        out[name] = pl.read_ipc_stream(io.BytesIO(data[pos : pos + n]))
-        pos += n
-    return out
-
-
-# -- child ------------------------------------------------------------------------------------------------
-
-
-def _read_exact(stream: BinaryIO, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = stream.read(n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return bytes(buf)
-
-
-def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
-    from opendt.engine import Engine
-    from opendt.models.topology import parse_topology
-
-    engine: Engine | None = None
-    cal_bases: dict[str, Any] = {}  # calibration candidate runs (opendt.worker.warm)
-    while True:
-        try:
-            (n,) = _LEN.unpack(_read_exact(stdin, 4))
-        except EOFError:
-            return 0
-        header = json.loads(_read_exact(stdin, n))
-        size = sum(t[1] for t in header.get("tables", []))
-        tables = _unpack_tables(header, _read_exact(stdin, size))
-        op = header["op"]
-        reply: dict[str, Any] = {"ok": True}
-        out: dict[str, pl.DataFrame] = {}
-        t0 = time.perf_counter()
-        try:
-            if op == "ping":  # answered before init too: the parent's readiness check
-                reply["pid"] = os.getpid()
-            elif op == "init":
-                engine = Engine(
-                    parse_topology(header["topology"]),
-                    export_interval_ms=header["export_interval_ms"],
-                    carbon=tables.get("carbon"),
-                )
-            elif op.startswith("cal."):
-                from opendt.worker import warm
-
-                out = warm.handle(op, header, tables, engine, cal_bases)
-            elif engine is None:
-                raise RuntimeError("worker not initialised")
-            elif op == "advance":
-                out["rows"] = engine.advance(header["until_ms"], tables["tasks"], tables["fragments"])
-            elif op == "finish":
-                out["rows"] = engine.finish()
-            elif op == "set_topology":
-                engine.set_topology(parse_topology(header["topology"]))
-            else:
-                raise ValueError(f"unknown op {op!r}")
-        except Exception as e:  # noqa: BLE001 - reported to the parent, which decides
-            reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-            out = {}
-        reply["compute_s"] = time.perf_counter() - t0
-        stdout.write(_pack(reply, out))
-        stdout.flush()
-
-
-def main() -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    return _serve(sys.stdin.buffer, sys.stdout.buffer)
-
-
-# -- parent -----------------------------------------------------------------------------------------------
-
-
 def default_command() -> list[str]:
-    return [sys.executable, "-m", "opendt.worker.client"]
+    return [sys.executable, "-m", "opendt.worker"]
+
+
+STOP_GRACE_S = 2.0
+"""How long a worker whose stdin was closed may take to exit before it is killed."""
 
 
 class EngineWorker:
@@ -140,51 +48,39 @@ class EngineWorker:
 
     def __init__(self, command: Sequence[str] | None = None) -> None:
         self.command = list(command or default_command())
-        self._proc: asyncio.subprocess.Process | None = None
+        self._child: ChildProcess | None = None
         self._lock = asyncio.Lock()
-        self._stderr_tail: list[str] = []
-        self._stderr_task: asyncio.Task[None] | None = None
         self._started = False
 
     @property
     def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
+        return None if self._child is None else self._child.pid
 
     async def start(self) -> None:
         if self._started:
             raise RuntimeError("worker already started")
         self._started = True
-        self._proc = await asyncio.create_subprocess_exec(
-            *self.command,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            limit=2**26,
+        self._child = await ChildProcess.spawn(
+            self.command, stdin=PIPE, capture_stdout=False, stderr_tail=OutputTail(4096), limit=2**26
         )
-        assert self._proc.stderr is not None
-        self._stderr_task = asyncio.create_task(self._pump_stderr(self._proc.stderr))
-
-    async def _pump_stderr(self, stderr: asyncio.StreamReader) -> None:
-        while line := await stderr.readline():
-            self._stderr_tail = [*self._stderr_tail[-19:], line.decode(errors="replace").rstrip()]
 
     def stderr_tail(self) -> str:
-        return " | ".join(self._stderr_tail[-5:])
+        return "" if self._child is None else " | ".join(self._child.stderr_tail.lines(5))
 
     async def call(
         self, header: dict[str, Any], tables: dict[str, pl.DataFrame] | None = None, *, timeout_s: float
     ) -> tuple[dict[str, Any], dict[str, pl.DataFrame]]:
-        proc = self._proc
+        child = self._child
+        proc = None if child is None else child.proc
         if proc is None or proc.stdin is None or proc.stdout is None:
             raise WorkerDied("worker not started")
-        payload = await asyncio.to_thread(_pack, header, tables)
+        payload = await asyncio.to_thread(pack, header, tables)
         async with self._lock:
             try:
                 async with asyncio.timeout(timeout_s):
                     proc.stdin.write(payload)
                     await proc.stdin.drain()
-                    (n,) = _LEN.unpack(await proc.stdout.readexactly(4))
+                    (n,) = LEN.unpack(await proc.stdout.readexactly(4))
                     reply = json.loads(await proc.stdout.readexactly(n))
                     size = sum(t[1] for t in reply.get("tables", []))
                     data = await proc.stdout.readexactly(size)
@@ -192,32 +88,24 @@ class EngineWorker:
                 await self.stop(kill=True)  # a hung child may not read its stdin: do not wait for it
                 raise WorkerDied(f"worker timed out after {timeout_s} s on {header['op']}") from None
             except (asyncio.IncompleteReadError, BrokenPipeError, ConnectionResetError):
-                await self.stop()
-                raise WorkerDied(f"worker exited during {header['op']}: {self.stderr_tail()}") from None
-        out = await asyncio.to_thread(_unpack_tables, reply, data)
+                tail = await self._stop_for_tail()
+                raise WorkerDied(f"worker exited during {header['op']}: {tail}") from None
+        out = await asyncio.to_thread(unpack_tables, reply, data)
         if not reply.get("ok"):
             raise WorkerError(str(reply.get("error")))
         return reply, out
 
+    async def _stop_for_tail(self) -> str:
+        child = self._child
+        await self.stop()
+        return "" if child is None else " | ".join(child.stderr_tail.lines(5))
+
     async def stop(self, *, kill: bool = False) -> None:
-        """Close the child's stdin, wait up to 2 s for it to exit, then SIGKILL it (at once if ``kill``)."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.stdin is not None and not proc.stdin.is_closing():
-            proc.stdin.close()
-        if kill:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        try:
-            async with asyncio.timeout(2):
-                await proc.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-        if self._stderr_task is not None:
-            await self._stderr_task
+        """Close the child's stdin, wait up to ``STOP_GRACE_S`` for it to exit, then SIGKILL its group (at
+        once if ``kill``)."""
+        child, self._child = self._child, None
+        if child is not None:
+            await child.stop(0.0 if kill else STOP_GRACE_S, terminate=False)
 
     async def __aenter__(self) -> EngineWorker:
         await self.start()
@@ -336,7 +224,3 @@ class TwinEngine:
         worker, self._worker = self._worker, None
         if worker is not None:
             await worker.stop()
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -26,7 +26,7 @@ log = structlog.get_logger(component="calibrator")
 
 
 def candidate_command(nice: int) -> list[str]:
-    code = f"import os; os.nice({int(nice)}); from opendt.worker.client import main; raise SystemExit(main())"
+    code = f"import os; os.nice({int(nice)}); from opendt.worker.child import main; raise SystemExit(main())"
     return [sys.executable, "-c", code]
 
 

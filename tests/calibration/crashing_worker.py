@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from opendt.worker import warm
-from opendt.worker.client import main
+from opendt.worker.child import main
 
 _real = warm.run_candidate
 

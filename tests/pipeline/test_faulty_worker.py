@@ -23,7 +23,7 @@ from .conftest import windowed_reference, workload_windows
 FAULTY_WORKER = """
 import os, sys, time
 from opendt.engine import Engine
-from opendt.worker.client import main
+from opendt.worker.child import main
 
 MODE, BAD_UNTIL = sys.argv[1], int(sys.argv[2])
 advance = Engine.advance

@@ -77,7 +77,7 @@ async def test_hanging_worker_times_out_and_is_replaced(tmp_path: Path, small_wo
     hang.write_text(  # the first worker hangs in its first init; the next ones are healthy
         "import os, time\n"
         "from opendt.engine import Engine\n"
-        "from opendt.worker.client import main\n"
+        "from opendt.worker.child import main\n"
         "init = Engine.__init__\n"
         "def hang_once(self, *a, **k):\n"
         f"    if not os.path.exists({str(marker)!r}):\n"
@@ -103,7 +103,7 @@ async def test_slow_worker_startup_is_not_a_hang(tmp_path: Path, small_workload:
     covers the calls, not the start (which has its own, longer one)."""
     slow = tmp_path / "slow_worker.py"
     slow.write_text(
-        "import time\ntime.sleep(2)\nfrom opendt.worker.client import main\nraise SystemExit(main())\n"
+        "import time\ntime.sleep(2)\nfrom opendt.worker.child import main\nraise SystemExit(main())\n"
     )
     wl, _ = _windows(small_workload)
     twin = TwinEngine([sys.executable, str(slow)], timeout_s=1)

@@ -1,0 +1,3 @@
+from opendt.worker.child import main
+
+raise SystemExit(main())
