@@ -19,7 +19,8 @@ from contextlib import aclosing
 
 import orjson
 
-from opendt.kafka.broker import EmbeddedBroker, ensure_topics
+from opendt.kafka.admin import ensure_topics
+from opendt.kafka.broker import EmbeddedBroker
 from opendt.kafka.client import DecodeStats, consume_decoded, make_consumer, make_producer, send_many
 from opendt.log import configure_logging
 from opendt.models.messages import encode_key, iso_ms

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from opendt.kafka.broker import delete_topics, ensure_topics
+from opendt.kafka.admin import delete_topics, ensure_topics
 from opendt.kafka.testing import BrokerThread
 from opendt.settings import (
     REPO_ROOT,

@@ -24,7 +24,7 @@ import socket
 import sys
 import warnings
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -32,9 +32,9 @@ from typing import TextIO
 
 import structlog
 from aiokafka import AIOKafkaClient
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from opendt.kafka.admin import ensure_topics
 from opendt.settings import KafkaSettings
 from opendt.worker.process import ChildProcess, OutputTail, signal_group
 
@@ -44,18 +44,12 @@ _STDERR_TAIL_LINES = 40
 _STOP_GRACE_S = 5.0
 _PROBE_BACKOFF_S = (0.02, 0.05, 0.1, 0.2)
 _PORT_RETRIES = 3
-_ERR_NONE = 0
-_ERR_TOPIC_EXISTS = 36
 _PR_SET_PDEATHSIG = 1
 _LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}  # noqa: S104 - wildcard → loopback
 
 
 class BrokerError(RuntimeError):
     """The embedded broker could not be found, started or reached; the message says why."""
-
-
-class TopicError(RuntimeError):
-    """A topic could not be created or deleted; the message names the topic and the Kafka error."""
 
 
 def resolve_tansu_bin(configured: Path | None) -> Path:
@@ -329,62 +323,6 @@ async def _probe(bootstrap: str) -> None:
             return
         except (OSError, KafkaError):
             await asyncio.sleep(_PROBE_BACKOFF_S[min(attempt, len(_PROBE_BACKOFF_S) - 1)])  # retry backoff
-
-
-async def ensure_topics(
-    bootstrap: str,
-    names: Iterable[str],
-    partitions: int,
-    *,
-    replication_factor: int = 1,
-    request_timeout_s: float = 30.0,
-) -> list[str]:
-    """Create the topics that do not exist yet; returns the names it created (existing ones are kept).
-
-    Works on Tansu and Kafka (CreateTopics); an existing topic keeps its partition count. aiokafka speaks
-    CreateTopics v0–v3, which cannot ask for the broker's default replication, so ``replication_factor``
-    is explicit (1; pre-create the topics on a replicated production cluster).
-    """
-    wanted = list(dict.fromkeys(names))
-    if not wanted:
-        return []
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(request_timeout_s * 1000))
-    await admin.start()
-    try:
-        resp = await admin.create_topics(
-            [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor) for n in wanted]
-        )
-    except KafkaError as e:
-        raise TopicError(f"creating topics {wanted} on {bootstrap} failed: {e!r}") from e
-    finally:
-        await admin.close()
-    created = []
-    for topic, code, *rest in resp.topic_errors:
-        if code == _ERR_NONE:
-            created.append(topic)
-        elif code != _ERR_TOPIC_EXISTS:
-            message = rest[0] if rest else None
-            raise TopicError(f"creating topic {topic!r} on {bootstrap} failed: error {code} {message or ''}")
-    log.info("topics_ensured", bootstrap=bootstrap, created=created, existing=len(wanted) - len(created))
-    return created
-
-
-async def delete_topics(bootstrap: str, names: Iterable[str], *, request_timeout_s: float = 30.0) -> None:
-    """Delete the topics (unknown ones are ignored); Tansu and Kafka both support DeleteTopics."""
-    wanted = list(dict.fromkeys(names))
-    if not wanted:
-        return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(request_timeout_s * 1000))
-    await admin.start()
-    try:
-        resp = await admin.delete_topics(wanted)
-    except KafkaError as e:
-        raise TopicError(f"deleting topics {wanted} on {bootstrap} failed: {e!r}") from e
-    finally:
-        await admin.close()
-    for topic, code, *_ in resp.topic_error_codes:
-        if code not in (_ERR_NONE, 3):  # 3 = UNKNOWN_TOPIC_OR_PARTITION
-            raise TopicError(f"deleting topic {topic!r} on {bootstrap} failed: error {code}")
 
 
 @asynccontextmanager

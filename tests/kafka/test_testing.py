@@ -7,7 +7,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from opendt.kafka.broker import BrokerError, ensure_topics
+from opendt.kafka.admin import ensure_topics
+from opendt.kafka.broker import BrokerError
 from opendt.kafka.testing import BrokerThread
 from opendt.settings import KafkaSettings
 
