@@ -17,11 +17,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from structlog.testing import capture_logs
 
 import opendt.kafka.broker as broker_module
+from opendt.kafka.admin import delete_topics, ensure_topics
 from opendt.kafka.broker import (
     BrokerError,
     EmbeddedBroker,
-    delete_topics,
-    ensure_topics,
     free_port,
     kafka_for,
     run_broker_forever,
