@@ -94,7 +94,7 @@ def _start(workload: Path, data_dir: Path, log_path: Path, *args: str) -> subpro
 
 def _one_shot(workload: Path, until_ms: int) -> pl.DataFrame:
     from opendt.engine import Engine
-    from opendt.twin.loop import aggregate_rows
+    from opendt.twin.results import aggregate_rows
     from opendt.workload import load_workload
 
     wl = load_workload(workload)

@@ -43,10 +43,12 @@ from opendt.settings import ConfigError, Settings
 from opendt.stream.consumer import ClosedWindow, WindowConsumer
 from opendt.stream.replay import ReplayProducer, ReplayProgress
 from opendt.twin.history import TwinHistory
-from opendt.twin.loop import HookChain, SimTopology, Simulator, TopologyBox
+from opendt.twin.hooks import HookChain
+from opendt.twin.loop import WindowLoop
 from opendt.twin.results import ResultStore
 from opendt.twin.scenarios import ScenarioRunner
 from opendt.twin.status import TwinState
+from opendt.twin.topology import SimTopology, TopologyBox
 from opendt.worker.client import TwinEngine
 from opendt.worker.pool import CandidatePool
 from opendt.workload import Workload, load_workload
@@ -236,7 +238,7 @@ async def _supervise(
             history,
             scenario_pool,
             export_interval_ms=settings.simulation.export_interval_s * 1000,
-            carbon=None if workload.carbon is None else workload.carbon.rename({"timestamp_ms": "timestamp"}),
+            carbon=workload.carbon,
             initial=workload.topology,
             max_queue=api.whatif_queue,
         )
@@ -258,7 +260,7 @@ async def _supervise(
             if resumed := optimizer.resume():
                 log.info("optimizer_resumed", rounds=resumed, kept=optimizer.best is not None)
             state.providers["optimizer"] = optimizer.summary
-        simulator = Simulator(
+        simulator = WindowLoop(
             queue,
             twin,
             store,
@@ -354,7 +356,7 @@ def _publish_views(
     state: TwinState,
     progress: ReplayProgress,
     windows: WindowConsumer,
-    simulator: Simulator,
+    simulator: WindowLoop,
     store: ResultStore,
     box: TopologyBox,
     run_dir: Path,

@@ -29,10 +29,10 @@ from opendt.optimizer.component import Optimizer, OptimizerError
 from opendt.optimizer.slo import SloError, SloWatcher, parse_slo
 from opendt.settings import ApiSettings
 from opendt.twin.history import HistoryGap
-from opendt.twin.loop import TopologyBox
 from opendt.twin.results import ResultStore
 from opendt.twin.scenarios import ScenarioBusy, ScenarioRunner
 from opendt.twin.status import TwinState
+from opendt.twin.topology import TopologyBox
 
 log = structlog.get_logger(component="api")
 

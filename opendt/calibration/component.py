@@ -35,7 +35,7 @@ from opendt.calibration.rounds import RoundJob, RoundRunner
 from opendt.calibration.space import parse_space
 from opendt.settings import CalibrationSettings, Settings
 from opendt.stream.windowing import Window
-from opendt.twin.loop import SimTopology, TopologyBox
+from opendt.twin.topology import SimTopology, TopologyBox
 from opendt.worker.client import TwinEngine
 from opendt.worker.pool import CandidatePool
 
@@ -285,7 +285,7 @@ def calibrator_for(
         pool,
         journal,
         window_ms=settings.windowing.window_s * 1000,
-        carbon=None if carbon is None else carbon.rename({"timestamp_ms": "timestamp"}, strict=False),
+        carbon=carbon,
         publish=publish,
         is_durable=is_durable,
     )

@@ -2,7 +2,7 @@
 
 Windows are cut directly from the workload's frames (the same ``[start, end)`` windows the consumer would
 close, every one from the first event to the last, the last one final) and go through the same
-:class:`~opendt.twin.loop.Simulator` (twin worker, result store) with the same
+:class:`~opendt.twin.loop.WindowLoop` (twin worker, result store) with the same
 :class:`~opendt.calibration.component.Calibrator` hooks as the daemon. The twin's prediction at ``t``
 therefore only uses topologies chosen from data before ``t``. At the end: the whole-trace MAPE of the twin's
 prediction (its ``power_draw`` at the export instants) against the measured power at the same instants.
@@ -28,8 +28,9 @@ from opendt.calibration.scoring import mape
 from opendt.settings import Settings
 from opendt.stream.consumer import ClosedWindow
 from opendt.stream.windowing import Window
-from opendt.twin.loop import Simulator, TopologyBox
+from opendt.twin.loop import WindowLoop
 from opendt.twin.results import ResultStore
+from opendt.twin.topology import TopologyBox
 from opendt.worker.client import TwinEngine
 from opendt.workload import FRAGMENT_SCHEMA, TASK_SCHEMA, Workload, load_workload
 
@@ -145,7 +146,7 @@ async def calibrate_offline(
     journal = calibrator.journal
     journal.on_new = on_round
     queue: asyncio.Queue[ClosedWindow | None] = asyncio.Queue(maxsize=settings.windowing.queue_size)
-    simulator = Simulator(queue, twin, store, box, settings.simulation, workload.carbon, hooks=calibrator)
+    simulator = WindowLoop(queue, twin, store, box, settings.simulation, workload.carbon, hooks=calibrator)
 
     async def feed() -> None:
         for w in windows:

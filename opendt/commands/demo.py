@@ -151,7 +151,7 @@ def _measured_power(
         normalize_tasks(tasks),
         normalize_fragments(fragments),
         export_interval_ms=METER_INTERVAL_MS,
-        carbon=normalize_carbon(carbon).rename({"timestamp_ms": "timestamp"}),
+        carbon=normalize_carbon(carbon),
         tables=frozenset({"powerSource"}),
     )
     ps = result.power_source.unique(subset=["timestamp"], keep="first", maintain_order=True)

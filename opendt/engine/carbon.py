@@ -43,9 +43,12 @@ class CarbonTrace:
 
     @staticmethod
     def from_frame(df: pl.DataFrame) -> CarbonTrace:
-        """Read ``timestamp`` (epoch ms or datetime) and ``carbon_intensity``; sort by time."""
+        """Read ``timestamp`` (epoch ms or datetime; ``timestamp_ms`` is taken as well: the frames the twin
+        builds name it so) and ``carbon_intensity``; sort by time."""
         import polars as pl
 
+        if "timestamp" not in df.columns and "timestamp_ms" in df.columns:
+            df = df.rename({"timestamp_ms": "timestamp"})
         missing = set(COLUMNS) - set(df.columns)
         if missing:
             raise CarbonError(f"carbon trace lacks column(s) {sorted(missing)}")

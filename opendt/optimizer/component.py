@@ -52,8 +52,8 @@ from opendt.optimizer.slo import ENERGY_FIELDS, SloWatcher
 from opendt.settings import OptimizerSettings
 from opendt.stream.windowing import Window
 from opendt.twin.history import HistoryGap
-from opendt.twin.loop import TopologyBox
 from opendt.twin.scenarios import ScenarioBusy, ScenarioResult, ScenarioRunner
+from opendt.twin.topology import TopologyBox
 
 log = structlog.get_logger(component="optimizer")
 

@@ -1,7 +1,7 @@
-"""The simulator component: one closed window at a time through the twin's long-lived engine worker.
+"""The window loop: one closed window at a time through the twin's long-lived engine worker.
 
-Per window: apply a newer simulated topology (from ``sim.topology``; it takes effect from this window on),
-advance the engine to the window end with the window's new tasks and fragments, aggregate the export rows
+Per window: apply a newer simulated topology (:mod:`opendt.twin.topology`; it takes effect from this window
+on), advance the engine to the window end with the window's new tasks and fragments, aggregate the export rows
 (sum over clusters), make them durable (:class:`ResultStore`), publish ``sim.results``, commit the input
 offsets, record timings. A worker that dies or hangs is restarted with its state rebuilt and the window is
 retried (``simulation.retries``); after that, or at once when the engine raised, the window is recorded as
@@ -19,17 +19,18 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import polars as pl
 import structlog
 
 from opendt.models.messages import iso_ms
-from opendt.models.topology import Topology, parse_topology
 from opendt.settings import SimulationSettings
 from opendt.stream.consumer import ClosedWindow
 from opendt.stream.windowing import Window
-from opendt.twin.results import ResultStore, WindowRecord
+from opendt.twin.hooks import WindowHooks
+from opendt.twin.results import ResultStore, WindowRecord, aggregate_rows, results_message
+from opendt.twin.topology import TopologyBox
 from opendt.worker.client import TwinEngine, WorkerDied, WorkerError
 from opendt.workload import FRAGMENT_SCHEMA, TASK_SCHEMA
 
@@ -37,115 +38,10 @@ log = structlog.get_logger(component="simulator")
 T = TypeVar("T")
 
 
-@dataclass
-class SimTopology:
-    version: int
-    source: str
-    reason: str
-    topology: Topology
-    timestamp_ms: int = 0
-
-
-class TopologyBox:
-    """The current simulated topology; the sim.topology listener and the API offer newer versions."""
-
-    def __init__(self, physical: Topology) -> None:
-        self.physical = physical
-        self.current = SimTopology(0, "initial", "physical topology", physical)
-        self._reserved = 0
-
-    def next_version(self) -> int:
-        """A version number no earlier offer or reservation has used (publishers call this first)."""
-        self._reserved = max(self._reserved, self.current.version) + 1
-        return self._reserved
-
-    def offer(self, candidate: SimTopology) -> bool:
-        if candidate.version <= self.current.version:
-            return False
-        self.current = candidate
-        return True
-
-    def of_version(self, version: int, store: ResultStore | None) -> Topology | None:
-        """The topology of ``version``: the current one, the physical one (0), else the one the run saved
-        (``None`` when unknown)."""
-        if version == self.current.version:
-            return self.current.topology
-        if version == 0:
-            return self.physical
-        doc = None if store is None else store.load_topology(version)
-        return None if doc is None else parse_topology(doc["topology"], source=f"run topology v{version}")
-
-    def resume(self, store: ResultStore) -> bool:
-        """Make the highest version an earlier process of the run saved (what it last applied) the current
-        one, so it stays in effect and new versions follow its number (the embedded broker keeps no
-        sim.topology history; an external one re-offers it, and older offers are ignored)."""
-        doc = store.latest_topology()
-        if doc is None:
-            return False
-        version = int(doc["version"])
-        return self.offer(
-            SimTopology(
-                version,
-                str(doc.get("source", "resumed")),
-                str(doc.get("reason", "")),
-                parse_topology(doc["topology"], source=f"run topology v{version}"),
-                int(doc.get("timestamp_ms", 0)),
-            )
-        )
-
-
 def window_frames(w: Window) -> tuple[pl.DataFrame, pl.DataFrame]:
     tasks = pl.DataFrame(w.tasks, schema=TASK_SCHEMA, orient="row")
     frags = pl.DataFrame(w.fragments, schema=FRAGMENT_SCHEMA, orient="row")
     return tasks, frags
-
-
-def aggregate_rows(rows: pl.DataFrame, version: int, window_start_ms: int) -> pl.DataFrame:
-    """Engine rows (one per cluster per instant; a duplicate final flush) → one row per export instant."""
-    if rows.is_empty():
-        return pl.DataFrame()
-    per_cluster = rows.unique(
-        subset=["timestamp_absolute", "cluster_name"], keep="first", maintain_order=True
-    )
-    return (
-        per_cluster.group_by("timestamp_absolute", maintain_order=True)
-        .agg(
-            pl.col("power_draw").sum(),
-            pl.col("energy_usage").sum(),
-            pl.col("carbon_intensity").first(),
-            pl.col("carbon_emission").sum(),
-        )
-        .sort("timestamp_absolute")
-        .select(
-            pl.from_epoch("timestamp_absolute", "ms").dt.replace_time_zone("UTC").alias("timestamp"),
-            pl.col("power_draw").cast(pl.Float64),
-            pl.col("energy_usage").cast(pl.Float64),
-            pl.col("carbon_intensity").cast(pl.Float64),
-            pl.col("carbon_emission").cast(pl.Float64),
-            pl.lit(version, pl.Int64).alias("topology_version"),
-            pl.lit(window_start_ms).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC").alias("window_start"),
-        )
-    )
-
-
-def results_message(w: Window, version: int, engine: str, agg: pl.DataFrame) -> dict[str, object]:
-    points = [
-        {
-            "timestamp": iso_ms(int(r["timestamp"].timestamp() * 1000)),
-            "power_draw": r["power_draw"],
-            "energy_usage": r["energy_usage"],
-            "carbon_intensity": r["carbon_intensity"],
-            "carbon_emission": r["carbon_emission"],
-        }
-        for r in agg.iter_rows(named=True)
-    ]
-    return {
-        "window_start": iso_ms(w.start_ms),
-        "window_end": iso_ms(w.end_ms),
-        "topology_version": version,
-        "engine": engine,
-        "points": points,
-    }
 
 
 class WindowFailed(RuntimeError):
@@ -157,7 +53,7 @@ class WindowFailed(RuntimeError):
 
 
 @dataclass
-class SimulatorStats:
+class LoopStats:
     windows_simulated: int = 0
     windows_failed: int = 0
     windows_replayed: int = 0
@@ -169,34 +65,7 @@ Publish = Callable[[bytes, dict[str, object]], Awaitable[None]]
 Commit = Callable[[ClosedWindow], Awaitable[None]]
 
 
-class WindowHooks(Protocol):
-    """Observers of the window loop (calibrator, history): awaited in order, within the window."""
-
-    async def before_window(self, w: Window) -> None: ...
-
-    async def after_window(
-        self, w: Window, tasks: pl.DataFrame, fragments: pl.DataFrame, *, replayed: bool = False
-    ) -> None: ...
-
-
-class HookChain:
-    """Several :class:`WindowHooks` as one, called in the given order."""
-
-    def __init__(self, *hooks: WindowHooks | None) -> None:
-        self.hooks = [h for h in hooks if h is not None]
-
-    async def before_window(self, w: Window) -> None:
-        for h in self.hooks:
-            await h.before_window(w)
-
-    async def after_window(
-        self, w: Window, tasks: pl.DataFrame, fragments: pl.DataFrame, *, replayed: bool = False
-    ) -> None:
-        for h in self.hooks:
-            await h.after_window(w, tasks, fragments, replayed=replayed)
-
-
-class Simulator:
+class WindowLoop:
     def __init__(
         self,
         queue: asyncio.Queue[ClosedWindow | None],
@@ -216,12 +85,12 @@ class Simulator:
         self.store = store
         self.box = box
         self.settings = settings
-        self.carbon = None if carbon is None else carbon.rename({"timestamp_ms": "timestamp"}, strict=False)
+        self.carbon = carbon
         self.publish = publish
         self.commit = commit
         self.on_done = on_done
         self.hooks = hooks
-        self.stats = SimulatorStats()
+        self.stats = LoopStats()
         self.applied_version = -1
         self.done = asyncio.Event()
 

@@ -16,7 +16,9 @@ from typing import Any
 
 import polars as pl
 
+from opendt.models.messages import iso_ms
 from opendt.models.topology import Topology
+from opendt.stream.windowing import Window
 
 AGG_SCHEMA = pl.Schema(
     {
@@ -45,6 +47,54 @@ WINDOW_SCHEMA = pl.Schema(
         "error": pl.Utf8(),
     }
 )
+
+
+def aggregate_rows(rows: pl.DataFrame, version: int, window_start_ms: int) -> pl.DataFrame:
+    """Engine rows (one per cluster per instant; a duplicate final flush) → one row per export instant."""
+    if rows.is_empty():
+        return pl.DataFrame()
+    per_cluster = rows.unique(
+        subset=["timestamp_absolute", "cluster_name"], keep="first", maintain_order=True
+    )
+    return (
+        per_cluster.group_by("timestamp_absolute", maintain_order=True)
+        .agg(
+            pl.col("power_draw").sum(),
+            pl.col("energy_usage").sum(),
+            pl.col("carbon_intensity").first(),
+            pl.col("carbon_emission").sum(),
+        )
+        .sort("timestamp_absolute")
+        .select(
+            pl.from_epoch("timestamp_absolute", "ms").dt.replace_time_zone("UTC").alias("timestamp"),
+            pl.col("power_draw").cast(pl.Float64),
+            pl.col("energy_usage").cast(pl.Float64),
+            pl.col("carbon_intensity").cast(pl.Float64),
+            pl.col("carbon_emission").cast(pl.Float64),
+            pl.lit(version, pl.Int64).alias("topology_version"),
+            pl.lit(window_start_ms).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC").alias("window_start"),
+        )
+    )
+
+
+def results_message(w: Window, version: int, engine: str, agg: pl.DataFrame) -> dict[str, object]:
+    points = [
+        {
+            "timestamp": iso_ms(int(r["timestamp"].timestamp() * 1000)),
+            "power_draw": r["power_draw"],
+            "energy_usage": r["energy_usage"],
+            "carbon_intensity": r["carbon_intensity"],
+            "carbon_emission": r["carbon_emission"],
+        }
+        for r in agg.iter_rows(named=True)
+    ]
+    return {
+        "window_start": iso_ms(w.start_ms),
+        "window_end": iso_ms(w.end_ms),
+        "topology_version": version,
+        "engine": engine,
+        "points": points,
+    }
 
 
 def _write_atomic(df: pl.DataFrame, path: Path) -> None:

@@ -13,9 +13,9 @@ import pytest
 from opendt.api.app import TwinView, parse_time, serve_api
 from opendt.models.topology import Topology, parse_topology
 from opendt.settings import ApiSettings
-from opendt.twin.loop import SimTopology, TopologyBox
 from opendt.twin.results import ResultStore, WindowRecord
 from opendt.twin.status import TwinState
+from opendt.twin.topology import SimTopology, TopologyBox
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 TOPO = parse_topology(

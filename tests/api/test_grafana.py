@@ -33,9 +33,9 @@ from opendt.api.grafana import METRICS
 from opendt.models.messages import iso_ms
 from opendt.models.topology import parse_topology
 from opendt.settings import ApiSettings
-from opendt.twin.loop import TopologyBox
 from opendt.twin.results import ResultStore, WindowRecord
 from opendt.twin.status import TwinState
+from opendt.twin.topology import TopologyBox
 
 from .conftest import no_nan, utc
 

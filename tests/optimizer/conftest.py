@@ -16,8 +16,8 @@ from opendt.optimizer.rules import OptimizerContext, RulesStrategy
 from opendt.optimizer.scoring import WindowOutcome
 from opendt.optimizer.slo import Slo, SloWatcher
 from opendt.settings import OptimizerSettings
-from opendt.twin.loop import TopologyBox
 from opendt.twin.scenarios import ScenarioResult
+from opendt.twin.topology import TopologyBox
 
 WINDOW_START_MS = 1_709_510_400_000  # 2024-03-04T00:00:00Z
 WINDOW_END_MS = WINDOW_START_MS + 300_000

@@ -13,7 +13,7 @@ import pytest
 from opendt.engine import Engine
 from opendt.models.topology import Topology
 from opendt.stream.windowing import Window
-from opendt.twin.loop import aggregate_rows
+from opendt.twin.results import aggregate_rows
 from opendt.workload import Workload, load_workload
 
 W = 300_000

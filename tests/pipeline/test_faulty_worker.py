@@ -13,8 +13,9 @@ import pytest
 from opendt.settings import SimulationSettings
 from opendt.stream.consumer import ClosedWindow
 from opendt.stream.windowing import Window
-from opendt.twin.loop import Simulator, TopologyBox
+from opendt.twin.loop import WindowLoop
 from opendt.twin.results import ResultStore
+from opendt.twin.topology import TopologyBox
 from opendt.worker.client import TwinEngine
 from opendt.workload import Workload, load_workload
 
@@ -47,14 +48,14 @@ raise SystemExit(main())
 
 async def _simulate(
     wl: Workload, windows: list[Window], run_dir: Path, command: list[str], timeout_s: float
-) -> tuple[Simulator, ResultStore]:
+) -> tuple[WindowLoop, ResultStore]:
     store = ResultStore(run_dir)
     store.load()
     queue: asyncio.Queue[ClosedWindow | None] = asyncio.Queue()
     for w in windows:
         queue.put_nowait(ClosedWindow(w))
     queue.put_nowait(None)
-    sim = Simulator(
+    sim = WindowLoop(
         queue,
         TwinEngine(command, timeout_s=timeout_s),
         store,
