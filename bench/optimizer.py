@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from opendt.daemon import run_daemon
+from opendt.daemon import run_daemon, wait_until
 from opendt.engine import Engine
 from opendt.log import configure_logging
 from opendt.settings import ApiSettings, OptimizerSettings, ReplaySettings, Settings, WindowingSettings
@@ -110,8 +110,7 @@ async def run_twin(args: argparse.Namespace, slo: dict[str, float], window_s: in
     t0 = time.perf_counter()
     async with asyncio.TaskGroup() as tg:
         daemon = tg.create_task(run_daemon(settings, shutdown_trigger=stop.wait, state=state))
-        while not state.api_url:  # noqa: ASYNC110 - the state has no event to wait on
-            await asyncio.sleep(0.1)
+        await wait_until(state.ready, daemon, "serving")
         async with aiohttp.ClientSession() as s:
             while True:
                 async with s.get(f"{state.api_url}/api/status") as r:

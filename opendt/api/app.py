@@ -1,8 +1,9 @@
 """The aiohttp JSON API, embedded in the daemon's loop (AppRunner/TCPSite; it never owns the loop).
 
 Handlers read what the components publish (:class:`TwinView`, :class:`TwinState`); they never talk to Kafka
-or spawn simulations themselves: a topology change is handed to ``publish_topology`` (the daemon publishes
-it on ``sim.topology``). Errors are JSON ``{"error": ..., "field": ...}`` with status 400/401/404/413/422.
+or spawn simulations themselves: a topology change goes through the twin's
+:class:`~opendt.twin.topology.TopologyWriter`. Errors are JSON ``{"error": ..., "field": ...}`` with status
+400/401/404/413/422.
 """
 
 from __future__ import annotations
@@ -32,11 +33,9 @@ from opendt.twin.history import HistoryGap
 from opendt.twin.results import ResultStore
 from opendt.twin.scenarios import ScenarioBusy, ScenarioRunner
 from opendt.twin.status import TwinState
-from opendt.twin.topology import TopologyBox
+from opendt.twin.topology import TopologyBox, TopologyWriter
 
 log = structlog.get_logger(component="api")
-
-PublishTopology = Callable[[Topology, str, str], Awaitable[int]]
 
 
 @dataclass
@@ -47,7 +46,8 @@ class TwinView:
     measured: pl.DataFrame | None = None
     """Measured power: ``timestamp_ms`` (epoch ms), ``power_draw`` (W)."""
     box: TopologyBox | None = None
-    publish_topology: PublishTopology | None = None
+    writer: TopologyWriter | None = None
+    """The one write path of the simulated topology (None: a read-only API)."""
     calibration_view: Callable[[], dict[str, Any]] | None = None
     """The calibrator's summary (settings, counts, last round); None = calibration disabled."""
     calibration_series: Callable[[], list[dict[str, Any]]] | None = None
@@ -342,18 +342,18 @@ async def put_topology(request: web.Request) -> web.Response:
         topo = parse_topology(doc, source="request body")
     except TopologyError as e:
         raise ApiError(422, str(e), "topology") from None
-    if view.publish_topology is None:
+    if view.writer is None:
         raise ApiError(404, "no twin to apply a topology to")
-    version = await view.publish_topology(topo, "api", str(reason))
+    version = (await view.writer.write(topo, "api", str(reason))).version
     return _json({"version": version, "source": "api", "applies": "from the next window"}, status=202)
 
 
 async def reset_topology(request: web.Request) -> web.Response:
     _require_token(request)
     view = request.app[VIEW]
-    if view.publish_topology is None or view.box is None:
+    if view.writer is None or view.box is None:
         raise ApiError(404, "no twin to reset")
-    version = await view.publish_topology(view.box.physical, "api", "reset to the physical topology")
+    version = (await view.writer.write(view.box.physical, "api", "reset to the physical topology")).version
     return _json({"version": version, "source": "api", "applies": "from the next window"}, status=202)
 
 

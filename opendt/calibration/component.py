@@ -8,9 +8,9 @@ It rides on the simulator's windows (trace time, never the wall clock) through t
   (``end`` a multiple of ``every_s``) queue a round with what it needs and return at once.
 * ``before_window``: at a round's apply instant (round instant + ``apply_delay_s``, rounded up to a window
   start) take its result — waiting only if the round is still running — and, when a candidate beat the
-  current topology by ``margin``, make it the simulated topology from this window on: offered to the
-  :class:`~opendt.twin.loop.TopologyBox` and published on ``sim.topology`` (version = current + 1, source
-  ``calibrator``, reason with the score). A fixed apply instant keeps runs reproducible (DESIGN §10).
+  current topology by ``margin``, make it the simulated topology from this window on, written through the
+  :class:`~opendt.twin.topology.TopologyWriter` (the box, then ``sim.topology``; version = current + 1,
+  source ``calibrator``, reason with the score). A fixed apply instant keeps runs reproducible (DESIGN §10).
 
 Rounds run in :meth:`Calibrator.run`, one at a time, with the candidates in a bounded pool of low-priority
 worker processes (:mod:`opendt.worker.pool`) warm-started from the snapshot, so the twin's worker
@@ -35,13 +35,12 @@ from opendt.calibration.rounds import RoundJob, RoundRunner
 from opendt.calibration.space import parse_space
 from opendt.settings import CalibrationSettings, Settings
 from opendt.stream.windowing import Window
-from opendt.twin.topology import SimTopology, TopologyBox
+from opendt.twin.topology import TopologyBox, TopologyWriter
 from opendt.worker.client import TwinEngine
 from opendt.worker.pool import CandidatePool
 
 log = structlog.get_logger(component="calibrator")
 
-Publish = Callable[[SimTopology], Awaitable[None]]
 Snapshot = Callable[[], Awaitable[bytes]]
 
 
@@ -73,7 +72,7 @@ class Calibrator:
         *,
         window_ms: int,
         carbon: pl.DataFrame | None,
-        publish: Publish | None = None,
+        writer: TopologyWriter | None = None,
         is_durable: Callable[[int], bool] | None = None,
     ) -> None:
         self.every_ms = settings.every_s * 1000
@@ -91,7 +90,8 @@ class Calibrator:
         self.journal = journal
         self.window_ms = window_ms
         self.carbon = carbon
-        self.publish = publish
+        self.writer = writer if writer is not None else TopologyWriter(box, None, lambda: 0)
+        """The one write path of the simulated topology (offline: the box alone)."""
         self.is_durable = is_durable
         """Whether the window starting at a given instant is already durable (resumed runs)."""
         self.runner = RoundRunner(settings, self.axes, pool)
@@ -180,14 +180,12 @@ class Calibrator:
 
     async def _apply(self, rec: RoundRecord, at_ms: int) -> None:
         if rec.status == "chosen" and rec.winner_topology is not None:
-            version = self.box.next_version()
-            sim = SimTopology(version, "calibrator", rec.reason, rec.winner_topology, at_ms)
-            self.box.offer(sim)
-            rec.status, rec.version, rec.in_effect = "applied", version, dict(rec.winner)
+            sim = await self.writer.write(rec.winner_topology, "calibrator", rec.reason, at_ms=at_ms)
+            rec.status, rec.version, rec.in_effect = "applied", sim.version, dict(rec.winner)
             rec.winner_topology = None
-            log.info("calibration_applied", round=rec.round, version=version, winner=rec.winner, at_ms=at_ms)
-            if self.publish is not None:
-                await self.publish(sim)
+            log.info(
+                "calibration_applied", round=rec.round, version=sim.version, winner=rec.winner, at_ms=at_ms
+            )
             await self.journal.save(rec)
 
     # -- the round loop --------------------------------------------------------------------------------
@@ -268,7 +266,7 @@ def calibrator_for(
     carbon: pl.DataFrame | None,
     run_dir: Path | None,
     *,
-    publish: Publish | None = None,
+    writer: TopologyWriter | None = None,
     pool_command: list[str] | None = None,
     is_durable: Callable[[int], bool] | None = None,
 ) -> Calibrator:
@@ -286,7 +284,7 @@ def calibrator_for(
         journal,
         window_ms=settings.windowing.window_s * 1000,
         carbon=carbon,
-        publish=publish,
+        writer=writer,
         is_durable=is_durable,
     )
 

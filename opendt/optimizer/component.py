@@ -5,8 +5,8 @@ It is a simulator hook (:class:`~opendt.twin.loop.WindowHooks`) that only queues
 executes them through the shared :class:`~opendt.twin.scenarios.ScenarioRunner` (low-priority engine workers,
 warm-started from the twin's state), so window simulations never wait for it. When rounds fall behind, a
 queued round is replaced by the newer one (counted as superseded). Nothing changes the twin until a user
-accepts the kept proposal (:meth:`Optimizer.accept`, ``POST /api/optimizer/accept``), which publishes it on
-``sim.topology`` with source ``optimizer``.
+accepts the kept proposal (:meth:`Optimizer.accept`, ``POST /api/optimizer/accept``), which writes it through
+the :class:`~opendt.twin.topology.TopologyWriter` with source ``optimizer``.
 
 Per-window units: the baseline and the proposal are simulated over the trailing ``every_windows`` windows;
 energy and carbon are divided by that count (the SLOs are per window), peak power is the maximum, task wait
@@ -19,7 +19,6 @@ import asyncio
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,11 +52,10 @@ from opendt.settings import OptimizerSettings
 from opendt.stream.windowing import Window
 from opendt.twin.history import HistoryGap
 from opendt.twin.scenarios import ScenarioBusy, ScenarioResult, ScenarioRunner
-from opendt.twin.topology import TopologyBox
+from opendt.twin.topology import TopologyBox, TopologyWriter
 
 log = structlog.get_logger(component="optimizer")
 
-PublishTopology = Callable[[Topology, str, str], Awaitable[int]]
 KEEP_ROUNDS = 1000
 
 
@@ -214,7 +212,7 @@ class Optimizer:
         strategy: Strategy,
         *,
         window_ms: int,
-        publish_topology: PublishTopology | None = None,
+        writer: TopologyWriter | None = None,
         journal: OptimizerJournal | None = None,
     ) -> None:
         self.settings = settings
@@ -223,7 +221,7 @@ class Optimizer:
         self.slo = slo
         self.strategy = strategy
         self.window_ms = window_ms
-        self.publish_topology = publish_topology
+        self.writer = writer
         self.journal = journal or OptimizerJournal(None)
         self.weights = Weights.from_settings(settings)
         self.rounds: deque[Round] = deque(maxlen=KEEP_ROUNDS)
@@ -486,11 +484,11 @@ class Optimizer:
                 raise OptimizerError(f"round {index} kept no proposal (status {r.status})")
         if r.accepted_version is not None:
             raise OptimizerError(f"round {r.index} was already accepted (version {r.accepted_version})")
-        if self.publish_topology is None:
+        if self.writer is None:
             raise OptimizerError("no twin to apply a topology to")
         assert r.proposal is not None
         reason = f"optimizer round {r.index}: {r.proposal.reason}"
-        r.accepted_version = await self.publish_topology(r.proposal.topology, "optimizer", reason)
+        r.accepted_version = (await self.writer.write(r.proposal.topology, "optimizer", reason)).version
         await self.journal.accepted(r.index, r.accepted_version)
         self.accepted += 1
         if self.best is r:

@@ -20,6 +20,7 @@ from opendt.kafka.client import DeadLetter, DecodeStats, forward_dead_letters, n
 from opendt.models.messages import Heartbeat, MessageError, decode_row
 from opendt.settings import TopicNames
 from opendt.stream.windowing import Window, Windower, window_start
+from opendt.twin.status import WindowsStatus
 
 log = structlog.get_logger(component="consumer")
 
@@ -61,6 +62,17 @@ class WindowConsumer:
     @property
     def watermark_ms(self) -> int | None:
         return None if self.windower is None else self.windower.watermark_ms
+
+    def status(self) -> WindowsStatus:
+        ws = self.windower.stats if self.windower is not None else None
+        return WindowsStatus(
+            watermark_ms=self.watermark_ms,
+            events=ws.events if ws else 0,
+            duplicates=ws.duplicates if ws else 0,
+            late=ws.late if ws else 0,
+            malformed=self.stats.malformed,
+            queued=self.out.qsize(),
+        )
 
     def stop_intake(self) -> None:
         """Stop fetching (shutdown step 1); windows already queued are still simulated."""

@@ -16,6 +16,7 @@ topology version they had; failed ones are skipped, as they were) but not writte
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from opendt.stream.consumer import ClosedWindow
 from opendt.stream.windowing import Window
 from opendt.twin.hooks import WindowHooks
 from opendt.twin.results import ResultStore, WindowRecord, aggregate_rows, results_message
+from opendt.twin.status import SimulationStatus
 from opendt.twin.topology import TopologyBox
 from opendt.worker.client import TwinEngine, WorkerDied, WorkerError
 from opendt.workload import FRAGMENT_SCHEMA, TASK_SCHEMA
@@ -93,6 +95,20 @@ class WindowLoop:
         self.stats = LoopStats()
         self.applied_version = -1
         self.done = asyncio.Event()
+
+    def status(self) -> SimulationStatus:
+        lat = self.stats.latencies_s
+        return SimulationStatus(
+            windows_simulated=self.stats.windows_simulated,
+            windows_failed=self.stats.windows_failed,
+            windows_replayed=self.stats.windows_replayed,
+            windows_durable=self.store.durable_count,
+            last_window_end_ms=self.stats.last_window_end_ms,
+            latency_p50_s=round(statistics.median(lat), 4) if lat else None,
+            latency_p95_s=round(sorted(lat)[int(0.95 * (len(lat) - 1))], 4) if lat else None,
+            worker_restarts=self.twin.stats.restarts,
+            done=self.done.is_set(),
+        )
 
     async def run(self) -> None:
         # a resumed run replays its durable windows from the physical topology (version 0), each window under

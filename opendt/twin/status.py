@@ -1,53 +1,161 @@
-"""The twin's observable state: components write it, the API reads it (never the other way round)."""
+"""The twin's observable state: components expose typed views, the daemon holds them, the API reads them.
+
+Each component that shows something in ``GET /api/status`` is referenced here by a small protocol of what it
+exposes (:class:`ConsumerView`, :class:`LoopView`, …), and answers with a typed status record
+(:class:`WindowsStatus`, :class:`SimulationStatus`, …) or its own summary. :meth:`TwinState.snapshot`
+composes the JSON document. Nothing here imports a component: the protocols keep the dependency pointing from
+the components to this module, never back.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+from opendt.twin.topology import TopologyBox
 
 
 @dataclass
 class Counters:
-    """Counted outside any component's own stats (the daemon's status view adds the windows counts)."""
+    """Counted outside any component's own stats (the snapshot adds the windows counts)."""
 
     malformed_messages: int = 0
+
+
+@dataclass(frozen=True)
+class WorkloadInfo:
+    """What the replay producer streams (the datacenter stand-in's workload directory)."""
+
+    path: str
+    name: str
+    tasks: int
+    fragments: int
+    hosts: int
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True)
+class WindowsStatus:
+    """The window-accumulating consumer."""
+
+    watermark_ms: int | None
+    events: int
+    duplicates: int
+    late: int
+    malformed: int
+    queued: int
+
+
+@dataclass(frozen=True)
+class SimulationStatus:
+    """The window loop."""
+
+    windows_simulated: int
+    windows_failed: int
+    windows_replayed: int
+    windows_durable: int
+    last_window_end_ms: int | None
+    latency_p50_s: float | None
+    latency_p95_s: float | None
+    worker_restarts: int
+    done: bool
+
+
+class ConsumerView(Protocol):
+    @property
+    def watermark_ms(self) -> int | None: ...
+
+    def status(self) -> WindowsStatus: ...
+
+
+class LoopView(Protocol):
+    done: asyncio.Event
+
+    def status(self) -> SimulationStatus: ...
+
+
+class ReplayView(Protocol):
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+class SummaryView(Protocol):
+    """A component whose status is its own summary document (calibrator, scenario runner)."""
+
+    def view(self) -> dict[str, Any]: ...
+
+
+class OptimizerView(Protocol):
+    def summary(self) -> dict[str, Any]: ...
 
 
 @dataclass
 class TwinState:
     status: str = "starting"
     run_id: str = ""
+    run_dir: str = ""
     started_at: float = field(default_factory=time.time)
     bootstrap_servers: str = ""
     api_url: str = ""
-    workload: dict[str, Any] = field(default_factory=dict)
-    watermark_ms: int | None = None
-    replay: dict[str, Any] = field(default_factory=dict)
+    workload: WorkloadInfo | None = None
     counters: Counters = field(default_factory=Counters)
-    components: dict[str, str] = field(default_factory=dict)
-    providers: dict[str, Callable[[], Any]] = field(default_factory=dict)
-    """Live views published by components (replay progress, simulator stats, …), read at snapshot time; a
-    view named like a field above (``counters``, ``watermark_ms``, ``replay``) replaces that field."""
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once every component is built and the API serves (the daemon then starts its tasks)."""
+    replay: ReplayView | None = None
+    windows: ConsumerView | None = None
+    loop: LoopView | None = None
+    box: TopologyBox | None = None
+    calibration: SummaryView | None = None
+    scenarios: SummaryView | None = None
+    optimizer: OptimizerView | None = None
+
+    @property
+    def watermark_ms(self) -> int | None:
+        return None if self.windows is None else self.windows.watermark_ms
 
     def watermark_or(self, default: int) -> int:
-        """The current watermark (a live view when published), else ``default``."""
-        view = self.providers.get("watermark_ms")
-        value = view() if view is not None else self.watermark_ms
-        return default if value is None else int(value)
+        """The current watermark, else ``default``."""
+        wm = self.watermark_ms
+        return default if wm is None else int(wm)
 
     def snapshot(self) -> dict[str, Any]:
-        return {
+        windows = None if self.windows is None else self.windows.status()
+        sim = None if self.loop is None else self.loop.status()
+        counters: dict[str, Any] = {
+            "malformed_messages": self.counters.malformed_messages + (windows.malformed if windows else 0)
+        }
+        if sim is not None:
+            counters.update(
+                windows_simulated=sim.windows_simulated,
+                windows_failed=sim.windows_failed,
+                windows_skipped=sim.windows_replayed,
+            )
+        doc: dict[str, Any] = {
             "status": self.status,
             "run_id": self.run_id,
+            "run_dir": self.run_dir,
             "uptime_s": round(time.time() - self.started_at, 3),
             "kafka": {"bootstrap_servers": self.bootstrap_servers},
             "api_url": self.api_url,
-            "workload": self.workload,
+            "workload": None if self.workload is None else dataclasses.asdict(self.workload),
             "watermark_ms": self.watermark_ms,
-            "replay": self.replay,
-            "counters": vars(self.counters).copy(),
-            "components": dict(self.components),
-            **{name: provide() for name, provide in self.providers.items()},
+            "replay": {} if self.replay is None else self.replay.as_dict(),
+            "counters": counters,
         }
+        if sim is not None:
+            doc["simulation"] = dataclasses.asdict(sim)
+        if windows is not None:
+            doc["windows"] = dataclasses.asdict(windows)
+        if self.box is not None:
+            cur = self.box.current
+            doc["topology"] = {"version": cur.version, "source": cur.source, "reason": cur.reason}
+        if self.calibration is not None:
+            doc["calibration"] = self.calibration.view()
+        if self.scenarios is not None:
+            doc["scenarios"] = self.scenarios.view()
+        if self.optimizer is not None:
+            doc["optimizer"] = self.optimizer.summary()
+        return doc

@@ -8,10 +8,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 import polars as pl
 
-from opendt.daemon import run_daemon
+from opendt.daemon import run_daemon, wait_until
 from opendt.settings import REPO_ROOT, Settings
 from opendt.twin.status import TwinState
 
@@ -38,16 +37,9 @@ async def running_twin(settings: Settings, *, timeout_s: float = 120) -> AsyncIt
         daemon = tg.create_task(run_daemon(settings, shutdown_trigger=stop.wait, state=state))
         try:
             async with asyncio.timeout(timeout_s):
-                while not state.api_url:
-                    if daemon.done():
-                        raise AssertionError(f"the daemon exited early: {daemon.result()}")
-                    await asyncio.sleep(0.05)
-                async with aiohttp.ClientSession() as s:
-                    while True:
-                        async with s.get(f"{state.api_url}/api/status") as r:
-                            if (await r.json())["simulation"]["done"]:
-                                break
-                        await asyncio.sleep(0.2)
+                await wait_until(state.ready, daemon, "serving")
+                assert state.loop is not None
+                await wait_until(state.loop.done, daemon, "the replay was simulated")
             yield state.api_url, state
         finally:
             stop.set()

@@ -15,7 +15,7 @@ from opendt.models.topology import Topology, parse_topology
 from opendt.settings import ApiSettings
 from opendt.twin.results import ResultStore, WindowRecord
 from opendt.twin.status import TwinState
-from opendt.twin.topology import SimTopology, TopologyBox
+from opendt.twin.topology import SimTopology, TopologyBox, TopologyWriter
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 TOPO = parse_topology(
@@ -58,16 +58,18 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[str, list[tuple[Topology, s
     published: list[tuple[Topology, str, str]] = []
     box = TopologyBox(TOPO)
 
-    async def publish(topology: Topology, source: str, reason: str) -> int:
-        published.append((topology, source, reason))
-        version = box.next_version()
-        box.offer(SimTopology(version, source, reason, topology))
-        return version
+    async def publish(sim: SimTopology) -> None:
+        published.append((sim.topology, sim.source, sim.reason))
 
     measured = pl.DataFrame(
         {"timestamp_ms": [T0 + k * 30_000 for k in range(1, 41)], "power_draw": [1000.0] * 40}
     )
-    view = TwinView(store=await _store(tmp_path), measured=measured, box=box, publish_topology=publish)
+    view = TwinView(
+        store=await _store(tmp_path),
+        measured=measured,
+        box=box,
+        writer=TopologyWriter(box, publish, lambda: T0),
+    )
     settings = ApiSettings(port=0, token="s3cret", max_body_bytes=10_000)
     async with serve_api(TwinState(status="running"), settings, view) as url:
         yield url, published

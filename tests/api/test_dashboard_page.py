@@ -16,7 +16,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
@@ -27,7 +27,7 @@ import pytest
 
 from opendt.api.app import serve_api
 from opendt.api.dashboard import STATIC_DIR, static_file
-from opendt.daemon import run_daemon
+from opendt.daemon import run_daemon, wait_until
 from opendt.settings import (
     DEFAULT_WORKLOAD,
     ApiSettings,
@@ -264,13 +264,6 @@ class Cdp:
         self._reader.cancel()
 
 
-async def _wait_for(predicate: Callable[[], Awaitable[bool]], what: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
-
-
 CHROMIUM_FLAGS = [
     "--headless=new",
     "--no-sandbox",
@@ -430,18 +423,13 @@ async def test_dashboard_in_headless_chromium(
         daemon = tg.create_task(run_daemon(settings, shutdown_trigger=stop.wait, state=state))
         try:
             async with aiohttp.ClientSession() as http:
-
-                async def api_up() -> bool:
-                    assert not daemon.done(), "the daemon stopped"
-                    return bool(state.api_url)
-
-                async def done() -> bool:  # the whole day simulated: the page's data no longer changes
-                    snap = state.snapshot()
-                    return bool(snap["simulation"]["done"]) and snap["topology"]["version"] >= 1
-
-                await _wait_for(api_up, "the API", 60)
+                async with asyncio.timeout(60):
+                    await wait_until(state.ready, daemon, "serving")
                 url = state.api_url
-                await _wait_for(done, "the demo day simulated with a calibrated topology", 180)
+                assert state.loop is not None
+                async with asyncio.timeout(180):  # the whole day simulated: the page's data no longer changes
+                    await wait_until(state.loop.done, daemon, "the demo day was simulated")
+                assert state.snapshot()["topology"]["version"] >= 1, "no calibrated topology"
                 power = await _power(http, url)
                 assert power["simulated"], power
                 assert power["measured"], power

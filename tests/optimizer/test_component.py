@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from opendt.daemon import run_daemon
+from opendt.daemon import run_daemon, wait_until
 from opendt.settings import REPO_ROOT, ApiSettings, OptimizerSettings, Settings, TopicNames
 from opendt.twin.status import TwinState
 
@@ -63,9 +63,7 @@ async def twin_factory() -> AsyncIterator[Callable[[Settings], Awaitable[str]]]:
         state = TwinState()
         tasks.append(asyncio.create_task(run_daemon(settings, shutdown_trigger=stop.wait, state=state)))
         async with asyncio.timeout(60):
-            while not state.api_url:
-                assert not tasks[-1].done(), tasks[-1]
-                await asyncio.sleep(0.05)
+            await wait_until(state.ready, tasks[-1], "serving")
         return state.api_url
 
     yield start
@@ -247,9 +245,7 @@ async def test_a_restarted_twin_keeps_rounds_accepts_and_the_waiting_proposal(
         task = asyncio.create_task(run_daemon(s, shutdown_trigger=stop.wait, state=state))
         try:
             async with asyncio.timeout(60):
-                while not state.api_url:
-                    assert not task.done(), task
-                    await asyncio.sleep(0.05)
+                await wait_until(state.ready, task, "serving")
             async with aiohttp.ClientSession() as http:
                 return await body(http, state.api_url)
         finally:

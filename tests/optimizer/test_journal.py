@@ -16,6 +16,7 @@ from opendt.optimizer.component import Round
 from opendt.optimizer.journal import OptimizerJournal
 from opendt.optimizer.slo import Slo
 from opendt.stream.windowing import Window
+from opendt.twin.topology import SimTopology, TopologyWriter
 
 from .conftest import FakeScenarios, make_optimizer
 
@@ -119,13 +120,13 @@ async def test_resume_restores_history_best_and_accepts(tmp_path: Path) -> None:
     written = await _rounds(tmp_path, journal)
     await journal.accepted(1, 1)
 
-    async def publish(topology: Any, source: str, reason: str) -> int:
-        published.append((topology, source, reason))
-        return 2
+    async def publish(sim: SimTopology) -> None:
+        published.append((sim.topology, sim.source, sim.reason))
 
     published: list[tuple[Any, str, str]] = []
     opt = make_optimizer(tmp_path, SLO, FakeScenarios(), OptimizerJournal(journal.path))
-    opt.publish_topology = publish
+    opt.box.offer(SimTopology(1, "optimizer", "round 1 accepted before the restart", opt.box.physical))
+    opt.writer = TopologyWriter(opt.box, publish, lambda: 0)
     assert opt.resume() == 4
     view = opt.view()
     assert [h["round"] for h in view["history"]] == [1, 2, 3, 4]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from opendt.daemon import run_daemon
+from opendt.daemon import run_daemon, wait_until
 from opendt.settings import Settings
 from opendt.twin.status import TwinState
 
@@ -22,25 +21,6 @@ async def _status(url: str) -> dict[str, Any]:
         assert resp.status == 200
         body: dict[str, Any] = await resp.json()
         return body
-
-
-async def _poll_status(
-    url: str, until: Callable[[dict[str, Any]], bool], timeout_s: float = 30.0
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status = await _status(url)
-        if until(status):
-            return status
-        assert time.monotonic() < deadline, f"status never matched; last: {status}"
-        await asyncio.sleep(0.1)
-
-
-async def _wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def test_exit_when_done_results_equal_one_shot_engine(
@@ -57,9 +37,9 @@ async def test_exit_when_done_results_equal_one_shot_engine(
     assert_windows_contiguous(windows)
     assert windows["status"].to_list() == ["ok"] * windows.height
     assert windows["error"].to_list() == [""] * windows.height
-    assert last_window_end_ms(windows) >= state.workload["end_ms"]
-    assert windows["fragments"].sum() == state.workload["fragments"]
-    assert windows["tasks"].sum() == state.workload["tasks"]
+    assert last_window_end_ms(windows) >= state.workload.end_ms
+    assert windows["fragments"].sum() == state.workload.fragments
+    assert windows["tasks"].sum() == state.workload.tasks
     ref = one_shot(small_workload, last_window_end_ms(windows))
     assert agg["timestamp"].is_unique().all()
     assert agg["timestamp"].to_list() == ref["timestamp"].to_list()
@@ -84,13 +64,15 @@ async def test_status_api_shows_the_counts_while_serving(
     stop = asyncio.Event()
     async with asyncio.timeout(60), asyncio.TaskGroup() as tg:
         daemon = tg.create_task(run_daemon(settings, shutdown_trigger=stop.wait, state=state))
-        await _wait_for(lambda: bool(state.api_url) or daemon.done(), "the API")
+        await wait_until(state.ready, daemon, "serving")
         assert state.api_url.startswith("http://127.0.0.1:")
-        last = await _poll_status(state.api_url, lambda s: bool(s["simulation"]["done"]))
+        assert state.loop is not None
+        await wait_until(state.loop.done, daemon, "the replay was simulated")
+        last = await _status(state.api_url)
         _, windows = read_results(settings.data_dir)
         assert last["status"] == "running"
         assert last["replay"]["done"] is True
-        assert last["replay"]["counts"]["fragments"] == state.workload["fragments"]
+        assert last["replay"]["counts"]["fragments"] == state.workload.fragments
         assert last["simulation"]["windows_durable"] == windows.height
         assert last["counters"]["windows_simulated"] == windows.height
         assert last["counters"]["windows_failed"] == 0

@@ -73,13 +73,13 @@ async def test_poison_on_every_topic_is_skipped_and_counted(
             daemon = tg.create_task(run_daemon(settings, shutdown_trigger=stop.wait, state=state))
             deadline = time.monotonic() + 45
             while not (
-                state.providers
+                state.loop is not None
                 and state.snapshot()["simulation"]["done"]
                 and state.snapshot()["counters"]["malformed_messages"] >= len(poison)
             ):
                 assert not daemon.done(), "the daemon stopped"
                 assert time.monotonic() < deadline, (
-                    f"not done: {state.snapshot() if state.providers else state}"
+                    f"not done: {state.snapshot() if state.loop is not None else state}"
                 )
                 await asyncio.sleep(0.05)
             snap = state.snapshot()

@@ -44,7 +44,7 @@ async def test_topology_from_sim_topology_applies_at_the_next_window(
             daemon = tg.create_task(run_daemon(settings, shutdown_trigger=stop.wait, state=state))
 
             def sim(key: str) -> Any:
-                return state.snapshot()["simulation"][key] if "simulation" in state.providers else None
+                return state.snapshot()["simulation"][key] if state.loop is not None else None
 
             deadline = time.monotonic() + 45
             while (sim("windows_durable") or 0) < 4:
