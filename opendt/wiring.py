@@ -21,7 +21,8 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from opendt.api.app import TwinView, serve_api
+from opendt.api.app import serve_api
+from opendt.api.readmodel import TwinView
 from opendt.calibration.component import Calibrator, calibrator_for
 from opendt.clock import SystemClock
 from opendt.kafka.broker import BrokerError, EmbeddedBroker, kafka_broker_for

@@ -10,7 +10,8 @@ submission; a sample with no row at its instant is left out and counted). What i
   construction); on SURF every fragment is 30 s long and aligned, so it also equals the power at ``t``.
 * ``compare="instant"``: the candidate's instantaneous ``power_draw`` at ``t`` (its left limit).
 
-Metrics over the matched samples: MAPE (%; samples with measured power 0 are left out), RMSE (W) and the
+Metrics over the matched samples: MAPE (%, :func:`opendt.metrics.mape`: samples with measured power 0 are
+left out), RMSE (W) and the
 absolute energy error over the lookback (%, |Σ predicted − Σ measured| / Σ measured, equal Δ per sample).
 """
 
@@ -22,6 +23,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 import polars as pl
+
+from opendt.metrics import mape
 
 F64 = npt.NDArray[np.float64]
 Metric = Literal["mape", "rmse", "energy"]
@@ -36,14 +39,6 @@ class Scores:
 
     def get(self, metric: Metric) -> float:
         return {"mape": self.mape, "rmse": self.rmse, "energy": self.energy}[metric]
-
-
-def mape(pred: F64, meas: F64) -> float:
-    """Mean absolute percentage error (%), over the samples whose measured value is not 0."""
-    ok = meas != 0
-    if not ok.any():
-        return float("nan")
-    return float(np.mean(np.abs(pred[ok] - meas[ok]) / np.abs(meas[ok])) * 100.0)
 
 
 def rmse(pred: F64, meas: F64) -> float:

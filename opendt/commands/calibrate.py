@@ -24,7 +24,7 @@ import polars as pl
 
 from opendt.calibration.component import calibrator_for
 from opendt.calibration.journal import RoundRecord
-from opendt.calibration.scoring import mape
+from opendt.metrics import mape
 from opendt.settings import Settings
 from opendt.stream.consumer import ClosedWindow
 from opendt.stream.windowing import Window

@@ -10,7 +10,9 @@ import aiohttp
 import polars as pl
 import pytest
 
-from opendt.api.app import TwinView, parse_time, serve_api
+from opendt.api.app import serve_api
+from opendt.api.http import parse_time
+from opendt.api.readmodel import TwinView
 from opendt.models.topology import Topology, parse_topology
 from opendt.settings import ApiSettings
 from opendt.twin.results import ResultStore, WindowRecord

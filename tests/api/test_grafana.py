@@ -28,8 +28,9 @@ from openapi_spec_validator import validate as validate_spec
 from referencing import Registry
 from referencing.jsonschema import DRAFT4
 
-from opendt.api.app import TwinView, serve_api
+from opendt.api.app import serve_api
 from opendt.api.grafana import METRICS
+from opendt.api.readmodel import TwinView
 from opendt.models.messages import iso_ms
 from opendt.models.topology import parse_topology
 from opendt.settings import ApiSettings

@@ -24,7 +24,9 @@ from openapi_schema_validator import OAS30Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT4
 
-from opendt.api.app import TwinView, parse_time, serve_api
+from opendt.api.app import serve_api
+from opendt.api.http import parse_time
+from opendt.api.readmodel import TwinView
 from opendt.settings import ApiSettings
 from opendt.twin.results import ResultStore, WindowRecord
 from opendt.twin.status import TwinState

@@ -11,13 +11,13 @@ import pytest
 from opendt.calibration.scoring import (
     align,
     energy_error,
-    mape,
     measured_total,
     predicted_at,
     rmse,
     sampling_interval_ms,
     score,
 )
+from opendt.metrics import mape
 
 
 def test_metrics_on_known_values() -> None:

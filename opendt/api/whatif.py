@@ -1,0 +1,147 @@
+"""``POST /api/whatif``: a past range re-simulated with another topology, from the twin's state at its start,
+answered side by side with the twin's baseline and the measurement."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+from aiohttp import web
+
+from opendt.api.http import SETTINGS, ApiError, json_body, json_response, parse_time, require_token
+from opendt.api.readmodel import downsample, simulated_frame, topology_at
+from opendt.api.routes import VIEW
+from opendt.models.messages import iso_ms
+from opendt.models.topology import TopologyError, parse_topology
+from opendt.twin.history import HistoryGap
+from opendt.twin.scenarios import ScenarioBusy
+
+
+def _totals(df: pl.DataFrame, start: int, end: int) -> dict[str, float | None]:
+    part = df.filter((pl.col("timestamp_ms") > start) & (pl.col("timestamp_ms") <= end))
+    if part.is_empty():
+        return {"energy_kwh": None, "carbon_kg": None, "peak_w": None, "mean_w": None}
+    return {
+        "energy_kwh": round(float(part["energy_usage"].sum()) / 3.6e6, 6),
+        "carbon_kg": round(float(part["carbon_emission"].sum()) / 1000, 6),
+        "peak_w": round(float(part["power_draw"].max()), 3),  # type: ignore[arg-type]
+        "mean_w": round(float(part["power_draw"].mean()), 3),  # type: ignore[arg-type]
+    }
+
+
+def _measured_totals(measured: pl.DataFrame | None, start: int, end: int) -> dict[str, float | None]:
+    """Measured: mean and peak power of the samples in the range, energy = mean × range length."""
+    none: dict[str, float | None] = {"energy_kwh": None, "carbon_kg": None, "peak_w": None, "mean_w": None}
+    if measured is None:
+        return none
+    part = measured.filter((pl.col("timestamp_ms") > start) & (pl.col("timestamp_ms") <= end))
+    if part.is_empty():
+        return none
+    mean = float(part["power_draw"].mean())  # type: ignore[arg-type]
+    return {
+        "energy_kwh": round(mean * (end - start) / 3.6e9, 6),
+        "carbon_kg": None,
+        "peak_w": round(float(part["power_draw"].max()), 3),  # type: ignore[arg-type]
+        "mean_w": round(mean, 3),
+    }
+
+
+def _pct(new: float | None, old: float | None) -> float | None:
+    if new is None or old is None or old == 0:
+        return None
+    return round((new / old - 1) * 100, 4)
+
+
+WHATIF_KEYS = {"start", "end", "topology", "patch", "step_s", "reason"}
+
+
+async def whatif(request: web.Request) -> web.Response:
+    """Simulate a past range with another topology, from the twin's state at the range start."""
+    require_token(request)
+    view = request.app[VIEW]
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise ApiError(422, "body: must be a JSON object", "body")
+    unknown = sorted(set(body) - WHATIF_KEYS)
+    if unknown:
+        raise ApiError(422, f"unknown field {unknown[0]!r} (allowed: {sorted(WHATIF_KEYS)})", unknown[0])
+    for name in ("start", "end"):
+        if name not in body:
+            raise ApiError(422, f"{name}: required (ISO-8601 time or epoch milliseconds)", name)
+        if not isinstance(body[name], str | int) or isinstance(body[name], bool):
+            raise ApiError(422, f"{name}: must be an ISO-8601 string or epoch milliseconds", name)
+    start, end = parse_time(str(body["start"]), "start"), parse_time(str(body["end"]), "end")
+    if end <= start:
+        raise ApiError(422, "end: must be after start", "end")
+    limit = request.app[SETTINGS].whatif_max_range_s
+    if end - start > limit * 1000:
+        raise ApiError(422, f"end: the range is longer than api.whatif_max_range_s ({limit} s)", "end")
+    step_s = body.get("step_s", 0)
+    if not isinstance(step_s, int) or isinstance(step_s, bool) or step_s < 0:
+        raise ApiError(422, "step_s: must be a positive integer number of seconds", "step_s")
+    if ("topology" in body) == ("patch" in body):
+        raise ApiError(
+            422, "give exactly one of topology (a whole topology) or patch (dotted parameters)", "patch"
+        )
+    if view.scenarios is None or view.box is None:
+        raise ApiError(404, "no twin to run a what-if on")
+    base = topology_at(view, start)
+    changes: list[dict[str, Any]] = []
+    if "patch" in body:
+        from opendt.models.patch import PatchError, apply_patch, topology_diff
+
+        patch = body["patch"]
+        if not isinstance(patch, dict) or not patch:
+            raise ApiError(422, "patch: must be a non-empty object of dotted path → value", "patch")
+        try:
+            topo = apply_patch(base, patch)
+            changes = [vars(c) for c in topology_diff(base, topo)]
+        except PatchError as e:
+            raise ApiError(422, f"patch: {e}", "patch") from None
+    else:
+        try:
+            topo = parse_topology(body["topology"], source="topology")
+        except TopologyError as e:
+            raise ApiError(422, str(e), "topology") from None
+    try:
+        [res] = await view.scenarios.run(start, end, [topo], what="whatif")
+    except HistoryGap as e:
+        raise ApiError(422, f"start/end: {e}", "start") from None
+    except ScenarioBusy as e:
+        raise ApiError(429, f"too many what-if runs queued: {e}", None) from None
+    if res.rows is None:
+        raise ApiError(500, f"the what-if simulation failed: {res.error}", None)
+    sim = simulated_frame(view)
+    step_ms = (step_s or max(60, -(-(end - start) // 1000 // 500))) * 1000
+    measured = view.measured
+    totals = {
+        "measured": _measured_totals(measured, start, end),
+        "baseline": _totals(sim, start, end),
+        "whatif": _totals(res.rows, start, end),
+    }
+    delta = {
+        f"{name}_pct": _pct(totals["whatif"][key], totals["baseline"][key])
+        for name, key in (("energy", "energy_kwh"), ("carbon", "carbon_kg"), ("peak", "peak_w"))
+    }
+    return json_response(
+        {
+            "start": iso_ms(start),
+            "end": iso_ms(end),
+            "step_s": step_ms // 1000,
+            "base_topology_version": view.box.current.version,
+            "changes": changes,
+            "topology": topo.to_json_dict(),
+            "series": {
+                "measured": []
+                if measured is None
+                else downsample(measured, "power_draw", start, end, step_ms),
+                "baseline": downsample(sim, "power_draw", start, end, step_ms),
+                "whatif": downsample(res.rows, "power_draw", start, end, step_ms),
+            },
+            "totals": totals,
+            "delta": {
+                k.replace("_kwh", "").replace("_kg", "").replace("_w", ""): v for k, v in delta.items()
+            },
+            "elapsed_s": round(res.compute_s, 4),
+        }
+    )
