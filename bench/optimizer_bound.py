@@ -38,7 +38,7 @@ import polars as pl
 
 from opendt.commands.calibrate import cut_windows
 from opendt.engine import Engine
-from opendt.optimizer.component import outcome_of
+from opendt.optimizer.round import outcome_of
 from opendt.settings import SimulationSettings
 from opendt.twin.loop import window_frames
 from opendt.twin.scenarios import ScenarioResult, scenario_header

@@ -98,7 +98,7 @@ class Engine:
         """Ingest new input (trace time < ``until_ms``, absolute) and return the rows now final."""
         if self.finished:
             raise RuntimeError("engine already finished")
-        self._ingest(tasks, fragments)
+        self.ingest_frames(tasks, fragments)
         if self.t0 is None:
             return to_polars(rows.empty())
         until = int(until_ms) - self.t0
@@ -106,7 +106,7 @@ class Engine:
             return to_polars(rows.empty())
         self.sched.run(until)
         self._place_fragments()
-        return to_polars(self._integrate(until, final=False))
+        return to_polars(self.integrate(until, final=False))
 
     def finish(self) -> pl.DataFrame:
         """No more input: run to the last completion and return the remaining rows and the final flush."""
@@ -123,7 +123,7 @@ class Engine:
         self.sched.run(NEVER)
         self._place_fragments()
         t_end = self.sched.end_time()
-        return self._integrate(max(t_end, self.t_lo), final=True)
+        return self.integrate(max(t_end, self.t_lo), final=True)
 
     def set_topology(self, topology: TopologyLike) -> None:
         """Use ``topology`` from the current instant on (the ``until`` of the last ``advance``).
@@ -173,7 +173,7 @@ class Engine:
         return self.t0
 
     # -- ingestion ----------------------------------------------------------------------------------------
-    def _ingest(self, tasks: pl.DataFrame, fragments: pl.DataFrame, *, merge: bool = False) -> None:
+    def ingest_frames(self, tasks: pl.DataFrame, fragments: pl.DataFrame, *, merge: bool = False) -> None:
         """Ingest polars frames (the library API); see :meth:`ingest`."""
         t = task_input(tasks) if tasks.height else None
         if not fragments.height:
@@ -344,7 +344,8 @@ class Engine:
         d: F64 = np.concatenate((s.use[solo], sh[3]))
         return h, st, en, d
 
-    def _integrate(self, t_hi: int, *, final: bool) -> Table:
+    def integrate(self, t_hi: int, *, final: bool) -> Table:
+        """Integrate power, energy and carbon up to ``t_hi`` (relative ms); the export rows now final."""
         assert self.t0 is not None
         out = rows.integrate_window(self, t_hi, final=final)
         self.t_lo = t_hi

@@ -129,7 +129,7 @@ def run_one_shot(eng: Engine, scaling: str) -> OneShot:
             eng.history.append(eng.segs)
         eng.finished = True
         if eng.t0 is not None:
-            power = eng._integrate(max(eng.sched.end_time(), 0), final=True)
+            power = eng.integrate(max(eng.sched.end_time(), 0), final=True)
         else:
             eng.finished = False
             power = eng.finish_table()
@@ -162,7 +162,7 @@ def simulate(
         carbon_by_cluster=carbon_by_cluster,
         tables=tables,
     )
-    eng._ingest(tasks, fragments, merge=merge_fragments(scaling))
+    eng.ingest_frames(tasks, fragments, merge=merge_fragments(scaling))
     run = run_one_shot(eng, scaling)
     frames = [to_polars(run.table(k)) if k in tables else pl.DataFrame() for k in KINDS]
     return SimulationResult(*frames)

@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 from structlog.testing import capture_logs
 
-from opendt.optimizer.component import Round
 from opendt.optimizer.journal import OptimizerJournal
+from opendt.optimizer.round import Round
 from opendt.optimizer.slo import Slo
 from opendt.stream.windowing import Window
 from opendt.twin.topology import SimTopology, TopologyWriter

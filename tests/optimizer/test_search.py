@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from opendt.models.topology import Topology
-from opendt.optimizer.component import Round, Trial, choose
+from opendt.optimizer.round import Round, Trial, choose
 from opendt.optimizer.rules import (
     decide,
     downscale_ladder,

@@ -36,7 +36,7 @@ def faulty(self, until_ms, tasks, fragments):
             os._exit(3)
         if MODE == "hang":
             time.sleep(3600)
-        self._ingest(tasks, fragments)  # change part of the state, then fail
+        self.ingest_frames(tasks, fragments)  # change part of the state, then fail
         raise RuntimeError("injected engine failure")
     return advance(self, until_ms, tasks, fragments)
 
