@@ -55,7 +55,7 @@ class _Kept:
 
 def power_frame(w: Window) -> pl.DataFrame:
     return pl.DataFrame(
-        [(ts, p) for _, ts, p, _ in w.power],
+        [(p.timestamp_ms, p.power_draw) for p in w.power],
         schema={"timestamp_ms": pl.Int64, "power_draw": pl.Float64},
         orient="row",
     )

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import starmap
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import polars as pl
 from opendt.calibration.component import calibrator_for
 from opendt.calibration.journal import RoundRecord
 from opendt.metrics import mape
+from opendt.models.messages import FragmentRow, PowerRow, TaskRow
 from opendt.settings import Settings
 from opendt.stream.consumer import ClosedWindow
 from opendt.stream.windowing import Window
@@ -93,8 +95,12 @@ def cut_windows(workload: Workload, window_ms: int) -> list[Window]:
             Window(
                 start,
                 start + window_ms,
-                tasks=t.select(list(TASK_SCHEMA)).rows() if t is not None else [],
-                fragments=f.select(list(FRAGMENT_SCHEMA)).rows() if f is not None else [],
+                tasks=list(starmap(TaskRow, t.select(list(TASK_SCHEMA)).iter_rows()))
+                if t is not None
+                else [],
+                fragments=[]
+                if f is None
+                else list(starmap(FragmentRow, f.select(list(FRAGMENT_SCHEMA)).iter_rows())),
                 power=_power_rows(p),
                 final=start == last,
             )
@@ -102,12 +108,12 @@ def cut_windows(workload: Workload, window_ms: int) -> list[Window]:
     return out
 
 
-def _power_rows(p: pl.DataFrame | None) -> list[tuple[str, int, float, float]]:
+def _power_rows(p: pl.DataFrame | None) -> list[PowerRow]:
     if p is None:
         return []
     energy = p["energy_usage"].fill_null(0.0) if "energy_usage" in p.columns else pl.Series([0.0] * p.height)
     return [
-        ("meter", int(ts), float(pw), float(e))
+        PowerRow("meter", int(ts), float(pw), float(e))
         for ts, pw, e in zip(p["timestamp_ms"], p["power_draw"], energy, strict=True)
     ]
 

@@ -17,7 +17,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from opendt.kafka.client import DeadLetter, DecodeStats, forward_dead_letters, note_malformed
-from opendt.models.messages import Heartbeat, MessageError, decode_row
+from opendt.models.messages import FragmentRow, Heartbeat, MessageError, TaskRow, decode_row
 from opendt.settings import TopicNames
 from opendt.stream.windowing import Window, Windower, window_start
 from opendt.twin.status import WindowsStatus
@@ -123,14 +123,14 @@ class WindowConsumer:
             if isinstance(row, Heartbeat):
                 windower.heartbeat(tp, row.time_ms, final=row.final)
                 continue
-            if kind == "fragments":
-                added = windower.add_fragment(tp, row)  # type: ignore[arg-type]
-            elif kind == "tasks":
-                added = windower.add_task(tp, row)  # type: ignore[arg-type]
+            if isinstance(row, FragmentRow):
+                added, t = windower.add_fragment(tp, row), row.submission_ms
+            elif isinstance(row, TaskRow):
+                added, t = windower.add_task(tp, row), row.submission_ms
             else:
-                added = windower.add_power(tp, row)  # type: ignore[arg-type]
+                added, t = windower.add_power(tp, row), row.timestamp_ms
             if added:
-                offs = self._first_offset.setdefault(window_start(row[1], self.window_ms), {})
+                offs = self._first_offset.setdefault(window_start(t, self.window_ms), {})
                 offs.setdefault(tp, rec.offset)
         self.stats.decoded += len(records) - len(bad)
         if bad and self.dead_letter is not None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+from opendt.models.messages import FragmentRow, PowerRow, TaskRow
+
 FINAL = 2**62
 
 
@@ -24,12 +26,9 @@ FINAL = 2**62
 class Window:
     start_ms: int
     end_ms: int
-    tasks: list[tuple[str, int, int, int, float, int]] = field(default_factory=list)
-    """(id, submission_ms, duration, cpu_count, cpu_capacity, mem_capacity)"""
-    fragments: list[tuple[str, int, int, int, float, int]] = field(default_factory=list)
-    """(id, submission_ms, duration, cpu_count, cpu_usage, index)"""
-    power: list[tuple[str, int, float, float]] = field(default_factory=list)
-    """(source, timestamp_ms, power_draw, energy_usage)"""
+    tasks: list[TaskRow] = field(default_factory=list)
+    fragments: list[FragmentRow] = field(default_factory=list)
+    power: list[PowerRow] = field(default_factory=list)
     final: bool = False
     """The last window of the stream (the final heartbeat closed it)."""
 
@@ -115,37 +114,37 @@ class Windower:
             w = self._open[start] = Window(start, start + self.window_ms)
         return w
 
-    def add_task(self, source: Hashable, row: tuple[str, int, int, int, float, int]) -> bool:
+    def add_task(self, source: Hashable, row: TaskRow) -> bool:
         """Add a task; returns False (and counts) for a duplicate."""
-        self._seen(source, row[1])
-        if row[0] in self._task_ids:
+        self._seen(source, row.submission_ms)
+        if row.id in self._task_ids:
             self.stats.duplicates += 1
             return False
-        self._task_ids.add(row[0])
+        self._task_ids.add(row.id)
         self.stats.events += 1
-        self._window_for(row[1]).tasks.append(row)
+        self._window_for(row.submission_ms).tasks.append(row)
         return True
 
-    def add_fragment(self, source: Hashable, row: tuple[str, int, int, int, float, int]) -> bool:
-        self._seen(source, row[1])
-        last = self._last_index.get(row[0], -1)
-        if row[5] <= last:
+    def add_fragment(self, source: Hashable, row: FragmentRow) -> bool:
+        self._seen(source, row.submission_ms)
+        last = self._last_index.get(row.id, -1)
+        if row.position <= last:
             self.stats.duplicates += 1
             return False
-        self._last_index[row[0]] = row[5]
+        self._last_index[row.id] = row.position
         self.stats.events += 1
-        self._window_for(row[1]).fragments.append(row)
+        self._window_for(row.submission_ms).fragments.append(row)
         return True
 
-    def add_power(self, source: Hashable, row: tuple[str, int, float, float]) -> bool:
-        self._seen(source, row[1])
-        last = self._last_power.get(row[0])
-        if last is not None and row[1] <= last:
+    def add_power(self, source: Hashable, row: PowerRow) -> bool:
+        self._seen(source, row.timestamp_ms)
+        last = self._last_power.get(row.source)
+        if last is not None and row.timestamp_ms <= last:
             self.stats.duplicates += 1
             return False
-        self._last_power[row[0]] = row[1]
+        self._last_power[row.source] = row.timestamp_ms
         self.stats.events += 1
-        self._window_for(row[1]).power.append(row)
+        self._window_for(row.timestamp_ms).power.append(row)
         return True
 
     # -- output ------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from opendt.engine import Engine
+from opendt.models.messages import FragmentRow, TaskRow
 from opendt.models.topology import Topology
 from opendt.stream.windowing import Window
 from opendt.twin.results import aggregate_rows
@@ -112,7 +113,8 @@ def workload_windows(wl: Workload) -> list[Window]:
     for lo in range(start, wl.end_ms + 1, W):
         t = wl.tasks.filter(pl.col("submission_ms").is_between(lo, lo + W, closed="left"))
         f = wl.fragments.filter(pl.col("submission_ms").is_between(lo, lo + W, closed="left"))
-        out.append(Window(lo, lo + W, t.select(TASK_COLS).rows(), f.select(FRAG_COLS).rows()))
+        tasks = [TaskRow(*r) for r in t.select(TASK_COLS).iter_rows()]
+        out.append(Window(lo, lo + W, tasks, [FragmentRow(*r) for r in f.select(FRAG_COLS).iter_rows()]))
     out[-1].final = True
     return out
 

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from opendt.models.messages import FragmentRow, PowerRow, TaskRow
 from opendt.stream.windowing import Windower, window_start
 
 W = 300_000
 T, F, P = ("dc.tasks", 0), ("dc.fragments", 0), ("dc.power", 0)
 
 
-def _frag(tid: str, t: int, idx: int, usage: float = 1.0) -> tuple[str, int, int, int, float, int]:
-    return (tid, t, 30_000, 1, usage, idx)
+def _frag(tid: str, t: int, idx: int, usage: float = 1.0) -> FragmentRow:
+    return FragmentRow(tid, t, 30_000, 1, usage, idx)
 
 
-def _task(tid: str, t: int) -> tuple[str, int, int, int, float, int]:
-    return (tid, t, 60_000, 1, 100.0, 10)
+def _task(tid: str, t: int) -> TaskRow:
+    return TaskRow(tid, t, 60_000, 1, 100.0, 10)
 
 
 def test_windows_are_aligned_to_the_epoch() -> None:
@@ -72,8 +73,8 @@ def test_duplicates_are_dropped_and_counted() -> None:
     assert w.add_fragment(F, _frag("a", 0, 0))
     assert w.add_fragment(F, _frag("a", 30_000, 1))
     assert not w.add_fragment(F, _frag("a", 0, 0))
-    assert w.add_power(P, ("dc", 30_000, 1.0, 30.0))
-    assert not w.add_power(P, ("dc", 30_000, 1.0, 30.0))
+    assert w.add_power(P, PowerRow("dc", 30_000, 1.0, 30.0))
+    assert not w.add_power(P, PowerRow("dc", 30_000, 1.0, 30.0))
     for s in (T, F, P):
         w.heartbeat(s, W, final=True)
     (c,) = w.close_ready()
