@@ -96,7 +96,6 @@ class SimulationSettings(Section):
     max_parallel: int = Field(default=2, ge=1)
     timeout_s: float = Field(default=120.0, gt=0)
     retries: int = Field(default=1, ge=0)
-    archive: bool = False
 
 
 class CalibrationAxis(Section):

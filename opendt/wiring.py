@@ -26,7 +26,7 @@ from opendt.api.readmodel import TwinView
 from opendt.calibration.component import Calibrator, calibrator_for
 from opendt.clock import SystemClock
 from opendt.kafka.broker import BrokerError, EmbeddedBroker, kafka_broker_for
-from opendt.kafka.client import make_consumer, make_producer
+from opendt.kafka.client import DeadLetter, make_consumer, make_producer
 from opendt.models.messages import DATACENTER_KEY, encode_sim_topology
 from opendt.optimizer.component import Optimizer
 from opendt.optimizer.journal import OptimizerJournal
@@ -137,7 +137,13 @@ async def build_twin(settings: Settings, state: TwinState, stack: AsyncExitStack
     await kconsumer.start()
     stack.push_async_callback(bounded, kconsumer.stop, "consumer")
     queue: asyncio.Queue[ClosedWindow | None] = asyncio.Queue(maxsize=settings.windowing.queue_size)
-    consumer = WindowConsumer(kconsumer, topics, settings.windowing.window_s * 1000, queue)
+    consumer = WindowConsumer(
+        kconsumer,
+        topics,
+        settings.windowing.window_s * 1000,
+        queue,
+        dead_letter=DeadLetter(producer, topics.dead_letter),
+    )
     state.windows = consumer
 
     async def publish_topology(sim: SimTopology) -> None:

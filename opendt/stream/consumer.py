@@ -71,6 +71,7 @@ class WindowConsumer:
             duplicates=ws.duplicates if ws else 0,
             late=ws.late if ws else 0,
             malformed=self.stats.malformed,
+            dead_lettered=self.stats.dead_lettered,
             queued=self.out.qsize(),
         )
 

@@ -80,7 +80,7 @@ def _submitted(*numeric: str) -> pl.Expr:
     )
 
 
-def _streams(workload: Workload, power_source: str) -> list[_Stream]:
+def streams_of(workload: Workload, power_source: str) -> list[_Stream]:
     """Per stream (index ``TASKS``, ``FRAGMENTS``, ``POWER``): its rows and its records' expressions."""
     id_key = _json_object([("id", _json_str("id"), True)])
     out = [
@@ -146,12 +146,6 @@ def encode_chunk(streams: list[_Stream], order: pl.DataFrame) -> pl.DataFrame:
     return pl.concat(parts).sort("pos").drop("pos")
 
 
-def encode_events(workload: Workload, power_source: str) -> pl.DataFrame:
-    """All records as one frame sorted by trace time: ``t`` (ms), ``stream``, ``key``, ``value`` (JSON)."""
-    streams = _streams(workload, power_source)
-    return encode_chunk(streams, event_order(streams))
-
-
 @dataclass
 class ReplayProgress:
     trace_ms: int | None = None
@@ -215,7 +209,7 @@ class ReplayProducer:
     async def run(self) -> None:
         wl = self.workload
         source = wl.topology.clusters[0].powerSource.name
-        streams = _streams(wl, source)
+        streams = streams_of(wl, source)
         order = await asyncio.to_thread(event_order, streams)
         start_ms = int(order["t"][0]) if order.height else wl.origin_ms
         end_ms = max(wl.end_ms, start_ms)

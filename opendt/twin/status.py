@@ -47,6 +47,8 @@ class WindowsStatus:
     duplicates: int
     late: int
     malformed: int
+    dead_lettered: int
+    """Malformed messages forwarded to the dead-letter topic (``kafka.topics.dead_letter``)."""
     queued: int
 
 

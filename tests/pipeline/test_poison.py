@@ -11,7 +11,7 @@ import orjson
 from structlog.testing import capture_logs
 
 from opendt.daemon import run_daemon
-from opendt.kafka.client import make_producer
+from opendt.kafka.client import make_consumer, make_producer
 from opendt.models.messages import DATACENTER_KEY
 from opendt.settings import Settings
 from opendt.twin.status import TwinState
@@ -88,6 +88,26 @@ async def test_poison_on_every_topic_is_skipped_and_counted(
 
     assert snap["counters"]["malformed_messages"] == len(poison)
     assert snap["windows"]["malformed"] == 3
+    assert snap["windows"]["dead_lettered"] == 3
+    # the three malformed input records are on the dead-letter topic, as sent, with where and why
+    dlq = make_consumer(
+        settings.kafka.bootstrap_servers or "", [settings.kafka.topics.dead_letter], None, settings.kafka
+    )
+    await dlq.start()
+    try:
+        async with asyncio.timeout(20):
+            letters = []
+            while len(letters) < 3:
+                for records in (await dlq.getmany(timeout_ms=500)).values():
+                    letters.extend(records)
+    finally:
+        await dlq.stop()
+    assert sorted((r.key, r.value) for r in letters) == sorted((k, v) for _, k, v in poison[:3])
+    for r in letters:
+        headers = dict(r.headers)
+        assert headers["source_topic"].decode() in {topic for topic, _, _ in poison[:3]}
+        assert headers["source_offset"] == b"0"
+        assert headers["reason"]
     assert snap["topology"]["version"] == 0
     bad = [e for e in logs if e["event"] == "message_malformed"]
     assert sorted((e["topic"], e["partition"], e["offset"]) for e in bad) == sorted(

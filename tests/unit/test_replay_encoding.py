@@ -10,7 +10,7 @@ import pytest
 
 from opendt.settings import REPO_ROOT, ReplaySettings, TopicNames
 from opendt.stream import replay
-from opendt.stream.replay import ReplayProducer, encode_events, event_order
+from opendt.stream.replay import ReplayProducer, encode_chunk, event_order
 from opendt.workload import load_workload
 
 DEMO = REPO_ROOT / "data" / "demo"
@@ -18,10 +18,10 @@ DEMO = REPO_ROOT / "data" / "demo"
 
 async def test_chunks_equal_the_whole_trace_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     wl = load_workload(DEMO)
-    whole = encode_events(wl, 'dc "1"')
+    streams = replay.streams_of(wl, 'dc "1"')
+    whole = encode_chunk(streams, event_order(streams))  # the whole trace in one chunk
     monkeypatch.setattr(replay, "CHUNK", 997)
     producer = ReplayProducer(wl, None, TopicNames(), ReplaySettings(), None)  # type: ignore[arg-type]
-    streams = replay._streams(wl, 'dc "1"')
     parts = [c async for c in producer._chunks(streams, event_order(streams))]
     assert len(parts) == -(-whole.height // 997) > 3
     assert pl.concat(parts).equals(whole)
@@ -46,6 +46,6 @@ async def test_chunks_equal_the_whole_trace_in_order(monkeypatch: pytest.MonkeyP
 
 async def test_an_empty_trace_has_no_chunks() -> None:
     wl = load_workload(DEMO)
-    streams = [replay._Stream(s.frame.clear(), s.t, s.key, s.value) for s in replay._streams(wl, "x")]
+    streams = [replay._Stream(s.frame.clear(), s.t, s.key, s.value) for s in replay.streams_of(wl, "x")]
     producer = ReplayProducer(wl, None, TopicNames(), ReplaySettings(), None)  # type: ignore[arg-type]
     assert [c async for c in producer._chunks(streams, event_order(streams))] == []
