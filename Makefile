@@ -23,6 +23,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy --explicit-package-bases tests bench
 
 pytest: $(STAMP)
 	-bash .ci/install-chromium

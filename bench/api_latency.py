@@ -140,12 +140,13 @@ async def main() -> None:
 
             st = await wait_for(s, url, lambda st: st["simulation"]["done"], 900)
             day0 = (start // 86_400_000 + 1) * 86_400_000
-            body = {"start": day0, "end": day0 + 86_400_000, "patch": {"cpu.coreSpeed": 0}}
+            body: dict[str, Any] = {"start": day0, "end": day0 + 86_400_000, "patch": {"cpu.coreSpeed": 0}}
             async with s.get(f"{url}/api/topology") as r:
                 topo = (await r.json())["simulated"]["topology"]
             speeds = {h["cpu"]["coreSpeed"] for c in topo["clusters"] for h in c["hosts"]}
             body["patch"] = {"cpu.coreSpeed": round(0.9 * max(speeds))}
             walls = []
+            doc: dict[str, Any] = {}
             for _ in range(args.whatif_repeats):
                 t0 = time.perf_counter()
                 async with s.post(

@@ -87,13 +87,18 @@ def _p95(xs: list[float]) -> float:
     return float(np.percentile(xs, 95)) if xs else float("nan")
 
 
+def _num(value: object) -> float:
+    """A polars aggregate as a float (0 when there was nothing to aggregate)."""
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
 def report(workload: Path, run: Path, wall: float, gate: float) -> dict[str, Any]:
     wl = load_workload(workload)
     agg = pl.read_parquet(run / "agg_results.parquet")
     windows = pl.read_parquet(run / "windows.parquet")
     rounds = pl.read_parquet(run / "calibration.parquet")
     mape, matched = prediction_mape(agg, wl.consumption)
-    delay_ms = int((rounds["apply_at"] - rounds["time"]).dt.total_milliseconds().max() or 0)
+    delay_ms = int((rounds["apply_at"] - rounds["time"]).dt.total_milliseconds().to_numpy().max(initial=0))
     from opendt.calibration.journal import RoundRecord
 
     recs = [
@@ -114,13 +119,13 @@ def report(workload: Path, run: Path, wall: float, gate: float) -> dict[str, Any
         "rounds": rounds.height,
         "rounds_applied": int((rounds["status"] == "applied").sum()),
         "rounds_skipped": int((rounds["status"] == "skipped").sum()),
-        "candidates_per_round": round(float(scored["candidates"].mean() or 0), 1),
+        "candidates_per_round": round(_num(scored["candidates"].mean()), 1),
         "failed_candidates": int(rounds["failed"].sum()),
-        "round_duration_s_median": round(float(scored["duration_s"].median() or 0), 3),
-        "round_duration_s_max": round(float(scored["duration_s"].max() or 0), 3),
+        "round_duration_s_median": round(_num(scored["duration_s"].median()), 3),
+        "round_duration_s_max": round(_num(scored["duration_s"].max()), 3),
         "mape_pct": round(mape, 3),
         "matched_instants": matched,
-        "window_latency_p50_s": round(float(windows["latency_s"].median() or 0), 4),
+        "window_latency_p50_s": round(_num(windows["latency_s"].median()), 4),
         "window_latency_p95_s": round(_p95(windows["latency_s"].to_list()), 4),
         "window_latency_p95_during_rounds_s": round(_p95(during), 4),
         "windows_during_rounds": len(during),

@@ -29,7 +29,7 @@ def main() -> int:
     sys.path.insert(0, str(REPO))
     from opendt.workload import load_workload
 
-    load_workload(args.workload)  # warm-up: page cache, polars thread pool
+    w = load_workload(args.workload)  # warm-up: page cache, polars thread pool
     times = []
     for _ in range(args.repeat):
         t0 = time.perf_counter()

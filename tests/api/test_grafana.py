@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,7 @@ MEAS_POWER = [NAN if j == 10 else 1000.0 for j in range(1, 81)]
 LATENCY = [0.5 + w for w in range(8)]
 COMPUTE = [0.25 * (w + 1) for w in range(8)]
 FACTOR, IDLE = "cpuPowerModel.calibrationFactor", "cpuPowerModel.idlePower"
-ROUNDS = [
+ROUNDS: list[dict[str, Any]] = [
     {
         "time_ms": T0 + 600_000,
         "value": 1.0,
@@ -102,7 +102,8 @@ class Oracle:
 
     @staticmethod
     def _registry(doc: dict[str, Any]) -> Registry:
-        return Registry().with_resource("urn:spec", DRAFT4.create_resource(doc))
+        registry: Registry = Registry().with_resource("urn:spec", DRAFT4.create_resource(doc))
+        return registry
 
     @staticmethod
     def _at(doc: dict[str, Any], path: str, part: str) -> Any:
@@ -285,7 +286,13 @@ def expected(
     for t, v in zip(times, values, strict=True):
         if frm <= t <= to and math.isfinite(v):
             groups.setdefault(frm + (t - frm) // bucket * bucket, []).append(v)
-    agg = {"mean": lambda vs: sum(vs) / len(vs), "max": max, "min": min, "sum": sum}[how]
+    aggs: dict[str, Callable[[list[float]], float]] = {
+        "mean": lambda vs: sum(vs) / len(vs),
+        "max": max,
+        "min": min,
+        "sum": sum,
+    }
+    agg = aggs[how]
     return [[pytest.approx(agg(vs)), t] for t, vs in sorted(groups.items())]
 
 
@@ -499,7 +506,10 @@ async def test_query_aggregations(
 async def test_query_mape_per_bucket_and_cumulative(client: Client) -> None:
     """MAPE compares simulated with measured power at the instants both have (row k: 5·k %); rows where
     either side is NaN are left out; the cumulative mode is the MAPE since range.from."""
-    targets = [{"target": "mape"}, {"target": "mape", "payload": {"mode": "cumulative"}}]
+    targets: list[dict[str, Any]] = [
+        {"target": "mape"},
+        {"target": "mape", "payload": {"mode": "cumulative"}},
+    ]
     status, answer = await client.post("/query", grafana_query(targets, interval_ms=600_000))
     assert status == 200
     check_timeseries(answer, {"A", "B"}, T0, T0 + 2_400_000, 1000)
@@ -543,7 +553,7 @@ async def test_query_calibration_parameters_step_series(client: Client) -> None:
 
 async def test_query_window_latency(client: Client) -> None:
     """Window latency and compute time come from the window journal, at each window's end."""
-    targets = [
+    targets: list[dict[str, Any]] = [
         {"target": "window_latency"},
         {"target": "window_latency", "payload": {"quantity": "compute", "aggregation": "max"}},
     ]
@@ -568,8 +578,8 @@ async def test_hidden_unchosen_and_absent_targets(client: Client) -> None:
     status, answer = await client.post("/query", body)
     assert status == 200
     assert [el["refId"] for el in answer] == ["B"]
-    for body in (grafana_query([]), None):
-        status, answer = await client.post("/query", body, plugin=False)
+    for empty in (grafana_query([]), None):
+        status, answer = await client.post("/query", empty, plugin=False)
         assert (status, answer) == (200, [])
 
 
@@ -940,8 +950,8 @@ async def test_variable_bad_input(client: Client, body: dict[str, Any], field: s
     assert answer["field"] == field
 
 
-ODD_VALUES = [None, True, 0, -1.5, 1e300, "x", "", [], [None], [{}], {}, {"a": [1]}]
-ODD_FIELDS = {
+ODD_VALUES: list[Any] = [None, True, 0, -1.5, 1e300, "x", "", [], [None], [{}], {}, {"a": [1]}]
+ODD_FIELDS: dict[str, list[tuple[str | int, ...]]] = {
     "/metrics": [("metric",), ("payload",), ("payload", "aggregation")],
     "/metric-payload-options": [("metric",), ("payload",), ("name",)],
     "/query": [

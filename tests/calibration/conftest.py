@@ -23,7 +23,7 @@ def write_demo_prefix(dst: Path, hours: float, *, drop_power: tuple[float, float
     dst.mkdir(parents=True, exist_ok=True)
     tasks = pl.read_parquet(DEMO / "tasks.parquet")
     t0 = tasks["submission_time"].min()
-    keep = tasks.filter(pl.col("submission_time") < t0 + pl.duration(milliseconds=int(hours * 3_600_000)))  # type: ignore[operator]
+    keep = tasks.filter(pl.col("submission_time") < t0 + pl.duration(milliseconds=int(hours * 3_600_000)))
     keep.write_parquet(dst / "tasks.parquet")
     frags = pl.read_parquet(DEMO / "fragments.parquet")
     frags.join(keep.select("id"), on="id", how="semi", maintain_order="left").write_parquet(

@@ -91,7 +91,7 @@ class FakeScenarios:
             rows = pl.DataFrame({"energy_usage": [kwh * 3.6e6], "power_draw": [n * 10.0],
                                  "carbon_emission": [None]}, schema_overrides={"carbon_emission": pl.Float64})  # fmt: skip
             tasks = {"wait_p95_s": 0.0 if n >= self.busy else 3000.0, "runtime_mean_s": 600.0}
-            out.append(ScenarioResult(rows, None, 0.01, tasks))
+            out.append(ScenarioResult(rows, "", 0.01, tasks))
         return out
 
 

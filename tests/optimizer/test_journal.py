@@ -137,6 +137,7 @@ async def test_resume_restores_history_best_and_accepts(tmp_path: Path) -> None:
     r = await opt.accept()
     assert r.index == 2
     assert r.accepted_version == 2
+    assert written[1].proposal is not None
     assert published[0][0] == written[1].proposal.topology
     assert published[0][1] == "optimizer"
     # the accept is recorded: a third process sees both accepts and nothing left to accept

@@ -87,9 +87,7 @@ def test_input_topology_is_not_modified_and_empty_patch_is_identity() -> None:
 def test_integral_float_is_accepted_for_integer_leaves() -> None:
     """12.0 is the integer 12 (JSON numbers from an LLM or an API body)."""
     t = apply_patch(two_clusters(), {"cpu.coreCount": 12.0})
-    assert all(
-        isinstance(h.cpu.coreCount, int) and h.cpu.coreCount == 12 for c in t.clusters for h in c.hosts
-    )
+    assert all(type(h.cpu.coreCount) is int and h.cpu.coreCount == 12 for c in t.clusters for h in c.hosts)
 
 
 @pytest.mark.parametrize(

@@ -3,12 +3,13 @@ bounds every proposal (the LLM's too) must respect."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from opendt.models.patch import apply_patch
-from opendt.models.topology import Topology
+from opendt.models.topology import Host, Topology
 from opendt.optimizer.rules import RULES, Proposal, RulesStrategy, bound_violations, decide
 from opendt.optimizer.slo import Slo
 from opendt.settings import OptimizerSettings
@@ -29,12 +30,12 @@ def _propose(
 
 
 def _groups(t: Topology, attr: str) -> list[float]:
-    get = {
+    get: dict[str, Callable[[Host], float]] = {
         "count": lambda h: h.count,
         "cores": lambda h: h.cpu.coreCount,
         "speed": lambda h: h.cpu.coreSpeed,
-    }[attr]
-    return [get(h) for c in t.clusters for h in c.hosts]
+    }
+    return [get[attr](h) for c in t.clusters for h in c.hosts]
 
 
 def test_rule_order_is_the_issues() -> None:

@@ -44,7 +44,8 @@ def test_earlier_design_formula_with_energy_and_runtime() -> None:
     e, r = b.term("energy_kwh_per_window"), b.term("task_runtime_mean_s")
     assert e is not None
     assert r is not None
-    assert (e.weight, r.weight) == (pytest.approx(0.6), pytest.approx(0.4))
+    assert e.weight == pytest.approx(0.6)
+    assert r.weight == pytest.approx(0.4)
     assert e.contribution == pytest.approx(0.12)
     assert r.contribution == pytest.approx(-0.04)
     assert e.met is False

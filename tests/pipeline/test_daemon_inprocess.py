@@ -37,6 +37,7 @@ async def test_exit_when_done_results_equal_one_shot_engine(
     assert_windows_contiguous(windows)
     assert windows["status"].to_list() == ["ok"] * windows.height
     assert windows["error"].to_list() == [""] * windows.height
+    assert state.workload is not None
     assert last_window_end_ms(windows) >= state.workload.end_ms
     assert windows["fragments"].sum() == state.workload.fragments
     assert windows["tasks"].sum() == state.workload.tasks
@@ -72,6 +73,7 @@ async def test_status_api_shows_the_counts_while_serving(
         _, windows = read_results(settings.data_dir)
         assert last["status"] == "running"
         assert last["replay"]["done"] is True
+        assert state.workload is not None
         assert last["replay"]["counts"]["fragments"] == state.workload.fragments
         assert last["simulation"]["windows_durable"] == windows.height
         assert last["counters"]["windows_simulated"] == windows.height

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+from aiokafka import ConsumerRecord
 from structlog.testing import capture_logs
 
 from opendt.daemon import run_daemon
@@ -96,7 +97,7 @@ async def test_poison_on_every_topic_is_skipped_and_counted(
     await dlq.start()
     try:
         async with asyncio.timeout(20):
-            letters = []
+            letters: list[ConsumerRecord[bytes, bytes]] = []
             while len(letters) < 3:
                 for records in (await dlq.getmany(timeout_ms=500)).values():
                     letters.extend(records)

@@ -32,7 +32,7 @@ def is_dead(pid: int) -> bool:
     """The process no longer runs: it is gone, or only a zombie that is not ours to reap."""
     try:
         p = psutil.Process(pid)
-        return p.status() == psutil.STATUS_ZOMBIE and p.ppid() != os.getpid()
+        return bool(p.status() == psutil.STATUS_ZOMBIE and p.ppid() != os.getpid())
     except psutil.NoSuchProcess:
         return True
 

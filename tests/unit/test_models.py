@@ -9,6 +9,7 @@ import pytest
 
 from opendt.models.messages import (
     FragmentMessage,
+    FragmentRow,
     Heartbeat,
     MessageError,
     PowerMessage,
@@ -245,7 +246,9 @@ def test_decode_row_fast_path_agrees_with_the_models() -> None:
         1953.0,
         1,
     )
-    assert decode_row("fragments", b'{"id":42}', GOOD_FRAGMENT)[0] == "42"
+    row = decode_row("fragments", b'{"id":42}', GOOD_FRAGMENT)
+    assert isinstance(row, FragmentRow)
+    assert row.id == "42"
     task = b'{"submission_time":"2022-10-06T22:00:00+00:00","duration":5,"cpu_count":16,"cpu_capacity":33600,"mem_capacity":100000}'
     assert decode_row("tasks", b'{"id":"a"}', task) == ("a", 1665093600000, 5, 16, 33600.0, 100000)
     power = b'{"timestamp":"2022-10-06T22:00:30Z","power_draw":22008,"energy_usage":660240.5}'
