@@ -216,11 +216,17 @@ class CalibrationSettings(Section):
         "per axis, moves to the best and resizes the region",
     )
     significance: float = Field(
-        default=3.0,
+        default=4.0,
         ge=0,
         description="A challenger replaces the values in effect only when its weighted-MAPE improvement "
-        "exceeds this many standard errors of what the meter noise explains (the sample-to-sample part of the "
-        "paired per-sample difference); 0 = any improvement",
+        "exceeds this many standard errors of what the meter noise explains (the sample-to-sample part of "
+        "the paired per-sample difference); 0 = any improvement",
+    )
+    hysteresis: float = Field(
+        default=0.05,
+        ge=0,
+        description="A challenger's gain must also exceed this fraction of the estimated meter noise (in the "
+        "metric's unit, MAPE pp): a band no gain within the noise's resolution crosses",
     )
     metric: Literal["mape", "rmse", "energy"] = Field(
         default="mape", description="Score that picks the winner: MAPE %, RMSE W, or |energy error| %"

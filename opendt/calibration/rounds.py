@@ -307,6 +307,11 @@ class _Round:
             d = inc.err[i_a] - win.err[i_b]
             se = paired_se(d, recency_weights(common, job.at_ms, self.settings.half_life_s))
             threshold = max(threshold, self.settings.significance * se)
+            meas = job.measured.join(pl.DataFrame({"timestamp_ms": inc.ts}), on="timestamp_ms", how="semi")
+            assert inc.pred is not None
+            noise = noise_pct(inc.pred, meas.sort("timestamp_ms")["power_draw"].to_numpy())
+            if math.isfinite(noise) and metric == "mape":
+                threshold = max(threshold, self.settings.hysteresis * noise)
         rec.improvement, rec.threshold = gain, threshold
         if not gain > threshold:
             rec.reason = (
