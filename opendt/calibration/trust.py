@@ -102,11 +102,13 @@ def scaled(current: Topology, axes: Sequence[Axis], factors: Sequence[float]) ->
     candidate's ``values`` are the first matched host's new values (physical units)."""
     doc: dict[str, Any] = copy.deepcopy(current.to_json_dict())
     for axis, f in zip(axes, factors, strict=True):
-        for ci, hi in targets(current, axis.parsed):
+        have = [(ci, hi) for ci, hi in targets(current, axis.parsed)
+                if document_value(doc["clusters"][ci]["hosts"][hi], axis.leaf) is not None]  # fmt: skip
+        if not have:  # hosts whose model does not use the parameter (linear: no factor) are left alone
+            return Candidate(tuple(factors), None, f"{axis.path}: no value in effect to search around")
+        for ci, hi in have:
             host = doc["clusters"][ci]["hosts"][hi]
             v = document_value(host, axis.leaf)
-            if v is None:
-                return Candidate(tuple(factors), None, f"{axis.path}: no value in effect to search around")
             new = float(v) * float(f)
             reason = physical_reason(axis.leaf, new)
             if reason:
