@@ -7,7 +7,9 @@ Default: the daemon as a real process, ``OPENDT_CALIBRATION__ENABLED=true opendt
 ``--offline``: ``opendt calibrate`` (same calibrator and simulator, windows cut from the workload, no Kafka).
 ``OPENDT_CALIBRATION__*`` variables in the environment are passed on (e.g. another search space).
 
-Reported: wall time of the whole run; rounds, candidates per round, round duration; MAPE of the twin's
+Reported: wall time of the whole run; rounds, candidates per round, round duration; per UTC day the calibrated
+vs uncalibrated MAPE (the physical topology throughout, same causal engine, same instants) and the parameter
+changes; MAPE of the twin's
 prediction (its 150 s ``power_draw`` rows) vs the measured power at the same instants over the whole trace —
 every prediction at t uses only topologies chosen from data before t; the window latency p95 overall and
 during rounds (the windows starting in [R, R + apply_delay] of a round at R: the round runs while those are
@@ -37,7 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SURF = ROOT.parent / "shared" / "workload" / "SURF"
 
-from opendt.commands.calibrate import calibrate_offline, during_rounds, prediction_mape  # noqa: E402
+from opendt.calibration.journal import from_frame  # noqa: E402
+from opendt.commands.calibrate import (  # noqa: E402
+    calibrate_offline,
+    daily_mape,
+    during_rounds,
+    prediction_mape,
+    uncalibrated_rows,
+)
 from opendt.settings import load_settings  # noqa: E402
 from opendt.workload import load_workload  # noqa: E402
 
@@ -98,6 +107,11 @@ def report(workload: Path, run: Path, wall: float, gate: float) -> dict[str, Any
     windows = pl.read_parquet(run / "windows.parquet")
     rounds = pl.read_parquet(run / "calibration.parquet")
     mape, matched = prediction_mape(agg, wl.consumption)
+    uncal = uncalibrated_rows(
+        wl, int(agg["timestamp"].dt.epoch("ms").diff().drop_nulls().to_numpy().min(initial=150_000))
+    )
+    unc_mape, _ = prediction_mape(uncal, wl.consumption)
+    days = daily_mape(agg, uncal, wl.consumption, from_frame(rounds))
     delay_ms = int((rounds["apply_at"] - rounds["time"]).dt.total_milliseconds().to_numpy().max(initial=0))
     from opendt.calibration.journal import RoundRecord
 
@@ -124,7 +138,11 @@ def report(workload: Path, run: Path, wall: float, gate: float) -> dict[str, Any
         "round_duration_s_median": round(_num(scored["duration_s"].median()), 3),
         "round_duration_s_max": round(_num(scored["duration_s"].max()), 3),
         "mape_pct": round(mape, 3),
+        "mape_uncalibrated_pct": round(unc_mape, 3),
         "matched_instants": matched,
+        "days": days,
+        "worse_days": [d["day"] for d in days if d["calibrated"] > d["uncalibrated"]],
+        "changes_per_day": [d["changes"] for d in days],
         "window_latency_p50_s": round(_num(windows["latency_s"].median()), 4),
         "window_latency_p95_s": round(_p95(windows["latency_s"].to_list()), 4),
         "window_latency_p95_during_rounds_s": round(_p95(during), 4),

@@ -145,17 +145,87 @@ def _default_grid() -> list[CalibrationAxis]:
     ]
 
 
+class TrustAxis(Section):
+    """One axis of the trust-region search: a numeric host parameter searched relative to its value in
+    effect (every matched host's value × the same factor, so heterogeneous hosts stay heterogeneous)."""
+
+    parameter: str = Field(
+        description="Dotted numeric host parameter (cpuPowerModel.idlePower, .maxPower, .calibrationFactor, "
+        ".power, .asymUtil, cpu.coreSpeed), optionally prefixed clusters[NAME]. / hosts[NAME]."
+    )
+    radius: float = Field(
+        default=0.2,
+        gt=0,
+        le=4,
+        description="Initial half-width, relative to the value in effect (0.2 = ±20 %)",
+    )
+    min_radius: float = Field(default=0.005, gt=0, description="The region never narrows below this")
+    max_radius: float = Field(default=1.0, gt=0, le=4, description="The region never widens beyond this")
+
+    @model_validator(mode="after")
+    def _order(self) -> TrustAxis:
+        if not self.min_radius <= self.radius <= self.max_radius:
+            raise ValueError(f"axis {self.parameter!r}: need min_radius <= radius <= max_radius")
+        return self
+
+
+def _default_trust_region() -> list[TrustAxis]:
+    return [
+        TrustAxis(parameter="cpuPowerModel.idlePower", radius=0.2),
+        TrustAxis(parameter="cpuPowerModel.maxPower", radius=0.2),
+        TrustAxis(parameter="cpuPowerModel.calibrationFactor", radius=0.25),
+    ]
+
+
 class CalibrationSettings(Section):
-    """The online calibrator (issue 5). Rounds run every ``every_s`` of trace time over the trailing
-    ``lookback_s``; the search space is ``grid`` (the cartesian product of its axes), or, when only
-    ``parameter``/``values`` are set, that single axis."""
+    """The online calibrator (issues 5, 17). Rounds run every ``every_s`` of trace time over the trailing
+    ``lookback_s``, samples weighted by recency (``half_life_s``). ``search: trust_region`` (default) searches
+    ``trust_region`` around the values in effect; ``search: grid`` searches the fixed ``grid`` (the cartesian
+    product of its axes, or, when only ``parameter``/``values`` are set, that single axis). Setting ``grid``
+    or ``parameter``/``values`` without ``search`` selects the grid, as before."""
 
     enabled: bool = False
     every_s: int = Field(
         default=3600, gt=0, description="Trace seconds between rounds (a multiple of window_s)"
     )
     lookback_s: int = Field(
-        default=3600, gt=0, description="Trailing trace seconds scored (a multiple of window_s)"
+        default=10800, gt=0, description="Trailing trace seconds scored (a multiple of window_s)"
+    )
+    half_life_s: float | None = Field(
+        default=3600.0,
+        gt=0,
+        description="A measured sample's weight in the score halves every half_life_s of age (from the round "
+        "instant); null = every sample of the lookback weighs the same",
+    )
+    search: Literal["trust_region", "grid"] = Field(
+        default="trust_region",
+        description="trust_region: around the values in effect, widening when the best point sits on the "
+        "region's edge and narrowing when not; grid: the fixed grid (+ refine_steps)",
+    )
+    trust_region: list[TrustAxis] = Field(
+        default_factory=_default_trust_region,
+        description="Axes of the trust-region search; default idlePower ±20 %, maxPower ±20 %, "
+        "calibrationFactor ±25 % to start with",
+    )
+    iterations: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="Trust-region steps per round: each evaluates the 3^n points centre × (1 + {-r, 0, +r}) "
+        "per axis, moves to the best and resizes the region",
+    )
+    significance: float = Field(
+        default=4.0,
+        ge=0,
+        description="A challenger replaces the values in effect only when its weighted-MAPE improvement "
+        "exceeds this many standard errors of what the meter noise explains (the sample-to-sample part of "
+        "the paired per-sample difference); 0 = any improvement",
+    )
+    hysteresis: float = Field(
+        default=0.05,
+        ge=0,
+        description="A challenger's gain must also exceed this fraction of the estimated meter noise (in the "
+        "metric's unit, MAPE pp): a band no gain within the noise's resolution crosses",
     )
     metric: Literal["mape", "rmse", "energy"] = Field(
         default="mape", description="Score that picks the winner: MAPE %, RMSE W, or |energy error| %"
@@ -203,6 +273,8 @@ class CalibrationSettings(Section):
             object.__setattr__(
                 self, "grid", [CalibrationAxis(parameter=self.parameter, values=list(self.values))]
             )
+        if (single or "grid" in self.model_fields_set) and "search" not in self.model_fields_set:
+            object.__setattr__(self, "search", "grid")
         if self.apply_delay_s >= self.every_s:
             raise ValueError(
                 "apply_delay_s must be < every_s (a round's winner applies before the next round)"

@@ -33,6 +33,9 @@ import structlog
 from opendt.calibration.journal import Journal, RoundRecord
 from opendt.calibration.rounds import RoundJob, RoundRunner
 from opendt.calibration.space import parse_space
+from opendt.calibration.trust import parse_region
+from opendt.calibration.view import calibration_view
+from opendt.models.topology import Topology
 from opendt.settings import CalibrationSettings, Settings
 from opendt.stream.windowing import Window
 from opendt.twin.topology import TopologyBox, TopologyWriter
@@ -84,7 +87,12 @@ class Calibrator:
         self.apply_delay_ms = -(-delay // window_ms) * window_ms
         self.settings = settings
         self.box = box
-        self.axes = parse_space(settings.grid, box.physical)
+        self.region = (
+            parse_region(settings.trust_region, box.physical) if settings.search == "trust_region" else None
+        )
+        self.axes = (
+            list(self.region.axes) if self.region is not None else parse_space(settings.grid, box.physical)
+        )
         self.snapshot = snapshot
         self.pool = pool
         self.journal = journal
@@ -94,8 +102,10 @@ class Calibrator:
         """The one write path of the simulated topology (offline: the box alone)."""
         self.is_durable = is_durable
         """Whether the window starting at a given instant is already durable (resumed runs)."""
-        self.runner = RoundRunner(settings, self.axes, pool)
+        self.runner = RoundRunner(settings, self.axes, pool, self.region)
         self._kept: deque[_Kept] = deque()
+        self._effect: deque[tuple[int, Topology]] = deque()
+        """Where the simulated topology changed: (first window start, topology), bounded to the lookback."""
         self._snapshots: dict[int, bytes] = {}
         self._first_start: int | None = None
         self._jobs: asyncio.Queue[tuple[RoundJob, asyncio.Future[RoundRecord]]] = asyncio.Queue()
@@ -124,9 +134,14 @@ class Calibrator:
         if self._first_start is None:
             self._first_start = w.start_ms
         self._kept.append(_Kept(w.start_ms, w.end_ms, tasks, fragments, power_frame(w)))
+        topo = self.box.current.topology  # what this window was simulated with
+        if not self._effect or self._effect[-1][1] is not topo:
+            self._effect.append((w.start_ms, topo))
         horizon = w.end_ms - self.lookback_ms
         while self._kept and self._kept[0].start_ms < horizon:
             self._kept.popleft()
+        while len(self._effect) > 1 and self._effect[1][0] <= horizon:
+            self._effect.popleft()
         for t in [t for t in self._snapshots if t < horizon]:
             del self._snapshots[t]
         if w.final:
@@ -160,6 +175,9 @@ class Calibrator:
             log.warning("calibration_skipped", at_ms=at_ms, reason="no twin snapshot at the lookback start")
             return
         kept = [k for k in self._kept if k.start_ms >= lo and k.end_ms <= at_ms]
+        eval_from = max(at_ms - self.every_ms, self._first_start)
+        effect = [(t, topo) for t, topo in self._effect if eval_from < t < at_ms]
+        before = [(eval_from, topo) for t, topo in self._effect if t <= eval_from]
         self._rounds += 1
         job = RoundJob(
             index=self._rounds,
@@ -173,6 +191,8 @@ class Calibrator:
             current=self.box.current.topology,
             physical=self.box.physical,
             carbon=self.carbon,
+            effect=before[-1:] + effect,
+            eval_from_ms=eval_from,
         )
         fut: asyncio.Future[RoundRecord] = asyncio.get_running_loop().create_future()
         self._pending[job.apply_at_ms] = fut
@@ -196,6 +216,7 @@ class Calibrator:
             while True:
                 job, fut = await self._jobs.get()
                 self.busy = True
+                job.radius = self._radius_before(job.at_ms)
                 try:
                     rec = await self.runner.run(job)
                 except asyncio.CancelledError:
@@ -227,6 +248,17 @@ class Calibrator:
         finally:
             await self.pool.stop()
 
+    def _radius_before(self, at_ms: int) -> tuple[float, ...] | None:
+        """The trust region's radii left by the latest journaled round before ``at_ms`` (the same after a
+        resume as in an uninterrupted run); None before the first."""
+        for r in reversed(self.records):
+            if r.time_ms < at_ms and r.trust_region:
+                try:
+                    return tuple(float(r.trust_region[a.path]["radius"]) for a in self.axes)
+                except (KeyError, TypeError, ValueError):
+                    return None
+        return None
+
     # -- visibility ------------------------------------------------------------------------------------
 
     @property
@@ -234,29 +266,35 @@ class Calibrator:
         return self.journal.records
 
     def series(self) -> list[dict[str, Any]]:
-        """The calibrated parameters in effect after each round (``time_ms``, ``value``, ``in_effect``)."""
-        return [{"time_ms": r.time_ms, "value": r.value, "in_effect": r.in_effect} for r in self.records]
+        """After each round: ``time_ms``, ``value`` and ``in_effect`` (the calibrated parameters), the
+        round's calibrated and uncalibrated MAPE, noise estimate and trust region."""
+        return [
+            {
+                "time_ms": r.time_ms,
+                "value": r.value,
+                "in_effect": r.in_effect,
+                "status": r.status,
+                "mape_calibrated": r.mape_calibrated,
+                "mape_uncalibrated": r.mape_uncalibrated,
+                "noise_pct": r.noise_pct,
+                "trust_region": r.trust_region,
+            }
+            for r in self.records
+        ]
 
     def rounds(self) -> list[dict[str, Any]]:
         """Every round's summary, oldest first."""
         return [r.summary() for r in self.records]
 
     def view(self) -> dict[str, Any]:
-        recs = self.records
-        return {
-            "enabled": True,
-            "every_s": self.settings.every_s,
-            "lookback_s": self.settings.lookback_s,
-            "metric": self.settings.metric,
-            "axes": [a.path for a in self.axes],
-            "rounds": len(recs),
-            "applied": sum(r.status == "applied" for r in recs),
-            "skipped": sum(r.status == "skipped" for r in recs),
-            "failed": sum(r.status == "failed" for r in recs),
-            "pending": len(self._pending),
-            "gate_wait_s": round(self.gate_wait_s, 3),
-            "last_round": recs[-1].summary() if recs else None,
-        }
+        return calibration_view(
+            self.settings,
+            self.records,
+            self.axes,
+            pending=len(self._pending),
+            gate_wait_s=self.gate_wait_s,
+            initial=self.box.physical,
+        )
 
 
 def calibrator_for(

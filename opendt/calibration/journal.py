@@ -50,6 +50,13 @@ SCHEMA = pl.Schema(
         "value": pl.Float64(),
         "version": pl.Int64(),
         "duration_s": pl.Float64(),
+        "noise_pct": pl.Float64(),
+        "improvement": pl.Float64(),
+        "threshold": pl.Float64(),
+        "mape_calibrated": pl.Float64(),
+        "mape_uncalibrated": pl.Float64(),
+        "eval_samples": pl.Int64(),
+        "trust_region": pl.Utf8(),
         "scores": pl.List(SCORE_SCHEMA),
     }
 )
@@ -91,6 +98,19 @@ class RoundRecord:
     in_effect: dict[str, Any] = field(default_factory=dict)
     version: int | None = None
     duration_s: float = 0.0
+    noise_pct: float | None = None
+    """The meter noise estimated from the current topology's residuals over the lookback (%, 1 σ)."""
+    improvement: float | None = None
+    """Weighted score of the current topology minus the winner's (what the winner gains)."""
+    threshold: float | None = None
+    """The gain a winner needed to be applied (significance × paired standard error, or the margin)."""
+    mape_calibrated: float | None = None
+    """MAPE (%) over the round's newest ``every_s`` of the twin as it ran (the topologies in effect then)."""
+    mape_uncalibrated: float | None = None
+    """MAPE (%) over the same samples of the physical topology (the twin without calibration)."""
+    eval_samples: int = 0
+    trust_region: dict[str, Any] = field(default_factory=dict)
+    """Per axis, after the round: ``radius`` (relative), ``lo`` and ``hi`` around the values in effect."""
     scores: list[ScoreRow] = field(default_factory=list)
     winner_topology: Any = None
     """The winning :class:`~opendt.models.topology.Topology` while it waits to be applied (not stored)."""
@@ -123,6 +143,13 @@ class RoundRecord:
             "in_effect": self.in_effect,
             "version": self.version,
             "duration_s": round(self.duration_s, 3),
+            "noise_pct": self.noise_pct,
+            "improvement": self.improvement,
+            "threshold": self.threshold,
+            "mape_calibrated": self.mape_calibrated,
+            "mape_uncalibrated": self.mape_uncalibrated,
+            "eval_samples": self.eval_samples,
+            "trust_region": self.trust_region,
             "best": [asdict(s) for s in ok[:5]],
         }
 
@@ -147,6 +174,13 @@ class RoundRecord:
             "value": self.value,
             "version": self.version,
             "duration_s": self.duration_s,
+            "noise_pct": self.noise_pct,
+            "improvement": self.improvement,
+            "threshold": self.threshold,
+            "mape_calibrated": self.mape_calibrated,
+            "mape_uncalibrated": self.mape_uncalibrated,
+            "eval_samples": self.eval_samples,
+            "trust_region": json.dumps(self.trust_region),
             "scores": [asdict(s) for s in self.scores],
         }
 
@@ -199,6 +233,13 @@ def _record(row: dict[str, Any]) -> RoundRecord:
         in_effect=json.loads(row["in_effect"]),
         version=row["version"],
         duration_s=row["duration_s"],
+        noise_pct=row["noise_pct"],
+        improvement=row["improvement"],
+        threshold=row["threshold"],
+        mape_calibrated=row["mape_calibrated"],
+        mape_uncalibrated=row["mape_uncalibrated"],
+        eval_samples=row["eval_samples"] or 0,
+        trust_region=json.loads(row["trust_region"] or "{}"),
         scores=[ScoreRow(**sc) for sc in row["scores"] or []],
     )
 
@@ -206,6 +247,8 @@ def _record(row: dict[str, Any]) -> RoundRecord:
 def from_frame(df: pl.DataFrame) -> list[RoundRecord]:
     """The records of a ``calibration.parquet`` frame (the inverse of :func:`to_frame`)."""
     epochs = (pl.col(c).dt.epoch("ms") for c in ("time", "lookback_start", "apply_at"))
+    missing = [pl.lit(None, dtype).alias(c) for c, dtype in SCHEMA.items() if c not in df.columns]
+    df = df.with_columns(missing).select(list(SCHEMA)) if missing else df  # a file of an earlier version
     return [_record(row) for row in df.cast(SCHEMA).with_columns(epochs).iter_rows(named=True)]
 
 

@@ -17,6 +17,7 @@ absolute energy error over the lookback (%, |Σ predicted − Σ measured| / Σ 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -91,3 +92,54 @@ def align(measured: pl.DataFrame, predicted: pl.DataFrame) -> tuple[F64, F64]:
     """(predicted, measured) at the measured instants that have a prediction."""
     j = measured.join(predicted, on="timestamp_ms", how="inner").sort("timestamp_ms")
     return j["predicted"].to_numpy().astype(np.float64), j["power_draw"].to_numpy().astype(np.float64)
+
+
+def recency_weights(ts: npt.NDArray[np.int64], at_ms: int, half_life_s: float | None) -> F64:
+    """A sample at ``t`` weighs ``2^(−(at − t) / half_life)`` (1 for every sample without a half-life)."""
+    if half_life_s is None:
+        return np.ones(ts.size)
+    out: F64 = np.exp2(-(at_ms - ts.astype(np.float64)) / (half_life_s * 1000.0))
+    return out
+
+
+def abs_pct_errors(pred: F64, meas: F64) -> F64:
+    """|predicted − measured| / |measured| in %, NaN where the measured value is 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out: F64 = np.where(meas != 0, np.abs(pred - meas) / np.abs(meas) * 100.0, np.nan)
+    return out
+
+
+def weighted_mean(x: F64, w: F64) -> float:
+    """Σ w·x / Σ w over the finite ``x`` (NaN when none)."""
+    ok = np.isfinite(x)
+    if not ok.any() or float(w[ok].sum()) <= 0:
+        return float("nan")
+    return float(np.sum(w[ok] * x[ok]) / np.sum(w[ok]))
+
+
+def noise_pct(pred: F64, meas: F64) -> float:
+    """The meter noise (% of the reading, one standard deviation) estimated from the residuals: the white
+    part of the relative residual ``(measured − predicted) / predicted`` is what differs from one sample to
+    the next, so σ ≈ 1.4826 · MAD(Δ residual) / √2 (robust to model error that varies slowly)."""
+    ok = pred > 0
+    if ok.sum() < 8:
+        return float("nan")
+    r = (meas[ok] - pred[ok]) / pred[ok]
+    d = np.diff(r)
+    mad = float(np.median(np.abs(d - np.median(d))))
+    return 1.4826 * mad / math.sqrt(2.0) * 100.0
+
+
+def paired_se(d: F64, w: F64) -> float:
+    """Standard error, under the measurement noise, of the weighted mean of paired differences ``d``
+    (time-ordered): the meter noise is white, so its share of ``d`` is what changes from one sample to the
+    next; its variance is estimated robustly from consecutive differences (1.4826 · MAD(Δd) / √2, squared).
+    A slowly varying difference between two models is systematic (it does not average out), so it is not
+    counted as noise."""
+    ok = np.isfinite(d)
+    d, w = d[ok], w[ok]
+    if d.size < 8 or float(w.sum()) <= 0:
+        return float("inf")
+    dd = np.diff(d)
+    sigma = 1.4826 * float(np.median(np.abs(dd - np.median(dd)))) / math.sqrt(2.0)
+    return sigma * math.sqrt(float(np.sum(w**2))) / float(np.sum(w))

@@ -5,7 +5,9 @@ close, every one from the first event to the last, the last one final) and go th
 :class:`~opendt.twin.loop.WindowLoop` (twin worker, result store) with the same
 :class:`~opendt.calibration.component.Calibrator` hooks as the daemon. The twin's prediction at ``t``
 therefore only uses topologies chosen from data before ``t``. At the end: the whole-trace MAPE of the twin's
-prediction (its ``power_draw`` at the export instants) against the measured power at the same instants.
+prediction (its ``power_draw`` at the export instants) against the measured power at the same instants, side
+by side with the uncalibrated twin's (the physical topology throughout, simulated by the same causal engine at
+the same instants), overall and per UTC day, with the parameter changes per day and each parameter's path.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import polars as pl
 
 from opendt.calibration.component import calibrator_for
 from opendt.calibration.journal import RoundRecord
+from opendt.calibration.view import by_day, parameter_paths
 from opendt.metrics import mape
 from opendt.models.messages import FragmentRow, PowerRow, TaskRow
 from opendt.settings import Settings
@@ -45,6 +48,11 @@ class OfflineResult:
     mape_pct: float
     """Whole-trace MAPE of the twin's power_draw vs measured, at the matched export instants."""
     matched: int
+    mape_uncalibrated_pct: float
+    """The same for the physical topology throughout (the twin without calibration)."""
+    days: list[dict[str, Any]]
+    """Per UTC day: calibrated vs uncalibrated MAPE, instants, rounds and parameter changes."""
+    paths: dict[str, list[dict[str, Any]]]
     wall_s: float
     latencies_s: list[float]
     latencies_during_rounds_s: list[float]
@@ -59,7 +67,11 @@ class OfflineResult:
             "applied": sum(r.status == "applied" for r in self.rounds),
             "candidates_per_round": round(statistics.mean(cands), 1) if cands else 0,
             "mape_pct": round(self.mape_pct, 4),
+            "mape_uncalibrated_pct": round(self.mape_uncalibrated_pct, 4),
             "matched_instants": self.matched,
+            "days": self.days,
+            "changes_per_day": [d["changes"] for d in self.days],
+            "worse_days": [d["day"] for d in self.days if d["calibrated"] > d["uncalibrated"]],
             "wall_s": round(self.wall_s, 2),
             "window_latency_p95_s": _p95(self.latencies_s),
             "window_latency_p95_during_rounds_s": _p95(self.latencies_during_rounds_s),
@@ -129,6 +141,67 @@ def prediction_mape(agg: pl.DataFrame, consumption: pl.DataFrame | None) -> tupl
     return mape(j["predicted"].to_numpy(), j["power_draw"].to_numpy()), j.height
 
 
+def uncalibrated_rows(workload: Workload, interval_ms: int) -> pl.DataFrame:
+    """The twin without calibration: the causal engine with the physical topology over the whole workload
+    (incremental == one-shot), rows summed over clusters like the twin's (``timestamp``, ``power_draw``)."""
+    from opendt.engine import Engine
+
+    engine = Engine(workload.topology, export_interval_ms=interval_ms, carbon=workload.carbon)
+    rows = pl.concat(
+        [engine.advance(workload.end_ms + 1, workload.tasks, workload.fragments), engine.finish()]
+    )
+    return (
+        rows.group_by("timestamp_absolute", maintain_order=True)
+        .agg(pl.col("power_draw").sum())
+        .select(
+            pl.from_epoch("timestamp_absolute", "ms").dt.replace_time_zone("UTC").alias("timestamp"),
+            "power_draw",
+        )
+    )
+
+
+def daily_mape(
+    calibrated: pl.DataFrame,
+    uncalibrated: pl.DataFrame,
+    consumption: pl.DataFrame | None,
+    rounds: list[RoundRecord],
+) -> list[dict[str, Any]]:
+    """Per UTC day: MAPE of both predictions at the instants where both and the meter have a value, the
+    instant count, and the calibration rounds and parameter changes (applied rounds) of that day."""
+    if consumption is None or calibrated.is_empty():
+        return []
+
+    def at(df: pl.DataFrame, name: str) -> pl.DataFrame:
+        return df.select(
+            pl.col("timestamp").dt.epoch("ms").alias("timestamp_ms"), pl.col("power_draw").alias(name)
+        ).unique(subset=["timestamp_ms"], keep="first")
+
+    j = (
+        consumption.select("timestamp_ms", "power_draw")
+        .join(at(calibrated, "cal"), on="timestamp_ms")
+        .join(at(uncalibrated, "unc"), on="timestamp_ms")
+        .filter(pl.col("power_draw") != 0)
+        .with_columns(pl.from_epoch("timestamp_ms", "ms").dt.strftime("%Y-%m-%d").alias("day"))
+    )
+
+    def ape(col: str) -> pl.Expr:
+        return ((pl.col(col) - pl.col("power_draw")).abs() / pl.col("power_draw").abs()).mean() * 100
+
+    per = j.group_by("day", maintain_order=True).agg(ape("cal"), ape("unc"), pl.len().alias("n")).sort("day")
+    by_round = {d["day"]: d for d in by_day(rounds)}
+    return [
+        {
+            "day": day,
+            "calibrated": round(cal, 4),
+            "uncalibrated": round(unc, 4),
+            "instants": n,
+            "rounds": by_round.get(day, {}).get("rounds", 0),
+            "changes": by_round.get(day, {}).get("changes", 0),
+        }
+        for day, cal, unc, n in per.iter_rows()
+    ]
+
+
 async def calibrate_offline(
     workload_dir: Path,
     settings: Settings,
@@ -165,12 +238,18 @@ async def calibrate_offline(
         await simulator.run()
         rounds.cancel()
     value, matched = prediction_mape(store.agg, workload.consumption)
+    uncal = await asyncio.to_thread(uncalibrated_rows, workload, settings.simulation.export_interval_s * 1000)
+    unc_value, _ = prediction_mape(uncal, workload.consumption)
+    days = daily_mape(store.agg, uncal, workload.consumption, journal.records)
     return OfflineResult(
         run_dir=run_dir,
         rounds=list(journal.records),
         windows=simulator.stats.windows_simulated,
         mape_pct=value,
         matched=matched,
+        mape_uncalibrated_pct=unc_value,
+        days=days,
+        paths=parameter_paths(journal.records, calibrator.axes, workload.topology),
         wall_s=time.perf_counter() - t0,
         latencies_s=list(simulator.stats.latencies_s),
         latencies_during_rounds_s=during_rounds(store.windows, journal.records, calibrator.apply_delay_ms),
@@ -192,14 +271,52 @@ def during_rounds(windows: pl.DataFrame, rounds: list[RoundRecord], delay_ms: in
     return [float(x) for x in lat[mask]]
 
 
+def _num(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
 def format_round(r: RoundRecord) -> str:
     score = "-" if r.winner_score is None else f"{r.winner_score:.4g}"
     inc = "-" if r.incumbent_score is None else f"{r.incumbent_score:.4g}"
+    radius = " ".join(f"{v['radius']:.3g}" for v in r.trust_region.values())
+    values = ", ".join(
+        f"{k.rsplit('.', 1)[-1]}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in r.in_effect.items()
+    )
     return (
         f"round {r.round:4d}  t={r.time_ms}  {r.status:8s} candidates={r.candidates:3d} "
-        f"rejected={r.rejected} failed={r.failed}  {r.metric} current={inc} best={score}  "
-        f"winner={r.winner}  {r.duration_s:.2f}s  {r.reason if r.status in ('skipped', 'failed') else ''}"
+        f"rejected={r.rejected} failed={r.failed}  {r.metric} current={inc} best={score} "
+        f"gain={_num(r.improvement)} threshold={_num(r.threshold)} noise={_num(r.noise_pct)}%  "
+        f"hour MAPE calibrated={_num(r.mape_calibrated)}% uncalibrated={_num(r.mape_uncalibrated)}%  "
+        f"in effect: {values}" + (f"  radius {radius}" if radius else "") + f"  {r.duration_s:.2f}s  "
+        f"{r.reason if r.status in ('skipped', 'failed') else ''}"
     ).rstrip()
+
+
+def format_summary(result: OfflineResult) -> str:
+    """The closing lines: both whole-trace MAPEs, the per-day table and the parameter paths."""
+    s = result.as_dict()
+    lines = [
+        f"twin vs measured over {s['matched_instants']} instants: MAPE calibrated {s['mape_pct']:.3f} % | "
+        f"uncalibrated {s['mape_uncalibrated_pct']:.3f} %",
+        f"{s['rounds']} rounds ({s['applied']} parameter changes), {s['candidates_per_round']} candidates "
+        f"per round; {s['windows']} windows in {s['wall_s']:.1f} s; window latency p95 "
+        f"{s['window_latency_p95_s']} s (during rounds {s['window_latency_p95_during_rounds_s']} s); "
+        f"results in {s['run_dir']}",
+        "day         calibrated  uncalibrated  instants  rounds  changes",
+    ]
+    for d in result.days:
+        worse = "  WORSE" if d["calibrated"] > d["uncalibrated"] else ""
+        lines.append(
+            f"{d['day']}  {d['calibrated']:9.3f}%  {d['uncalibrated']:11.3f}%  {d['instants']:8d}  "
+            f"{d['rounds']:6d}  {d['changes']:7d}{worse}"
+        )
+    for path, steps in result.paths.items():
+        trail = " -> ".join(
+            f"{p['value']:.4g}" if isinstance(p["value"], float) else str(p["value"]) for p in steps
+        )
+        lines.append(f"{path}: {trail}")
+    return "\n".join(lines) + "\n"
 
 
 async def calibrate_cli(workload_dir: Path, settings: Settings, out: Path | None) -> int:
@@ -211,12 +328,5 @@ async def calibrate_cli(workload_dir: Path, settings: Settings, out: Path | None
         sys.stdout.flush()
 
     result = await calibrate_offline(workload_dir, settings, out=out, on_round=show)
-    s = result.as_dict()
-    sys.stdout.write(
-        f"calibrated prediction vs measured: MAPE {s['mape_pct']:.3f} % "
-        f"over {s['matched_instants']} instants; "
-        f"{s['rounds']} rounds ({s['applied']} applied), {s['candidates_per_round']} candidates per round; "
-        f"{s['windows']} windows in {s['wall_s']:.1f} s; window latency p95 {s['window_latency_p95_s']} s "
-        f"(during rounds {s['window_latency_p95_during_rounds_s']} s); results in {s['run_dir']}\n"
-    )
+    sys.stdout.write(format_summary(result))
     return 0

@@ -8,7 +8,13 @@ What it contains (seeded, byte-for-byte reproducible with the pinned polars/pyar
   follows a bounded random walk (some tasks have no fragments, as in SURF, and are dropped);
 * a carbon-intensity trace in 15-min steps;
 * a "measured" power series in 30 s samples, computed by our engine with a hidden "true" topology
-  (:data:`TRUE_CALIBRATION_FACTOR`) plus 1 % Gaussian meter noise — what a calibrator should recover.
+  (:data:`TRUE_CALIBRATION_FACTOR`) plus 1 % Gaussian meter noise — what a calibrator should recover. It is
+  made with the causal (streaming) semantics the twin uses (DESIGN §6: a task whose fragments are all zero
+  holds its host for their duration, as a real machine would), so the true topology in the streaming twin
+  reaches the noise floor.
+
+:func:`synthetic_workload` and :func:`measured_power` make other traces of the same kind (more days, true
+parameters that change at known instants) for the calibration tests.
 """
 
 from __future__ import annotations
@@ -67,8 +73,11 @@ def demo_topology(calibration_factor: float = BELIEVED_CALIBRATION_FACTOR) -> di
     }
 
 
-def _tasks_and_fragments(rng: np.random.Generator) -> tuple[pl.DataFrame, pl.DataFrame]:
-    start_ms = int(START.timestamp() * 1000)
+def _tasks_and_fragments(
+    rng: np.random.Generator, *, day: int = 0, prefix: str = "demo"
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One day of tasks (``day`` days after :data:`START`) and their fragments; ids ``<prefix>-00000``…"""
+    start_ms = int(START.timestamp() * 1000) + day * DAY_MS
     # Diurnal arrivals: more submissions during the working day (UTC 07–19).
     hours = np.arange(24)
     rate = 12 + 18 * np.exp(-(((hours - 13) / 4.0) ** 2))
@@ -83,7 +92,7 @@ def _tasks_and_fragments(rng: np.random.Generator) -> tuple[pl.DataFrame, pl.Dat
     nfrag = np.clip(rng.lognormal(mean=4.2, sigma=0.8, size=n).astype(np.int64), 3, 480)
     no_frag = rng.random(n) < 0.08
     nfrag[no_frag] = 0
-    ids = [f"demo-{i:05d}" for i in range(n)]
+    ids = [f"{prefix}-{i:05d}" for i in range(n)]
     tasks = pl.DataFrame(
         {
             "id": ids,
@@ -123,9 +132,9 @@ def _tasks_and_fragments(rng: np.random.Generator) -> tuple[pl.DataFrame, pl.Dat
     return tasks, fragments
 
 
-def _carbon(rng: np.random.Generator) -> pl.DataFrame:
+def _carbon(rng: np.random.Generator, days: int = 1) -> pl.DataFrame:
     start_ms = int(START.timestamp() * 1000)
-    steps = np.arange(-4, 2 * 96)  # an hour before the start to a day after the end
+    steps = np.arange(-4, (days + 1) * 96)  # an hour before the start to a day after the end
     t = start_ms + steps * 900_000
     hour = (steps % 96) / 4.0
     solar = np.clip(np.sin((hour - 6) / 12 * np.pi), 0, None)
@@ -138,26 +147,57 @@ def _carbon(rng: np.random.Generator) -> pl.DataFrame:
     )
 
 
-def _measured_power(
-    tasks: pl.DataFrame, fragments: pl.DataFrame, carbon: pl.DataFrame, rng: np.random.Generator
+def measured_power(
+    tasks: pl.DataFrame,
+    fragments: pl.DataFrame,
+    carbon: pl.DataFrame,
+    rng: np.random.Generator,
+    truth: list[tuple[int, dict[str, Any]]],
+    noise: float = NOISE,
 ) -> pl.DataFrame:
-    from opendt.engine import simulate
+    """The meter of a datacenter whose true topology is ``truth[0][1]``, replaced by ``truth[k][1]`` from
+    ``truth[k][0]`` ms after the first submission on (multiples of the meter interval): the causal engine's
+    mean power over each 30 s interval (exact energy / 30 s) times ``1 + N(0, noise)``, in the file format
+    (``timestamp`` relative to the first submission, ``power_draw``, ``energy_usage``)."""
+    from opendt.engine import Engine
     from opendt.models.topology import parse_topology
-    from opendt.workload import normalize_carbon, normalize_fragments, normalize_tasks
-
-    topo = parse_topology(demo_topology(TRUE_CALIBRATION_FACTOR), source="demo (true)")
-    result = simulate(
-        topo,
-        normalize_tasks(tasks),
-        normalize_fragments(fragments),
-        export_interval_ms=METER_INTERVAL_MS,
-        carbon=normalize_carbon(carbon),
-        tables=frozenset({"powerSource"}),
+    from opendt.workload import (
+        normalize_carbon,
+        normalize_fragments,
+        normalize_tasks,
+        synthesize_fragment_times,
     )
-    ps = result.power_source.unique(subset=["timestamp"], keep="first", maintain_order=True)
-    ps = ps.filter(pl.col("timestamp") % METER_INTERVAL_MS == 0)
+
+    norm = normalize_tasks(tasks)
+    frags = synthesize_fragment_times(norm, normalize_fragments(fragments))
+    loaded = norm.join(frags.select(pl.col("id").unique()), on="id", how="semi")
+    origin = int(loaded["submission_ms"].min())  # type: ignore[arg-type]
+    cal = normalize_carbon(carbon)
+    first = parse_topology(truth[0][1], source="true topology")
+    engine = Engine(first, export_interval_ms=METER_INTERVAL_MS, carbon=cal)
+    last = int(frags["submission_ms"].max()) + 1  # type: ignore[arg-type]
+    parts = []
+    for k, (_, doc) in enumerate(truth):
+        if k:
+            engine.set_topology(parse_topology(doc, source="true topology"))
+        end = origin + truth[k + 1][0] if k + 1 < len(truth) else max(last, origin)
+        t_sel = norm.filter(pl.col("submission_ms") < end)
+        f_sel = frags.filter(pl.col("submission_ms") < end)
+        norm, frags = (
+            norm.join(t_sel, on="id", how="anti"),
+            frags.join(f_sel.select("id", "index"), on=["id", "index"], how="anti"),
+        )
+        parts.append(engine.advance(end, t_sel, f_sel))
+    parts.append(engine.finish())
+    ps = (
+        pl.concat(parts)
+        .group_by("timestamp", maintain_order=True)
+        .agg(pl.col("energy_usage").sum())
+        .filter(pl.col("timestamp") % METER_INTERVAL_MS == 0)
+        .sort("timestamp")
+    )
     true_mean = ps["energy_usage"].to_numpy() / (METER_INTERVAL_MS / 1000)
-    measured = np.round(true_mean * (1 + rng.normal(0, NOISE, len(true_mean))), 2)
+    measured = np.round(true_mean * (1 + rng.normal(0, noise, len(true_mean))), 2)
     return pl.DataFrame(
         {
             "timestamp": ps["timestamp"].cast(pl.Int64),
@@ -165,6 +205,37 @@ def _measured_power(
             "energy_usage": np.round(measured * METER_INTERVAL_MS / 1000, 2),
         }
     )
+
+
+def synthetic_workload(seed: int, days: int) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """``days`` demo-like days (each drawn from its own seeded generator) and a carbon trace: tasks,
+    fragments, carbon in the file formats."""
+    parts = [
+        _tasks_and_fragments(np.random.default_rng([seed, d]), day=d, prefix=f"d{d}") for d in range(days)
+    ]
+    tasks = pl.concat([p[0] for p in parts])
+    fragments = pl.concat([p[1] for p in parts])
+    return tasks, fragments, _carbon(np.random.default_rng([seed, days]), days)
+
+
+def write_workload(
+    out: Path,
+    tasks: pl.DataFrame,
+    fragments: pl.DataFrame,
+    carbon: pl.DataFrame,
+    consumption: pl.DataFrame,
+    topology: dict[str, Any],
+) -> int:
+    """Write a workload directory (the demo's file layout); returns its size in bytes."""
+    out.mkdir(parents=True, exist_ok=True)
+    opts: dict[str, Any] = {"compression": "zstd", "compression_level": 9, "statistics": False}
+    tasks.write_parquet(out / "tasks.parquet", **opts)
+    fragments.write_parquet(out / "fragments.parquet", **opts)
+    carbon.write_parquet(out / "carbon.parquet", **opts)
+    consumption.write_parquet(out / "consumption.parquet", **opts)
+    (out / "topology.json").write_text(json.dumps(topology, indent=2) + "\n", encoding="utf-8")
+    (out / "workload.yaml").write_text(WORKLOAD_YAML, encoding="utf-8")
+    return sum(f.stat().st_size for f in out.iterdir() if f.is_file())
 
 
 WORKLOAD_YAML = """\
@@ -182,16 +253,8 @@ def generate_demo(out: Path, seed: int = 7) -> str:
     rng = np.random.default_rng(seed)
     tasks, fragments = _tasks_and_fragments(rng)
     carbon = _carbon(rng)
-    consumption = _measured_power(tasks, fragments, carbon, rng)
-    out.mkdir(parents=True, exist_ok=True)
-    opts: dict[str, Any] = {"compression": "zstd", "compression_level": 9, "statistics": False}
-    tasks.write_parquet(out / "tasks.parquet", **opts)
-    fragments.write_parquet(out / "fragments.parquet", **opts)
-    carbon.write_parquet(out / "carbon.parquet", **opts)
-    consumption.write_parquet(out / "consumption.parquet", **opts)
-    (out / "topology.json").write_text(json.dumps(demo_topology(), indent=2) + "\n", encoding="utf-8")
-    (out / "workload.yaml").write_text(WORKLOAD_YAML, encoding="utf-8")
-    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    consumption = measured_power(tasks, fragments, carbon, rng, [(0, demo_topology(TRUE_CALIBRATION_FACTOR))])
+    size = write_workload(out, tasks, fragments, carbon, consumption, demo_topology())
     return (
         f"demo workload written to {out}: {tasks.height} tasks, {fragments.height} fragments, "
         f"{consumption.height} power samples, {size / 1e6:.2f} MB"

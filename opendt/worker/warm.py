@@ -17,6 +17,13 @@
 
 Advancing once over the whole lookback equals advancing window by window (the engine is causal and
 incremental == one-shot); the candidate with the twin's own topology reproduces the twin's rows.
+
+Power-only candidates: the schedule (which task runs where, when) depends on cores and memory only, never on
+the power model or the core speed's effect on power. So the first calibration candidate of a round keeps its
+run's per-host demand segments (:class:`Schedule`), and every later candidate with the same hosts and
+capacities only re-evaluates its power models over them and integrates the export grid
+(:func:`opendt.engine.rows.integrate_window`, the engine's own integration): the same rows, bit for bit, in a
+few milliseconds instead of a whole re-simulation (``tests/calibration/test_warm.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +38,11 @@ import pyarrow as pa
 
 if TYPE_CHECKING:
     from opendt.engine import Engine
+    from opendt.engine.carbon import CarbonTrace
+    from opendt.engine.hosts import HostTable
+    from opendt.engine.power import F64, I64
+    from opendt.engine.rows import ExportGrid
+    from opendt.engine.segments import SegmentSet
 
 OPS = ("cal.snapshot", "cal.prepare", "cal.candidate")
 
@@ -94,6 +106,64 @@ class RoundBase:
     """Pre-roll: advance with the snapshot's own topology to here, then switch to the candidate's."""
     regrid: bool = True
     full: bool = False
+    schedule: Schedule | None = None
+    """The demand segments of the round's first calibration candidate (power-only replays reuse them)."""
+
+
+@dataclass
+class Schedule:
+    """One lookback run's demand, what any power model on the same hosts integrates to its rows."""
+
+    hosts: HostTable
+    t0: int
+    t_lo: int
+    until_rel: int
+    export: ExportGrid
+    """The export grid as the run started (copied for each replay)."""
+    carbon: list[CarbonTrace | None]
+    special: set[int]
+    demand: tuple[I64, I64, I64, F64]
+    """Per-host demand segments over the lookback (host, start, end, MHz), as the run integrated them."""
+
+    def fits(self, hosts: HostTable) -> bool:
+        return self.hosts.same_structure(hosts) and bool(np.array_equal(self.hosts.capacity, hosts.capacity))
+
+
+class _Replay:
+    """The :class:`~opendt.engine.rows.Integrable` of a schedule under another power model."""
+
+    def __init__(self, sch: Schedule, hosts: HostTable) -> None:
+        import copy
+
+        from opendt.engine.segments import SegmentSet
+
+        self.t0: int | None = sch.t0
+        self.t_lo = sch.t_lo
+        self.hosts = hosts
+        self.carbon = sch.carbon
+        self.segs = SegmentSet.empty()
+        self.export = copy.deepcopy(sch.export)
+        self._sch = sch
+
+    def special_instants(self) -> set[int]:
+        return self._sch.special
+
+    def host_demand(self, s: SegmentSet) -> tuple[I64, I64, I64, F64]:  # the schedule's, whatever s
+        return self._sch.demand
+
+    def power_segments(self, h: I64, st: I64, en: I64, d: F64) -> tuple[I64, I64, I64, F64]:
+        """As :meth:`opendt.engine.Engine.power_segments`, with this replay's power models."""
+        u = np.minimum(d / self.hosts.capacity[h], 1.0)
+        x = self.hosts.power.evaluate(h, u)
+        x -= self.hosts.power.idle_power()[h]
+        return self.hosts.cluster[h], st, en, x
+
+
+def _replay(sch: Schedule, hosts: HostTable) -> pl.DataFrame:
+    from opendt.engine.rows import integrate_window
+    from opendt.engine.table import to_polars
+
+    return to_polars(integrate_window(_Replay(sch, hosts), sch.until_rel, final=False))
 
 
 def prepare(header: dict[str, Any], tables: dict[str, pl.DataFrame]) -> RoundBase:
@@ -228,11 +298,21 @@ def task_stats(engine: Engine, lo_ms: int, hi_ms: int, *, drain: bool = False) -
 def run_candidate(
     base: RoundBase, topology: dict[str, Any], extra: dict[str, pl.DataFrame] | None = None
 ) -> pl.DataFrame:
-    """The candidate's rows; with ``full`` bases, ``extra["stats"]`` gets :func:`task_stats` of the range."""
+    """The candidate's rows; with ``full`` bases, ``extra["stats"]`` gets :func:`task_stats` of the range.
+    A calibration candidate (regridded, no pre-roll) whose hosts fit the round's :class:`Schedule` is a
+    power-only replay of it."""
+    import copy
+
     from opendt.engine import Engine
+    from opendt.engine.hosts import build_hosts
     from opendt.models.topology import parse_topology
 
     topo = parse_topology(topology, source="candidate")
+    replayable = base.regrid and not base.full and base.apply_at_ms is None
+    if replayable and base.schedule is not None:
+        hosts = build_hosts(topo)
+        if base.schedule.fits(hosts):
+            return _calibration_rows(_replay(base.schedule, hosts), base.interval_ms, base.schedule.t_lo)
     tasks, fragments = base.tasks, base.fragments
     warm: Engine | None = None
     if base.blob is not None:
@@ -251,18 +331,34 @@ def run_candidate(
     else:
         engine = Engine(topo, export_interval_ms=base.interval_ms, carbon=base.carbon)
     start_rel = engine.t_lo
+    before = (engine.segs, copy.deepcopy(engine.export))
+    if replayable:
+        engine.history = []
     rows = engine.advance(base.until_ms, tasks, fragments)
     if base.full:
         lo = base.apply_at_ms if base.apply_at_ms is not None else -(2**62)
         if extra is not None:
             extra["stats"] = task_stats(engine, lo, base.until_ms, drain=True)
         return _full_rows(rows, lo)
+    if replayable and engine.t0 is not None and engine.history is not None:
+        from opendt.engine.segments import SegmentSet
+
+        segs = SegmentSet.concat_all([before[0], *engine.history])
+        base.schedule = Schedule(
+            engine.hosts, engine.t0, start_rel, engine.t_lo, before[1], engine.carbon,
+            engine.special_instants(), engine.host_demand(segs),
+        )  # fmt: skip
+    return _calibration_rows(rows, base.interval_ms, start_rel)
+
+
+def _calibration_rows(rows: pl.DataFrame, interval_ms: int, start_rel: int) -> pl.DataFrame:
+    """Rows whose whole interval lies in the lookback, summed over clusters."""
     if rows.is_empty():
         return pl.DataFrame(
             schema={"timestamp_absolute": pl.Int64, "power_draw": pl.Float64, "energy_usage": pl.Float64}
         )
     return (
-        rows.filter(pl.col("timestamp") - base.interval_ms >= start_rel)
+        rows.filter(pl.col("timestamp") - interval_ms >= start_rel)
         .group_by("timestamp_absolute", maintain_order=True)
         .agg(pl.col("power_draw").sum(), pl.col("energy_usage").sum())
         .sort("timestamp_absolute")

@@ -14,8 +14,9 @@ from opendt.calibration.space import (
     make_candidate,
     parse_space,
 )
+from opendt.calibration.trust import parse_region, resize, scaled, step_points
 from opendt.models.topology import Topology, parse_topology
-from opendt.settings import CalibrationAxis, CalibrationSettings
+from opendt.settings import CalibrationAxis, CalibrationSettings, TrustAxis
 
 
 def _topo() -> Topology:
@@ -174,3 +175,46 @@ def test_refinement_zooms_half_a_step_around_the_best_point() -> None:
     assert r.next_points((6.0, "mse")) == [(5.5, "mse"), (6.0, "mse"), (6.5, "mse")]
     edge = Refiner(axes, 3)
     assert edge.next_points((9.0, "linear")) == [(8.0, "linear"), (9.0, "linear")]
+
+
+def test_trust_region_is_the_default_search_with_max_power() -> None:
+    """Without a grid the calibrator searches a trust region over idlePower, maxPower and calibrationFactor;
+    setting a grid (or parameter/values) keeps the fixed grid search, as before."""
+    s = CalibrationSettings()
+    assert s.search == "trust_region"
+    assert [a.parameter for a in s.trust_region] == [
+        "cpuPowerModel.idlePower",
+        "cpuPowerModel.maxPower",
+        "cpuPowerModel.calibrationFactor",
+    ]
+    assert CalibrationSettings(values=[4.0, 6.0]).search == "grid"
+    assert CalibrationSettings(grid=[{"parameter": "cpu.coreSpeed", "values": [1.0]}]).search == "grid"
+
+
+def test_trust_region_points_scale_values_in_effect_within_physics() -> None:
+    """A point multiplies every matched host's value in effect (heterogeneous hosts stay so); idle ≥ max,
+    a negative power or a calibrationFactor below 1 is rejected with the reason, whatever the topology."""
+    topo = _topo()
+    region = parse_region(CalibrationSettings().trust_region, topo)
+    c = scaled(topo, region.axes, (1.5, 1.0, 2.0))
+    assert c.topology is not None
+    assert [_model(c.topology, 0, h).idlePower for h in (0, 1)] == [45.0, 67.5]
+    assert c.values == (45.0, 190.0, 8.0)
+    assert "must be < maxPower" in scaled(topo, region.axes, (7.0, 1.0, 1.0)).reason
+    assert "calibrationFactor must be >= 1" in scaled(topo, region.axes, (1.0, 1.0, 0.2)).reason
+    assert "idlePower must be >= 0" in scaled(topo, region.axes, (-1.0, 1.0, 1.0)).reason
+    with pytest.raises(SearchSpaceError, match="numeric power/speed leaf"):
+        parse_region([TrustAxis(parameter="cpuPowerModel.modelType")], topo)
+
+
+def test_trust_region_widens_on_the_edge_and_narrows_inside() -> None:
+    """A step whose best point is on an axis's edge doubles that axis's radius (up to max_radius); an axis
+    whose best value is the centre's halves it (down to min_radius)."""
+    region = parse_region(CalibrationSettings().trust_region, _topo())
+    centre = (1.0, 1.0, 1.0)
+    pts = step_points(centre, (0.2, 0.2, 0.25))
+    assert len(pts) == 27
+    assert pts[0] == centre
+    assert resize(region, centre, (1.2, 1.0, 0.75), (0.2, 0.2, 0.25)) == (0.4, 0.1, 0.5)
+    assert resize(region, centre, (1.0, 1.0, 1.0), (0.006, 0.8, 0.25)) == (0.005, 0.4, 0.125)
+    assert resize(region, centre, (1.8, 1.0, 1.0), (0.8, 0.2, 0.25))[0] == 1.0

@@ -12,7 +12,7 @@ import pytest
 from opendt.engine import Engine
 from opendt.worker.client import TwinEngine
 from opendt.worker.pool import CandidatePool, RoundInput
-from opendt.worker.warm import load_snapshot, snapshot, unpack_snapshot
+from opendt.worker.warm import RoundBase, load_snapshot, run_candidate, snapshot, unpack_snapshot
 from opendt.workload import load_workload
 
 from .conftest import write_demo_prefix
@@ -97,3 +97,95 @@ def test_snapshots_are_compressed_and_load_back_to_the_same_engine(tmp_path: Pat
         assert got.equals(expected)
     with pytest.raises(OSError, match="ZSTD"):
         load_snapshot(blob[: len(blob) // 2])
+
+
+async def test_power_only_candidates_replay_the_first_candidates_schedule(tmp_path: Path) -> None:
+    """1. A real candidate worker runs a round's first candidate in full and keeps its schedule; 2. later
+    candidates that change idle/max power and calibrationFactor (same hosts) are replays of that schedule;
+    3. their rows equal full runs of the same topologies from the snapshot (a fresh worker per candidate), and
+    a candidate with another core speed (other capacities) is simulated in full, as it must be."""
+    wl = load_workload(write_demo_prefix(tmp_path / "wl", 4.0))
+    start = wl.origin_ms // W * W
+    lo, hi = start + 12 * W, start + 36 * W
+    eng = Engine(wl.topology, export_interval_ms=150_000, carbon=None)
+    early = pl.col("submission_ms") < lo
+    eng.advance(lo, wl.tasks.filter(early), wl.fragments.filter(early))
+    blob = snapshot(eng)
+    late = (pl.col("submission_ms") >= lo) & (pl.col("submission_ms") < hi)
+
+    def variant(idle: float, mx: float, cf: float, speed: float | None = None) -> dict[str, object]:
+        doc = wl.topology.to_json_dict()
+        for c in doc["clusters"]:
+            for h in c["hosts"]:
+                pm = h["cpuPowerModel"]
+                pm["idlePower"], pm["maxPower"] = pm["idlePower"] * idle, pm["maxPower"] * mx
+                pm["calibrationFactor"] = cf
+                if speed is not None:
+                    h["cpu"]["coreSpeed"] = speed
+        return doc
+
+    topologies = [
+        variant(1.0, 1.0, 4.0),
+        variant(0.7, 1.3, 6.5),
+        variant(1.5, 0.9, 2.25),
+        variant(1, 1, 4, 1800),
+    ]
+    rin = RoundInput(
+        1,
+        {"until_ms": hi, "export_interval_ms": 30_000},
+        {
+            "snapshot": pl.DataFrame({"blob": [blob]}, schema={"blob": pl.Binary}),
+            "tasks": wl.tasks.filter(late),
+            "fragments": wl.fragments.filter(late),
+        },
+    )
+    async with CandidatePool(1, timeout_s=60) as pool:
+        together = await pool.run(rin, topologies)
+    for i, topo in enumerate(topologies):
+        async with CandidatePool(1, timeout_s=60) as pool:
+            (alone,) = await pool.run(RoundInput(10 + i, rin.header, rin.tables), [topo])
+        assert together[i].rows is not None
+        assert alone.rows is not None
+        assert alone.rows.height >= 230
+        rows = together[i].rows
+        assert rows is not None
+        assert rows.equals(alone.rows), i
+    first, second = (together[k].rows for k in (0, 1))
+    assert first is not None
+    assert second is not None
+    assert not np.allclose(first["energy_usage"].to_numpy(), second["energy_usage"].to_numpy())
+
+
+def test_a_replay_needs_no_snapshot_and_a_new_structure_does(tmp_path: Path) -> None:
+    """In-process: once the first candidate kept its schedule, a power-only candidate is evaluated without
+    touching the snapshot (a damaged one does not matter), while another core speed re-simulates (and so
+    fails on the damaged snapshot)."""
+    wl = load_workload(write_demo_prefix(tmp_path / "wl", 3.0))
+    start = wl.origin_ms // W * W
+    lo, hi = start + 12 * W, start + 24 * W
+    eng = Engine(wl.topology, export_interval_ms=150_000, carbon=None)
+    early = pl.col("submission_ms") < lo
+    eng.advance(lo, wl.tasks.filter(early), wl.fragments.filter(early))
+    late = (pl.col("submission_ms") >= lo) & (pl.col("submission_ms") < hi)
+    base = RoundBase(
+        unpack_snapshot(snapshot(eng)),
+        None,
+        None,
+        wl.tasks.filter(late),
+        wl.fragments.filter(late),
+        hi,
+        30_000,
+    )
+    doc = wl.topology.to_json_dict()
+    first = run_candidate(base, doc)
+    assert base.schedule is not None
+    base.blob = b"damaged"
+    for h in doc["clusters"][0]["hosts"]:
+        h["cpuPowerModel"]["maxPower"] *= 1.2
+    again = run_candidate(base, doc)
+    assert again["timestamp_absolute"].to_list() == first["timestamp_absolute"].to_list()
+    assert (again["energy_usage"] > first["energy_usage"]).all()
+    for h in doc["clusters"][0]["hosts"]:
+        h["cpu"]["coreSpeed"] = 1800
+    with pytest.raises(pickle.UnpicklingError):
+        run_candidate(base, doc)
