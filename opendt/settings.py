@@ -33,6 +33,7 @@ class TopicNames(Section):
     tasks: str = "dc.tasks"
     fragments: str = "dc.fragments"
     power: str = "dc.power"
+    carbon: str = "dc.carbon"
     topology: str = "dc.topology"
     sim_topology: str = "sim.topology"
     sim_results: str = "sim.results"
@@ -43,6 +44,7 @@ class TopicNames(Section):
             self.tasks,
             self.fragments,
             self.power,
+            self.carbon,
             self.topology,
             self.sim_topology,
             self.sim_results,

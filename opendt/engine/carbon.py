@@ -88,6 +88,23 @@ class CarbonTrace:
             raise CarbonError(f"cannot read carbon trace {path}: no parquet files")
         return CarbonTrace.from_arrays(np.concatenate(times), np.concatenate(values))
 
+    def extended(self, times: I64, values: F64) -> CarbonTrace:
+        """This trace with the steps of ``times`` after its last step appended (earlier or equal times are
+        already known: a stream that repeats itself changes nothing)."""
+        order = np.argsort(times, kind="stable")
+        times, values = times[order].astype(np.int64), values[order].astype(np.float64)
+        new = times > self.times[-1]
+        if not new.any():
+            return self
+        return CarbonTrace(
+            np.concatenate((self.times, times[new])), np.concatenate((self.values, values[new]))
+        )
+
+    def since(self, t: int) -> CarbonTrace:
+        """The steps from the one in force at absolute ``t`` on (what lookups at ``t`` or later need)."""
+        i = max(int(np.searchsorted(self.times, t, side="right")) - 1, 0)
+        return self if i == 0 else CarbonTrace(self.times[i:], self.values[i:])
+
     def at(self, t: I64) -> F64:
         """Value in force at absolute ``t`` (right-continuous)."""
         i = np.searchsorted(self.times, t, side="right") - 1

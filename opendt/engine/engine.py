@@ -91,13 +91,25 @@ class Engine:
         self.t0: int | None = None
         self.t_lo = 0
         self.export = rows.ExportGrid.start(export_interval_ms, self.hosts.n_clusters)
+        self.first_step: int | None = None
+        """The first carbon step after T0, once known (a streamed trace is pruned behind the integration)."""
         self.finished = False
 
     # -- public API ---------------------------------------------------------------------------------------
-    def advance(self, until_ms: int, tasks: pl.DataFrame, fragments: pl.DataFrame) -> pl.DataFrame:
-        """Ingest new input (trace time < ``until_ms``, absolute) and return the rows now final."""
+    def advance(
+        self,
+        until_ms: int,
+        tasks: pl.DataFrame,
+        fragments: pl.DataFrame,
+        carbon: pl.DataFrame | None = None,
+    ) -> pl.DataFrame:
+        """Ingest new input (trace time < ``until_ms``, absolute; ``carbon``: intensity steps received since
+        the last call, see :meth:`add_carbon`) and return the rows now final."""
         if self.finished:
             raise RuntimeError("engine already finished")
+        if carbon is not None and carbon.height:
+            trace = CarbonTrace.from_frame(carbon)
+            self.add_carbon(trace.times, trace.values)
         self.ingest_frames(tasks, fragments)
         if self.t0 is None:
             return to_polars(rows.empty())
@@ -153,6 +165,21 @@ class Engine:
             self.sched.hosts = new
         self.topology = topology
         self.hosts = new
+
+    def add_carbon(self, times: I64, values: F64) -> None:
+        """Carbon-intensity steps received so far by a streaming twin (``dc.carbon``): steps after the last
+        known one extend the one trace every cluster shares. The trace is kept from the step in force at
+        the last integrated instant on, so it stays bounded however long the twin runs."""
+        if times.size == 0:
+            return
+        if len({id(c) for c in self.carbon}) > 1:
+            raise ValueError("per-cluster carbon traces cannot be extended by a stream")
+        cur = self.carbon[0]
+        trace = CarbonTrace.from_arrays(times, values) if cur is None else cur.extended(times, values)
+        if self.t0 is not None:
+            self.special_instants()  # the first step after T0 is remembered before older steps are dropped
+            trace = trace.since(self.t0 + self.t_lo)
+        self.carbon = [trace] * self.hosts.n_clusters
 
     @property
     def interval(self) -> int:
@@ -315,10 +342,16 @@ class Engine:
         """
         out: set[int] = set()
         assert self.t0 is not None
+        shared = len({id(c) for c in self.carbon}) == 1
         for trace in self.carbon:
             if trace is None:
                 continue
-            step = trace.first_step_after(self.t0)
+            if shared:  # a streamed trace may have been pruned: its first step after T0 is remembered
+                if self.first_step is None:
+                    self.first_step = trace.first_step_after(self.t0)
+                step = self.first_step
+            else:
+                step = trace.first_step_after(self.t0)
             if step is not None and (step - self.t0) % self.export.interval == 0:
                 out.add(step - self.t0)
         return out

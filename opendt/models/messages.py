@@ -100,9 +100,20 @@ class TopologyMessage(_Msg):
         return to_ms(self.timestamp)
 
 
+class CarbonMessage(_Msg):
+    """``dc.carbon``: the grid's carbon intensity, in force from ``timestamp`` until the next message."""
+
+    timestamp: AwareDatetime
+    carbon_intensity: float = Field(ge=0, allow_inf_nan=False)
+
+    @property
+    def time_ms(self) -> int:
+        return to_ms(self.timestamp)
+
+
 class SimTopologyMessage(_Msg):
     version: StrictInt = Field(ge=0)
-    source: Literal["initial", "calibrator", "api", "optimizer"]
+    source: Literal["initial", "physical", "calibrator", "api", "optimizer"]
     timestamp: AwareDatetime
     reason: str = ""
     topology: Topology
@@ -124,22 +135,26 @@ class SimResultsMessage(_Msg):
     points: list[ResultPoint]
 
 
-StreamKind = Literal["tasks", "fragments", "power", "topology", "sim_topology", "sim_results"]
+StreamKind = Literal["tasks", "fragments", "power", "carbon", "topology", "sim_topology", "sim_results"]
 Decoded = (
     Heartbeat
     | TaskMessage
     | FragmentMessage
     | PowerMessage
+    | CarbonMessage
     | TopologyMessage
     | SimTopologyMessage
     | SimResultsMessage
 )
 
 _KEY_FIELD: dict[str, str] = {"tasks": "id", "fragments": "id", "power": "source"}
+_HEARTBEATS = frozenset({"tasks", "fragments", "power", "carbon", "topology"})
+"""Streams that may carry heartbeats (the replay producer sends them on each input stream but dc.topology)."""
 _MODELS: dict[str, type[_Msg]] = {
     "tasks": TaskMessage,
     "fragments": FragmentMessage,
     "power": PowerMessage,
+    "carbon": CarbonMessage,
     "topology": TopologyMessage,
     "sim_topology": SimTopologyMessage,
     "sim_results": SimResultsMessage,
@@ -156,7 +171,7 @@ def _short(err: ValidationError) -> str:
 
 
 def decode(kind: StreamKind, key: bytes | None, value: bytes | None) -> Decoded:
-    """Decode one record of the stream ``kind``. Heartbeats are accepted on tasks, fragments and power."""
+    """Decode one record of the stream ``kind``. Heartbeats are accepted on the input streams."""
     if value is None:
         raise MessageError("empty value (tombstone)")
     try:
@@ -167,7 +182,7 @@ def decode(kind: StreamKind, key: bytes | None, value: bytes | None) -> Decoded:
         raise MessageError(f"value must be a JSON object, got {type(obj).__name__}")
     try:
         if "heartbeat" in obj:
-            if kind not in _KEY_FIELD:
+            if kind not in _HEARTBEATS:
                 raise MessageError(f"heartbeats are not expected on the {kind} stream")
             return Heartbeat.model_validate(obj)
         key_field = _KEY_FIELD.get(kind)
@@ -205,6 +220,10 @@ def encode_heartbeat(ms: int, *, final: bool = False) -> bytes:
 
 def encode_model(msg: BaseModel) -> bytes:
     return msg.model_dump_json(exclude_unset=False, by_alias=True).encode()
+
+
+def encode_carbon(ms: int, carbon_intensity: float) -> bytes:
+    return orjson.dumps({"timestamp": iso_ms(ms), "carbon_intensity": carbon_intensity})
 
 
 def encode_topology_message(ms: int, topology: Topology) -> bytes:
@@ -258,6 +277,13 @@ class PowerRow(NamedTuple):
     timestamp_ms: int
     power_draw: float
     energy_usage: float
+
+
+class CarbonRow(NamedTuple):
+    """A carbon-intensity step as the windows carry it (gCO2/kWh from ``timestamp_ms`` on)."""
+
+    timestamp_ms: int
+    carbon_intensity: float
 
 
 _FIELDS = {

@@ -6,18 +6,32 @@ heartbeat or event time seen there; a source that sent its final heartbeat no lo
 window closes when the watermark reaches its end; every window between the first event and the watermark
 is emitted, empty or not, so the engine's clock advances through gaps.
 
-Duplicates (a task id seen before, a fragment index not above the last one of its task, a power sample not
-after the last one of its source) are dropped and counted; they never double a window. An event older than
-the closed horizon (a broken heartbeat promise) is not lost: it joins the next window to close, counted as
-late.
+Duplicates (a task id seen before, a fragment index not above the last one of its task, a power sample or
+carbon step not after the last one of its source) are dropped and counted; they never double a window. What
+duplicates are judged against is kept for ``dedup_horizon_ms`` of event time behind the newest event, so it
+stays bounded however long the stream runs. An event older than the closed horizon (a broken heartbeat
+promise) is not lost: it joins the next window to close, counted as late.
+
+Two inputs are series, not windowed events:
+
+* **carbon** (``dc.carbon``) steps: a strict source — a window ``[s, e)`` closes only once the carbon
+  source has passed ``e`` (a step at exactly ``e`` is known, so the engine can sample at ``e`` as OpenDC
+  does); each closing window carries the steps up to its end not carried before.
+* **physical topology** (``dc.topology``): no watermark source (the datacenter sends it rarely, without
+  heartbeats). The latest message whose time is ≤ a window's start applies from that window (a late one
+  from the next window to close); the first one received applies from the first window, and with
+  ``need_topology`` no window closes before one is known (the twin cannot simulate without hardware).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import bisect
+from collections import deque
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
-from opendt.models.messages import FragmentRow, PowerRow, TaskRow
+from opendt.models.messages import CarbonRow, FragmentRow, PowerRow, TaskRow
+from opendt.models.topology import Topology
 
 FINAL = 2**62
 
@@ -29,6 +43,12 @@ class Window:
     tasks: list[TaskRow] = field(default_factory=list)
     fragments: list[FragmentRow] = field(default_factory=list)
     power: list[PowerRow] = field(default_factory=list)
+    carbon: list[CarbonRow] = field(default_factory=list)
+    """Carbon-intensity steps received up to the window's end and not carried by an earlier window."""
+    topology: Topology | None = None
+    """A new physical topology in effect from this window on (None: unchanged)."""
+    topology_ms: int | None = None
+    """The time of the ``dc.topology`` message that brought ``topology``."""
     final: bool = False
     """The last window of the stream (the final heartbeat closed it)."""
 
@@ -43,6 +63,8 @@ class WindowStats:
     duplicates: int = 0
     late: int = 0
     windows_closed: int = 0
+    topologies: int = 0
+    topologies_late: int = 0
 
 
 def window_start(t_ms: int, window_ms: int) -> int:
@@ -54,20 +76,44 @@ class Windower:
 
     ``sources`` are the inputs that hold the watermark (e.g. ``("dc.fragments", 0)``); a source that has
     not been heard from yet holds it at "unknown", so nothing closes before every source has spoken.
+    ``strict_sources`` (among them) must pass a window's end, not only reach it (carbon). ``resume_at_ms``:
+    the windows before it were closed by an earlier process (a restart), the next one starts there.
     """
 
-    def __init__(self, window_ms: int, sources: list[Hashable]) -> None:
+    def __init__(
+        self,
+        window_ms: int,
+        sources: list[Hashable],
+        *,
+        strict_sources: Iterable[Hashable] = (),
+        need_topology: bool = False,
+        dedup_horizon_ms: int = 86_400_000,
+        resume_at_ms: int | None = None,
+    ) -> None:
         if window_ms <= 0:
             raise ValueError("window_ms must be > 0")
         if not sources:
             raise ValueError("at least one source is needed")
         self.window_ms = window_ms
         self._latest: dict[Hashable, int | None] = dict.fromkeys(sources)
+        self._strict = frozenset(strict_sources)
+        if not self._strict <= set(sources):
+            raise ValueError("strict sources must be sources")
         self._open: dict[int, Window] = {}
-        self._next_start: int | None = None  # start of the earliest window not yet closed
-        self._task_ids: set[str] = set()
-        self._last_index: dict[str, int] = {}
+        self._next_start: int | None = resume_at_ms  # start of the earliest window not yet closed
+        self._resumed = resume_at_ms is not None
+        self.dedup_horizon_ms = dedup_horizon_ms
+        self._task_ids: dict[str, int] = {}
+        self._last_index: dict[str, tuple[int, int]] = {}
         self._last_power: dict[str, int] = {}
+        self._last_carbon: int | None = None
+        self._seen_order: deque[tuple[int, str, str]] = deque()  # (event ms, kind, key) to expire
+        self._newest = -(2**62)
+        self._carbon: list[CarbonRow] = []
+        self._topologies: list[tuple[int, int, Topology]] = []  # (time, arrival, topology), by time
+        self._arrivals = 0
+        self.need_topology = need_topology
+        self.topology_known = False
         self.stats = WindowStats()
         self.finished = False
 
@@ -77,12 +123,21 @@ class Windower:
     def watermark_ms(self) -> int | None:
         """The event time every source has reached (None before each has spoken). Once every source has
         ended, the end of the last closed window (not the internal end-of-stream marker)."""
-        values = list(self._latest.values())
-        if any(v is None for v in values):
-            return None
-        wm = min(v for v in values if v is not None)
-        if wm >= FINAL and self._next_start is not None:
+        wm = self._min_latest(strict=False)
+        if wm is not None and wm >= FINAL and self._next_start is not None:
             return self._next_start
+        return wm
+
+    def _min_latest(self, *, strict: bool) -> int | None:
+        """The minimum over the sources of their latest time (a strict source counts 1 ms less: it must
+        pass a window's end); None before every source has spoken."""
+        wm: int | None = None
+        for source, v in self._latest.items():
+            if v is None:
+                return None
+            if strict and source in self._strict and v < FINAL:
+                v -= 1
+            wm = v if wm is None else min(wm, v)
         return wm
 
     def _seen(self, source: Hashable, t_ms: int) -> None:
@@ -99,8 +154,30 @@ class Windower:
 
     def _touch(self, t_ms: int) -> None:
         start = window_start(t_ms, self.window_ms)
-        if self._next_start is None or (start < self._next_start and not self.stats.windows_closed):
+        first = not self.stats.windows_closed and not self._resumed
+        if self._next_start is None or (start < self._next_start and first):
             self._next_start = start
+
+    def _remember(self, t_ms: int, kind: str, key: str, *, new: bool) -> None:
+        """Keep ``key`` for duplicate detection until the newest event is ``dedup_horizon_ms`` past the
+        latest event of that key (one queue entry per key: a refreshed key is re-queued when it expires)."""
+        if new:
+            self._seen_order.append((t_ms, kind, key))
+        self._newest = max(self._newest, t_ms)
+        horizon = self._newest - self.dedup_horizon_ms
+        while self._seen_order and self._seen_order[0][0] < horizon:
+            _, k, old = self._seen_order.popleft()
+            if k == "t":
+                stamp = self._task_ids.get(old)
+            else:
+                entry = self._last_index.get(old)
+                stamp = None if entry is None else entry[1]
+            if stamp is None:
+                continue
+            if stamp < horizon:
+                del (self._task_ids if k == "t" else self._last_index)[old]
+            else:
+                self._seen_order.append((stamp, k, old))
 
     def _window_for(self, t_ms: int) -> Window:
         self._touch(t_ms)
@@ -120,18 +197,20 @@ class Windower:
         if row.id in self._task_ids:
             self.stats.duplicates += 1
             return False
-        self._task_ids.add(row.id)
+        self._task_ids[row.id] = row.submission_ms
+        self._remember(row.submission_ms, "t", row.id, new=True)
         self.stats.events += 1
         self._window_for(row.submission_ms).tasks.append(row)
         return True
 
     def add_fragment(self, source: Hashable, row: FragmentRow) -> bool:
         self._seen(source, row.submission_ms)
-        last = self._last_index.get(row.id, -1)
-        if row.position <= last:
+        last = self._last_index.get(row.id)
+        if last is not None and row.position <= last[0]:
             self.stats.duplicates += 1
             return False
-        self._last_index[row.id] = row.position
+        self._last_index[row.id] = (row.position, row.submission_ms)
+        self._remember(row.submission_ms, "f", row.id, new=last is None)
         self.stats.events += 1
         self._window_for(row.submission_ms).fragments.append(row)
         return True
@@ -147,13 +226,58 @@ class Windower:
         self._window_for(row.timestamp_ms).power.append(row)
         return True
 
+    def add_carbon(self, source: Hashable, row: CarbonRow) -> bool:
+        """A carbon-intensity step; carried by the first window that closes with an end at or after it."""
+        self._seen(source, row.timestamp_ms)
+        if self._last_carbon is not None and row.timestamp_ms <= self._last_carbon:
+            self.stats.duplicates += 1
+            return False
+        self._last_carbon = row.timestamp_ms
+        self._carbon.append(row)
+        return True
+
+    def add_topology(self, t_ms: int, topology: Topology) -> None:
+        """A physical topology in effect from ``t_ms`` (see the module's doc for when it applies)."""
+        self.stats.topologies += 1
+        if self._next_start is not None and self.stats.windows_closed and t_ms < self._next_start:
+            self.stats.topologies_late += 1
+        self._arrivals += 1
+        bisect.insort(self._topologies, (t_ms, self._arrivals, topology), key=lambda x: (x[0], x[1]))
+
+    def remember(
+        self, tasks: Iterable[TaskRow], fragments: Iterable[FragmentRow], power: Iterable[PowerRow]
+    ) -> None:
+        """Seed duplicate detection with events an earlier process already windowed (a restart)."""
+        for t in tasks:
+            new = t.id not in self._task_ids
+            self._task_ids[t.id] = t.submission_ms
+            self._remember(t.submission_ms, "t", t.id, new=new)
+        for f in fragments:
+            last = self._last_index.get(f.id)
+            if last is None or f.position > last[0]:
+                self._last_index[f.id] = (f.position, f.submission_ms)
+                self._remember(f.submission_ms, "f", f.id, new=last is None)
+        for p in power:
+            if p.timestamp_ms > self._last_power.get(p.source, -(2**62)):
+                self._last_power[p.source] = p.timestamp_ms
+
+    def carbon_known_until(self, t_ms: int) -> None:
+        """Carbon steps up to ``t_ms`` were carried by windows of an earlier process (a restart)."""
+        self._last_carbon = t_ms if self._last_carbon is None else max(self._last_carbon, t_ms)
+
+    def topology_in_effect(self) -> None:
+        """A physical topology is already in effect (restored from a checkpoint)."""
+        self.topology_known = True
+
     # -- output ------------------------------------------------------------------------------------------
 
     def close_ready(self) -> list[Window]:
         """Every window whose end is ≤ the watermark, in order (empty ones included)."""
-        wm = self.watermark_ms
+        wm = self._min_latest(strict=True)
         if wm is None or self._next_start is None:
             return []
+        if self.need_topology and not self.topology_known and not self._topologies:
+            return []  # no hardware to simulate on yet
         all_final = all(v == FINAL for v in self._latest.values())
         last_end = None
         if all_final:
@@ -167,8 +291,29 @@ class Windower:
             self._next_start = start + self.window_ms
             if all_final and w.end_ms == last_end:
                 w.final = True
+            self._attach_series(w)
             self.stats.windows_closed += 1
             out.append(w)
         if all_final:
             self.finished = True
         return out
+
+    def _attach_series(self, w: Window) -> None:
+        """The carbon steps up to the window's end (all of them for the final window) and the physical
+        topology that applies from it."""
+        if self._carbon:
+            k = (
+                len(self._carbon)
+                if w.final
+                else bisect.bisect_right([c.timestamp_ms for c in self._carbon], w.end_ms)
+            )
+            w.carbon, self._carbon = self._carbon[:k], self._carbon[k:]
+        if self._topologies:
+            k = bisect.bisect_right([t for t, _, _ in self._topologies], w.start_ms)
+            if k == 0 and not self.topology_known:
+                k = 1  # the first topology applies from the first window
+            if k:
+                t_ms, _, topology = self._topologies[k - 1]
+                w.topology, w.topology_ms = topology, t_ms
+                self.topology_known = True
+                del self._topologies[:k]
