@@ -24,6 +24,7 @@ from typing import Protocol, TypeVar
 import polars as pl
 import structlog
 
+from opendt.engine.rows import ACTIVITY_COLUMNS
 from opendt.models.messages import iso_ms
 from opendt.models.topology import Topology, parse_topology
 from opendt.settings import SimulationSettings
@@ -101,11 +102,18 @@ def window_frames(w: Window) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def aggregate_rows(rows: pl.DataFrame, version: int, window_start_ms: int) -> pl.DataFrame:
-    """Engine rows (one per cluster per instant; a duplicate final flush) → one row per export instant."""
+    """Engine rows (one per cluster per instant; a duplicate final flush) → one row per export instant.
+
+    The activity columns (``tasks_completed``, ``cpu_work``) are summed over every row of an instant: the
+    duplicate flush row carries the completions at the last instant itself (engine/rows.py)."""
     if rows.is_empty():
         return pl.DataFrame()
-    per_cluster = rows.unique(
-        subset=["timestamp_absolute", "cluster_name"], keep="first", maintain_order=True
+    key = ["timestamp_absolute", "cluster_name"]
+    activity = rows.group_by(key).agg(*(pl.col(c).sum() for c in ACTIVITY_COLUMNS))
+    per_cluster = (
+        rows.unique(subset=key, keep="first", maintain_order=True)
+        .drop(ACTIVITY_COLUMNS)
+        .join(activity, on=key, how="left", maintain_order="left")
     )
     return (
         per_cluster.group_by("timestamp_absolute", maintain_order=True)
@@ -114,6 +122,8 @@ def aggregate_rows(rows: pl.DataFrame, version: int, window_start_ms: int) -> pl
             pl.col("energy_usage").sum(),
             pl.col("carbon_intensity").first(),
             pl.col("carbon_emission").sum(),
+            pl.col("tasks_completed").sum(),
+            pl.col("cpu_work").sum(),
         )
         .sort("timestamp_absolute")
         .select(
@@ -122,6 +132,8 @@ def aggregate_rows(rows: pl.DataFrame, version: int, window_start_ms: int) -> pl
             pl.col("energy_usage").cast(pl.Float64),
             pl.col("carbon_intensity").cast(pl.Float64),
             pl.col("carbon_emission").cast(pl.Float64),
+            pl.col("tasks_completed").cast(pl.Int64),
+            pl.col("cpu_work").cast(pl.Float64),
             pl.lit(version, pl.Int64).alias("topology_version"),
             pl.lit(window_start_ms).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC").alias("window_start"),
         )

@@ -27,6 +27,8 @@ AGG_SCHEMA = pl.Schema(
         "carbon_emission": pl.Float64(),
         "topology_version": pl.Int64(),
         "window_start": pl.Datetime("ms", "UTC"),
+        "tasks_completed": pl.Int64(),  # completed in [t − Δ, t): finish < t, as OpenDC's service table
+        "cpu_work": pl.Float64(),  # GHz·s the hosts delivered over (t − Δ, t] (demand capped at capacity)
     }
 )
 WINDOW_SCHEMA = pl.Schema(
@@ -85,7 +87,9 @@ class ResultStore:
         if self.windows_path.exists():
             self.windows = pl.read_parquet(self.windows_path).cast(WINDOW_SCHEMA)
         if self.agg_path.exists():
-            agg = pl.read_parquet(self.agg_path).cast(AGG_SCHEMA)
+            agg = pl.read_parquet(self.agg_path)
+            agg = agg.with_columns(pl.lit(None).alias(c) for c in AGG_SCHEMA if c not in agg.columns)
+            agg = agg.select(list(AGG_SCHEMA)).cast(AGG_SCHEMA)  # rows of older runs: activity unknown (null)
             self.agg = agg.join(self.windows.select("window_start"), on="window_start", how="semi")
         self._durable = {int(v) for v in self.windows["window_start"].dt.epoch("ms").to_list()}
 
