@@ -49,6 +49,13 @@ WINDOW_SCHEMA = pl.Schema(
 )
 
 
+def _conform(rows: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` with the columns of AGG_SCHEMA; a column they lack (the activity columns of rows written
+    before they existed) is null."""
+    missing = [pl.lit(None).alias(c) for c in AGG_SCHEMA if c not in rows.columns]
+    return rows.with_columns(missing).select(list(AGG_SCHEMA)).cast(AGG_SCHEMA)
+
+
 def _write_atomic(df: pl.DataFrame, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     df.write_parquet(tmp)
@@ -87,9 +94,7 @@ class ResultStore:
         if self.windows_path.exists():
             self.windows = pl.read_parquet(self.windows_path).cast(WINDOW_SCHEMA)
         if self.agg_path.exists():
-            agg = pl.read_parquet(self.agg_path)
-            agg = agg.with_columns(pl.lit(None).alias(c) for c in AGG_SCHEMA if c not in agg.columns)
-            agg = agg.select(list(AGG_SCHEMA)).cast(AGG_SCHEMA)  # rows of older runs: activity unknown (null)
+            agg = _conform(pl.read_parquet(self.agg_path))
             self.agg = agg.join(self.windows.select("window_start"), on="window_start", how="semi")
         self._durable = {int(v) for v in self.windows["window_start"].dt.epoch("ms").to_list()}
 
@@ -123,11 +128,7 @@ class ResultStore:
             pl.from_epoch("window_end", "ms").dt.replace_time_zone("UTC"),
         )
         async with self._lock:
-            agg = (
-                pl.concat([self.agg, rows.select(list(AGG_SCHEMA)).cast(AGG_SCHEMA)])
-                if rows.height
-                else self.agg
-            )
+            agg = pl.concat([self.agg, _conform(rows)]) if rows.height else self.agg
             windows = pl.concat([self.windows, rec.select(list(WINDOW_SCHEMA)).cast(WINDOW_SCHEMA)])
             if rows.height:
                 await asyncio.to_thread(_write_atomic, agg, self.agg_path)
