@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from . import series as S
 from .runs import Run
-from .style import MEASURED, THRESHOLD, color, date_axis, figure, line_style, no_data, times
+from .style import MEASURED, MEASURED_DERIVED, THRESHOLD, color, date_axis, figure, line_style, no_data, times
 
 MEASURED_LABEL = "measured"
 
@@ -211,7 +211,14 @@ def sustainability(runs: list[Run], opt: Options) -> Plot:
     if first is not None and meas.height:  # the work the trace asked for, per measured kWh
         j = first.join(meas, on="timestamp_ms", how="inner", suffix="_m").filter(pl.col("energy_kwh_m") > 0)
         eff_m = (j["work_ghz_s"] / 1e3) / j["energy_kwh_m"]
-        step_hourly(axes[2], j["timestamp_ms"], eff_m, color=MEASURED, label="work / measured energy")
+        step_hourly(
+            axes[2],
+            j["timestamp_ms"],
+            eff_m,
+            color=MEASURED,
+            ls=MEASURED_DERIVED,
+            label="work / measured energy",
+        )
         parts.append(tidy("efficiency_thz_s_per_kwh", MEASURED_LABEL, j["timestamp_ms"], eff_m))
     if first is None:
         for a in axes:
@@ -270,7 +277,14 @@ def job_completion(runs: list[Run], opt: Options) -> Plot:
     if first is not None and meas.height:
         j = first.join(meas, on="timestamp_ms", how="inner", suffix="_m").filter(pl.col("energy_kwh_m") > 0)
         jpk_m = j["jobs"] / j["energy_kwh_m"]
-        step_hourly(axes[2], j["timestamp_ms"], jpk_m, color=MEASURED, label="jobs / measured energy")
+        step_hourly(
+            axes[2],
+            j["timestamp_ms"],
+            jpk_m,
+            color=MEASURED,
+            ls=MEASURED_DERIVED,
+            label="jobs / measured energy",
+        )
         parts.append(tidy("jobs_per_kwh", MEASURED_LABEL, j["timestamp_ms"], jpk_m))
     if first is None:
         for a in axes:

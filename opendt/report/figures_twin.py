@@ -10,7 +10,7 @@ import polars as pl
 from . import series as S
 from .figures import MEASURED_LABEL, Options, Plot, legend_above, measured_union, stack, step_hourly, tidy
 from .runs import Run
-from .style import MEASURED, color, date_axis, figure, line_style, no_data, times
+from .style import MEASURED, MEASURED_DERIVED, color, date_axis, figure, line_style, no_data, times
 
 
 def _parameters(run: Run) -> pl.DataFrame:
@@ -103,7 +103,14 @@ def carbon(runs: list[Run], opt: Options) -> Plot:
     if first is not None and meas.height:
         j = first.join(meas, on="timestamp_ms", how="inner", suffix="_m")
         em = j["energy_kwh_m"] * j["intensity"] / 1000.0
-        step_hourly(bottom, j["timestamp_ms"], em, color=MEASURED, label="measured energy × intensity")
+        step_hourly(
+            bottom,
+            j["timestamp_ms"],
+            em,
+            color=MEASURED,
+            ls=MEASURED_DERIVED,
+            label="measured energy × intensity",
+        )
         parts.append(tidy("emission_kg_per_h", MEASURED_LABEL, j["timestamp_ms"], em))
     if first is None:
         no_data(top, "no durable window yet")
@@ -137,7 +144,7 @@ def window_latency(runs: list[Run], opt: Options) -> Plot:
             continue
         lat = w["latency_s"]
         ax.plot(
-            times(w["window_start_ms"]), lat.to_numpy(), ".", ms=1.2, color=color(i), alpha=0.35, mec="none"
+            times(w["window_start_ms"]), lat.to_numpy(), ".", ms=2.5, color=color(i), alpha=0.45, mec="none"
         )
         p95 = (
             w.with_columns(pl.from_epoch("window_start_ms", "ms").alias("_t"))

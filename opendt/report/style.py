@@ -29,6 +29,13 @@ PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
 STYLES = ("-", "--", "-.", ":")
 THRESHOLD = "#E69F00"
 
+# tick labels by level (years, months, days, hours, minutes, seconds): days as "07 Oct", hours as "06:00" and
+# the first tick of a day as its date, so an axis always says which days it spans
+DATE_FORMATS = ["%Y", "%b %Y", "%d %b", "%H:%M", "%H:%M", "%S.%f"]
+DATE_ZERO_FORMATS = ["", "%Y", "%b %Y", "%d %b", "%d %b", "%H:%M"]
+MEASURED_DERIVED = (0, (1, 1))
+"""Line style of series derived from the measured energy (black, dotted: not the measurement itself)."""
+
 RC: dict[str, Any] = {
     "font.family": "DejaVu Sans",  # bundled with matplotlib: the same glyphs on every machine
     "font.size": 8,
@@ -82,7 +89,11 @@ def date_axis(ax: Axes, *, label: bool = True) -> None:
     """Dates in UTC, concise ticks; the axis label says so."""
     locator = mdates.AutoDateLocator(minticks=4, maxticks=9)  # type: ignore[no-untyped-call]
     ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, show_offset=False))  # type: ignore[no-untyped-call]
+    ax.xaxis.set_major_formatter(
+        mdates.ConciseDateFormatter(  # type: ignore[no-untyped-call]
+            locator, formats=DATE_FORMATS, zero_formats=DATE_ZERO_FORMATS, show_offset=False
+        )
+    )
     if label:
         ax.set_xlabel("time (UTC)")
 
