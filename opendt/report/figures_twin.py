@@ -7,6 +7,9 @@ import json
 import numpy as np
 import polars as pl
 
+from opendt.models.patch import leaf_value, parse_path, targets
+from opendt.models.topology import parse_topology
+
 from . import series as S
 from .figures import MEASURED_LABEL, Options, Plot, legend_above, measured_union, stack, step_hourly, tidy
 from .runs import Run
@@ -32,6 +35,43 @@ def _parameters(run: Run) -> pl.DataFrame:
     )
 
 
+UNITS = {"cpu.coreSpeed": "MHz", "cpuPowerModel.idlePower": "W", "cpuPowerModel.maxPower": "W",
+         "cpuPowerModel.power": "W"}  # fmt: skip
+
+
+def axis_label(runs: list[Run], name: str) -> str:
+    """The parameter's leaf and unit. Whether the calibrator records it as the value or as a multiple of the
+    physical value (a ``scale`` axis) is read from the run: the topology a round applied (``topologies/
+    v<N>.json``) holds the value; "as recorded" when no run applied one."""
+    leaf = name.rsplit(".", 1)[-1]
+    unit = UNITS.get(parse_path(name).leaf, "") if _is_path(name) else ""
+    for r in runs:
+        for rec in (r.calibration if r.calibration is not None else pl.DataFrame()).iter_rows(named=True):
+            value = json.loads(rec["in_effect"] or "{}").get(name)
+            doc = r.path / "topologies" / f"v{rec['version']}.json"
+            if rec["status"] != "applied" or not isinstance(value, int | float) or not doc.is_file():
+                continue
+            try:
+                topo = parse_topology(json.loads(doc.read_text())["topology"])
+                p = parse_path(name)
+                ci, hi = targets(topo, p)[0]
+                actual = leaf_value(topo.clusters[ci].hosts[hi], p.leaf)
+            except (OSError, ValueError, KeyError, IndexError):
+                continue
+            if isinstance(actual, int | float) and abs(actual - value) <= 1e-9 * max(1.0, abs(actual)):
+                return f"{leaf} ({unit or 'unitless'})"
+            return f"{leaf} (× physical)"
+    return f"{leaf} (as recorded)"
+
+
+def _is_path(name: str) -> bool:
+    try:
+        parse_path(name)
+    except ValueError:
+        return False
+    return True
+
+
 def calibration(runs: list[Run], opt: Options) -> Plot:
     """One step line per calibrated parameter (a panel each), per calibrated run; dots mark applied rounds."""
     per_run = [(i, r, _parameters(r)) for i, r in enumerate(runs)]
@@ -52,7 +92,7 @@ def calibration(runs: list[Run], opt: Options) -> Plot:
             hit = q.filter(pl.col("applied"))
             ax.plot(times(hit["timestamp_ms"]), hit["value"], "o", ms=2.5, color=color(i))
             parts.append(tidy(name, r.label, q["timestamp_ms"], q["value"]))
-        ax.set_ylabel(name.rsplit(".", 1)[-1])
+        ax.set_ylabel(axis_label(runs, name))
         ax.set_title(name, loc="left", fontsize=7, pad=2)
         if ax is not axes[len(names) - 1]:
             ax.tick_params(labelbottom=False)
@@ -64,9 +104,9 @@ def calibration(runs: list[Run], opt: Options) -> Plot:
     return Plot(
         "calibration",
         "Calibrated parameters",
-        "The value of each calibrated parameter in effect over time (as the calibrator records it: × the "
-        "physical value for scale axes), one step line per run, from the instant a round's winner applies; "
-        "dots mark applied rounds.",
+        "The value of each calibrated parameter in effect over time, one step line per run, from the instant "
+        "a round's winner applies (dots: applied rounds); a parameter the calibrator scales is shown as a "
+        "multiple of the physical value.",
         fig,
         stack(parts),
     )

@@ -11,6 +11,8 @@ import pytest
 
 from opendt.commands.calibrate import prediction_mape
 from opendt.engine import simulate
+from opendt.report import load_runs
+from opendt.report.figures_twin import axis_label
 from opendt.workload import load_workload
 
 from .conftest import DEMO, CliReport, DemoRuns
@@ -126,7 +128,8 @@ def test_rolling_mape_and_five_minute_means_from_the_files(
 def test_calibration_figure_follows_the_journal(cli_report: CliReport, demo_runs: DemoRuns) -> None:
     """The calibrated-parameter series is calibration.parquet's value in effect after each round, one
     point per round, from the instant it applies when the winner was applied; the uncalibrated run has
-    none."""
+    none; the axis says the values are the parameter's own (the applied topologies hold them), not
+    multiples."""
     cal = pl.read_parquet(demo_runs.calibrated / "calibration.parquet").sort("round")
     series = _data(cli_report, "calibration", "cpuPowerModel.calibrationFactor", "calibrated")
     when = np.where(cal["status"] == "applied", cal["apply_at"].dt.epoch("ms"), cal["time"].dt.epoch("ms"))
@@ -135,3 +138,5 @@ def test_calibration_figure_follows_the_journal(cli_report: CliReport, demo_runs
     assert series["value"].to_list() == values
     assert _data(cli_report, "calibration", "cpuPowerModel.calibrationFactor", "uncalibrated").is_empty()
     assert "applied" in cal["status"].to_list()
+    runs = load_runs([demo_runs.calibrated])
+    assert axis_label(runs, "cpuPowerModel.calibrationFactor") == "calibrationFactor (unitless)"
