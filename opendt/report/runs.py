@@ -226,10 +226,9 @@ def _measured(
     run_dir: Path, settings: dict[str, Any], workload: Path | None, cache: dict[Path, pl.DataFrame]
 ) -> tuple[pl.DataFrame | None, str]:
     own = _read(run_dir / "measured.parquet")
-    if own is not None:
-        return _per_instant(
-            own.with_columns(_epoch("timestamp", own).alias("timestamp_ms"))
-        ), "measured.parquet"
+    if own is not None:  # a sample received twice (a redelivered message) counts once; sources add up
+        own = own.with_columns(_epoch("timestamp", own).alias("timestamp_ms")).unique(maintain_order=True)
+        return _per_instant(own), "measured.parquet"
     source = workload or _recorded_workload(settings)
     if source is None or not (source / "consumption.parquet").is_file():
         return None, "none"

@@ -93,8 +93,9 @@ def test_nothing_durable_yet_still_gives_every_figure(tmp_path: Path) -> None:
 
 def test_measured_parquet_comes_before_the_workload(demo_runs: DemoRuns, tmp_path: Path) -> None:
     """1. With measured.parquet in the run directory (timestamp UTC ms, power_draw W, as the twin receives
-    them) the report uses it, whatever --workload says, and finds the same MAPE as from the workload's
-    consumption.parquet; 2. with neither, the MAPE is unknown and every figure is still drawn."""
+    them, some samples twice) the report uses it, whatever --workload says, and finds the same MAPE and
+    measured energy as from the workload's consumption.parquet; 2. with neither, the MAPE is unknown and
+    every figure is still drawn."""
     measured = load_workload(DEMO).consumption
     assert measured is not None
     run = tmp_path / "run"
@@ -107,9 +108,10 @@ def test_measured_parquet_comes_before_the_workload(demo_runs: DemoRuns, tmp_pat
     assert alone.runs[0].measured_source == "none"
     assert alone.headlines[0].mape_pct is None
     assert [f["name"] for f in alone.manifest["figures"]] == list(FIGURES)
-    measured.select(
+    own_power = measured.select(
         pl.from_epoch("timestamp_ms", "ms").dt.replace_time_zone("UTC").alias("timestamp"), "power_draw"
-    ).write_parquet(run / "measured.parquet")
+    )
+    pl.concat([own_power, own_power.head(50)]).write_parquet(run / "measured.parquet")  # 50 redelivered
     (own,) = load_runs([run], workload=no_power)
     assert own.measured_source == "measured.parquet"
     got = build_report([own], tmp_path / "own", ("png",)).headlines[0]
