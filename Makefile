@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck fmt pytest bench clean venv
+.PHONY: run test lint typecheck fmt pytest bench clean venv reproduce
 
 venv: $(STAMP)
 
@@ -34,6 +34,12 @@ test: lint typecheck pytest
 fmt: $(STAMP)
 	$(BIN)/ruff format opendt tests bench
 	$(BIN)/ruff check --fix opendt tests bench
+
+# The paper's two experiments (SURF, --speed max: without, then with calibration; both at once) and their
+# report, into reproduce/ (git-ignored). WORKLOAD=data/demo for a quick one.
+WORKLOAD ?= ../shared/workload/SURF
+reproduce: $(STAMP)
+	$(BIN)/python bench/reproduce.py --workload $(WORKLOAD) --out reproduce $(REPRODUCE_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/workload_load.py

@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from opendt.commands.report import add_parser as add_report_parser
 from opendt.log import configure_logging
 from opendt.settings import ConfigError, Settings, load_settings, settings_as_yaml
 
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--workload", type=Path, help="workload directory (default: replay.workload)")
     cal.add_argument("--out", type=Path, help="run directory for results (default: a new temp directory)")
     sub.add_parser("broker", help="run the embedded Kafka broker (Tansu) in the foreground")
+    add_report_parser(sub)
 
     cfg = sub.add_parser("config", help="configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -146,6 +148,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from opendt.commands.calibrate import calibrate_cli
 
         return asyncio.run(calibrate_cli(settings.replay.workload, settings, args.out))
+    if cmd == "report":
+        from opendt.commands.report import report_cli
+
+        return report_cli(args)
     sys.stderr.write(f"opendt {cmd}: not available yet in this version\n")
     return EXIT_USAGE
 

@@ -69,6 +69,7 @@ class Engine:
         scaling: Scaling = "NoDelay",
         streaming: bool = True,
         carbon_by_cluster: list[CarbonTrace | None] | None = None,
+        activity: bool = True,
     ) -> None:
         if scaling not in ("NoDelay", "Perfect"):
             raise ValueError(f"unknown scaling policy {scaling!r}")
@@ -93,6 +94,8 @@ class Engine:
         self.export = rows.ExportGrid.start(export_interval_ms, self.hosts.n_clusters)
         self.first_step: int | None = None
         """The first carbon step after T0, once known (a streamed trace is pruned behind the integration)."""
+        self.activity = activity
+        """Rows carry ``tasks_completed`` and ``cpu_work`` (rows.py); off for OpenDC's output files."""
         self.finished = False
 
     # -- public API ---------------------------------------------------------------------------------------
@@ -112,10 +115,10 @@ class Engine:
             self.add_carbon(trace.times, trace.values)
         self.ingest_frames(tasks, fragments)
         if self.t0 is None:
-            return to_polars(rows.empty())
+            return to_polars(rows.empty(activity=self.activity))
         until = int(until_ms) - self.t0
         if until <= self.t_lo:
-            return to_polars(rows.empty())
+            return to_polars(rows.empty(activity=self.activity))
         self.sched.run(until)
         self._place_fragments()
         return to_polars(self.integrate(until, final=False))
@@ -130,7 +133,7 @@ class Engine:
             raise RuntimeError("engine already finished")
         self.finished = True
         if self.t0 is None:
-            return rows.empty()
+            return rows.empty(activity=self.activity)
         self.sched.ended = True
         self.sched.run(NEVER)
         self._place_fragments()
@@ -152,6 +155,7 @@ class Engine:
                 raise ValueError("cannot change the number of clusters with per-cluster carbon traces")
             self.carbon = [self.carbon[0]] * new.n_clusters
             self.export.resize(new.n_clusters)  # clusters are matched by index only
+            self.sched.completions.clear()  # the interval in progress restarts (its completions too)
         if not new.same_structure(self.hosts):
             migrate = not self.sched.external_completions
             requeued, migrated = self.sched.resize(new, self.t_lo, migrate=migrate)
@@ -189,6 +193,7 @@ class Engine:
     def set_export_interval(self, interval_ms: int) -> None:
         """Export every ``interval_ms`` from the current instant on (the first row may be partial)."""
         self.export.regrid(interval_ms, self.t_lo)
+        self.sched.completions.clear()  # as the energy: the first row counts from now
 
     def clone(self) -> Engine:
         """An independent copy of the whole state (warm start for calibration or what-if runs)."""

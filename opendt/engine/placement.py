@@ -46,6 +46,7 @@ class Scheduler:
         self.ended = False
         self.external_completions = False  # Perfect scaling: the fluid model decides completions
         self.placed: list[int] = []  # placements since the caller last cleared it
+        self.completions: list[tuple[int, int]] = []  # (time, cluster) of completions not exported yet
         self.requeued_at: dict[int, int] = {}  # task → when a topology change last sent it back to the queue
         self.declared: list[int] = []  # per task: its declared duration (ms), −1 unknown; see drain()
         self._freed = 0  # counts the events that free resources (completions, host changes)
@@ -175,6 +176,7 @@ class Scheduler:
         h = self.host[task]
         self.state[task] = COMPLETED
         self.finish[task] = t
+        self.completions.append((t, int(self.hosts.cluster[h])))
         self.free_cores[h] += self.cores[task]
         self.avail_mem[h] += self.mem[task]
         self.running[h] -= 1

@@ -106,6 +106,7 @@ def one_shot_engine(
         carbon=carbon,
         streaming=False,
         carbon_by_cluster=carbon_by_cluster,
+        activity=False,  # OpenDC's powerSource columns only
     )
     eng.frags = FragmentStore(archive=False)
     eng.history = [] if {"host", "task"} & tables else None  # their tables need the demand segments

@@ -16,6 +16,7 @@ from typing import Any
 
 import polars as pl
 
+from opendt.engine.rows import ACTIVITY_COLUMNS
 from opendt.models.messages import iso_ms
 from opendt.models.topology import Topology
 from opendt.stream.windowing import Window
@@ -29,6 +30,8 @@ AGG_SCHEMA = pl.Schema(
         "carbon_emission": pl.Float64(),
         "topology_version": pl.Int64(),
         "window_start": pl.Datetime("ms", "UTC"),
+        "tasks_completed": pl.Int64(),  # completed in [t − Δ, t): finish < t, as OpenDC's service table
+        "cpu_work": pl.Float64(),  # GHz·s the hosts delivered over (t − Δ, t] (demand capped at capacity)
     }
 )
 WINDOW_SCHEMA = pl.Schema(
@@ -50,11 +53,18 @@ WINDOW_SCHEMA = pl.Schema(
 
 
 def aggregate_rows(rows: pl.DataFrame, version: int, window_start_ms: int) -> pl.DataFrame:
-    """Engine rows (one per cluster per instant; a duplicate final flush) → one row per export instant."""
+    """Engine rows (one per cluster per instant; a duplicate final flush) → one row per export instant.
+
+    The activity columns (``tasks_completed``, ``cpu_work``) are summed over every row of an instant: the
+    duplicate flush row carries the completions at the last instant itself (engine/rows.py)."""
     if rows.is_empty():
         return pl.DataFrame()
-    per_cluster = rows.unique(
-        subset=["timestamp_absolute", "cluster_name"], keep="first", maintain_order=True
+    key = ["timestamp_absolute", "cluster_name"]
+    activity = rows.group_by(key).agg(*(pl.col(c).sum() for c in ACTIVITY_COLUMNS))
+    per_cluster = (
+        rows.unique(subset=key, keep="first", maintain_order=True)
+        .drop(ACTIVITY_COLUMNS)
+        .join(activity, on=key, how="left", maintain_order="left")
     )
     return (
         per_cluster.group_by("timestamp_absolute", maintain_order=True)
@@ -63,6 +73,8 @@ def aggregate_rows(rows: pl.DataFrame, version: int, window_start_ms: int) -> pl
             pl.col("energy_usage").sum(),
             pl.col("carbon_intensity").first(),
             pl.col("carbon_emission").sum(),
+            pl.col("tasks_completed").sum(),
+            pl.col("cpu_work").sum(),
         )
         .sort("timestamp_absolute")
         .select(
@@ -71,6 +83,8 @@ def aggregate_rows(rows: pl.DataFrame, version: int, window_start_ms: int) -> pl
             pl.col("energy_usage").cast(pl.Float64),
             pl.col("carbon_intensity").cast(pl.Float64),
             pl.col("carbon_emission").cast(pl.Float64),
+            pl.col("tasks_completed").cast(pl.Int64),
+            pl.col("cpu_work").cast(pl.Float64),
             pl.lit(version, pl.Int64).alias("topology_version"),
             pl.lit(window_start_ms).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC").alias("window_start"),
         )
@@ -95,6 +109,13 @@ def results_message(w: Window, version: int, engine: str, agg: pl.DataFrame) -> 
         "engine": engine,
         "points": points,
     }
+
+
+def _conform(rows: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` with the columns of AGG_SCHEMA; a column they lack (the activity columns of rows written
+    before they existed) is null."""
+    missing = [pl.lit(None).alias(c) for c in AGG_SCHEMA if c not in rows.columns]
+    return rows.with_columns(missing).select(list(AGG_SCHEMA)).cast(AGG_SCHEMA)
 
 
 def _write_atomic(df: pl.DataFrame, path: Path) -> None:
@@ -135,7 +156,7 @@ class ResultStore:
         if self.windows_path.exists():
             self.windows = pl.read_parquet(self.windows_path).cast(WINDOW_SCHEMA)
         if self.agg_path.exists():
-            agg = pl.read_parquet(self.agg_path).cast(AGG_SCHEMA)
+            agg = _conform(pl.read_parquet(self.agg_path))
             self.agg = agg.join(self.windows.select("window_start"), on="window_start", how="semi")
         self._durable = {int(v) for v in self.windows["window_start"].dt.epoch("ms").to_list()}
 
@@ -169,11 +190,7 @@ class ResultStore:
             pl.from_epoch("window_end", "ms").dt.replace_time_zone("UTC"),
         )
         async with self._lock:
-            agg = (
-                pl.concat([self.agg, rows.select(list(AGG_SCHEMA)).cast(AGG_SCHEMA)])
-                if rows.height
-                else self.agg
-            )
+            agg = pl.concat([self.agg, _conform(rows)]) if rows.height else self.agg
             windows = pl.concat([self.windows, rec.select(list(WINDOW_SCHEMA)).cast(WINDOW_SCHEMA)])
             if rows.height:
                 await asyncio.to_thread(_write_atomic, agg, self.agg_path)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from opendt.engine import Engine
     from opendt.engine.carbon import CarbonTrace
     from opendt.engine.hosts import HostTable
+    from opendt.engine.placement import Scheduler
     from opendt.engine.power import F64, I64
     from opendt.engine.rows import ExportGrid
     from opendt.engine.segments import SegmentSet
@@ -143,6 +144,8 @@ class _Replay:
         self.carbon = sch.carbon
         self.segs = SegmentSet.empty()
         self.export = copy.deepcopy(sch.export)
+        self.activity = False  # candidates are scored on power only
+        self.sched: Scheduler | None = None
         self._sch = sch
 
     def special_instants(self) -> set[int]:

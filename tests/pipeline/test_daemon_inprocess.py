@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 
 from opendt.daemon import run_daemon, wait_until
 from opendt.settings import Settings
@@ -28,7 +29,8 @@ async def test_exit_when_done_results_equal_one_shot_engine(
 ) -> None:
     """1. run_daemon(exit_when_done) replays the workload at max speed and returns 0 on its own; 2. the
     journal has one ok row per window, contiguous, the last one covering the trace end; 3. agg_results has
-    the one-shot engine's timestamps and equals it within 1e-6 relative; 4. the state's counters agree."""
+    the one-shot engine's timestamps and equals it within 1e-6 relative (its activity columns too:
+    tasks_completed exactly); 4. the state's counters agree."""
     settings = daemon_settings(small_workload)
     state = TwinState()
     async with asyncio.timeout(60):
@@ -45,6 +47,9 @@ async def test_exit_when_done_results_equal_one_shot_engine(
     assert agg["timestamp"].is_unique().all()
     assert agg["timestamp"].to_list() == ref["timestamp"].to_list()
     assert max_rel_diff(agg, ref) <= 1e-6
+    assert agg["tasks_completed"].to_list() == ref["tasks_completed"].to_list()
+    assert np.allclose(agg["cpu_work"], ref["cpu_work"], rtol=1e-9, atol=1e-6)
+    assert agg["tasks_completed"].sum() > 0
     assert agg["topology_version"].unique().to_list() == [0]
     snap = state.snapshot()
     assert snap["status"] == "stopped"

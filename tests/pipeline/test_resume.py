@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import psutil
 import pytest
@@ -130,6 +131,8 @@ def test_kill_9_mid_run_then_rerun_equals_uninterrupted_run(tmp_path: Path, smal
     assert agg["timestamp"].to_list() == ref["timestamp"].to_list()
     assert windows["window_start"].to_list() == ref_windows["window_start"].to_list()
     assert max_rel_diff(agg, ref, ("power_draw", "energy_usage", "carbon_emission")) <= 1e-9
+    assert agg["tasks_completed"].to_list() == ref["tasks_completed"].to_list()  # none lost, none twice
+    assert np.allclose(agg["cpu_work"], ref["cpu_work"], rtol=1e-9, atol=1e-6)
 
 
 CALIBRATION = {
@@ -204,3 +207,4 @@ def test_kill_9_with_calibration_then_rerun_keeps_rounds_and_topologies(
     assert windows["topology_version"].to_list() == ref_windows["topology_version"].to_list()
     assert agg["timestamp"].to_list() == ref["timestamp"].to_list()
     assert max_rel_diff(agg, ref, ("power_draw", "energy_usage", "carbon_emission")) <= 1e-9
+    assert agg["tasks_completed"].to_list() == ref["tasks_completed"].to_list()

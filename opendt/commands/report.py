@@ -1,0 +1,77 @@
+"""``opendt report RUN [RUN ...]``: the paper's figures and an HTML page from run directories.
+
+The arguments are registered by :func:`add_parser` (the CLI's parser); the work is :mod:`opendt.report`,
+imported only when the command runs (matplotlib is not loaded by the other commands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _formats(v: str) -> tuple[str, ...]:
+    from opendt.report import FORMATS
+
+    out = tuple(dict.fromkeys(f.strip().lower() for f in v.split(",") if f.strip()))
+    bad = [f for f in out if f not in FORMATS]
+    if bad or not out:
+        raise argparse.ArgumentTypeError(f"formats are {', '.join(FORMATS)} (comma-separated), got {v!r}")
+    return out
+
+
+def add_parser(sub: Any) -> None:
+    rep = sub.add_parser(
+        "report",
+        help="figures (PNG/SVG) and a self-contained HTML page from run directories",
+        description="Figures of one or more runs, overlaid and labelled (e.g. uncalibrated vs calibrated): "
+        "power "
+        "prediction, MAPE over time, sustainability, job completion, calibrated parameters, carbon, window "
+        "latency; a run in progress shows what it has made durable so far.",
+    )
+    rep.add_argument(
+        "runs", nargs="+", type=Path, metavar="RUN", help="run directory, or a data dir with runs/"
+    )
+    rep.add_argument("--out", type=Path, default=Path("report"), help="output directory (default: ./report)")
+    rep.add_argument("--format", type=_formats, default=("png",), help="png,svg,html (default: png)")
+    rep.add_argument("--label", action="append", help="label of each RUN, in order (default: (un)calibrated)")
+    rep.add_argument(
+        "--workload",
+        type=Path,
+        help="workload dir: its consumption.parquet is the measured power (runs without measured.parquet)",
+    )
+    rep.add_argument("--nfr-mape", type=float, default=10.0, metavar="PCT", help="MAPE threshold line (%%)")
+    rep.add_argument("--rolling-h", type=float, default=6.0, metavar="H", help="MAPE-over-time window (h)")
+    rep.add_argument(
+        "--wall-s",
+        type=float,
+        action="append",
+        metavar="S",
+        help="wall time of each RUN, measured outside (s)",
+    )
+
+
+def report_cli(args: argparse.Namespace) -> int:
+    """Write the report; print one line per run (headline numbers), then where the files are."""
+    from opendt.report import Options, build_report, load_runs
+
+    if args.nfr_mape <= 0 or args.rolling_h <= 0:
+        raise ValueError("--nfr-mape and --rolling-h must be > 0")
+    runs = load_runs(args.runs, labels=args.label, workload=args.workload, wall_s=args.wall_s)
+    report = build_report(runs, args.out, args.format, Options(args.nfr_mape, args.rolling_h))
+    for r, h in zip(report.runs, report.headlines, strict=True):
+        mape = "n/a (no measured power)" if h.mape_pct is None else f"{h.mape_pct:.3f} %"
+        err = "" if h.energy_error_pct is None else f", energy error {h.energy_error_pct:+.3f} %"
+        sys.stdout.write(
+            f"{r.label}: {r.run_id}: MAPE {mape} over {h.matched} instants{err}; {h.windows} windows "
+            f"({h.windows_failed} failed); energy {h.energy_kwh:,.1f} kWh, carbon {h.carbon_kg:,.1f} kg, "
+            f"{h.jobs:,} jobs, CPU work {h.cpu_work_thz_s:,.0f} THz·s\n"
+        )
+    figs = len(report.manifest["figures"])
+    sys.stdout.write(
+        f"{figs} figures ({', '.join(args.format)}) and data in {args.out} "
+        f"in {report.seconds['total_s']:.1f} s\n"
+    )
+    return 0
