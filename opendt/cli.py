@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--speed", type=_speed, help="trace seconds per wall second, or 'max'")
     run.add_argument("--data-dir", type=Path, help="runs go under DIR/runs/<run_id>/")
     run.add_argument("--exit-when-done", action="store_true", help="exit 0 once the last window is durable")
+    run.add_argument(
+        "--no-replay",
+        action="store_true",
+        help="no replay producer: the twin takes everything from Kafka (replay.enabled: false)",
+    )
+    run.add_argument("--fresh", action="store_true", help="start a new run (the existing one is moved aside)")
 
     rep = sub.add_parser("replay", help="stream a workload directory into Kafka (the datacenter stand-in)")
     rep.add_argument("--workload", type=Path)
@@ -85,6 +91,8 @@ def _overrides(args: argparse.Namespace, settings: Settings) -> Settings:
         settings.data_dir = args.data_dir
     if args.log_level is not None:
         settings.log.level = args.log_level
+    if getattr(args, "no_replay", False):
+        settings.replay.enabled = False
     return settings
 
 
@@ -140,7 +148,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from opendt.daemon import run_daemon
 
         return run_async(
-            lambda stop: run_daemon(settings, shutdown_trigger=stop.wait, exit_when_done=args.exit_when_done)
+            lambda stop: run_daemon(
+                settings, shutdown_trigger=stop.wait, exit_when_done=args.exit_when_done, fresh=args.fresh
+            )
         )
     if cmd == "replay":
         return run_async(lambda stop: _replay(settings, stop))

@@ -35,6 +35,7 @@ async def run_daemon(
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     exit_when_done: bool = False,
     state: TwinState | None = None,
+    fresh: bool = False,
 ) -> int:
     """Run the twin until the trigger fires or (``exit_when_done``) the last window is durable: exit 0.
     A component failure: exit 1, with the error logged. ``state.ready`` is set once the components are built
@@ -42,7 +43,7 @@ async def run_daemon(
     state = state if state is not None else TwinState()
     failed: list[BaseException] = []
     try:
-        await _supervise(settings, state, shutdown_trigger or asyncio.Event().wait, exit_when_done)
+        await _supervise(settings, state, shutdown_trigger or asyncio.Event().wait, exit_when_done, fresh)
     except* Exception as eg:  # noqa: BLE001 - the daemon boundary: log every failure, exit 1
         failed.extend(eg.exceptions)
     if failed:
@@ -67,11 +68,15 @@ async def wait_until(event: asyncio.Event, daemon: asyncio.Future[int], what: st
 
 
 async def _supervise(
-    settings: Settings, state: TwinState, trigger: Callable[[], Awaitable[object]], exit_when_done: bool
+    settings: Settings,
+    state: TwinState,
+    trigger: Callable[[], Awaitable[object]],
+    exit_when_done: bool,
+    fresh: bool,
 ) -> None:
     t0 = time.monotonic()
     async with AsyncExitStack() as stack:
-        twin = await build_twin(settings, state, stack)
+        twin = await build_twin(settings, state, stack, fresh=fresh)
         state.status = "running"
         state.ready.set()
         log.info(

@@ -85,9 +85,35 @@ class ReplaySettings(Section):
         return v
 
 
+InputStream = Literal["tasks", "fragments", "power", "carbon"]
+INPUT_STREAMS: tuple[InputStream, ...] = ("tasks", "fragments", "power", "carbon")
+
+
 class WindowingSettings(Section):
     window_s: int = Field(default=300, gt=0)
     queue_size: int = Field(default=8, ge=1, description="Closed windows waiting for the simulator")
+    watermark_topics: list[InputStream] = Field(
+        default_factory=lambda: list(INPUT_STREAMS),
+        min_length=1,
+        description="Input streams whose partitions hold the watermark (a window closes when all have passed "
+        "its end); leave out a stream the datacenter does not send (e.g. carbon), or windows never close",
+    )
+    dedup_horizon_s: int = Field(
+        default=86_400,
+        gt=0,
+        description="Event time behind the newest event for which duplicate tasks, fragments and power "
+        "samples are recognised (bounded memory)",
+    )
+
+
+class CheckpointSettings(Section):
+    every_s: int = Field(
+        default=3600,
+        gt=0,
+        description="Trace seconds between checkpoints (a multiple of windowing.window_s): engine state, "
+        "stream positions, topologies, calibrator and optimizer state; a restart resumes from the newest",
+    )
+    keep: int = Field(default=3, ge=1, description="Checkpoints kept besides those what-ifs still need")
 
 
 class SimulationSettings(Section):
@@ -403,6 +429,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     replay: ReplaySettings = ReplaySettings()
     windowing: WindowingSettings = WindowingSettings()
+    checkpoint: CheckpointSettings = CheckpointSettings()
     simulation: SimulationSettings = SimulationSettings()
     calibration: CalibrationSettings = CalibrationSettings()
     optimizer: OptimizerSettings = OptimizerSettings()

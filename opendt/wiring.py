@@ -28,6 +28,7 @@ from opendt.clock import SystemClock
 from opendt.kafka.broker import BrokerError, EmbeddedBroker, kafka_broker_for
 from opendt.kafka.client import DeadLetter, make_consumer, make_producer
 from opendt.models.messages import DATACENTER_KEY, encode_sim_topology
+from opendt.models.topology import Topology
 from opendt.optimizer.component import Optimizer
 from opendt.optimizer.journal import OptimizerJournal
 from opendt.optimizer.llm import make_strategy
@@ -40,7 +41,7 @@ from opendt.twin.history import TwinHistory
 from opendt.twin.hooks import HookChain
 from opendt.twin.loop import WindowLoop
 from opendt.twin.results import ResultStore
-from opendt.twin.run import run_id_for
+from opendt.twin.run import RunLock, identity, set_aside, write_run_json
 from opendt.twin.scenarios import ScenarioRunner
 from opendt.twin.status import TwinState, WorkloadInfo
 from opendt.twin.topology import SimTopology, TopologyBox, TopologyWriter
@@ -105,25 +106,46 @@ def _slo_watcher(settings: Settings) -> SloWatcher | None:
         return None
 
 
-async def build_twin(settings: Settings, state: TwinState, stack: AsyncExitStack) -> Twin:
-    """Build and connect every component; the API serves when this returns."""
-    workload = await asyncio.to_thread(load_workload, settings.replay.workload)
-    state.run_id = run_id_for(settings, workload)
-    run_dir = Path(settings.data_dir) / "runs" / state.run_id
+async def build_twin(
+    settings: Settings, state: TwinState, stack: AsyncExitStack, *, fresh: bool = False
+) -> Twin:
+    """Build and connect every component; the API serves when this returns. The workload directory is read
+    only when the replay producer runs (``replay.enabled``): the twin itself learns everything from Kafka."""
+    workload = None
+    if settings.replay.enabled:
+        workload = await asyncio.to_thread(load_workload, settings.replay.workload)
+        state.workload = WorkloadInfo(
+            path=str(workload.path),
+            name=workload.meta.name,
+            tasks=workload.tasks.height,
+            fragments=workload.fragments.height,
+            hosts=workload.topology.host_count,
+            start_ms=workload.origin_ms,
+            end_ms=workload.end_ms,
+        )
+    ident = await asyncio.to_thread(identity, settings, workload)
+    state.run_id = ident.run_id
+    run_dir = Path(settings.data_dir) / "runs" / ident.run_id
     state.run_dir = str(run_dir)
+    lock = RunLock(run_dir)
+    await asyncio.to_thread(lock.acquire)
+    stack.callback(lock.release)
+    if fresh and (moved := await asyncio.to_thread(set_aside, run_dir)) is not None:
+        log.info("run_set_aside", run_id=ident.run_id, moved_to=str(moved))
+        await asyncio.to_thread(lock.acquire)  # the lock file moved with the old directory
     store = ResultStore(run_dir)
     await asyncio.to_thread(store.load)
-    state.workload = WorkloadInfo(
-        path=str(workload.path),
-        name=workload.meta.name,
-        tasks=workload.tasks.height,
-        fragments=workload.fragments.height,
-        hosts=workload.topology.host_count,
-        start_ms=workload.origin_ms,
-        end_ms=workload.end_ms,
-    )
+    await asyncio.to_thread(write_run_json, run_dir, ident)
+    if store.durable_count:
+        log.info(
+            "run_resumed",
+            run_id=ident.run_id,
+            run_dir=str(run_dir),
+            windows_durable=store.durable_count,
+            why="same input source and result settings (run.json); opendt run --fresh starts a new run",
+        )
     topics = settings.kafka.topics
-    box = TopologyBox(workload.topology)
+    box = TopologyBox(None if workload is None else workload.topology)
     if box.resume(store):
         log.info("topology_resumed", version=box.current.version, source=box.current.source)
     state.box = box
@@ -153,13 +175,11 @@ async def build_twin(settings: Settings, state: TwinState, stack: AsyncExitStack
     async def publish_results(key: bytes, value: dict[str, object]) -> None:
         await producer.send(topics.sim_results, orjson.dumps(value), key=key)
 
-    writer = TopologyWriter(box, publish_topology, lambda: state.watermark_or(workload.origin_ms))
+    writer = TopologyWriter(box, publish_topology, lambda: state.watermark_or(0))
     twin = TwinEngine(timeout_s=settings.simulation.timeout_s)
     calibrator = None
     if settings.calibration.enabled:
-        calibrator = calibrator_for(
-            settings, box, twin, workload.carbon, run_dir, writer=writer, is_durable=store.is_durable
-        )
+        calibrator = calibrator_for(settings, box, twin, run_dir, writer=writer, is_durable=store.is_durable)
         state.calibration = calibrator
     api = settings.api
     history = TwinHistory(
@@ -173,8 +193,7 @@ async def build_twin(settings: Settings, state: TwinState, stack: AsyncExitStack
         history,
         scenario_pool,
         export_interval_ms=settings.simulation.export_interval_s * 1000,
-        carbon=workload.carbon,
-        initial=workload.topology,
+        box=box,
         max_queue=api.whatif_queue,
     )
     state.scenarios = scenarios
@@ -195,30 +214,42 @@ async def build_twin(settings: Settings, state: TwinState, stack: AsyncExitStack
         if resumed := optimizer.resume():
             log.info("optimizer_resumed", rounds=resumed, kept=optimizer.best is not None)
         state.optimizer = optimizer
+
+    async def on_physical(topology: Topology, at_ms: int, first: bool) -> None:
+        """The datacenter's hardware: the first topology is version 0; a new one becomes the base, with
+        the calibrated values in effect re-applied and API/optimizer changes made for the old one dropped."""
+        if first:
+            await publish_topology(SimTopology(0, "initial", "physical topology", topology, at_ms))
+            return
+        base = topology if calibrator is None else calibrator.rebase(topology)
+        dropped = box.current.source in ("api", "optimizer")
+        log.info(
+            "physical_topology_changed", at_ms=at_ms, dropped_override=dropped, hosts=topology.host_count
+        )
+        await writer.write(base, "physical", "new physical topology (dc.topology)", at_ms=at_ms)
+
     loop = WindowLoop(
         queue,
         twin,
         store,
         box,
         settings.simulation,
-        workload.carbon,
         publish=publish_results,
         commit=consumer.commit_durable,
         hooks=HookChain(calibrator, history, optimizer),
+        on_physical=on_physical,
     )
     state.loop = loop
-    await publish_topology(
-        SimTopology(0, "initial", "physical topology", workload.topology, workload.origin_ms)
-    )
     replay = None
-    if settings.replay.enabled:
+    if workload is not None:
+        await publish_topology(SimTopology(0, "initial", "physical topology", workload.topology, 0))
         progress = ReplayProgress()
         state.replay = progress
         replay = ReplayProducer(workload, producer, topics, settings.replay, SystemClock(), progress)
     if settings.api.enabled:
         view = TwinView(
             store=store,
-            measured=workload.consumption,
+            measured=None if workload is None else workload.consumption,
             box=box,
             writer=writer,
             calibration_view=None if calibrator is None else calibrator.view,

@@ -12,6 +12,7 @@ Normalized schema (what every other component consumes):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,13 @@ FRAGMENT_SCHEMA = pl.Schema(
     }
 )
 """The normalized fragments frame, columns in the order of a fragment row tuple."""
+CARBON_SCHEMA = pl.Schema({"timestamp_ms": pl.Int64(), "carbon_intensity": pl.Float64()})
+"""The normalized carbon-intensity steps (epoch ms, gCO2/kWh), as the engine reads them."""
+
+
+def carbon_frame(steps: Sequence[tuple[int, float]]) -> pl.DataFrame:
+    """Carbon-intensity steps (``CarbonRow`` tuples) as a ``CARBON_SCHEMA`` frame."""
+    return pl.DataFrame(steps, schema=CARBON_SCHEMA, orient="row")
 
 
 class WorkloadError(ValueError):

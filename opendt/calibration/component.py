@@ -32,8 +32,8 @@ import structlog
 
 from opendt.calibration.journal import Journal, RoundRecord
 from opendt.calibration.rounds import RoundJob, RoundRunner
-from opendt.calibration.space import parse_space
-from opendt.calibration.trust import parse_region
+from opendt.calibration.space import Axis, SearchSpaceError, make_candidate, parse_space
+from opendt.calibration.trust import Region, parse_region
 from opendt.calibration.view import calibration_view
 from opendt.models.topology import Topology
 from opendt.settings import CalibrationSettings, Settings
@@ -41,6 +41,7 @@ from opendt.stream.windowing import Window
 from opendt.twin.topology import TopologyBox, TopologyWriter
 from opendt.worker.client import TwinEngine
 from opendt.worker.pool import CandidatePool
+from opendt.workload import carbon_frame
 
 log = structlog.get_logger(component="calibrator")
 
@@ -54,6 +55,7 @@ class _Kept:
     tasks: pl.DataFrame
     fragments: pl.DataFrame
     power: pl.DataFrame
+    carbon: pl.DataFrame
 
 
 def power_frame(w: Window) -> pl.DataFrame:
@@ -74,7 +76,6 @@ class Calibrator:
         journal: Journal,
         *,
         window_ms: int,
-        carbon: pl.DataFrame | None,
         writer: TopologyWriter | None = None,
         is_durable: Callable[[int], bool] | None = None,
     ) -> None:
@@ -87,22 +88,21 @@ class Calibrator:
         self.apply_delay_ms = -(-delay // window_ms) * window_ms
         self.settings = settings
         self.box = box
-        self.region = (
-            parse_region(settings.trust_region, box.physical) if settings.search == "trust_region" else None
-        )
-        self.axes = (
-            list(self.region.axes) if self.region is not None else parse_space(settings.grid, box.physical)
-        )
+        self.region: Region | None = None
+        self.axes: list[Axis] = []
+        self._bound: Topology | None = None
+        self.unusable = ""
+        """Why the search space does not fit the physical topology (calibration then pauses), or ''."""
         self.snapshot = snapshot
         self.pool = pool
         self.journal = journal
+        if box.known:
+            self._bind(box.physical)
         self.window_ms = window_ms
-        self.carbon = carbon
         self.writer = writer if writer is not None else TopologyWriter(box, None, lambda: 0)
         """The one write path of the simulated topology (offline: the box alone)."""
         self.is_durable = is_durable
         """Whether the window starting at a given instant is already durable (resumed runs)."""
-        self.runner = RoundRunner(settings, self.axes, pool, self.region)
         self._kept: deque[_Kept] = deque()
         self._effect: deque[tuple[int, Topology]] = deque()
         """Where the simulated topology changed: (first window start, topology), bounded to the lookback."""
@@ -110,10 +110,56 @@ class Calibrator:
         self._first_start: int | None = None
         self._jobs: asyncio.Queue[tuple[RoundJob, asyncio.Future[RoundRecord]]] = asyncio.Queue()
         self._pending: dict[int, asyncio.Future[RoundRecord]] = {}
+        self._physical_at: dict[int, Topology] = {}
+        """The physical topology each pending round was made on (by apply instant)."""
         self._rounds = 0
         self.gate_wait_s = 0.0
         self.busy = False
         """A round is running (for latency-during-rounds statistics)."""
+
+    def _bind(self, physical: Topology) -> None:
+        """Fit the search space to a physical topology (named clusters and hosts must exist in it); raises
+        :class:`~opendt.calibration.space.SearchSpaceError` when it does not fit."""
+        s = self.settings
+        self.region = parse_region(s.trust_region, physical) if s.search == "trust_region" else None
+        self.axes = list(self.region.axes) if self.region is not None else parse_space(s.grid, physical)
+        self.runner = RoundRunner(s, self.axes, self.pool, self.region)
+        self._bound = physical
+
+    def _fit(self) -> bool:
+        """The search space fits the current physical topology (re-fitted when the datacenter changed)."""
+        if not self.box.known:
+            return False
+        physical = self.box.physical
+        if self._bound is not physical:
+            try:
+                self._bind(physical)
+                self.unusable = ""
+            except SearchSpaceError as e:
+                if self.unusable != str(e):
+                    log.error("calibration_space_unusable", error=str(e))  # noqa: TRY400 - a config problem
+                self.unusable, self._bound = str(e), physical
+        return not self.unusable
+
+    def rebase(self, physical: Topology) -> Topology:
+        """``physical`` with the calibrated values in effect applied on top (a new physical topology becomes
+        the twin's base: what the calibrator learned carries over, by path, where it fits)."""
+        last = next((r for r in reversed(self.records) if r.status == "applied" and r.in_effect), None)
+        if last is None:
+            return physical
+        try:
+            self._bind(physical)
+        except SearchSpaceError as e:
+            log.warning("calibration_not_reapplied", error=str(e))
+            return physical
+        values = [last.in_effect.get(a.path) for a in self.axes]
+        if any(v is None for v in values):
+            return physical
+        candidate = make_candidate(physical, physical, self.axes, values)  # type: ignore[arg-type]
+        if candidate.topology is None:
+            log.warning("calibration_not_reapplied", error=candidate.reason)
+            return physical
+        return candidate.topology
 
     # -- simulator hooks ---------------------------------------------------------------------------------
 
@@ -126,6 +172,10 @@ class Calibrator:
                 waited = time.perf_counter() - t0
                 self.gate_wait_s += waited
                 log.info("calibration_gate_waited", apply_at_ms=at, waited_s=round(waited, 4))
+            made_on = self._physical_at.pop(at, None)
+            if made_on is not None and made_on is not self.box.physical:
+                log.info("calibration_not_applied", round=fut.result().round, reason="the datacenter changed")
+                continue
             await self._apply(fut.result(), w.start_ms)
 
     async def after_window(
@@ -133,7 +183,9 @@ class Calibrator:
     ) -> None:
         if self._first_start is None:
             self._first_start = w.start_ms
-        self._kept.append(_Kept(w.start_ms, w.end_ms, tasks, fragments, power_frame(w)))
+        self._kept.append(
+            _Kept(w.start_ms, w.end_ms, tasks, fragments, power_frame(w), carbon_frame(w.carbon))
+        )
         topo = self.box.current.topology  # what this window was simulated with
         if not self._effect or self._effect[-1][1] is not topo:
             self._effect.append((w.start_ms, topo))
@@ -153,7 +205,7 @@ class Calibrator:
                 raise
             except Exception as e:  # noqa: BLE001 - the round that needs it is skipped, the twin goes on
                 log.warning("calibration_snapshot_failed", at_ms=w.end_ms, error=str(e))
-        if w.end_ms % self.every_ms == 0 and (not replayed or self._rerun(w.end_ms)):
+        if w.end_ms % self.every_ms == 0 and (not replayed or self._rerun(w.end_ms)) and self._fit():
             self._queue_round(w.end_ms)
 
     def _rerun(self, at_ms: int) -> bool:
@@ -179,6 +231,7 @@ class Calibrator:
         effect = [(t, topo) for t, topo in self._effect if eval_from < t < at_ms]
         before = [(eval_from, topo) for t, topo in self._effect if t <= eval_from]
         self._rounds += 1
+        carbon = pl.concat([k.carbon for k in kept], how="vertical_relaxed")
         job = RoundJob(
             index=self._rounds,
             at_ms=at_ms,
@@ -190,12 +243,13 @@ class Calibrator:
             measured=_measured(kept, lo, at_ms),
             current=self.box.current.topology,
             physical=self.box.physical,
-            carbon=self.carbon,
+            carbon=carbon if carbon.height else None,
             effect=before[-1:] + effect,
             eval_from_ms=eval_from,
         )
         fut: asyncio.Future[RoundRecord] = asyncio.get_running_loop().create_future()
         self._pending[job.apply_at_ms] = fut
+        self._physical_at[job.apply_at_ms] = job.physical
         self._jobs.put_nowait((job, fut))
 
     async def _apply(self, rec: RoundRecord, at_ms: int) -> None:
@@ -293,7 +347,7 @@ class Calibrator:
             self.axes,
             pending=len(self._pending),
             gate_wait_s=self.gate_wait_s,
-            initial=self.box.physical,
+            initial=self.box.initial,
         )
 
 
@@ -301,7 +355,6 @@ def calibrator_for(
     settings: Settings,
     box: TopologyBox,
     twin: TwinEngine,
-    carbon: pl.DataFrame | None,
     run_dir: Path | None,
     *,
     writer: TopologyWriter | None = None,
@@ -321,7 +374,6 @@ def calibrator_for(
         pool,
         journal,
         window_ms=settings.windowing.window_s * 1000,
-        carbon=carbon,
         writer=writer,
         is_durable=is_durable,
     )

@@ -143,7 +143,7 @@ class RoundRunner:
         tables = {"tasks": job.tasks, "fragments": job.fragments}
         if job.snapshot is not None:
             tables["snapshot"] = pl.DataFrame({"blob": [job.snapshot]}, schema={"blob": pl.Binary})
-        elif job.carbon is not None:
+        if job.carbon is not None:  # the lookback's steps (a snapshot knows those before it)
             tables["carbon"] = job.carbon
         return await _Round(self, job, RoundInput(job.index, header, tables), interval, t0).run()
 

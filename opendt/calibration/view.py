@@ -69,7 +69,7 @@ def calibration_view(
     *,
     pending: int,
     gate_wait_s: float,
-    initial: Topology,
+    initial: Topology | None,
 ) -> dict[str, Any]:
     last_day = [r for r in recs if recs and r.time_ms > recs[-1].time_ms - DAY_MS]
     noise = next((r.noise_pct for r in reversed(recs) if r.noise_pct is not None), None)
@@ -92,7 +92,7 @@ def calibration_view(
         "changes": sum(r.status == "applied" for r in recs),
         "mape": {**_mape(recs), "last_day": _mape(last_day)},
         "by_day": by_day(recs),
-        "paths": parameter_paths(recs, axes, initial),
+        "paths": {} if initial is None else parameter_paths(recs, axes, initial),
         "trust_region": region,
         "noise_pct": None if noise is None else round(noise, 4),
         "last_round": recs[-1].summary() if recs else None,

@@ -29,15 +29,15 @@ from opendt.calibration.component import calibrator_for
 from opendt.calibration.journal import RoundRecord
 from opendt.calibration.view import by_day, parameter_paths
 from opendt.metrics import mape
-from opendt.models.messages import FragmentRow, PowerRow, TaskRow
+from opendt.models.messages import CarbonRow, FragmentRow, PowerRow, TaskRow
 from opendt.settings import Settings
 from opendt.stream.consumer import ClosedWindow
-from opendt.stream.windowing import Window
+from opendt.stream.windowing import Window, carry_carbon
 from opendt.twin.loop import WindowLoop
 from opendt.twin.results import ResultStore
 from opendt.twin.topology import TopologyBox
 from opendt.worker.client import TwinEngine
-from opendt.workload import FRAGMENT_SCHEMA, TASK_SCHEMA, Workload, load_workload
+from opendt.workload import CARBON_SCHEMA, FRAGMENT_SCHEMA, TASK_SCHEMA, Workload, load_workload
 
 
 @dataclass
@@ -117,6 +117,9 @@ def cut_windows(workload: Workload, window_ms: int) -> list[Window]:
                 final=start == last,
             )
         )
+    out[0].topology, out[0].topology_ms = workload.topology, workload.origin_ms
+    if workload.carbon is not None:
+        carry_carbon(out, starmap(CarbonRow, workload.carbon.select(list(CARBON_SCHEMA)).iter_rows()))
     return out
 
 
@@ -219,13 +222,13 @@ async def calibrate_offline(
     await asyncio.to_thread(store.load)
     if store.durable_count:
         raise ValueError(f"{run_dir} already holds results; give an empty --out directory")
-    box = TopologyBox(workload.topology)
+    box = TopologyBox()
     twin = TwinEngine(timeout_s=settings.simulation.timeout_s)
-    calibrator = calibrator_for(settings, box, twin, workload.carbon, run_dir, pool_command=pool_command)
+    calibrator = calibrator_for(settings, box, twin, run_dir, pool_command=pool_command)
     journal = calibrator.journal
     journal.on_new = on_round
     queue: asyncio.Queue[ClosedWindow | None] = asyncio.Queue(maxsize=settings.windowing.queue_size)
-    simulator = WindowLoop(queue, twin, store, box, settings.simulation, workload.carbon, hooks=calibrator)
+    simulator = WindowLoop(queue, twin, store, box, settings.simulation, hooks=calibrator)
 
     async def feed() -> None:
         for w in windows:

@@ -17,12 +17,57 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from opendt.kafka.client import DeadLetter, DecodeStats, forward_dead_letters, note_malformed
-from opendt.models.messages import FragmentRow, Heartbeat, MessageError, TaskRow, decode_row
+from opendt.models.messages import (
+    CarbonMessage,
+    CarbonRow,
+    FragmentRow,
+    Heartbeat,
+    MessageError,
+    PowerRow,
+    TaskRow,
+    TopologyMessage,
+    decode,
+    decode_row,
+)
 from opendt.settings import TopicNames
 from opendt.stream.windowing import Window, Windower, window_start
 from opendt.twin.status import WindowsStatus
 
 log = structlog.get_logger(component="consumer")
+
+
+Kind = Literal["tasks", "fragments", "power", "carbon", "topology"]
+
+
+def _decode(
+    kind: Kind, key: bytes | None, value: bytes | None
+) -> Heartbeat | TaskRow | FragmentRow | PowerRow | CarbonRow | TopologyMessage:
+    """A record of one of the twin's input streams: the row tuples of the windowed streams (fast path),
+    a carbon step, a physical topology, or a heartbeat. :class:`MessageError` when it is malformed."""
+    if kind in ("tasks", "fragments", "power"):
+        return decode_row(kind, key, value)
+    msg = decode(kind, key, value)
+    if isinstance(msg, CarbonMessage):
+        return CarbonRow(msg.time_ms, msg.carbon_intensity)
+    assert isinstance(msg, Heartbeat | TopologyMessage)  # the only other models of these two streams
+    return msg
+
+
+@dataclass
+class Resume:
+    """Where an earlier process of the run left the stream (a restart from a checkpoint)."""
+
+    next_start_ms: int
+    """The start of the first window not yet durable."""
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    """(topic, partition) → offset to consume from (external Kafka; empty for a fresh embedded broker)."""
+    tasks: list[TaskRow] = field(default_factory=list)
+    fragments: list[FragmentRow] = field(default_factory=list)
+    power: list[PowerRow] = field(default_factory=list)
+    """Recent events of durable windows, for duplicate detection."""
+    carbon_until_ms: int | None = None
+    """The newest carbon step already carried by a durable window."""
+    topology_known: bool = False
 
 
 @dataclass
@@ -42,6 +87,10 @@ class WindowConsumer:
         stats: DecodeStats | None = None,
         dead_letter: DeadLetter | None = None,
         commit: bool = True,
+        watermark_kinds: tuple[str, ...] = ("tasks", "fragments", "power", "carbon"),
+        dedup_horizon_ms: int = 86_400_000,
+        need_topology: bool = True,
+        resume: Resume | None = None,
     ) -> None:
         self.consumer = consumer
         self.topics = topics
@@ -50,11 +99,20 @@ class WindowConsumer:
         self.stats = stats if stats is not None else DecodeStats()
         self.dead_letter = dead_letter
         self.commit = commit
-        self.kinds: dict[str, Literal["tasks", "fragments", "power"]] = {
+        self.kinds: dict[str, Kind] = {
             topics.tasks: "tasks",
             topics.fragments: "fragments",
             topics.power: "power",
+            topics.carbon: "carbon",
+            topics.topology: "topology",
         }
+        unknown = set(watermark_kinds) - {"tasks", "fragments", "power", "carbon"}
+        if unknown:
+            raise ValueError(f"watermark kinds must be input streams, not {sorted(unknown)}")
+        self.watermark_kinds = watermark_kinds
+        self.dedup_horizon_ms = dedup_horizon_ms
+        self.need_topology = need_topology
+        self.resume = resume
         self.windower: Windower | None = None
         self._first_offset: dict[int, dict[TopicPartition, int]] = {}  # open window start -> tp -> offset
         self._stopping = asyncio.Event()
@@ -92,8 +150,33 @@ class WindowConsumer:
     async def run(self) -> None:
         tps = await self._partitions()
         self.consumer.assign(tps)
-        self.windower = windower = Windower(self.window_ms, list(tps))
-        log.info("consumer_started", partitions=len(tps), window_ms=self.window_ms)
+        sources = [tp for tp in tps if self.kinds[tp.topic] in self.watermark_kinds]
+        r = self.resume
+        self.windower = windower = Windower(
+            self.window_ms,
+            sources,
+            strict_sources=[tp for tp in sources if self.kinds[tp.topic] == "carbon"],
+            need_topology=self.need_topology,
+            dedup_horizon_ms=self.dedup_horizon_ms,
+            resume_at_ms=None if r is None else r.next_start_ms,
+        )
+        if r is not None:
+            windower.remember(r.tasks, r.fragments, r.power)
+            if r.carbon_until_ms is not None:
+                windower.carbon_known_until(r.carbon_until_ms)
+            if r.topology_known:
+                windower.topology_in_effect()
+            for tp in tps:
+                position = r.positions.get((tp.topic, tp.partition))
+                if position is not None:
+                    self.consumer.seek(tp, position)
+        log.info(
+            "consumer_started",
+            partitions=len(tps),
+            window_ms=self.window_ms,
+            resume_at_ms=None if r is None else r.next_start_ms,
+            seeks=0 if r is None else len(r.positions),
+        )
         while not self._stopping.is_set() and not windower.finished:
             polled = await self.consumer.getmany(timeout_ms=200, max_records=20_000)
             for tp, records in polled.items():
@@ -117,25 +200,33 @@ class WindowConsumer:
         bad: list[tuple[ConsumerRecord[bytes, bytes], str]] = []
         for rec in records:
             try:
-                row = decode_row(kind, rec.key, rec.value)
+                row = _decode(kind, rec.key, rec.value)
             except MessageError as e:
                 bad.append((rec, note_malformed(self.stats, rec, e)))
                 continue
             if isinstance(row, Heartbeat):
-                windower.heartbeat(tp, row.time_ms, final=row.final)
+                if kind != "topology":  # dc.topology holds no watermark
+                    windower.heartbeat(tp, row.time_ms, final=row.final)
                 continue
             if isinstance(row, FragmentRow):
-                added, t = windower.add_fragment(tp, row), row.submission_ms
+                added, start = windower.add_fragment(tp, row), self._start(row.submission_ms)
             elif isinstance(row, TaskRow):
-                added, t = windower.add_task(tp, row), row.submission_ms
-            else:
-                added, t = windower.add_power(tp, row), row.timestamp_ms
+                added, start = windower.add_task(tp, row), self._start(row.submission_ms)
+            elif isinstance(row, PowerRow):
+                added, start = windower.add_power(tp, row), self._start(row.timestamp_ms)
+            elif isinstance(row, CarbonRow):  # carried by the window that ends at or after it
+                added, start = windower.add_carbon(tp, row), self._start(row.timestamp_ms - 1)
+            else:  # a physical topology: applies from the first window starting at or after it
+                windower.add_topology(row.time_ms, row.topology)
+                added, start = True, -(-row.time_ms // self.window_ms) * self.window_ms
             if added:
-                offs = self._first_offset.setdefault(window_start(t, self.window_ms), {})
-                offs.setdefault(tp, rec.offset)
+                self._first_offset.setdefault(start, {}).setdefault(tp, rec.offset)
         self.stats.decoded += len(records) - len(bad)
         if bad and self.dead_letter is not None:
             self.stats.dead_lettered += await forward_dead_letters(self.dead_letter, bad)
+
+    def _start(self, t_ms: int) -> int:
+        return window_start(t_ms, self.window_ms)
 
     async def _offsets_at_close(self, w: Window, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         self._first_offset.pop(w.start_ms, None)

@@ -33,7 +33,8 @@ FLUSH_EVERY_S = 0.02
 """At a finite speed, what is due is flushed before every wait at least this long and at least this often in a
 dense stream, so a record leaves at most about twice this late; one produce round trip per event instant
 (SURF has 514k distinct fragment times) would overload the broker and make the replay fall behind."""
-TASKS, FRAGMENTS, POWER = 0, 1, 2
+KINDS = ("tasks", "fragments", "power", "carbon")
+"""The streams, in the order records of one instant are sent (tasks before their fragments)."""
 
 
 def _iso(col: str) -> pl.Expr:
@@ -66,6 +67,8 @@ def _json_object(fields: list[tuple[str, pl.Expr, bool]]) -> pl.Expr:
 
 @dataclass(frozen=True)
 class _Stream:
+    kind: str
+    """One of :data:`KINDS`."""
     frame: pl.DataFrame
     t: str
     """The column of trace time (epoch ms)."""
@@ -80,17 +83,26 @@ def _submitted(*numeric: str) -> pl.Expr:
     )
 
 
-def streams_of(workload: Workload, power_source: str) -> list[_Stream]:
-    """Per stream (index ``TASKS``, ``FRAGMENTS``, ``POWER``): its rows and its records' expressions."""
+def streams_of(
+    workload: Workload, power_source: str, *, first_ms: int | None = None, after_ms: int | None = None
+) -> list[_Stream]:
+    """Per stream of :data:`KINDS` present in the workload: its rows and its records' expressions.
+
+    Carbon steps are sent at their time, but not before ``first_ms`` (the first event: steps in force
+    before the trace starts go out with it) nor after the trace's end (steps after it go out with the last
+    events: the twin needs them while the last tasks run out, and they must not move its clock past the
+    trace); with ``after_ms`` (a resumed twin knows the steps up to it) only the later steps."""
     id_key = _json_object([("id", _json_str("id"), True)])
     out = [
         _Stream(
+            "tasks",
             workload.tasks,
             "submission_ms",
             id_key,
             _submitted("duration", "cpu_count", "cpu_capacity", "mem_capacity"),
         ),
         _Stream(
+            "fragments",
             workload.fragments,
             "submission_ms",
             id_key,
@@ -101,6 +113,7 @@ def streams_of(workload: Workload, power_source: str) -> list[_Stream]:
         key = '{"source":"' + power_source.replace("\\", "\\\\").replace('"', '\\"') + '"}'
         out.append(
             _Stream(
+                "power",
                 workload.consumption,
                 "timestamp_ms",
                 pl.lit(key),
@@ -109,6 +122,27 @@ def streams_of(workload: Workload, power_source: str) -> list[_Stream]:
                         ("timestamp", _iso("timestamp_ms"), True),
                         ("power_draw", _num("power_draw"), False),
                         ("energy_usage", pl.col("energy_usage").fill_null(0.0).cast(pl.Utf8), False),
+                    ]
+                ),
+            )
+        )
+    if workload.carbon is not None:
+        carbon = workload.carbon
+        if after_ms is not None:
+            carbon = carbon.filter(pl.col("timestamp_ms") > after_ms)
+        send = pl.min_horizontal(pl.col("timestamp_ms"), pl.lit(workload.end_ms))
+        if first_ms is not None:
+            send = pl.max_horizontal(send, pl.lit(first_ms))
+        out.append(
+            _Stream(
+                "carbon",
+                carbon.with_columns(send.cast(pl.Int64).alias("send_ms")),
+                "send_ms",
+                pl.lit(DATACENTER_KEY.decode()),
+                _json_object(
+                    [
+                        ("timestamp", _iso("timestamp_ms"), True),
+                        ("carbon_intensity", _num("carbon_intensity"), False),
                     ]
                 ),
             )
@@ -122,7 +156,7 @@ def event_order(streams: list[_Stream]) -> pl.DataFrame:
     themselves are encoded a chunk at a time (:func:`encode_chunk`)."""
     parts = [
         s.frame.select(
-            pl.col(s.t).alias("t"),
+            pl.col(s.t).cast(pl.Int64).alias("t"),
             pl.lit(i, pl.Int8).alias("stream"),
             pl.int_range(pl.len(), dtype=pl.UInt32).alias("row"),
         )
@@ -155,7 +189,7 @@ class ReplayProgress:
     rate_per_s: float = 0.0
     lag_s: float = 0.0
     done: bool = False
-    counts: dict[str, int] = field(default_factory=lambda: {"tasks": 0, "fragments": 0, "power": 0})
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -179,8 +213,12 @@ class ReplayProducer:
         settings: ReplaySettings,
         clock: Clock,
         progress: ReplayProgress | None = None,
+        *,
+        start_at_ms: int | None = None,
     ) -> None:
         self.workload = workload
+        self.start_at_ms = start_at_ms
+        """Resume: send only the events from here on (a restarted twin has the earlier ones)."""
         self.producer = producer
         self.topics = topics
         self.settings = settings
@@ -209,23 +247,29 @@ class ReplayProducer:
     async def run(self) -> None:
         wl = self.workload
         source = wl.topology.clusters[0].powerSource.name
-        streams = streams_of(wl, source)
+        firsts = [int(f["submission_ms"].min()) for f in (wl.tasks, wl.fragments) if f.height]  # type: ignore[arg-type]
+        if wl.consumption is not None and wl.consumption.height:
+            firsts.append(int(wl.consumption["timestamp_ms"].min()))  # type: ignore[arg-type]
+        first_ms = min(firsts) if firsts else wl.origin_ms
+        streams = streams_of(wl, source, first_ms=first_ms, after_ms=self.start_at_ms)
         order = await asyncio.to_thread(event_order, streams)
-        start_ms = int(order["t"][0]) if order.height else wl.origin_ms
+        if self.start_at_ms is not None:
+            order = order.filter(pl.col("t") >= self.start_at_ms)
+        start_ms = int(order["t"][0]) if order.height else max(first_ms, self.start_at_ms or first_ms)
         end_ms = max(wl.end_ms, start_ms)
         hb_ms = int(self.settings.heartbeat_s * 1000)
         speed = None if self.settings.speed == "max" else float(self.settings.speed)
         rclock = ReplayClock(self.clock, speed, start_ms)
         p = self.progress
         p.start_ms, p.end_ms = start_ms, end_ms
-        senders = [
-            BatchSender(self.producer, self.topics.tasks),
-            BatchSender(self.producer, self.topics.fragments),
-            BatchSender(self.producer, self.topics.power),
-        ]
-        names = ("tasks", "fragments", "power")
+        topics = {"tasks": self.topics.tasks, "fragments": self.topics.fragments}
+        topics.update(power=self.topics.power, carbon=self.topics.carbon)
+        by_kind = {kind: BatchSender(self.producer, topic) for kind, topic in topics.items()}
+        senders = [by_kind[s.kind] for s in streams]  # by stream index
+        every = list(by_kind.values())
+        names = [s.kind for s in streams]
         await self.producer.send_and_wait(
-            self.topics.topology, encode_topology_message(start_ms, wl.topology), key=DATACENTER_KEY
+            self.topics.topology, encode_topology_message(first_ms, wl.topology), key=DATACENTER_KEY
         )
         rclock.start()  # the barrier: every stream is paced from this one origin
         wall0 = time.monotonic()
@@ -245,7 +289,7 @@ class ReplayProducer:
             for t, s, k, v in zip(ts, kinds, keys, values, strict=True):
                 if t >= next_hb:
                     hb = (t // hb_ms) * hb_ms
-                    for sender in senders:
+                    for sender in every:
                         await sender.send_to_all(None, encode_heartbeat(hb))
                     next_hb = hb + hb_ms
                 if t != current_t:
@@ -253,7 +297,7 @@ class ReplayProducer:
                     if speed is not None:
                         now = self.clock.monotonic()
                         if rclock.wall_due(t) - now >= FLUSH_EVERY_S or now - last_flush >= FLUSH_EVERY_S:
-                            for sender in senders:  # what is due now must leave now, not at the next batch
+                            for sender in every:  # what is due now must leave now, not at the next batch
                                 await sender.flush()
                             last_flush = self.clock.monotonic()
                         await rclock.wait_until(t)
@@ -267,7 +311,7 @@ class ReplayProducer:
                     if now >= next_report:
                         next_report = now + self.settings.progress_every_s
                         self._report(n, wall0, rclock, t)
-        for sender in senders:
+        for sender in every:
             await sender.send_to_all(None, encode_heartbeat(end_ms, final=True))
             await sender.flush()
         p.trace_ms = end_ms

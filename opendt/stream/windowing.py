@@ -71,6 +71,19 @@ def window_start(t_ms: int, window_ms: int) -> int:
     return (t_ms // window_ms) * window_ms
 
 
+def carry_carbon(windows: list[Window], steps: Iterable[CarbonRow]) -> None:
+    """Give ``windows`` (in order) the carbon steps as the consumer does: each the steps up to its end not
+    carried by an earlier one (the first also those before it, the final one the rest)."""
+    ordered = sorted(steps, key=lambda c: c.timestamp_ms)
+    times = [c.timestamp_ms for c in ordered]
+    lo = 0
+    for w in windows:
+        hi = len(ordered) if w.final else bisect.bisect_right(times, w.end_ms)
+        if hi > lo:
+            w.carbon = ordered[lo:hi]
+            lo = hi
+
+
 class Windower:
     """Accumulates events per window and closes windows as the watermark advances.
 

@@ -23,6 +23,7 @@ import polars as pl
 import structlog
 
 from opendt.stream.windowing import Window
+from opendt.workload import carbon_frame
 
 log = structlog.get_logger(component="history")
 
@@ -39,6 +40,7 @@ class _Kept:
     end_ms: int
     tasks: pl.DataFrame
     fragments: pl.DataFrame
+    carbon: pl.DataFrame
 
 
 @dataclass
@@ -49,6 +51,8 @@ class Base:
     blob: bytes | None
     tasks: pl.DataFrame
     fragments: pl.DataFrame
+    carbon: pl.DataFrame
+    """The carbon-intensity steps the windows from ``at_ms`` on carried."""
 
 
 class TwinHistory:
@@ -75,7 +79,7 @@ class TwinHistory:
     ) -> None:
         if self.first_start_ms is None:
             self.first_start_ms = w.start_ms
-        self._kept.append(_Kept(w.start_ms, w.end_ms, tasks, fragments))
+        self._kept.append(_Kept(w.start_ms, w.end_ms, tasks, fragments, carbon_frame(w.carbon)))
         self.last_end_ms = w.end_ms
         horizon = w.end_ms - self.retention_ms
         while self._kept and self._kept[0].end_ms <= horizon:
@@ -138,4 +142,5 @@ class TwinHistory:
             raise HistoryGap("no kept window overlaps the range")
         tasks = pl.concat([k.tasks for k in kept], how="vertical_relaxed")
         fragments = pl.concat([k.fragments for k in kept], how="vertical_relaxed")
-        return Base(at, blob, tasks, fragments)
+        carbon = pl.concat([k.carbon for k in kept], how="vertical_relaxed")
+        return Base(at, blob, tasks, fragments, carbon)

@@ -25,7 +25,8 @@ from typing import TypeVar
 import polars as pl
 import structlog
 
-from opendt.models.messages import iso_ms
+from opendt.models.messages import CarbonRow, iso_ms
+from opendt.models.topology import Topology
 from opendt.settings import SimulationSettings
 from opendt.stream.consumer import ClosedWindow
 from opendt.stream.windowing import Window
@@ -34,7 +35,7 @@ from opendt.twin.results import ResultStore, WindowRecord, aggregate_rows, resul
 from opendt.twin.status import SimulationStatus
 from opendt.twin.topology import TopologyBox
 from opendt.worker.client import TwinEngine, WorkerDied, WorkerError
-from opendt.workload import FRAGMENT_SCHEMA, TASK_SCHEMA
+from opendt.workload import FRAGMENT_SCHEMA, TASK_SCHEMA, carbon_frame
 
 log = structlog.get_logger(component="simulator")
 T = TypeVar("T")
@@ -65,6 +66,9 @@ class LoopStats:
 
 Publish = Callable[[bytes, dict[str, object]], Awaitable[None]]
 Commit = Callable[[ClosedWindow], Awaitable[None]]
+OnPhysical = Callable[[Topology, int, bool], Awaitable[None]]
+"""Called when a window brings a physical topology that differs from the one before (topology, window
+start, whether it is the first): the daemon makes a later one the base of a new simulated version."""
 
 
 class WindowLoop:
@@ -75,19 +79,22 @@ class WindowLoop:
         store: ResultStore,
         box: TopologyBox,
         settings: SimulationSettings,
-        carbon: pl.DataFrame | None,
         *,
         publish: Publish | None = None,
         commit: Commit | None = None,
         on_done: Callable[[], None] | None = None,
         hooks: WindowHooks | None = None,
+        on_physical: OnPhysical | None = None,
     ) -> None:
         self.queue = queue
         self.twin = twin
         self.store = store
         self.box = box
         self.settings = settings
-        self.carbon = carbon
+        self.on_physical = on_physical
+        self._engine_ready = False
+        self._carbon: list[CarbonRow] = []
+        """Carbon steps received but not yet in the engine (a failed window's are carried to the next)."""
         self.publish = publish
         self.commit = commit
         self.on_done = on_done
@@ -110,15 +117,33 @@ class WindowLoop:
             done=self.done.is_set(),
         )
 
-    async def run(self) -> None:
-        # a resumed run replays its durable windows from the physical topology (version 0), each window under
-        # the version it was simulated with; a new run starts from the current one
+    async def _ensure_engine(self) -> None:
+        """Start the twin's engine on the first window (the physical topology has arrived with it). A resumed
+        run replays its durable windows from version 0, each under the version it was simulated with; a new
+        run starts from the current one."""
+        if self._engine_ready:
+            return
         if self.store.durable_count:
-            topology, version = self.box.physical, 0
+            version = 0
+            topology = self.box.of_version(0, self.store)
+            assert topology is not None  # set by the first window's physical topology
         else:
             topology, version = self.box.current.topology, self.box.current.version
-        await self.twin.init(topology.to_json_dict(), self.settings.export_interval_s * 1000, self.carbon)
+        await self.twin.init(topology.to_json_dict(), self.settings.export_interval_s * 1000, None)
         self.applied_version = version
+        self._engine_ready = True
+
+    async def _physical(self, w: Window, *, replayed: bool) -> None:
+        """A window that brings a physical topology: the first one is version 0; a later one that differs is
+        handed to ``on_physical`` (not for a durable window replayed after a restart: its versions exist)."""
+        assert w.topology is not None
+        first = not self.box.known or self.box.initial is None
+        changed = self.box.set_physical(w.topology, w.start_ms)
+        log.info("physical_topology", window_start=w.start_ms, first=first, changed=changed)
+        if (first or changed) and not replayed and self.on_physical is not None:
+            await self.on_physical(w.topology, w.start_ms, first)
+
+    async def run(self) -> None:
         try:
             while (cw := await self.queue.get()) is not None:
                 await self.process(cw)
@@ -164,7 +189,12 @@ class WindowLoop:
         w = cw.window
         t0 = time.perf_counter()
         tasks, frags = window_frames(w)
-        if self.store.is_durable(w.start_ms):
+        durable = self.store.is_durable(w.start_ms)
+        if w.topology is not None:
+            await self._physical(w, replayed=durable)
+        self._carbon.extend(w.carbon)
+        await self._ensure_engine()
+        if durable:
             version = self.store.window_version(w.start_ms)
             if version is not None:
                 await self._apply_version(version)
@@ -223,10 +253,14 @@ class WindowLoop:
         self.stats.last_window_end_ms = w.end_ms
 
     async def _advance(self, w: Window, tasks: pl.DataFrame, frags: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+        carbon = carbon_frame(self._carbon) if self._carbon else None
+
         async def call() -> pl.DataFrame:
-            rows = await self.twin.advance(w.end_ms, tasks, frags)
+            rows = await self.twin.advance(w.end_ms, tasks, frags, carbon)
             if w.final:
                 rows = pl.concat([rows, await self.twin.finish()], how="vertical_relaxed")
             return rows
 
-        return await self._retrying("advance", call, window_start=w.start_ms)
+        out = await self._retrying("advance", call, window_start=w.start_ms)
+        self._carbon.clear()  # in the engine now
+        return out

@@ -20,7 +20,8 @@ import polars as pl
 import structlog
 
 from opendt.models.topology import Topology
-from opendt.twin.history import TwinHistory
+from opendt.twin.history import HistoryGap, TwinHistory
+from opendt.twin.topology import TopologyBox
 from opendt.worker.pool import CandidatePool, RoundInput
 
 log = structlog.get_logger(component="scenarios")
@@ -73,15 +74,14 @@ class ScenarioRunner:
         pool: CandidatePool,
         *,
         export_interval_ms: int,
-        carbon: pl.DataFrame | None,
-        initial: Topology,
+        box: TopologyBox,
         max_queue: int,
     ) -> None:
         self.history = history
         self.pool = pool
         self.export_interval_ms = export_interval_ms
-        self.carbon = carbon
-        self.initial = initial
+        self.box = box
+        """Its ``initial`` topology starts a run with no snapshot before it."""
         self.max_queue = max_queue
         self._waiting = 0
         self._ids = 0
@@ -114,12 +114,15 @@ class ScenarioRunner:
             self.rejected_busy += 1
             raise ScenarioBusy(f"{self._waiting} scenario runs already queued (api.whatif_queue)")
         base = self.history.base(start_ms, end_ms)
-        header = scenario_header(start_ms, end_ms, self.export_interval_ms, self.initial.to_json_dict())
+        initial = self.box.initial
+        if initial is None:
+            raise HistoryGap("the twin has no physical topology yet")
+        header = scenario_header(start_ms, end_ms, self.export_interval_ms, initial.to_json_dict())
         tables = {"tasks": base.tasks, "fragments": base.fragments}
         if base.blob is not None:
             tables["snapshot"] = pl.DataFrame({"blob": [base.blob]}, schema={"blob": pl.Binary})
-        elif self.carbon is not None:
-            tables["carbon"] = self.carbon
+        if base.carbon.height:
+            tables["carbon"] = base.carbon
         self._ids += 1
         rin = RoundInput(-self._ids, header, tables)  # negative: never a calibration round id
         self._waiting += 1

@@ -34,13 +34,53 @@ class SimTopology:
     timestamp_ms: int = 0
 
 
-class TopologyBox:
-    """The current simulated topology; the sim.topology listener and the API offer newer versions."""
+class TopologyUnknown(RuntimeError):
+    """No physical topology has been received yet (the twin has nothing to simulate on)."""
 
-    def __init__(self, physical: Topology) -> None:
-        self.physical = physical
-        self.current = SimTopology(0, "initial", "physical topology", physical)
+
+class TopologyBox:
+    """The twin's topologies: the physical one (what ``dc.topology`` says the datacenter is) and the current
+    simulated one (a :class:`SimTopology`: version, source, reason). Empty until the first physical
+    topology arrives; that one is version 0 ("initial")."""
+
+    def __init__(self, physical: Topology | None = None) -> None:
+        self._physical: Topology | None = None
+        self.initial: Topology | None = None
+        """The first physical topology (version 0)."""
+        self._current: SimTopology | None = None
         self._reserved = 0
+        if physical is not None:
+            self.set_physical(physical)
+
+    @property
+    def known(self) -> bool:
+        return self._current is not None
+
+    @property
+    def physical(self) -> Topology:
+        if self._physical is None:
+            raise TopologyUnknown("no physical topology has been received yet (dc.topology)")
+        return self._physical
+
+    @property
+    def current(self) -> SimTopology:
+        if self._current is None:
+            raise TopologyUnknown("no physical topology has been received yet (dc.topology)")
+        return self._current
+
+    def set_physical(self, topology: Topology, at_ms: int = 0) -> bool:
+        """Record a physical topology; the first one becomes the current simulated one (version 0). Returns
+        whether it differs from the one before (the caller then writes a new simulated version)."""
+        if self._physical is not None and self._physical == topology:
+            return False
+        first = self._physical is None
+        self._physical = topology
+        if first and self._current is None:
+            self.initial = topology
+            self._current = SimTopology(0, "initial", "physical topology", topology, at_ms)
+        elif first:
+            self.initial = topology
+        return not first
 
     def next_version(self) -> int:
         """A version number no earlier offer or reservation has used (publishers call this first)."""
@@ -48,18 +88,18 @@ class TopologyBox:
         return self._reserved
 
     def offer(self, candidate: SimTopology) -> bool:
-        if candidate.version <= self.current.version:
+        if self._current is not None and candidate.version <= self._current.version:
             return False
-        self.current = candidate
+        self._current = candidate
         return True
 
     def of_version(self, version: int, store: ResultStore | None) -> Topology | None:
         """The topology of ``version``: the current one, the physical one (0), else the one the run saved
         (``None`` when unknown)."""
-        if version == self.current.version:
-            return self.current.topology
-        if version == 0:
-            return self.physical
+        if self._current is not None and version == self._current.version:
+            return self._current.topology
+        if version == 0 and self.initial is not None:
+            return self.initial
         doc = None if store is None else store.load_topology(version)
         return None if doc is None else parse_topology(doc["topology"], source=f"run topology v{version}")
 

@@ -64,7 +64,9 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
             elif engine is None:
                 raise RuntimeError("worker not initialised")
             elif op == "advance":
-                out["rows"] = engine.advance(header["until_ms"], tables["tasks"], tables["fragments"])
+                out["rows"] = engine.advance(
+                    header["until_ms"], tables["tasks"], tables["fragments"], tables.get("carbon")
+                )
             elif op == "finish":
                 out["rows"] = engine.finish()
             elif op == "set_topology":

@@ -201,10 +201,17 @@ class TwinEngine:
             record=True,
         )
 
-    async def advance(self, until_ms: int, tasks: pl.DataFrame, fragments: pl.DataFrame) -> pl.DataFrame:
-        out = await self._call(
-            {"op": "advance", "until_ms": until_ms}, {"tasks": tasks, "fragments": fragments}, record=True
-        )
+    async def advance(
+        self,
+        until_ms: int,
+        tasks: pl.DataFrame,
+        fragments: pl.DataFrame,
+        carbon: pl.DataFrame | None = None,
+    ) -> pl.DataFrame:
+        tables = {"tasks": tasks, "fragments": fragments}
+        if carbon is not None:
+            tables["carbon"] = carbon
+        out = await self._call({"op": "advance", "until_ms": until_ms}, tables, record=True)
         return out["rows"]
 
     async def finish(self) -> pl.DataFrame:

@@ -326,7 +326,7 @@ def run_candidate(
     if warm is not None:
         if base.apply_at_ms is not None:  # pre-roll with the base's own topology
             (pre_t, pre_f), (tasks, fragments) = _split(base, base.apply_at_ms)
-            warm.advance(base.apply_at_ms, pre_t, pre_f)
+            warm.advance(base.apply_at_ms, pre_t, pre_f, base.carbon)
         warm.set_topology(topo)
         if base.regrid:
             warm.set_export_interval(base.interval_ms)
@@ -337,7 +337,7 @@ def run_candidate(
     before = (engine.segs, copy.deepcopy(engine.export))
     if replayable:
         engine.history = []
-    rows = engine.advance(base.until_ms, tasks, fragments)
+    rows = engine.advance(base.until_ms, tasks, fragments, base.carbon)
     if base.full:
         lo = base.apply_at_ms if base.apply_at_ms is not None else -(2**62)
         if extra is not None:

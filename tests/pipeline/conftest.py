@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 
 from opendt.engine import Engine
-from opendt.models.messages import FragmentRow, TaskRow
+from opendt.models.messages import CarbonRow, FragmentRow, TaskRow
 from opendt.models.topology import Topology
-from opendt.stream.windowing import Window
+from opendt.stream.windowing import Window, carry_carbon
 from opendt.twin.results import aggregate_rows
 from opendt.workload import Workload, load_workload
 
@@ -98,8 +98,7 @@ def one_shot(wl_dir: Path, until_ms: int, export_interval_ms: int = 150_000) -> 
     """The whole trace in one in-process engine run (advance to ``until_ms``, the end of the twin's last
     window, then finish), aggregated like the twin."""
     wl = load_workload(wl_dir)
-    carbon = None if wl.carbon is None else wl.carbon.rename({"timestamp_ms": "timestamp"})
-    engine = Engine(wl.topology, export_interval_ms=export_interval_ms, carbon=carbon)
+    engine = Engine(wl.topology, export_interval_ms=export_interval_ms, carbon=wl.carbon)
     rows = pl.concat(
         [engine.advance(until_ms, wl.tasks, wl.fragments), engine.finish()], how="vertical_relaxed"
     )
@@ -116,6 +115,11 @@ def workload_windows(wl: Workload) -> list[Window]:
         tasks = [TaskRow(*r) for r in t.select(TASK_COLS).iter_rows()]
         out.append(Window(lo, lo + W, tasks, [FragmentRow(*r) for r in f.select(FRAG_COLS).iter_rows()]))
     out[-1].final = True
+    out[0].topology = wl.topology
+    if wl.carbon is not None:
+        carry_carbon(
+            out, [CarbonRow(*r) for r in wl.carbon.select("timestamp_ms", "carbon_intensity").iter_rows()]
+        )
     return out
 
 
@@ -129,9 +133,7 @@ def windowed_reference(
     """The in-process engine advanced window by window like the twin: ``(timestamp, power_draw,
     energy_usage)``. No call at all for window ``skip``; ``topology_at=(i, t)`` sets ``t`` before window i."""
     assert wl.carbon is not None
-    engine = Engine(
-        wl.topology, export_interval_ms=150_000, carbon=wl.carbon.rename({"timestamp_ms": "timestamp"})
-    )
+    engine = Engine(wl.topology, export_interval_ms=150_000, carbon=wl.carbon)
     parts = []
     for i, w in enumerate(windows):
         if topology_at is not None and i == topology_at[0]:

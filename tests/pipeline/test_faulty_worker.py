@@ -30,7 +30,7 @@ MODE, BAD_UNTIL = sys.argv[1], int(sys.argv[2])
 advance = Engine.advance
 
 
-def faulty(self, until_ms, tasks, fragments):
+def faulty(self, until_ms, tasks, fragments, carbon=None):
     if until_ms == BAD_UNTIL:
         if MODE == "crash":
             os._exit(3)
@@ -38,7 +38,7 @@ def faulty(self, until_ms, tasks, fragments):
             time.sleep(3600)
         self.ingest_frames(tasks, fragments)  # change part of the state, then fail
         raise RuntimeError("injected engine failure")
-    return advance(self, until_ms, tasks, fragments)
+    return advance(self, until_ms, tasks, fragments, carbon)
 
 
 Engine.advance = faulty
@@ -61,7 +61,6 @@ async def _simulate(
         store,
         TopologyBox(wl.topology),
         SimulationSettings(retries=1, timeout_s=timeout_s),
-        wl.carbon,
     )
     async with asyncio.timeout(60):
         await sim.run()
