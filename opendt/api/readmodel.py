@@ -31,7 +31,8 @@ class TwinView:
 
     store: ResultStore | None = None
     measured: pl.DataFrame | None = None
-    """Measured power: ``timestamp_ms`` (epoch ms), ``power_draw`` (W)."""
+    """Measured power given directly (``timestamp_ms`` epoch ms, ``power_draw`` W); by default it is what
+    the twin received in its durable windows (the store's ``measured.parquet``)."""
     box: TopologyBox | None = None
     writer: TopologyWriter | None = None
     """The one write path of the simulated topology (None: a read-only API)."""
@@ -49,13 +50,37 @@ class TwinView:
     """The SLO optimizer; None = optimizer.enabled is false."""
 
 
+MEASURED_POWER = pl.Schema({"timestamp_ms": pl.Int64(), "power_draw": pl.Float64()})
+
+
+def measured_power(view: TwinView) -> pl.DataFrame:
+    """Measured power per instant, summed over the power sources (null when any source's value is not
+    finite), ascending: never later than the twin's last durable window (it comes from the store)."""
+    if view.measured is not None:
+        raw = view.measured.select("timestamp_ms", "power_draw")
+    elif view.store is not None:
+        raw = view.store.measured.select(
+            pl.col("timestamp").dt.epoch("ms").alias("timestamp_ms"), "power_draw"
+        )
+    else:
+        return pl.DataFrame(schema=MEASURED_POWER)
+    power = pl.col("power_draw")
+    return (
+        raw.group_by("timestamp_ms")
+        .agg(pl.when(power.is_finite().fill_null(False).all()).then(power.sum()).alias("power_draw"))
+        .sort("timestamp_ms")
+        .cast(MEASURED_POWER)
+    )
+
+
 def data_bounds(view: TwinView) -> tuple[int, int]:
     candidates: list[tuple[int, int]] = []
     if view.store is not None and view.store.agg.height:
         ts = view.store.agg["timestamp"].dt.epoch("ms")
         candidates.append((int(ts.min()), int(ts.max())))  # type: ignore[arg-type]
-    if view.measured is not None and view.measured.height:
-        ts = view.measured["timestamp_ms"]
+    measured = measured_power(view)
+    if measured.height:
+        ts = measured["timestamp_ms"]
         candidates.append((int(ts.min()), int(ts.max())))  # type: ignore[arg-type]
     if not candidates:
         return 0, 0

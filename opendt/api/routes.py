@@ -20,7 +20,14 @@ from opendt.api.http import (
     query_limit,
     require_token,
 )
-from opendt.api.readmodel import TwinView, data_bounds, downsample, power_metrics, simulated_frame
+from opendt.api.readmodel import (
+    TwinView,
+    data_bounds,
+    downsample,
+    measured_power,
+    power_metrics,
+    simulated_frame,
+)
 from opendt.models.messages import iso_ms
 from opendt.models.topology import TopologyError, parse_topology
 from opendt.optimizer.component import OptimizerError
@@ -87,13 +94,13 @@ async def power(request: web.Request) -> web.Response:
 
     def render() -> dict[str, Any]:
         sim = simulated_frame(view)
-        measured = view.measured
+        measured = measured_power(view)
         return {
             "start": iso_ms(start),
             "end": iso_ms(end),
             "step_s": step // 1000,
             "unit": "W",
-            "measured": [] if measured is None else downsample(measured, "power_draw", start, end, step),
+            "measured": downsample(measured, "power_draw", start, end, step),
             "simulated": downsample(sim, "power_draw", start, end, step),
             "metrics": power_metrics(sim, measured, start, end),
         }

@@ -9,7 +9,7 @@ import polars as pl
 from aiohttp import web
 
 from opendt.api.http import SETTINGS, ApiError, json_body, json_response, parse_time, require_token
-from opendt.api.readmodel import downsample, simulated_frame, topology_at
+from opendt.api.readmodel import downsample, measured_power, simulated_frame, topology_at
 from opendt.api.routes import VIEW
 from opendt.models.messages import iso_ms
 from opendt.models.topology import TopologyError, parse_topology
@@ -113,7 +113,7 @@ async def whatif(request: web.Request) -> web.Response:
         raise ApiError(500, f"the what-if simulation failed: {res.error}", None)
     sim = simulated_frame(view)
     step_ms = (step_s or max(60, -(-(end - start) // 1000 // 500))) * 1000
-    measured = view.measured
+    measured = measured_power(view)
     totals = {
         "measured": _measured_totals(measured, start, end),
         "baseline": _totals(sim, start, end),
@@ -132,9 +132,7 @@ async def whatif(request: web.Request) -> web.Response:
             "changes": changes,
             "topology": topo.to_json_dict(),
             "series": {
-                "measured": []
-                if measured is None
-                else downsample(measured, "power_draw", start, end, step_ms),
+                "measured": downsample(measured, "power_draw", start, end, step_ms),
                 "baseline": downsample(sim, "power_draw", start, end, step_ms),
                 "whatif": downsample(res.rows, "power_draw", start, end, step_ms),
             },

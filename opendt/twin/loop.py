@@ -31,7 +31,7 @@ from opendt.settings import SimulationSettings
 from opendt.stream.consumer import ClosedWindow
 from opendt.stream.windowing import Window
 from opendt.twin.hooks import WindowHooks
-from opendt.twin.results import ResultStore, WindowRecord, aggregate_rows, results_message
+from opendt.twin.results import ResultStore, WindowRecord, aggregate_rows, measured_rows, results_message
 from opendt.twin.status import SimulationStatus
 from opendt.twin.topology import TopologyBox
 from opendt.worker.client import TwinEngine, WorkerDied, WorkerError
@@ -238,7 +238,7 @@ class WindowLoop:
             attempts=attempts,
             error=error,
         )
-        await self.store.commit(record, agg if agg.height else pl.DataFrame())
+        await self.store.commit(record, agg if agg.height else pl.DataFrame(), measured_rows(w))
         if self.publish is not None and agg.height:
             await self.publish(
                 iso_ms(w.start_ms).encode(), results_message(w, self.applied_version, "builtin", agg)

@@ -111,6 +111,41 @@ def results_message(w: Window, version: int, engine: str, agg: pl.DataFrame) -> 
     }
 
 
+MEASURED_SCHEMA = pl.Schema(
+    {
+        "timestamp": pl.Datetime("ms", "UTC"),
+        "source": pl.Utf8(),
+        "power_draw": pl.Float64(),
+        "energy_usage": pl.Float64(),
+        "window_start": pl.Datetime("ms", "UTC"),
+    }
+)
+"""``measured.parquet``: the measured power the twin received (``dc.power``), per window."""
+
+
+_POWER_ROW = {"timestamp": pl.Int64, "source": pl.Utf8, "power_draw": pl.Float64, "energy_usage": pl.Float64}
+
+
+def measured_rows(w: Window) -> pl.DataFrame:
+    """A window's received power samples as ``MEASURED_SCHEMA`` rows."""
+    return pl.DataFrame(
+        [(p.timestamp_ms, p.source, p.power_draw, p.energy_usage) for p in w.power],
+        schema={
+            "timestamp": pl.Int64,
+            "source": pl.Utf8,
+            "power_draw": pl.Float64,
+            "energy_usage": pl.Float64,
+        },
+        orient="row",
+    ).select(
+        pl.from_epoch("timestamp", "ms").dt.replace_time_zone("UTC"),
+        "source",
+        "power_draw",
+        "energy_usage",
+        pl.lit(w.start_ms).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC").alias("window_start"),
+    )
+
+
 def _conform(rows: pl.DataFrame) -> pl.DataFrame:
     """``rows`` with the columns of AGG_SCHEMA; a column they lack (the activity columns of rows written
     before they existed) is null."""
@@ -145,7 +180,10 @@ class ResultStore:
         self.run_dir = run_dir
         self.agg_path = run_dir / "agg_results.parquet"
         self.windows_path = run_dir / "windows.parquet"
+        self.measured_path = run_dir / "measured.parquet"
         self.agg = pl.DataFrame(schema=AGG_SCHEMA)
+        self.measured = pl.DataFrame(schema=MEASURED_SCHEMA)
+        """The measured power received in durable windows (what the API serves as measured)."""
         self.windows = pl.DataFrame(schema=WINDOW_SCHEMA)
         self._durable: set[int] = set()
         self._lock = asyncio.Lock()
@@ -158,6 +196,9 @@ class ResultStore:
         if self.agg_path.exists():
             agg = _conform(pl.read_parquet(self.agg_path))
             self.agg = agg.join(self.windows.select("window_start"), on="window_start", how="semi")
+        if self.measured_path.exists():
+            measured = pl.read_parquet(self.measured_path).cast(MEASURED_SCHEMA)
+            self.measured = measured.join(self.windows.select("window_start"), on="window_start", how="semi")
         self._durable = {int(v) for v in self.windows["window_start"].dt.epoch("ms").to_list()}
 
     def is_durable(self, window_start_ms: int) -> bool:
@@ -175,8 +216,11 @@ class ResultStore:
     def durable_count(self) -> int:
         return len(self._durable)
 
-    async def commit(self, record: WindowRecord, rows: pl.DataFrame) -> None:
-        """Make a window durable: its rows appended to agg_results, then the journal entry."""
+    async def commit(
+        self, record: WindowRecord, rows: pl.DataFrame, measured: pl.DataFrame | None = None
+    ) -> None:
+        """Make a window durable: its rows appended to agg_results, its measured power to measured.parquet,
+        then the journal entry."""
         rec = pl.DataFrame(
             [
                 {
@@ -191,11 +235,17 @@ class ResultStore:
         )
         async with self._lock:
             agg = pl.concat([self.agg, _conform(rows)]) if rows.height else self.agg
+            fresh = measured is not None and measured.height > 0
+            meas = self.measured
+            if measured is not None and fresh:
+                meas = pl.concat([meas, measured.cast(MEASURED_SCHEMA)])
             windows = pl.concat([self.windows, rec.select(list(WINDOW_SCHEMA)).cast(WINDOW_SCHEMA)])
             if rows.height:
                 await asyncio.to_thread(_write_atomic, agg, self.agg_path)
+            if fresh:
+                await asyncio.to_thread(_write_atomic, meas, self.measured_path)
             await asyncio.to_thread(_write_atomic, windows, self.windows_path)
-            self.agg, self.windows = agg, windows
+            self.agg, self.measured, self.windows = agg, meas, windows
             self._durable.add(record.window_start_ms)
 
     def save_topology(self, version: int, topology: Topology, meta: dict[str, Any]) -> None:

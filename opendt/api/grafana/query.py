@@ -15,7 +15,7 @@ import polars as pl
 from aiohttp import web
 
 from opendt.api.http import ApiError, parse_time
-from opendt.api.readmodel import TwinView, data_bounds
+from opendt.api.readmodel import TwinView, data_bounds, measured_power
 from opendt.metrics import How, bucket
 
 PREFIX = "/grafana"
@@ -264,15 +264,8 @@ def query_ctx(body: dict[str, Any], view: TwinView) -> Ctx:
 
 
 def measured_frame(view: TwinView, ctx: Ctx) -> pl.DataFrame:
-    """Measured power per instant: the sum over power sources (unknown if any value is not finite)."""
-    if view.measured is None:
-        return pl.DataFrame(schema={"timestamp_ms": pl.Int64, "power_draw": pl.Float64})
-    power = pl.col("power_draw")
-    return (
-        ctx.rows(view.measured.select("timestamp_ms", "power_draw"))
-        .group_by("timestamp_ms")
-        .agg(pl.when(power.is_finite().fill_null(False).all()).then(power.sum()).alias("power_draw"))
-    )
+    """Measured power per instant in the query's range (the read model's sum over power sources)."""
+    return ctx.rows(measured_power(view))
 
 
 def windows_frame(view: TwinView) -> pl.DataFrame:
