@@ -375,9 +375,6 @@ class ApiSettings(Section):
     )
     whatif_workers: int = Field(default=1, ge=1, description="Engine worker processes for scenario runs")
     whatif_timeout_s: float = Field(default=60.0, gt=0, description="Per scenario run")
-    whatif_snapshot_every_s: int = Field(
-        default=3600, gt=0, description="Twin snapshot interval (what-ifs start from the newest before start)"
-    )
 
 
 class LogSettings(Section):
@@ -436,6 +433,12 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     data_dir: Annotated[Path, Field(description="Runs, archives and state live here")] = REPO_ROOT / "data"
     log: LogSettings = LogSettings()
+
+    @model_validator(mode="after")
+    def _checkpoints_on_windows(self) -> Settings:
+        if self.checkpoint.every_s % self.windowing.window_s:
+            raise ValueError("checkpoint.every_s must be a multiple of windowing.window_s")
+        return self
 
     @classmethod
     def settings_customise_sources(

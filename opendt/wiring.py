@@ -40,6 +40,7 @@ from opendt.stream.replay import ReplayProducer, ReplayProgress
 from opendt.twin.history import TwinHistory
 from opendt.twin.hooks import HookChain
 from opendt.twin.loop import WindowLoop
+from opendt.twin.recovery import Recovery, durability_of
 from opendt.twin.results import ResultStore
 from opendt.twin.run import RunLock, identity, set_aside, write_run_json
 from opendt.twin.scenarios import ScenarioRunner
@@ -149,6 +150,20 @@ async def build_twin(
     if box.resume(store):
         log.info("topology_resumed", version=box.current.version, source=box.current.source)
     state.box = box
+    twin = TwinEngine(timeout_s=settings.simulation.timeout_s)
+    recovery = Recovery(
+        durability_of(settings, run_dir),
+        store,
+        box,
+        twin,
+        export_interval_ms=settings.simulation.export_interval_s * 1000,
+    )
+    await asyncio.to_thread(recovery.load)
+    resume = await asyncio.to_thread(
+        recovery.stream_resume,
+        external=settings.kafka.bootstrap_servers is not None,
+        horizon_ms=settings.windowing.dedup_horizon_s * 1000,
+    )
 
     bootstrap, broker = await stack.enter_async_context(kafka_broker_for(settings.kafka))
     state.bootstrap_servers = bootstrap
@@ -165,6 +180,9 @@ async def build_twin(
         settings.windowing.window_s * 1000,
         queue,
         dead_letter=DeadLetter(producer, topics.dead_letter),
+        watermark_kinds=tuple(settings.windowing.watermark_topics),
+        dedup_horizon_ms=settings.windowing.dedup_horizon_s * 1000,
+        resume=resume,
     )
     state.windows = consumer
 
@@ -176,17 +194,26 @@ async def build_twin(
         await producer.send(topics.sim_results, orjson.dumps(value), key=key)
 
     writer = TopologyWriter(box, publish_topology, lambda: state.watermark_or(0))
-    twin = TwinEngine(timeout_s=settings.simulation.timeout_s)
+    inputs, checkpoints = recovery.d.inputs, recovery.d.checkpoints
     calibrator = None
     if settings.calibration.enabled:
-        calibrator = calibrator_for(settings, box, twin, run_dir, writer=writer, is_durable=store.is_durable)
+        calibrator = calibrator_for(
+            settings,
+            box,
+            twin,
+            run_dir,
+            inputs=inputs,
+            checkpoints=checkpoints,
+            store=store,
+            writer=writer,
+            is_durable=store.is_durable,
+        )
         state.calibration = calibrator
     api = settings.api
-    history = TwinHistory(
-        lambda: twin.snapshot(archive="running"),
-        retention_ms=(api.whatif_max_range_s + api.whatif_snapshot_every_s) * 1000,
-        snapshot_every_ms=api.whatif_snapshot_every_s * 1000,
-    )
+    history = TwinHistory(inputs, checkpoints)
+    if not store.windows.is_empty():
+        ends = store.windows["window_end"].dt.epoch("ms")
+        history.resume(int(store.windows["window_start"].dt.epoch("ms").min()), int(ends.max()))  # type: ignore[arg-type]
     scenario_pool = CandidatePool(api.whatif_workers, timeout_s=api.whatif_timeout_s)
     stack.push_async_callback(bounded, scenario_pool.stop, "scenario_pool")
     scenarios = ScenarioRunner(
@@ -238,6 +265,7 @@ async def build_twin(
         commit=consumer.commit_durable,
         hooks=HookChain(calibrator, history, optimizer),
         on_physical=on_physical,
+        recovery=recovery,
     )
     state.loop = loop
     replay = None
@@ -245,7 +273,15 @@ async def build_twin(
         await publish_topology(SimTopology(0, "initial", "physical topology", workload.topology, 0))
         progress = ReplayProgress()
         state.replay = progress
-        replay = ReplayProducer(workload, producer, topics, settings.replay, SystemClock(), progress)
+        replay = ReplayProducer(
+            workload,
+            producer,
+            topics,
+            settings.replay,
+            SystemClock(),
+            progress,
+            start_at_ms=None if resume is None else resume.next_start_ms,
+        )
     if settings.api.enabled:
         view = TwinView(
             store=store,

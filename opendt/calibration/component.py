@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,32 +36,16 @@ from opendt.calibration.view import calibration_view
 from opendt.models.topology import Topology
 from opendt.settings import CalibrationSettings, Settings
 from opendt.stream.windowing import Window
+from opendt.twin.checkpoint import Checkpoints
+from opendt.twin.inputs import InputStore
+from opendt.twin.results import ResultStore
 from opendt.twin.topology import TopologyBox, TopologyWriter
 from opendt.worker.client import TwinEngine
 from opendt.worker.pool import CandidatePool
-from opendt.workload import carbon_frame
 
 log = structlog.get_logger(component="calibrator")
 
 Snapshot = Callable[[], Awaitable[bytes]]
-
-
-@dataclass
-class _Kept:
-    start_ms: int
-    end_ms: int
-    tasks: pl.DataFrame
-    fragments: pl.DataFrame
-    power: pl.DataFrame
-    carbon: pl.DataFrame
-
-
-def power_frame(w: Window) -> pl.DataFrame:
-    return pl.DataFrame(
-        [(p.timestamp_ms, p.power_draw) for p in w.power],
-        schema={"timestamp_ms": pl.Int64, "power_draw": pl.Float64},
-        orient="row",
-    )
 
 
 class Calibrator:
@@ -76,6 +58,9 @@ class Calibrator:
         journal: Journal,
         *,
         window_ms: int,
+        inputs: InputStore,
+        checkpoints: Checkpoints,
+        store: ResultStore | None = None,
         writer: TopologyWriter | None = None,
         is_durable: Callable[[int], bool] | None = None,
     ) -> None:
@@ -94,6 +79,11 @@ class Calibrator:
         self.unusable = ""
         """Why the search space does not fit the physical topology (calibration then pauses), or ''."""
         self.snapshot = snapshot
+        self.inputs = inputs
+        """The window inputs a round's lookback is read from."""
+        self.checkpoints = checkpoints
+        """Where a lookback's warm start comes from when this process took no snapshot there."""
+        self.store = store
         self.pool = pool
         self.journal = journal
         if box.known:
@@ -103,9 +93,7 @@ class Calibrator:
         """The one write path of the simulated topology (offline: the box alone)."""
         self.is_durable = is_durable
         """Whether the window starting at a given instant is already durable (resumed runs)."""
-        self._kept: deque[_Kept] = deque()
-        self._effect: deque[tuple[int, Topology]] = deque()
-        """Where the simulated topology changed: (first window start, topology), bounded to the lookback."""
+        self._to_requeue: list[int] = []
         self._snapshots: dict[int, bytes] = {}
         self._first_start: int | None = None
         self._jobs: asyncio.Queue[tuple[RoundJob, asyncio.Future[RoundRecord]]] = asyncio.Queue()
@@ -164,6 +152,7 @@ class Calibrator:
     # -- simulator hooks ---------------------------------------------------------------------------------
 
     async def before_window(self, w: Window) -> None:
+        await self._requeue()
         for at in sorted(t for t in self._pending if t <= w.start_ms):
             fut = self._pending.pop(at)
             if not fut.done():
@@ -181,24 +170,15 @@ class Calibrator:
     async def after_window(
         self, w: Window, tasks: pl.DataFrame, fragments: pl.DataFrame, *, replayed: bool = False
     ) -> None:
+        await self._requeue()
         if self._first_start is None:
             self._first_start = w.start_ms
-        self._kept.append(
-            _Kept(w.start_ms, w.end_ms, tasks, fragments, power_frame(w), carbon_frame(w.carbon))
-        )
-        topo = self.box.current.topology  # what this window was simulated with
-        if not self._effect or self._effect[-1][1] is not topo:
-            self._effect.append((w.start_ms, topo))
         horizon = w.end_ms - self.lookback_ms
-        while self._kept and self._kept[0].start_ms < horizon:
-            self._kept.popleft()
-        while len(self._effect) > 1 and self._effect[1][0] <= horizon:
-            self._effect.popleft()
         for t in [t for t in self._snapshots if t < horizon]:
             del self._snapshots[t]
         if w.final:
             return
-        if (w.end_ms + self.lookback_ms) % self.every_ms == 0:
+        if (w.end_ms + self.lookback_ms) % self.every_ms == 0 and self.checkpoints.get(w.end_ms) is None:
             try:
                 self._snapshots[w.end_ms] = await self.snapshot()
             except asyncio.CancelledError:
@@ -206,7 +186,7 @@ class Calibrator:
             except Exception as e:  # noqa: BLE001 - the round that needs it is skipped, the twin goes on
                 log.warning("calibration_snapshot_failed", at_ms=w.end_ms, error=str(e))
         if w.end_ms % self.every_ms == 0 and (not replayed or self._rerun(w.end_ms)) and self._fit():
-            self._queue_round(w.end_ms)
+            await self._queue_round(w.end_ms)
 
     def _rerun(self, at_ms: int) -> bool:
         """On a resume (the window is replayed): run the round queued at ``at_ms`` again only when the earlier
@@ -219,32 +199,79 @@ class Calibrator:
             return False
         return self.is_durable is not None and not self.is_durable(at_ms + self.apply_delay_ms)
 
-    def _queue_round(self, at_ms: int) -> None:
+    # -- checkpoints -------------------------------------------------------------------------------------
+
+    checkpoint_key = "calibrator"
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a restarted twin needs to go on: the round count, the first window, the pending rounds."""
+        pending = sorted(at - self.apply_delay_ms for at in self._pending)
+        return {"rounds": self._rounds, "first_start": self._first_start, "pending": pending}
+
+    def restore_checkpoint(self, state: dict[str, Any]) -> None:
+        self._rounds = max(self._rounds, int(state.get("rounds", 0)))
+        first = state.get("first_start")
+        self._first_start = None if first is None else int(first)
+        self._to_requeue = [int(at) for at in state.get("pending", [])]
+
+    async def _requeue(self) -> None:
+        """Rounds that were pending at the checkpoint a restarted twin resumed from: run again those the
+        earlier process did not finish (their number is kept: the journal's are reused)."""
+        todo, self._to_requeue = self._to_requeue, []
+        for at_ms in todo:
+            if self._rerun(at_ms) and self._fit():
+                self._rounds -= 1  # _queue_round numbers it again: the number it had
+                await self._queue_round(at_ms)
+
+    # -- rounds --------------------------------------------------------------------------------------------
+
+    def _effect_between(self, lo_ms: int, hi_ms: int) -> list[tuple[int, Topology]]:
+        """Where the simulated topology changed in ``[lo_ms, hi_ms)``, from the window journal: (first window
+        start, topology), the first entry the topology in effect at ``lo_ms``."""
+        if self.store is None:
+            return [(lo_ms, self.box.current.topology)]
+        w = self.store.windows.filter(pl.col("window_end").dt.epoch("ms") > lo_ms)
+        out: list[tuple[int, Topology]] = []
+        last = None
+        for start, version in zip(
+            w["window_start"].dt.epoch("ms").to_list(), w["topology_version"].to_list(), strict=True
+        ):
+            if start >= hi_ms:
+                break
+            if version != last:
+                topo = self.box.of_version(int(version), self.store)
+                if topo is not None:
+                    out.append((max(int(start), lo_ms), topo))
+                last = version
+        return out or [(lo_ms, self.box.current.topology)]
+
+    async def _queue_round(self, at_ms: int) -> None:
         lo = at_ms - self.lookback_ms
         assert self._first_start is not None
         snap = self._snapshots.get(lo)
         if snap is None and lo > self._first_start:
+            ckpt = self.checkpoints.get(lo)
+            snap = None if ckpt is None else await asyncio.to_thread(ckpt.engine_blob)
+        if snap is None and lo > self._first_start:
             log.warning("calibration_skipped", at_ms=at_ms, reason="no twin snapshot at the lookback start")
             return
-        kept = [k for k in self._kept if k.start_ms >= lo and k.end_ms <= at_ms]
+        frames = await asyncio.to_thread(self.inputs.frames, max(lo, self._first_start), at_ms)
         eval_from = max(at_ms - self.every_ms, self._first_start)
-        effect = [(t, topo) for t, topo in self._effect if eval_from < t < at_ms]
-        before = [(eval_from, topo) for t, topo in self._effect if t <= eval_from]
         self._rounds += 1
-        carbon = pl.concat([k.carbon for k in kept], how="vertical_relaxed")
+        carbon = frames["carbon"]
         job = RoundJob(
             index=self._rounds,
             at_ms=at_ms,
             lookback_start_ms=max(lo, self._first_start),
             apply_at_ms=at_ms + self.apply_delay_ms,
             snapshot=snap,
-            tasks=pl.concat([k.tasks for k in kept], how="vertical_relaxed"),
-            fragments=pl.concat([k.fragments for k in kept], how="vertical_relaxed"),
-            measured=_measured(kept, lo, at_ms),
+            tasks=frames["tasks"],
+            fragments=frames["fragments"],
+            measured=_measured(frames["power"], lo, at_ms),
             current=self.box.current.topology,
             physical=self.box.physical,
             carbon=carbon if carbon.height else None,
-            effect=before[-1:] + effect,
+            effect=self._effect_between(eval_from, at_ms),
             eval_from_ms=eval_from,
         )
         fut: asyncio.Future[RoundRecord] = asyncio.get_running_loop().create_future()
@@ -357,6 +384,9 @@ def calibrator_for(
     twin: TwinEngine,
     run_dir: Path | None,
     *,
+    inputs: InputStore,
+    checkpoints: Checkpoints,
+    store: ResultStore | None = None,
     writer: TopologyWriter | None = None,
     pool_command: list[str] | None = None,
     is_durable: Callable[[int], bool] | None = None,
@@ -374,14 +404,20 @@ def calibrator_for(
         pool,
         journal,
         window_ms=settings.windowing.window_s * 1000,
+        inputs=inputs,
+        checkpoints=checkpoints,
+        store=store,
         writer=writer,
         is_durable=is_durable,
     )
 
 
-def _measured(kept: list[_Kept], lo: int, hi: int) -> pl.DataFrame:
-    frames = [k.power for k in kept if k.power.height]
-    if not frames:
-        return pl.DataFrame(schema={"timestamp_ms": pl.Int64, "power_draw": pl.Float64})
-    df = pl.concat(frames).filter((pl.col("timestamp_ms") >= lo) & (pl.col("timestamp_ms") < hi))
-    return df.group_by("timestamp_ms").agg(pl.col("power_draw").sum()).sort("timestamp_ms")
+def _measured(power: pl.DataFrame, lo: int, hi: int) -> pl.DataFrame:
+    """The measured power per instant in ``[lo, hi)`` (summed over sources) from stored power samples."""
+    df = power.filter((pl.col("timestamp_ms") >= lo) & (pl.col("timestamp_ms") < hi))
+    return (
+        df.group_by("timestamp_ms")
+        .agg(pl.col("power_draw").sum())
+        .sort("timestamp_ms")
+        .select(pl.col("timestamp_ms").cast(pl.Int64), pl.col("power_draw").cast(pl.Float64))
+    )

@@ -34,6 +34,7 @@ from opendt.settings import Settings
 from opendt.stream.consumer import ClosedWindow
 from opendt.stream.windowing import Window, carry_carbon
 from opendt.twin.loop import WindowLoop
+from opendt.twin.recovery import Recovery, durability_of
 from opendt.twin.results import ResultStore
 from opendt.twin.topology import TopologyBox
 from opendt.worker.client import TwinEngine
@@ -224,11 +225,23 @@ async def calibrate_offline(
         raise ValueError(f"{run_dir} already holds results; give an empty --out directory")
     box = TopologyBox()
     twin = TwinEngine(timeout_s=settings.simulation.timeout_s)
-    calibrator = calibrator_for(settings, box, twin, run_dir, pool_command=pool_command)
+    interval_ms = settings.simulation.export_interval_s * 1000
+    recovery = Recovery(durability_of(settings, run_dir), store, box, twin, export_interval_ms=interval_ms)
+    await asyncio.to_thread(recovery.load)
+    calibrator = calibrator_for(
+        settings,
+        box,
+        twin,
+        run_dir,
+        inputs=recovery.d.inputs,
+        checkpoints=recovery.d.checkpoints,
+        store=store,
+        pool_command=pool_command,
+    )
     journal = calibrator.journal
     journal.on_new = on_round
     queue: asyncio.Queue[ClosedWindow | None] = asyncio.Queue(maxsize=settings.windowing.queue_size)
-    simulator = WindowLoop(queue, twin, store, box, settings.simulation, hooks=calibrator)
+    simulator = WindowLoop(queue, twin, store, box, settings.simulation, hooks=calibrator, recovery=recovery)
 
     async def feed() -> None:
         for w in windows:

@@ -130,6 +130,17 @@ class Optimizer:
             self.superseded += 1
             await self.journal.round(pending.to_json_dict())
 
+    checkpoint_key = "optimizer"
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a restarted twin needs to number rounds on: the windows seen, the largest task."""
+        return {"windows": self._windows, "max_task_cores": self._max_task_cores}
+
+    def restore_checkpoint(self, state: dict[str, Any]) -> None:
+        self._windows = int(state.get("windows", 0))
+        cores = state.get("max_task_cores")
+        self._max_task_cores = None if cores is None else int(cores)
+
     def resume(self) -> int:
         """Read the journal's rounds back (a restarted twin): the history, the accepted count and the kept
         proposal still waiting for an operator. Returns the number of rounds read."""

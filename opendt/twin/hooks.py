@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import polars as pl
 
@@ -17,6 +17,17 @@ class WindowHooks(Protocol):
     async def after_window(
         self, w: Window, tasks: pl.DataFrame, fragments: pl.DataFrame, *, replayed: bool = False
     ) -> None: ...
+
+
+@runtime_checkable
+class Checkpointed(Protocol):
+    """A hook with state of its own that a checkpoint keeps (under ``checkpoint_key``)."""
+
+    checkpoint_key: str
+
+    def checkpoint_state(self) -> dict[str, Any]: ...
+
+    def restore_checkpoint(self, state: dict[str, Any]) -> None: ...
 
 
 class HookChain:
@@ -34,3 +45,11 @@ class HookChain:
     ) -> None:
         for h in self.hooks:
             await h.after_window(w, tasks, fragments, replayed=replayed)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {h.checkpoint_key: h.checkpoint_state() for h in self.hooks if isinstance(h, Checkpointed)}
+
+    def restore_checkpoint(self, state: dict[str, Any]) -> None:
+        for h in self.hooks:
+            if isinstance(h, Checkpointed) and h.checkpoint_key in state:
+                h.restore_checkpoint(state[h.checkpoint_key])

@@ -9,8 +9,11 @@ failed and the twin goes on. A failed window leaves no trace in the engine (the 
 of the successful calls): its new tasks and fragments are not simulated, and the next window's rows cover its
 time span.
 
-After a restart, windows already durable are replayed into the engine (to rebuild its state, with the
-topology version they had; failed ones are skipped, as they were) but not written again.
+Each window's inputs are stored (:mod:`opendt.twin.inputs`) before it is simulated, and every
+``checkpoint.every_s`` a checkpoint is taken; a restart restores the newest checkpoint and replays the durable
+windows after it from the store, and a crashed worker is rebuilt the same way (:mod:`opendt.twin.recovery`).
+A run made before the input store existed resumes as it did: its durable windows come again from the stream
+and are replayed into the engine (with their topology version; failed ones skipped) but not written again.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -30,7 +34,8 @@ from opendt.models.topology import Topology
 from opendt.settings import SimulationSettings
 from opendt.stream.consumer import ClosedWindow
 from opendt.stream.windowing import Window
-from opendt.twin.hooks import WindowHooks
+from opendt.twin.hooks import HookChain, WindowHooks
+from opendt.twin.recovery import Recovery
 from opendt.twin.results import ResultStore, WindowRecord, aggregate_rows, measured_rows, results_message
 from opendt.twin.status import SimulationStatus
 from opendt.twin.topology import TopologyBox
@@ -39,6 +44,8 @@ from opendt.workload import FRAGMENT_SCHEMA, TASK_SCHEMA, carbon_frame
 
 log = structlog.get_logger(component="simulator")
 T = TypeVar("T")
+LATENCY_SAMPLES = 2016
+"""Window latencies kept for the status's p50/p95 (a week of 5-minute windows)."""
 
 
 def window_frames(w: Window) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -60,8 +67,10 @@ class LoopStats:
     windows_simulated: int = 0
     windows_failed: int = 0
     windows_replayed: int = 0
-    latencies_s: list[float] = field(default_factory=list)
+    latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    """The latest windows' latencies (bounded: the status shows their p50/p95)."""
     last_window_end_ms: int | None = None
+    checkpoints: int = 0
 
 
 Publish = Callable[[bytes, dict[str, object]], Awaitable[None]]
@@ -85,6 +94,7 @@ class WindowLoop:
         on_done: Callable[[], None] | None = None,
         hooks: WindowHooks | None = None,
         on_physical: OnPhysical | None = None,
+        recovery: Recovery | None = None,
     ) -> None:
         self.queue = queue
         self.twin = twin
@@ -92,13 +102,17 @@ class WindowLoop:
         self.box = box
         self.settings = settings
         self.on_physical = on_physical
+        self.recovery = recovery
+        twin.rebuild = self._rebuild
         self._engine_ready = False
+        self._engine_until: int | None = None
+        """The end of the last window the engine has (from a resume or simulated)."""
         self._carbon: list[CarbonRow] = []
         """Carbon steps received but not yet in the engine (a failed window's are carried to the next)."""
         self.publish = publish
         self.commit = commit
         self.on_done = on_done
-        self.hooks = hooks
+        self.hooks = hooks if isinstance(hooks, HookChain) or hooks is None else HookChain(hooks)
         self.stats = LoopStats()
         self.applied_version = -1
         self.done = asyncio.Event()
@@ -118,9 +132,9 @@ class WindowLoop:
         )
 
     async def _ensure_engine(self) -> None:
-        """Start the twin's engine on the first window (the physical topology has arrived with it). A resumed
-        run replays its durable windows from version 0, each under the version it was simulated with; a new
-        run starts from the current one."""
+        """Start the twin's engine on the first window (the physical topology has arrived with it). A run
+        resumed from the stream (no input store) replays its durable windows from version 0, each under the
+        version it was simulated with; a new run starts from the current one."""
         if self._engine_ready:
             return
         if self.store.durable_count:
@@ -132,6 +146,56 @@ class WindowLoop:
         await self.twin.init(topology.to_json_dict(), self.settings.export_interval_s * 1000, None)
         self.applied_version = version
         self._engine_ready = True
+
+    async def _rebuild(self) -> None:
+        """A new engine worker's state (its predecessor died or hung): the newest checkpoint, then the durable
+        windows since, from the input store; without durability, the engine as it started."""
+        if self._engine_until is None:  # nothing simulated yet: the engine as it starts
+            self._engine_ready = False
+            await self._ensure_engine()
+            return
+        if self.recovery is None:
+            raise WorkerDied("the engine's state is lost and the twin keeps no durable state to rebuild it")
+        self.applied_version = await self.recovery.rebuild(self._engine_until)
+
+    async def _resume(self) -> None:
+        """After a restart: the newest checkpoint at or before the last durable window, then the durable
+        windows after it replayed from the input store (the hooks see them as replayed)."""
+        r = self.recovery
+        end = None if r is None else r.last_durable_end()
+        if r is None or end is None:
+            return
+        ckpt = r.base(end)
+        lo = None if ckpt is None else ckpt.at_ms
+        if not r.covers(lo, end):
+            log.info("resume_from_stream", reason="the durable windows' inputs are not all stored")
+            return
+        if ckpt is not None:
+            self.box.restore_state(ckpt.state["box"])
+            if self.hooks is not None:
+                self.hooks.restore_checkpoint(ckpt.state.get("hooks", {}))
+        t0 = time.perf_counter()
+        self.applied_version = await r.restore(ckpt)
+        self._engine_ready = True
+        carbon: list[CarbonRow] = []
+        for s in r.durable_after(lo, end):
+            sw = r.d.inputs.read(s)
+            if sw.window.topology is not None:
+                self.box.set_physical(sw.window.topology, s)
+            self.applied_version, _ = await r.replay(sw, self.applied_version, carbon)
+            self._carbon = list(carbon)
+            self.stats.windows_replayed += 1
+            if self.hooks is not None:
+                await self.hooks.after_window(sw.window, sw.tasks, sw.fragments, replayed=True)
+        self._engine_until = end
+        self.stats.last_window_end_ms = end
+        log.info(
+            "resumed",
+            checkpoint_ms=lo,
+            windows_replayed=self.stats.windows_replayed,
+            until_ms=end,
+            seconds=round(time.perf_counter() - t0, 3),
+        )
 
     async def _physical(self, w: Window, *, replayed: bool) -> None:
         """A window that brings a physical topology: the first one is version 0; a later one that differs is
@@ -145,6 +209,7 @@ class WindowLoop:
 
     async def run(self) -> None:
         try:
+            await self._resume()
             while (cw := await self.queue.get()) is not None:
                 await self.process(cw)
         finally:
@@ -160,13 +225,15 @@ class WindowLoop:
         )
 
     async def _apply_version(self, version: int) -> None:
-        if version == self.applied_version:
-            return
+        if version != self.applied_version:
+            await self._retrying("set_topology", lambda: self._set_version(version))
+
+    async def _set_version(self, version: int) -> None:
         topo = self.box.of_version(version, self.store)
         if topo is None:
             log.warning("topology_version_unknown", version=version)
             return
-        await self._retrying("set_topology", lambda: self.twin.set_topology(topo.to_json_dict()))
+        await self.twin.set_topology(topo.to_json_dict())
         self.applied_version = version
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]], **ctx: object) -> tuple[T, int]:
@@ -188,18 +255,23 @@ class WindowLoop:
     async def process(self, cw: ClosedWindow) -> None:
         w = cw.window
         t0 = time.perf_counter()
+        if self._engine_until is not None and w.end_ms <= self._engine_until:
+            if self.commit is not None:  # the engine has it already (a resumed run): nothing to do
+                await self.commit(cw)
+            return
         tasks, frags = window_frames(w)
         durable = self.store.is_durable(w.start_ms)
         if w.topology is not None:
             await self._physical(w, replayed=durable)
         self._carbon.extend(w.carbon)
         await self._ensure_engine()
-        if durable:
+        if durable:  # a run older than the input store, resumed from the stream
             version = self.store.window_version(w.start_ms)
             if version is not None:
                 await self._apply_version(version)
             if self.store.window_status(w.start_ms) == "ok":  # a failed window left no trace in the engine
                 await self._advance(w, tasks, frags)
+            self._engine_until = w.end_ms
             self.stats.windows_replayed += 1
             if self.hooks is not None:
                 await self.hooks.after_window(w, tasks, frags, replayed=True)
@@ -214,6 +286,9 @@ class WindowLoop:
             self.store.save_topology(cur.version, cur.topology, meta)
             await self._apply_version(cur.version)
             log.info("topology_applied", version=cur.version, source=cur.source, window_start=w.start_ms)
+        if self.recovery is not None:  # stored before simulating: a crash rebuild and a resume read it
+            positions = {(tp.topic, tp.partition): o for tp, o in cw.commit_offsets.items()}
+            await self.recovery.d.inputs.write(w, positions)
         status, error, attempts = "ok", "", 1
         compute0 = self.twin.stats.compute_s
         try:
@@ -245,17 +320,26 @@ class WindowLoop:
             )
         if self.commit is not None:
             await self.commit(cw)
+        self._engine_until = w.end_ms
         if self.hooks is not None:
             await self.hooks.after_window(w, tasks, frags)
         if status == "ok":
             self.stats.windows_simulated += 1
         self.stats.latencies_s.append(time.perf_counter() - t0)
         self.stats.last_window_end_ms = w.end_ms
+        r = self.recovery
+        if r is not None and w.end_ms % r.d.every_ms == 0 and not w.final:
+            extra = {"hooks": {} if self.hooks is None else self.hooks.checkpoint_state()}
+            if await r.checkpoint(w.end_ms, self.applied_version, extra):
+                self.stats.checkpoints += 1
 
     async def _advance(self, w: Window, tasks: pl.DataFrame, frags: pl.DataFrame) -> tuple[pl.DataFrame, int]:
         carbon = carbon_frame(self._carbon) if self._carbon else None
+        version = self.applied_version
 
         async def call() -> pl.DataFrame:
+            if self.applied_version != version:  # a rebuilt worker: this window's topology again
+                await self._set_version(version)
             rows = await self.twin.advance(w.end_ms, tasks, frags, carbon)
             if w.final:
                 rows = pl.concat([rows, await self.twin.finish()], how="vertical_relaxed")

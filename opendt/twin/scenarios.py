@@ -1,7 +1,7 @@
 """Warm-started scenario runs over a past range: what-ifs (API) and optimizer proposals share this runner.
 
 A run simulates ``[start, end)`` of the twin's past with other topologies: it starts from the twin's state
-kept by :class:`~opendt.twin.history.TwinHistory` (the newest snapshot at or before ``start``), pre-rolls to
+kept by :class:`~opendt.twin.history.TwinHistory` (the newest checkpoint at or before ``start``), pre-rolls to
 ``start`` with the twin's own topology, switches to each candidate topology there and advances to ``end`` on
 the twin's export grid, so its rows line up with the twin's stored results instant by instant. Runs go
 through a :class:`~opendt.worker.pool.CandidatePool` of low-priority engine workers (never the
@@ -11,6 +11,7 @@ twin's own worker): one run at a time, the others wait in a bounded queue; a ful
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,21 +114,21 @@ class ScenarioRunner:
         if self._waiting >= self.max_queue:
             self.rejected_busy += 1
             raise ScenarioBusy(f"{self._waiting} scenario runs already queued (api.whatif_queue)")
-        base = self.history.base(start_ms, end_ms)
-        initial = self.box.initial
-        if initial is None:
-            raise HistoryGap("the twin has no physical topology yet")
-        header = scenario_header(start_ms, end_ms, self.export_interval_ms, initial.to_json_dict())
-        tables = {"tasks": base.tasks, "fragments": base.fragments}
-        if base.blob is not None:
-            tables["snapshot"] = pl.DataFrame({"blob": [base.blob]}, schema={"blob": pl.Binary})
-        if base.carbon.height:
-            tables["carbon"] = base.carbon
-        self._ids += 1
-        rin = RoundInput(-self._ids, header, tables)  # negative: never a calibration round id
-        self._waiting += 1
+        self._waiting += 1  # taken before anything is awaited: concurrent callers see it
         t0 = time.perf_counter()
         try:
+            initial = self.box.initial
+            if initial is None:
+                raise HistoryGap("the twin has no physical topology yet")
+            base = await asyncio.to_thread(self.history.base, start_ms, end_ms)
+            header = scenario_header(start_ms, end_ms, self.export_interval_ms, initial.to_json_dict())
+            tables = {"tasks": base.tasks, "fragments": base.fragments}
+            if base.blob is not None:
+                tables["snapshot"] = pl.DataFrame({"blob": [base.blob]}, schema={"blob": pl.Binary})
+            if base.carbon.height:
+                tables["carbon"] = base.carbon
+            self._ids += 1
+            rin = RoundInput(-self._ids, header, tables)  # negative: never a calibration round id
             outs = await self.pool.run(rin, [t.to_json_dict() for t in topologies])
         finally:
             self._waiting -= 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -81,6 +81,45 @@ class TopologyBox:
         elif first:
             self.initial = topology
         return not first
+
+    def to_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the box."""
+        cur = self._current
+        return {
+            "physical": None if self._physical is None else self._physical.to_json_dict(),
+            "initial": None if self.initial is None else self.initial.to_json_dict(),
+            "current": None
+            if cur is None
+            else {
+                "version": cur.version,
+                "source": cur.source,
+                "reason": cur.reason,
+                "timestamp_ms": cur.timestamp_ms,
+                "topology": cur.topology.to_json_dict(),
+            },
+            "reserved": self._reserved,
+        }
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """The box as a checkpoint kept it (a version written after the checkpoint stays if newer)."""
+
+        def topo(doc: dict[str, Any] | None, what: str) -> Topology | None:
+            return None if doc is None else parse_topology(doc, source=f"checkpoint {what} topology")
+
+        self._physical = topo(state.get("physical"), "physical")
+        self.initial = topo(state.get("initial"), "initial")
+        cur = state.get("current")
+        if cur is not None:
+            sim = SimTopology(
+                int(cur["version"]),
+                str(cur["source"]),
+                str(cur["reason"]),
+                parse_topology(cur["topology"], source="checkpoint simulated topology"),
+                int(cur["timestamp_ms"]),
+            )
+            if self._current is None or sim.version >= self._current.version:
+                self._current = sim
+        self._reserved = max(self._reserved, int(state.get("reserved", 0)))
 
     def next_version(self) -> int:
         """A version number no earlier offer or reservation has used (publishers call this first)."""

@@ -57,6 +57,10 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
                     export_interval_ms=header["export_interval_ms"],
                     carbon=tables.get("carbon"),
                 )
+            elif op == "restore":
+                from opendt.worker.warm import load_snapshot
+
+                engine = load_snapshot(tables["snapshot"]["blob"][0])
             elif op.startswith("cal."):
                 from opendt.worker import warm
 

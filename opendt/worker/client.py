@@ -14,8 +14,8 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -119,18 +119,24 @@ class EngineWorker:
 class TwinStats:
     restarts: int = 0
     resets: int = 0
-    """Workers discarded after an engine error in a state-changing call (state rebuilt from the history)."""
+    """Workers discarded after an engine error in a state-changing call (their state then rebuilt)."""
+    rebuilds: int = 0
     calls: int = 0
     compute_s: float = 0.0
     last_latency_s: float = 0.0
-    history: list[tuple[dict[str, Any], dict[str, pl.DataFrame]]] = field(default_factory=list)
+
+
+Rebuild = Callable[[], Awaitable[None]]
 
 
 class TwinEngine:
-    """The twin's engine in a worker that survives crashes: state-changing calls are kept and replayed.
+    """The twin's engine in a worker that survives crashes.
 
-    The worker's state is always the replay of ``stats.history`` (the successful state-changing calls): a
-    call that fails, by a crash, a hang or an engine error, leaves no trace in it.
+    A call that fails, by a crash, a hang or an engine error in a state-changing call, leaves no trace: the
+    worker is discarded, and before the next call a new one gets its state back through ``rebuild`` — the
+    twin restores its newest checkpoint and replays the windows it made durable since, from its input store
+    (:class:`~opendt.twin.loop.WindowLoop`). Nothing of the calls is kept here, so memory does not grow with
+    the run.
     """
 
     def __init__(
@@ -139,12 +145,16 @@ class TwinEngine:
         *,
         timeout_s: float = 120.0,
         startup_timeout_s: float = 60.0,
+        rebuild: Rebuild | None = None,
     ) -> None:
         self.command = list(command or default_command())
         self.timeout_s = timeout_s
         self.startup_timeout_s = startup_timeout_s
+        self.rebuild = rebuild
         self.stats = TwinStats()
         self._worker: EngineWorker | None = None
+        self._has_state = False
+        self._state_lost = False
 
     @property
     def pid(self) -> int | None:
@@ -157,9 +167,19 @@ class TwinEngine:
             self._worker = worker  # a failure below is handled (and counted) by _call like any other
             # the child's interpreter start and imports (seconds on a loaded machine) are no call's timeout
             await worker.call({"op": "ping"}, timeout_s=self.startup_timeout_s)
-            for header, tables in self.stats.history:  # rebuild the state exactly
-                await worker.call(header, tables, timeout_s=self.timeout_s)
+            if self._state_lost and self.rebuild is not None:
+                self._state_lost = False
+                self.stats.rebuilds += 1
+                try:
+                    await self.rebuild()  # its calls go to this worker
+                except BaseException:
+                    self._state_lost = True
+                    raise
         return self._worker
+
+    def _lost(self) -> None:
+        if self._has_state:
+            self._state_lost = True
 
     async def _call(
         self, header: dict[str, Any], tables: dict[str, pl.DataFrame] | None = None, *, record: bool
@@ -171,25 +191,30 @@ class TwinEngine:
             reply, out = await worker.call(header, tables, timeout_s=self.timeout_s)
         except WorkerDied:
             self._worker = None
+            self._lost()
             self.stats.restarts += 1
             log.warning("worker_died", op=header["op"], restarts=self.stats.restarts)
             raise
         except WorkerError as e:
-            if (
-                record or worker is None
-            ):  # state partly changed (or partly rebuilt) before the error: rebuild it
+            if record or worker is None:  # state partly changed (or partly rebuilt): rebuild it
                 stale, self._worker = self._worker, None
+                self._lost()
                 self.stats.resets += 1
                 if stale is not None:
                     await stale.stop()
                 log.warning("worker_reset", op=header["op"], error=str(e), resets=self.stats.resets)
             raise
         if record:
-            self.stats.history.append((header, tables or {}))
+            self._has_state = True
         self.stats.calls += 1
         self.stats.compute_s += float(reply.get("compute_s", 0.0))
         self.stats.last_latency_s = time.perf_counter() - t0
         return out
+
+    async def restore(self, blob: bytes) -> None:
+        """The engine of a snapshot (:meth:`snapshot`, a checkpoint's ``engine.bin``)."""
+        snap = pl.DataFrame({"blob": [blob]}, schema={"blob": pl.Binary})
+        await self._call({"op": "restore"}, {"snapshot": snap}, record=True)
 
     async def init(
         self, topology: dict[str, Any], export_interval_ms: int, carbon: pl.DataFrame | None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -173,12 +172,10 @@ async def test_calibration_endpoint_without_calibrator(twin: tuple[str, Settings
         assert "disabled" in (await r.json())["error"]
 
 
-def test_history_retention_needs_positive_intervals(tmp_path: Path) -> None:
-    """TwinHistory refuses a zero snapshot interval (it would snapshot never or always)."""
-    from opendt.twin.history import TwinHistory
+def test_checkpoints_must_fall_on_window_ends() -> None:
+    """A checkpoint period that is not a multiple of the window size is refused when the settings load (what-ifs
+    and resumes start from checkpoints, which are taken at window ends)."""
+    from opendt.settings import CheckpointSettings, Settings, WindowingSettings
 
-    async def snap() -> bytes:
-        return b""
-
-    with pytest.raises(ValueError, match="must be > 0"):
-        TwinHistory(snap, retention_ms=1000, snapshot_every_ms=0)
+    with pytest.raises(ValueError, match=r"checkpoint.every_s must be a multiple of windowing.window_s"):
+        Settings(windowing=WindowingSettings(window_s=300), checkpoint=CheckpointSettings(every_s=1000))

@@ -10,10 +10,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from opendt.settings import SimulationSettings
+from opendt.settings import Settings, SimulationSettings
 from opendt.stream.consumer import ClosedWindow
 from opendt.stream.windowing import Window
 from opendt.twin.loop import WindowLoop
+from opendt.twin.recovery import Recovery, durability_of
 from opendt.twin.results import ResultStore
 from opendt.twin.topology import TopologyBox
 from opendt.worker.client import TwinEngine
@@ -55,12 +56,12 @@ async def _simulate(
     for w in windows:
         queue.put_nowait(ClosedWindow(w))
     queue.put_nowait(None)
+    twin = TwinEngine(command, timeout_s=timeout_s)
+    box = TopologyBox(wl.topology)
+    recovery = Recovery(durability_of(Settings(), run_dir), store, box, twin, export_interval_ms=150_000)
+    recovery.load()
     sim = WindowLoop(
-        queue,
-        TwinEngine(command, timeout_s=timeout_s),
-        store,
-        TopologyBox(wl.topology),
-        SimulationSettings(retries=1, timeout_s=timeout_s),
+        queue, twin, store, box, SimulationSettings(retries=1, timeout_s=timeout_s), recovery=recovery
     )
     async with asyncio.timeout(60):
         await sim.run()
@@ -112,7 +113,10 @@ async def test_faulty_window_is_recorded_failed_and_the_twin_goes_on(
     assert not expect.equals(windowed_reference(wl, windows)), "the failed window's input had no effect"
 
     again, store2 = await _simulate(wl, windows, tmp_path / "run", command, timeout_s)
-    assert again.stats.windows_replayed == len(windows)
+    newest = max(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
+    assert newest > windows[bad].end_ms, "a checkpoint after the failed window"
+    after_checkpoint = [w for w in windows if w.start_ms >= newest]
+    assert again.stats.windows_replayed == len(after_checkpoint)  # from the checkpoint, not the start
     assert (again.twin.stats.restarts, again.twin.stats.resets) == (0, 0)
     assert store2.windows.equals(journal)
     assert pl.read_parquet(tmp_path / "run" / "agg_results.parquet").equals(agg)

@@ -1,0 +1,88 @@
+"""Checkpoints of a run: ``<run_dir>/checkpoints/<at_ms>/`` every ``checkpoint.every_s`` of trace time.
+
+A checkpoint is taken after the window ending at ``at_ms`` is durable: ``engine.bin`` (the twin's engine,
+:func:`opendt.worker.warm.snapshot` with the running tasks' fragments, so a later structural topology change
+still works) and ``state.json`` (the topology box, the version applied in the engine, the windows since the
+run's start, the stream positions after the window, and what the calibrator and optimizer need to go on).
+Both are written into a temporary directory that is renamed into place, so a checkpoint is whole or absent.
+
+The same snapshots are the warm starts of what-ifs, optimizer rounds and calibration lookbacks (a run over
+``[start, end)`` starts from the newest checkpoint at or before ``start``): the twin keeps no snapshot in
+memory. Old checkpoints are pruned: those a what-if can still need (``api.whatif_max_range_s`` behind the
+newest) and the newest ``checkpoint.keep`` stay.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    at_ms: int
+    state: dict[str, Any]
+    path: Path
+
+    def engine_blob(self) -> bytes:
+        return (self.path / "engine.bin").read_bytes()
+
+
+class Checkpoints:
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir / "checkpoints"
+        self._at: list[int] = []
+
+    def load(self) -> None:
+        """List the checkpoints (a half-written one of a killed process is removed)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for tmp in self.dir.glob("*.tmp"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        whole = [p for p in self.dir.iterdir() if p.name.isdigit() and (p / "state.json").exists()]
+        self._at = sorted(int(p.name) for p in whole)
+
+    @property
+    def instants(self) -> list[int]:
+        return list(self._at)
+
+    def save(self, at_ms: int, blob: bytes, state: dict[str, Any]) -> None:
+        """Write a checkpoint (blocking; call it in a thread)."""
+        final = self.dir / str(at_ms)
+        tmp = self.dir / f"{at_ms}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        (tmp / "engine.bin").write_bytes(blob)
+        (tmp / "state.json").write_text(json.dumps({**state, "at_ms": at_ms}))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        if at_ms not in self._at:
+            bisect.insort(self._at, at_ms)
+
+    def at_or_before(self, t_ms: int) -> Checkpoint | None:
+        """The newest checkpoint taken at or before ``t_ms``."""
+        i = bisect.bisect_right(self._at, t_ms)
+        return None if i == 0 else self.get(self._at[i - 1])
+
+    def get(self, at_ms: int) -> Checkpoint | None:
+        path = self.dir / str(at_ms)
+        try:
+            state = json.loads((path / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return Checkpoint(at_ms, state, path)
+
+    def prune(self, keep_from_ms: int, keep: int) -> int:
+        """Delete the checkpoints before ``keep_from_ms``, except the newest ``keep``; returns how many."""
+        doomed = [a for a in self._at[:-keep] if a < keep_from_ms] if keep else []
+        for a in doomed:
+            shutil.rmtree(self.dir / str(a), ignore_errors=True)
+        self._at = [a for a in self._at if a not in set(doomed)]
+        return len(doomed)
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.dir.rglob("*") if p.is_file())

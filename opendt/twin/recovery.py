@@ -1,0 +1,196 @@
+"""How the twin's engine state survives: checkpoints, the resume after a restart, the rebuild after a crash.
+
+* Every ``checkpoint.every_s`` of trace time (after the window ending there is durable) the loop writes a
+  checkpoint (:mod:`opendt.twin.checkpoint`): the engine's snapshot and the state the twin needs to go on
+  (:meth:`Recovery.state`).
+* A restart restores the newest checkpoint at or before the last durable window and replays the durable
+  windows after it from the input store (:mod:`opendt.twin.inputs`) — not from Kafka, not from the start.
+  The stream is then consumed after the last durable window (:meth:`Recovery.stream_resume`).
+* An engine worker that dies or hangs is replaced, and its state rebuilt the same way: the newest checkpoint,
+  then the durable windows since, from the input store.
+
+Replaying a window applies it as it was simulated: under the topology version the journal records, skipped
+when the journal says it failed (a failed window left no trace in the engine), its carbon steps carried to
+the next window that was simulated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from opendt.models.messages import CarbonRow
+from opendt.settings import Settings
+from opendt.stream.consumer import Resume
+from opendt.twin.checkpoint import Checkpoint, Checkpoints
+from opendt.twin.inputs import InputStore, StoredWindow
+from opendt.twin.results import ResultStore
+from opendt.twin.topology import TopologyBox
+from opendt.worker.client import TwinEngine
+from opendt.workload import carbon_frame
+
+log = structlog.get_logger(component="recovery")
+
+
+@dataclass
+class Durability:
+    """Where a twin keeps what it needs to survive: its window inputs and its checkpoints."""
+
+    inputs: InputStore
+    checkpoints: Checkpoints
+    every_ms: int
+    """Checkpoint period (trace ms)."""
+    keep: int
+    """Checkpoints kept besides those within ``retention_ms``."""
+    retention_ms: int
+    """Window inputs and checkpoints kept behind the newest window (what-ifs, calibration, duplicates)."""
+
+
+class Recovery:
+    """Engine state from durable things: a checkpoint, then the stored inputs of the durable windows after
+    it. ``applied`` tracks the topology version in the engine (shared with the loop)."""
+
+    def __init__(
+        self,
+        durability: Durability,
+        store: ResultStore,
+        box: TopologyBox,
+        twin: TwinEngine,
+        *,
+        export_interval_ms: int,
+    ) -> None:
+        self.d = durability
+        self.store = store
+        self.box = box
+        self.twin = twin
+        self.export_interval_ms = export_interval_ms
+
+    def load(self) -> None:
+        self.d.inputs.load()
+        self.d.checkpoints.load()
+
+    def last_durable_end(self) -> int | None:
+        w = self.store.windows
+        return None if w.is_empty() else int(w["window_end"].dt.epoch("ms").max())  # type: ignore[arg-type]
+
+    def base(self, until_ms: int | None) -> Checkpoint | None:
+        """The checkpoint to start from for an engine that must reach ``until_ms``."""
+        return None if until_ms is None else self.d.checkpoints.at_or_before(until_ms)
+
+    def durable_after(self, lo_ms: int | None, hi_ms: int) -> list[int]:
+        """Starts of the stored, durable windows in ``[lo_ms, hi_ms)`` (all before ``hi_ms`` if no lo)."""
+        starts = self.d.inputs.between(-(2**62) if lo_ms is None else lo_ms, hi_ms)
+        return [s for s in starts if self.store.is_durable(s)]
+
+    def covers(self, lo_ms: int | None, hi_ms: int) -> bool:
+        """Every durable window in ``[lo_ms, hi_ms)`` has its inputs stored (runs older than the input
+        store do not: they resume the way they were made, by a replay from the start)."""
+        durable = self.store.windows["window_start"].dt.epoch("ms").to_list()
+        need = [int(s) for s in durable if (lo_ms is None or s >= lo_ms) and s < hi_ms]
+        return all(self.d.inputs.has(s) for s in need)
+
+    async def restore(self, ckpt: Checkpoint | None) -> int:
+        """Put the engine in a checkpoint's state (a fresh engine on the initial topology without one);
+        returns the topology version the engine then has."""
+        if ckpt is not None:
+            await self.twin.restore(ckpt.engine_blob())
+            return int(ckpt.state["applied_version"])
+        initial = self.box.initial
+        if initial is None:
+            raise RuntimeError("no checkpoint and no initial topology to rebuild the engine from")
+        await self.twin.init(initial.to_json_dict(), self.export_interval_ms, None)
+        return 0
+
+    async def replay(self, sw: StoredWindow, applied: int, carbon: list[CarbonRow]) -> tuple[int, bool]:
+        """Apply one durable window to the engine as it was simulated; returns the version in the engine and
+        whether the window advanced it (``carbon`` collects the steps not yet given to the engine)."""
+        w = sw.window
+        carbon.extend(w.carbon)
+        version = self.store.window_version(w.start_ms)
+        if version is not None and version != applied:
+            topo = self.box.of_version(version, self.store)
+            if topo is None:
+                log.warning("topology_version_unknown", version=version, window_start=w.start_ms)
+            else:
+                await self.twin.set_topology(topo.to_json_dict())
+                applied = version
+        if self.store.window_status(w.start_ms) != "ok":
+            return applied, False  # a failed window left no trace in the engine
+        await self.twin.advance(w.end_ms, sw.tasks, sw.fragments, carbon_frame(carbon) if carbon else None)
+        carbon.clear()
+        if w.final:
+            await self.twin.finish()
+        return applied, True
+
+    async def rebuild(self, until_ms: int | None) -> int:
+        """A new worker's engine up to ``until_ms`` (the end of the last durable window in the engine);
+        returns the version in it."""
+        ckpt = self.base(until_ms)
+        applied = await self.restore(ckpt)
+        carbon: list[CarbonRow] = []
+        if until_ms is not None:
+            for s in self.durable_after(None if ckpt is None else ckpt.at_ms, until_ms):
+                applied, _ = await self.replay(self.d.inputs.read(s), applied, carbon)
+        log.info("engine_rebuilt", checkpoint_ms=None if ckpt is None else ckpt.at_ms, until_ms=until_ms)
+        return applied
+
+    def stream_resume(self, external: bool, horizon_ms: int) -> Resume | None:
+        """Where the stream goes on after the last durable window: its end, the positions it recorded (an
+        external Kafka still has the messages after them), and the recent events for duplicate detection."""
+        end = self.last_durable_end()
+        if end is None:
+            return None
+        starts = self.d.inputs.between(end - horizon_ms, end)
+        r = Resume(next_start_ms=end, topology_known=self.box.known)
+        for s in starts:
+            sw = self.d.inputs.read(s)
+            r.tasks.extend(sw.window.tasks)
+            r.fragments.extend(sw.window.fragments)
+            r.power.extend(sw.window.power)
+            if sw.window.carbon:
+                r.carbon_until_ms = max(c.timestamp_ms for c in sw.window.carbon)
+            if external and s == starts[-1]:
+                r.positions = dict(sw.positions)
+        return r
+
+    def state(self, applied: int, extra: dict[str, Any]) -> dict[str, Any]:
+        """What a checkpoint keeps besides the engine."""
+        return {"applied_version": applied, "box": self.box.to_state(), **extra}
+
+    async def checkpoint(self, at_ms: int, applied: int, extra: dict[str, Any]) -> bool:
+        """Write a checkpoint at ``at_ms`` (the end of a durable window) and prune what is no longer needed;
+        False (logged) when the engine's snapshot failed: the next checkpoint instant tries again."""
+        try:
+            blob = await self.twin.snapshot(archive="running")
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a missing checkpoint only lengthens a resume
+            log.warning("checkpoint_failed", at_ms=at_ms, error=str(e))
+            return False
+        await asyncio.to_thread(self.d.checkpoints.save, at_ms, blob, self.state(applied, extra))
+        keep_from = at_ms - self.d.retention_ms
+        pruned = self.d.checkpoints.prune(keep_from, self.d.keep)
+        oldest = self.d.checkpoints.instants[0] if self.d.checkpoints.instants else at_ms
+        dropped = await asyncio.to_thread(self.d.inputs.prune, min(keep_from, oldest))
+        log.info("checkpoint_saved", at_ms=at_ms, bytes=len(blob), pruned=pruned, inputs_dropped=dropped)
+        return True
+
+
+def durability_of(settings: Settings, run_dir: Path) -> Durability:
+    """The run's input store and checkpoints, kept as long as what-ifs, calibration lookbacks and duplicate
+    detection reach back (plus one checkpoint period)."""
+    every = settings.checkpoint.every_s
+    reach = [settings.api.whatif_max_range_s, settings.windowing.dedup_horizon_s]
+    if settings.calibration.enabled:
+        reach.append(settings.calibration.lookback_s)
+    return Durability(
+        InputStore(run_dir),
+        Checkpoints(run_dir),
+        every_ms=every * 1000,
+        keep=settings.checkpoint.keep,
+        retention_ms=(max(reach) + every) * 1000,
+    )
