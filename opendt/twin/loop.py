@@ -146,6 +146,19 @@ class WindowLoop:
         await self.twin.init(topology.to_json_dict(), self.settings.export_interval_s * 1000, None)
         self.applied_version = version
         self._engine_ready = True
+        if version == 0 and self.store.load_topology(0) is None:
+            self._save_version()  # a restart in stream mode needs the hardware the run started on
+
+    def _save_version(self) -> None:
+        """Save the current simulated version with the run (with the physical topology it was made for)."""
+        cur = self.box.current
+        meta = {
+            "source": cur.source,
+            "reason": cur.reason,
+            "timestamp_ms": cur.timestamp_ms,
+            "physical": self.box.physical.to_json_dict(),
+        }
+        self.store.save_topology(cur.version, cur.topology, meta)
 
     async def _rebuild(self) -> None:
         """A new engine worker's state (its predecessor died or hung): the newest checkpoint, then the durable
@@ -282,8 +295,7 @@ class WindowLoop:
             await self.hooks.before_window(w)
         cur = self.box.current
         if cur.version != self.applied_version:
-            meta = {"source": cur.source, "reason": cur.reason, "timestamp_ms": cur.timestamp_ms}
-            self.store.save_topology(cur.version, cur.topology, meta)
+            self._save_version()
             await self._apply_version(cur.version)
             log.info("topology_applied", version=cur.version, source=cur.source, window_start=w.start_ms)
         if self.recovery is not None:  # stored before simulating: a crash rebuild and a resume read it

@@ -256,11 +256,16 @@ class ResultStore:
         tmp.write_text(json.dumps(doc, indent=1))
         tmp.replace(d / f"v{version}.json")
 
-    def latest_topology(self) -> dict[str, Any] | None:
-        """The saved topology of the highest version (what an earlier process of the run last applied)."""
+    def latest_version(self) -> int:
+        """The highest saved topology version (-1 when none is saved)."""
         d = self.run_dir / "topologies"
         versions = [int(p.stem[1:]) for p in d.glob("v*.json") if p.stem[1:].isdigit()] if d.is_dir() else []
-        return self.load_topology(max(versions)) if versions else None
+        return max(versions, default=-1)
+
+    def latest_topology(self) -> dict[str, Any] | None:
+        """The saved topology of the highest version (what an earlier process of the run last applied)."""
+        version = self.latest_version()
+        return self.load_topology(version) if version >= 0 else None
 
     def load_topology(self, version: int) -> dict[str, Any] | None:
         p = self.run_dir / "topologies" / f"v{version}.json"

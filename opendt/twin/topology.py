@@ -149,6 +149,14 @@ class TopologyBox:
         doc = store.latest_topology()
         if doc is None:
             return False
+        if self._physical is None:  # stream mode: the hardware as the run last knew it
+            first = store.load_topology(0)
+            if first is not None:
+                self.initial = parse_topology(first["topology"], source="run topology v0")
+            physical = doc.get("physical")
+            self._physical = (
+                self.initial if physical is None else parse_topology(physical, source="run physical topology")
+            )
         version = int(doc["version"])
         return self.offer(
             SimTopology(
