@@ -17,6 +17,8 @@ from typing import Any
 import structlog
 
 from opendt.settings import Settings
+from opendt.twin.files import DiskFull
+from opendt.twin.run import RunLocked
 from opendt.twin.status import TwinState
 from opendt.wiring import Twin, bounded, build_twin
 
@@ -49,7 +51,10 @@ async def run_daemon(
     if failed:
         state.status = "failed"
         for exc in failed:
-            log.error("daemon_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+            if isinstance(exc, DiskFull | RunLocked):  # the message says it all: no traceback
+                log.error("daemon_failed", error=str(exc))
+            else:
+                log.error("daemon_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
         return 1
     return 0
 

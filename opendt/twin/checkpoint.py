@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opendt.twin.files import DiskFull, is_disk_full
+
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -54,9 +56,19 @@ class Checkpoints:
         final = self.dir / str(at_ms)
         tmp = self.dir / f"{at_ms}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        (tmp / "engine.bin").write_bytes(blob)
-        (tmp / "state.json").write_text(json.dumps({**state, "at_ms": at_ms}))
+        try:
+            tmp.mkdir(parents=True)
+            (tmp / "engine.bin").write_bytes(blob)
+            (tmp / "state.json").write_text(json.dumps({**state, "at_ms": at_ms}))
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if is_disk_full(e):
+                raise DiskFull(
+                    e.errno,
+                    f"no space left on the device of {self.dir} (writing checkpoint {at_ms}): free "
+                    "space and run the same command again, the twin resumes where it stopped",
+                ) from None
+            raise
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

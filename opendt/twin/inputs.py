@@ -24,6 +24,7 @@ import polars as pl
 from opendt.models.messages import CarbonRow, FragmentRow, PowerRow, TaskRow
 from opendt.models.topology import parse_topology
 from opendt.stream.windowing import Window
+from opendt.twin.files import write_atomic
 from opendt.worker.protocol import pack, unpack
 from opendt.workload import CARBON_SCHEMA, FRAGMENT_SCHEMA, TASK_SCHEMA
 
@@ -160,7 +161,4 @@ class InputStore:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))

@@ -20,6 +20,7 @@ from opendt.engine.rows import ACTIVITY_COLUMNS
 from opendt.models.messages import iso_ms
 from opendt.models.topology import Topology
 from opendt.stream.windowing import Window
+from opendt.twin.files import write_atomic
 
 AGG_SCHEMA = pl.Schema(
     {
@@ -154,9 +155,7 @@ def _conform(rows: pl.DataFrame) -> pl.DataFrame:
 
 
 def _write_atomic(df: pl.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.write_parquet(tmp)
-    tmp.replace(path)  # atomic: a crash (kill -9) leaves the old or the new file, never a torn one
+    write_atomic(path, df.write_parquet)  # a crash (kill -9) leaves the old or the new file, never a torn one
 
 
 @dataclass
@@ -252,9 +251,7 @@ class ResultStore:
         d = self.run_dir / "topologies"
         d.mkdir(parents=True, exist_ok=True)
         doc = {**meta, "version": version, "topology": topology.to_json_dict()}
-        tmp = d / f"v{version}.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=1))
-        tmp.replace(d / f"v{version}.json")
+        write_atomic(d / f"v{version}.json", lambda tmp: tmp.write_text(json.dumps(doc, indent=1)))
 
     def latest_version(self) -> int:
         """The highest saved topology version (-1 when none is saved)."""
