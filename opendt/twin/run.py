@@ -143,7 +143,7 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            holder = (os.read(fd, 64).decode(errors="replace").split() or ["?"])[0]
             os.close(fd)
             raise RunLocked(
                 f"another opendt daemon (pid {holder}) is using the run directory {self.path.parent}; "
