@@ -179,10 +179,14 @@ class BatchSender:
                 still.append(fut)
         self._pending = still
 
-    async def flush(self) -> int:
-        """Submit the partial batches and wait until every queued record is delivered; returns ``sent``."""
+    async def submit(self) -> None:
+        """Submit the partial batches without waiting for their delivery (what is queued leaves now)."""
         for partition in list(self._builders):
             await self._submit(partition)
+
+    async def flush(self) -> int:
+        """Submit the partial batches and wait until every queued record is delivered; returns ``sent``."""
+        await self.submit()
         pending, self._pending = self._pending, []
         await asyncio.gather(*pending)
         return self.sent

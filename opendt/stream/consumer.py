@@ -131,6 +131,11 @@ class WindowConsumer:
             malformed=self.stats.malformed,
             dead_lettered=self.stats.dead_lettered,
             queued=self.out.qsize(),
+            waiting_for=[]
+            if self.windower is None
+            else [
+                f"{tp.topic}[{tp.partition}]" for tp in self.windower.silent if isinstance(tp, TopicPartition)
+            ],
         )
 
     def stop_intake(self) -> None:

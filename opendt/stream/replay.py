@@ -292,6 +292,10 @@ class ReplayProducer:
                     for sender in every:
                         await sender.send_to_all(None, encode_heartbeat(hb))
                     next_hb = hb + hb_ms
+                    if speed is None and self.clock.monotonic() - last_flush >= FLUSH_EVERY_S:
+                        for sender in every:  # a sparse stream's heartbeats must not wait for a full batch
+                            await sender.submit()
+                        last_flush = self.clock.monotonic()
                 if t != current_t:
                     current_t = t
                     if speed is not None:

@@ -141,6 +141,11 @@ class Windower:
             return self._next_start
         return wm
 
+    @property
+    def silent(self) -> list[Hashable]:
+        """The sources not heard from yet (they hold the watermark at "unknown")."""
+        return [s for s, v in self._latest.items() if v is None]
+
     def _min_latest(self, *, strict: bool) -> int | None:
         """The minimum over the sources of their latest time (a strict source counts 1 ms less: it must
         pass a window's end); None before every source has spoken."""

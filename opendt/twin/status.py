@@ -50,6 +50,8 @@ class WindowsStatus:
     dead_lettered: int
     """Malformed messages forwarded to the dead-letter topic (``kafka.topics.dead_letter``)."""
     queued: int
+    waiting_for: list[str]
+    """Input partitions not heard from yet (``topic[partition]``): no window closes before all have spoken."""
 
 
 @dataclass(frozen=True)
