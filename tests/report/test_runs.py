@@ -100,6 +100,7 @@ def test_measured_parquet_comes_before_the_workload(demo_runs: DemoRuns, tmp_pat
     assert measured is not None
     run = tmp_path / "run"
     shutil.copytree(demo_runs.uncalibrated_run, run)
+    (run / "measured.parquet").unlink()  # a run made before the twin recorded what it received
     (ref,) = load_runs([run], workload=DEMO)
     expect = build_report([ref], tmp_path / "ref", ("png",)).headlines[0]
     no_power = tmp_path / "empty-workload"
