@@ -84,7 +84,7 @@ async def whatif(request: web.Request) -> web.Response:
             422, "give exactly one of topology (a whole topology) or patch (dotted parameters)", "patch"
         )
     if view.scenarios is None or view.box is None:
-        raise ApiError(404, "no twin to run a what-if on")
+        raise ApiError(404, "no twin to run a what-if on (opendt serve is read-only: what-ifs need opendt run)")
     base = topology_at(view, start)
     changes: list[dict[str, Any]] = []
     if "patch" in body:
