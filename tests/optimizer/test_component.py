@@ -134,8 +134,9 @@ async def test_slo_edits_by_api_and_by_file(
     tmp_path: Path,
     twin_factory: Callable[[Settings], Awaitable[str]],
 ) -> None:
-    """PUT /api/slo validates, writes the file and applies at once; a file edit is picked up by the watcher; a
-    bad file edit is rejected (counted, old SLOs kept); bad bodies are 4xx naming the field."""
+    """PUT /api/slo validates, writes the run's live copy (<run_dir>/slo.json, never the configured file) and
+    applies at once, and takes what GET answers; an edit of the live file is picked up by the watcher; a bad
+    file edit is rejected (counted, old SLOs kept); bad bodies are 4xx naming the field."""
     settings = _settings(daemon_settings, tmp_path, {"energy_kwh_per_window": 0.3}, speed="max")
     url = await twin_factory(settings)
     path = settings.optimizer.slo_path
@@ -150,7 +151,20 @@ async def test_slo_edits_by_api_and_by_file(
         async with s.put(f"{url}/api/slo", json=new, headers=AUTH) as r:
             assert r.status == 200, await r.text()
             assert (await r.json())["slo"] == {"energy_kwh_per_window": 0.25, "task_wait_p95_s": 600.0}
-        assert json.loads(path.read_text()) == {"energy_kwh_per_window": 0.25, "task_wait_p95_s": 600.0}
+        _, st = await _get(s, f"{url}/api/status")
+        live = Path(st["run_dir"]) / "slo.json"
+        assert json.loads(live.read_text()) == {"energy_kwh_per_window": 0.25, "task_wait_p95_s": 600.0}
+        assert json.loads(path.read_text()) == {"energy_kwh_per_window": 0.3}  # the configured file is untouched
+        _, got = await _get(s, f"{url}/api/slo")
+        assert got["path"] == str(live)
+        got["slo"] = {"energy_kwh_per_window": 0.2}
+        async with s.put(f"{url}/api/slo", json=got, headers=AUTH) as r:  # what GET answers, edited
+            assert r.status == 200, await r.text()
+            assert (await r.json())["slo"] == {"energy_kwh_per_window": 0.2}
+        async with s.put(f"{url}/api/slo", json={**got, "colour": 1}, headers=AUTH) as r:
+            assert r.status == 422
+            assert (await r.json())["field"] == "colour"
+        path = live
         for body, field in (
             ({"energy_kwh_per_window": -1}, "energy_kwh_per_window"),
             ({"colour": 1}, "colour"),
