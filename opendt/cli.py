@@ -55,10 +55,10 @@ def _port(v: str) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line and exit 2, with the command's usage line on the next."""
+    """Usage errors as one line naming the problem and where the usage is, exit 2."""
 
     def error(self, message: str) -> Any:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n{self.format_usage()}")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _global_options(p: argparse.ArgumentParser) -> None:
