@@ -154,7 +154,9 @@ async def test_slo_edits_by_api_and_by_file(
         _, st = await _get(s, f"{url}/api/status")
         live = Path(st["run_dir"]) / "slo.json"
         assert json.loads(live.read_text()) == {"energy_kwh_per_window": 0.25, "task_wait_p95_s": 600.0}
-        assert json.loads(path.read_text()) == {"energy_kwh_per_window": 0.3}  # the configured file is untouched
+        assert json.loads(path.read_text()) == {
+            "energy_kwh_per_window": 0.3
+        }  # the configured file is untouched
         _, got = await _get(s, f"{url}/api/slo")
         assert got["path"] == str(live)
         got["slo"] = {"energy_kwh_per_window": 0.2}
