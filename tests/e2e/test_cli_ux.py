@@ -327,3 +327,39 @@ def test_serve_a_finished_run(demo_run: tuple[Path, subprocess.CompletedProcess[
         for s in (proc.stdout, proc.stderr):
             if s is not None:
                 s.close()
+
+
+def test_run_on_a_terminal_draws_a_progress_bar(tmp_path: Path) -> None:
+    """Item 9: on a terminal `opendt run` draws a bar (percent of the trace, rate, ETA) redrawn in place
+    under the log lines, and ends with the summary."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "opendt", "run", "--speed", "max", "--exit-when-done", "--data-dir", str(tmp_path),
+         "--port", "0"],
+        cwd=REPO, env=_env(OPENDT_LOG__FORMAT="auto"), stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+    )  # fmt: skip
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = b"".join(chunks).decode(errors="replace")
+    bars = [seg for seg in text.split("\r") if seg.lstrip("\x1b[K").startswith("simulating ")]
+    assert len(bars) >= 2, text[-3000:]
+    assert any("█" in b and "%" in b and "/s" in b and "ETA" in b for b in bars), bars[-3:]
+    assert "Traceback" not in text
+    assert "opendt run done:" in text
