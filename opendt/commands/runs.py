@@ -47,6 +47,10 @@ def _epoch_ms(df: pl.DataFrame, col: str) -> pl.Series:
     return s.dt.epoch("ms") if s.dtype.is_temporal() else s.cast(pl.Int64)
 
 
+def _ms_expr(df: pl.DataFrame, col: str) -> pl.Expr:
+    return pl.col(col).dt.epoch("ms") if df[col].dtype.is_temporal() else pl.col(col).cast(pl.Int64)
+
+
 def measured_power(
     run_dir: Path, meta: dict[str, Any] | None, workload: Path | None = None
 ) -> pl.DataFrame | None:
@@ -54,7 +58,14 @@ def measured_power(
     runs) the replayed workload's consumption when ``run.json`` names a workload that still exists."""
     df = read_parquet(run_dir / "measured.parquet")
     if df is not None and {"timestamp", "power_draw"} <= set(df.columns):
-        return pl.DataFrame({"timestamp_ms": _epoch_ms(df, "timestamp"), "power_draw": df["power_draw"]})
+        keys = ["timestamp", "source"] if "source" in df.columns else ["timestamp"]
+        return (
+            df.unique(subset=keys, keep="last", maintain_order=True)  # a sample received twice counts once
+            .group_by(pl.col("timestamp"), maintain_order=True)
+            .agg(pl.col("power_draw").sum())  # the datacenter's power: its sources summed per instant
+            .sort("timestamp")
+            .select(_ms_expr(df, "timestamp").alias("timestamp_ms"), pl.col("power_draw").cast(pl.Float64))
+        )
     source = (meta or {}).get("source") or {}
     if isinstance(source, dict) and source.get("workload"):
         workload = Path(source["workload"])

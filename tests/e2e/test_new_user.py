@@ -176,7 +176,9 @@ def test_a_new_user_walk(tmp_path: Path) -> None:
     if not (first / "run.json").exists():
         for name, s in times.items():
             print(f"new-user walk: {name}: {s:.1f} s")
-        pytest.skip("the calibrated second run needs the run identity of issue 15 (run.json; issue 18 item 1)")
+        pytest.skip(
+            "the calibrated second run needs the run identity of issue 15 (run.json; issue 18 item 1)"
+        )
     t0 = time.monotonic()
     res = subprocess.run(
         ["make", "run", f"ARGS={args}", f"PYTHON={sys.executable}"],
