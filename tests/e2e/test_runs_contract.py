@@ -108,8 +108,9 @@ def make_run(root: Path, run_id: str, source: dict[str, Any] | None, calibrated:
     for v, source_name in ((0, "initial"), (1, "api")):
         topo = json.loads(json.dumps(TOPO))
         topo["clusters"][0]["hosts"][0]["count"] = 2 + v
-        doc = {"version": v, "source": source_name, "reason": f"v{v}", "timestamp_ms": T0, "topology": topo}
-        (d / "topologies" / f"v{v}.json").write_text(json.dumps(doc))
+        saved: dict[str, Any] = {"version": v, "source": source_name, "reason": f"v{v}", "timestamp_ms": T0}
+        saved["topology"] = topo
+        (d / "topologies" / f"v{v}.json").write_text(json.dumps(saved))
     (d / "optimizer.jsonl").write_text(
         json.dumps(
             {
