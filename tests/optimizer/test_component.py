@@ -249,7 +249,7 @@ async def test_a_restarted_twin_keeps_rounds_accepts_and_the_waiting_proposal(
     daemon_settings: Callable[..., Settings], tmp_path: Path, unique_topic_names: Callable[[], TopicNames]
 ) -> None:
     """Run 1 (real broker, engine workers, HTTP): a proposal is accepted, another kept one waits; the daemon
-    stops. Run 2 on the same data dir (fresh topics, as after a broker restart) resumes the run: GET
+    stops (the waiting one made on the accepted topology). Run 2 on the same data dir (fresh topics, as after a broker restart) resumes the run: GET
     /api/optimizer shows run 1's rounds exactly as before, the accept still recorded, new rounds numbered after
     them, and the waiting proposal can be accepted and is applied to the next windows."""
     settings = _settings(
@@ -279,11 +279,13 @@ async def test_a_restarted_twin_keeps_rounds_accepts_and_the_waiting_proposal(
             version = (await r.json())["version"]
 
         async def another() -> Any:
+            # a proposal made on the accepted topology: one made before it (on the version it replaced) was
+            # judged on values that changed since, and its accept is refused (409, tests/optimizer/test_accept.py)
             _, doc = await _get(http, f"{url}/api/optimizer")
             b = doc["best"]
-            return b if b is not None and b["round"] > best["round"] else None
+            return b if b is not None and b["round"] > best["round"] and b["base_version"] == version else None
 
-        waiting = await _until(another, "a second kept proposal")
+        waiting = await _until(another, "a second kept proposal, made on the accepted topology")
         _, doc = await _get(http, f"{url}/api/optimizer?limit=1000")
         done = [h for h in doc["history"] if h["status"] != "queued"]
         return {"history": done, "accepted": best["round"], "version": version, "waiting": waiting["round"]}
