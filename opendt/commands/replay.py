@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
+import time
 from pathlib import Path
 
 from opendt.commands.run import check_workload
@@ -15,18 +17,20 @@ async def replay_cli(settings: Settings, stop: asyncio.Event) -> int:
     from opendt.clock import SystemClock
     from opendt.kafka.broker import kafka_for
     from opendt.kafka.client import make_producer
-    from opendt.stream.replay import ReplayProducer
+    from opendt.stream.replay import ReplayProducer, ReplayProgress
     from opendt.workload import load_workload
 
     check_workload(Path(settings.replay.workload))
     workload = await asyncio.to_thread(load_workload, settings.replay.workload)
+    progress = ReplayProgress()
+    t0 = time.monotonic()
     async with kafka_for(settings.kafka) as bootstrap:
         producer = make_producer(bootstrap, settings.kafka)
         await producer.start()
         try:
             replay = asyncio.ensure_future(
                 ReplayProducer(
-                    workload, producer, settings.kafka.topics, settings.replay, SystemClock()
+                    workload, producer, settings.kafka.topics, settings.replay, SystemClock(), progress
                 ).run()
             )
             stopper = asyncio.ensure_future(stop.wait())
@@ -40,4 +44,10 @@ async def replay_cli(settings: Settings, stop: asyncio.Event) -> int:
             replay.result()
         finally:
             await producer.stop()
+    counts = ", ".join(f"{n:,} {kind}" for kind, n in progress.counts.items())
+    sys.stdout.write(
+        f"opendt replay done: {progress.sent:,} records ({counts}) of {workload.meta.name} to Kafka at "
+        f"{bootstrap}, topics {settings.kafka.topics.tasks}, {settings.kafka.topics.fragments}, "
+        f"{settings.kafka.topics.power}, {settings.kafka.topics.topology}; {time.monotonic() - t0:.1f} s\n"
+    )
     return 0

@@ -22,7 +22,7 @@ async def test_replay_command_streams_the_demo(
     kafka_bootstrap: str, topic_factory: Callable[..., str]
 ) -> None:
     """1. run `opendt replay --speed max` pointed at the session broker and fresh topics; 2. it exits 0;
-    3. the topics hold every task, fragment and power sample of the demo, then a final heartbeat."""
+    3. it ends with a summary line of the records sent; the topics hold every task, fragment and power sample of the demo, then a final heartbeat."""
     names = {k: topic_factory(k) for k in ("tasks", "fragments", "power", "topology")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENDT_")}
     env["OPENDT_KAFKA__BOOTSTRAP_SERVERS"] = kafka_bootstrap
@@ -31,11 +31,15 @@ async def test_replay_command_streams_the_demo(
         env[f"OPENDT_KAFKA__TOPICS__{kind.upper()}"] = topic
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "opendt", "replay", "--speed", "max", "--workload", str(DEMO),
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, err.decode()[-2000:]
     wl = load_workload(DEMO)
+    # the closing summary (issue 18 item 9): what was sent, where
+    assert out.decode().startswith(
+        f"opendt replay done: {wl.tasks.height + wl.fragments.height + (wl.consumption.height if wl.consumption is not None else 0):,} records"
+    ), out
     expected = {"tasks": wl.tasks.height, "fragments": wl.fragments.height, "power": 0}
     assert wl.consumption is not None
     expected["power"] = wl.consumption.height
