@@ -15,12 +15,13 @@ import errno
 import socket
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from opendt.commands.errors import UsageError
 from opendt.commands.progress import Progress, Sample
 from opendt.commands.runs import summarize_run, summary_lines
 from opendt.settings import Settings
+from opendt.twin.status import SimulationStatus, TwinState
 
 REQUIRED_FILES = ("tasks.parquet", "fragments.parquet", "topology.json")
 
@@ -76,25 +77,25 @@ def preflight(settings: Settings) -> None:
         check_port(settings.api.host, settings.api.port)
 
 
-def sample_of(doc: dict[str, Any]) -> Sample:
-    """Progress of a twin from its status document: the share of the workload's trace whose windows are
-    durable, and the windows done."""
-    sim = doc.get("simulation") or {}
-    done = int(sim.get("windows_simulated", 0)) + int(sim.get("windows_failed", 0))
-    done += int(sim.get("windows_replayed", 0))
-    wl = doc.get("workload") or {}
-    last = sim.get("last_window_end_ms")
+def sample_of(state: TwinState) -> tuple[Sample, SimulationStatus | None]:
+    """Progress of a twin: the share of the workload's trace whose windows are durable, the windows done
+    (read from the window loop's own status, not the whole status document: this runs twice a second)."""
+    sim = None if state.loop is None else state.loop.status()
+    if sim is None:
+        return Sample(fraction=None, done=0, total=None), None
+    done = sim.windows_simulated + sim.windows_failed + sim.windows_replayed
+    wl = state.workload
     fraction = None
-    total = None
-    if wl.get("start_ms") is not None and wl.get("end_ms") is not None:
-        span = max(1, int(wl["end_ms"]) - int(wl["start_ms"]))
-        fraction = 0.0 if last is None else min(1.0, max(0.0, (int(last) - int(wl["start_ms"])) / span))
-        if sim.get("done"):
+    if wl is not None:
+        span = max(1, wl.end_ms - wl.start_ms)
+        last = sim.last_window_end_ms
+        fraction = 0.0 if last is None else min(1.0, max(0.0, (last - wl.start_ms) / span))
+        if sim.done:
             fraction = 1.0
-    return Sample(fraction=fraction, done=done, total=total)
+    return Sample(fraction=fraction, done=done, total=None), sim
 
 
-async def report(state: Any, out: TextIO, *, exit_when_done: bool, every_s: float = 0.5) -> None:
+async def report(state: TwinState, out: TextIO, *, exit_when_done: bool, every_s: float = 0.5) -> None:
     """Print the dashboard URL once the twin serves, then progress until cancelled; say when the trace is
     done and whether the twin keeps serving."""
     await state.ready.wait()
@@ -103,16 +104,13 @@ async def report(state: Any, out: TextIO, *, exit_when_done: bool, every_s: floa
     out.write(f"opendt: twin running: {where}  (run {state.run_id}; results in {state.run_dir})\n")
     out.flush()
     progress = Progress(out, every_s=10 * every_s, label="simulating")
-    announced = False
     try:
         while True:
-            doc = state.snapshot()
-            progress.update(sample_of(doc))
-            sim = doc.get("simulation") or {}
-            if sim.get("done") and not announced:
-                announced = True
+            sample, sim = sample_of(state)
+            progress.update(sample)
+            if sim is not None and sim.done:
                 progress.close()
-                n = int(sim.get("windows_simulated", 0)) + int(sim.get("windows_replayed", 0))
+                n = sim.windows_simulated + sim.windows_replayed
                 if exit_when_done:
                     out.write(
                         f"opendt: replay done: all {n} windows simulated; stopping (--exit-when-done)\n"
@@ -124,11 +122,9 @@ async def report(state: Any, out: TextIO, *, exit_when_done: bool, every_s: floa
                     )
                 out.flush()
                 return
-            loop = getattr(state, "loop", None)
-            done = getattr(loop, "done", None)
-            if isinstance(done, asyncio.Event):
+            if state.loop is not None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(done.wait(), every_s)
+                    await asyncio.wait_for(state.loop.done.wait(), every_s)
             else:
                 await asyncio.sleep(every_s)
     finally:
@@ -144,7 +140,6 @@ async def run_cli(
 ) -> int:
     """Run the twin until ``stop`` is set (or the trace is done with ``exit_when_done``); print a summary."""
     from opendt.daemon import run_daemon
-    from opendt.twin.status import TwinState
 
     out = out if out is not None else sys.stderr
     preflight(settings)
