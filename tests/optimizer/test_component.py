@@ -283,7 +283,9 @@ async def test_a_restarted_twin_keeps_rounds_accepts_and_the_waiting_proposal(
             # judged on values that changed since, and its accept is refused (409, tests/optimizer/test_accept.py)
             _, doc = await _get(http, f"{url}/api/optimizer")
             b = doc["best"]
-            return b if b is not None and b["round"] > best["round"] and b["base_version"] == version else None
+            return (
+                b if b is not None and b["round"] > best["round"] and b["base_version"] == version else None
+            )
 
         waiting = await _until(another, "a second kept proposal, made on the accepted topology")
         _, doc = await _get(http, f"{url}/api/optimizer?limit=1000")
