@@ -1,51 +1,97 @@
-"""The ``opendt`` command. The only place that reads the environment, configures logging and owns signals."""
+"""The ``opendt`` command: parsing and dispatch. The only place that reads the environment, configures logging
+and owns signals; each command's logic is in :mod:`opendt.commands`.
+
+Every failure is one line on stderr naming the problem and what to do: exit 2 for usage and configuration
+errors (a bad option or value, a missing workload, a busy API port), 1 for a command that failed at its work.
+Tracebacks are printed only at ``--log-level debug``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Coroutine, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import structlog
-
+from opendt.commands.errors import EXIT_FAILED, EXIT_USAGE, CommandError, UsageError
 from opendt.commands.report import add_parser as add_report_parser
-from opendt.log import configure_logging
+from opendt.log import configure_logging, describe_exception
 from opendt.settings import ConfigError, Settings, load_settings, settings_as_yaml
 
-EXIT_USAGE = 2
+__all__ = ["build_parser", "main", "run_async"]
 
 
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit code 1."""
+def version() -> str:
+    try:
+        return metadata.version("opendt")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a tree that was not installed
+        return "unknown"
 
 
 def _speed(v: str) -> float | str:
-    if v == "max":
-        return v
+    if v.strip().lower() == "max":
+        return "max"
     try:
         f = float(v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"speed must be a number > 0 or 'max', got {v!r}") from None
-    if f <= 0:
-        raise argparse.ArgumentTypeError("speed must be > 0")
+    if not f > 0 or f == float("inf"):
+        raise argparse.ArgumentTypeError(f"speed must be a finite number > 0 or 'max', got {v!r}")
     return f
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="opendt", description="OpenDT: an open digital twin for datacenters")
-    p.add_argument("--config", type=Path, help="YAML config (default: config/default.yaml)")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _port(v: str) -> int:
+    try:
+        p = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be an integer 0..65535, got {v!r}") from None
+    if not 0 <= p <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535 (0 = any free port), got {p}")
+    return p
 
-    run = sub.add_parser("run", help="run the whole twin (broker, replay, windows, simulation, API)")
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line naming the problem and where the usage is, exit 2."""
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _global_options(p: argparse.ArgumentParser) -> None:
+    """``--config`` and ``--log-level``, accepted before or after the subcommand."""
+    p.add_argument(
+        "--config", type=Path, default=argparse.SUPPRESS, help="YAML config (default: config/default.yaml)"
+    )
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        type=str.lower,
+        default=argparse.SUPPRESS,
+        help="log level (debug also prints tracebacks)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    _global_options(common)
+    p = _Parser(prog="opendt", description="OpenDT: an open digital twin for datacenters", parents=[common])
+    p.add_argument("--version", action="version", version=f"opendt {version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    def cmd(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, parents=[common])
+
+    run = cmd("run", "run the whole twin (broker, replay, windows, simulation, API)")
     run.add_argument("--workload", type=Path, help="workload directory (default: the demo workload)")
     run.add_argument("--speed", type=_speed, help="trace seconds per wall second, or 'max'")
     run.add_argument("--data-dir", type=Path, help="runs go under DIR/runs/<run_id>/")
+    run.add_argument("--host", help="API address (default: api.host, 127.0.0.1)")
+    run.add_argument("--port", type=_port, help="API port (default: api.port, 8080; 0 = any free port)")
     run.add_argument("--exit-when-done", action="store_true", help="exit 0 once the last window is durable")
     run.add_argument(
         "--no-replay",
@@ -54,42 +100,63 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--fresh", action="store_true", help="start a new run (the existing one is moved aside)")
 
-    rep = sub.add_parser("replay", help="stream a workload directory into Kafka (the datacenter stand-in)")
+    rep = cmd("replay", "stream a workload directory into Kafka (the datacenter stand-in)")
     rep.add_argument("--workload", type=Path)
     rep.add_argument("--speed", type=_speed)
 
-    sim = sub.add_parser("simulate", help="run one simulation of a workload directory")
+    sim = cmd("simulate", "run one simulation of a workload directory")
     sim.add_argument("--workload", type=Path, required=True)
     sim.add_argument("--topology", type=Path, help="topology.json (default: the workload's)")
     sim.add_argument("--out", type=Path, required=True, help="output directory")
 
-    sub.add_parser("serve", help="serve the API over existing results")
-    cal = sub.add_parser("calibrate", help="offline calibration over a workload directory")
+    serve = cmd("serve", "serve the API, Grafana datasource and dashboard read-only over a finished run")
+    serve.add_argument("--run", help="run id or a unique prefix (default: the most recently updated run)")
+    serve.add_argument("--data-dir", type=Path, help="where the runs are (default: data_dir)")
+    serve.add_argument("--host", help="API address (default: api.host)")
+    serve.add_argument("--port", type=_port, help="API port (default: api.port; 0 = any free port)")
+
+    runs = cmd("runs", "list the runs under DATA_DIR/runs (show ID, rm ID)")
+    runs.add_argument("--data-dir", type=Path, help="where the runs are (default: data_dir)")
+    runs_sub = runs.add_subparsers(dest="runs_command", metavar="ACTION", parser_class=_Parser)
+    show = runs_sub.add_parser("show", help="one run in detail", parents=[common])
+    show.add_argument("run_id", metavar="ID", help="run id or a unique prefix")
+    show.add_argument("--json", action="store_true", help="as JSON")
+    show.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
+    rm = runs_sub.add_parser("rm", help="delete a run directory", parents=[common])
+    rm.add_argument("run_id", metavar="ID", help="run id (exact)")
+    rm.add_argument("--force", action="store_true", help="even if it was updated in the last seconds")
+    rm.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
+
+    cal = cmd("calibrate", "offline calibration over a workload directory")
     cal.add_argument("--workload", type=Path, help="workload directory (default: replay.workload)")
     cal.add_argument("--out", type=Path, help="run directory for results (default: a new temp directory)")
-    sub.add_parser("broker", help="run the embedded Kafka broker (Tansu) in the foreground")
-    add_report_parser(sub)
+    cmd("broker", "run the embedded Kafka broker (Tansu) in the foreground")
+    add_report_parser(sub, parents=[common])
 
-    cfg = sub.add_parser("config", help="configuration")
-    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    cfg_sub.add_parser("show", help="print the effective configuration (file + environment)")
+    cfg = cmd("config", "configuration")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION", parser_class=_Parser)
+    cfg_sub.add_parser("show", help="print the effective configuration (secrets masked)", parents=[common])
 
-    demo = sub.add_parser("demo", help="the embedded demo workload")
-    demo_sub = demo.add_subparsers(dest="demo_command", required=True, metavar="ACTION")
-    gen = demo_sub.add_parser("generate", help="write the deterministic demo workload")
+    demo = cmd("demo", "the embedded demo workload")
+    demo_sub = demo.add_subparsers(dest="demo_command", required=True, metavar="ACTION", parser_class=_Parser)
+    gen = demo_sub.add_parser("generate", help="write the deterministic demo workload", parents=[common])
     gen.add_argument("--out", type=Path, help="directory (default: data/demo)")
     gen.add_argument("--seed", type=int, default=7)
     return p
 
 
 def _overrides(args: argparse.Namespace, settings: Settings) -> Settings:
-    if getattr(args, "workload", None) is not None:
-        settings.replay.workload = args.workload
-    if getattr(args, "speed", None) is not None:
-        settings.replay.speed = args.speed
+    for option, (section, key) in {
+        "workload": ("replay", "workload"),
+        "speed": ("replay", "speed"),
+        "host": ("api", "host"),
+        "port": ("api", "port"),
+    }.items():
+        if getattr(args, option, None) is not None:
+            setattr(getattr(settings, section), key, getattr(args, option))
     if getattr(args, "data_dir", None) is not None:
         settings.data_dir = args.data_dir
-    if args.log_level is not None:
+    if getattr(args, "log_level", None) is not None:
         settings.log.level = args.log_level
     if getattr(args, "no_replay", False):
         settings.replay.enabled = False
@@ -126,15 +193,34 @@ def run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     cmd = args.command
+    out = sys.stdout
     if cmd == "config":
-        sys.stdout.write(settings_as_yaml(settings))
+        out.write(settings_as_yaml(settings))
         return 0
     if cmd == "demo":
         from opendt.commands.demo import generate_demo
 
-        out = args.out or Path(__file__).resolve().parent.parent / "data" / "demo"
-        summary = generate_demo(out, seed=args.seed)
-        sys.stdout.write(summary + "\n")
+        target = args.out or Path(__file__).resolve().parent.parent / "data" / "demo"
+        out.write(generate_demo(target, seed=args.seed) + "\n")
+        return 0
+    if cmd == "runs":
+        from opendt.commands import runs
+
+        data_dir = Path(settings.data_dir)
+        workload = Path(settings.replay.workload)  # the measured power of runs older than run.json
+        if args.runs_command == "show":
+            out.write(
+                runs.show_text(runs.find_run(data_dir, args.run_id), as_json=args.json, workload=workload)
+            )
+        elif args.runs_command == "rm":
+            target = runs.runs_root(data_dir) / args.run_id
+            if not target.is_dir() or "/" in args.run_id or args.run_id.startswith("."):
+                raise UsageError(
+                    f"no run {args.run_id!r} under {runs.runs_root(data_dir)} (give the exact id)"
+                )
+            out.write(runs.remove_run(target, force=args.force))
+        else:
+            out.write(runs.list_text(data_dir, workload))
         return 0
     if cmd == "broker":
         from opendt.kafka.broker import run_broker_forever
@@ -145,57 +231,30 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         return asyncio.run(simulate_cli(args.workload, args.topology, args.out, settings.simulation))
     if cmd == "run":
-        from opendt.daemon import run_daemon
+        from opendt.commands.run import run_cli
 
         return run_async(
-            lambda stop: run_daemon(
-                settings, shutdown_trigger=stop.wait, exit_when_done=args.exit_when_done, fresh=args.fresh
-            )
+            lambda stop: run_cli(settings, stop, exit_when_done=args.exit_when_done, fresh=args.fresh)
         )
+    if cmd == "serve":
+        from opendt.commands.serve import serve_cli
+
+        return run_async(lambda stop: serve_cli(settings, args.run, stop))
     if cmd == "replay":
-        return run_async(lambda stop: _replay(settings, stop))
+        from opendt.commands.replay import replay_cli
+
+        return run_async(lambda stop: replay_cli(settings, stop))
     if cmd == "calibrate":
         from opendt.commands.calibrate import calibrate_cli
+        from opendt.commands.run import check_workload
 
+        check_workload(Path(settings.replay.workload))
         return asyncio.run(calibrate_cli(settings.replay.workload, settings, args.out))
     if cmd == "report":
         from opendt.commands.report import report_cli
 
         return report_cli(args)
-    sys.stderr.write(f"opendt {cmd}: not available yet in this version\n")
-    return EXIT_USAGE
-
-
-async def _replay(settings: Settings, stop: asyncio.Event) -> int:
-    """Stream the workload into Kafka (the configured one, or an embedded broker) and exit when done."""
-    from opendt.clock import SystemClock
-    from opendt.kafka.broker import kafka_for
-    from opendt.kafka.client import make_producer
-    from opendt.stream.replay import ReplayProducer
-    from opendt.workload import load_workload
-
-    workload = await asyncio.to_thread(load_workload, settings.replay.workload)
-    async with kafka_for(settings.kafka) as bootstrap:
-        producer = make_producer(bootstrap, settings.kafka)
-        await producer.start()
-        try:
-            replay = asyncio.ensure_future(
-                ReplayProducer(
-                    workload, producer, settings.kafka.topics, settings.replay, SystemClock()
-                ).run()
-            )
-            stopper = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({replay, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if replay not in done:
-                replay.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await replay
-                return 130
-            stopper.cancel()
-            replay.result()
-        finally:
-            await producer.stop()
-    return 0
+    raise UsageError(f"unknown command {cmd!r}")  # pragma: no cover - argparse rejects it first
 
 
 async def _ok(coro: Coroutine[Any, Any, None]) -> int:
@@ -203,23 +262,38 @@ async def _ok(coro: Coroutine[Any, Any, None]) -> int:
     return 0
 
 
+def _fail(command: str, message: str, code: int, exc: BaseException | None, debug: bool) -> int:
+    if debug and exc is not None:
+        traceback.print_exception(exc, file=sys.stderr)
+    sys.stderr.write(f"opendt {command}: {message}\n")
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = _overrides(args, load_settings(args.config))
+        settings = _overrides(args, load_settings(getattr(args, "config", None)))
     except ConfigError as e:
         sys.stderr.write(f"opendt: {e}\n")
         return EXIT_USAGE
     except ValueError as e:  # a CLI override that fails the section's validation
         sys.stderr.write(f"opendt: invalid option: {e}\n")
         return EXIT_USAGE
+    debug = settings.log.level == "debug"
     configure_logging(settings.log.level, settings.log.format)
+    from opendt.models.topology import TopologyError
+    from opendt.workload import WorkloadError
+
     try:
         return _dispatch(args, settings)
+    except (UsageError, ConfigError) as e:
+        return _fail(args.command, str(e), EXIT_USAGE, e, debug)
+    except (WorkloadError, TopologyError) as e:
+        return _fail(args.command, str(e), EXIT_USAGE, e, debug)
     except (CommandError, ValueError, OSError) as e:
-        # WorkloadError, TopologyError, MessageError are ValueErrors with one-line messages.
-        structlog.get_logger().error("command_failed", command=args.command, error=str(e))
-        sys.stderr.write(f"opendt {args.command}: {e}\n")
-        return 1
+        return _fail(args.command, str(e), EXIT_FAILED, e, debug)
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # noqa: BLE001 - the command boundary: one line, never a traceback below debug
+        hint = "" if debug else " (rerun with --log-level debug for the traceback)"
+        return _fail(args.command, f"internal error: {describe_exception(e)}{hint}", EXIT_FAILED, e, debug)

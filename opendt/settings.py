@@ -10,12 +10,22 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from opendt.configcheck import format_validation_error, unknown_env_keys, unknown_env_message
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
@@ -76,6 +86,13 @@ class ReplaySettings(Section):
     heartbeat_s: float = Field(default=60.0, gt=0)
     progress_every_s: float = Field(default=5.0, gt=0)
     strict: bool = Field(default=False, description="Fail when the producer falls behind schedule")
+
+    @field_validator("speed", mode="before")
+    @classmethod
+    def _max_any_case(cls, v: object) -> object:
+        if isinstance(v, str) and v.strip().lower() == "max":
+            return "max"
+        return v
 
     @field_validator("speed")
     @classmethod
@@ -367,7 +384,9 @@ class ApiSettings(Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    token: str | None = None
+    token: SecretStr | None = Field(
+        default=None, description="Bearer token for writes; never logged or printed (config show masks it)"
+    )
     max_body_bytes: int = Field(default=1_000_000, gt=0)
     whatif_max_range_s: int = Field(default=7 * 86400, gt=0, description="Longest what-if range")
     whatif_queue: int = Field(
@@ -452,56 +471,25 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _YamlSource(settings_cls, _CONFIG_PATH))
 
 
-def _unknown_env_keys(environ: dict[str, str]) -> list[str]:
-    """``OPENDT_*`` variables that name no setting (pydantic-settings ignores those silently)."""
-    bad = []
-    for name in environ:
-        if not name.startswith("OPENDT_"):
-            continue
-        parts = name[len("OPENDT_") :].lower().split("__")
-        model: type[BaseModel] = Settings
-        for i, part in enumerate(parts):
-            field = model.model_fields.get(part)
-            if field is None:
-                bad.append(name)
-                break
-            ann = field.annotation
-            if i < len(parts) - 1:
-                if isinstance(ann, type) and issubclass(ann, BaseModel):
-                    model = ann
-                else:
-                    bad.append(name)
-                    break
-    return bad
-
-
-def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
-
-
 def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings from ``config_path`` (default ``config/default.yaml``) + environment + overrides.
 
-    Raises :class:`ConfigError` with a message naming every bad key.
+    Raises :class:`ConfigError` with a message naming every bad key and where its value came from.
     """
     global _CONFIG_PATH  # pydantic-settings sources are class-level; set for one build
     path = config_path if config_path is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-    bad_env = _unknown_env_keys(dict(os.environ))
+    bad_env = unknown_env_keys(Settings, dict(os.environ))
     if bad_env:
-        raise ConfigError("unknown configuration variable(s): " + ", ".join(sorted(bad_env)))
+        raise ConfigError(unknown_env_message(Settings, bad_env))
     _CONFIG_PATH = path
     try:
         return Settings(**overrides)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, str(path) if path else "defaults")) from None
+        raise ConfigError(format_validation_error(Settings, e, str(path) if path else "defaults")) from None
     finally:
         _CONFIG_PATH = None
 
 
 def settings_as_yaml(settings: Settings) -> str:
+    """The effective settings as YAML; secrets (``api.token``) are masked, never printed."""
     return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)

@@ -95,11 +95,12 @@ async def _watch_broker(broker: EmbeddedBroker) -> None:
     raise BrokerError(f"the embedded Kafka broker exited (code {code}) while the twin was running")
 
 
-def _slo_watcher(settings: Settings) -> SloWatcher | None:
-    """The SLOs from ``optimizer.slo_path``, watched; a bad file is fatal only when the optimizer needs it."""
+def _slo_watcher(settings: Settings, run_dir: Path) -> SloWatcher | None:
+    """The SLOs from ``optimizer.slo_path`` (or the run's live copy, written by PUT /api/slo), watched; a bad
+    file is fatal only when the optimizer needs it."""
     opt = settings.optimizer
     try:
-        return SloWatcher(opt.slo_path, interval_s=opt.slo_poll_s)
+        return SloWatcher(opt.slo_path, interval_s=opt.slo_poll_s, live_path=run_dir / "slo.json")
     except SloError as e:
         if opt.enabled:
             raise ConfigError(str(e)) from None
@@ -224,7 +225,7 @@ async def build_twin(
         max_queue=api.whatif_queue,
     )
     state.scenarios = scenarios
-    slo = _slo_watcher(settings)
+    slo = _slo_watcher(settings, run_dir)
     optimizer = None
     if settings.optimizer.enabled:
         assert slo is not None  # _slo_watcher raises when the optimizer needs it

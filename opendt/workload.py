@@ -273,11 +273,15 @@ def read_meta(path: Path) -> WorkloadMeta:
     )
 
 
-def resolve_carbon_path(topology: Topology, workload_dir: Path) -> Path | None:
-    """The carbon trace of the (first) power source: relative paths resolve against the workload dir.
+def resolve_carbon_path(
+    topology: Topology, workload_dir: Path, topology_file: Path | str = "topology.json"
+) -> Path | None:
+    """The carbon trace of the (first) power source: relative paths resolve against the workload dir (also
+    for a topology read from another file: ``opendt simulate --topology FILE``).
 
     An absolute path that does not exist here (SURF's topology says ``/app/workload/carbon.parquet``, a
-    container path) falls back to the file of the same name in the workload dir, when there is one.
+    container path) falls back to the file of the same name in the workload dir, when there is one. The error
+    names ``topology_file``, the file that holds the path.
     """
     for cluster in topology.clusters:
         p = cluster.powerSource.carbonTracePath
@@ -291,7 +295,10 @@ def resolve_carbon_path(topology: Topology, workload_dir: Path) -> Path | None:
         local = workload_dir / Path(p).name
         if local.exists():
             return local
-        raise WorkloadError(f"topology.json: carbonTracePath {p!r} not found (nor {local})")
+        raise WorkloadError(
+            f"{topology_file}: carbonTracePath {p!r} not found (relative paths resolve against the workload "
+            f"directory {workload_dir}; nor is there {local})"
+        )
     return None
 
 
@@ -317,7 +324,7 @@ def load_workload(path: Path | str, *, topology_path: Path | None = None) -> Wor
             _read(path / "consumption.parquet"), origin, meta.consumption_offset_ms
         )
     carbon = None
-    carbon_path = resolve_carbon_path(topology, path)
+    carbon_path = resolve_carbon_path(topology, path, topology_path or "topology.json")
     if carbon_path is None and (path / "carbon.parquet").exists():
         carbon_path = path / "carbon.parquet"
     if carbon_path is not None:

@@ -20,7 +20,7 @@ from opendt.api.grafana import add_grafana_routes
 from opendt.api.http import SETTINGS, ApiError, json_response
 from opendt.api.openapi import openapi_document
 from opendt.api.readmodel import TwinView
-from opendt.api.routes import SERIES_CACHE, STATE, VIEW, add_routes
+from opendt.api.routes import SERIES_CACHE, STATE, VIEW, add_routes, reject_unknown_query
 from opendt.api.whatif import whatif
 from opendt.settings import ApiSettings
 from opendt.twin.status import TwinState
@@ -57,7 +57,8 @@ async def _errors(
 
 
 def create_app(state: TwinState, settings: ApiSettings, view: TwinView | None = None) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_errors])
+    middlewares = [_errors, reject_unknown_query]
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
     app[STATE] = state
     app[VIEW] = view if view is not None else TwinView()
     app[SETTINGS] = settings

@@ -3,6 +3,7 @@ carries (times, limits, tokens, bodies)."""
 
 from __future__ import annotations
 
+import hmac
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -59,7 +60,8 @@ def require_token(request: web.Request) -> None:
     token = request.app[SETTINGS].token
     if token is None:
         return
-    if request.headers.get("Authorization", "") != f"Bearer {token}":
+    given = request.headers.get("Authorization", "").encode()
+    if not hmac.compare_digest(given, f"Bearer {token.get_secret_value()}".encode()):
         raise ApiError(
             401, "missing or wrong bearer token (Authorization: Bearer <api.token>)", "Authorization"
         )

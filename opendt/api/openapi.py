@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 from pydantic.json_schema import models_json_schema
 
 Point = Annotated[list[float], Field(min_length=2, max_length=2, description="[epoch_ms, value]")]
@@ -147,6 +147,20 @@ class WhatIfSeries(Strict):
     whatif: list[Point]
 
 
+class TaskStats(Strict):
+    """The tasks of a scenario run's range (``opendt/worker/warm.py`` ``task_stats``)."""
+
+    tasks_submitted: int
+    tasks_started: int
+    tasks_finished: int
+    tasks_waiting: int = Field(description="Still queued at end (unfinished waits)")
+    tasks_requeued: int = Field(description="Sent back to the queue by the topology change")
+    wait_drained: bool = Field(description="Waits of tasks queued at end are exact (the queue drained)")
+    wait_p95_s: float | None
+    wait_mean_s: float | None
+    runtime_mean_s: float | None
+
+
 class WhatIfResponse(Strict):
     start: str
     end: str
@@ -155,7 +169,10 @@ class WhatIfResponse(Strict):
     changes: list[Change]
     topology: dict[str, Any]
     series: WhatIfSeries
-    totals: dict[Literal["measured", "baseline", "whatif"], Totals]
+    totals: dict[Literal["measured", "baseline", "whatif"], Totals] = Field(
+        description="Energy and carbon: exact integrals over [start, end); mean power = energy / duration"
+    )
+    tasks: dict[Literal["baseline", "whatif"], TaskStats | None]
     delta: dict[str, float | None] = Field(
         description="energy_pct, carbon_pct, peak_pct: what-if vs baseline"
     )
@@ -169,6 +186,7 @@ class Calibration(BaseModel):
     enabled: bool
     series: list[dict[str, Any]]
     rounds_detail: list[dict[str, Any]]
+    axis_units: dict[str, str] = Field(description="Per axis: W, MHz, '× physical' (a scale axis) or ''")
 
 
 class SloTargets(Strict):
@@ -181,9 +199,22 @@ class SloTargets(Strict):
 
 class SloState(Strict):
     slo: dict[str, float]
-    path: str
+    path: str = Field(description="The file watched: optimizer.slo_path, or the run's live copy once PUT")
     changes: int
     rejections: int
+
+
+class SloEcho(Strict):
+    """What GET /api/slo answers, sent back (edited): only ``slo`` is read."""
+
+    slo: SloTargets
+    path: str | None = None
+    changes: int | None = None
+    rejections: int | None = None
+
+
+class SloPut(RootModel[SloTargets | SloEcho]):
+    """The SLO targets, or what GET /api/slo answers."""
 
 
 class OptimizerState(BaseModel):
@@ -303,9 +334,9 @@ OPERATIONS: list[Operation] = [
     Operation(
         "put",
         "/api/slo",
-        "Replace the SLOs (validated; written to the file atomically)",
+        "Replace the SLOs (validated; written atomically to the run's live copy <run_dir>/slo.json)",
         SloState,
-        body=SloTargets,
+        body=SloPut,
         writes=True,
         errors=(400, 404, 409, 413, 422),
     ),
@@ -326,7 +357,8 @@ OPERATIONS: list[Operation] = [
     Operation(
         "post",
         "/api/optimizer/accept",
-        "Apply the kept proposal (publishes on sim.topology, source optimizer)",
+        "Apply the kept proposal as a change of the topology in effect (publishes on sim.topology, source "
+        "optimizer); 409 when nothing is kept, it was accepted, or a value it changes changed since",
         AcceptedProposal,
         status=202,
         body=AcceptRequest,
@@ -374,7 +406,8 @@ def openapi_document(operations: list[Operation] | None = None, *, token: bool =
                         "description": "Error naming the field",
                         "content": {"application/json": {"schema": _ref(Error)}},
                     }
-                    for code in sorted({*op.errors, *((401,) if op.writes and token else ())})
+                    # 400: an unknown query parameter, on every operation
+                    for code in sorted({400, *op.errors, *((401,) if op.writes and token else ())})
                 },
             },
         }

@@ -5,7 +5,7 @@ calibrator, the SLOs and the optimizer. What-if is :mod:`opendt.api.whatif`; the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -40,12 +40,35 @@ SERIES_CACHE = web.AppKey("series_cache", dict)
 """Rendered series answers by (path, start, end, step, result rows): a new window invalidates them."""
 
 
+RANGE_PARAMS = frozenset({"start", "end", "step_s"})
+QUERY_PARAMS: dict[str, frozenset[str]] = {
+    "/api/power": RANGE_PARAMS,
+    "/api/carbon": RANGE_PARAMS,
+    "/api/windows": frozenset({"limit"}),
+    "/api/optimizer": frozenset({"limit"}),
+}
+"""The query parameters each route of ``/api/`` and ``/health`` takes; any other is a 400 naming it."""
+
+
+@web.middleware
+async def reject_unknown_query(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """400 for a query parameter the route does not take (``/api/…`` and ``/health``), before the handler."""
+    path = request.path
+    if path.startswith("/api/") or path == "/health":
+        info = request.match_info
+        route = info.route.resource.canonical if info.route.resource is not None else path
+        unknown = sorted(set(request.query) - QUERY_PARAMS.get(route, frozenset()))
+        if unknown:
+            allowed = sorted(QUERY_PARAMS.get(route, frozenset()))
+            takes = f"it takes {', '.join(allowed)}" if allowed else "it takes none"
+            raise ApiError(400, f"unknown query parameter {unknown[0]!r} ({route}: {takes})", unknown[0])
+    return await handler(request)
+
+
 def _range(request: web.Request, default_step_s: int = 60) -> tuple[int, int, int]:
     q = request.query
-    unknown = set(q) - {"start", "end", "step_s"}
-    if unknown:
-        name = sorted(unknown)[0]
-        raise ApiError(400, f"unknown query parameter {name!r}", name)
     start = parse_time(q["start"], "start") if "start" in q else None
     end = parse_time(q["end"], "end") if "end" in q else None
     try:
@@ -220,6 +243,14 @@ async def put_slo(request: web.Request) -> web.Response:
     body = await json_body(request)
     if watcher is None:
         raise ApiError(404, "no SLOs loaded (optimizer.slo_path missing or invalid at start)")
+    if isinstance(body, dict) and isinstance(body.get("slo"), dict):
+        # what GET answers: {"slo": {...}, "path", "changes", "rejections"} (the last three are read-only)
+        extra = sorted(set(body) - {"slo", "path", "changes", "rejections"})
+        if extra:
+            raise ApiError(422, f"unknown field {extra[0]!r} (send the SLOs, or GET's answer)", extra[0])
+        body = body["slo"]
+    if request.app[VIEW].writer is None:
+        raise ApiError(404, "no twin to apply SLOs to (opendt serve is read-only)")
     try:
         slo = parse_slo(body, source="body")
     except SloError as e:

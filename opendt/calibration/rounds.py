@@ -50,6 +50,7 @@ from opendt.calibration.space import (
     make_candidate,
 )
 from opendt.calibration.trust import Region, describe_region, resize, scaled, step_points
+from opendt.models.messages import iso_ms
 from opendt.models.topology import Topology
 from opendt.settings import CalibrationSettings
 from opendt.worker.pool import CandidatePool, Outcome, RoundInput
@@ -323,7 +324,8 @@ class _Round:
         rec.winner_topology = topo
         rec.reason = (
             f"{metric} {win.row.score:.4g} vs current {inc_score:.4g} (gain {gain:.3g} > threshold "
-            f"{threshold:.3g}) over {rec.samples} samples [{job.lookback_start_ms}, {job.at_ms})"
+            f"{threshold:.3g}) over {rec.samples} samples "
+            f"[{iso_ms(job.lookback_start_ms)}, {iso_ms(job.at_ms)})"
             + (" (physical topology)" if best == PHYSICAL else "")
         )
         return rec

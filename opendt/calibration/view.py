@@ -45,6 +45,15 @@ def by_day(recs: Sequence[RoundRecord]) -> list[dict[str, Any]]:
     ]
 
 
+LEAF_UNITS = {"idlePower": "W", "maxPower": "W", "power": "W", "coreSpeed": "MHz"}
+
+
+def axis_unit(axis: Axis) -> str:
+    """The unit of an axis's values: ``× physical`` for a scale axis (a factor of each host's physical value),
+    else the leaf's unit (W, MHz; '' for calibrationFactor, asymUtil, modelType)."""
+    return "× physical" if axis.scale else LEAF_UNITS.get(axis.leaf.rsplit(".", 1)[-1], "")
+
+
 def parameter_paths(
     recs: Sequence[RoundRecord], axes: Sequence[Axis], initial: Topology
 ) -> dict[str, list[dict[str, Any]]]:
@@ -93,6 +102,7 @@ def calibration_view(
         "mape": {**_mape(recs), "last_day": _mape(last_day)},
         "by_day": by_day(recs),
         "paths": {} if initial is None else parameter_paths(recs, axes, initial),
+        "axis_units": {a.path: axis_unit(a) for a in axes},
         "trust_region": region,
         "noise_pct": None if noise is None else round(noise, 4),
         "last_round": recs[-1].summary() if recs else None,

@@ -1,1 +1,2 @@
-"""The CLI commands that are not the daemon: ``opendt simulate``, ``opendt calibrate``, ``opendt demo``."""
+"""The CLI's commands (``opendt/cli.py`` parses and dispatches): ``run`` (the daemon with progress and a
+summary), ``replay``, ``simulate``, ``calibrate``, ``demo``, ``runs``, ``serve``."""

@@ -29,7 +29,7 @@ from opendt.calibration.component import calibrator_for
 from opendt.calibration.journal import RoundRecord
 from opendt.calibration.view import by_day, parameter_paths
 from opendt.metrics import mape
-from opendt.models.messages import CarbonRow, FragmentRow, PowerRow, TaskRow
+from opendt.models.messages import CarbonRow, FragmentRow, PowerRow, TaskRow, iso_ms
 from opendt.settings import Settings
 from opendt.stream.consumer import ClosedWindow
 from opendt.stream.windowing import Window, carry_carbon
@@ -300,7 +300,7 @@ def format_round(r: RoundRecord) -> str:
         for k, v in r.in_effect.items()
     )
     return (
-        f"round {r.round:4d}  t={r.time_ms}  {r.status:8s} candidates={r.candidates:3d} "
+        f"round {r.round:4d}  t={iso_ms(r.time_ms)}  {r.status:8s} candidates={r.candidates:3d} "
         f"rejected={r.rejected} failed={r.failed}  {r.metric} current={inc} best={score} "
         f"gain={_num(r.improvement)} threshold={_num(r.threshold)} noise={_num(r.noise_pct)}%  "
         f"hour MAPE calibrated={_num(r.mape_calibrated)}% uncalibrated={_num(r.mape_uncalibrated)}%  "

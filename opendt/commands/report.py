@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,10 @@ def _formats(v: str) -> tuple[str, ...]:
     return out
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
     rep = sub.add_parser(
         "report",
+        parents=list(parents),
         help="figures (PNG/SVG) and a self-contained HTML page from run directories",
         description="Figures of one or more runs, overlaid and labelled (e.g. uncalibrated vs calibrated): "
         "power "

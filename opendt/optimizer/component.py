@@ -24,10 +24,10 @@ from typing import Any
 import polars as pl
 import structlog
 
-from opendt.models.patch import PatchError, topology_diff
+from opendt.models.patch import PatchError, apply_patch
 from opendt.models.topology import Topology
 from opendt.optimizer.journal import OptimizerJournal
-from opendt.optimizer.round import Round, Trial, choose, outcome_of
+from opendt.optimizer.round import Round, Trial, choose, outcome_of, proposal_changes
 from opendt.optimizer.rules import (
     OptimizerContext,
     Proposal,
@@ -341,7 +341,10 @@ class Optimizer:
     # -- accept and visibility ---------------------------------------------------------------------------
 
     async def accept(self, index: int | None = None) -> Round:
-        """Publish the kept proposal of round ``index`` (default: the current best) as simulated topology."""
+        """Apply the kept proposal of round ``index`` (default: the current best) as a change to the topology
+        in effect now: only the values the proposal changes are set (what a calibration changed since stays).
+        Refused (:class:`OptimizerError`, saying why) when one of those values changed since the proposal was
+        made: the proposal no longer says what it was judged on."""
         if index is None:
             r = self.best
             if r is None:
@@ -357,8 +360,25 @@ class Optimizer:
         if self.writer is None:
             raise OptimizerError("no twin to apply a topology to")
         assert r.proposal is not None
+        current = self.box.current
+        conflicts = [c for c in proposal_changes(r.proposal, current.topology) if c.conflict]
+        if conflicts:
+            c = conflicts[0]
+            more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+            raise OptimizerError(
+                f"round {r.index}'s proposal was made on topology version {r.base_version}, where {c.path} "
+                f"was {c.proposed_from}; it is {c.before} in version {current.version} (source "
+                f"{current.source}) now{more}: the proposal was judged on values that changed since; wait "
+                "for a round on the current topology"
+            )
+        try:
+            topology = apply_patch(current.topology, r.proposal.patch)
+        except PatchError as e:
+            raise OptimizerError(
+                f"round {r.index}'s proposal cannot apply to version {current.version}: {e}"
+            ) from None
         reason = f"optimizer round {r.index}: {r.proposal.reason}"
-        r.accepted_version = (await self.writer.write(r.proposal.topology, "optimizer", reason)).version
+        r.accepted_version = (await self.writer.write(topology, "optimizer", reason)).version
         await self.journal.accepted(r.index, r.accepted_version)
         self.accepted += 1
         if self.best is r:
@@ -367,12 +387,10 @@ class Optimizer:
         return r
 
     def _diff(self, r: Round | None) -> list[dict[str, Any]] | None:
+        """What accepting ``r`` would change in the topology in effect now, with any conflict marked."""
         if r is None or r.proposal is None:
             return None
-        try:
-            return [vars(c) for c in topology_diff(self.box.current.topology, r.proposal.topology)]
-        except PatchError:
-            return None
+        return [vars(c) for c in proposal_changes(r.proposal, self.box.current.topology)]
 
     def summary(self) -> dict[str, Any]:
         """What ``/api/status`` shows (the rounds themselves are at ``/api/optimizer``)."""

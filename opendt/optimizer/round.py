@@ -4,11 +4,14 @@ as ``GET /api/optimizer`` shows it and the journal keeps it (:class:`Round`)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
+from opendt.models.patch import PatchError, PatchValue, leaf_value, parse_path, targets
+from opendt.models.topology import Topology
 from opendt.optimizer.rules import Proposal
 from opendt.optimizer.scoring import Verdict, WindowOutcome
 from opendt.twin.scenarios import ScenarioResult
@@ -28,6 +31,41 @@ def outcome_of(res: ScenarioResult, n_windows: int) -> WindowOutcome:
         task_wait_p95_s=tasks.get("wait_p95_s"),
         task_runtime_mean_s=tasks.get("runtime_mean_s"),
     )
+
+
+@dataclass(frozen=True)
+class PendingChange:
+    """One value a proposal changes, against the topology in effect now: ``before`` (now), ``after`` (the
+    proposal's), ``proposed_from`` (the value the proposal was made on); ``conflict`` when those two
+    differ."""
+
+    path: str
+    before: PatchValue | None
+    after: PatchValue
+    proposed_from: PatchValue
+    conflict: bool
+
+
+def _same(a: PatchValue | None, b: PatchValue) -> bool:
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=1e-12)
+    return a == b
+
+
+def proposal_changes(proposal: Proposal, current: Topology) -> list[PendingChange]:
+    """The proposal as a change (patch) of ``current``: each of its paths with the value now, the value the
+    proposal was made on and its new one. A path that names no host spec of ``current`` (one since removed)
+    is a conflict."""
+    out = []
+    for c in proposal.changes:
+        try:
+            p = parse_path(c.path)
+            hosts = [current.clusters[ci].hosts[hi] for ci, hi in targets(current, p)]
+            now: PatchValue | None = leaf_value(hosts[0], p.leaf)
+        except (PatchError, IndexError):
+            now = None
+        out.append(PendingChange(c.path, now, c.after, c.before, now is None or not _same(now, c.before)))
+    return out
 
 
 @dataclass

@@ -17,8 +17,9 @@ The first three are the *energy side*, the last two the *performance side* (:dat
 
 :class:`SloWatcher` re-reads the file every ``interval_s``; a valid change replaces the SLOs and calls the
 callback, an invalid one is logged (once per distinct content) and the old SLOs stay. ``PUT /api/slo`` goes
-through :meth:`SloWatcher.update`, which writes the file atomically and applies it once (the next poll reads
-the same content and does nothing).
+through :meth:`SloWatcher.update`, which writes the run's live copy (``<run_dir>/slo.json``, never the tracked
+configured file) atomically and applies it once (the next poll reads the same content and does nothing);
+from then on the live copy is the file watched, and a restart of the same run starts from it.
 """
 
 from __future__ import annotations
@@ -154,9 +155,17 @@ class SloWatcher:
         interval_s: float = 2.0,
         on_change: OnChange | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        live_path: Path | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be > 0")
+        self.configured = path
+        """The configured SLO file (``optimizer.slo_path``, tracked in the repository by default)."""
+        self.live_path = live_path
+        """Where ``PUT /api/slo`` writes (``<run_dir>/slo.json``): once it exists it is the file watched, and
+        a restarted twin of the same run starts from it; None = write the configured file."""
+        if live_path is not None and live_path.exists():
+            path = live_path
         self.path = path
         self.interval_s = interval_s
         self.on_change = on_change
@@ -222,15 +231,18 @@ class SloWatcher:
         return await self._apply(slo, "file")
 
     async def update(self, slo: Slo) -> bool:
-        """Write ``slo`` to the file (atomically) and apply it now; True when it changed the SLOs. The next
-        poll reads back the same content and does not apply it again. Raises ``OSError`` if the file cannot
-        be written (the SLOs are then unchanged)."""
+        """Write ``slo`` to the live file (``live_path``, else the watched one; atomically) and apply it now;
+        True when it changed the SLOs. From then on the live file is the one watched; the next poll reads back
+        the same content and does not apply it again. Raises ``OSError`` if the file cannot be written (the
+        SLOs are then unchanged)."""
+        target = self.live_path if self.live_path is not None else self.path
         before, self._seen = self._seen, hashlib.sha256(_encode(slo)).hexdigest()
         try:
-            await asyncio.to_thread(save_slo, self.path, slo)
+            await asyncio.to_thread(save_slo, target, slo)
         except BaseException:
             self._seen = before
             raise
+        self.path = target
         return await self._apply(slo, "api")
 
     async def run(self) -> None:

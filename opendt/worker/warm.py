@@ -337,11 +337,21 @@ def run_candidate(
     before = (engine.segs, copy.deepcopy(engine.export))
     if replayable:
         engine.history = []
+    carried = (float(engine.export.carried_energy.sum()), float(engine.export.carried_carbon.sum()))
     rows = engine.advance(base.until_ms, tasks, fragments, base.carbon)
     if base.full:
         lo = base.apply_at_ms if base.apply_at_ms is not None else -(2**62)
         if extra is not None:
-            extra["stats"] = task_stats(engine, lo, base.until_ms, drain=True)
+            # the exact integral over [t_lo, until): the rows' energy, less what the first row carried from
+            # before t_lo, plus what the interval in progress holds at until (the same for carbon)
+            ended = (float(engine.export.carried_energy.sum()), float(engine.export.carried_carbon.sum()))
+            exact = [
+                (float(rows[c].sum()) if rows.height else 0.0) - carried[i] + ended[i]
+                for i, c in enumerate(("energy_usage", "carbon_emission"))
+            ]
+            extra["stats"] = task_stats(engine, lo, base.until_ms, drain=True).with_columns(
+                pl.lit(exact[0]).alias("range_energy_j"), pl.lit(exact[1]).alias("range_carbon_g")
+            )
         return _full_rows(rows, lo)
     if replayable and engine.t0 is not None and engine.history is not None:
         from opendt.engine.segments import SegmentSet

@@ -202,3 +202,31 @@ def test_parse_time_accepts_iso_and_epoch() -> None:
     assert parse_time("2024-01-01T01:00:00+01:00", "start") == T0
     assert parse_time("2024-01-01T00:00:00", "start") == T0
     assert parse_time(str(T0), "start") == T0
+
+
+async def test_unknown_query_parameters_are_400_everywhere(api: tuple[str, list[object]]) -> None:
+    """Issue 18 item 8: every /api route and /health answers 400 naming an unknown query parameter (and what
+    the route takes), before anything else; known parameters still work."""
+    url, _ = api
+    for path in (
+        "/health",
+        "/api/status",
+        "/api/windows",
+        "/api/topology",
+        "/api/calibration",
+        "/api/slo",
+        "/api/optimizer",
+        "/api/power",
+        "/api/carbon",
+    ):
+        status, body = await _get(url + path, colour="red")
+        assert status == 400, path
+        assert body["field"] == "colour", path
+        assert "colour" in str(body["error"]), path
+    status, body = await _get(url + "/api/windows", limit="2")
+    assert status == 200
+    status, body = await _get(url + "/api/windows", limit="2", start="0")
+    assert (status, body["field"]) == (400, "start")
+    assert "limit" in str(body["error"])
+    async with aiohttp.ClientSession() as s, s.post(url + "/api/topology/reset?force=1") as r:
+        assert r.status == 400

@@ -348,6 +348,12 @@ SUMMARY = """JSON.stringify({
   patchRows: document.querySelectorAll('#patch-rows .patch-row').length,
   whatifStart: document.getElementById('whatif-start').value,
   whatifEnd: document.getElementById('whatif-end').value,
+  powerX: [document.getElementById('chart-power').dataset.xMin, document.getElementById('chart-power').dataset.xMax],
+  carbonX: [document.getElementById('chart-carbon').dataset.xMin, document.getElementById('chart-carbon').dataset.xMax],
+  carbonLegend: document.querySelector('#chart-carbon .u-legend')?.textContent ?? '',
+  valuePlaceholder: document.querySelector('#patch-rows .patch-value').placeholder,
+  placeholderStyle: getComputedStyle(document.querySelector('#patch-rows .patch-value'), '::placeholder').fontStyle,
+  epochMs: (document.body.innerText.match(/\\b1[5-9]\\d{11}\\b/g) || []),
 })"""
 
 SUBMIT_WHATIF = """(() => {
@@ -358,6 +364,15 @@ SUBMIT_WHATIF = """(() => {
   row.querySelector('.patch-key').value = 'cpu.coreSpeed';
   row.querySelector('.patch-value').value = '2800';
   document.getElementById('whatif-form').dataset.state = 'submitted';
+  document.getElementById('whatif-form').requestSubmit();
+  return true;
+})()"""
+
+EMPTY_VALUE = """(() => {
+  const row = document.querySelector('#patch-rows .patch-row');
+  row.querySelector('.patch-key').value = 'cpu.coreSpeed';
+  row.querySelector('.patch-value').value = '';
+  document.getElementById('whatif-form').dataset.state = 'error';
   document.getElementById('whatif-form').requestSubmit();
   return true;
 })()"""
@@ -407,9 +422,12 @@ async def test_dashboard_in_headless_chromium(
         kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topics=unique_topic_names()),
         replay=ReplaySettings(workload=DEFAULT_WORKLOAD, speed="max"),
         api=ApiSettings(port=0),
-        calibration=CalibrationSettings(  # small: one axis, the believed and the hidden calibrationFactor
-            enabled=True,
-            grid=[CalibrationAxis(parameter="cpuPowerModel.calibrationFactor", values=[4.0, 6.5])],
+        calibration=CalibrationSettings(  # small: the believed and the hidden calibrationFactor, and an
+            enabled=True,  # idlePower scale axis (its values are factors of the physical idle power)
+            grid=[
+                CalibrationAxis(parameter="cpuPowerModel.calibrationFactor", values=[4.0, 6.5]),
+                CalibrationAxis(parameter="cpuPowerModel.idlePower", values=[1.0, 1.2], scale=True),
+            ],
             refine_steps=0,
         ),
         data_dir=tmp_path / "data",
@@ -450,14 +468,16 @@ async def test_dashboard_in_headless_chromium(
 
 
 def _factor_diffs(doc: dict[str, Any]) -> list[str]:
-    """The topology table's highlighted calibrationFactor cells ("physical → simulated") for ``doc``."""
+    """The topology table's highlighted idlePower and calibrationFactor cells ("physical → simulated") for
+    ``doc``, in table order."""
     out = []
     sim = doc["simulated"]["topology"]
     for pc, sc in zip(doc["physical"]["clusters"], sim["clusters"], strict=True):
         for ph, sh in zip(pc["hosts"], sc["hosts"], strict=True):
-            p, s = ph["cpuPowerModel"]["calibrationFactor"], sh["cpuPowerModel"]["calibrationFactor"]
-            if p != s:
-                out.append(f"{p:g} → {s:g}")
+            for leaf in ("idlePower", "calibrationFactor"):
+                p, s = ph["cpuPowerModel"][leaf], sh["cpuPowerModel"][leaf]
+                if round(p, 4) != round(s, 4):
+                    out.append(f"{round(p, 4):g} → {round(s, 4):g}")
     return out
 
 
@@ -531,16 +551,34 @@ async def _check_page(
         assert page["calibration"] == "enabled", page
         assert page["calibrationPoints"] > 0, page
         assert "cpuPowerModel.calibrationFactor" in page["calibrationText"], page
+        # the idlePower axis is a scale axis: its value is a factor of the physical idle power, not watts
+        assert re.search(
+            r"In effect: cpuPowerModel\.idlePower× [\d.]+ of the physical value", page["calibrationText"]
+        ), page
     else:
         assert page["calibration"] == "disabled", page
         assert "not running" in page["calibrationText"], page
     assert page["form"], page
     assert page["patchRows"] == 1, page
+    # issue 18 item 12: the carbon chart spans the power chart's time range; its emission unit names the
+    # step; the empty value field shows an example that does not look filled in; no raw epoch ms in any text
+    assert page["powerX"] == page["carbonX"], page
+    assert page["powerX"][0], page
+    assert "gCO2 per" in page["carbonLegend"], page
+    assert "g/step" not in page["carbonLegend"], page
+    assert page["valuePlaceholder"].startswith("value, e.g."), page
+    assert page["placeholderStyle"] == "italic", page
+    assert page["epochMs"] == [], page
     start_ms = _iso_ms(page["whatifStart"])
     end_ms = _iso_ms(page["whatifEnd"])
     assert 0 < end_ms - start_ms <= 6 * 3600 * 1000, page
 
     if has_whatif:
+        await cdp.js(EMPTY_VALUE)
+        empty = json.loads(await cdp.js(WHATIF_RESULT))
+        assert empty["state"] == "error", empty
+        assert "no value for cpu.coreSpeed" in empty["error"], empty
+        assert "example" in empty["error"], empty
         await cdp.js(SUBMIT_WHATIF % (json.dumps("yesterday"), json.dumps(page["whatifEnd"])))
         await cdp.wait_for(WHATIF_SETTLED, "the what-if answer (bad start)")
         bad = json.loads(await cdp.js(WHATIF_RESULT))

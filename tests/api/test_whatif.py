@@ -179,3 +179,67 @@ def test_checkpoints_must_fall_on_window_ends() -> None:
 
     with pytest.raises(ValueError, match=r"checkpoint.every_s must be a multiple of windowing.window_s"):
         Settings(windowing=WindowingSettings(window_s=300), checkpoint=CheckpointSettings(every_s=1000))
+
+
+async def test_totals_are_the_integral_over_exactly_the_range(twin: tuple[str, Settings]) -> None:
+    """Issue 18 item 3: totals are the integral over exactly [start, end), not the export rows touching it:
+    1. a 5-minute what-if off the export grid (12:00-12:05, 3 hosts a group) has energy = mean power x 5 min
+    and the baseline's energy adds up over adjacent ranges; 2. on the grid it equals the stored twin rows of
+    the range; 3. task statistics (waits, re-queued, unfinished) come for both sides; 4. a whole topology
+    posted fills `changes`."""
+    url, settings = twin
+    short = {"start": "2024-03-04T12:00:00Z", "end": "2024-03-04T12:05:00Z", "patch": {"count": 3}}
+    status, doc = await _whatif(url, short)
+    assert status == 200, doc
+    for side in ("baseline", "whatif"):
+        t = doc["totals"][side]
+        assert t["energy_kwh"] == pytest.approx(t["mean_w"] * 300 / 3.6e6, rel=1e-5), side
+    assert doc["totals"]["whatif"]["mean_w"] < doc["totals"]["baseline"]["mean_w"] / 3
+    for side in ("baseline", "whatif"):
+        stats = doc["tasks"][side]
+        for key in ("tasks_submitted", "tasks_requeued", "tasks_waiting", "wait_p95_s", "wait_drained"):
+            assert key in stats, (side, key)
+        assert "range_energy_j" not in stats
+    assert doc["tasks"]["baseline"]["tasks_requeued"] == 0
+    assert doc["tasks"]["whatif"]["tasks_requeued"] + doc["tasks"]["whatif"]["tasks_waiting"] >= 0
+
+    energy = {}
+    for a, b in (("12:00:00", "12:05:00"), ("12:05:00", "12:10:00"), ("12:00:00", "12:10:00")):
+        body = {"start": f"2024-03-04T{a}Z", "end": f"2024-03-04T{b}Z", "patch": {"count": 3}}
+        status, doc = await _whatif(url, body)
+        assert status == 200, doc
+        energy[(a, b)] = doc["totals"]["baseline"]["energy_kwh"]
+    assert energy[("12:00:00", "12:05:00")] + energy[("12:05:00", "12:10:00")] == pytest.approx(
+        energy[("12:00:00", "12:10:00")], rel=1e-5
+    )
+
+    # on the export grid (the demo's rows fall at hh:mm:38 and hh:mm:08): the stored rows of the range
+    import polars as pl
+
+    runs = list((settings.data_dir / "runs").iterdir())
+    agg = pl.read_parquet((runs[0] / "agg_results.parquet").read_bytes())
+    lo, hi = 1709553638000, 1709553938000  # 12:00:38 .. 12:05:38
+    ts = agg["timestamp"].dt.epoch("ms")
+    stored = float(agg.filter((ts > lo) & (ts <= hi))["energy_usage"].sum()) / 3.6e6
+    status, doc = await _whatif(url, {"start": lo, "end": hi, "patch": {"hosts[A].cpu.coreSpeed": 2400}})
+    assert status == 200, doc
+    assert doc["totals"]["baseline"]["energy_kwh"] == pytest.approx(stored, rel=1e-5)
+    assert doc["totals"]["whatif"]["energy_kwh"] == pytest.approx(stored, rel=1e-5)
+
+    async with aiohttp.ClientSession() as s, s.get(f"{url}/api/topology") as r:
+        physical = (await r.json())["physical"]
+    physical["clusters"][0]["hosts"][0]["count"] = 10
+    status, doc = await _whatif(url, {**short, "patch": None, "topology": physical} | {"patch": None})
+    assert status == 422  # patch and topology both given (a null patch is still a patch)
+    body = {k: v for k, v in short.items() if k != "patch"}
+    status, doc = await _whatif(url, {**body, "topology": physical})
+    assert status == 200, doc
+    assert [(c["path"], c["before"], c["after"]) for c in doc["changes"]] == [
+        ("clusters[demo].hosts[A].count", 24, 10)
+    ]
+    physical["clusters"][0]["hosts"] = physical["clusters"][0]["hosts"][:1]
+    status, doc = await _whatif(url, {**body, "topology": physical})
+    assert status == 200, doc
+    assert doc["changes"][0]["path"] == "clusters"
+    assert "B" in doc["changes"][0]["before"]
+    assert "B" not in doc["changes"][0]["after"]

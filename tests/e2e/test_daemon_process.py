@@ -148,20 +148,6 @@ def test_run_with_invalid_workload_exits_nonzero_with_message(tmp_path: Path) ->
     assert "Traceback" not in res.stderr
 
 
-def test_commands_not_built_yet_exit_2(tmp_path: Path) -> None:
-    """Subcommands of later milestones exit 2 with a clear message."""
-    res = subprocess.run(
-        [sys.executable, "-m", "opendt", "serve"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert res.returncode == 2
-    assert "not available yet" in res.stderr
-
-
 def test_broker_death_stops_the_daemon_with_an_error(tmp_path: Path) -> None:
     """If the embedded broker dies under a running twin, the daemon exits 1 naming the cause."""
     proc, _ = _start(tmp_path, "--speed", "1")

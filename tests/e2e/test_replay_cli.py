@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from opendt.kafka.client import make_consumer
-from opendt.models.messages import Heartbeat, decode_row
+from opendt.models.messages import Heartbeat, decode, decode_row
 from opendt.settings import KafkaSettings
 from opendt.workload import load_workload
 
@@ -22,8 +22,9 @@ async def test_replay_command_streams_the_demo(
     kafka_bootstrap: str, topic_factory: Callable[..., str]
 ) -> None:
     """1. run `opendt replay --speed max` pointed at the session broker and fresh topics; 2. it exits 0;
-    3. the topics hold every task, fragment and power sample of the demo, then a final heartbeat."""
-    names = {k: topic_factory(k) for k in ("tasks", "fragments", "power", "topology")}
+    3. it ends with a summary line of the records sent; the topics hold every task, fragment, power sample and
+    carbon step of the demo, then a final heartbeat."""
+    names = {k: topic_factory(k) for k in ("tasks", "fragments", "power", "carbon", "topology")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENDT_")}
     env["OPENDT_KAFKA__BOOTSTRAP_SERVERS"] = kafka_bootstrap
     env["OPENDT_LOG__FORMAT"] = "json"
@@ -31,16 +32,23 @@ async def test_replay_command_streams_the_demo(
         env[f"OPENDT_KAFKA__TOPICS__{kind.upper()}"] = topic
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "opendt", "replay", "--speed", "max", "--workload", str(DEMO),
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, err.decode()[-2000:]
     wl = load_workload(DEMO)
-    expected = {"tasks": wl.tasks.height, "fragments": wl.fragments.height, "power": 0}
+    # the closing summary (issue 18 item 9): what was sent, where
     assert wl.consumption is not None
-    expected["power"] = wl.consumption.height
+    assert wl.carbon is not None
+    expected = {
+        "tasks": wl.tasks.height,
+        "fragments": wl.fragments.height,
+        "power": wl.consumption.height,
+        "carbon": wl.carbon.height,
+    }
+    assert out.decode().startswith(f"opendt replay done: {sum(expected.values()):,} records"), out
     settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
-    for kind in ("tasks", "fragments", "power"):
+    for kind in ("tasks", "fragments", "power", "carbon"):
         consumer = make_consumer(kafka_bootstrap, [names[kind]], None, settings)
         await consumer.start()
         rows = 0
@@ -50,7 +58,11 @@ async def test_replay_command_streams_the_demo(
                 while not final:
                     for records in (await consumer.getmany(timeout_ms=500)).values():
                         for r in records:
-                            row = decode_row(kind, r.key, r.value)  # type: ignore[arg-type]
+                            row = (
+                                decode(kind, r.key, r.value)
+                                if kind == "carbon"
+                                else decode_row(kind, r.key, r.value)  # type: ignore[arg-type]
+                            )
                             if isinstance(row, Heartbeat):
                                 final = final or row.final
                             else:

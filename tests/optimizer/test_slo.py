@@ -294,3 +294,24 @@ async def test_run_polls_every_interval(slo_file: Path) -> None:
         await w.run()
     assert delays == [1.5, 1.5, 1.5, 1.5]
     assert seen == [Slo(task_wait_p95_s=30)]
+
+
+async def test_updates_go_to_the_live_copy_and_survive_a_restart(tmp_path: Path) -> None:
+    """Issue 18 item 8: update() (PUT /api/slo) writes the run's live copy, never the configured (tracked)
+    file; the live copy is watched from then on, and a watcher of the same run starts from it."""
+    configured = tmp_path / "slo.json"
+    configured.write_text('{"peak_power_w": 4000}')
+    live = tmp_path / "run" / "slo.json"
+    live.parent.mkdir()
+    w = SloWatcher(configured, live_path=live)
+    assert w.path == configured
+    await w.update(Slo(peak_power_w=3000))
+    assert configured.read_text() == '{"peak_power_w": 4000}'
+    assert json.loads(live.read_text()) == {"peak_power_w": 3000.0}
+    assert w.path == live
+    live.write_text('{"peak_power_w": 2500}')
+    assert await w.poll()
+    assert w.current.peak_power_w == 2500
+    again = SloWatcher(configured, live_path=live)
+    assert again.current.peak_power_w == 2500
+    assert again.path == live

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from opendt.settings import _unknown_env_keys
+from opendt.configcheck import unknown_env_keys
+from opendt.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,7 +29,7 @@ def test_compose_wires_kafka_grafana_and_opendt() -> None:
     env = services["opendt"]["environment"]
     assert env["OPENDT_KAFKA__BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert env["OPENDT_API__TOKEN"]
-    assert _unknown_env_keys({k: str(v) for k, v in env.items()}) == []
+    assert unknown_env_keys(Settings, {k: str(v) for k, v in env.items()}) == []
     kafka_env = services["kafka"]["environment"]
     assert "controller" in kafka_env["KAFKA_PROCESS_ROLES"]  # KRaft, no ZooKeeper
     genv = services["grafana"]["environment"]

@@ -31,7 +31,14 @@
   ];
 
   const $ = (id) => document.getElementById(id);
-  const view = { stepS: 60, ticks: 0, topologyDoc: "", whatifTouched: false, simulatedRange: null };
+  const view = {
+    stepS: 60,
+    ticks: 0,
+    topologyDoc: "",
+    whatifTouched: false,
+    simulatedRange: null,
+    timeRange: null /* [lo, hi] in s: the power chart's x range, which the carbon chart shares */,
+  };
   const charts = new Map();
 
   /* ---------- small helpers ---------- */
@@ -80,6 +87,21 @@
     const m = Math.floor((t % 3600) / 60);
     const sec = t % 60;
     return (h ? h + "h " : "") + (h || m ? String(m).padStart(h ? 2 : 1, "0") + "m " : "") + sec + "s";
+  }
+
+  /** A step in seconds as a reader says it: "60 s", "5 min", "1 h". */
+  function fmtStep(s) {
+    if (!isNum(s)) return "step";
+    if (s % 3600 === 0) return s / 3600 + " h";
+    if (s % 60 === 0) return s / 60 + " min";
+    return s + " s";
+  }
+
+  /** A calibrated parameter with its unit: "× 1.2 of physical" for a scale axis, "36 W", "4.5". */
+  function fmtParam(v, unit) {
+    if (!isNum(v)) return fmtValue(v);
+    if (unit === "× physical") return "× " + fmtNum(v, 4) + " of the physical value";
+    return fmtNum(v, 4) + (unit ? " " + unit : "");
   }
 
   function fmtValue(v) {
@@ -168,6 +190,16 @@
       scales: scales,
       axes: axes,
       legend: { live: true },
+      hooks: {
+        /* the x range drawn, for tests and for the charts that share it */
+        setScale: [
+          (u, key) => {
+            if (key !== "x") return;
+            container.dataset.xMin = isNum(u.scales.x.min) ? String(u.scales.x.min) : "";
+            container.dataset.xMax = isNum(u.scales.x.max) ? String(u.scales.x.max) : "";
+          },
+        ],
+      },
       cursor: { drag: { x: true, y: false } },
       series: [{ label: "time (UTC)", value: "{YYYY}-{MM}-{DD} {HH}:{mm}" }].concat(
         defs.map((d) => ({
@@ -207,6 +239,10 @@
         plot: new uPlot(chartOptions(container, defs, opts), data, container),
       };
       charts.set(id, entry);
+    }
+    if (opts.shareTime && view.timeRange) {
+      /* the carbon chart spans the power chart's time range, so the two line up instant by instant */
+      entry.plot.setScale("x", { min: view.timeRange[0], max: view.timeRange[1] });
     }
     container.dataset.points = String(points);
     container.dataset.empty = opts.empty || "no data yet";
@@ -364,6 +400,10 @@
     );
     const sim = b.simulated || [];
     if (sim.length) view.simulatedRange = [sim[0][0], sim[sim.length - 1][0]];
+    const firsts = [b.measured || [], sim].filter((l) => l.length);
+    view.timeRange = firsts.length
+      ? [Math.min(...firsts.map((l) => l[0][0])) / 1000, Math.max(...firsts.map((l) => l[l.length - 1][0])) / 1000]
+      : null;
     drawChart(
       "chart-power",
       [
@@ -395,10 +435,16 @@
       "chart-carbon",
       [
         { label: "carbon intensity", stroke: COLORS.intensity, unit: "gCO2/kWh", scale: "ci" },
-        { label: "emission", stroke: COLORS.emission, unit: "g/step", scale: "em" },
+        {
+          label: "emission (gCO2 per " + fmtStep(b.step_s) + ")",
+          stroke: COLORS.emission,
+          unit: "gCO2",
+          axisLabel: "gCO2 per " + fmtStep(b.step_s),
+          scale: "em",
+        },
       ],
       [ci, em],
-      { empty: "no carbon data yet" },
+      { empty: "no carbon data yet", shareTime: true },
     );
   }
 
@@ -600,8 +646,9 @@
         "incumbent " + fmtNum(last.incumbent_score, 3) + ", winner " + fmtNum(last.winner_score, 3),
       ]);
     }
+    const units = c.axis_units || {};
     for (const [path, value] of Object.entries(lastEffect))
-      items.push(["In effect: " + path, fmtValue(value)]);
+      items.push(["In effect: " + path, fmtParam(value, units[path])]);
     box.replaceChildren(
       el("dl", { class: "kv" }, ...items.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })])),
     );
@@ -623,7 +670,9 @@
         label: path,
         stroke: COLORS.extra[i % COLORS.extra.length],
         scale: "p" + i,
-        axisLabel: path.split(".").pop(), // the leaf: a whole path does not fit beside the chart
+        unit: units[path] === "× physical" ? "× physical" : units[path] || "",
+        // the leaf (and its unit): a whole path does not fit beside the chart
+        axisLabel: path.split(".").pop() + (units[path] ? " (" + units[path] + ")" : ""),
       })),
       paths.map((path) =>
         series.filter((r) => isNum((r.in_effect || {})[path])).map((r) => [r.time_ms, r.in_effect[path]]),
@@ -642,14 +691,14 @@
         class: "patch-key",
         type: "text",
         list: "patch-keys",
-        placeholder: "cpu.coreSpeed",
+        placeholder: "parameter, e.g. cpu.coreSpeed",
         "aria-label": "parameter path",
         value: key || "",
       }),
       el("input", {
         class: "patch-value",
         type: "text",
-        placeholder: "2800",
+        placeholder: "value, e.g. 2800",
         "aria-label": "value",
         value: value || "",
       }),
@@ -742,7 +791,8 @@
       const raw = row.querySelector(".patch-value").value.trim();
       if (!key && !raw) continue;
       if (!key) return { error: "a value without a parameter path", field: "patch" };
-      if (!raw) return { error: "no value for " + key, field: key };
+      if (!raw)
+        return { error: "no value for " + key + " (type one: the grey text is only an example)", field: key };
       if (Object.prototype.hasOwnProperty.call(patch, key))
         return { error: key + " given twice", field: key };
       patch[key] = parseValue(raw);

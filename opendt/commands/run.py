@@ -1,0 +1,169 @@
+"""``opendt run``: the daemon, with the operator's view of it.
+
+Before anything starts, the common mistakes are caught and reported in one line (exit 2): a workload
+directory that does not exist or lacks its files, an API address already in use. While it runs: the dashboard
+URL once it serves, progress (a bar on a terminal, ``progress`` log lines otherwise), a line when every
+window of the replayed trace is simulated (and that it keeps serving, unless ``--exit-when-done``), and at
+the end a summary: windows, MAPE, energy, carbon and where the results are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from opendt.commands.errors import UsageError
+from opendt.commands.progress import Progress, Sample
+from opendt.commands.runs import summarize_run, summary_lines
+from opendt.settings import Settings
+from opendt.twin.status import SimulationStatus, TwinState
+
+REQUIRED_FILES = ("tasks.parquet", "fragments.parquet", "topology.json")
+
+
+def check_workload(path: Path, option: str = "--workload DIR (or replay.workload)") -> None:
+    """A workload directory that exists and holds the files a replay needs, else :class:`UsageError`."""
+    if not path.exists():
+        raise UsageError(f"workload directory {path} does not exist: give an existing one with {option}")
+    if not path.is_dir():
+        raise UsageError(f"workload {path} is not a directory: give a workload directory with {option}")
+    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    if missing:
+        raise UsageError(
+            f"workload directory {path} lacks {', '.join(missing)}: not a workload directory "
+            "(opendt demo generate --out DIR writes one)"
+        )
+
+
+def check_port(host: str, port: int, option: str = "--port N (or OPENDT_API__PORT)") -> None:
+    """The API address can be bound (as the API binds it), else :class:`UsageError` naming the fix."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise UsageError(f"API host {host!r} cannot be resolved ({e.strerror}): use --host ADDR") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UsageError(
+                    f"API port {port} on {host} is already in use (another opendt run or serve?): "
+                    f"stop that one, or pick another port with {option}; 0 = any free port"
+                ) from None
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise UsageError(
+                    f"API host {host} is not an address of this machine: use --host ADDR"
+                ) from None
+            if e.errno == errno.EACCES:
+                raise UsageError(
+                    f"API port {port} needs privileges: use a port above 1023 with {option}"
+                ) from None
+            raise UsageError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
+def preflight(settings: Settings) -> None:
+    if settings.replay.enabled:
+        check_workload(Path(settings.replay.workload))
+    if settings.api.enabled:
+        check_port(settings.api.host, settings.api.port)
+
+
+def sample_of(state: TwinState) -> tuple[Sample, SimulationStatus | None]:
+    """Progress of a twin: the share of the workload's trace whose windows are durable, the windows done
+    (read from the window loop's own status, not the whole status document: this runs twice a second)."""
+    sim = None if state.loop is None else state.loop.status()
+    if sim is None:
+        return Sample(fraction=None, done=0, total=None), None
+    done = sim.windows_simulated + sim.windows_failed + sim.windows_replayed
+    wl = state.workload
+    fraction = None
+    if wl is not None:
+        span = max(1, wl.end_ms - wl.start_ms)
+        last = sim.last_window_end_ms
+        fraction = 0.0 if last is None else min(1.0, max(0.0, (last - wl.start_ms) / span))
+        if sim.done:
+            fraction = 1.0
+    return Sample(fraction=fraction, done=done, total=None), sim
+
+
+async def report(state: TwinState, out: TextIO, *, exit_when_done: bool, every_s: float = 0.5) -> None:
+    """Print the dashboard URL once the twin serves, then progress until cancelled; say when the trace is
+    done and whether the twin keeps serving."""
+    await state.ready.wait()
+    url = state.api_url
+    where = f"dashboard {url}/" if url else "API disabled"
+    out.write(f"opendt: twin running: {where}  (run {state.run_id}; results in {state.run_dir})\n")
+    out.flush()
+    progress = Progress(out, every_s=10 * every_s, label="simulating")
+    try:
+        while True:
+            sample, sim = sample_of(state)
+            progress.update(sample)
+            if sim is not None and sim.done:
+                progress.close()
+                n = sim.windows_simulated + sim.windows_replayed
+                if exit_when_done:
+                    out.write(
+                        f"opendt: replay done: all {n} windows simulated; stopping (--exit-when-done)\n"
+                    )
+                else:
+                    out.write(
+                        f"opendt: replay done: all {n} windows simulated; the twin keeps serving "
+                        f"{url or 'its results'} (Ctrl-C stops it)\n"
+                    )
+                out.flush()
+                return
+            if state.loop is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(state.loop.done.wait(), every_s)
+            else:
+                await asyncio.sleep(every_s)
+    finally:
+        progress.close()
+
+
+async def run_cli(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    exit_when_done: bool,
+    fresh: bool = False,
+    out: TextIO | None = None,
+) -> int:
+    """Run the twin until ``stop`` is set (or the trace is done with ``exit_when_done``); print a summary."""
+    from opendt.daemon import run_daemon
+
+    out = out if out is not None else sys.stderr
+    preflight(settings)
+    state = TwinState()
+    daemon = asyncio.ensure_future(
+        run_daemon(
+            settings, shutdown_trigger=stop.wait, exit_when_done=exit_when_done, fresh=fresh, state=state
+        )
+    )
+    reporter = asyncio.ensure_future(report(state, out, exit_when_done=exit_when_done))
+    try:
+        code = await daemon
+    finally:
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
+    run_dir = Path(state.run_dir) if state.run_dir else None
+    if run_dir is not None and await asyncio.to_thread(run_dir.is_dir):
+        workload = Path(settings.replay.workload) if settings.replay.enabled else None
+        summary = await asyncio.to_thread(summarize_run, run_dir, workload=workload)
+        verdict = "done" if code == 0 else f"stopped with errors (exit {code})"
+        sys.stdout.write(
+            f"opendt run {verdict}:\n" + "".join(f"  {line}\n" for line in summary_lines(summary))
+        )
+        sys.stdout.flush()
+    return code

@@ -1,0 +1,207 @@
+"""``opendt serve [--run ID]``: the API, the Grafana datasource and the dashboard over a finished run,
+read-only (no Kafka, no engine: writes and what-ifs answer 404 saying so).
+
+The run is ``--run ID`` (a unique prefix is enough) or the most recently updated one under
+``<data_dir>/runs/``. What it serves comes from the run directory alone: ``agg_results.parquet`` and
+``windows.parquet``, the measured power (``measured.parquet``, or the replayed workload's for older runs),
+the saved topologies (``topologies/v<N>.json``), ``calibration.parquet`` and ``optimizer.jsonl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+from pydantic import ValidationError
+
+from opendt.api.app import serve_api
+from opendt.api.readmodel import TwinView
+from opendt.commands.errors import UsageError
+from opendt.commands.run import check_port
+from opendt.commands.runs import fallback_workload, find_run, measured_power, read_run_json
+from opendt.models.topology import Topology, TopologyError, parse_topology
+from opendt.settings import CalibrationSettings, OptimizerSettings, Settings
+from opendt.twin.results import ResultStore
+from opendt.twin.status import TwinState, WorkloadInfo
+from opendt.twin.topology import TopologyBox
+
+log = structlog.get_logger(component="serve")
+
+
+def _physical(run_dir: Path, meta: dict[str, Any] | None, workload: Path | None) -> Topology:
+    """The run's physical topology: its saved version 0, else the replayed workload's topology.json, else
+    the lowest saved version."""
+    topo_dir = run_dir / "topologies"
+    docs = sorted(
+        topo_dir.glob("v*.json"), key=lambda p: int(p.stem[1:]) if p.stem[1:].isdigit() else 1 << 60
+    )
+    source = (meta or {}).get("source") or {}
+    if isinstance(source, dict) and source.get("workload"):
+        workload = Path(source["workload"])
+    candidates: list[tuple[Path, bool]] = [(topo_dir / "v0.json", True)]
+    if workload:
+        candidates.append((Path(workload) / "topology.json", False))
+    candidates += [(p, True) for p in docs]
+    for path, wrapped in candidates:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            return parse_topology(doc["topology"] if wrapped else doc, source=str(path))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    raise UsageError(f"run {run_dir.name} has no readable topology (topologies/v<N>.json): nothing to serve")
+
+
+def _section(meta: dict[str, Any] | None, name: str, default: Any) -> Any:
+    """A settings section as the run recorded it in run.json (its own results), else ``default``."""
+    doc = ((meta or {}).get("settings") or {}).get(name)
+    if not isinstance(doc, dict):
+        return default
+    try:
+        return type(default).model_validate(doc)
+    except ValidationError:
+        return default
+
+
+def _calibration(view: TwinView, run_dir: Path, settings: CalibrationSettings, box: TopologyBox) -> None:
+    path = run_dir / "calibration.parquet"
+    if not path.exists():
+        return
+    import polars as pl
+
+    from opendt.calibration.journal import from_frame
+    from opendt.calibration.space import parse_space
+    from opendt.calibration.trust import parse_region
+    from opendt.calibration.view import calibration_view
+
+    records = from_frame(pl.read_parquet(path.read_bytes()))
+    try:
+        axes = (
+            list(parse_region(settings.trust_region, box.physical).axes)
+            if settings.search == "trust_region"
+            else parse_space(settings.grid, box.physical)
+        )
+    except ValueError:
+        axes = []
+    view.calibration_view = lambda: calibration_view(
+        settings, records, axes, pending=0, gate_wait_s=0.0, initial=box.physical
+    )
+    view.calibration_series = lambda: [
+        {
+            "time_ms": r.time_ms,
+            "value": r.value,
+            "in_effect": r.in_effect,
+            "status": r.status,
+            "mape_calibrated": r.mape_calibrated,
+            "mape_uncalibrated": r.mape_uncalibrated,
+            "noise_pct": r.noise_pct,
+            "trust_region": r.trust_region,
+        }
+        for r in records
+    ]
+    view.calibration_rounds = lambda: [r.summary() for r in records]
+
+
+def _optimizer(view: TwinView, run_dir: Path, settings: Settings, box: TopologyBox, window_s: int) -> None:
+    from opendt.optimizer.component import Optimizer
+    from opendt.optimizer.journal import OptimizerJournal
+    from opendt.optimizer.rules import RulesStrategy
+    from opendt.optimizer.slo import SloError, SloWatcher
+    from opendt.twin.checkpoint import Checkpoints
+    from opendt.twin.history import TwinHistory
+    from opendt.twin.inputs import InputStore
+    from opendt.twin.scenarios import ScenarioRunner
+    from opendt.worker.pool import CandidatePool
+
+    live = run_dir / "slo.json"
+    try:
+        view.slo = SloWatcher(live if live.exists() else settings.optimizer.slo_path)
+    except SloError as e:
+        log.warning("slo_unavailable", error=str(e))
+    path = run_dir / "optimizer.jsonl"
+    if not path.exists() or view.slo is None:
+        return
+
+    opt_settings = _section(read_run_json(run_dir), "optimizer", settings.optimizer)
+    assert isinstance(opt_settings, OptimizerSettings)
+    # the run's stored inputs and checkpoints, never loaded: nothing is simulated here
+    history = TwinHistory(InputStore(run_dir), Checkpoints(run_dir))
+    runner = ScenarioRunner(
+        history,
+        CandidatePool(1, timeout_s=1.0),  # never started
+        export_interval_ms=1000,
+        box=box,
+        max_queue=1,
+    )
+    opt = Optimizer(
+        opt_settings,
+        box,
+        runner,
+        view.slo,
+        RulesStrategy(opt_settings),
+        window_ms=window_s * 1000,
+        journal=OptimizerJournal(path),
+    )
+    opt.resume()
+    view.optimizer = opt
+
+
+def build_view(run_dir: Path, settings: Settings) -> tuple[TwinView, TwinState]:
+    """The read model and status of a finished run, from its directory alone."""
+    meta = read_run_json(run_dir)
+    workload = fallback_workload(run_dir, meta, Path(settings.replay.workload))
+    store = ResultStore(run_dir)
+    try:
+        store.load()
+    except Exception as e:  # noqa: BLE001 - a damaged file names itself; serve reports it in one line
+        raise UsageError(f"run {run_dir.name}: cannot read its results: {type(e).__name__}: {e}") from None
+    try:
+        box = TopologyBox(_physical(run_dir, meta, workload))
+        box.resume(store)
+    except TopologyError as e:
+        raise UsageError(f"run {run_dir.name}: {e}") from None
+    view = TwinView(store=store, measured=measured_power(run_dir, meta, workload), box=box)
+    cal = _section(meta, "calibration", settings.calibration)
+    assert isinstance(cal, CalibrationSettings)
+    _calibration(view, run_dir, cal, box)
+    window_s = int(((meta or {}).get("settings") or {}).get("windowing", {}).get("window_s", 300))
+    _optimizer(view, run_dir, settings, box, window_s)
+    state = TwinState(status="finished", run_id=run_dir.name, run_dir=str(run_dir))
+    state.box = box
+    source = (meta or {}).get("source") or {}
+    if store.windows.height:
+        ws = store.windows["window_start"].dt.epoch("ms")
+        we = store.windows["window_end"].dt.epoch("ms")
+        state.workload = WorkloadInfo(
+            path=str(source.get("workload", workload or "")),
+            name=str(source.get("workload_name", source.get("kind", workload.name if workload else ""))),
+            tasks=int(store.windows["tasks"].sum()),
+            fragments=int(store.windows["fragments"].sum()),
+            hosts=box.physical.host_count,
+            start_ms=int(ws.min()),  # type: ignore[arg-type]
+            end_ms=int(we.max()),  # type: ignore[arg-type]
+        )
+    return view, state
+
+
+async def serve_cli(
+    settings: Settings, run: str | None, stop: asyncio.Event, out: TextIO | None = None
+) -> int:
+    out = out if out is not None else sys.stderr
+    run_dir = find_run(Path(settings.data_dir), run)
+    check_port(settings.api.host, settings.api.port)
+    view, state = await asyncio.to_thread(build_view, run_dir, settings)
+    async with serve_api(state, settings.api, view) as url:
+        state.api_url = url
+        state.ready.set()
+        windows = 0 if view.store is None else view.store.windows.height
+        out.write(
+            f"opendt: serving run {run_dir.name} ({windows} windows) read-only: dashboard {url}/  "
+            "(Ctrl-C stops it)\n"
+        )
+        out.flush()
+        await stop.wait()
+    return 0
