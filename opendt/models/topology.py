@@ -236,23 +236,31 @@ class Topology(_Spec):
 
 
 class TopologyError(ValueError):
-    """An invalid topology; the message names the file (when known) and the bad field."""
+    """An invalid topology; the message names the file (when known) and the bad field (``field``: the dotted
+    path of the first, '' for the whole document)."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
-def _describe(err: ValidationError) -> str:
+def _describe(err: ValidationError, most: int = 5) -> str:
     parts = []
-    for e in err.errors():
+    errors = err.errors()
+    for e in errors[:most]:
         loc = ".".join(str(p) for p in e["loc"])
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
+    more = f" (and {len(errors) - most} more)" if len(errors) > most else ""
+    return "; ".join(parts) + more
 
 
 def parse_topology(data: Any, *, source: str = "topology") -> Topology:
     try:
         return Topology.model_validate(data)
     except ValidationError as e:
-        raise TopologyError(f"invalid topology ({source}): {_describe(e)}") from None
+        field = ".".join(str(p) for p in e.errors()[0]["loc"]) if e.errors() else ""
+        raise TopologyError(f"invalid topology ({source}): {_describe(e)}", field) from None
 
 
 def load_topology(path: Path) -> Topology:
