@@ -12,16 +12,18 @@ rejected where it enters, with a message naming the field. No pydantic here: the
   machines have 896 (HPE Superdome Flex) to 4,096 cores (SGI UV); 2¹⁶ is 16× that, and every core count
   (tasks' ``cpu_count`` is an Int32 column) stays far below 2³¹.
 * **Core speed**: 1 MHz to 100 GHz (production CPUs run at 0.8–6 GHz, overclocking records at 9 GHz).
-* **Hosts**: at most 10,000 per topology (every host group's ``count`` and their sum), at most 1,000 clusters.
-  The engine builds its host table with OpenDC's unique names, which costs time quadratic in the hosts of a
-  name: measured on this machine 0.11 s at 1,000 hosts, 2.5 s at 5,000, 10.9 s at 10,000, 99 s at 30,000
-  (so about 4 min at 100,000: the stall of a 100,000-host topology), paid at every apply and every what-if or
-  calibration candidate that builds it. 10,000 hosts (Frontier's 9,408 nodes fit) keeps that under the
-  what-if timeout. Clusters cost per window (each exports its own rows): 1,000 clusters 0.06 s per window
-  on the demo, 5,000 0.29 s.
+* **Hosts**: at most 4,096 per topology (every host group's ``count`` and their sum), at most 100 clusters.
+  The engine builds its host table with OpenDC's unique names (``name``, ``name-0``, ``name-1``, … each
+  found by a scan from 0), which costs time quadratic in the hosts of one name; measured on this 2-core
+  machine under load (``bench/topology_size.py``): 0.3–0.6 s at 1,000 hosts, 2 s at 2,000, 5.7–6.8 s at
+  4,096, 21–53 s at 10,000 (a 100,000-host topology stalls the twin for many minutes). Every apply of a
+  topology, every what-if and every optimizer candidate pays it, so 4,096 (most single clusters fit) keeps a
+  what-if of a week well inside ``api.whatif_timeout_s`` and a window's apply inside
+  ``simulation.timeout_s``. Clusters cost per window and per what-if day (each exports its own rows):
+  100 clusters 3 ms per window on the demo, 1,000 clusters 20–60 ms and 24 s per what-if day.
 * **Memory**: at most 2⁴⁰ MiB (1 EiB) per host or task (the largest single-image machines have 48 TiB).
-* **Power**: at most 1 MW per host (the largest servers draw 10–15 kW), so at most 10 GW measured
-  (``MAX_HOSTS`` hosts); a sample's energy at most that for a day.
+* **Power**: at most 1 MW per host (the largest servers draw 10–15 kW), so at most ``MAX_HOSTS`` MW
+  measured; a sample's energy at most that for a day.
 * **Power models**: ``calibrationFactor`` (the mse exponent r) in [1, 1000]: below 1 the model draws less
   than idle power at low load, below 0 it is infinite at zero load. ``asymUtil`` in [0, 1] (a utilization).
 * **Counts and indices**: a fragment's ``index`` and a topology version fit an Int32 column; OpenDC's
@@ -41,9 +43,9 @@ MAX_TIME_MS = 7_258_118_400_000
 MAX_DURATION_MS = 3653 * 86_400_000
 """Ten years (of 365.25 days, rounded up to a whole day)."""
 
-MAX_HOSTS = 10_000
+MAX_HOSTS = 4_096
 """Hosts of one topology: each host group's ``count`` and their sum."""
-MAX_CLUSTERS = 1_000
+MAX_CLUSTERS = 100
 MAX_HOST_CORES = 65_536
 """Cores of one host (``coreCount × count``), and so of one task (``cpu_count``)."""
 MIN_CORE_SPEED_MHZ = 1.0

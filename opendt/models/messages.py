@@ -79,6 +79,11 @@ def _time_ms(s: str) -> int:
     return ms
 
 
+def clear_time_cache() -> None:
+    """Forget the parsed times (a benchmark's runs each start as a fresh process does)."""
+    _time_ms.cache_clear()
+
+
 def _message_time(v: object) -> datetime:
     if type(v) is not str:
         raise ValueError("must be an ISO-8601 time string with a zone")  # not a number of seconds
