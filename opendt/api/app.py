@@ -8,9 +8,7 @@ Handlers read what the components publish (:class:`~opendt.api.readmodel.TwinVie
 from __future__ import annotations
 
 import asyncio
-import math
-import resource
-import time
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,6 +20,7 @@ from aiohttp import web
 from opendt.api.dashboard import add_dashboard_routes
 from opendt.api.grafana import add_grafana_routes
 from opendt.api.http import SETTINGS, ApiError, json_response
+from opendt.api.listener import CappedListener, connection_limit, listening_socket
 from opendt.api.openapi import openapi_document
 from opendt.api.readmodel import TwinView
 from opendt.api.routes import SERIES_CACHE, STATE, VIEW, add_routes
@@ -76,50 +75,6 @@ def create_app(state: TwinState, settings: ApiSettings, view: TwinView | None = 
     return app
 
 
-_BUSY_BODY = b'{"error": "too many open connections (api.max_connections); try again", "field": null}'
-_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
-)
-
-
-class _Refuse(asyncio.Protocol):
-    """A connection over the cap: answered 503 at once and closed, nothing read."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(_BUSY)
-        transport.close()
-
-
-class ConnectionCap:
-    """The listening socket's protocol factory: aiohttp's handlers for at most ``limit`` open connections,
-    :class:`_Refuse` beyond (counted in ``refused``, logged at most every 10 s)."""
-
-    def __init__(self, server: web.Server, limit: int) -> None:
-        self.server = server
-        self.limit = limit
-        self.refused = 0
-        self._logged_at = -math.inf
-
-    def __call__(self) -> asyncio.BaseProtocol:
-        if len(self.server.connections) < self.limit:
-            return self.server()
-        self.refused += 1
-        now = time.monotonic()
-        if now - self._logged_at >= 10:
-            self._logged_at = now
-            log.warning("api_connection_refused", open=self.limit, refused=self.refused)
-        return _Refuse()
-
-
-def connection_limit(configured: int) -> int:
-    """``api.max_connections``, but at most a quarter of the file limit: the daemon's own files, sockets
-    and pipes (results, Kafka, workers) keep the rest."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return configured if soft == resource.RLIM_INFINITY else max(1, min(configured, soft // 4))
-
-
 @asynccontextmanager
 async def serve_api(
     state: TwinState, settings: ApiSettings, view: TwinView | None = None
@@ -128,7 +83,7 @@ async def serve_api(
 
     A connection must send a request's headers within ``api.request_timeout_s`` of opening or of its
     previous answer (else it is closed: half-open and idle connections are reaped), and at most
-    :func:`connection_limit` are open at once."""
+    :func:`~opendt.api.listener.connection_limit` are open at once (:mod:`opendt.api.listener`)."""
     runner = web.AppRunner(
         create_app(state, settings, view),
         handle_signals=False,
@@ -137,15 +92,22 @@ async def serve_api(
     )
     await runner.setup()
     assert runner.server is not None
-    cap = ConnectionCap(runner.server, connection_limit(settings.max_connections))
-    listener = await asyncio.get_running_loop().create_server(cap, settings.host, settings.port)
+    sock = listening_socket(settings.host, settings.port)
+    listener = CappedListener(runner.server, sock, connection_limit(settings.max_connections))
+    accepting = asyncio.create_task(listener.run(), name="api-accept")
     try:
-        port = listener.sockets[0].getsockname()[1]
+        port = sock.getsockname()[1]
         url = f"http://{settings.host}:{port}"
         log.info(
-            "api_listening", url=url, max_connections=cap.limit, request_timeout_s=settings.request_timeout_s
+            "api_listening",
+            url=url,
+            max_connections=listener.limit,
+            request_timeout_s=settings.request_timeout_s,
         )
         yield url
     finally:
-        listener.close()
+        accepting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await accepting
+        sock.close()
         await runner.cleanup()

@@ -119,7 +119,9 @@ def _same_origin(request: web.Request, settings: ApiSettings) -> None:
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None and site not in ("same-origin", "none"):
         raise ApiError(
-            403, f"Sec-Fetch-Site: a {site} browser request cannot write (set api.token)", "Origin"
+            403,
+            f"Sec-Fetch-Site: a {_quoted(site)} browser request cannot write (set api.token)",
+            "Sec-Fetch-Site",
         )
     origin = request.headers.get("Origin")
     if origin is None:
