@@ -20,7 +20,7 @@ from aiohttp import web
 from opendt.api.dashboard import add_dashboard_routes
 from opendt.api.grafana import add_grafana_routes
 from opendt.api.http import SETTINGS, ApiError, json_response
-from opendt.api.listener import CappedListener, connection_limit, listening_socket
+from opendt.api.listener import CappedListener, ServerLog, connection_limit, listening_socket
 from opendt.api.openapi import openapi_document
 from opendt.api.readmodel import TwinView
 from opendt.api.routes import SERIES_CACHE, STATE, VIEW, add_routes
@@ -89,6 +89,7 @@ async def serve_api(
         handle_signals=False,
         access_log=None,
         keepalive_timeout=settings.request_timeout_s,
+        logger=ServerLog(),
     )
     await runner.setup()
     assert runner.server is not None

@@ -1,4 +1,5 @@
-"""The API's listening socket: connections accepted one at a time, at most a cap of them open.
+"""The API's listening socket (connections accepted one at a time, at most a cap of them open) and the HTTP
+server's own log.
 
 asyncio's own ``create_server`` accepts up to its backlog of connections at once and keeps each one's file
 descriptor until a later loop iteration, so a burst of connections can exhaust the daemon's file limit (and
@@ -6,6 +7,10 @@ fail its results write with EMFILE) whatever the protocol does with them. Here e
 either handed to aiohttp (counted until it is lost) or, at the cap, answered 503 and closed before the next
 accept: the daemon never holds more than the cap plus one connection's descriptor. aiohttp's keep-alive
 timeout (``api.request_timeout_s``, see :func:`opendt.api.app.serve_api`) reaps idle and half-open ones.
+
+aiohttp logs every request it cannot parse (a line too long, a bad header: a 400 to the client) with a
+traceback; :class:`ServerLog` makes that one structlog line, at most one a second (with how many were not
+logged), so a hostile client cannot flood the log. Errors of our own handlers keep their traceback.
 """
 
 from __future__ import annotations
@@ -13,13 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import math
 import resource
 import socket
+import sys
 import time
+from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 log = structlog.get_logger(component="api")
 
@@ -67,6 +76,50 @@ class _Counted(asyncio.Protocol):
         self._handler.resume_writing()
 
 
+class RateLimited:
+    """At most one log line every ``every_s`` seconds; ``skipped`` counts the lines not written since."""
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        self.every_s = every_s
+        self.skipped = 0
+        self._at = -math.inf
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self._at < self.every_s:
+            self.skipped += 1
+            return False
+        self._at = now
+        return True
+
+    def take_skipped(self) -> int:
+        n, self.skipped = self.skipped, 0
+        return n
+
+
+class ServerLog(logging.Logger):
+    """The logger given to aiohttp's request handlers: a request aiohttp cannot parse is one
+    ``api_bad_request`` warning (rate-limited, no traceback); anything else keeps its traceback."""
+
+    def __init__(self) -> None:
+        super().__init__("aiohttp.server", logging.DEBUG)
+        self._bad = RateLimited()
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError):
+            if self._bad.due():
+                first = str(exc.message).splitlines()[0][:120] if exc.message else ""
+                log.warning(
+                    "api_bad_request", status=exc.code, error=first, not_logged=self._bad.take_skipped()
+                )
+            return
+        log.error("api_request_error", message=str(msg)[:200], exc_info=exc)
+
+    def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
+        """aiohttp's debug lines (premature disconnections, non-HTTP traffic) are not kept."""
+
+
 def _same(protocol: _Counted) -> _Counted:
     return protocol
 
@@ -82,7 +135,7 @@ class CappedListener:
         self.limit = limit
         self.open = 0
         self.refused = 0
-        self._logged_at = -math.inf
+        self._refusals = RateLimited(10.0)
 
     async def run(self) -> None:
         """Accept until cancelled."""
@@ -112,9 +165,7 @@ class CappedListener:
             conn.setblocking(False)
             conn.send(BUSY)  # a fresh socket's send buffer takes it whole
         conn.close()
-        now = time.monotonic()
-        if now - self._logged_at >= 10:
-            self._logged_at = now
+        if self._refusals.due():
             log.warning("api_connection_refused", open=self.open, refused=self.refused)
 
 

@@ -72,10 +72,10 @@ def _time_ms(s: str) -> int:
     """An ISO-8601 time with a zone → epoch ms in [1970, 2200) (ValueError otherwise)."""
     dt = datetime.fromisoformat(s)
     if dt.tzinfo is None:
-        raise ValueError(f"{s!r} has no zone (give Z or an offset)")
+        raise ValueError(f"{s[:40]!r} has no zone (give Z or an offset)")
     ms = round(dt.timestamp() * 1000)
     if not MIN_TIME_MS <= ms < MAX_TIME_MS:
-        raise ValueError(f"{s!r} is outside [1970-01-01, 2200-01-01)")
+        raise ValueError(f"{s[:40]!r} is outside [1970-01-01, 2200-01-01)")
     return ms
 
 

@@ -227,3 +227,21 @@ def test_cross_origin_and_rebinding_writes_are_refused(demo_twin: Daemon) -> Non
     )
     assert answer.status == 202, answer
     assert demo_twin.status()["topology"]["version"] == before["topology"]["version"] + 2
+
+
+def test_whatifs_at_the_bounds_run(demo_twin: Daemon) -> None:
+    """A what-if at the largest topology the bounds allow (4,096 hosts; 65,536 cores a host) runs and
+    answers 200 within api.whatif_timeout_s: the bound keeps the engine's cost inside the what-if budget."""
+    span = {"start": "2024-03-05T06:00:00Z", "end": "2024-03-05T07:00:00Z"}
+    for patch in ({"clusters[demo].hosts[A].count": 4096 - 12}, {"cpu.coreCount": 65536}):
+        answer, took = _timed(
+            lambda patch=patch: post_json(demo_twin.url, "POST", "/api/whatif", {**span, "patch": patch})
+        )
+        assert answer.status == 200, answer
+        assert answer.json()["series"]["whatif"], answer.json()
+        assert took < 60
+    answer = post_json(
+        demo_twin.url, "POST", "/api/whatif", {**span, "patch": {"clusters[demo].hosts[A].count": 4096 - 11}}
+    )
+    assert answer.status == 422, answer
+    assert "4097 hosts in all" in answer.json()["error"]
