@@ -310,3 +310,26 @@ def test_iso_ms_renders_four_digit_years_and_refuses_the_rest() -> None:
     for ms in (253_402_300_800_000, -62_135_596_800_001, 2**63 - 1):
         with pytest.raises(ValueError, match="outside years"):
             iso_ms(ms)
+
+
+def test_topology_messages_outside_the_bounds_are_message_errors() -> None:
+    """``dc.topology`` and ``sim.topology`` records carry the same bounds as the API (and a bounded version
+    and reason); a refusal names the field."""
+    host = {
+        "count": 4,
+        "cpu": {"coreCount": 2**62, "count": 4, "coreSpeed": 2000},
+        "memory": {"memorySize": 1},
+    }
+    topo = {"clusters": [{"hosts": [host]}]}
+    with pytest.raises(MessageError, match="coreCount"):
+        decode("topology", None, json.dumps({"timestamp": T, "topology": topo}).encode())
+    ok = {"clusters": [{"hosts": [{**host, "cpu": {"coreCount": 16, "coreSpeed": 2000}}]}]}
+    sim = {"version": 1, "source": "api", "timestamp": T, "reason": "r", "topology": ok}
+    assert decode("sim_topology", None, json.dumps(sim).encode())
+    for change, field in (
+        ({"version": 2**40}, "version"),
+        ({"reason": "r" * 1001}, "reason"),
+        ({"timestamp": 0}, "timestamp"),
+    ):
+        with pytest.raises(MessageError, match=field):
+            decode("sim_topology", None, json.dumps({**sim, **change}).encode())
