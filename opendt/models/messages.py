@@ -324,14 +324,6 @@ _FIELDS = {
 _KEYSETS = {k: frozenset(v) for k, v in _FIELDS.items()}
 
 
-def _is_int(v: object) -> bool:
-    return type(v) is int
-
-
-def _is_num(v: object) -> bool:
-    return type(v) is int or type(v) is float
-
-
 class _Reject(Exception):
     pass
 
@@ -353,24 +345,25 @@ def _fast(kind: str, key: bytes | None, value: bytes) -> Heartbeat | TaskRow | F
         raise _Reject
     k = orjson.loads(key)
     ident = k.get("source" if kind == "power" else "id") if type(k) is dict else None
-    if type(ident) is not str and not _is_int(ident):
+    if type(ident) is int:
+        ident = str(ident)
+    elif type(ident) is not str:
         raise _Reject
-    ident = str(ident)
-    if len(ident) > MAX_ID_LEN:
+    when = obj[_FIELDS[kind][0]]
+    if len(ident) > MAX_ID_LEN or type(when) is not str:
         raise _Reject
-    if type(obj[_FIELDS[kind][0]]) is not str:
-        raise _Reject
-    t = _time_ms(obj[_FIELDS[kind][0]])
+    t = _time_ms(when)
+    # inline type tests (no helper calls): this runs for every record of the high-volume streams
     if kind == "fragments":
         d, c, u, i = obj["duration"], obj["cpu_count"], obj["cpu_usage"], obj["index"]
         if not (
-            _is_int(d)
+            type(d) is int
             and 0 <= d <= MAX_DURATION_MS
-            and _is_int(c)
+            and type(c) is int
             and 1 <= c <= MAX_HOST_CORES
-            and _is_num(u)
+            and (type(u) is float or type(u) is int)
             and 0 <= u <= MAX_TASK_MHZ
-            and _is_int(i)
+            and type(i) is int
             and 0 <= i <= MAX_FRAGMENT_INDEX
         ):
             raise _Reject
@@ -378,19 +371,24 @@ def _fast(kind: str, key: bytes | None, value: bytes) -> Heartbeat | TaskRow | F
     if kind == "tasks":
         d, c, cap, mem = obj["duration"], obj["cpu_count"], obj["cpu_capacity"], obj["mem_capacity"]
         if not (
-            _is_int(d)
+            type(d) is int
             and 0 <= d <= MAX_DURATION_MS
-            and _is_int(c)
+            and type(c) is int
             and 1 <= c <= MAX_HOST_CORES
-            and _is_num(cap)
+            and (type(cap) is float or type(cap) is int)
             and 0 <= cap <= MAX_TASK_MHZ
-            and _is_int(mem)
+            and type(mem) is int
             and 0 <= mem <= MAX_MEMORY_MIB
         ):
             raise _Reject
         return TaskRow(ident, t, d, c, float(cap), mem)
     p, e = obj["power_draw"], obj["energy_usage"]
-    if not (_is_num(p) and 0 <= p <= MAX_SITE_POWER_W and _is_num(e) and 0 <= e <= MAX_ENERGY_J):
+    if not (
+        (type(p) is float or type(p) is int)
+        and 0 <= p <= MAX_SITE_POWER_W
+        and (type(e) is float or type(e) is int)
+        and 0 <= e <= MAX_ENERGY_J
+    ):
         raise _Reject
     return PowerRow(ident, t, float(p), float(e))
 
