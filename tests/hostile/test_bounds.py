@@ -24,6 +24,7 @@ from opendt.models.messages import (
     MessageError,
     PowerMessage,
     PowerRow,
+    SimTopologyMessage,
     TaskMessage,
     TaskRow,
     decode,
@@ -325,7 +326,7 @@ def test_topology_messages_outside_the_bounds_are_message_errors() -> None:
         decode("topology", None, json.dumps({"timestamp": T, "topology": topo}).encode())
     ok = {"clusters": [{"hosts": [{**host, "cpu": {"coreCount": 16, "coreSpeed": 2000}}]}]}
     sim = {"version": 1, "source": "api", "timestamp": T, "reason": "r", "topology": ok}
-    assert decode("sim_topology", None, json.dumps(sim).encode())
+    assert isinstance(decode("sim_topology", None, json.dumps(sim).encode()), SimTopologyMessage)
     for change, field in (
         ({"version": 2**40}, "version"),
         ({"reason": "r" * 1001}, "reason"),

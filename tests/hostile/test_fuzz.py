@@ -266,3 +266,18 @@ def test_after_the_fuzz_the_twin_answers(demo_twin: Daemon) -> None:
     assert power.status == 200
     doc = json.loads(power.body, parse_constant=lambda c: math.nan)
     assert all(math.isfinite(v) for _, v in doc["simulated"])
+
+
+@SETTINGS
+@given(
+    prefix=st.sampled_from(["/static/", "/api/", "/grafana/", "/", "/docs/"]),
+    rest=st.one_of(
+        texts, st.sampled_from(["..%2F..%2Fsettings.py", "%00", "app.js%00.css", "%ff", "a/../../b"])
+    ),
+)
+def test_fuzz_paths(demo_twin: Daemon, prefix: str, rest: str) -> None:
+    """Made-up paths (encoded, traversing, with NUL or invalid UTF-8): never a 5xx."""
+    path = prefix + "".join(
+        c if c.isascii() and c.isprintable() and c not in " ?#" else f"%{ord(c) & 0xFF:02X}" for c in rest
+    )
+    _check(call(demo_twin.url, "GET", path), path)
