@@ -388,6 +388,8 @@ class ApiSettings(Section):
         default=None, description="Bearer token for writes; never logged or printed (config show masks it)"
     )
     max_body_bytes: int = Field(default=1_000_000, gt=0)
+    request_timeout_s: float = Field(default=15.0, gt=0, description="Headers, a body, an idle keep-alive")
+    max_connections: int = Field(default=128, ge=1, description="Open connections (≤ RLIMIT_NOFILE / 4)")
     whatif_max_range_s: int = Field(default=7 * 86400, gt=0, description="Longest what-if range")
     whatif_queue: int = Field(
         default=4, ge=1, description="What-if/optimizer runs queued or running at once; more → 429"

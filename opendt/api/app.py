@@ -7,6 +7,8 @@ Handlers read what the components publish (:class:`~opendt.api.readmodel.TwinVie
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +20,7 @@ from aiohttp import web
 from opendt.api.dashboard import add_dashboard_routes
 from opendt.api.grafana import add_grafana_routes
 from opendt.api.http import SETTINGS, ApiError, json_response
+from opendt.api.listener import CappedListener, ServerLog, connection_limit, listening_socket
 from opendt.api.openapi import openapi_document
 from opendt.api.readmodel import TwinView
 from opendt.api.routes import SERIES_CACHE, STATE, VIEW, add_routes, reject_unknown_query
@@ -77,15 +80,36 @@ def create_app(state: TwinState, settings: ApiSettings, view: TwinView | None = 
 async def serve_api(
     state: TwinState, settings: ApiSettings, view: TwinView | None = None
 ) -> AsyncIterator[str]:
-    """Serve the API on ``settings.host:port`` (port 0 = a free one); yields the base URL."""
-    runner = web.AppRunner(create_app(state, settings, view), handle_signals=False, access_log=None)
+    """Serve the API on ``settings.host:port`` (port 0 = a free one); yields the base URL.
+
+    A connection must send a request's headers within ``api.request_timeout_s`` of opening or of its
+    previous answer (else it is closed: half-open and idle connections are reaped), and at most
+    :func:`~opendt.api.listener.connection_limit` are open at once (:mod:`opendt.api.listener`)."""
+    runner = web.AppRunner(
+        create_app(state, settings, view),
+        handle_signals=False,
+        access_log=None,
+        keepalive_timeout=settings.request_timeout_s,
+        logger=ServerLog(),
+    )
     await runner.setup()
+    assert runner.server is not None
+    sock = listening_socket(settings.host, settings.port)
+    listener = CappedListener(runner.server, sock, connection_limit(settings.max_connections))
+    accepting = asyncio.create_task(listener.run(), name="api-accept")
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
-        port = runner.addresses[0][1]
+        port = sock.getsockname()[1]
         url = f"http://{settings.host}:{port}"
-        log.info("api_listening", url=url)
+        log.info(
+            "api_listening",
+            url=url,
+            max_connections=listener.limit,
+            request_timeout_s=settings.request_timeout_s,
+        )
         yield url
     finally:
+        accepting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await accepting
+        sock.close()
         await runner.cleanup()

@@ -376,6 +376,15 @@ OPERATIONS: list[Operation] = [
 ]
 
 
+def _guard_errors(op: Operation, token: bool) -> tuple[int, ...]:
+    """What the guard of writes answers (:func:`opendt.api.http.require_token`), and 408 for a body that
+    does not arrive in time."""
+    late = (408,) if op.body is not None else ()
+    if not op.writes:
+        return late
+    return (401, *late) if token else (400, 403, 415, *late)
+
+
 def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
@@ -407,7 +416,7 @@ def openapi_document(operations: list[Operation] | None = None, *, token: bool =
                         "content": {"application/json": {"schema": _ref(Error)}},
                     }
                     # 400: an unknown query parameter, on every operation
-                    for code in sorted({400, *op.errors, *((401,) if op.writes and token else ())})
+                    for code in sorted({400, *op.errors, *_guard_errors(op, token)})
                 },
             },
         }

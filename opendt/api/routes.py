@@ -16,6 +16,7 @@ from opendt.api.http import (
     ApiError,
     json_body,
     json_response,
+    parse_int,
     parse_time,
     query_limit,
     require_token,
@@ -28,6 +29,7 @@ from opendt.api.readmodel import (
     power_metrics,
     simulated_frame,
 )
+from opendt.models.bounds import MAX_REASON_LEN
 from opendt.models.messages import iso_ms
 from opendt.models.topology import TopologyError, parse_topology
 from opendt.optimizer.component import OptimizerError
@@ -71,18 +73,14 @@ def _range(request: web.Request, default_step_s: int = 60) -> tuple[int, int, in
     q = request.query
     start = parse_time(q["start"], "start") if "start" in q else None
     end = parse_time(q["end"], "end") if "end" in q else None
-    try:
-        step_s = int(q.get("step_s", default_step_s))
-    except ValueError:
-        raise ApiError(400, "step_s: must be an integer number of seconds", "step_s") from None
-    if step_s <= 0:
-        raise ApiError(400, "step_s: must be > 0", "step_s")
     view = request.app[VIEW]
     lo, hi = data_bounds(view)
     start = lo if start is None else start
     end = hi + 1 if end is None else end
     if end <= start:
         raise ApiError(400, "end: must be after start", "end")
+    span_s = -(-(end - start) // 1000)  # the step is at most the range, in whole seconds
+    step_s = parse_int(q["step_s"], "step_s", 1, span_s) if "step_s" in q else min(default_step_s, span_s)
     return start, end, step_s * 1000
 
 
@@ -192,13 +190,16 @@ async def put_topology(request: web.Request) -> web.Response:
         raise ApiError(422, "body: must be a JSON object", "body")
     doc = body.get("topology", body)
     reason = body.get("reason", "set via the API") if "topology" in body else "set via the API"
+    if not isinstance(reason, str) or len(reason) > MAX_REASON_LEN:
+        raise ApiError(422, f"reason: must be a string of at most {MAX_REASON_LEN} characters", "reason")
     try:
         topo = parse_topology(doc, source="request body")
     except TopologyError as e:
-        raise ApiError(422, str(e), "topology") from None
+        field = ".".join(p for p in ("topology" if "topology" in body else "", e.field) if p)
+        raise ApiError(422, str(e), field or "body") from None
     if view.writer is None:
         raise ApiError(404, "no twin to apply a topology to")
-    version = (await view.writer.write(topo, "api", str(reason))).version
+    version = (await view.writer.write(topo, "api", reason)).version
     return json_response({"version": version, "source": "api", "applies": "from the next window"}, status=202)
 
 

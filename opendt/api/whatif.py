@@ -110,8 +110,11 @@ async def whatif(request: web.Request) -> web.Response:
     if end - start > limit * 1000:
         raise ApiError(422, f"end: the range is longer than api.whatif_max_range_s ({limit} s)", "end")
     step_s = body.get("step_s", 0)
-    if not isinstance(step_s, int) or isinstance(step_s, bool) or step_s < 0:
-        raise ApiError(422, "step_s: must be a positive integer number of seconds", "step_s")
+    span_s = -(-(end - start) // 1000)
+    if not isinstance(step_s, int) or isinstance(step_s, bool) or not 0 <= step_s <= span_s:
+        raise ApiError(
+            422, f"step_s: must be an integer number of seconds in 0..{span_s} (the range)", "step_s"
+        )
     if ("topology" in body) == ("patch" in body):
         raise ApiError(
             422, "give exactly one of topology (a whole topology) or patch (dotted parameters)", "patch"
@@ -137,7 +140,7 @@ async def whatif(request: web.Request) -> web.Response:
         try:
             topo = parse_topology(body["topology"], source="topology")
         except TopologyError as e:
-            raise ApiError(422, str(e), "topology") from None
+            raise ApiError(422, str(e), ".".join(p for p in ("topology", e.field) if p)) from None
         changes = _whole_topology_changes(base, topo)
     try:
         # the baseline runs beside the what-if, from the same state with the topology in effect at start: both

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opendt.calibration.space import Axis, Candidate, SearchSpaceError, current_values
+from opendt.models.bounds import out_of_bounds
 from opendt.models.patch import (
     LEAVES,
     STRUCTURAL,
@@ -94,7 +95,7 @@ def physical_reason(leaf: str, value: float) -> str:
     lo, inclusive = LOWER.get(leaf, (-math.inf, True))
     if value < lo or (value == lo and not inclusive):
         return f"{leaf} must be {'>=' if inclusive else '>'} {lo:g}, not {value:.6g}"
-    return ""
+    return out_of_bounds(leaf, value)  # the model's bounds (opendt.models.bounds)
 
 
 def scaled(current: Topology, axes: Sequence[Axis], factors: Sequence[float]) -> Candidate:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from opendt.models import bounds
+
 if TYPE_CHECKING:
     from opendt.models.topology import Topology
 
@@ -113,23 +115,23 @@ class _Unsure(Exception):
     """The document is not in the plain form the fast parse certifies."""
 
 
-def _int(v: Any, *, gt: int | None = None, ge: int | None = None) -> int:
-    if type(v) is not int or (gt is not None and v <= gt) or (ge is not None and v < ge):
+def _int(v: Any, *, ge: int, le: int) -> int:
+    if type(v) is not int or not ge <= v <= le:
         raise _Unsure
     return v
 
 
-def _float(v: Any, *, gt: float | None = None, ge: float | None = None) -> float:
+def _float(v: Any, *, ge: float = -math.inf, le: float = math.inf) -> float:
     if type(v) not in (int, float):
         raise _Unsure
     x = float(v)
-    if not math.isfinite(x) or (gt is not None and x <= gt) or (ge is not None and x < ge):
+    if not math.isfinite(x) or not ge <= x <= le:
         raise _Unsure
     return x
 
 
-def _str(v: Any) -> str:
-    if type(v) is not str:
+def _str(v: Any, most: int = bounds.MAX_NAME_LEN) -> str:
+    if type(v) is not str or len(v) > most:
         raise _Unsure
     return v
 
@@ -172,13 +174,18 @@ def _power(v: Any) -> PowerSpec:
     dvfs = d.get("dvfs", True)
     if type(dvfs) is not bool:
         raise _Unsure
+    watts = {"ge": 0.0, "le": bounds.MAX_HOST_POWER_W}
     m = PowerSpec(
         kind,
-        _float(d.get("power", 400.0)),
-        _float(d["maxPower"]),
-        _float(d["idlePower"]),
-        _float(d.get("calibrationFactor", 1.0)),
-        _float(d.get("asymUtil", 0.0)),
+        _float(d.get("power", 400.0), **watts),
+        _float(d["maxPower"], **watts),
+        _float(d["idlePower"], **watts),
+        _float(
+            d.get("calibrationFactor", 1.0),
+            ge=bounds.MIN_CALIBRATION_FACTOR,
+            le=bounds.MAX_CALIBRATION_FACTOR,
+        ),
+        _float(d.get("asymUtil", 0.0), ge=0.0, le=bounds.MAX_ASYM_UTIL),
         dvfs,
     )
     # the model validator of PowerModel
@@ -206,15 +213,20 @@ def _host(v: Any) -> HostSpec:
     if policy.get("shareRatio") is not None:
         _float(policy["shareRatio"])
     if policy.get("updateIntervalLength") is not None:
-        _int(policy["updateIntervalLength"])
+        _int(policy["updateIntervalLength"], ge=0, le=bounds.INT64_MAX)
     if "gpuPowerModel" in d:
         _power(d["gpuPowerModel"])
+    cores = _int(cpu["coreCount"], ge=1, le=bounds.MAX_HOST_CORES) * _int(
+        cpu.get("count", 1), ge=1, le=bounds.MAX_HOST_CORES
+    )
+    if cores > bounds.MAX_HOST_CORES:
+        raise _Unsure
     return HostSpec(
         _str(d.get("name", "Host")),
-        _int(d.get("count", 1), ge=1),
-        _int(cpu["coreCount"], gt=0) * _int(cpu.get("count", 1), gt=0),
-        _float(cpu["coreSpeed"], gt=0),
-        _float(mem["memorySize"], ge=0),
+        _int(d.get("count", 1), ge=1, le=bounds.MAX_HOSTS),
+        cores,
+        _float(cpu["coreSpeed"], ge=bounds.MIN_CORE_SPEED_MHZ, le=bounds.MAX_CORE_SPEED_MHZ),
+        _float(mem["memorySize"], ge=0, le=bounds.MAX_MEMORY_MIB),
         _power(d["cpuPowerModel"]) if "cpuPowerModel" in d else DEFAULT_POWER_MODEL,
         kind,
     )
@@ -224,17 +236,17 @@ def _cluster(v: Any) -> ClusterSpec:
     d = _obj(v, FIELDS["Cluster"], ("hosts",))
     if d.get("battery") is not None:
         raise _Unsure
-    _int(d.get("count", 1))
+    _int(d.get("count", 1), ge=0, le=bounds.INT32_MAX)
     hosts = d["hosts"]
-    if type(hosts) is not list or not hosts:
+    if type(hosts) is not list or not 1 <= len(hosts) <= bounds.MAX_HOSTS:
         raise _Unsure
     src = _obj(d.get("powerSource", {}), FIELDS["PowerSourceSpec"])
-    _float(src.get("maxPower", float(LONG_MAX)))
+    _float(src.get("maxPower", float(LONG_MAX)), ge=0.0, le=float(LONG_MAX))
     path = src.get("carbonTracePath")
     return ClusterSpec(
         _str(d.get("name", "Cluster")),
         _str(src.get("name", "PowerSource")),
-        None if path is None else _str(path),
+        None if path is None else _str(path, bounds.MAX_PATH_LEN),
         False,
         tuple(_host(h) for h in hosts),
     )
@@ -244,9 +256,12 @@ def parse_fast(doc: Any) -> TopoSpec | None:
     """The spec of a plain, valid topology document; None when the pydantic model has to decide."""
     try:
         clusters = _obj(doc, FIELDS["Topology"], ("clusters",))["clusters"]
-        if type(clusters) is not list or not clusters:
+        if type(clusters) is not list or not 1 <= len(clusters) <= bounds.MAX_CLUSTERS:
             raise _Unsure
-        return TopoSpec(tuple(_cluster(c) for c in clusters))
+        spec = TopoSpec(tuple(_cluster(c) for c in clusters))
+        if sum(h.count for c in spec.clusters for h in c.hosts) > bounds.MAX_HOSTS:
+            raise _Unsure
+        return spec
     except (_Unsure, OverflowError):
         return None
 

@@ -1,20 +1,22 @@
 """The Kafka messages of DESIGN §4: JSON, UTF-8, times ISO-8601 UTC with ``Z``.
 
-Decoding is strict (unknown keys, wrong types, negative durations are rejected) and raises
-:class:`MessageError` with a one-line reason; callers count, log and skip such messages.
+Decoding is strict (unknown keys, wrong types, values outside the bounds of :mod:`opendt.models.bounds`:
+times a string with a zone in [1970, 2200), counts, durations, indices, powers, ids) and raises
+:class:`MessageError` with a one-line reason naming the field; callers count, log and skip such messages.
 Encoding of the high-volume streams is done with plain string building and orjson (no model per message).
 """
 
 from __future__ import annotations
 
 import functools
-from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal, NamedTuple
 
 import orjson
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -23,6 +25,21 @@ from pydantic import (
     ValidationError,
 )
 
+from opendt.models.bounds import (
+    MAX_CARBON_INTENSITY,
+    MAX_DURATION_MS,
+    MAX_ENERGY_J,
+    MAX_FRAGMENT_INDEX,
+    MAX_HOST_CORES,
+    MAX_ID_LEN,
+    MAX_MEMORY_MIB,
+    MAX_REASON_LEN,
+    MAX_SITE_POWER_W,
+    MAX_TASK_MHZ,
+    MAX_TIME_MS,
+    MAX_VERSION,
+    MIN_TIME_MS,
+)
 from opendt.models.topology import Topology
 
 DATACENTER_KEY = b'"datacenter"'
@@ -32,13 +49,52 @@ class MessageError(ValueError):
     """A message that cannot be decoded; the text says why."""
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def iso_ms(ms: int) -> str:
-    """Epoch ms → ``2022-10-06T22:00:00.000Z``."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    """Epoch ms → ``2022-10-06T22:00:00.000Z`` (four-digit years; ValueError outside years 1..9999)."""
+    try:
+        t = _EPOCH + timedelta(milliseconds=ms)
+    except OverflowError:
+        raise ValueError(f"{ms} ms since the epoch is outside years 1..9999") from None
+    return (
+        f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}."
+        f"{t.microsecond // 1000:03d}Z"
+    )
 
 
 def to_ms(dt: datetime) -> int:
     return round(dt.timestamp() * 1000)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _time_ms(s: str) -> int:
+    """An ISO-8601 time with a zone → epoch ms in [1970, 2200) (ValueError otherwise)."""
+    dt = datetime.fromisoformat(s)
+    if dt.tzinfo is None:
+        raise ValueError(f"{s[:40]!r} has no zone (give Z or an offset)")
+    ms = round(dt.timestamp() * 1000)
+    if not MIN_TIME_MS <= ms < MAX_TIME_MS:
+        raise ValueError(f"{s[:40]!r} is outside [1970-01-01, 2200-01-01)")
+    return ms
+
+
+def clear_time_cache() -> None:
+    """Forget the parsed times (a benchmark's runs each start as a fresh process does)."""
+    _time_ms.cache_clear()
+
+
+def _message_time(v: object) -> datetime:
+    if type(v) is not str:
+        raise ValueError("must be an ISO-8601 time string with a zone")  # not a number of seconds
+    _time_ms(v)
+    return datetime.fromisoformat(v)
+
+
+MessageTime = Annotated[AwareDatetime, BeforeValidator(_message_time)]
+"""A time in a message: an ISO-8601 string with a zone, in [1970, 2200)."""
+Id = Annotated[str, Field(max_length=MAX_ID_LEN)]
 
 
 class _Msg(BaseModel):
@@ -46,7 +102,7 @@ class _Msg(BaseModel):
 
 
 class Heartbeat(_Msg):
-    heartbeat: AwareDatetime
+    heartbeat: MessageTime
     final: StrictBool = False
 
     @property
@@ -55,12 +111,12 @@ class Heartbeat(_Msg):
 
 
 class TaskMessage(_Msg):
-    id: str = ""  # from the key
-    submission_time: AwareDatetime
-    duration: StrictInt = Field(ge=0)
-    cpu_count: StrictInt = Field(gt=0)
-    cpu_capacity: StrictFloat = Field(ge=0)
-    mem_capacity: StrictInt = Field(ge=0)
+    id: Id = ""  # from the key
+    submission_time: MessageTime
+    duration: StrictInt = Field(ge=0, le=MAX_DURATION_MS)
+    cpu_count: StrictInt = Field(ge=1, le=MAX_HOST_CORES)
+    cpu_capacity: StrictFloat = Field(ge=0, le=MAX_TASK_MHZ)
+    mem_capacity: StrictInt = Field(ge=0, le=int(MAX_MEMORY_MIB))
 
     @property
     def time_ms(self) -> int:
@@ -68,12 +124,12 @@ class TaskMessage(_Msg):
 
 
 class FragmentMessage(_Msg):
-    id: str = ""  # from the key
-    submission_time: AwareDatetime
-    duration: StrictInt = Field(ge=0)
-    cpu_count: StrictInt = Field(gt=0)
-    cpu_usage: StrictFloat = Field(ge=0)
-    index: StrictInt = Field(ge=0)
+    id: Id = ""  # from the key
+    submission_time: MessageTime
+    duration: StrictInt = Field(ge=0, le=MAX_DURATION_MS)
+    cpu_count: StrictInt = Field(ge=1, le=MAX_HOST_CORES)
+    cpu_usage: StrictFloat = Field(ge=0, le=MAX_TASK_MHZ)
+    index: StrictInt = Field(ge=0, le=MAX_FRAGMENT_INDEX)
 
     @property
     def time_ms(self) -> int:
@@ -81,10 +137,10 @@ class FragmentMessage(_Msg):
 
 
 class PowerMessage(_Msg):
-    source: str = ""  # from the key
-    timestamp: AwareDatetime
-    power_draw: StrictFloat = Field(ge=0)
-    energy_usage: StrictFloat = Field(ge=0)
+    source: Id = ""  # from the key
+    timestamp: MessageTime
+    power_draw: StrictFloat = Field(ge=0, le=MAX_SITE_POWER_W)
+    energy_usage: StrictFloat = Field(ge=0, le=MAX_ENERGY_J)
 
     @property
     def time_ms(self) -> int:
@@ -92,7 +148,7 @@ class PowerMessage(_Msg):
 
 
 class TopologyMessage(_Msg):
-    timestamp: AwareDatetime
+    timestamp: MessageTime
     topology: Topology
 
     @property
@@ -103,8 +159,8 @@ class TopologyMessage(_Msg):
 class CarbonMessage(_Msg):
     """``dc.carbon``: the grid's carbon intensity, in force from ``timestamp`` until the next message."""
 
-    timestamp: AwareDatetime
-    carbon_intensity: float = Field(ge=0, allow_inf_nan=False)
+    timestamp: MessageTime
+    carbon_intensity: float = Field(ge=0, le=MAX_CARBON_INTENSITY, allow_inf_nan=False)
 
     @property
     def time_ms(self) -> int:
@@ -112,15 +168,15 @@ class CarbonMessage(_Msg):
 
 
 class SimTopologyMessage(_Msg):
-    version: StrictInt = Field(ge=0)
+    version: StrictInt = Field(ge=0, le=MAX_VERSION)
     source: Literal["initial", "physical", "calibrator", "api", "optimizer"]
-    timestamp: AwareDatetime
-    reason: str = ""
+    timestamp: MessageTime
+    reason: str = Field(default="", max_length=MAX_REASON_LEN)
     topology: Topology
 
 
 class ResultPoint(_Msg):
-    timestamp: AwareDatetime
+    timestamp: MessageTime
     power_draw: StrictFloat
     energy_usage: StrictFloat
     carbon_intensity: StrictFloat
@@ -128,9 +184,9 @@ class ResultPoint(_Msg):
 
 
 class SimResultsMessage(_Msg):
-    window_start: AwareDatetime
-    window_end: AwareDatetime
-    topology_version: StrictInt
+    window_start: MessageTime
+    window_end: MessageTime
+    topology_version: StrictInt = Field(ge=0, le=MAX_VERSION)
     engine: str
     points: list[ResultPoint]
 
@@ -193,9 +249,10 @@ def decode(kind: StreamKind, key: bytes | None, value: bytes | None) -> Decoded:
                 k = orjson.loads(key)
             except orjson.JSONDecodeError:
                 raise MessageError("key is not JSON") from None
-            if not isinstance(k, dict) or not isinstance(k.get(key_field), str | int):
+            ident = k.get(key_field) if isinstance(k, dict) else None
+            if isinstance(ident, bool) or not isinstance(ident, str | int):
                 raise MessageError(f"key must be {{{key_field!r}: <string>}}")
-            obj[key_field] = str(k[key_field])
+            obj[key_field] = str(ident)
         return _MODELS[kind].model_validate(obj)  # type: ignore[return-value]
     except ValidationError as e:
         raise MessageError(f"invalid {kind} message: {_short(e)}") from None
@@ -294,22 +351,6 @@ _FIELDS = {
 _KEYSETS = {k: frozenset(v) for k, v in _FIELDS.items()}
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _time_ms(s: str) -> int:
-    dt = datetime.fromisoformat(s)
-    if dt.tzinfo is None:
-        raise ValueError("naive time")
-    return round(dt.timestamp() * 1000)
-
-
-def _is_int(v: object) -> bool:
-    return type(v) is int
-
-
-def _is_num(v: object) -> bool:
-    return type(v) is int or type(v) is float
-
-
 class _Reject(Exception):
     pass
 
@@ -331,35 +372,50 @@ def _fast(kind: str, key: bytes | None, value: bytes) -> Heartbeat | TaskRow | F
         raise _Reject
     k = orjson.loads(key)
     ident = k.get("source" if kind == "power" else "id") if type(k) is dict else None
-    if type(ident) is not str and not _is_int(ident):
+    if type(ident) is int:
+        ident = str(ident)
+    elif type(ident) is not str:
         raise _Reject
-    ident = str(ident)
-    if type(obj[_FIELDS[kind][0]]) is not str:
+    when = obj[_FIELDS[kind][0]]
+    if len(ident) > MAX_ID_LEN or type(when) is not str:
         raise _Reject
-    t = _time_ms(obj[_FIELDS[kind][0]])
+    t = _time_ms(when)
+    # inline type tests (no helper calls): this runs for every record of the high-volume streams
     if kind == "fragments":
         d, c, u, i = obj["duration"], obj["cpu_count"], obj["cpu_usage"], obj["index"]
         if not (
-            _is_int(d) and d >= 0 and _is_int(c) and c > 0 and _is_num(u) and u >= 0 and _is_int(i) and i >= 0
+            type(d) is int
+            and 0 <= d <= MAX_DURATION_MS
+            and type(c) is int
+            and 1 <= c <= MAX_HOST_CORES
+            and (type(u) is float or type(u) is int)
+            and 0 <= u <= MAX_TASK_MHZ
+            and type(i) is int
+            and 0 <= i <= MAX_FRAGMENT_INDEX
         ):
             raise _Reject
         return FragmentRow(ident, t, d, c, float(u), i)
     if kind == "tasks":
         d, c, cap, mem = obj["duration"], obj["cpu_count"], obj["cpu_capacity"], obj["mem_capacity"]
         if not (
-            _is_int(d)
-            and d >= 0
-            and _is_int(c)
-            and c > 0
-            and _is_num(cap)
-            and cap >= 0
-            and _is_int(mem)
-            and mem >= 0
+            type(d) is int
+            and 0 <= d <= MAX_DURATION_MS
+            and type(c) is int
+            and 1 <= c <= MAX_HOST_CORES
+            and (type(cap) is float or type(cap) is int)
+            and 0 <= cap <= MAX_TASK_MHZ
+            and type(mem) is int
+            and 0 <= mem <= MAX_MEMORY_MIB
         ):
             raise _Reject
         return TaskRow(ident, t, d, c, float(cap), mem)
     p, e = obj["power_draw"], obj["energy_usage"]
-    if not (_is_num(p) and p >= 0 and _is_num(e) and e >= 0):
+    if not (
+        (type(p) is float or type(p) is int)
+        and 0 <= p <= MAX_SITE_POWER_W
+        and (type(e) is float or type(e) is int)
+        and 0 <= e <= MAX_ENERGY_J
+    ):
         raise _Reject
     return PowerRow(ident, t, float(p), float(e))
 

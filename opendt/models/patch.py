@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from opendt.models.bounds import INT64_MAX, shown
 from opendt.models.topology import Host, Topology, TopologyError, parse_topology
 
 LEAVES: dict[str, type] = {
@@ -98,12 +99,14 @@ def coerce_value(path: str, leaf: str, value: object) -> PatchValue:
     kind = PATCH_LEAVES[leaf]
     if kind is str:
         if not isinstance(value, str):
-            raise PatchError(f"{path!r}: {value!r} is not a string")
+            raise PatchError(f"{path!r}: {repr(value)[:100]} is not a string")
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise PatchError(f"{path!r}: {value!r} is not a number")
-    if not math.isfinite(value):
+        raise PatchError(f"{path!r}: {repr(value)[:100]} is not a number")
+    if isinstance(value, float) and not math.isfinite(value):
         raise PatchError(f"{path!r}: {value!r} is not finite")
+    if isinstance(value, int) and abs(value) > INT64_MAX:  # the model bounds the rest, naming the field
+        raise PatchError(f"{path!r}: {shown(value)} is out of range")
     if kind is int:
         if value != int(value):
             raise PatchError(f"{path!r}: {value!r} is not an integer")

@@ -14,6 +14,23 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from opendt.models.bounds import (
+    INT32_MAX,
+    INT64_MAX,
+    MAX_ASYM_UTIL,
+    MAX_CALIBRATION_FACTOR,
+    MAX_CLUSTERS,
+    MAX_CORE_SPEED_MHZ,
+    MAX_HOST_CORES,
+    MAX_HOST_POWER_W,
+    MAX_HOSTS,
+    MAX_MEMORY_MIB,
+    MAX_NAME_LEN,
+    MAX_PATH_LEN,
+    MIN_CALIBRATION_FACTOR,
+    MIN_CORE_SPEED_MHZ,
+)
+
 MODEL_TYPES = ("constant", "linear", "square", "cubic", "sqrt", "mse", "asymptotic")
 LONG_MAX = 9_223_372_036_854_775_807
 
@@ -60,19 +77,35 @@ def _quantity(kind: str) -> Any:
 Frequency = Annotated[float, _quantity("frequency")]
 DataSize = Annotated[float, _quantity("datasize")]
 Power = Annotated[float, _quantity("power")]
+Name = Annotated[str, Field(max_length=MAX_NAME_LEN)]
+CoreSpeed = Annotated[Frequency, Field(ge=MIN_CORE_SPEED_MHZ, le=MAX_CORE_SPEED_MHZ)]
+Cores = Annotated[int, Field(ge=1, le=MAX_HOST_CORES)]
+HostPower = Annotated[Power, Field(ge=0, le=MAX_HOST_POWER_W)]
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+    """Every float finite (no NaN, no ±Infinity), every number and text bounded (:mod:`.bounds`)."""
+
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, validate_assignment=True, allow_inf_nan=False
+    )
 
 
 class Cpu(_Spec):
-    coreCount: int = Field(gt=0)
-    coreSpeed: Frequency = Field(gt=0)
-    count: int = Field(default=1, gt=0)
-    modelName: str = "unknown"
-    vendor: str = "unknown"
-    arch: str = "unknown"
+    coreCount: Cores
+    coreSpeed: CoreSpeed
+    count: Cores = 1
+    modelName: Name = "unknown"
+    vendor: Name = "unknown"
+    arch: Name = "unknown"
+
+    @model_validator(mode="after")
+    def _check(self) -> Cpu:
+        if self.coreCount * self.count > MAX_HOST_CORES:
+            raise ValueError(
+                f"coreCount × count ({self.coreCount} × {self.count}) must be at most {MAX_HOST_CORES} cores"
+            )
+        return self
 
     @property
     def cores(self) -> int:
@@ -85,39 +118,37 @@ class Cpu(_Spec):
 
 
 class Memory(_Spec):
-    memorySize: DataSize = Field(ge=0)
+    memorySize: DataSize = Field(ge=0, le=MAX_MEMORY_MIB)
     memorySpeed: Frequency = -1.0
-    modelName: str = "unknown"
-    vendor: str = "unknown"
-    arch: str = "unknown"
+    modelName: Name = "unknown"
+    vendor: Name = "unknown"
+    arch: Name = "unknown"
 
 
 class Gpu(_Spec):
-    count: int = Field(default=1, gt=0)
-    coreCount: int = Field(gt=0)
-    coreSpeed: Frequency = Field(gt=0)
-    memorySize: DataSize = -1.0
+    count: Cores = 1
+    coreCount: Cores
+    coreSpeed: CoreSpeed
+    memorySize: DataSize = Field(default=-1.0, ge=-1, le=MAX_MEMORY_MIB)
     memoryBandwidth: float = -1.0
-    modelName: str = "unknown"
-    vendor: str = "unknown"
-    architecture: str = "unknown"
+    modelName: Name = "unknown"
+    vendor: Name = "unknown"
+    architecture: Name = "unknown"
 
 
 class PowerModel(_Spec):
     modelType: Literal["constant", "linear", "square", "cubic", "sqrt", "mse", "asymptotic"]
-    power: Power = 400.0
-    maxPower: Power
-    idlePower: Power
-    calibrationFactor: float = 1.0
-    asymUtil: float = 0.0
+    power: HostPower = 400.0
+    maxPower: HostPower
+    idlePower: HostPower
+    calibrationFactor: float = Field(default=1.0, ge=MIN_CALIBRATION_FACTOR, le=MAX_CALIBRATION_FACTOR)
+    asymUtil: float = Field(default=0.0, ge=0, le=MAX_ASYM_UTIL)
     dvfs: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> PowerModel:
         if self.maxPower < self.idlePower:
             raise ValueError(f"maxPower ({self.maxPower}) must be >= idlePower ({self.idlePower})")
-        if self.idlePower < 0 or self.maxPower < 0 or self.power < 0:
-            raise ValueError("powers must be >= 0")
         if self.modelType == "asymptotic" and self.asymUtil <= 0:
             raise ValueError(
                 "asymptotic power model needs asymUtil > 0 (OpenDC's default 0.0 divides by zero and hangs)"
@@ -134,12 +165,12 @@ class DistributionPolicy(_Spec):
         "MAX_MIN_FAIRNESS"
     )
     shareRatio: float | None = None
-    updateIntervalLength: int | None = None
+    updateIntervalLength: int | None = Field(default=None, ge=0, le=INT64_MAX)
 
 
 class Host(_Spec):
-    name: str = "Host"
-    count: int = Field(default=1, ge=1)
+    name: Name = "Host"
+    count: int = Field(default=1, ge=1, le=MAX_HOSTS)
     cpu: Cpu
     memory: Memory
     gpu: Gpu | None = None
@@ -149,9 +180,9 @@ class Host(_Spec):
 
 
 class PowerSourceSpec(_Spec):
-    name: str = "PowerSource"
-    maxPower: float = float(LONG_MAX)
-    carbonTracePath: str | None = None
+    name: Name = "PowerSource"
+    maxPower: float = Field(default=float(LONG_MAX), ge=0, le=float(LONG_MAX))
+    carbonTracePath: str | None = Field(default=None, max_length=MAX_PATH_LEN)
 
 
 class BatteryPolicy(_Spec):
@@ -160,13 +191,13 @@ class BatteryPolicy(_Spec):
     lowerThreshold: float | None = None
     upperThreshold: float | None = None
     startingThreshold: float | None = None
-    windowSize: int | None = None
+    windowSize: int | None = Field(default=None, ge=0, le=INT32_MAX)
 
 
 class Battery(_Spec):
-    name: str = "Battery"
-    capacity: float
-    chargingSpeed: float
+    name: Name = "Battery"
+    capacity: float = Field(ge=0)
+    chargingSpeed: float = Field(ge=0)
     initialCharge: float = 0.0
     batteryPolicy: BatteryPolicy
     embodiedCarbon: float = 0.0
@@ -174,15 +205,23 @@ class Battery(_Spec):
 
 
 class Cluster(_Spec):
-    name: str = "Cluster"
-    count: int = 1  # ignored by OpenDC (toClusterSpec never reads it); kept for round-trips
-    hosts: list[Host] = Field(min_length=1)
+    name: Name = "Cluster"
+    count: int = Field(default=1, ge=0, le=INT32_MAX)  # ignored by OpenDC (never read); kept for round-trips
+    hosts: list[Host] = Field(min_length=1, max_length=MAX_HOSTS)
     powerSource: PowerSourceSpec = Field(default_factory=PowerSourceSpec)
     battery: Battery | None = None
 
 
 class Topology(_Spec):
-    clusters: list[Cluster] = Field(min_length=1)
+    clusters: list[Cluster] = Field(min_length=1, max_length=MAX_CLUSTERS)
+
+    @model_validator(mode="after")
+    def _check(self) -> Topology:
+        if self.host_count > MAX_HOSTS:
+            raise ValueError(
+                f"clusters: {self.host_count} hosts in all (the sum of every count); at most {MAX_HOSTS}"
+            )
+        return self
 
     @property
     def host_count(self) -> int:
@@ -197,23 +236,31 @@ class Topology(_Spec):
 
 
 class TopologyError(ValueError):
-    """An invalid topology; the message names the file (when known) and the bad field."""
+    """An invalid topology; the message names the file (when known) and the bad field (``field``: the dotted
+    path of the first, '' for the whole document)."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
-def _describe(err: ValidationError) -> str:
+def _describe(err: ValidationError, most: int = 5) -> str:
     parts = []
-    for e in err.errors():
+    errors = err.errors()
+    for e in errors[:most]:
         loc = ".".join(str(p) for p in e["loc"])
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
+    more = f" (and {len(errors) - most} more)" if len(errors) > most else ""
+    return "; ".join(parts) + more
 
 
 def parse_topology(data: Any, *, source: str = "topology") -> Topology:
     try:
         return Topology.model_validate(data)
     except ValidationError as e:
-        raise TopologyError(f"invalid topology ({source}): {_describe(e)}") from None
+        field = ".".join(str(p) for p in e.errors()[0]["loc"]) if e.errors() else ""
+        raise TopologyError(f"invalid topology ({source}): {_describe(e)}", field) from None
 
 
 def load_topology(path: Path) -> Topology:

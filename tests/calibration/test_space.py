@@ -133,7 +133,11 @@ def test_scale_axis_multiplies_each_hosts_physical_value() -> None:
 @pytest.mark.parametrize(
     ("spec", "value", "reason"),
     [
-        ({"parameter": "cpuPowerModel.idlePower", "values": [-5.0]}, -5.0, "powers must be >= 0"),
+        (
+            {"parameter": "cpuPowerModel.idlePower", "values": [-5.0]},
+            -5.0,
+            "idlePower: Input should be greater than or equal to 0",
+        ),
         ({"parameter": "cpuPowerModel.idlePower", "values": [500.0]}, 500.0, "must be >= idlePower"),
         ({"parameter": "cpuPowerModel.modelType", "values": ["asymptotic"]}, "asymptotic", "asymUtil > 0"),
         ({"parameter": "cpuPowerModel.modelType", "values": ["constant"]}, "constant", "needs power"),

@@ -59,7 +59,7 @@ async def test_replay_command_streams_the_demo(
                     for records in (await consumer.getmany(timeout_ms=500)).values():
                         for r in records:
                             row = (
-                                decode(kind, r.key, r.value)
+                                decode("carbon", r.key, r.value)
                                 if kind == "carbon"
                                 else decode_row(kind, r.key, r.value)  # type: ignore[arg-type]
                             )

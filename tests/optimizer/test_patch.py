@@ -116,7 +116,7 @@ def test_bad_paths_and_values_name_the_path(patch: dict[str, object], fragment: 
     ("patch", "fragment"),
     [
         ({"count": 0}, "count: Input should be greater than or equal to 1"),
-        ({"cpu.coreCount": -2}, "coreCount: Input should be greater than 0"),
+        ({"cpu.coreCount": -2}, "coreCount: Input should be greater than or equal to 1"),
         ({"cpuPowerModel.idlePower": 500}, "maxPower (190.0) must be >= idlePower (500.0)"),
         ({"cpuPowerModel.modelType": "asymptotic"}, "asymptotic power model needs asymUtil > 0"),
         ({"cpuPowerModel.modelType": "constant"}, "modelType constant needs power, which is not set"),

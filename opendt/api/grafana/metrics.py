@@ -210,7 +210,7 @@ def metric_params(metric: Metric, payload: dict[str, Any], where: str, view: Twi
         raw = payload.get(opt.name)
         values = raw if isinstance(raw, list) else [] if raw in (None, "") else [raw]
         if not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in values):
-            raise ApiError(400, f"{name}: must be a string or a list of strings, got {raw!r}", name)
+            raise ApiError(400, f"{name}: must be a string or a list of strings, got {repr(raw)[:40]}", name)
         texts = [str(v).strip() for v in values]
         allowed = [v for v, _ in opt.choices] if opt.choices else calibrated_parameters(view)
         bad = [t for t in texts if t not in allowed]

@@ -14,15 +14,15 @@ import orjson
 import polars as pl
 from aiohttp import web
 
+from opendt.api import http
 from opendt.api.http import ApiError, parse_time
 from opendt.api.readmodel import TwinView, data_bounds, measured_power
 from opendt.metrics import How, bucket
+from opendt.models.bounds import MAX_TIME_MS, MIN_TIME_MS
 
 PREFIX = "/grafana"
 DEFAULT_INTERVAL_MS = 60_000
 DEFAULT_MAX_POINTS = 1000
-MAX_ABS_MS = 8_640_000_000_000_000
-"""JavaScript's Date range: a time outside it is refused as bad input."""
 
 Point = tuple[int, float]
 Params = dict[str, Any]
@@ -37,13 +37,10 @@ def json_answer(data: Any, status: int = 200) -> web.Response:
 
 async def read_body(request: web.Request) -> dict[str, Any]:
     """The JSON object posted; an empty body is ``{}`` (the plugin's spec makes some bodies optional)."""
-    raw = await request.read()  # an oversized body raises 413, answered by the api's error middleware
+    raw = await http.read_body(request)  # bounded in size and time, like every body
     if not raw.strip():
         return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "body: not valid JSON", "body") from None
+    body = http.parse_json(raw)
     if not isinstance(body, dict):
         raise ApiError(400, "body: must be a JSON object", "body")
     return body
@@ -61,14 +58,14 @@ def query_time(value: Any, name: str) -> int:
     if value is None:
         raise ApiError(400, f"{name}: missing", name)
     if isinstance(value, str):
-        ms = parse_time(value, name)
-    elif (f := finite(value)) is not None:
-        ms = int(f)
-    else:
-        raise ApiError(400, f"{name}: must be an ISO-8601 time or epoch milliseconds, got {value!r}", name)
-    if abs(ms) > MAX_ABS_MS:
-        raise ApiError(400, f"{name}: {value!r} is out of range", name)
-    return ms
+        return parse_time(value, name)  # within the model's time bounds
+    f = finite(value)
+    if f is None:
+        shown = repr(value)[:40]
+        raise ApiError(400, f"{name}: must be an ISO-8601 time or epoch milliseconds, got {shown}", name)
+    if not MIN_TIME_MS <= f <= MAX_TIME_MS:
+        raise ApiError(400, f"{name}: {f:.15g} is out of range [1970-01-01, 2200-01-01]", name)
+    return int(f)
 
 
 def _number(body: dict[str, Any], name: str, default: int, minimum: int) -> int:
@@ -78,13 +75,13 @@ def _number(body: dict[str, Any], name: str, default: int, minimum: int) -> int:
     value: float | None
     if isinstance(raw, str):
         try:
-            value = float(raw)
+            value = float(raw) if raw.isascii() else None
         except ValueError:
             value = None
     else:
         value = finite(raw)
     if value is None or not math.isfinite(value) or value < minimum:
-        raise ApiError(400, f"{name}: must be a number >= {minimum}, got {raw!r}", name)
+        raise ApiError(400, f"{name}: must be a number >= {minimum}, got {repr(raw)[:40]}", name)
     return int(value)
 
 

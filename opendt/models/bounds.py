@@ -1,0 +1,101 @@
+"""The bounds of every value that enters the twin, from physics and from the types of the engine and files.
+
+One table, used wherever a value enters: the topology model (API bodies, ``dc.topology``/``sim.topology``
+messages, topology files, patches, what-if, optimizer and calibration candidates), the Kafka message models
+and their fast decoder, the engine's fast topology parse, and the API's parsing of times. A value outside is
+rejected where it enters, with a message naming the field. No pydantic here: the engine's CLI imports it.
+
+* **Times** (epoch ms): ``[1970-01-01, 2200-01-01)``. Durations at most 10 years, so every end time stays
+  before 2210, inside what int64 nanoseconds hold (to 2262-04-11: polars/numpy/arrow ``ns`` timestamps), and
+  every time and duration inside int64 milliseconds (OpenDC's ``Long``) with room to add them.
+* **Cores**: at most 65,536 per host (``coreCount × count``), and so per task. The largest single-image
+  machines have 896 (HPE Superdome Flex) to 4,096 cores (SGI UV); 2¹⁶ is 16× that, and every core count
+  (tasks' ``cpu_count`` is an Int32 column) stays far below 2³¹.
+* **Core speed**: 1 MHz to 100 GHz (production CPUs run at 0.8–6 GHz, overclocking records at 9 GHz).
+* **Hosts**: at most 4,096 per topology (every host group's ``count`` and their sum), at most 100 clusters.
+  The engine builds its host table with OpenDC's unique names (``name``, ``name-0``, ``name-1``, … each
+  found by a scan from 0), which costs time quadratic in the hosts of one name; measured on this 2-core
+  machine under load (``bench/topology_size.py``): 0.3–0.6 s at 1,000 hosts, 2 s at 2,000, 5.7–6.8 s at
+  4,096, 21–53 s at 10,000 (a 100,000-host topology stalls the twin for many minutes). Every apply of a
+  topology, every what-if and every optimizer candidate pays it, so 4,096 (most single clusters fit) keeps a
+  what-if of a week well inside ``api.whatif_timeout_s`` and a window's apply inside
+  ``simulation.timeout_s``. Clusters cost per window and per what-if day (each exports its own rows):
+  100 clusters 3 ms per window on the demo, 1,000 clusters 20–60 ms and 24 s per what-if day.
+* **Memory**: at most 2⁴⁰ MiB (1 EiB) per host or task (the largest single-image machines have 48 TiB).
+* **Power**: at most 1 MW per host (the largest servers draw 10–15 kW), so at most ``MAX_HOSTS`` MW
+  measured; a sample's energy at most that for a day.
+* **Power models**: ``calibrationFactor`` (the mse exponent r) in [1, 1000]: below 1 the model draws less
+  than idle power at low load, below 0 it is infinite at zero load. ``asymUtil`` in [0, 1] (a utilization).
+* **Counts and indices**: a fragment's ``index`` and a topology version fit an Int32 column; OpenDC's
+  ``Int``/``Long`` fields fit theirs.
+* **Text**: ids and names at most 256 characters, paths 4,096 (PATH_MAX), reasons 1,000.
+"""
+
+from __future__ import annotations
+
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+
+MIN_TIME_MS = 0
+"""1970-01-01T00:00:00Z, inclusive."""
+MAX_TIME_MS = 7_258_118_400_000
+"""2200-01-01T00:00:00Z, exclusive."""
+MAX_DURATION_MS = 3653 * 86_400_000
+"""Ten years (of 365.25 days, rounded up to a whole day)."""
+
+MAX_HOSTS = 4_096
+"""Hosts of one topology: each host group's ``count`` and their sum."""
+MAX_CLUSTERS = 100
+MAX_HOST_CORES = 65_536
+"""Cores of one host (``coreCount × count``), and so of one task (``cpu_count``)."""
+MIN_CORE_SPEED_MHZ = 1.0
+MAX_CORE_SPEED_MHZ = 100_000.0
+MAX_TASK_MHZ = MAX_HOST_CORES * MAX_CORE_SPEED_MHZ
+"""A task's CPU demand or capacity (MHz): no host supplies more."""
+MAX_MEMORY_MIB = float(2**40)
+MAX_HOST_POWER_W = 1e6
+MAX_SITE_POWER_W = MAX_HOSTS * MAX_HOST_POWER_W
+"""A measured power sample (one source may meter the whole datacenter)."""
+MAX_ENERGY_J = MAX_SITE_POWER_W * 86_400
+MIN_CALIBRATION_FACTOR = 1.0
+MAX_CALIBRATION_FACTOR = 1000.0
+MAX_CARBON_INTENSITY = 10_000.0
+"""gCO2/kWh: ten times the dirtiest grid (coal, about 1,000)."""
+MAX_ASYM_UTIL = 1.0
+MAX_FRAGMENT_INDEX = INT32_MAX
+MAX_VERSION = INT32_MAX
+
+MAX_ID_LEN = 256
+MAX_NAME_LEN = 256
+MAX_PATH_LEN = 4096
+MAX_REASON_LEN = 1000
+
+BOUNDS: dict[str, tuple[float, float]] = {
+    "count": (1, MAX_HOSTS),
+    "cpu.coreCount": (1, MAX_HOST_CORES),
+    "cpu.count": (1, MAX_HOST_CORES),
+    "cpu.coreSpeed": (MIN_CORE_SPEED_MHZ, MAX_CORE_SPEED_MHZ),
+    "memory.memorySize": (0.0, MAX_MEMORY_MIB),
+    "cpuPowerModel.idlePower": (0.0, MAX_HOST_POWER_W),
+    "cpuPowerModel.maxPower": (0.0, MAX_HOST_POWER_W),
+    "cpuPowerModel.power": (0.0, MAX_HOST_POWER_W),
+    "cpuPowerModel.calibrationFactor": (MIN_CALIBRATION_FACTOR, MAX_CALIBRATION_FACTOR),
+    "cpuPowerModel.asymUtil": (0.0, MAX_ASYM_UTIL),
+}
+"""Inclusive bounds of every numeric host leaf a patch, a what-if or a calibration candidate may set (the
+dotted paths of :mod:`opendt.models.patch`); the topology model enforces the same ones."""
+
+
+def shown(value: float) -> str:
+    """A number for a message: short, whatever its size (a huge int is not converted to text)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value) if abs(value) < 10**30 else ("-" if value < 0 else "") + "1e30 or more"
+    return f"{value:.6g}"
+
+
+def out_of_bounds(leaf: str, value: float) -> str:
+    """Why ``value`` is outside the bounds of the host leaf ``leaf`` ('' when it is inside or unbounded)."""
+    lo, hi = BOUNDS.get(leaf, (float("-inf"), float("inf")))
+    if not lo <= value <= hi:
+        return f"{leaf} must be in [{lo:g}, {hi:g}], not {shown(value)}"
+    return ""
