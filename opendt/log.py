@@ -106,6 +106,16 @@ class _OneLineStdlib(logging.Filter):
         return True
 
 
+def _no_slow_callback_notes(record: logging.LogRecord) -> bool:
+    """asyncio's debug mode (PYTHONASYNCIODEBUG) notes every callback slower than 0.1 s ("Executing <Task …>
+    took 0.25 seconds"): a profiling aid shown at --log-level debug only, not a warning about the run."""
+    return not (
+        record.name == "asyncio"
+        and record.levelno == logging.WARNING
+        and str(record.msg).startswith("Executing ")
+    )
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     out: TextIO = stream if stream is not None else _CurrentStderr()  # type: ignore[assignment]
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
@@ -134,3 +144,4 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream is out:
                 handler.addFilter(_OneLineStdlib())
+                handler.addFilter(_no_slow_callback_notes)

@@ -90,6 +90,7 @@ def unique_topic_names(topic_factory: Callable[..., str]) -> Callable[[], TopicN
             tasks=topic_factory("tasks"),
             fragments=topic_factory("fragments"),
             power=topic_factory("power"),
+            carbon=topic_factory("carbon"),
             topology=topic_factory("topology"),
             sim_topology=topic_factory("simtopo"),
             sim_results=topic_factory("results"),

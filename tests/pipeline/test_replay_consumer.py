@@ -23,6 +23,7 @@ def _topics(topic_factory: Callable[..., str], partitions: int = 2) -> TopicName
         tasks=topic_factory("tasks", partitions),
         fragments=topic_factory("fragments", partitions),
         power=topic_factory("power", 1),
+        carbon=topic_factory("carbon", 1),
         topology=topic_factory("topology", 1),
     )
 
