@@ -18,6 +18,7 @@ import structlog
 
 from opendt.settings import Settings
 from opendt.twin.files import DiskFull
+from opendt.twin.results import ResultsMismatch
 from opendt.twin.run import RunLocked
 from opendt.twin.status import TwinState
 from opendt.wiring import Twin, bounded, build_twin
@@ -51,7 +52,7 @@ async def run_daemon(
     if failed:
         state.status = "failed"
         for exc in failed:
-            if isinstance(exc, DiskFull | RunLocked):  # the message says it all: no traceback
+            if isinstance(exc, DiskFull | RunLocked | ResultsMismatch):  # the message says it all
                 log.error("daemon_failed", error=str(exc))
             else:
                 log.error("daemon_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
@@ -104,6 +105,8 @@ async def _supervise(
             await _drain(twin)
             raise ShutdownRequested
 
+        task = asyncio.current_task()
+        baseline = 0 if task is None else task.cancelling()
         try:
             async with asyncio.TaskGroup() as tg:
                 if twin.replay is not None:
@@ -115,6 +118,12 @@ async def _supervise(
                     tg.create_task(stop_when(twin.loop.done.wait, "done"))
         except* ShutdownRequested:
             pass
+        finally:
+            # Python 3.11's TaskGroup leaves its parent task "cancelling" when a child fails after the body
+            # ended (it cancels the parent and never uncancels it; fixed in 3.12): undo that, so the release
+            # steps below run as in any shutdown and the failure is reported (exit 1), not a cancel (130)
+            while task is not None and task.cancelling() > baseline:
+                task.uncancel()
         await bounded(twin.producer.flush, "producer_flush")
     state.status = "stopped"
     log.info(

@@ -121,6 +121,19 @@ class WindowingSettings(Section):
         description="Event time behind the newest event for which duplicate tasks, fragments and power "
         "samples are recognised (bounded memory)",
     )
+    max_skew_s: int = Field(
+        default=3600,
+        gt=0,
+        description="A message more than this ahead of its partition's accepted time (unless the partition's "
+        "next message confirms the jump), or before the run's start by more, is quarantined: counted, logged "
+        "and dead-lettered, never moving the watermark",
+    )
+    final_grace_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="The stream's end (every partition's final heartbeat) is believed once every partition "
+        "has been read to its end for this long (wall seconds); a message after a final takes it back",
+    )
 
 
 class CheckpointSettings(Section):
@@ -396,6 +409,15 @@ class ApiSettings(Section):
     )
     whatif_workers: int = Field(default=1, ge=1, description="Engine worker processes for scenario runs")
     whatif_timeout_s: float = Field(default=60.0, gt=0, description="Per scenario run")
+    health_probe_s: float = Field(default=5.0, gt=0, description="Broker metadata probe interval (/health)")
+    health_broker_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="/health is 503 when the broker has not answered a probe for this long",
+    )
+    health_loop_s: float = Field(
+        default=150.0, gt=0, description="/health is 503 when one window has kept the loop busy this long"
+    )
 
 
 class LogSettings(Section):

@@ -39,6 +39,7 @@ from opendt.stream.listener import TopologyListener
 from opendt.stream.replay import ReplayProducer, ReplayProgress
 from opendt.twin.history import TwinHistory
 from opendt.twin.hooks import HookChain
+from opendt.twin.liveness import Liveness, metadata_probe
 from opendt.twin.loop import WindowLoop
 from opendt.twin.recovery import Recovery, durability_of
 from opendt.twin.results import ResultStore
@@ -62,6 +63,14 @@ async def bounded(close: Callable[[], Awaitable[object]], what: str) -> None:
             await close()
     except TimeoutError:
         log.warning("close_timeout", what=what, timeout_s=CLOSE_TIMEOUT_S)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # our own shutdown is being cancelled: let it through
+        # aiokafka's consumer.stop() re-raises the CancelledError of its own fetch tasks when the broker is
+        # gone (it cancels them, then awaits them): not a cancellation of the daemon, which must go on to
+        # report why it stops (a dead broker is exit 1 with daemon_failed, not 130)
+        log.warning("close_cancelled", what=what)
 
 
 @dataclass
@@ -78,11 +87,17 @@ class Twin:
     calibrator: Calibrator | None
     slo: SloWatcher | None
     optimizer: Optimizer | None
+    liveness: Liveness
 
     def runners(self) -> list[Coroutine[Any, Any, None]]:
         """The coroutines the supervisor runs in its TaskGroup besides the replay producer (which it cancels
         first at shutdown); each runs until done or cancelled."""
-        out: list[Coroutine[Any, Any, None]] = [self.consumer.run(), self.loop.run(), self.listener.run()]
+        out: list[Coroutine[Any, Any, None]] = [
+            self.consumer.run(),
+            self.loop.run(),
+            self.listener.run(),
+            self.liveness.run(),
+        ]
         out.extend(c.run() for c in (self.calibrator, self.slo, self.optimizer) if c is not None)
         if self.broker is not None:
             out.append(_watch_broker(self.broker))
@@ -184,6 +199,8 @@ async def build_twin(
         watermark_kinds=tuple(settings.windowing.watermark_topics),
         dedup_horizon_ms=settings.windowing.dedup_horizon_s * 1000,
         resume=resume,
+        max_skew_ms=settings.windowing.max_skew_s * 1000,
+        final_grace_s=settings.windowing.final_grace_s,
     )
     state.windows = consumer
 
@@ -283,6 +300,14 @@ async def build_twin(
             progress,
             start_at_ms=None if resume is None else resume.next_start_ms,
         )
+    state.liveness = Liveness(
+        metadata_probe(bootstrap, settings.api.health_probe_s),
+        lambda: loop.busy_since,
+        interval_s=settings.api.health_probe_s,
+        probe_timeout_s=settings.api.health_probe_s,
+        broker_limit_s=settings.api.health_broker_s,
+        loop_limit_s=settings.api.health_loop_s,
+    )
     if settings.api.enabled:
         view = TwinView(
             store=store,
@@ -297,6 +322,8 @@ async def build_twin(
             optimizer=optimizer,
         )
         state.api_url = await stack.enter_async_context(serve_api(state, settings.api, view))
+    # unwound first: queued or running what-ifs are cancelled (503) before the API waits for its handlers
+    stack.push_async_callback(scenarios.close)
     return Twin(
         run_dir=run_dir,
         producer=producer,
@@ -305,6 +332,7 @@ async def build_twin(
         loop=loop,
         replay=replay,
         listener=TopologyListener(bootstrap, settings.kafka, box, state.counters),
+        liveness=state.liveness,
         calibrator=calibrator,
         slo=slo,
         optimizer=optimizer,

@@ -27,6 +27,7 @@ from opendt.api.routes import SERIES_CACHE, STATE, VIEW, add_routes, reject_unkn
 from opendt.api.whatif import whatif
 from opendt.settings import ApiSettings
 from opendt.twin.status import TwinState
+from opendt.twin.topology import TopologyUnknown
 
 log = structlog.get_logger(component="api")
 
@@ -57,6 +58,10 @@ async def _errors(
         raise
     except web.HTTPException as e:
         return json_response({"error": e.reason, "field": None}, status=e.status)
+    except TopologyUnknown as e:  # a twin with --no-replay before the datacenter sent its topology
+        return json_response(
+            {"error": f"{e}: the twin has nothing to simulate on yet", "field": None}, status=503
+        )
 
 
 def create_app(state: TwinState, settings: ApiSettings, view: TwinView | None = None) -> web.Application:

@@ -30,6 +30,11 @@ class Error(Strict):
 class Health(Strict):
     status: Literal["ok", "failing"]
     twin: str = Field(description="The twin's state: starting, running, stopping, stopped, failed")
+    problems: list[str] | None = Field(
+        default=None,
+        description="Why it is failing (503): the daemon failed, the broker has not answered a metadata "
+        "probe for api.health_broker_s, or one window has kept the loop busy for api.health_loop_s",
+    )
 
 
 class Status(BaseModel):
@@ -66,6 +71,19 @@ class CarbonSeries(Strict):
     step_s: int
     carbon_intensity: list[Point] = Field(description="gCO2/kWh, mean per step")
     carbon_emission: list[Point] = Field(description="gCO2, summed per step")
+    units: dict[str, str]
+
+
+class ActivitySeries(Strict):
+    start: str
+    end: str
+    step_s: int = Field(description="Default 3600")
+    tasks_completed: list[Point] = Field(description="Tasks the simulation completed, summed per step")
+    cpu_work: list[Point] = Field(description="CPU work the simulated hosts delivered, GHz·s summed per step")
+    efficiency: list[Point] = Field(
+        description="CPU work per kWh of simulated energy in the step (GHz·s/kWh)"
+    )
+    tasks_per_kwh: list[Point] = Field(description="Tasks completed per kWh of simulated energy in the step")
     units: dict[str, str]
 
 
@@ -252,7 +270,12 @@ TIME = {"type": "string", "description": "ISO-8601 (with zone, or naive = UTC) o
 RANGE_PARAMS = [
     Param("start", TIME, "Range start (default: the first data)"),
     Param("end", TIME, "Range end, exclusive (default: after the last data)"),
-    Param("step_s", {"type": "integer", "minimum": 1, "default": 60}, "Downsampling step in seconds"),
+    Param(
+        "step_s",
+        {"type": "integer", "minimum": 1, "maximum": 31_622_400, "default": 60},
+        "Downsampling step in seconds: at most end - start when both are given; "
+        "otherwise at most a year, clamped to the data so far",
+    ),
 ]
 
 
@@ -272,7 +295,9 @@ class Operation:
 
 
 OPERATIONS: list[Operation] = [
-    Operation("get", "/health", "Liveness: 200 while the twin is not failed", Health, errors=(503,)),
+    Operation(
+        "get", "/health", "Liveness: 200 while the twin twins; 503 failed or stalled", Health, errors=(503,)
+    ),
     Operation("get", "/api/status", "Orchestrator state: windows, watermark, replay, topology, pool", Status),
     Operation(
         "get",
@@ -286,6 +311,13 @@ OPERATIONS: list[Operation] = [
         "/api/carbon",
         "Carbon intensity and emission of the simulation",
         CarbonSeries,
+        params=RANGE_PARAMS,
+    ),
+    Operation(
+        "get",
+        "/api/activity",
+        "Work of the simulation: tasks completed, CPU work, and both per kWh",
+        ActivitySeries,
         params=RANGE_PARAMS,
     ),
     Operation(
@@ -412,11 +444,13 @@ def openapi_document(operations: list[Operation] | None = None, *, token: bool =
                 },
                 **{
                     str(code): {
-                        "description": "Error naming the field",
-                        "content": {"application/json": {"schema": _ref(Error)}},
+                        "description": "Not live (problems)" if live else "Error naming the field",
+                        "content": {"application/json": {"schema": _ref(Health if live else Error)}},
                     }
-                    # 400: an unknown query parameter, on every operation
-                    for code in sorted({400, *op.errors, *_guard_errors(op, token)})
+                    # on every operation: 400 an unknown query parameter; 503 no physical topology received
+                    # yet (a twin fed by Kafka alone, before dc.topology)
+                    for code in sorted({400, 503, *op.errors, *_guard_errors(op, token)})
+                    for live in [op.response is Health and code == 503]  # /health's 503: its own body
                 },
             },
         }

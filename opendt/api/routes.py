@@ -23,6 +23,7 @@ from opendt.api.http import (
 )
 from opendt.api.readmodel import (
     TwinView,
+    activity,
     data_bounds,
     downsample,
     measured_power,
@@ -43,9 +44,11 @@ SERIES_CACHE = web.AppKey("series_cache", dict)
 
 
 RANGE_PARAMS = frozenset({"start", "end", "step_s"})
+MAX_STEP_S = 366 * 86_400  # a step_s of more than a year is refused when the range follows the data
 QUERY_PARAMS: dict[str, frozenset[str]] = {
     "/api/power": RANGE_PARAMS,
     "/api/carbon": RANGE_PARAMS,
+    "/api/activity": RANGE_PARAMS,
     "/api/windows": frozenset({"limit"}),
     "/api/optimizer": frozenset({"limit"}),
 }
@@ -80,16 +83,24 @@ def _range(request: web.Request, default_step_s: int = 60) -> tuple[int, int, in
     if end <= start:
         raise ApiError(400, "end: must be after start", "end")
     span_s = -(-(end - start) // 1000)  # the step is at most the range, in whole seconds
-    step_s = parse_int(q["step_s"], "step_s", 1, span_s) if "step_s" in q else min(default_step_s, span_s)
-    return start, end, step_s * 1000
+    if "step_s" not in q:
+        return start, end, min(default_step_s, span_s) * 1000
+    if "start" in q and "end" in q:  # a range the client chose: a step longer than it is a mistake
+        return start, end, parse_int(q["step_s"], "step_s", 1, span_s) * 1000
+    # a range that follows the data (empty or short so far, as in a twin that just started): any sane step
+    # is accepted and clamped to the data so far
+    return start, end, min(parse_int(q["step_s"], "step_s", 1, MAX_STEP_S), span_s) * 1000
 
 
 async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    ok = state.status not in ("failed",)
-    return json_response(
-        {"status": "ok" if ok else "failing", "twin": state.status}, status=200 if ok else 503
-    )
+    problems = [] if state.liveness is None else state.liveness.problems()
+    if state.status == "failed":
+        problems.insert(0, "the daemon failed (see its log)")
+    doc: dict[str, Any] = {"status": "failing" if problems else "ok", "twin": state.status}
+    if problems:
+        doc["problems"] = problems
+    return json_response(doc, status=503 if problems else 200)
 
 
 async def status(request: web.Request) -> web.Response:
@@ -145,6 +156,27 @@ async def carbon(request: web.Request) -> web.Response:
         }
 
     return _cached(request, ("carbon", start, end, step), render)
+
+
+async def activity_series(request: web.Request) -> web.Response:
+    start, end, step = _range(request, default_step_s=3600)
+    view = request.app[VIEW]
+
+    def render() -> dict[str, Any]:
+        return {
+            "start": iso_ms(start),
+            "end": iso_ms(end),
+            "step_s": step // 1000,
+            **activity(simulated_frame(view), start, end, step),
+            "units": {
+                "tasks_completed": "tasks per step",
+                "cpu_work": "GHz·s per step",
+                "efficiency": "GHz·s per kWh",
+                "tasks_per_kwh": "tasks per kWh",
+            },
+        }
+
+    return _cached(request, ("activity", start, end, step), render)
 
 
 async def windows(request: web.Request) -> web.Response:
@@ -305,6 +337,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/status", status)
     app.router.add_get("/api/power", power)
     app.router.add_get("/api/carbon", carbon)
+    app.router.add_get("/api/activity", activity_series)
     app.router.add_get("/api/windows", windows)
     app.router.add_get("/api/topology", get_topology)
     app.router.add_put("/api/topology", put_topology)

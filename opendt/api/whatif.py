@@ -14,7 +14,7 @@ from opendt.api.routes import VIEW
 from opendt.models.messages import iso_ms
 from opendt.models.topology import Topology, TopologyError, parse_topology
 from opendt.twin.history import HistoryGap
-from opendt.twin.scenarios import ScenarioBusy, ScenarioResult
+from opendt.twin.scenarios import ScenarioBusy, ScenarioResult, ScenarioStopped
 
 RANGE_KEYS = ("range_energy_j", "range_carbon_g")
 """What a scenario run's statistics carry besides the tasks': the exact energy and carbon over the range."""
@@ -148,6 +148,8 @@ async def whatif(request: web.Request) -> web.Response:
         baseline, res = await view.scenarios.run(start, end, [base, topo], what="whatif")
     except HistoryGap as e:
         raise ApiError(422, f"start/end: {e}", "start") from None
+    except ScenarioStopped as e:
+        raise ApiError(503, f"what-if not run: {e}", None) from None
     except ScenarioBusy as e:
         raise ApiError(429, f"too many what-if runs queued: {e}", None) from None
     for r in (baseline, res):

@@ -1,17 +1,22 @@
 """The window-accumulating consumer: a thin Kafka adapter around the pure :class:`Windower`.
 
 ``getmany`` → decode (malformed messages counted, logged with topic/partition/offset, skipped, optionally
-dead-lettered) → windower → closed windows onto a bounded queue (back-pressure: when the simulator is behind,
-the consumer waits, memory stays bounded). Offsets are committed only after a window's results are durable
-(:meth:`WindowConsumer.commit_durable`), with the offsets recorded when the window closed: every message at
-a lower offset belongs to that window or an earlier one.
+dead-lettered) → time gate (:mod:`opendt.stream.timegate`: outliers in time quarantined, counted, logged and
+dead-lettered the same way) → windower → closed windows onto a bounded queue, a few at a time (back-pressure:
+when the simulator is behind, the consumer waits, memory stays bounded). The sources' final heartbeats are
+believed once every partition is read to its end (a forged end while data follows is taken back). Offsets
+are committed only after a window's results are durable (:meth:`WindowConsumer.commit_durable`), with the
+offsets recorded when the window closed: every message at a lower offset belongs to that window or an
+earlier one (or is held by the time gate).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -30,6 +35,7 @@ from opendt.models.messages import (
     decode_row,
 )
 from opendt.settings import TopicNames
+from opendt.stream.timegate import TimeGate
 from opendt.stream.windowing import Window, Windower, window_start
 from opendt.twin.status import WindowsStatus
 
@@ -37,6 +43,11 @@ log = structlog.get_logger(component="consumer")
 
 
 Kind = Literal["tasks", "fragments", "power", "carbon", "topology"]
+Row: TypeAlias = Heartbeat | TaskRow | FragmentRow | PowerRow | CarbonRow | TopologyMessage
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+
+CLOSE_BATCH = 64
+"""Windows closed per step: a long gap closes incrementally, the loop serving in between."""
 
 
 def _decode(
@@ -51,6 +62,16 @@ def _decode(
         return CarbonRow(msg.time_ms, msg.carbon_intensity)
     assert isinstance(msg, Heartbeat | TopologyMessage)  # the only other models of these two streams
     return msg
+
+
+def _time_of(row: Row) -> int:
+    if isinstance(row, Heartbeat):
+        return row.time_ms
+    if isinstance(row, TaskRow | FragmentRow):
+        return row.submission_ms
+    if isinstance(row, PowerRow | CarbonRow):
+        return row.timestamp_ms
+    return row.time_ms
 
 
 @dataclass
@@ -68,6 +89,8 @@ class Resume:
     carbon_until_ms: int | None = None
     """The newest carbon step already carried by a durable window."""
     topology_known: bool = False
+    run_start_ms: int | None = None
+    """The run's first window start (messages long before it are outliers)."""
 
 
 @dataclass
@@ -91,6 +114,9 @@ class WindowConsumer:
         dedup_horizon_ms: int = 86_400_000,
         need_topology: bool = True,
         resume: Resume | None = None,
+        max_skew_ms: int = 3_600_000,
+        final_grace_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.consumer = consumer
         self.topics = topics
@@ -113,6 +139,16 @@ class WindowConsumer:
         self.dedup_horizon_ms = dedup_horizon_ms
         self.need_topology = need_topology
         self.resume = resume
+        self.gate: TimeGate[tuple[Record, Row]] = TimeGate(
+            max_skew_ms,
+            run_start_ms=None if resume is None else resume.run_start_ms,
+            resume_ms=None if resume is None else resume.next_start_ms,
+        )
+        self._held_offsets: dict[TopicPartition, int] = {}
+        self.topologies_rejected = 0
+        self.final_grace_s = final_grace_s
+        self._clock = clock
+        self._final_since: float | None = None
         self.windower: Windower | None = None
         self._first_offset: dict[int, dict[TopicPartition, int]] = {}  # open window start -> tp -> offset
         self._stopping = asyncio.Event()
@@ -130,6 +166,9 @@ class WindowConsumer:
             late=ws.late if ws else 0,
             malformed=self.stats.malformed,
             dead_lettered=self.stats.dead_lettered,
+            quarantined=self.gate.stats.rejected + self.topologies_rejected,
+            conflicts=ws.conflicts if ws else 0,
+            finals_revoked=ws.finals_revoked if ws else 0,
             queued=self.out.qsize(),
             waiting_for=[]
             if self.windower is None
@@ -186,8 +225,13 @@ class WindowConsumer:
             polled = await self.consumer.getmany(timeout_ms=200, max_records=20_000)
             for tp, records in polled.items():
                 await self._ingest(windower, tp, records)
-            for w in windower.close_ready():
-                await self.out.put(ClosedWindow(w, await self._offsets_at_close(w, tps)))
+            final_ok = await self._end_believed(windower, tps)
+            while batch := windower.close_ready(limit=CLOSE_BATCH, final_ok=final_ok):
+                if self.gate.run_start_ms is None:
+                    self.gate.run_start_ms = batch[0].start_ms
+                for w in batch:
+                    await self.out.put(ClosedWindow(w, await self._offsets_at_close(w, tps)))
+                await asyncio.sleep(0)  # a long gap closes in steps: the loop serves in between
         await self.out.put(None)  # end of stream (or intake stopped)
         log.info(
             "consumer_finished",
@@ -196,39 +240,96 @@ class WindowConsumer:
             duplicates=windower.stats.duplicates,
             late=windower.stats.late,
             malformed=self.stats.malformed,
+            quarantined=self.gate.stats.rejected,
         )
 
-    async def _ingest(
-        self, windower: Windower, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
-    ) -> None:
+    async def _end_believed(self, windower: Windower, tps: list[TopicPartition]) -> bool:
+        """Every source sent its final heartbeat, every partition is read to its end (nothing follows them)
+        and has been for ``final_grace_s``: a forged end while the datacenter goes on is taken back by the
+        next message (:attr:`WindowsStatus.finals_revoked`)."""
+        if not windower.all_final or not await self._drained(tps):
+            self._final_since = None
+            return False
+        now = self._clock()
+        if self._final_since is None:
+            self._final_since = now
+        return now - self._final_since >= self.final_grace_s
+
+    async def _drained(self, tps: list[TopicPartition]) -> bool:
+        ends = await self.consumer.end_offsets(tps)
+        for tp in tps:
+            if await self.consumer.position(tp) < ends[tp]:
+                return False
+        return True
+
+    async def _ingest(self, windower: Windower, tp: TopicPartition, records: list[Record]) -> None:
         kind = self.kinds[tp.topic]
-        bad: list[tuple[ConsumerRecord[bytes, bytes], str]] = []
+        bad: list[tuple[Record, str]] = []
         for rec in records:
             try:
                 row = _decode(kind, rec.key, rec.value)
             except MessageError as e:
                 bad.append((rec, note_malformed(self.stats, rec, e)))
                 continue
-            if isinstance(row, Heartbeat):
-                if kind != "topology":  # dc.topology holds no watermark
-                    windower.heartbeat(tp, row.time_ms, final=row.final)
-                continue
-            if isinstance(row, FragmentRow):
-                added, start = windower.add_fragment(tp, row), self._start(row.submission_ms)
-            elif isinstance(row, TaskRow):
-                added, start = windower.add_task(tp, row), self._start(row.submission_ms)
-            elif isinstance(row, PowerRow):
-                added, start = windower.add_power(tp, row), self._start(row.timestamp_ms)
-            elif isinstance(row, CarbonRow):  # carried by the window that ends at or after it
-                added, start = windower.add_carbon(tp, row), self._start(row.timestamp_ms - 1)
-            else:  # a physical topology: applies from the first window starting at or after it
+            if isinstance(row, TopologyMessage):
+                why = self.gate.judge_topology(row.time_ms)
+                if why is not None:
+                    self.topologies_rejected += 1
+                    bad.append((rec, self._quarantined(rec, why)))
+                    continue
                 windower.add_topology(row.time_ms, row.topology)
-                added, start = True, -(-row.time_ms // self.window_ms) * self.window_ms
-            if added:
+                start = -(-row.time_ms // self.window_ms) * self.window_ms  # the first window from it on
                 self._first_offset.setdefault(start, {}).setdefault(tp, rec.offset)
+                continue
+            if kind == "topology":  # a heartbeat of dc.topology: it holds no watermark
+                continue
+            final = isinstance(row, Heartbeat) and row.final
+            verdicts = self.gate.offer(tp, _time_of(row), (rec, row), final=final)
+            if self.gate.holding(tp):
+                self._held_offsets.setdefault(tp, rec.offset)
+            else:
+                self._held_offsets.pop(tp, None)
+            for v in verdicts:
+                if v.accepted:
+                    self._window(windower, tp, *v.item)
+                else:
+                    bad.append((v.item[0], self._quarantined(v.item[0], v.reason)))
         self.stats.decoded += len(records) - len(bad)
         if bad and self.dead_letter is not None:
             self.stats.dead_lettered += await forward_dead_letters(self.dead_letter, bad)
+
+    def _quarantined(self, rec: Record, reason: str) -> str:
+        log.warning(
+            "message_quarantined", topic=rec.topic, partition=rec.partition, offset=rec.offset, reason=reason
+        )
+        return f"quarantined: {reason}"
+
+    def _window(self, windower: Windower, tp: TopicPartition, rec: Record, row: Row) -> None:
+        """Hand an accepted message to the windower (remembering the offset of its window's first record)."""
+        if isinstance(row, Heartbeat):
+            windower.heartbeat(tp, row.time_ms, final=row.final)
+            return
+        if isinstance(row, FragmentRow):
+            added, start = windower.add_fragment(tp, row), self._start(row.submission_ms)
+        elif isinstance(row, TaskRow):
+            conflicts = windower.stats.conflicts
+            added, start = windower.add_task(tp, row), self._start(row.submission_ms)
+            if windower.stats.conflicts > conflicts:
+                log.warning(
+                    "task_id_conflict",
+                    topic=rec.topic,
+                    partition=rec.partition,
+                    offset=rec.offset,
+                    task=row.id[:64],
+                    reason="a task with this id and other content was received first; it keeps the id",
+                )
+        elif isinstance(row, PowerRow):
+            added, start = windower.add_power(tp, row), self._start(row.timestamp_ms)
+        else:
+            assert isinstance(row, CarbonRow)  # carried by the window that ends at or after it
+            added, start = windower.add_carbon(tp, row), self._start(row.timestamp_ms - 1)
+        if added:
+            self._first_offset.setdefault(start, {}).setdefault(tp, rec.offset)
 
     def _start(self, t_ms: int) -> int:
         return window_start(t_ms, self.window_ms)
@@ -240,6 +341,8 @@ class WindowConsumer:
         offsets: dict[TopicPartition, int] = {}
         for tp in tps:
             later = [o[tp] for o in self._first_offset.values() if tp in o]
+            if tp in self._held_offsets:  # a held message is not windowed yet: a restart must read it again
+                later.append(self._held_offsets[tp])
             offsets[tp] = min(later) if later else await self.consumer.position(tp)
         return offsets
 

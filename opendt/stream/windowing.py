@@ -6,11 +6,18 @@ heartbeat or event time seen there; a source that sent its final heartbeat no lo
 window closes when the watermark reaches its end; every window between the first event and the watermark
 is emitted, empty or not, so the engine's clock advances through gaps.
 
-Duplicates (a task id seen before, a fragment index not above the last one of its task, a power sample or
-carbon step not after the last one of its source) are dropped and counted; they never double a window. What
-duplicates are judged against is kept for ``dedup_horizon_ms`` of event time behind the newest event, so it
-stays bounded however long the stream runs. An event older than the closed horizon (a broken heartbeat
-promise) is not lost: it joins the next window to close, counted as late.
+Duplicates (a task id received before with the same content, a fragment index of its task received before,
+a power sample at an instant of its source received before, a carbon step not after the last one) are dropped
+and counted; they never double a window. Nothing that arrives first can make later events duplicates: a
+fragment index or power instant is a duplicate only of itself, and a task id received again with different
+content is a *conflict* (counted and handed back for the dead-letter topic; the first one keeps the id, since
+task ids must be unique). What duplicates are judged against is kept for ``dedup_horizon_ms`` of event time
+behind the newest event, so it stays bounded however long the stream runs. An event older than the closed
+horizon (a broken heartbeat promise) is not lost: it joins the next window to close, counted as late.
+
+A final heartbeat ends its source, but a later message of the same source takes it back (counted as
+``finals_revoked``): a forged or premature end cannot end the stream while the source goes on. The consumer
+closes the last windows only once every partition is read to its end (``close_ready(final_ok=...)``).
 
 Two inputs are series, not windowed events:
 
@@ -29,6 +36,7 @@ import bisect
 from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from opendt.models.messages import CarbonRow, FragmentRow, PowerRow, TaskRow
 from opendt.models.topology import Topology
@@ -57,6 +65,48 @@ class Window:
         return not (self.tasks or self.fragments or self.power)
 
 
+class _Seen:
+    """A set of integers received (fragment positions of a task, power instants of a source) as disjoint
+    ranges: in-order arrivals keep one range, whatever their number. ``last_ms``: the newest event time."""
+
+    __slots__ = ("_hi", "_lo", "_n", "last_ms")
+
+    def __init__(self) -> None:
+        self._lo: list[int] = []
+        self._hi: list[int] = []  # inclusive
+        self.last_ms = -(2**62)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __contains__(self, v: int) -> bool:
+        i = bisect.bisect_right(self._lo, v) - 1
+        return i >= 0 and v <= self._hi[i]
+
+    def add(self, v: int, t_ms: int) -> None:
+        self.last_ms = max(self.last_ms, t_ms)
+        self._n += 1
+        i = bisect.bisect_right(self._lo, v) - 1
+        if i >= 0 and self._hi[i] + 1 >= v:  # extends range i (v is not in it: the caller checked)
+            self._hi[i] = max(self._hi[i], v)
+        else:
+            i += 1
+            self._lo.insert(i, v)
+            self._hi.insert(i, v)
+        if i + 1 < len(self._lo) and self._lo[i + 1] == self._hi[i] + 1:  # joins the next range
+            self._hi[i] = self._hi.pop(i + 1)
+            self._lo.pop(i + 1)
+
+    def forget_before(self, v: int) -> None:
+        """Drop what lies below ``v`` (power instants behind the duplicate horizon)."""
+        k = bisect.bisect_left(self._hi, v)
+        if k:
+            del self._lo[:k], self._hi[:k]
+        if self._lo and self._lo[0] < v:
+            self._lo[0] = v
+
+
 @dataclass
 class WindowStats:
     events: int = 0
@@ -65,6 +115,10 @@ class WindowStats:
     windows_closed: int = 0
     topologies: int = 0
     topologies_late: int = 0
+    conflicts: int = 0
+    """Task ids received again with different content (the first keeps the id)."""
+    finals_revoked: int = 0
+    """Final heartbeats taken back because their source went on."""
 
 
 def window_start(t_ms: int, window_ms: int) -> int:
@@ -116,11 +170,12 @@ class Windower:
         self._next_start: int | None = resume_at_ms  # start of the earliest window not yet closed
         self._resumed = resume_at_ms is not None
         self.dedup_horizon_ms = dedup_horizon_ms
-        self._task_ids: dict[str, int] = {}
-        self._last_index: dict[str, tuple[int, int]] = {}
-        self._last_power: dict[str, int] = {}
+        self._tasks: dict[str, TaskRow] = {}
+        self._positions: dict[str, _Seen] = {}  # fragment positions received, per task
+        self._instants: dict[str, _Seen] = {}  # power instants received, per source
         self._last_carbon: int | None = None
         self._seen_order: deque[tuple[int, str, str]] = deque()  # (event ms, kind, key) to expire
+        self._final_ms: dict[Hashable, int] = {}
         self._newest = -(2**62)
         self._carbon: list[CarbonRow] = []
         self._topologies: list[tuple[int, int, Topology]] = []  # (time, arrival, topology), by time
@@ -162,13 +217,26 @@ class Windower:
         if source not in self._latest:
             raise KeyError(f"unknown source {source!r}")
         prev = self._latest[source]
+        if prev == FINAL and t_ms < FINAL and not self.finished:  # the source went on: its end was not one
+            self.stats.finals_revoked += 1
+            prev = self._latest[source] = self._final_ms.pop(source)
         if prev is None or t_ms > prev:
             self._latest[source] = t_ms
 
     def heartbeat(self, source: Hashable, t_ms: int, *, final: bool = False) -> None:
-        self._seen(source, FINAL if final else t_ms)
         if final:
+            self._seen(source, t_ms)
+            if self._latest[source] != FINAL:
+                self._final_ms[source] = self._latest[source] or t_ms
+            self._seen(source, FINAL)
             self._touch(t_ms)
+        else:
+            self._seen(source, t_ms)
+
+    @property
+    def all_final(self) -> bool:
+        """Every source has sent its final heartbeat (and not gone on since)."""
+        return all(v == FINAL for v in self._latest.values())
 
     def _touch(self, t_ms: int) -> None:
         start = window_start(t_ms, self.window_ms)
@@ -185,15 +253,15 @@ class Windower:
         horizon = self._newest - self.dedup_horizon_ms
         while self._seen_order and self._seen_order[0][0] < horizon:
             _, k, old = self._seen_order.popleft()
-            if k == "t":
-                stamp = self._task_ids.get(old)
-            else:
-                entry = self._last_index.get(old)
-                stamp = None if entry is None else entry[1]
-            if stamp is None:
+            table: dict[str, Any] = (
+                self._tasks if k == "t" else self._positions if k == "f" else self._instants
+            )
+            entry = table.get(old)
+            if entry is None:
                 continue
+            stamp = entry.submission_ms if k == "t" else entry.last_ms
             if stamp < horizon:
-                del (self._task_ids if k == "t" else self._last_index)[old]
+                del table[old]
             else:
                 self._seen_order.append((stamp, k, old))
 
@@ -210,12 +278,16 @@ class Windower:
         return w
 
     def add_task(self, source: Hashable, row: TaskRow) -> bool:
-        """Add a task; returns False (and counts) for a duplicate."""
+        """Add a task; returns False (and counts) for a duplicate or a conflict (see the module's doc)."""
         self._seen(source, row.submission_ms)
-        if row.id in self._task_ids:
-            self.stats.duplicates += 1
+        first = self._tasks.get(row.id)
+        if first is not None:
+            if first == row:
+                self.stats.duplicates += 1
+            else:
+                self.stats.conflicts += 1
             return False
-        self._task_ids[row.id] = row.submission_ms
+        self._tasks[row.id] = row
         self._remember(row.submission_ms, "t", row.id, new=True)
         self.stats.events += 1
         self._window_for(row.submission_ms).tasks.append(row)
@@ -223,23 +295,29 @@ class Windower:
 
     def add_fragment(self, source: Hashable, row: FragmentRow) -> bool:
         self._seen(source, row.submission_ms)
-        last = self._last_index.get(row.id)
-        if last is not None and row.position <= last[0]:
+        seen = self._positions.get(row.id)
+        if seen is not None and row.position in seen:
             self.stats.duplicates += 1
             return False
-        self._last_index[row.id] = (row.position, row.submission_ms)
-        self._remember(row.submission_ms, "f", row.id, new=last is None)
+        if seen is None:
+            seen = self._positions[row.id] = _Seen()
+        seen.add(row.position, row.submission_ms)
+        self._remember(row.submission_ms, "f", row.id, new=len(seen) == 1)
         self.stats.events += 1
         self._window_for(row.submission_ms).fragments.append(row)
         return True
 
     def add_power(self, source: Hashable, row: PowerRow) -> bool:
         self._seen(source, row.timestamp_ms)
-        last = self._last_power.get(row.source)
-        if last is not None and row.timestamp_ms <= last:
+        seen = self._instants.get(row.source)
+        if seen is not None and row.timestamp_ms in seen:
             self.stats.duplicates += 1
             return False
-        self._last_power[row.source] = row.timestamp_ms
+        if seen is None:
+            seen = self._instants[row.source] = _Seen()
+        seen.add(row.timestamp_ms, row.timestamp_ms)
+        seen.forget_before(self._newest - self.dedup_horizon_ms)
+        self._remember(row.timestamp_ms, "p", row.source, new=len(seen) == 1)
         self.stats.events += 1
         self._window_for(row.timestamp_ms).power.append(row)
         return True
@@ -267,17 +345,21 @@ class Windower:
     ) -> None:
         """Seed duplicate detection with events an earlier process already windowed (a restart)."""
         for t in tasks:
-            new = t.id not in self._task_ids
-            self._task_ids[t.id] = t.submission_ms
+            new = t.id not in self._tasks
+            self._tasks[t.id] = t
             self._remember(t.submission_ms, "t", t.id, new=new)
         for f in fragments:
-            last = self._last_index.get(f.id)
-            if last is None or f.position > last[0]:
-                self._last_index[f.id] = (f.position, f.submission_ms)
-                self._remember(f.submission_ms, "f", f.id, new=last is None)
+            seen = self._positions.get(f.id)
+            if seen is None:
+                seen = self._positions[f.id] = _Seen()
+            seen.add(f.position, f.submission_ms)
+            self._remember(f.submission_ms, "f", f.id, new=len(seen) == 1)
         for p in power:
-            if p.timestamp_ms > self._last_power.get(p.source, -(2**62)):
-                self._last_power[p.source] = p.timestamp_ms
+            seen = self._instants.get(p.source)
+            if seen is None:
+                seen = self._instants[p.source] = _Seen()
+            seen.add(p.timestamp_ms, p.timestamp_ms)
+            self._remember(p.timestamp_ms, "p", p.source, new=len(seen) == 1)
 
     def carbon_known_until(self, t_ms: int) -> None:
         """Carbon steps up to ``t_ms`` were carried by windows of an earlier process (a restart)."""
@@ -289,21 +371,25 @@ class Windower:
 
     # -- output ------------------------------------------------------------------------------------------
 
-    def close_ready(self) -> list[Window]:
-        """Every window whose end is ≤ the watermark, in order (empty ones included)."""
+    def close_ready(self, *, limit: int | None = None, final_ok: bool = True) -> list[Window]:
+        """The windows whose end is ≤ the watermark, in order (empty ones included), at most ``limit`` of
+        them (call again for the rest: a long gap closes incrementally). ``final_ok`` False: the sources'
+        final heartbeats are not believed yet (the consumer has not read every partition to its end)."""
         wm = self._min_latest(strict=True)
         if wm is None or self._next_start is None:
             return []
         if self.need_topology and not self.topology_known and not self._topologies:
             return []  # no hardware to simulate on yet
-        all_final = all(v == FINAL for v in self._latest.values())
+        all_final = self.all_final
+        if all_final and not final_ok:
+            return []
         last_end = None
         if all_final:
             ends = [w.end_ms for w in self._open.values()]
             last_end = max([*ends, self._next_start])
             wm = last_end
         out: list[Window] = []
-        while self._next_start + self.window_ms <= wm:
+        while self._next_start + self.window_ms <= wm and (limit is None or len(out) < limit):
             start = self._next_start
             w = self._open.pop(start, None) or Window(start, start + self.window_ms)
             self._next_start = start + self.window_ms
@@ -312,7 +398,7 @@ class Windower:
             self._attach_series(w)
             self.stats.windows_closed += 1
             out.append(w)
-        if all_final:
+        if all_final and self._next_start + self.window_ms > wm:
             self.finished = True
         return out
 

@@ -38,7 +38,7 @@ from opendt.twin.hooks import HookChain, WindowHooks
 from opendt.twin.recovery import Recovery
 from opendt.twin.results import ResultStore, WindowRecord, aggregate_rows, measured_rows, results_message
 from opendt.twin.status import SimulationStatus
-from opendt.twin.topology import TopologyBox
+from opendt.twin.topology import SimTopology, TopologyBox
 from opendt.worker.client import TwinEngine, WorkerDied, WorkerError
 from opendt.workload import FRAGMENT_SCHEMA, TASK_SCHEMA, carbon_frame
 
@@ -71,6 +71,8 @@ class LoopStats:
     """The latest windows' latencies (bounded: the status shows their p50/p95)."""
     last_window_end_ms: int | None = None
     checkpoints: int = 0
+    topologies_refused: int = 0
+    """Simulated versions the engine could not apply (the one before stays in effect)."""
 
 
 Publish = Callable[[bytes, dict[str, object]], Awaitable[None]]
@@ -115,6 +117,9 @@ class WindowLoop:
         self.hooks = hooks if isinstance(hooks, HookChain) or hooks is None else HookChain(hooks)
         self.stats = LoopStats()
         self.applied_version = -1
+        self.busy_since: float | None = None
+        """``time.monotonic()`` when the window being processed was taken (None when idle): /health's stall
+        check (:mod:`opendt.twin.liveness`)."""
         self.done = asyncio.Event()
 
     def status(self) -> SimulationStatus:
@@ -128,6 +133,7 @@ class WindowLoop:
             latency_p50_s=round(statistics.median(lat), 4) if lat else None,
             latency_p95_s=round(sorted(lat)[int(0.95 * (len(lat) - 1))], 4) if lat else None,
             worker_restarts=self.twin.stats.restarts,
+            topologies_refused=self.stats.topologies_refused,
             done=self.done.is_set(),
         )
 
@@ -224,7 +230,11 @@ class WindowLoop:
         try:
             await self._resume()
             while (cw := await self.queue.get()) is not None:
-                await self.process(cw)
+                self.busy_since = time.monotonic()
+                try:
+                    await self.process(cw)
+                finally:
+                    self.busy_since = None
         finally:
             await self.twin.close()
         self.done.set()
@@ -236,6 +246,30 @@ class WindowLoop:
             failed=self.stats.windows_failed,
             replayed=self.stats.windows_replayed,
         )
+
+    async def _apply_current(self, cur: SimTopology, window_start_ms: int) -> None:
+        """Apply the current simulated version from this window on, then save it with the run. One the
+        engine refuses is refused: logged and counted, never saved (a restart does not retry it), and the
+        version before stays in effect (current again in the box); the window goes on with it."""
+        before = self.applied_version
+        try:
+            await self._apply_version(cur.version)
+        except WindowFailed as e:
+            self.stats.topologies_refused += 1
+            log.error(  # noqa: TRY400 - the engine's message says it all
+                "topology_refused", version=cur.version, source=cur.source, error=str(e)[:500], keeps=before
+            )
+            self.store.refuse_topology(cur.version)
+            kept = self.box.of_version(before, self.store)
+            if kept is None:
+                raise
+            reason = f"v{cur.version} ({cur.source}) could not be applied: {str(e)[:200]}"
+            self.box.revert(SimTopology(before, "kept", reason, kept, cur.timestamp_ms))
+            self.applied_version = -1  # the worker may hold either: set the kept one again
+            await self._apply_version(before)
+            return
+        self._save_version()
+        log.info("topology_applied", version=cur.version, source=cur.source, window_start=window_start_ms)
 
     async def _apply_version(self, version: int) -> None:
         if version != self.applied_version:
@@ -295,9 +329,7 @@ class WindowLoop:
             await self.hooks.before_window(w)
         cur = self.box.current
         if cur.version != self.applied_version:
-            self._save_version()
-            await self._apply_version(cur.version)
-            log.info("topology_applied", version=cur.version, source=cur.source, window_start=w.start_ms)
+            await self._apply_current(cur, w.start_ms)
         if self.recovery is not None:  # stored before simulating: a crash rebuild and a resume read it
             positions = {(tp.topic, tp.partition): o for tp, o in cw.commit_offsets.items()}
             await self.recovery.d.inputs.write(w, positions)

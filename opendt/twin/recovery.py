@@ -146,6 +146,7 @@ class Recovery:
             return None
         starts = self.d.inputs.between(end - horizon_ms, end)
         r = Resume(next_start_ms=end, topology_known=True)  # durable windows were simulated on one
+        r.run_start_ms = self.store.first_start_ms()
         for s in starts:
             sw = self.d.inputs.read(s)
             r.tasks.extend(sw.window.tasks)

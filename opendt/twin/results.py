@@ -154,6 +154,36 @@ def _conform(rows: pl.DataFrame) -> pl.DataFrame:
     return rows.with_columns(missing).select(list(AGG_SCHEMA)).cast(AGG_SCHEMA)
 
 
+class ResultsMismatch(ValueError):
+    """A results file disagrees with the window journal (``windows.parquet``)."""
+
+
+def _check_counts(windows: pl.DataFrame, rows: pl.DataFrame, column: str, path: Path) -> None:
+    """Raise :class:`ResultsMismatch` when ``rows`` do not hold, per journal window, the ``column`` count."""
+    if windows.is_empty():
+        return
+    have = rows.group_by("window_start").agg(pl.len().alias("have"))
+    diff = (
+        windows.select("window_start", pl.col(column).alias("want"))
+        .join(have, on="window_start", how="left")
+        .with_columns(pl.col("have").fill_null(0))
+        .filter(pl.col("have") != pl.col("want"))
+        .sort("window_start")
+    )
+    if diff.is_empty():
+        return
+    missing = int((diff["want"] - diff["have"]).clip(lower_bound=0).sum())
+    extra = int((diff["have"] - diff["want"]).clip(lower_bound=0).sum())
+    first = diff["window_start"][0]
+    what = "does not exist" if not path.exists() else "disagrees with windows.parquet"
+    raise ResultsMismatch(
+        f"{path} {what}: {diff.height} of {windows.height} durable windows (the first at "
+        f"{first:%Y-%m-%dT%H:%M}Z) lack {missing} and hold {extra} extra rows: the file was deleted, "
+        "replaced by an older copy or written twice; restore it, or start a new run with --fresh (this one "
+        "is moved aside)"
+    )
+
+
 def _write_atomic(df: pl.DataFrame, path: Path) -> None:
     write_atomic(path, df.write_parquet)  # a crash (kill -9) leaves the old or the new file, never a torn one
 
@@ -188,16 +218,25 @@ class ResultStore:
         self._lock = asyncio.Lock()
 
     def load(self) -> None:
-        """Read what a previous run of this run directory made durable."""
+        """Read what a previous run of this run directory made durable, checked against the journal: each
+        window's rows and power samples are as many as ``windows.parquet`` records (rows of windows it does
+        not list, left by a crash between two writes, are dropped). A results file that is missing, stale
+        or holds rows twice raises :class:`ResultsMismatch` naming it."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.windows_path.exists():
             self.windows = pl.read_parquet(self.windows_path).cast(WINDOW_SCHEMA)
-        if self.agg_path.exists():
-            agg = _conform(pl.read_parquet(self.agg_path))
-            self.agg = agg.join(self.windows.select("window_start"), on="window_start", how="semi")
-        if self.measured_path.exists():
-            measured = pl.read_parquet(self.measured_path).cast(MEASURED_SCHEMA)
-            self.measured = measured.join(self.windows.select("window_start"), on="window_start", how="semi")
+        journal = self.windows.select("window_start")
+        agg = _conform(pl.read_parquet(self.agg_path)) if self.agg_path.exists() else self.agg.clear()
+        self.agg = agg.join(journal, on="window_start", how="semi")
+        measured = (
+            pl.read_parquet(self.measured_path).cast(MEASURED_SCHEMA)
+            if self.measured_path.exists()
+            else self.measured.clear()
+        )
+        self.measured = measured.join(journal, on="window_start", how="semi")
+        _check_counts(self.windows, self.agg, "rows", self.agg_path)
+        if self.measured_path.exists() or (self.run_dir / "run.json").exists():  # older runs had none
+            _check_counts(self.windows, self.measured, "power_samples", self.measured_path)
         self._durable = {int(v) for v in self.windows["window_start"].dt.epoch("ms").to_list()}
 
     def is_durable(self, window_start_ms: int) -> bool:
@@ -210,6 +249,12 @@ class ResultStore:
     def window_status(self, window_start_ms: int) -> str | None:
         hit = self.windows.filter(pl.col("window_start").dt.epoch("ms") == window_start_ms)
         return None if hit.is_empty() else str(hit["status"][0])
+
+    def first_start_ms(self) -> int | None:
+        """The start of the run's first durable window."""
+        if self.windows.is_empty():
+            return None
+        return int(self.windows["window_start"].dt.epoch("ms").min())  # type: ignore[arg-type]
 
     @property
     def durable_count(self) -> int:
@@ -252,6 +297,16 @@ class ResultStore:
         d.mkdir(parents=True, exist_ok=True)
         doc = {**meta, "version": version, "topology": topology.to_json_dict()}
         write_atomic(d / f"v{version}.json", lambda tmp: tmp.write_text(json.dumps(doc, indent=1)))
+
+    def refuse_topology(self, version: int) -> Path | None:
+        """Set a saved version aside (``vN.refused.json``): it cannot be applied, a restart must not
+        retry it."""
+        p = self.run_dir / "topologies" / f"v{version}.json"
+        if not p.exists():
+            return None
+        to = p.with_name(f"v{version}.refused.json")
+        p.replace(to)
+        return to
 
     def latest_version(self) -> int:
         """The highest saved topology version (-1 when none is saved)."""

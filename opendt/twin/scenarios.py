@@ -42,6 +42,10 @@ class ScenarioBusy(RuntimeError):
     """The scenario queue is full; try again later."""
 
 
+class ScenarioStopped(ScenarioBusy):
+    """The twin is shutting down: the run was cancelled (or never started)."""
+
+
 @dataclass
 class ScenarioResult:
     rows: pl.DataFrame | None
@@ -88,6 +92,23 @@ class ScenarioRunner:
         self._ids = 0
         self.runs = 0
         self.rejected_busy = 0
+        self.cancelled = 0
+        self._inflight: set[asyncio.Future[Any]] = set()
+        self._closed = False
+
+    def closed(self) -> bool:
+        return self._closed
+
+    async def close(self) -> None:
+        """Cancel every queued or running scenario (shutdown must not wait for them in turn); new ones are
+        refused with :class:`ScenarioStopped`."""
+        self._closed = True
+        pending = list(self._inflight)
+        for f in pending:
+            f.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            log.info("scenarios_cancelled", runs=len(pending))
 
     @property
     def queued(self) -> int:
@@ -99,6 +120,7 @@ class ScenarioRunner:
             "max_queue": self.max_queue,
             "runs": self.runs,
             "rejected_busy": self.rejected_busy,
+            "cancelled": self.cancelled,
             "workers": self.pool.size,
             "history": self.history.view(),
         }
@@ -111,6 +133,8 @@ class ScenarioRunner:
         Raises :class:`~opendt.twin.history.HistoryGap` when the range is not covered and
         :class:`ScenarioBusy` when ``max_queue`` runs are already waiting or running.
         """
+        if self.closed():
+            raise ScenarioStopped("the twin is shutting down")
         if self._waiting >= self.max_queue:
             self.rejected_busy += 1
             raise ScenarioBusy(f"{self._waiting} scenario runs already queued (api.whatif_queue)")
@@ -129,7 +153,19 @@ class ScenarioRunner:
                 tables["carbon"] = base.carbon
             self._ids += 1
             rin = RoundInput(-self._ids, header, tables)  # negative: never a calibration round id
-            outs = await self.pool.run(rin, [t.to_json_dict() for t in topologies])
+            inner = asyncio.ensure_future(self.pool.run(rin, [t.to_json_dict() for t in topologies]))
+            self._inflight.add(inner)
+            try:
+                outs = await inner
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self.closed() and inner.cancelled() and not (task is not None and task.cancelling()):
+                    self.cancelled += 1
+                    raise ScenarioStopped("the twin is shutting down: the run was cancelled") from None
+                inner.cancel()
+                raise
+            finally:
+                self._inflight.discard(inner)
         finally:
             self._waiting -= 1
         self.runs += 1

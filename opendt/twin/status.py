@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from opendt.twin.liveness import Liveness
 from opendt.twin.topology import TopologyBox
 
 
@@ -48,7 +49,13 @@ class WindowsStatus:
     late: int
     malformed: int
     dead_lettered: int
-    """Malformed messages forwarded to the dead-letter topic (``kafka.topics.dead_letter``)."""
+    """Malformed and quarantined messages forwarded to the dead-letter topic (``kafka.topics.dead_letter``)"""
+    quarantined: int
+    """Messages refused as outliers in time (``windowing.max_skew_s``; see opendt/stream/timegate.py)."""
+    conflicts: int
+    """Task ids received again with other content (the first keeps the id; the later one is dead-lettered)."""
+    finals_revoked: int
+    """Final heartbeats taken back because their partition went on."""
     queued: int
     waiting_for: list[str]
     """Input partitions not heard from yet (``topic[partition]``): no window closes before all have spoken."""
@@ -66,6 +73,8 @@ class SimulationStatus:
     latency_p50_s: float | None
     latency_p95_s: float | None
     worker_restarts: int
+    topologies_refused: int
+    """Simulated versions the engine could not apply (refused, the one before kept)."""
     done: bool
 
 
@@ -115,6 +124,8 @@ class TwinState:
     calibration: SummaryView | None = None
     scenarios: SummaryView | None = None
     optimizer: OptimizerView | None = None
+    liveness: Liveness | None = None
+    """Broker and window-loop stall detection (``/health``)."""
 
     @property
     def watermark_ms(self) -> int | None:
@@ -153,7 +164,7 @@ class TwinState:
             doc["simulation"] = dataclasses.asdict(sim)
         if windows is not None:
             doc["windows"] = dataclasses.asdict(windows)
-        if self.box is not None:
+        if self.box is not None and self.box.known:
             cur = self.box.current
             doc["topology"] = {"version": cur.version, "source": cur.source, "reason": cur.reason}
         if self.calibration is not None:

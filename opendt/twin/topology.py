@@ -126,6 +126,13 @@ class TopologyBox:
         self._reserved = max(self._reserved, self.current.version) + 1
         return self._reserved
 
+    def revert(self, to: SimTopology) -> None:
+        """Make ``to`` (the version the engine still runs) current again: a newer version could not be
+        applied. Version numbers go on from the highest one used."""
+        if self._current is not None:
+            self._reserved = max(self._reserved, self._current.version)
+        self._current = to
+
     def offer(self, candidate: SimTopology) -> bool:
         if self._current is not None and candidate.version <= self._current.version:
             return False
@@ -146,7 +153,20 @@ class TopologyBox:
         """Make the highest version an earlier process of the run saved (what it last applied) the current
         one, so it stays in effect and new versions follow its number (the embedded broker keeps no
         sim.topology history; an external one re-offers it, and older offers are ignored)."""
-        doc = store.latest_topology()
+        doc, version = None, store.latest_version()
+        while version > 0 and doc is None:  # a saved version that no longer parses is set aside, not retried
+            try:
+                doc = store.load_topology(version)
+                if doc is not None:
+                    parse_topology(doc["topology"], source=f"run topology v{version}")
+            except (ValueError, KeyError, TypeError) as e:
+                to = store.refuse_topology(version)
+                log.error("topology_skipped", version=version, error=str(e)[:500], moved_to=str(to))  # noqa: TRY400
+                doc = None
+            if doc is None:
+                version -= 1
+        if doc is None:
+            doc = store.load_topology(0)
         if doc is None:
             return False
         if self._physical is None:  # stream mode: the hardware as the run last knew it

@@ -84,10 +84,10 @@ def make_run(root: Path, run_id: str, source: dict[str, Any] | None, calibrated:
             "window_start": _ts(starts),
             "window_end": _ts([s + 300_000 for s in starts]),
             "status": ["ok", "ok", "failed", "ok"],
-            "rows": [2, 2, 0, 2],
+            "rows": [2, 2, 2, 2],  # as agg_results.parquet holds (checked on load)
             "tasks": [1, 0, 0, 0],
             "fragments": [10, 10, 0, 10],
-            "power_samples": [10] * 4,
+            "power_samples": [4] * 4,  # as measured.parquet holds
             "topology_version": [0, 0, 1, 1],
             "latency_s": [0.01] * 4,
             "compute_s": [0.005] * 4,

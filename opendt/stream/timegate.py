@@ -1,0 +1,201 @@
+"""Time sanity for the input streams (pure logic, no Kafka, no clock): which message times the twin believes.
+
+A datacenter's streams move forward steadily: within one partition, each message (event or heartbeat) is
+close in time to the one before it (the replay sends a heartbeat every ``replay.heartbeat_s`` of trace
+time). One message far from its neighbours is an outlier (a clock error, a forged or corrupted record), and
+believing it costs dearly: a heartbeat a day ahead closes a day of windows before their events arrive, a
+task dated a year ahead makes a year of empty windows, one dated 1970 starts the run 54 years early.
+
+The gate, per partition:
+
+* A message within ``max_skew_ms`` ahead of the partition's accepted time (or at any earlier time) passes.
+* One further ahead is **held**, neither accepted nor rejected, and the partition's accepted time (hence
+  the watermark) does not move. The partition's next message decides: if it is near the held one (within
+  ``max_skew_ms``) and itself beyond the old accepted time's reach, the partition really jumped (a gap in a
+  stream without heartbeats): both pass. Otherwise the held message is **rejected** as an outlier.
+* A partition's first message is held the same way until the next one corroborates it, so no run (and
+  no restart) starts from a single outlier.
+* A message more than ``max_skew_ms`` before the run's start (the first window's start) is rejected.
+* A final heartbeat (a partition's end) is never held; it is rejected when it is the partition's first
+  message or more than ``max_skew_ms`` ahead of the partition's accepted time.
+
+Physical topologies (``dc.topology``, no heartbeats) are judged against the newest accepted time of any
+partition (the frontier): one more than ``max_skew_ms`` ahead of it, or before the run's start, is rejected.
+
+Rejected messages are counted and handed back (the consumer logs and dead-letters them: nothing is dropped
+silently); a held message is released or rejected with the next message of its partition. The gate holds at
+most one message per partition: its memory does not grow with the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from opendt.models.messages import iso_ms
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Judged(Generic[T]):
+    item: T
+    t_ms: int
+    accepted: bool
+    reason: str = ""
+    """Why a rejected message was rejected (empty when accepted)."""
+
+
+@dataclass
+class GateStats:
+    held: int = 0
+    """Messages held for a while (a partition's first message, an outlier candidate)."""
+    rejected: int = 0
+    """Messages rejected as outliers (too far ahead of their partition, or before the run's start)."""
+    jumps: int = 0
+    """Jumps of a partition confirmed by its next message (a real gap without heartbeats)."""
+
+
+@dataclass
+class _Held(Generic[T]):
+    item: T
+    t_ms: int
+
+
+class TimeGate(Generic[T]):
+    """Judges the message times of each partition (see the module's doc). ``T`` is whatever the caller
+    needs back with a verdict (the record, the decoded row)."""
+
+    def __init__(
+        self, max_skew_ms: int, *, run_start_ms: int | None = None, resume_ms: int | None = None
+    ) -> None:
+        if max_skew_ms <= 0:
+            raise ValueError("max_skew_ms must be > 0")
+        self.max_skew_ms = max_skew_ms
+        self.run_start_ms = run_start_ms
+        """The run's first window start (set by the consumer once known; from the checkpoint on a restart)."""
+        self.resume_ms = resume_ms
+        """A restart's resume point (the first window not yet durable): a partition whose first message after
+        the restart is its end (all before it was durable) judges that end by this time."""
+        self._accepted: dict[Hashable, int] = {}
+        self._held: dict[Hashable, _Held[T]] = {}
+        self.stats = GateStats()
+
+    def accepted_ms(self, source: Hashable) -> int | None:
+        return self._accepted.get(source)
+
+    @property
+    def frontier_ms(self) -> int | None:
+        """The newest accepted time of any partition (None before one is accepted)."""
+        return max(self._accepted.values(), default=None)
+
+    def holding(self, source: Hashable) -> bool:
+        return source in self._held
+
+    def _early(self, t_ms: int) -> bool:
+        return self.run_start_ms is not None and t_ms < self.run_start_ms - self.max_skew_ms
+
+    def _reject(self, item: T, t_ms: int, reason: str) -> Judged[T]:
+        self.stats.rejected += 1
+        return Judged(item, t_ms, False, reason)
+
+    def _accept(self, source: Hashable, item: T, t_ms: int) -> Judged[T]:
+        prev = self._accepted.get(source)
+        self._accepted[source] = t_ms if prev is None else max(prev, t_ms)
+        return Judged(item, t_ms, True)
+
+    def offer(self, source: Hashable, t_ms: int, item: T, *, final: bool = False) -> list[Judged[T]]:
+        """Judge one message of ``source``; returns the verdicts now known, in the order to apply them (a
+        held message's verdict comes before the current one's; the current one may be held: no verdict).
+
+        A ``final`` heartbeat (the partition's end) is never held. A message held before it passes when it
+        is near that end, or (the partition having spoken before) between its accepted time and that end.
+        The end itself passes when it is within ``max_skew_ms`` of the partition's accepted time (a real end
+        follows the partition's last heartbeat); one far ahead of it, or a partition's very first message,
+        is rejected (a forged end dated far ahead would otherwise close every window up to it at once)."""
+        if self._early(t_ms):
+            return [
+                self._reject(
+                    item,
+                    t_ms,
+                    f"{iso_ms(t_ms)} is before the run's start {iso_ms(self.run_start_ms or 0)} "
+                    f"by more than windowing.max_skew_s ({self.max_skew_ms // 1000} s)",
+                )
+            ]
+        out: list[Judged[T]] = []
+        acc = self._accepted.get(source)
+        held = self._held.pop(source, None)
+        if final:
+            return self._offer_final(source, t_ms, item, acc, held)
+        if held is not None:
+            near_held = abs(t_ms - held.t_ms) <= self.max_skew_ms
+            beyond = acc is None or t_ms > acc + self.max_skew_ms
+            if near_held and beyond:  # corroborated: the partition's first message, or a real jump
+                if acc is not None:
+                    self.stats.jumps += 1
+                out.append(self._accept(source, held.item, held.t_ms))
+                out.append(self._accept(source, item, t_ms))
+                return out
+            out.append(
+                self._reject(
+                    held.item,
+                    held.t_ms,
+                    (
+                        f"{iso_ms(held.t_ms)} is not confirmed by the partition's next message "
+                        f"({iso_ms(t_ms)})"
+                        if acc is None
+                        else f"{iso_ms(held.t_ms)} is {(held.t_ms - acc) / 1000:.0f} s ahead of its "
+                        f"partition ({iso_ms(acc)}; windowing.max_skew_s {self.max_skew_ms // 1000} s) and "
+                        f"its next message ({iso_ms(t_ms)}) does not confirm it"
+                    ),
+                )
+            )
+        if acc is None or t_ms > acc + self.max_skew_ms:
+            self._held[source] = _Held(item, t_ms)
+            self.stats.held += 1
+            return out
+        out.append(self._accept(source, item, t_ms))
+        return out
+
+    def _offer_final(
+        self, source: Hashable, t_ms: int, item: T, acc: int | None, held: _Held[T] | None
+    ) -> list[Judged[T]]:
+        """A final heartbeat: never held. It passes when near a held message (they confirm each other) or
+        within the skew of the partition's accepted time (else of a restart's resume point); what is held
+        passes with it when it lies between the accepted time and the end. A rejected end leaves what is
+        held to the partition's next message."""
+        if held is not None and abs(t_ms - held.t_ms) <= self.max_skew_ms:
+            return [self._accept(source, held.item, held.t_ms), self._accept(source, item, t_ms)]
+        ref = acc if acc is not None else self.resume_ms
+        if ref is None or t_ms > ref + self.max_skew_ms:  # an end no message of the partition leads to
+            if held is not None:
+                self._held[source] = held
+            where = (
+                "is the partition's first message"
+                if ref is None
+                else f"is {(t_ms - ref) / 1000:.0f} s ahead of its partition ({iso_ms(ref)}; "
+                f"windowing.max_skew_s {self.max_skew_ms // 1000} s)"
+            )
+            return [self._reject(item, t_ms, f"final heartbeat {iso_ms(t_ms)} {where}")]
+        out: list[Judged[T]] = []
+        if held is not None:
+            if acc is not None and acc <= t_ms and held.t_ms <= t_ms + self.max_skew_ms:
+                out.append(self._accept(source, held.item, held.t_ms))
+            else:
+                why = f"{iso_ms(held.t_ms)} is not confirmed by the partition's end ({iso_ms(t_ms)})"
+                out.append(self._reject(held.item, held.t_ms, why))
+        out.append(self._accept(source, item, t_ms))
+        return out
+
+    def judge_topology(self, t_ms: int) -> str | None:
+        """Why a physical topology dated ``t_ms`` is rejected, or None when it is believed."""
+        if self._early(t_ms):
+            return f"{iso_ms(t_ms)} is before the run's start by more than windowing.max_skew_s"
+        frontier = self.frontier_ms
+        if frontier is not None and t_ms > frontier + self.max_skew_ms:
+            return (
+                f"{iso_ms(t_ms)} is more than windowing.max_skew_s ({self.max_skew_ms // 1000} s) ahead of "
+                f"the newest time the streams have reached ({iso_ms(frontier)})"
+            )
+        return None
