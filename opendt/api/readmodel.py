@@ -9,6 +9,7 @@ Handlers never talk to Kafka or spawn simulations themselves: a topology change 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -94,7 +95,46 @@ SIMULATED_SCHEMA = {
     "carbon_intensity": pl.Float64,
     "carbon_emission": pl.Float64,
     "topology_version": pl.Int64,
+    "tasks_completed": pl.Int64,
+    "cpu_work": pl.Float64,
 }
+
+JOULES_PER_KWH = 3.6e6
+
+
+def activity(sim: pl.DataFrame, start: int, end: int, step_ms: int) -> dict[str, list[tuple[int, float]]]:
+    """Per step bucket in [start, end) (aligned on the epoch, as :func:`downsample`): tasks completed and CPU
+    work delivered (sums), and the efficiency, work and tasks per kWh of the bucket's simulated energy
+    (buckets without energy have none)."""
+    t = pl.col("timestamp_ms")
+    sums = (
+        sim.filter((t >= start) & (t < end))
+        .group_by((t // step_ms * step_ms).alias("t"))
+        .agg(
+            pl.col("tasks_completed").cast(pl.Float64).sum().alias("tasks"),
+            pl.col("cpu_work").cast(pl.Float64).sum().alias("work"),
+            (pl.col("energy_usage").cast(pl.Float64).sum() / JOULES_PER_KWH).alias("kwh"),
+        )
+        .sort("t")
+        .with_columns(
+            pl.when(pl.col("kwh") > 0).then(pl.col("work") / pl.col("kwh")).alias("efficiency"),
+            pl.when(pl.col("kwh") > 0).then(pl.col("tasks") / pl.col("kwh")).alias("tasks_per_kwh"),
+        )
+    )
+
+    def series(column: str) -> list[tuple[int, float]]:
+        return [
+            (int(a), float(v))
+            for a, v in sums.select("t", column).iter_rows()
+            if v is not None and math.isfinite(v)
+        ]
+
+    return {
+        "tasks_completed": series("tasks"),
+        "cpu_work": series("work"),
+        "efficiency": series("efficiency"),
+        "tasks_per_kwh": series("tasks_per_kwh"),
+    }
 
 
 def simulated_frame(view: TwinView) -> pl.DataFrame:

@@ -47,6 +47,8 @@ async def _store(tmp: Path) -> ResultStore:
                 "carbon_intensity": [200.0, 210.0],
                 "carbon_emission": [8.0, 9.0],
                 "topology_version": [0, 0],
+                "tasks_completed": [w, 2],
+                "cpu_work": [3600.0 * (w + 1), 1800.0],
                 "window_start": pl.Series([start, start]).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"),
             }
         )
@@ -104,6 +106,30 @@ async def test_power_series_downsampled_with_metrics(api: tuple[str, list[object
         100 * sum(abs(v - 1000) / 1000 for v in [1000, 1100, 1001, 1101, 1002, 1102, 1003, 1103]) / 8
     )
     assert "NaN" not in json.dumps(body)
+
+
+async def test_activity_series(api: tuple[str, list[object]]) -> None:
+    """/api/activity (issue 19): tasks completed and CPU work summed per step, and both per kWh of the step's
+    simulated energy; the default step is an hour (one bucket here)."""
+    url, _ = api
+    status, body = await _get(url + "/api/activity", step_s="600")
+    assert status == 200, body
+    # rows at each window's middle (tasks w, work 3600·(w+1) GHz·s, 150 kJ) and end (2, 1800, 165 kJ)
+    b = [T0, T0 + 600_000, T0 + 1_200_000]
+    assert body["tasks_completed"] == [[b[0], 0 + 2 + 1], [b[1], 2 + 2 + 2 + 3], [b[2], 2]]
+    work = [3600.0 + 1800.0 + 7200.0, 1800.0 + 10800.0 + 1800.0 + 14400.0, 1800.0]
+    assert body["cpu_work"] == [[t, w] for t, w in zip(b, work, strict=True)]
+    kwh = [465_000 / 3.6e6, 630_000 / 3.6e6, 165_000 / 3.6e6]
+    assert body["efficiency"] == [[t, pytest.approx(w / e)] for t, w, e in zip(b, work, kwh, strict=True)]
+    tasks = [3, 9, 2]
+    assert body["tasks_per_kwh"] == [[t, pytest.approx(n / e)] for t, n, e in zip(b, tasks, kwh, strict=True)]
+    status, body = await _get(url + "/api/activity")
+    assert status == 200
+    step, tasks_series = body["step_s"], body["tasks_completed"]
+    assert isinstance(step, int)
+    assert step < 3600  # an hour by default, clamped to the 20 minutes of data
+    assert isinstance(tasks_series, list)
+    assert sum(v for _, v in tasks_series) == 14
 
 
 async def test_carbon_series(api: tuple[str, list[object]]) -> None:

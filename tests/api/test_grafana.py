@@ -51,6 +51,9 @@ SIM_POWER = [NAN if k == 5 else 1000.0 + 50 * k for k in range(14)]
 SIM_INTENSITY = [INF if k == 6 else 200.0 + k for k in range(14)]
 SIM_EMISSION = [8.0 if k % 2 == 0 else 9.0 for k in range(14)]
 SIM_VERSION = [0 if k // 2 < 4 else 1 for k in range(14)]
+SIM_TASKS = [float(k % 3) for k in range(14)]
+SIM_WORK = [100.0 + 10 * k for k in range(14)]  # GHz·s
+SIM_JOULES = 150_000.0  # energy_usage of every row
 # Measured power every 30 s: 1000 W, unknown (NaN) at T0 + 300 s.
 MEAS_T = [T0 + 30_000 * j for j in range(1, 81)]
 MEAS_POWER = [NAN if j == 10 else 1000.0 for j in range(1, 81)]
@@ -193,10 +196,12 @@ async def make_store(tmp: Path) -> ResultStore:
             {
                 "timestamp": utc([SIM_T[k] for k in ks]),
                 "power_draw": pl.Series([SIM_POWER[k] for k in ks], dtype=pl.Float64),
-                "energy_usage": pl.Series([150_000.0 for _ in ks], dtype=pl.Float64),
+                "energy_usage": pl.Series([SIM_JOULES for _ in ks], dtype=pl.Float64),
                 "carbon_intensity": pl.Series([SIM_INTENSITY[k] for k in ks], dtype=pl.Float64),
                 "carbon_emission": pl.Series([SIM_EMISSION[k] for k in ks], dtype=pl.Float64),
                 "topology_version": pl.Series([SIM_VERSION[k] for k in ks], dtype=pl.Int64),
+                "tasks_completed": pl.Series([int(SIM_TASKS[k]) for k in ks], dtype=pl.Int64),
+                "cpu_work": pl.Series([SIM_WORK[k] for k in ks], dtype=pl.Float64),
                 "window_start": utc([start for _ in ks]),
             }
         )
@@ -357,6 +362,9 @@ async def test_metrics_lists_every_metric_with_its_payloads(client: Client) -> N
         "mape",
         "calibration_parameter",
         "window_latency",
+        "tasks_completed",
+        "cpu_work",
+        "efficiency",
     }
     answers = []
     for body in ({}, {"metric": "power_measured", "payload": {"aggregation": "max"}}, None):
@@ -501,6 +509,43 @@ async def test_query_aggregations(
     assert status == 200
     check_timeseries(answer, {"A"}, frm, to, 1000)
     assert answer[0]["datapoints"] == expected(times, values, frm, to, 600_000, how)
+
+
+async def test_query_activity_and_efficiency(client: Client) -> None:
+    """Issue 19: tasks completed and CPU work are summed per bucket by default; efficiency is each bucket's
+    work (or tasks) over its simulated energy in kWh, checked against the raw lists."""
+    frm, to = T0, T0 + 2_400_000
+    targets: list[dict[str, Any]] = [
+        {"target": "tasks_completed", "refId": "T"},
+        {"target": "cpu_work", "refId": "W"},
+        {"target": "efficiency", "refId": "E"},
+        {"target": "efficiency", "refId": "J", "payload": {"of": "tasks"}},
+    ]
+    status, answer = await client.post("/query", grafana_query(targets, interval_ms=600_000))
+    assert status == 200
+    check_timeseries(answer, {"T", "W", "E", "J"}, frm, to, 1000)
+    assert series(answer, "T")[0]["datapoints"] == expected(SIM_T, SIM_TASKS, frm, to, 600_000, "sum")
+    assert series(answer, "W")[0]["datapoints"] == expected(SIM_T, SIM_WORK, frm, to, 600_000, "sum")
+    kwh: dict[int, float] = {}
+    for t in SIM_T:
+        kwh[frm + (t - frm) // 600_000 * 600_000] = (
+            kwh.get(frm + (t - frm) // 600_000 * 600_000, 0.0) + SIM_JOULES / 3.6e6
+        )
+    for ref, values in (("E", SIM_WORK), ("J", SIM_TASKS)):
+        sums: dict[int, float] = {}
+        for t, v in zip(SIM_T, values, strict=True):
+            b = frm + (t - frm) // 600_000 * 600_000
+            sums[b] = sums.get(b, 0.0) + v
+        want = [[pytest.approx(sums[b] / kwh[b]), b] for b in sorted(sums)]
+        assert series(answer, ref)[0]["datapoints"] == want
+    status, answer = await client.post(
+        "/query",
+        grafana_query(
+            [{"target": "tasks_completed", "payload": {"aggregation": "max"}}], interval_ms=600_000
+        ),
+    )
+    assert status == 200
+    assert answer[0]["datapoints"] == expected(SIM_T, SIM_TASKS, frm, to, 600_000, "max")
 
 
 async def test_query_mape_per_bucket_and_cumulative(client: Client) -> None:

@@ -23,7 +23,7 @@ from opendt.api.grafana.query import (
     windows_frame,
 )
 from opendt.api.http import ApiError
-from opendt.api.readmodel import TwinView, simulated_frame
+from opendt.api.readmodel import JOULES_PER_KWH, TwinView, simulated_frame
 from opendt.metrics import ape, bucket
 
 # -- metrics ----------------------------------------------------------------------------------------------
@@ -115,6 +115,32 @@ def _mape(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
     return [Series("MAPE, cumulative", points(zip(t.tolist(), total.tolist(), strict=True)), "percent")]
 
 
+def _tasks_completed(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
+    how = p["aggregation"]
+    points = ctx.bucketed(ctx.rows(simulated_frame(view)), "tasks_completed", how)
+    name = "Tasks completed per bucket" if how == "sum" else f"Tasks completed per export interval ({how})"
+    return [Series(name, points, "none", {"source": "simulated"})]
+
+
+def _cpu_work(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
+    how = p["aggregation"]
+    points = ctx.bucketed(ctx.rows(simulated_frame(view)), "cpu_work", how)
+    name = "CPU work per bucket" if how == "sum" else f"CPU work per export interval ({how})"
+    return [Series(name, points, "suffix: GHz·s", {"source": "simulated"})]
+
+
+def _efficiency(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
+    """Work per kWh of each bucket: the bucket's sums of CPU work (or tasks) over its simulated energy."""
+    rows = ctx.rows(simulated_frame(view))
+    of = p["of"]
+    work = dict(ctx.bucketed(rows, "cpu_work" if of == "cpu_work" else "tasks_completed", "sum"))
+    energy = ctx.bucketed(rows, "energy_usage", "sum")
+    points = [(t, work[t] / (j / JOULES_PER_KWH)) for t, j in energy if j > 0 and t in work]
+    if of == "cpu_work":
+        return [Series("CPU work per kWh", points, "suffix: GHz·s/kWh", {"source": "simulated"})]
+    return [Series("Tasks completed per kWh", points, "suffix: tasks/kWh", {"source": "simulated"})]
+
+
 def _calibration_parameter(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
     wanted: list[str] = p["parameter"]
     out: list[Series] = []
@@ -148,6 +174,32 @@ METRICS: dict[str, Metric] = {
             "Carbon emission, simulated (g)",
             _carbon_emission,
             (_aggregation("sum", "mean", "max", "min"), FORMAT),
+        ),
+        Metric(
+            "tasks_completed",
+            "Tasks completed, simulated",
+            _tasks_completed,
+            (_aggregation("sum", "mean", "max", "min"), FORMAT),
+        ),
+        Metric(
+            "cpu_work",
+            "CPU work delivered, simulated (GHz·s)",
+            _cpu_work,
+            (_aggregation("sum", "mean", "max", "min"), FORMAT),
+        ),
+        Metric(
+            "efficiency",
+            "Efficiency: work per kWh, simulated",
+            _efficiency,
+            (
+                Option(
+                    "of",
+                    "Work",
+                    (("cpu_work", "CPU work (GHz·s/kWh)"), ("tasks", "Tasks (per kWh)")),
+                    "cpu_work",
+                ),
+                FORMAT,
+            ),
         ),
         Metric(
             "mape",
