@@ -33,6 +33,7 @@ from opendt.models.messages import (
     TopologyMessage,
     decode,
     decode_row,
+    iso_ms,
 )
 from opendt.settings import TopicNames
 from opendt.stream.timegate import TimeGate
@@ -47,6 +48,8 @@ Row: TypeAlias = Heartbeat | TaskRow | FragmentRow | PowerRow | CarbonRow | Topo
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 CLOSE_BATCH = 64
+MAX_PENDING_TOPOLOGIES = 16
+"""Physical topologies dated ahead of the stream that may wait for their time; more are quarantined."""
 """Windows closed per step: a long gap closes incrementally, the loop serving in between."""
 
 
@@ -273,6 +276,11 @@ class WindowConsumer:
                 continue
             if isinstance(row, TopologyMessage):
                 why = self.gate.judge_topology(row.time_ms)
+                if why is None and windower.pending_topologies >= MAX_PENDING_TOPOLOGIES:
+                    why = (
+                        f"{MAX_PENDING_TOPOLOGIES} physical topologies already wait for their time "
+                        f"(the stream is at {iso_ms(windower.watermark_ms or 0)})"
+                    )
                 if why is not None:
                     self.topologies_rejected += 1
                     bad.append((rec, self._quarantined(rec, why)))
@@ -284,7 +292,8 @@ class WindowConsumer:
             if kind == "topology":  # a heartbeat of dc.topology: it holds no watermark
                 continue
             final = isinstance(row, Heartbeat) and row.final
-            verdicts = self.gate.offer(tp, _time_of(row), (rec, row), final=final)
+            # carbon is a step series: a step long before the run is the intensity in effect at its start
+            verdicts = self.gate.offer(tp, _time_of(row), (rec, row), final=final, series=kind == "carbon")
             if self.gate.holding(tp):
                 self._held_offsets.setdefault(tp, rec.offset)
             else:

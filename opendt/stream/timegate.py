@@ -15,12 +15,13 @@ The gate, per partition:
   stream without heartbeats): both pass. Otherwise the held message is **rejected** as an outlier.
 * A partition's first message is held the same way until the next one corroborates it, so no run (and
   no restart) starts from a single outlier.
-* A message more than ``max_skew_ms`` before the run's start (the first window's start) is rejected.
+* A message more than ``max_skew_ms`` before the run's start (the first window's start) is rejected, except
+  on a step series (carbon: a step from long before is the intensity in effect at the start).
 * A final heartbeat (a partition's end) is never held; it is rejected when it is the partition's first
   message or more than ``max_skew_ms`` ahead of the partition's accepted time.
 
-Physical topologies (``dc.topology``, no heartbeats) are judged against the newest accepted time of any
-partition (the frontier): one more than ``max_skew_ms`` ahead of it, or before the run's start, is rejected.
+Physical topologies (``dc.topology``, no heartbeats) before the run's start by more than ``max_skew_ms`` are
+rejected; one dated ahead waits until the stream reaches its time (the consumer bounds how many may wait).
 
 Rejected messages are counted and handed back (the consumer logs and dead-letters them: nothing is dropped
 silently); a held message is released or rejected with the next message of its partition. The gate holds at
@@ -105,16 +106,21 @@ class TimeGate(Generic[T]):
         self._accepted[source] = t_ms if prev is None else max(prev, t_ms)
         return Judged(item, t_ms, True)
 
-    def offer(self, source: Hashable, t_ms: int, item: T, *, final: bool = False) -> list[Judged[T]]:
+    def offer(
+        self, source: Hashable, t_ms: int, item: T, *, final: bool = False, series: bool = False
+    ) -> list[Judged[T]]:
         """Judge one message of ``source``; returns the verdicts now known, in the order to apply them (a
         held message's verdict comes before the current one's; the current one may be held: no verdict).
 
         A ``final`` heartbeat (the partition's end) is never held. A message held before it passes when it
         is near that end, or (the partition having spoken before) between its accepted time and that end.
+        ``series``: a step series (carbon intensity), whose steps long before the run's start are the value
+        in effect at its start, not outliers (the rest of the rules apply).
+
         The end itself passes when it is within ``max_skew_ms`` of the partition's accepted time (a real end
         follows the partition's last heartbeat); one far ahead of it, or a partition's very first message,
         is rejected (a forged end dated far ahead would otherwise close every window up to it at once)."""
-        if self._early(t_ms):
+        if not series and self._early(t_ms):
             return [
                 self._reject(
                     item,
@@ -189,13 +195,10 @@ class TimeGate(Generic[T]):
         return out
 
     def judge_topology(self, t_ms: int) -> str | None:
-        """Why a physical topology dated ``t_ms`` is rejected, or None when it is believed."""
+        """Why a physical topology dated ``t_ms`` is rejected (before the run's start by more than the skew),
+        or None when it is believed. One dated ahead is believed: it applies only once the stream reaches its
+        time (the caller bounds how many may wait); the newest time the streams have reached says nothing
+        about a topology's (carbon steps may be read long before events, a batch producer may lag)."""
         if self._early(t_ms):
             return f"{iso_ms(t_ms)} is before the run's start by more than windowing.max_skew_s"
-        frontier = self.frontier_ms
-        if frontier is not None and t_ms > frontier + self.max_skew_ms:
-            return (
-                f"{iso_ms(t_ms)} is more than windowing.max_skew_s ({self.max_skew_ms // 1000} s) ahead of "
-                f"the newest time the streams have reached ({iso_ms(frontier)})"
-            )
         return None

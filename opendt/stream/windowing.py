@@ -234,6 +234,11 @@ class Windower:
             self._seen(source, t_ms)
 
     @property
+    def pending_topologies(self) -> int:
+        """Physical topologies received but not yet in effect (dated after the windows closed so far)."""
+        return len(self._topologies)
+
+    @property
     def all_final(self) -> bool:
         """Every source has sent its final heartbeat (and not gone on since)."""
         return all(v == FINAL for v in self._latest.values())

@@ -149,3 +149,20 @@ async def test_lying_times_in_the_middle_of_the_stream_are_quarantined(
     windows = answer.json()["windows"]
     assert windows["quarantined"] == len(lies)
     _check_results(settings, workload)
+
+
+async def test_a_carbon_trace_reaching_back_months_is_not_an_outlier(
+    daemon_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """SURF's carbon trace covers the whole year: its steps, months before the tasks, reach the consumer
+    first. They are the intensity in effect, not outliers, and the physical topology dated at the trace's
+    start is believed whatever carbon time was read before it (a SURF run stalled at its first window when
+    the topology was judged against carbon times). Nothing is quarantined; results equal a clean run."""
+    workload = write_small_workload(tmp_path / "wl", carbon_back_days=200)
+    settings = daemon_settings(workload)
+    state = TwinState()
+    async with asyncio.timeout(90):
+        assert await run_daemon(settings, exit_when_done=True, state=state) == 0
+    windows = state.snapshot()["windows"]
+    assert windows["quarantined"] == 0
+    _check_results(settings, workload)

@@ -24,8 +24,11 @@ FRAG_COLS = ["id", "submission_ms", "duration", "cpu_count", "cpu_usage", "index
 START_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 
 
-def write_small_workload(path: Path, *, tasks: int = 12, seed: int = 3, hours: float = 2.0) -> Path:
-    """Tasks over ``hours`` with 60 s fragments, 4 hosts, carbon + measured power every 30 s."""
+def write_small_workload(
+    path: Path, *, tasks: int = 12, seed: int = 3, hours: float = 2.0, carbon_back_days: int = 0
+) -> Path:
+    """Tasks over ``hours`` with 60 s fragments, 4 hosts, carbon + measured power every 30 s; the carbon trace
+    (15-min steps) starts an hour before the tasks, or ``carbon_back_days`` earlier (as SURF's, a year long)."""
     rng = np.random.default_rng(seed)
     path.mkdir(parents=True, exist_ok=True)
     sub = np.sort(rng.integers(0, int(hours * 3600), tasks)) * 1000 + START_MS
@@ -55,7 +58,7 @@ def write_small_workload(path: Path, *, tasks: int = 12, seed: int = 3, hours: f
     pl.DataFrame(
         {"timestamp": ts, "power_draw": rng.uniform(400, 900, len(ts)), "energy_usage": np.full(len(ts), 1.0)}
     ).write_parquet(path / "consumption.parquet")
-    ct = START_MS + np.arange(-4, int(hours * 4) + 12) * 900_000
+    ct = START_MS + np.arange(-4 - 96 * carbon_back_days, int(hours * 4) + 12) * 900_000
     pl.DataFrame(
         {
             "timestamp": pl.Series(ct).cast(pl.Datetime("ms")),
