@@ -30,11 +30,12 @@ import structlog
 
 from opendt.calibration.journal import Journal, RoundRecord
 from opendt.calibration.rounds import RoundJob, RoundRunner
+from opendt.calibration.settings import CalibrationSettings
 from opendt.calibration.space import Axis, SearchSpaceError, make_candidate, parse_space
 from opendt.calibration.trust import Region, parse_region
 from opendt.calibration.view import calibration_view
 from opendt.models.topology import Topology
-from opendt.settings import CalibrationSettings, Settings
+from opendt.settings import Settings
 from opendt.stream.windowing import Window
 from opendt.twin.checkpoint import Checkpoints
 from opendt.twin.inputs import InputStore

@@ -40,6 +40,7 @@ from opendt.calibration.scoring import (
     score,
     weighted_mean,
 )
+from opendt.calibration.settings import CalibrationSettings
 from opendt.calibration.space import (
     Axis,
     Candidate,
@@ -52,7 +53,6 @@ from opendt.calibration.space import (
 from opendt.calibration.trust import Region, describe_region, resize, scaled, step_points
 from opendt.models.messages import iso_ms
 from opendt.models.topology import Topology
-from opendt.settings import CalibrationSettings
 from opendt.worker.pool import CandidatePool, Outcome, RoundInput
 
 log = structlog.get_logger(component="calibrator")

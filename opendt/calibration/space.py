@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from opendt.calibration.settings import CalibrationAxis
 from opendt.models.patch import (
     LEAVES,
     STRUCTURAL,
@@ -36,7 +37,6 @@ from opendt.models.patch import (
     targets,
 )
 from opendt.models.topology import Topology, TopologyError, parse_topology
-from opendt.settings import CalibrationAxis
 
 Value = float | str
 

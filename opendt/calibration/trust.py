@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from opendt.calibration.settings import TrustAxis
 from opendt.calibration.space import Axis, Candidate, SearchSpaceError, current_values
 from opendt.models.bounds import out_of_bounds
 from opendt.models.patch import (
@@ -34,7 +35,6 @@ from opendt.models.patch import (
     targets,
 )
 from opendt.models.topology import Topology, TopologyError, parse_topology
-from opendt.settings import TrustAxis
 
 Factors = tuple[float, ...]
 LOWER: dict[str, tuple[float, bool]] = {

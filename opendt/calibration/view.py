@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from opendt.calibration.journal import RoundRecord
+from opendt.calibration.settings import CalibrationSettings
 from opendt.calibration.space import Axis, current_values
 from opendt.models.topology import Topology
-from opendt.settings import CalibrationSettings
 
 DAY_MS = 86_400_000
 

@@ -71,6 +71,14 @@ def check_port(host: str, port: int, option: str = "--port N (or OPENDT_API__POR
 
 
 def preflight(settings: Settings) -> None:
+    if settings.simulation.engine != "builtin":
+        # the twin's windows run on the builtin engine (stateful, window by window); running them on the
+        # OpenDC binary is not built yet (issue 16): say so instead of silently simulating with our engine
+        raise UsageError(
+            f"simulation.engine is {settings.simulation.engine!r}, but the twin (opendt run) simulates its "
+            "windows with the builtin OpenDC-compatible engine only: set simulation.engine: builtin (or "
+            "OPENDT_SIMULATION__ENGINE=builtin); the OpenDC binary runs one-shot with opendt simulate"
+        )
     if settings.replay.enabled:
         check_workload(Path(settings.replay.workload))
     if settings.api.enabled:

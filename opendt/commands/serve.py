@@ -20,11 +20,12 @@ from pydantic import ValidationError
 
 from opendt.api.app import serve_api
 from opendt.api.readmodel import TwinView
+from opendt.calibration.settings import CalibrationSettings
 from opendt.commands.errors import UsageError
 from opendt.commands.run import check_port
 from opendt.commands.runs import fallback_workload, find_run, measured_power, read_run_json
 from opendt.models.topology import Topology, TopologyError, parse_topology
-from opendt.settings import CalibrationSettings, OptimizerSettings, Settings
+from opendt.settings import OptimizerSettings, Settings
 from opendt.twin.results import ResultStore
 from opendt.twin.status import TwinState, WorkloadInfo
 from opendt.twin.topology import TopologyBox

@@ -27,17 +27,9 @@ import pytest
 
 from opendt.api.app import serve_api
 from opendt.api.dashboard import STATIC_DIR, static_file
+from opendt.calibration.settings import CalibrationAxis, CalibrationSettings
 from opendt.daemon import run_daemon, wait_until
-from opendt.settings import (
-    DEFAULT_WORKLOAD,
-    ApiSettings,
-    CalibrationAxis,
-    CalibrationSettings,
-    KafkaSettings,
-    ReplaySettings,
-    Settings,
-    TopicNames,
-)
+from opendt.settings import DEFAULT_WORKLOAD, ApiSettings, KafkaSettings, ReplaySettings, Settings, TopicNames
 from opendt.twin.status import TwinState
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"

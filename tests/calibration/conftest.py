@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from opendt.calibration.settings import CalibrationAxis, CalibrationSettings
 from opendt.commands.demo import (
     TRUE_CALIBRATION_FACTOR,
     demo_topology,
@@ -20,7 +21,7 @@ from opendt.commands.demo import (
 )
 from opendt.engine import Engine
 from opendt.models.topology import parse_topology
-from opendt.settings import CalibrationAxis, CalibrationSettings, Settings
+from opendt.settings import Settings
 from opendt.workload import load_workload
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"

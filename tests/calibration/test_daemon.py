@@ -10,19 +10,12 @@ from pathlib import Path
 
 import polars as pl
 
+from opendt.calibration.settings import CalibrationAxis, CalibrationSettings
 from opendt.commands.demo import TRUE_CALIBRATION_FACTOR
 from opendt.daemon import run_daemon
 from opendt.kafka.client import make_consumer
 from opendt.models.messages import SimTopologyMessage, decode
-from opendt.settings import (
-    ApiSettings,
-    CalibrationAxis,
-    CalibrationSettings,
-    KafkaSettings,
-    ReplaySettings,
-    Settings,
-    TopicNames,
-)
+from opendt.settings import ApiSettings, KafkaSettings, ReplaySettings, Settings, TopicNames
 from opendt.twin.status import TwinState
 
 from .conftest import DEMO

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from opendt.calibration.settings import CalibrationAxis, CalibrationSettings, TrustAxis
 from opendt.calibration.space import (
     Refiner,
     SearchSpaceError,
@@ -16,7 +17,6 @@ from opendt.calibration.space import (
 )
 from opendt.calibration.trust import parse_region, resize, scaled, step_points
 from opendt.models.topology import Topology, parse_topology
-from opendt.settings import CalibrationAxis, CalibrationSettings, TrustAxis
 
 
 def _topo() -> Topology:

@@ -10,9 +10,10 @@ from pathlib import Path
 import polars as pl
 
 from opendt.calibration.journal import RoundRecord
+from opendt.calibration.settings import CalibrationSettings
 from opendt.commands.calibrate import calibrate_offline
 from opendt.commands.demo import TRUE_CALIBRATION_FACTOR
-from opendt.settings import CalibrationSettings, Settings
+from opendt.settings import Settings
 from opendt.workload import load_workload
 
 from .conftest import DEMO, block_mape, truth_rows, truth_topology, write_demo_prefix, write_synthetic

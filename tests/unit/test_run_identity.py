@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from opendt.settings import REPO_ROOT, CalibrationSettings, KafkaSettings, Settings, SimulationSettings
+from opendt.calibration.settings import CalibrationSettings
+from opendt.settings import REPO_ROOT, KafkaSettings, Settings, SimulationSettings
 from opendt.twin.run import RunLock, RunLocked, identity, set_aside, write_run_json
 from opendt.workload import load_workload
 

@@ -91,11 +91,17 @@ def _carbon_intensity(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
     return [Series(_named("Carbon intensity", p["aggregation"]), points, "suffix: gCO2/kWh")]
 
 
-def _carbon_emission(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
-    how = p["aggregation"]
-    points = ctx.bucketed(ctx.rows(simulated_frame(view)), "carbon_emission", how)
-    name = "Carbon emission per bucket" if how == "sum" else f"Carbon emission per export interval ({how})"
-    return [Series(name, points, "massg", {"source": "simulated"})]
+def _summed(column: str, title: str, unit: str) -> Build:
+    """A per-interval quantity of the simulation (carbon emission, tasks completed, CPU work): summed per
+    bucket by default, or a statistic of its export intervals."""
+
+    def build(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
+        how = p["aggregation"]
+        points = ctx.bucketed(ctx.rows(simulated_frame(view)), column, how)
+        name = f"{title} per bucket" if how == "sum" else f"{title} per export interval ({how})"
+        return [Series(name, points, unit, {"source": "simulated"})]
+
+    return build
 
 
 def _mape(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
@@ -113,20 +119,6 @@ def _mape(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
     with np.errstate(over="ignore", invalid="ignore"):
         total = np.cumsum(sums) / np.cumsum(counts)
     return [Series("MAPE, cumulative", points(zip(t.tolist(), total.tolist(), strict=True)), "percent")]
-
-
-def _tasks_completed(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
-    how = p["aggregation"]
-    points = ctx.bucketed(ctx.rows(simulated_frame(view)), "tasks_completed", how)
-    name = "Tasks completed per bucket" if how == "sum" else f"Tasks completed per export interval ({how})"
-    return [Series(name, points, "none", {"source": "simulated"})]
-
-
-def _cpu_work(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
-    how = p["aggregation"]
-    points = ctx.bucketed(ctx.rows(simulated_frame(view)), "cpu_work", how)
-    name = "CPU work per bucket" if how == "sum" else f"CPU work per export interval ({how})"
-    return [Series(name, points, "suffix: GHz·s", {"source": "simulated"})]
 
 
 def _efficiency(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
@@ -172,19 +164,19 @@ METRICS: dict[str, Metric] = {
         Metric(
             "carbon_emission",
             "Carbon emission, simulated (g)",
-            _carbon_emission,
+            _summed("carbon_emission", "Carbon emission", "massg"),
             (_aggregation("sum", "mean", "max", "min"), FORMAT),
         ),
         Metric(
             "tasks_completed",
             "Tasks completed, simulated",
-            _tasks_completed,
+            _summed("tasks_completed", "Tasks completed", "none"),
             (_aggregation("sum", "mean", "max", "min"), FORMAT),
         ),
         Metric(
             "cpu_work",
             "CPU work delivered, simulated (GHz·s)",
-            _cpu_work,
+            _summed("cpu_work", "CPU work", "suffix: GHz·s"),
             (_aggregation("sum", "mean", "max", "min"), FORMAT),
         ),
         Metric(
