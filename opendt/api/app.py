@@ -81,6 +81,11 @@ def create_app(state: TwinState, settings: ApiSettings, view: TwinView | None = 
     return app
 
 
+API_SHUTDOWN_S = 5.0
+"""At shutdown, requests still in flight get this long to finish (aiohttp's default, 60 s, held a stopping
+daemon for a minute; what-ifs are cancelled before: :meth:`~opendt.twin.scenarios.ScenarioRunner.close`)."""
+
+
 @asynccontextmanager
 async def serve_api(
     state: TwinState, settings: ApiSettings, view: TwinView | None = None
@@ -93,6 +98,7 @@ async def serve_api(
     runner = web.AppRunner(
         create_app(state, settings, view),
         handle_signals=False,
+        shutdown_timeout=API_SHUTDOWN_S,
         access_log=None,
         keepalive_timeout=settings.request_timeout_s,
         logger=ServerLog(),
