@@ -8,14 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
-import os
 import re
-import shutil
-import signal
-import subprocess
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from html.parser import HTMLParser
@@ -32,8 +26,9 @@ from opendt.daemon import run_daemon, wait_until
 from opendt.settings import DEFAULT_WORKLOAD, ApiSettings, KafkaSettings, ReplaySettings, Settings, TopicNames
 from opendt.twin.status import TwinState
 
+from .. import chromium
+
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 EXPECTED_TYPES = {".js": "text/javascript", ".css": "text/css"}
 URL_RE = re.compile(r"https?://", re.IGNORECASE)
 
@@ -180,143 +175,6 @@ def test_static_file_refuses_symlinks_hidden_names_and_unknown_types(tmp_path: P
 # ---------------------------------------------------------------------------------------------- the browser
 
 
-def _chromium() -> str | None:
-    for name in CHROMIUM_NAMES:
-        path = shutil.which(name)
-        if path is not None:
-            return path
-    return None
-
-
-class Cdp:
-    """A minimal Chrome DevTools Protocol client over one page target's websocket."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self._next = 0
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.events: list[dict[str, Any]] = []
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for msg in self.ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                continue
-            data = json.loads(msg.data)
-            fut = self._pending.pop(data["id"], None) if "id" in data else None
-            if fut is not None and not fut.done():
-                fut.set_result(data)
-            elif "method" in data:
-                self.events.append(data)
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(ConnectionError("DevTools connection closed"))
-
-    async def call(self, method: str, **params: Any) -> dict[str, Any]:
-        self._next += 1
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[self._next] = fut
-        await self.ws.send_json({"id": self._next, "method": method, "params": params})
-        answer = await asyncio.wait_for(fut, 60)
-        assert "error" not in answer, (method, answer["error"])
-        result: dict[str, Any] = answer["result"]
-        return result
-
-    async def js(self, expression: str) -> Any:
-        """The value of ``expression`` in the page (awaited when it is a promise)."""
-        r = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        assert "exceptionDetails" not in r, (expression, r["exceptionDetails"])
-        return r["result"].get("value")
-
-    async def wait_for(self, expression: str, what: str, timeout_s: float = 60.0) -> Any:
-        """Poll until ``expression`` is truthy (an exception thrown by it counts as not yet)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            value = await self.js(
-                f"(() => {{ try {{ return {expression}; }} catch (e) {{ return null; }} }})()"
-            )
-            if value:
-                return value
-            assert time.monotonic() < deadline, (
-                f"timed out waiting for {what}; page: {await self.js(SUMMARY)}"
-            )
-            await asyncio.sleep(0.25)
-
-    def page_errors(self) -> list[dict[str, Any]]:
-        """Uncaught exceptions and console.error calls seen so far."""
-        return [
-            e
-            for e in self.events
-            if e["method"] == "Runtime.exceptionThrown"
-            or (e["method"] == "Runtime.consoleAPICalled" and e["params"].get("type") == "error")
-        ]
-
-    async def close(self) -> None:
-        await self.ws.close()
-        self._reader.cancel()
-
-
-CHROMIUM_FLAGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--disable-extensions",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-proxy-server",
-    "--hide-scrollbars",
-    "--window-size=1400,1000",
-    "--remote-debugging-address=127.0.0.1",
-    "--remote-debugging-port=0",
-]
-
-
-def _start_chromium(binary: str, profile: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    """Headless Chromium with DevTools on a free port, in its own process group (so that the test ends
-    exactly the processes it started), output to ``log_path``."""
-    profile.mkdir(parents=True)
-    with log_path.open("wb") as log_file:
-        return subprocess.Popen(
-            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-            start_new_session=True,
-        )
-
-
-def _devtools_port(profile: Path) -> int | None:
-    """The DevTools port from ``<profile>/DevToolsActivePort`` (port, then the browser's path), once written."""
-    try:
-        lines = (profile / "DevToolsActivePort").read_text().splitlines()
-    except FileNotFoundError:
-        return None
-    return int(lines[0]) if len(lines) >= 2 else None
-
-
-def _stop_chromium(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-
-
-async def _launch_chromium(binary: str, profile: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
-    proc = await asyncio.to_thread(_start_chromium, binary, profile, log_path)
-    deadline = time.monotonic() + 30
-    while (port := await asyncio.to_thread(_devtools_port, profile)) is None:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            await asyncio.to_thread(_stop_chromium, proc)
-            log = await asyncio.to_thread(log_path.read_text, errors="replace")
-            raise AssertionError(f"chromium did not start (exit {proc.returncode}): {log[-2000:]}")
-        await asyncio.sleep(0.1)
-    return proc, port
-
-
 SUMMARY = """JSON.stringify({
   status: document.querySelector('#status [data-key=status]')?.textContent ?? null,
   badge: document.getElementById('status-badge').dataset.status,
@@ -405,10 +263,10 @@ async def test_dashboard_in_headless_chromium(
     real what-if (cpu.coreSpeed 2800) draws its chart, totals and changes (or, on a daemon without
     /api/whatif, the form shows the 404 answer); 6. no uncaught exception or console error; 7. a full-page
     screenshot is saved to tests/artifacts/dashboard.png."""
-    binary = _chromium()
+    binary = chromium.binary()
     if binary is None:
         pytest.skip(
-            f"no Chromium binary ({', '.join(CHROMIUM_NAMES)}) on PATH; .ci/install-chromium installs it"
+            f"no Chromium binary ({', '.join(chromium.NAMES)}) on PATH; .ci/install-chromium installs it"
         )
     settings = Settings(
         kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topics=unique_topic_names()),
@@ -482,24 +340,12 @@ async def _browse(
     has_calibration: bool,
     diffs: list[str],
 ) -> None:
-    proc, port = await _launch_chromium(binary, tmp_path / "chromium-profile", tmp_path / "chromium.log")
-    try:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{port}/json/list") as resp:
-                targets = await resp.json()
-            page = next(t for t in targets if t["type"] == "page")
-            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                cdp = Cdp(ws)
-                try:
-                    await _check_page(cdp, url, shot, has_whatif, has_calibration, diffs)
-                finally:
-                    await cdp.close()
-    finally:
-        await asyncio.to_thread(_stop_chromium, proc)
+    async with chromium.page(binary, tmp_path, window=(1400, 1000), describe=SUMMARY) as cdp:
+        await _check_page(cdp, url, shot, has_whatif, has_calibration, diffs)
 
 
 async def _check_page(
-    cdp: Cdp, url: str, shot: Path, has_whatif: bool, has_calibration: bool, diffs: list[str]
+    cdp: chromium.Cdp, url: str, shot: Path, has_whatif: bool, has_calibration: bool, diffs: list[str]
 ) -> None:
     await cdp.call("Runtime.enable")
     await cdp.call("Page.enable")

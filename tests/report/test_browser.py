@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from . import chromium
+from .. import chromium
 from .conftest import FIGURES, CliReport
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"

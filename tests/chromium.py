@@ -1,5 +1,5 @@
-"""Headless Chromium for the report tests: start it (own process group, DevTools on a free port) and a minimal
-DevTools Protocol client over one page's websocket (the same approach as tests/api/test_dashboard_page.py)."""
+"""Headless Chromium for the browser tests (the dashboard, the report page): start it in its own process group
+with DevTools on a free port, and a minimal DevTools Protocol client over one page's websocket."""
 
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ FLAGS = [
     "--no-proxy-server",
     "--hide-scrollbars",
     "--allow-file-access-from-files",
-    "--window-size=1200,900",
     "--remote-debugging-address=127.0.0.1",
     "--remote-debugging-port=0",
 ]
@@ -45,8 +44,10 @@ def binary() -> str | None:
 class Cdp:
     """Calls (``call``) and page evaluation (``js``) over a page target's websocket."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, describe: str | None = None) -> None:
         self.ws = ws
+        self.describe = describe
+        """A page expression whose value a ``wait_for`` timeout reports (what the page shows)."""
         self._next = 0
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.events: list[dict[str, Any]] = []
@@ -77,20 +78,32 @@ class Cdp:
         return result
 
     async def js(self, expression: str) -> Any:
+        """The value of ``expression`` in the page (awaited when it is a promise)."""
         r = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         assert "exceptionDetails" not in r, (expression, r["exceptionDetails"])
         return r["result"].get("value")
 
     async def wait_for(self, expression: str, what: str, timeout_s: float = 60.0) -> Any:
+        """Poll until ``expression`` is truthy (an exception thrown by it counts as not yet)."""
         deadline = time.monotonic() + timeout_s
         while not (
             value := await self.js(
                 f"(() => {{ try {{ return {expression}; }} catch (e) {{ return null; }} }})()"
             )
         ):
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            page = f"; page: {await self.js(self.describe)}" if self.describe else ""
+            assert time.monotonic() < deadline, f"timed out waiting for {what}{page}"
             await asyncio.sleep(0.2)
         return value
+
+    def page_errors(self) -> list[dict[str, Any]]:
+        """Uncaught exceptions and console.error calls seen so far."""
+        return [
+            e
+            for e in self.events
+            if e["method"] == "Runtime.exceptionThrown"
+            or (e["method"] == "Runtime.consoleAPICalled" and e["params"].get("type") == "error")
+        ]
 
 
 def _devtools_port(profile: Path) -> int | None:
@@ -101,10 +114,16 @@ def _devtools_port(profile: Path) -> int | None:
     return int(lines[0]) if len(lines) >= 2 else None
 
 
-def _start(exe: str, profile: Path, log_path: Path) -> subprocess.Popen[bytes]:
+def _start(exe: str, profile: Path, log_path: Path, window: tuple[int, int]) -> subprocess.Popen[bytes]:
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [exe, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            [
+                exe,
+                *FLAGS,
+                f"--window-size={window[0]},{window[1]}",
+                f"--user-data-dir={profile}",
+                "about:blank",
+            ],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -120,11 +139,14 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def page(exe: str, tmp: Path) -> AsyncIterator[Cdp]:
-    """A blank page in a fresh headless Chromium (stopped, with its whole process group, at the end)."""
+async def page(
+    exe: str, tmp: Path, *, window: tuple[int, int] = (1200, 900), describe: str | None = None
+) -> AsyncIterator[Cdp]:
+    """A blank page in a fresh headless Chromium (stopped, with its whole process group, at the end);
+    ``describe``: see :attr:`Cdp.describe`."""
     profile = tmp / "chromium-profile"
     profile.mkdir(parents=True)
-    proc = await asyncio.to_thread(_start, exe, profile, tmp / "chromium.log")
+    proc = await asyncio.to_thread(_start, exe, profile, tmp / "chromium.log", window)
     try:
         deadline = time.monotonic() + 30
         while (port := _devtools_port(profile)) is None:
@@ -135,7 +157,7 @@ async def page(exe: str, tmp: Path) -> AsyncIterator[Cdp]:
             async with http.get(f"http://127.0.0.1:{port}/json/list") as resp:
                 target = next(t for t in await resp.json() if t["type"] == "page")
             async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                cdp = Cdp(ws)
+                cdp = Cdp(ws, describe)
                 try:
                     yield cdp
                 finally:
