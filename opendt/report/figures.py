@@ -180,6 +180,44 @@ def _hourly(runs: list[Run]) -> list[pl.DataFrame]:
     return [S.twin_buckets(r, S.HOUR_MS) for r in runs]
 
 
+def _per_measured_kwh(
+    ax: Axes,
+    first: pl.DataFrame | None,
+    meas: pl.DataFrame,
+    amount: pl.Expr,
+    series: str,
+    what: str,
+    parts: list[pl.DataFrame],
+) -> None:
+    """Per hour, ``amount`` of the first run's hourly frame over the measured energy of that hour (hours with
+    measured energy only), drawn dotted as derived from the measurement and added to ``parts``."""
+    if first is None or not meas.height:
+        return
+    j = first.join(meas, on="timestamp_ms", how="inner", suffix="_m").filter(pl.col("energy_kwh_m") > 0)
+    per_kwh = j.select(amount / pl.col("energy_kwh_m")).to_series()
+    step_hourly(
+        ax, j["timestamp_ms"], per_kwh, color=MEASURED, ls=MEASURED_DERIVED, label=f"{what} / measured energy"
+    )
+    parts.append(tidy(series, MEASURED_LABEL, j["timestamp_ms"], per_kwh))
+
+
+def _finish_stacked(
+    fig: Figure, axes: list[Axes], first: pl.DataFrame | None, ylabels: tuple[str, str, str]
+) -> None:
+    """Three stacked hourly panels: labelled from zero with one date axis and one legend, or "no data"."""
+    if first is None:
+        for a in axes:
+            no_data(a, "no durable window yet" if a is axes[0] else "")
+        return
+    for a, label in zip(axes, ylabels, strict=True):
+        a.set_ylabel(label)
+        a.set_ylim(bottom=0)
+    for a in axes[:2]:
+        a.tick_params(labelbottom=False)
+    date_axis(axes[2])
+    legend_above(fig, axes)
+
+
 def sustainability(runs: list[Run], opt: Options) -> Plot:
     """Power (kW), CPU work per hour (THz·s) and efficiency (THz·s per kWh), hourly; measured vs twin."""
     fig, axes = figure(5.6, 3, 1, hspace=0.05)
@@ -208,31 +246,13 @@ def sustainability(runs: list[Run], opt: Options) -> Plot:
             tidy("efficiency_thz_s_per_kwh", r.label, h["timestamp_ms"], eff),
         ]
     first = next((h for h in hourly if h.height), None)
-    if first is not None and meas.height:  # the work the trace asked for, per measured kWh
-        j = first.join(meas, on="timestamp_ms", how="inner", suffix="_m").filter(pl.col("energy_kwh_m") > 0)
-        eff_m = (j["work_ghz_s"] / 1e3) / j["energy_kwh_m"]
-        step_hourly(
-            axes[2],
-            j["timestamp_ms"],
-            eff_m,
-            color=MEASURED,
-            ls=MEASURED_DERIVED,
-            label="work / measured energy",
-        )
-        parts.append(tidy("efficiency_thz_s_per_kwh", MEASURED_LABEL, j["timestamp_ms"], eff_m))
-    if first is None:
-        for a in axes:
-            no_data(a, "no durable window yet" if a is axes[0] else "")
-    else:
-        axes[0].set_ylabel("power (kW)")
-        axes[1].set_ylabel("CPU work\n(THz·s per h)")
-        axes[2].set_ylabel("efficiency\n(THz·s per kWh)")
-        for a in axes:
-            a.set_ylim(bottom=0)
-        for a in axes[:2]:
-            a.tick_params(labelbottom=False)
-        date_axis(axes[2])
-        legend_above(fig, axes)
+    # the work the trace asked for, per measured kWh
+    _per_measured_kwh(
+        axes[2], first, meas, pl.col("work_ghz_s") / 1e3, "efficiency_thz_s_per_kwh", "work", parts
+    )
+    _finish_stacked(
+        fig, axes, first, ("power (kW)", "CPU work\n(THz·s per h)", "efficiency\n(THz·s per kWh)")
+    )
     return Plot(
         "sustainability",
         "Sustainability overview",
@@ -274,31 +294,8 @@ def job_completion(runs: list[Run], opt: Options) -> Plot:
             tidy("jobs_per_kwh", r.label, h["timestamp_ms"], jpk),
         ]
     first = next((h for h in hourly if h.height), None)
-    if first is not None and meas.height:
-        j = first.join(meas, on="timestamp_ms", how="inner", suffix="_m").filter(pl.col("energy_kwh_m") > 0)
-        jpk_m = j["jobs"] / j["energy_kwh_m"]
-        step_hourly(
-            axes[2],
-            j["timestamp_ms"],
-            jpk_m,
-            color=MEASURED,
-            ls=MEASURED_DERIVED,
-            label="jobs / measured energy",
-        )
-        parts.append(tidy("jobs_per_kwh", MEASURED_LABEL, j["timestamp_ms"], jpk_m))
-    if first is None:
-        for a in axes:
-            no_data(a, "no durable window yet" if a is axes[0] else "")
-    else:
-        axes[0].set_ylabel("jobs completed\nper h")
-        axes[1].set_ylabel("energy\n(kWh per h)")
-        axes[2].set_ylabel("jobs per kWh")
-        for a in axes:
-            a.set_ylim(bottom=0)
-        for a in axes[:2]:
-            a.tick_params(labelbottom=False)
-        date_axis(axes[2])
-        legend_above(fig, axes)
+    _per_measured_kwh(axes[2], first, meas, pl.col("jobs"), "jobs_per_kwh", "jobs", parts)
+    _finish_stacked(fig, axes, first, ("jobs completed\nper h", "energy\n(kWh per h)", "jobs per kWh"))
     return Plot(
         "job_completion",
         "Job completion",
