@@ -298,16 +298,26 @@ class Windower:
         self._window_for(row.submission_ms).tasks.append(row)
         return True
 
+    def _mark(
+        self, table: dict[str, _Seen], key: str, v: int, t_ms: int, kind: str, *, horizon: int | None = None
+    ) -> None:
+        """Record ``v`` (a fragment position, a power instant) as received for ``key`` at event time ``t_ms``
+        (values below ``horizon`` forgotten), for duplicate detection within the horizon."""
+        seen = table.get(key)
+        if seen is None:
+            seen = table[key] = _Seen()
+        seen.add(v, t_ms)
+        if horizon is not None:
+            seen.forget_before(horizon)
+        self._remember(t_ms, kind, key, new=len(seen) == 1)
+
     def add_fragment(self, source: Hashable, row: FragmentRow) -> bool:
         self._seen(source, row.submission_ms)
         seen = self._positions.get(row.id)
         if seen is not None and row.position in seen:
             self.stats.duplicates += 1
             return False
-        if seen is None:
-            seen = self._positions[row.id] = _Seen()
-        seen.add(row.position, row.submission_ms)
-        self._remember(row.submission_ms, "f", row.id, new=len(seen) == 1)
+        self._mark(self._positions, row.id, row.position, row.submission_ms, "f")
         self.stats.events += 1
         self._window_for(row.submission_ms).fragments.append(row)
         return True
@@ -318,11 +328,8 @@ class Windower:
         if seen is not None and row.timestamp_ms in seen:
             self.stats.duplicates += 1
             return False
-        if seen is None:
-            seen = self._instants[row.source] = _Seen()
-        seen.add(row.timestamp_ms, row.timestamp_ms)
-        seen.forget_before(self._newest - self.dedup_horizon_ms)
-        self._remember(row.timestamp_ms, "p", row.source, new=len(seen) == 1)
+        horizon = self._newest - self.dedup_horizon_ms
+        self._mark(self._instants, row.source, row.timestamp_ms, row.timestamp_ms, "p", horizon=horizon)
         self.stats.events += 1
         self._window_for(row.timestamp_ms).power.append(row)
         return True
@@ -354,17 +361,9 @@ class Windower:
             self._tasks[t.id] = t
             self._remember(t.submission_ms, "t", t.id, new=new)
         for f in fragments:
-            seen = self._positions.get(f.id)
-            if seen is None:
-                seen = self._positions[f.id] = _Seen()
-            seen.add(f.position, f.submission_ms)
-            self._remember(f.submission_ms, "f", f.id, new=len(seen) == 1)
+            self._mark(self._positions, f.id, f.position, f.submission_ms, "f")
         for p in power:
-            seen = self._instants.get(p.source)
-            if seen is None:
-                seen = self._instants[p.source] = _Seen()
-            seen.add(p.timestamp_ms, p.timestamp_ms)
-            self._remember(p.timestamp_ms, "p", p.source, new=len(seen) == 1)
+            self._mark(self._instants, p.source, p.timestamp_ms, p.timestamp_ms, "p")
 
     def carbon_known_until(self, t_ms: int) -> None:
         """Carbon steps up to ``t_ms`` were carried by windows of an earlier process (a restart)."""
