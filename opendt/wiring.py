@@ -311,7 +311,6 @@ async def build_twin(
     if settings.api.enabled:
         view = TwinView(
             store=store,
-            measured=None if workload is None else workload.consumption,
             box=box,
             writer=writer,
             calibration_view=None if calibrator is None else calibrator.view,

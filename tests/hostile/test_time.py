@@ -166,3 +166,34 @@ async def test_a_carbon_trace_reaching_back_months_is_not_an_outlier(
     windows = state.snapshot()["windows"]
     assert windows["quarantined"] == 0
     _check_results(settings, workload)
+
+
+async def test_with_its_own_replay_the_twin_serves_only_measurements_it_received(
+    daemon_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The twin knows only what the stream told it, also when the replay producer runs in the same process:
+    while the replay goes on (600×), /api/power never returns a measured point at or after the end of the
+    last durable window (the API read the workload's whole consumption.parquet before)."""
+    workload = write_small_workload(tmp_path / "wl")
+    settings = daemon_settings(workload, speed=600.0)
+    state = TwinState()
+    stop = asyncio.Event()
+    checks = 0
+    async with asyncio.timeout(120), asyncio.TaskGroup() as tg:
+        daemon = tg.create_task(run_daemon(settings, shutdown_trigger=stop.wait, state=state))
+        deadline = time.monotonic() + 90
+        while state.loop is None or not state.snapshot()["simulation"]["done"]:
+            assert not daemon.done(), "the daemon stopped"
+            assert time.monotonic() < deadline, "not done"
+            sim = state.snapshot()["simulation"] if state.loop is not None else None
+            if sim is not None and sim["windows_durable"] >= 2 and state.api_url:
+                power = (await asyncio.to_thread(call, state.api_url, "GET", "/api/power?step_s=30")).json()
+                # read after the answer: windows only become durable, so this bounds what it could hold
+                durable_end = state.snapshot()["simulation"]["last_window_end_ms"]
+                assert power["measured"], power
+                assert max(t for t, _ in power["measured"]) < durable_end
+                checks += 1
+            await asyncio.sleep(0.2)
+        stop.set()
+    assert daemon.result() == 0
+    assert checks >= 3, checks
