@@ -91,8 +91,9 @@ class Cdp:
                 f"(() => {{ try {{ return {expression}; }} catch (e) {{ return null; }} }})()"
             )
         ):
-            page = f"; page: {await self.js(self.describe)}" if self.describe else ""
-            assert time.monotonic() < deadline, f"timed out waiting for {what}{page}"
+            if time.monotonic() >= deadline:  # what the page shows, read only now (it may not load before)
+                page = f"; page: {await self.js(self.describe)}" if self.describe else ""
+                raise AssertionError(f"timed out waiting for {what}{page}")
             await asyncio.sleep(0.2)
         return value
 
