@@ -141,9 +141,33 @@ class CheckpointSettings(Section):
 
 
 class SimulationSettings(Section):
-    engine: Literal["builtin", "opendc"] = "builtin"
+    engine: Literal["builtin", "opendc"] = Field(
+        default="builtin",
+        description="What simulates the twin's windows: our engine, or the OpenDC binary "
+        "(simulation.opendc_bin) through the subprocess pool; calibration, what-ifs and the optimizer "
+        "use the builtin engine either way",
+    )
     opendc_bin: Path | None = Field(default=None, description="OpenDCExperimentRunner start script")
-    java_home: Path | None = None
+    java_home: Path | None = Field(
+        default=None, description="JAVA_HOME for the OpenDC binary (else the environment's, if any)"
+    )
+    opendc_every_windows: int = Field(
+        default=12,
+        ge=1,
+        le=288,
+        description="engine opendc: windows per OpenDC run (a run re-simulates every task so far; its "
+        "windows' results wait for the batch to close)",
+    )
+    verify_every_s: int | None = Field(
+        default=None,
+        gt=0,
+        description="Cross-check (needs opendc_bin): every this many trace seconds the last "
+        "verify_range_s of received inputs are simulated one-shot by both engines and their divergence "
+        "reported; off when unset",
+    )
+    verify_range_s: int = Field(
+        default=3600, gt=0, le=7 * 86400, description="Trace seconds a cross-check covers"
+    )
     export_interval_s: int = Field(default=150, gt=0)
     max_parallel: int = Field(default=2, ge=1)
     timeout_s: float = Field(default=120.0, gt=0)

@@ -29,6 +29,8 @@ from opendt.kafka.broker import BrokerError, EmbeddedBroker, kafka_broker_for
 from opendt.kafka.client import DeadLetter, make_consumer, make_producer
 from opendt.models.messages import DATACENTER_KEY, encode_sim_topology
 from opendt.models.topology import Topology
+from opendt.opendc.backends import opendc_backend
+from opendt.opendc.pool import SimulationPool
 from opendt.optimizer.component import Optimizer
 from opendt.optimizer.journal import OptimizerJournal
 from opendt.optimizer.llm import make_strategy
@@ -41,6 +43,7 @@ from opendt.twin.history import TwinHistory
 from opendt.twin.hooks import HookChain
 from opendt.twin.liveness import Liveness, metadata_probe
 from opendt.twin.loop import WindowLoop
+from opendt.twin.opendc import OpenDCWindows
 from opendt.twin.recovery import Recovery, durability_of
 from opendt.twin.results import ResultStore
 from opendt.twin.run import RunLock, identity, set_aside, write_run_json
@@ -273,6 +276,22 @@ async def build_twin(
         )
         await writer.write(base, "physical", "new physical topology (dc.topology)", at_ms=at_ms)
 
+    pool, opendc = None, None
+    if settings.simulation.engine == "opendc" or settings.simulation.verify_every_s is not None:
+        pool = SimulationPool.from_settings(settings.simulation)
+        await pool.start()
+        stack.push_async_callback(bounded, pool.stop, "simulation_pool")
+    if settings.simulation.engine == "opendc":
+        assert pool is not None
+        opendc = OpenDCWindows(
+            pool,
+            opendc_backend(settings.simulation),
+            inputs,
+            run_dir,
+            export_interval_s=settings.simulation.export_interval_s,
+            every_windows=settings.simulation.opendc_every_windows,
+        )
+        await asyncio.to_thread(opendc.load)
     loop = WindowLoop(
         queue,
         twin,
@@ -284,6 +303,7 @@ async def build_twin(
         hooks=HookChain(calibrator, history, optimizer),
         on_physical=on_physical,
         recovery=recovery,
+        opendc=opendc,
     )
     state.loop = loop
     replay = None

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import errno
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -20,10 +21,13 @@ from typing import TextIO
 from opendt.commands.errors import UsageError
 from opendt.commands.progress import Progress, Sample
 from opendt.commands.runs import summarize_run, summary_lines
+from opendt.opendc.backends import BackendConfigError, opendc_backend
 from opendt.settings import Settings
 from opendt.twin.status import SimulationStatus, TwinState
 
 REQUIRED_FILES = ("tasks.parquet", "fragments.parquet", "topology.json")
+PROBE_TIMEOUT_S = 60.0
+"""How long the OpenDC binary's ``--help`` may take at start (a JVM starts in about a second)."""
 
 
 def check_workload(path: Path, option: str = "--workload DIR (or replay.workload)") -> None:
@@ -71,18 +75,51 @@ def check_port(host: str, port: int, option: str = "--port N (or OPENDT_API__POR
 
 
 def preflight(settings: Settings) -> None:
-    if settings.simulation.engine != "builtin":
-        # the twin's windows run on the builtin engine (stateful, window by window); running them on the
-        # OpenDC binary is not built yet (issue 16): say so instead of silently simulating with our engine
-        raise UsageError(
-            f"simulation.engine is {settings.simulation.engine!r}, but the twin (opendt run) simulates its "
-            "windows with the builtin OpenDC-compatible engine only: set simulation.engine: builtin (or "
-            "OPENDT_SIMULATION__ENGINE=builtin); the OpenDC binary runs one-shot with opendt simulate"
-        )
+    check_engine(settings)
     if settings.replay.enabled:
         check_workload(Path(settings.replay.workload))
     if settings.api.enabled:
         check_port(settings.api.host, settings.api.port)
+
+
+def check_engine(settings: Settings) -> None:
+    """``simulation.engine: opendc`` and the cross-check need an OpenDC binary that runs: one line naming
+    the key otherwise (the binary is started once, with ``--help``, to see that it can be executed)."""
+    sim = settings.simulation
+    if sim.engine != "opendc" and sim.verify_every_s is None:
+        return
+    why = "simulation.engine is 'opendc'" if sim.engine == "opendc" else "simulation.verify_every_s is set"
+    if sim.opendc_bin is None:
+        raise UsageError(
+            f"{why} but simulation.opendc_bin is not set: point it (or OPENDT_SIMULATION__OPENDC_BIN) at an "
+            "OpenDCExperimentRunner start script (README: the OpenDC binary)"
+        )
+    try:
+        backend = opendc_backend(sim)
+    except BackendConfigError as e:
+        raise UsageError(str(e)) from None
+    try:
+        done = subprocess.run(  # the operator's own binary, no shell
+            [str(backend.bin), "--help"],
+            env=backend.env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except OSError as e:
+        raise UsageError(f"simulation.opendc_bin: {sim.opendc_bin} does not run: {e.strerror}") from None
+    except subprocess.TimeoutExpired:
+        raise UsageError(
+            f"simulation.opendc_bin: {sim.opendc_bin} --help did not finish in {PROBE_TIMEOUT_S:g} s"
+        ) from None
+    if done.returncode in (126, 127) or done.returncode < 0:
+        tail = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
+        raise UsageError(
+            f"simulation.opendc_bin: {sim.opendc_bin} does not run (exit {done.returncode}"
+            + (f": {tail[-1][:200]}" if tail else "")
+            + "); is Java 21 there (simulation.java_home or JAVA_HOME)?"
+        )
 
 
 def sample_of(state: TwinState) -> tuple[Sample, SimulationStatus | None]:

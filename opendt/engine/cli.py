@@ -54,9 +54,9 @@ class ParquetOutput:
     values are the same, the files a little larger than OpenDC's.
     """
 
-    def __init__(self, path: Path, kind: str) -> None:
+    def __init__(self, path: Path, kind: str, *, float64: bool = False) -> None:
         self.path = path
-        self.float32 = frozenset(FLOAT32.get(kind, ()))
+        self.float32 = frozenset(() if float64 else FLOAT32.get(kind, ()))
         self.nullable = frozenset(NON_NULL_EXCEPT.get(kind, ()))
         self.writer: pq.ParquetWriter | None = None
 
@@ -115,8 +115,9 @@ def run_scenario(sc: Scenario) -> OneShot:
     return run_one_shot(eng, scaling)
 
 
-def run(path: Path) -> None:
-    """Run every scenario and seed of the experiment and write OpenDC's output tree."""
+def run(path: Path, *, float64: bool = False) -> None:
+    """Run every scenario and seed of the experiment and write OpenDC's output tree (``float64``: the
+    powerSource values unrounded, where OpenDC stores float32)."""
     from .experiment import read_experiment, trackr_entry
 
     exp = read_experiment(path)
@@ -125,12 +126,14 @@ def run(path: Path) -> None:
         (base / "simulation-analysis" / sub).mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet") as pool:
         for sc in exp.scenarios:
-            _write_scenario(exp, sc, pool, base)
+            _write_scenario(exp, sc, pool, base, float64=float64)
     trackr = [trackr_entry(exp, sc) for sc in exp.scenarios]
     (base / "trackr.json").write_text(json.dumps(trackr, indent=4), encoding="utf-8")
 
 
-def _write_scenario(exp: Experiment, sc: Scenario, pool: ThreadPoolExecutor, base: Path) -> None:
+def _write_scenario(
+    exp: Experiment, sc: Scenario, pool: ThreadPoolExecutor, base: Path, *, float64: bool = False
+) -> None:
     """Simulate, then build and write one table at a time (the writer thread overlaps the next build)."""
     result = run_scenario(sc)
     outs = [base / "raw-output" / str(sc.index) / f"seed={seed}" for seed in range(exp.runs)]
@@ -140,7 +143,7 @@ def _write_scenario(exp: Experiment, sc: Scenario, pool: ThreadPoolExecutor, bas
     kinds = [k for k in ("powerSource", "service", "task", "host") if k in sc.files]
     last: Future[None] | None = None
     for kind in kinds:
-        file = ParquetOutput(outs[0] / f"{kind}.parquet", kind)
+        file = ParquetOutput(outs[0] / f"{kind}.parquet", kind, float64=float64)
         for part in result.parts(kind, last=kind == kinds[-1]):
             if last is not None:
                 last.result()  # one part in the writer at a time (bounds memory)
@@ -185,10 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; invalid input gives a one-line error on stderr and exit code 2."""
     ap = argparse.ArgumentParser(prog="python -m opendt.engine", description=__doc__)
     ap.add_argument("--experiment-path", default="resources/experiment.json", type=Path)
+    ap.add_argument(
+        "--float64",
+        action="store_true",
+        help="write powerSource values as float64 (not OpenDC's float32): a stand-in whose output is exact",
+    )
     args = ap.parse_args(argv)
     _tune_memory()
     try:
-        run(args.experiment_path)
+        run(args.experiment_path, float64=args.float64)
     except (ValueError, OSError) as e:  # ExperimentError, TopologyError, InputError, CarbonError, Arrow's
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         sys.stderr.write(f"error: {msg}\n")

@@ -7,6 +7,7 @@ from opendt.opendc.backends import (
     BuiltinBackend,
     OpenDCBackend,
     backend_from_settings,
+    opendc_backend,
     run_simulation,
 )
 from opendt.opendc.experiment import ExperimentError, ExperimentFiles, write_experiment
@@ -38,6 +39,7 @@ __all__ = [
     "SimulationOutputError",
     "SimulationPool",
     "backend_from_settings",
+    "opendc_backend",
     "read_output",
     "read_output_async",
     "run_simulation",

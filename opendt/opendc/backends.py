@@ -93,6 +93,11 @@ def backend_from_settings(settings: SimulationSettings) -> BuiltinBackend | Open
     """The engine ``settings.engine`` names; ``opendc`` needs ``opendc_bin`` (JAVA_HOME may come from env)."""
     if settings.engine == "builtin":
         return BuiltinBackend()
+    return opendc_backend(settings)
+
+
+def opendc_backend(settings: SimulationSettings) -> OpenDCBackend:
+    """The OpenDC binary of ``settings`` (``opendc_bin``, ``java_home`` or the environment's JAVA_HOME)."""
     if settings.opendc_bin is None:
         raise BackendConfigError("simulation.engine is 'opendc' but simulation.opendc_bin is not set")
     java_home = settings.java_home

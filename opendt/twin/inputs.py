@@ -129,6 +129,11 @@ class InputStore:
         """A stored window; ``FileNotFoundError`` when it is not stored."""
         return decode_window(self._path(start_ms).read_bytes(), f"stored window {start_ms}")
 
+    def tables(self, start_ms: int) -> dict[str, pl.DataFrame]:
+        """A stored window's frames only (tasks, fragments, power, carbon): no row objects are built."""
+        _, tables = unpack(self._path(start_ms).read_bytes())
+        return tables
+
     def between(self, lo_ms: int, hi_ms: int) -> list[int]:
         """Starts of the stored windows in ``[lo_ms, hi_ms)``."""
         a = bisect.bisect_left(self._starts, lo_ms)

@@ -35,6 +35,7 @@ from opendt.settings import SimulationSettings
 from opendt.stream.consumer import ClosedWindow
 from opendt.stream.windowing import Window
 from opendt.twin.hooks import HookChain, WindowHooks
+from opendt.twin.opendc import OpenDCWindowError, OpenDCWindows
 from opendt.twin.recovery import Recovery
 from opendt.twin.results import ResultStore, WindowRecord, aggregate_rows, measured_rows, results_message
 from opendt.twin.status import SimulationStatus
@@ -97,6 +98,7 @@ class WindowLoop:
         hooks: WindowHooks | None = None,
         on_physical: OnPhysical | None = None,
         recovery: Recovery | None = None,
+        opendc: OpenDCWindows | None = None,
     ) -> None:
         self.queue = queue
         self.twin = twin
@@ -105,6 +107,11 @@ class WindowLoop:
         self.settings = settings
         self.on_physical = on_physical
         self.recovery = recovery
+        self.opendc = opendc
+        """When set (``simulation.engine: opendc``), a window's results are OpenDC's, batched
+        ``opendc_every_windows`` at a time; the builtin engine still advances (calibration, what-ifs and
+        the optimizer start from its state)."""
+        self.engine = "builtin" if opendc is None else "opendc"
         twin.rebuild = self._rebuild
         self._engine_ready = False
         self._engine_until: int | None = None
@@ -135,6 +142,8 @@ class WindowLoop:
             worker_restarts=self.twin.stats.restarts,
             topologies_refused=self.stats.topologies_refused,
             done=self.done.is_set(),
+            engine=self.engine,
+            opendc=None if self.opendc is None else self.opendc.status(),
         )
 
     async def _ensure_engine(self) -> None:
@@ -229,10 +238,12 @@ class WindowLoop:
     async def run(self) -> None:
         try:
             await self._resume()
-            while (cw := await self.queue.get()) is not None:
+            more = True
+            while more:
+                batch, more = await self._take_batch()
                 self.busy_since = time.monotonic()
                 try:
-                    await self.process(cw)
+                    await self._process_batch(batch)
                 finally:
                     self.busy_since = None
         finally:
@@ -245,6 +256,47 @@ class WindowLoop:
             windows=self.stats.windows_simulated,
             failed=self.stats.windows_failed,
             replayed=self.stats.windows_replayed,
+        )
+
+    async def _take_batch(self) -> tuple[list[ClosedWindow], bool]:
+        """The next windows to simulate together: one, or with OpenDC ``opendc_every_windows`` (fewer at the
+        stream's end); False once the queue has ended."""
+        size = 1 if self.opendc is None else self.opendc.every_windows
+        batch: list[ClosedWindow] = []
+        while len(batch) < size and not (batch and batch[-1].window.final):
+            cw = await self.queue.get()
+            if cw is None:
+                return batch, False
+            batch.append(cw)
+        return batch, True
+
+    async def _process_batch(self, batch: list[ClosedWindow]) -> None:
+        if self.opendc is None or not batch:
+            for cw in batch:
+                await self.process(cw)
+            return
+        todo = [
+            cw
+            for cw in batch
+            if not self.store.is_durable(cw.window.start_ms)
+            and (self._engine_until is None or cw.window.end_ms > self._engine_until)
+        ]
+        if self.recovery is not None:  # OpenDC's run reads the batch's inputs from the store
+            for cw in todo:
+                positions = {(tp.topic, tp.partition): o for tp, o in cw.commit_offsets.items()}
+                await self.recovery.d.inputs.write(cw.window, positions)
+        end = max(cw.window.end_ms for cw in batch)
+        final = batch[-1].window.final
+        for cw in batch:
+            await self.process(cw, batch_end_ms=end, batch_final=final, stored=cw in todo)
+
+    async def _opendc_rows(self, w: Window, batch_end_ms: int | None, final: bool) -> pl.DataFrame:
+        assert self.opendc is not None
+        topology = self.box.of_version(self.applied_version, self.store)
+        if topology is None:
+            raise OpenDCWindowError(f"topology version {self.applied_version} is not known")
+        return await self.opendc.rows(
+            w.start_ms, w.end_ms, self.applied_version, topology, batch_end_ms or w.end_ms, final or w.final
         )
 
     async def _apply_current(self, cur: SimTopology, window_start_ms: int) -> None:
@@ -299,7 +351,14 @@ class WindowLoop:
             except WorkerError as e:
                 raise WindowFailed(str(e), attempts) from e
 
-    async def process(self, cw: ClosedWindow) -> None:
+    async def process(
+        self,
+        cw: ClosedWindow,
+        *,
+        batch_end_ms: int | None = None,
+        batch_final: bool = False,
+        stored: bool = False,
+    ) -> None:
         w = cw.window
         t0 = time.perf_counter()
         if self._engine_until is not None and w.end_ms <= self._engine_until:
@@ -330,7 +389,9 @@ class WindowLoop:
         cur = self.box.current
         if cur.version != self.applied_version:
             await self._apply_current(cur, w.start_ms)
-        if self.recovery is not None:  # stored before simulating: a crash rebuild and a resume read it
+        if (
+            self.recovery is not None and not stored
+        ):  # before simulating: a crash rebuild and a resume read it
             positions = {(tp.topic, tp.partition): o for tp, o in cw.commit_offsets.items()}
             await self.recovery.d.inputs.write(w, positions)
         status, error, attempts = "ok", "", 1
@@ -341,6 +402,13 @@ class WindowLoop:
             status, error, rows, attempts = "failed", str(e), pl.DataFrame(), e.attempts
             self.stats.windows_failed += 1
             log.error("window_failed", window_start=w.start_ms, error=error)  # noqa: TRY400 - expected, no trace
+        if self.opendc is not None and status == "ok":
+            try:
+                rows = await self._opendc_rows(w, batch_end_ms, batch_final)
+            except OpenDCWindowError as e:
+                status, error, rows = "failed", str(e)[:2000], pl.DataFrame()
+                self.stats.windows_failed += 1
+                log.error("window_failed", window_start=w.start_ms, engine="opendc", error=error[:500])  # noqa: TRY400
         agg = aggregate_rows(rows, self.applied_version, w.start_ms)
         latency = time.perf_counter() - t0
         record = WindowRecord(
@@ -356,11 +424,12 @@ class WindowLoop:
             compute_s=self.twin.stats.compute_s - compute0,
             attempts=attempts,
             error=error,
+            engine=self.engine,
         )
         await self.store.commit(record, agg if agg.height else pl.DataFrame(), measured_rows(w))
         if self.publish is not None and agg.height:
             await self.publish(
-                iso_ms(w.start_ms).encode(), results_message(w, self.applied_version, "builtin", agg)
+                iso_ms(w.start_ms).encode(), results_message(w, self.applied_version, self.engine, agg)
             )
         if self.commit is not None:
             await self.commit(cw)

@@ -49,6 +49,7 @@ WINDOW_SCHEMA = pl.Schema(
         "compute_s": pl.Float64(),
         "attempts": pl.Int64(),
         "error": pl.Utf8(),
+        "engine": pl.Utf8(),  # builtin | opendc: what simulated the window's rows
     }
 )
 
@@ -202,6 +203,7 @@ class WindowRecord:
     compute_s: float
     attempts: int
     error: str = ""
+    engine: str = "builtin"
 
 
 class ResultStore:
@@ -224,7 +226,10 @@ class ResultStore:
         or holds rows twice raises :class:`ResultsMismatch` naming it."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.windows_path.exists():
-            self.windows = pl.read_parquet(self.windows_path).cast(WINDOW_SCHEMA)
+            journal = pl.read_parquet(self.windows_path)
+            if "engine" not in journal.columns:  # journals written before the column: the builtin engine
+                journal = journal.with_columns(engine=pl.lit("builtin"))
+            self.windows = journal.select(list(WINDOW_SCHEMA)).cast(WINDOW_SCHEMA)
         journal = self.windows.select("window_start")
         agg = _conform(pl.read_parquet(self.agg_path)) if self.agg_path.exists() else self.agg.clear()
         self.agg = agg.join(journal, on="window_start", how="semi")

@@ -76,6 +76,13 @@ class SimulationStatus:
     topologies_refused: int
     """Simulated versions the engine could not apply (refused, the one before kept)."""
     done: bool
+    engine: str = "builtin"
+    """What simulates the windows' results (builtin | opendc); calibration, what-ifs and the optimizer always
+    use the builtin engine."""
+    opendc: dict[str, Any] | None = None
+    """engine opendc: runs, their wall time, the cost per simulated hour, the subprocess pool's counters."""
+    crosscheck: dict[str, Any] | None = None
+    """simulation.verify_every_s: the latest cross-checks of the builtin engine against the OpenDC binary."""
 
 
 class ConsumerView(Protocol):
