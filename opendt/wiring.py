@@ -39,6 +39,7 @@ from opendt.settings import ConfigError, Settings
 from opendt.stream.consumer import ClosedWindow, WindowConsumer
 from opendt.stream.listener import TopologyListener
 from opendt.stream.replay import ReplayProducer, ReplayProgress
+from opendt.twin.crosscheck import CrossCheck
 from opendt.twin.history import TwinHistory
 from opendt.twin.hooks import HookChain
 from opendt.twin.liveness import Liveness, metadata_probe
@@ -292,6 +293,20 @@ async def build_twin(
             every_windows=settings.simulation.opendc_every_windows,
         )
         await asyncio.to_thread(opendc.load)
+    crosscheck = None
+    if settings.simulation.verify_every_s is not None:
+        assert pool is not None
+        crosscheck = CrossCheck(
+            pool,
+            opendc_backend(settings.simulation),
+            inputs,
+            lambda: box.current.topology,
+            run_dir,
+            every_s=settings.simulation.verify_every_s,
+            range_s=settings.simulation.verify_range_s,
+            export_interval_s=settings.simulation.export_interval_s,
+        )
+        stack.push_async_callback(crosscheck.stop)  # before the pool stops (callbacks run in reverse)
     loop = WindowLoop(
         queue,
         twin,
@@ -304,6 +319,7 @@ async def build_twin(
         on_physical=on_physical,
         recovery=recovery,
         opendc=opendc,
+        crosscheck=crosscheck,
     )
     state.loop = loop
     replay = None
@@ -339,6 +355,7 @@ async def build_twin(
             scenarios=scenarios,
             slo=slo,
             optimizer=optimizer,
+            divergence=None if crosscheck is None else crosscheck.series,
         )
         state.api_url = await stack.enter_async_context(serve_api(state, settings.api, view))
     # unwound first: queued or running what-ifs are cancelled (503) before the API waits for its handlers

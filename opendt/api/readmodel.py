@@ -49,6 +49,8 @@ class TwinView:
     """The SLOs (config/slo.json, watched); None = no SLO file could be loaded."""
     optimizer: Optimizer | None = None
     """The SLO optimizer; None = optimizer.enabled is false."""
+    divergence: Callable[[], list[tuple[int, float]]] | None = None
+    """The engine cross-checks: (trace ms, max relative energy error per interval); None = off."""
 
 
 MEASURED_POWER = pl.Schema({"timestamp_ms": pl.Int64(), "power_draw": pl.Float64()})

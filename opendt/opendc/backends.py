@@ -50,9 +50,12 @@ class BuiltinBackend:
 
     python: str = sys.executable
     name: str = "builtin"
+    float64: bool = False
+    """Write powerSource values unrounded (``--float64``) instead of OpenDC's float32."""
 
     def command(self, experiment_path: Path) -> list[str]:
-        return [self.python, "-m", "opendt.engine", "--experiment-path", str(experiment_path)]
+        exact = ["--float64"] if self.float64 else []
+        return [self.python, "-m", "opendt.engine", "--experiment-path", str(experiment_path), *exact]
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -34,6 +34,7 @@ from opendt.models.topology import Topology
 from opendt.settings import SimulationSettings
 from opendt.stream.consumer import ClosedWindow
 from opendt.stream.windowing import Window
+from opendt.twin.crosscheck import CrossCheck
 from opendt.twin.hooks import HookChain, WindowHooks
 from opendt.twin.opendc import OpenDCWindowError, OpenDCWindows
 from opendt.twin.recovery import Recovery
@@ -99,6 +100,7 @@ class WindowLoop:
         on_physical: OnPhysical | None = None,
         recovery: Recovery | None = None,
         opendc: OpenDCWindows | None = None,
+        crosscheck: CrossCheck | None = None,
     ) -> None:
         self.queue = queue
         self.twin = twin
@@ -112,6 +114,7 @@ class WindowLoop:
         ``opendc_every_windows`` at a time; the builtin engine still advances (calibration, what-ifs and
         the optimizer start from its state)."""
         self.engine = "builtin" if opendc is None else "opendc"
+        self.crosscheck = crosscheck
         twin.rebuild = self._rebuild
         self._engine_ready = False
         self._engine_until: int | None = None
@@ -144,6 +147,7 @@ class WindowLoop:
             done=self.done.is_set(),
             engine=self.engine,
             opendc=None if self.opendc is None else self.opendc.status(),
+            crosscheck=None if self.crosscheck is None else self.crosscheck.status(),
         )
 
     async def _ensure_engine(self) -> None:
@@ -246,6 +250,8 @@ class WindowLoop:
                     await self._process_batch(batch)
                 finally:
                     self.busy_since = None
+            if self.crosscheck is not None:  # the check in flight is part of the run
+                await self.crosscheck.wait()
         finally:
             await self.twin.close()
         self.done.set()
@@ -436,6 +442,8 @@ class WindowLoop:
         self._engine_until = w.end_ms
         if self.hooks is not None:
             await self.hooks.after_window(w, tasks, frags)
+        if self.crosscheck is not None:
+            self.crosscheck.after_window(w.end_ms)
         if status == "ok":
             self.stats.windows_simulated += 1
         self.stats.latencies_s.append(time.perf_counter() - t0)

@@ -148,6 +148,14 @@ def _calibration_parameter(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
     return out
 
 
+def _engine_divergence(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
+    """The cross-checks' max relative energy error per export interval (builtin engine vs OpenDC)."""
+    checks = [] if view.divergence is None else view.divergence()
+    df = pl.DataFrame(checks, schema={"timestamp_ms": pl.Int64, "value": pl.Float64}, orient="row")
+    points = ctx.bucketed(ctx.rows(df), "value", "max")
+    return [Series("Engine divergence (max relative energy error)", points, "none")]
+
+
 def _window_latency(view: TwinView, ctx: Ctx, p: Params) -> list[Series]:
     quantities = {"latency": ("latency_s", "Window latency"), "compute": ("compute_s", "Window compute time")}
     column, base = quantities[p["quantity"]]
@@ -207,6 +215,12 @@ METRICS: dict[str, Metric] = {
             "Calibrated parameters (value in effect)",
             _calibration_parameter,
             (Option("parameter", "Parameter", multi=True), FORMAT),
+        ),
+        Metric(
+            "engine_divergence",
+            "Engine divergence, builtin vs OpenDC (max relative energy error)",
+            _engine_divergence,
+            (FORMAT,),
         ),
         Metric(
             "window_latency",
