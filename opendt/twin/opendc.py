@@ -352,6 +352,8 @@ class OpenDCWindows:
         self.history = History(self.dir / "history", inputs)
         self.stats = OpenDCStats()
         self._batch: _Batch | None = None
+        self._failed: tuple[int, int, str] | None = None
+        """(version, until, error) of a batch whose run failed: its other windows fail with it, unrun."""
         self._covered_ms: int | None = None
 
     def load(self) -> None:
@@ -382,7 +384,15 @@ class OpenDCWindows:
         ``batch_end_ms``; ``final``: the batch ends the stream). Raises :class:`OpenDCWindowError`."""
         b = self._batch
         if b is None or b.version != version or b.until_ms < end_ms or (final and not b.final):
-            b = await self._run(version, topology, max(batch_end_ms, end_ms), final)
+            until = max(batch_end_ms, end_ms)
+            f = self._failed
+            if f is not None and f[0] == version and f[1] == until:
+                raise OpenDCWindowError(f"{f[2]} (the run of this window's batch)")
+            try:
+                b = await self._run(version, topology, until, final)
+            except OpenDCWindowError as e:
+                self._failed = (version, until, str(e))
+                raise
         self.stats.windows += 1
         ts = pl.col("timestamp_absolute")
         mine = b.rows.filter(ts > start_ms) if final and end_ms >= b.until_ms else None
@@ -428,7 +438,7 @@ class OpenDCWindows:
             raise
         except Exception as e:
             self.stats.failed += 1
-            raise OpenDCWindowError(f"{label}: {e}") from e
+            raise OpenDCWindowError(str(e) if label in str(e) else f"{label}: {e}") from e
         rows = twin_rows(out)
         origin = out.origin_ms
         if rows.height and origin is not None:

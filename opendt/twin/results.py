@@ -54,6 +54,12 @@ WINDOW_SCHEMA = pl.Schema(
 )
 
 
+def _sum_or_null(column: str) -> pl.Expr:
+    """The sum, or null when every value is (a quantity the engine did not export, e.g. OpenDC's cpu_work)."""
+    c = pl.col(column)
+    return pl.when(c.is_not_null().any()).then(c.sum()).otherwise(None).alias(column)
+
+
 def aggregate_rows(rows: pl.DataFrame, version: int, window_start_ms: int) -> pl.DataFrame:
     """Engine rows (one per cluster per instant; a duplicate final flush) → one row per export instant.
 
@@ -62,7 +68,7 @@ def aggregate_rows(rows: pl.DataFrame, version: int, window_start_ms: int) -> pl
     if rows.is_empty():
         return pl.DataFrame()
     key = ["timestamp_absolute", "cluster_name"]
-    activity = rows.group_by(key).agg(*(pl.col(c).sum() for c in ACTIVITY_COLUMNS))
+    activity = rows.group_by(key).agg(*(_sum_or_null(c) for c in ACTIVITY_COLUMNS))
     per_cluster = (
         rows.unique(subset=key, keep="first", maintain_order=True)
         .drop(ACTIVITY_COLUMNS)
@@ -75,8 +81,8 @@ def aggregate_rows(rows: pl.DataFrame, version: int, window_start_ms: int) -> pl
             pl.col("energy_usage").sum(),
             pl.col("carbon_intensity").first(),
             pl.col("carbon_emission").sum(),
-            pl.col("tasks_completed").sum(),
-            pl.col("cpu_work").sum(),
+            _sum_or_null("tasks_completed"),
+            _sum_or_null("cpu_work"),
         )
         .sort("timestamp_absolute")
         .select(

@@ -80,14 +80,6 @@ def test_busy_port_is_one_line_exit_2_and_no_secret(tmp_path: Path, busy_port: i
     assert last.split(":", 1)[1] in res.stderr
 
 
-def test_engine_opendc_in_the_twin_is_refused_not_silently_replaced(tmp_path: Path) -> None:
-    """Issue 16 (what is built of it): `opendt run` with simulation.engine opendc exits 2 at once with one line
-    naming the key and the fix, instead of simulating every window with the builtin engine unannounced."""
-    res = opendt("run", "--data-dir", str(tmp_path), env=_env(OPENDT_SIMULATION__ENGINE="opendc"))
-    _one_line_error(res, 2, "simulation.engine", "builtin")
-    assert not (tmp_path / "runs").exists()
-
-
 def test_config_show_masks_the_token() -> None:
     """Item 4: `opendt config show` prints every key but masks api.token."""
     res = opendt("config", "show", env=_env(OPENDT_API__TOKEN=SECRET))
