@@ -29,7 +29,7 @@ from opendt.opendc.backends import Backend, BuiltinBackend, run_simulation
 from opendt.opendc.pool import Priority, SimulationPool
 from opendt.opendc.results import SimulationOutput
 from opendt.twin.inputs import InputStore
-from opendt.twin.opendc import strip_carbon_paths
+from opendt.twin.opendc import strip_carbon_paths, write_carbon_trace
 from opendt.workload import CARBON_SCHEMA, FRAGMENT_SCHEMA, TASK_SCHEMA
 
 log = structlog.get_logger(component="crosscheck")
@@ -201,10 +201,7 @@ class CrossCheck:
         if carbon.height:
             self.dir.mkdir(parents=True, exist_ok=True)
             carbon_path = self.dir / "carbon.parquet"
-            trace = carbon.sort("timestamp_ms", maintain_order=True).select(
-                pl.from_epoch("timestamp_ms", "ms").alias("timestamp"), "carbon_intensity"
-            )
-            await asyncio.to_thread(trace.write_parquet, carbon_path)
+            await asyncio.to_thread(write_carbon_trace, carbon, carbon_path)
 
         async def one(backend: Backend, name: str) -> tuple[SimulationOutput, float]:
             t0 = time.perf_counter()

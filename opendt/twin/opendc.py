@@ -193,6 +193,16 @@ def strip_carbon_paths(topology: Topology) -> Topology:
     return parse_topology(doc, source="simulated topology")
 
 
+def write_carbon_trace(carbon: pl.DataFrame, path: Path) -> None:
+    """Carbon steps (``CARBON_SCHEMA``) as an OpenDC carbon trace: ``timestamp`` as timestamp[ms] (OpenDC
+    reads the INT64 as epoch ms whatever its unit: a µs column puts every step in the far future) and
+    ``carbon_intensity``, sorted."""
+    carbon.sort("timestamp_ms", maintain_order=True).select(
+        pl.col("timestamp_ms").cast(pl.Datetime("ms")).alias("timestamp"),
+        pl.col("carbon_intensity").cast(pl.Float64),
+    ).write_parquet(path)
+
+
 def _carbon_integral(times: np.ndarray[Any, Any], values: np.ndarray[Any, Any], a: int, b: int) -> float:
     """∫ intensity dt over ``[a, b]`` (ms × gCO2/kWh) of the step function (the first value holds before)."""
     if b <= a:
@@ -414,10 +424,7 @@ class OpenDCWindows:
         if carbon.height:
             work.mkdir(parents=True, exist_ok=True)
             carbon_path = work / "carbon.parquet"
-            trace = carbon.sort("timestamp_ms", maintain_order=True).select(
-                pl.from_epoch("timestamp_ms", "ms").alias("timestamp"), "carbon_intensity"
-            )
-            await asyncio.to_thread(trace.write_parquet, carbon_path)
+            await asyncio.to_thread(write_carbon_trace, carbon, carbon_path)
         label = f"opendc:v{version}:until {until_ms}"
         try:
             out = await run_simulation(
