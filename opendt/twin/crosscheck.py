@@ -27,9 +27,9 @@ from opendt.models.messages import iso_ms
 from opendt.models.topology import Topology
 from opendt.opendc.backends import Backend, BuiltinBackend, run_simulation
 from opendt.opendc.pool import Priority, SimulationPool
+from opendt.opendc.prefix import strip_carbon_paths, write_carbon_trace
 from opendt.opendc.results import SimulationOutput
 from opendt.twin.inputs import InputStore
-from opendt.twin.opendc import strip_carbon_paths, write_carbon_trace
 from opendt.workload import CARBON_SCHEMA, FRAGMENT_SCHEMA, TASK_SCHEMA
 
 log = structlog.get_logger(component="crosscheck")

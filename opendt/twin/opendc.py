@@ -4,27 +4,19 @@ OpenDC keeps no state between runs, so a window is an OpenDC run over every task
 far (cumulative, as the original OpenDT did) up to the end of the window's batch
 (``simulation.opendc_every_windows`` windows per run); each window keeps the rows of its own span
 ``(start, end]``. Runs go through the asyncio :class:`~opendt.opendc.pool.SimulationPool` (high priority,
-its timeout and retries), one in flight per twin; the event loop only awaits them.
+its timeout and retries), one in flight per twin; the event loop only awaits them, and the inputs are read,
+prepared and written in a worker thread.
 
-Three rules make a prefix run equal the streaming twin (checked against it in the tests, 1e-9):
-
-* **Inputs from the stream only.** The cumulative tasks, fragments and carbon steps are the windows' stored
-  inputs (:mod:`opendt.twin.inputs`), appended per run to ``<run_dir>/opendc/history/`` (one part per run,
-  merged every ``COMPACT_PARTS``), so they outlive the input store's retention. Memory holds a run's frames
-  only while it is written.
-* **Causal zero tasks.** OpenDC completes a task whose fragments are all zero at once (OPENDC_SEMANTICS
-  §3.4, §10.4); in a prefix run that is a task whose *known* fragments are all zero, which the streaming twin
-  keeps on its host. The first fragment of such a task is given ``EPSILON_MHZ`` of demand, so OpenDC runs it
-  too: power moves by under 1e-10 relative.
-* **An empty datacenter after the run's end.** A prefix run ends at its last completion; from there to the
-  batch end every host is idle, which OpenDC does not simulate. Those instants are filled with the
-  topology's idle power (Σ P(0)) and the received carbon intensity (:func:`idle_tail`), and OpenDC's
-  partial final row joins the first of them.
+The inputs come from the stream only: the windows' stored inputs (:mod:`opendt.twin.inputs`), appended per
+run to ``<run_dir>/opendc/history/`` (:class:`History`: one part per run, merged every ``COMPACT_PARTS``),
+so they outlive the input store's retention. Memory holds a run's frames only while it is written. The rules
+that make a prefix run equal the streaming twin are in :mod:`opendt.opendc.prefix`.
 
 A topology version is the topology of every cumulative run from the window it takes effect on: for a change
-of power model or speed (calibration) OpenDC places every task as before, so the rows equal the twin's. A
-change of hosts is simulated as if the datacenter always had the new hosts, where the builtin engine
-migrates the running tasks: the two differ for the tasks in flight at the change.
+of power model or speed (calibration) OpenDC places every task as before, so the rows equal the twin's but
+for the export interval that straddles the window start. A change of hosts is simulated as if the
+datacenter always had the new hosts, where the builtin engine migrates the running tasks: the two differ
+for the tasks in flight at the change.
 """
 
 from __future__ import annotations
@@ -36,38 +28,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 import structlog
 
-from opendt.engine.hosts import build_hosts
-from opendt.models.topology import Topology, parse_topology
+from opendt.models.topology import Topology
 from opendt.opendc.backends import Backend, run_simulation
 from opendt.opendc.pool import Priority, SimulationPool
-from opendt.opendc.results import SimulationOutput
+from opendt.opendc.prefix import (
+    causal_fragments,
+    idle_tail,
+    row_schema,
+    strip_carbon_paths,
+    twin_rows,
+    write_carbon_trace,
+)
 from opendt.twin.files import write_atomic
 from opendt.twin.inputs import InputStore
 from opendt.workload import CARBON_SCHEMA, FRAGMENT_SCHEMA, TASK_SCHEMA
 
 log = structlog.get_logger(component="opendc")
 
-EPSILON_MHZ = 1e-6
-"""Demand given to the first fragment of a task whose known fragments are all zero."""
 COMPACT_PARTS = 32
 """History parts merged into one when there are more."""
 EXPORTED = ("powerSource", "service")
 KINDS = {"tasks": TASK_SCHEMA, "fragments": FRAGMENT_SCHEMA, "carbon": CARBON_SCHEMA}
-ROW_COLUMNS = (
-    "timestamp",
-    "timestamp_absolute",
-    "cluster_name",
-    "power_draw",
-    "energy_usage",
-    "carbon_intensity",
-    "carbon_emission",
-    "tasks_completed",
-    "cpu_work",
-)
 
 
 class OpenDCWindowError(RuntimeError):
@@ -162,164 +146,6 @@ class History:
         return {"tasks": tasks, "fragments": fragments, "carbon": carbon}
 
 
-def causal_fragments(fragments: pl.DataFrame) -> pl.DataFrame:
-    """Give the first fragment of every task whose fragments are all zero ``EPSILON_MHZ`` (see the module)."""
-    if fragments.is_empty():
-        return fragments
-    zero = (
-        fragments.group_by("id")
-        .agg((pl.col("cpu_usage") > 0).any().alias("busy"), pl.col("index").min().alias("first"))
-        .filter(~pl.col("busy"))
-    )
-    if zero.is_empty():
-        return fragments
-    bump = zero.select("id", pl.col("first").alias("index"), pl.lit(True).alias("_bump"))
-    return (
-        fragments.join(bump, on=["id", "index"], how="left", maintain_order="left")
-        .with_columns(
-            cpu_usage=pl.when(pl.col("_bump")).then(pl.lit(EPSILON_MHZ)).otherwise(pl.col("cpu_usage"))
-        )
-        .drop("_bump")
-    )
-
-
-def strip_carbon_paths(topology: Topology) -> Topology:
-    """The topology without ``carbonTracePath``s: the twin's carbon comes from ``dc.carbon`` only."""
-    doc = topology.to_json_dict()
-    for cluster in doc.get("clusters", []):
-        ps = cluster.get("powerSource")
-        if isinstance(ps, dict):
-            ps.pop("carbonTracePath", None)
-    return parse_topology(doc, source="simulated topology")
-
-
-def write_carbon_trace(carbon: pl.DataFrame, path: Path) -> None:
-    """Carbon steps (``CARBON_SCHEMA``) as an OpenDC carbon trace: ``timestamp`` as timestamp[ms] (OpenDC
-    reads the INT64 as epoch ms whatever its unit: a µs column puts every step in the far future) and
-    ``carbon_intensity``, sorted."""
-    carbon.sort("timestamp_ms", maintain_order=True).select(
-        pl.col("timestamp_ms").cast(pl.Datetime("ms")).alias("timestamp"),
-        pl.col("carbon_intensity").cast(pl.Float64),
-    ).write_parquet(path)
-
-
-def _carbon_integral(times: np.ndarray[Any, Any], values: np.ndarray[Any, Any], a: int, b: int) -> float:
-    """∫ intensity dt over ``[a, b]`` (ms × gCO2/kWh) of the step function (the first value holds before)."""
-    if b <= a:
-        return 0.0
-    if times.size == 0:
-        return 0.0
-    cuts = np.concatenate(([a], times[(times > a) & (times < b)], [b]))
-    idx = np.maximum(np.searchsorted(times, cuts[:-1], side="right") - 1, 0)
-    return float(np.sum(values[idx] * np.diff(cuts)))
-
-
-def idle_tail(
-    rows: pl.DataFrame,
-    topology: Topology,
-    carbon: pl.DataFrame,
-    origin_ms: int,
-    interval_ms: int,
-    until_ms: int,
-    *,
-    final: bool,
-) -> pl.DataFrame:
-    """``rows`` (one per cluster per instant) continued with an idle datacenter from their last instant to
-    ``until_ms``: one row per export instant, OpenDC's off-grid final row merged into the first; when
-    ``final``, a last partial row at ``until_ms`` as the twin's final flush."""
-    t_end = int(rows["timestamp_absolute"].max())  # type: ignore[arg-type]
-    if t_end >= until_ms:
-        return rows
-    hosts = build_hosts(topology)
-    idle = hosts.idle_by_cluster()
-    names = hosts.cluster_names
-    times = carbon["timestamp_ms"].to_numpy() if carbon.height else np.zeros(0, np.int64)
-    vals = carbon["carbon_intensity"].to_numpy() if carbon.height else np.zeros(0, np.float64)
-    order = np.argsort(times, kind="stable")
-    times, vals = times[order], vals[order]
-
-    def intensity(t: int) -> float:
-        if times.size == 0:
-            return 0.0
-        i = max(int(np.searchsorted(times, t, side="right")) - 1, 0)
-        return float(vals[i])
-
-    off_grid = (t_end - origin_ms) % interval_ms != 0
-    carry = dict.fromkeys(names, (0.0, 0.0, 0))
-    if off_grid:  # OpenDC's final row covers (last grid instant, t_end]: it joins the next grid instant
-        last = rows.filter(pl.col("timestamp_absolute") == t_end)
-        for r in last.iter_rows(named=True):
-            carry[r["cluster_name"]] = (
-                r["energy_usage"],
-                r["carbon_emission"],
-                r.get("tasks_completed") or 0,
-            )
-        rows = rows.filter(pl.col("timestamp_absolute") != t_end)
-    k = (t_end - origin_ms) // interval_ms + 1
-    instants = list(range(origin_ms + k * interval_ms, until_ms + 1, interval_ms))
-    if final and (not instants or instants[-1] < until_ms):
-        instants.append(until_ms)
-    out: list[dict[str, Any]] = []
-    prev = t_end
-    for g in instants:
-        for c, name in enumerate(names):
-            p = float(idle[c])
-            e0, c0, n0 = carry[name] if prev == t_end else (0.0, 0.0, 0)
-            out.append(
-                {
-                    "timestamp": g - origin_ms,
-                    "timestamp_absolute": g,
-                    "cluster_name": name,
-                    "power_draw": p,
-                    "energy_usage": e0 + p * (g - prev) * 0.001,
-                    "carbon_intensity": intensity(g),
-                    "carbon_emission": c0 + _carbon_integral(times, vals, prev, g) * p * 0.001 / 3.6e6,
-                    "tasks_completed": n0,
-                    "cpu_work": None,
-                }
-            )
-        prev = g
-    if not out:
-        return rows
-    tail = pl.DataFrame(out, schema=rows.select(ROW_COLUMNS).schema)
-    return pl.concat([rows.select(ROW_COLUMNS), tail], how="vertical_relaxed")
-
-
-def twin_rows(out: SimulationOutput) -> pl.DataFrame:
-    """OpenDC's powerSource rows in the twin's engine-row columns; ``tasks_completed`` from service.parquet
-    (the increase of its cumulative count, on the first cluster's row); ``cpu_work`` is not exported by
-    OpenDC (null)."""
-    power = out.power.sort("timestamp_absolute", maintain_order=True)
-    done = pl.DataFrame(schema={"timestamp_absolute": pl.Int64, "tasks_completed": pl.Int64})
-    raw = out.directory / "service.parquet"
-    if raw.is_file():
-        svc = pl.read_parquet(raw, columns=["timestamp_absolute", "tasks_completed"])
-        done = (
-            svc.group_by("timestamp_absolute")
-            .agg(pl.col("tasks_completed").max().cast(pl.Int64))
-            .sort("timestamp_absolute")
-            .with_columns(pl.col("tasks_completed").diff().fill_null(pl.col("tasks_completed")))
-        )
-    first = power["cluster_name"][0] if power.height else None
-    return (
-        power.join(done, on="timestamp_absolute", how="left")
-        .with_columns(
-            tasks_completed=pl.when(pl.col("cluster_name") == first)
-            .then(pl.col("tasks_completed").fill_null(0))
-            .otherwise(0),
-            cpu_work=pl.lit(None, pl.Float64),
-        )
-        .select(
-            pl.col("timestamp").cast(pl.Int64),
-            pl.col("timestamp_absolute").cast(pl.Int64),
-            pl.col("cluster_name").cast(pl.Utf8),
-            *(pl.col(c).cast(pl.Float64) for c in ROW_COLUMNS[3:7]),
-            pl.col("tasks_completed").cast(pl.Int64),
-            pl.col("cpu_work"),
-        )
-    )
-
-
 @dataclass
 class OpenDCStats:
     runs: int = 0
@@ -384,6 +210,7 @@ class OpenDCWindows:
             "last_run_tasks": s.last_tasks,
             "last_run_fragments": s.last_fragments,
             "wall_s_per_simulated_hour": round(wall / (covered / 3.6e6), 3) if covered else None,
+            "builtin_engine_for": ["calibration", "whatif", "optimizer"],
             "pool": self.pool.load.as_dict(),
         }
 
@@ -411,13 +238,18 @@ class OpenDCWindows:
         self._batch = _Batch(b.version, b.until_ms, b.final, b.rows.filter(ts > end_ms))
         return mine
 
+    def _inputs(self, until_ms: int) -> dict[str, pl.DataFrame]:
+        """The cumulative inputs up to ``until_ms``, zero tasks made causal (blocking: a worker thread)."""
+        frames = self.history.frames(until_ms)
+        frames["fragments"] = causal_fragments(frames["fragments"])
+        return frames
+
     async def _run(self, version: int, topology: Topology, until_ms: int, final: bool) -> _Batch:
         t0 = time.perf_counter()
-        frames = await asyncio.to_thread(self.history.frames, until_ms)
+        frames = await asyncio.to_thread(self._inputs, until_ms)
         tasks, fragments, carbon = frames["tasks"], frames["fragments"], frames["carbon"]
         if fragments.is_empty():  # no task yet: the twin has no rows either (OpenDC cannot run empty)
-            return _Batch(version, until_ms, final, pl.DataFrame(schema=_row_schema()))
-        fragments = causal_fragments(fragments)
+            return _Batch(version, until_ms, final, pl.DataFrame(schema=row_schema()))
         topo = strip_carbon_paths(topology)
         work = self.dir / "run"
         carbon_path = None
@@ -470,17 +302,3 @@ class OpenDCWindows:
             engine_s=None if out.engine_s is None else round(out.engine_s, 3),
         )
         return _Batch(version, until_ms, final, rows)
-
-
-def _row_schema() -> dict[str, Any]:
-    return {
-        "timestamp": pl.Int64,
-        "timestamp_absolute": pl.Int64,
-        "cluster_name": pl.Utf8,
-        "power_draw": pl.Float64,
-        "energy_usage": pl.Float64,
-        "carbon_intensity": pl.Float64,
-        "carbon_emission": pl.Float64,
-        "tasks_completed": pl.Int64,
-        "cpu_work": pl.Float64,
-    }

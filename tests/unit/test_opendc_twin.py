@@ -1,4 +1,4 @@
-"""The pieces of the twin's OpenDC mode (opendt/twin/opendc.py) on their own: the causal zero-task rule,
+"""The pieces of the twin's OpenDC mode (opendt/opendc/prefix.py, opendt/twin/opendc.py) on their own: the causal zero-task rule,
 the idle tail after a prefix run's end, the carbon trace file and the on-disk cumulative history."""
 
 from __future__ import annotations
@@ -13,18 +13,17 @@ import pytest
 from opendt.engine.hosts import build_hosts
 from opendt.models.messages import CarbonRow, FragmentRow, TaskRow
 from opendt.models.topology import parse_topology
-from opendt.stream.windowing import Window
-from opendt.twin.crosscheck import divergence
-from opendt.twin.inputs import InputStore
-from opendt.twin.opendc import (
+from opendt.opendc.prefix import (
     EPSILON_MHZ,
-    History,
-    OpenDCWindowError,
     causal_fragments,
     idle_tail,
     strip_carbon_paths,
     write_carbon_trace,
 )
+from opendt.stream.windowing import Window
+from opendt.twin.crosscheck import divergence
+from opendt.twin.inputs import InputStore
+from opendt.twin.opendc import History, OpenDCWindowError
 from opendt.workload import CARBON_SCHEMA, FRAGMENT_SCHEMA
 
 TOPOLOGY = {
