@@ -246,7 +246,14 @@ class OpenDCWindows:
 
     async def _run(self, version: int, topology: Topology, until_ms: int, final: bool) -> _Batch:
         t0 = time.perf_counter()
-        frames = await asyncio.to_thread(self._inputs, until_ms)
+        try:
+            frames = await asyncio.to_thread(self._inputs, until_ms)
+        except OpenDCWindowError:
+            self.stats.failed += 1
+            raise
+        except Exception as e:  # an unreadable part or input file fails the batch, never the loop
+            self.stats.failed += 1
+            raise OpenDCWindowError(f"cannot read the inputs up to {until_ms}: {e}") from e
         tasks, fragments, carbon = frames["tasks"], frames["fragments"], frames["carbon"]
         if fragments.is_empty():  # no task yet: the twin has no rows either (OpenDC cannot run empty)
             return _Batch(version, until_ms, final, pl.DataFrame(schema=row_schema()))

@@ -3,6 +3,7 @@ the idle tail after a prefix run's end, the carbon trace file and the on-disk cu
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -13,6 +14,8 @@ import pytest
 from opendt.engine.hosts import build_hosts
 from opendt.models.messages import CarbonRow, FragmentRow, TaskRow
 from opendt.models.topology import parse_topology
+from opendt.opendc.backends import OpenDCBackend
+from opendt.opendc.pool import SimulationPool
 from opendt.opendc.prefix import (
     EPSILON_MHZ,
     causal_fragments,
@@ -23,7 +26,7 @@ from opendt.opendc.prefix import (
 from opendt.stream.windowing import Window
 from opendt.twin.crosscheck import divergence
 from opendt.twin.inputs import InputStore
-from opendt.twin.opendc import History, OpenDCWindowError
+from opendt.twin.opendc import History, OpenDCWindowError, OpenDCWindows
 from opendt.workload import CARBON_SCHEMA, FRAGMENT_SCHEMA
 
 TOPOLOGY = {
@@ -177,3 +180,28 @@ def test_divergence_names_the_worst_instant_and_counts_a_missing_one_as_total() 
     assert (at, n) == (2, 3)
     assert divergence(a, a) == (0.0, 1, 3)
     assert divergence(a, b.filter(pl.col("timestamp_absolute") != 3))[:2] == (1.0, 3)
+
+
+async def test_an_unreadable_history_fails_the_batch_not_the_loop(tmp_path: Path) -> None:
+    """A damaged history part (a disk error): the window's rows raise OpenDCWindowError (the loop records
+    the window failed and goes on), counted as a failed run; the binary is never started."""
+    inputs = InputStore(tmp_path / "run")
+    inputs.load()
+    for i in range(3):
+        await inputs.write(_window(i * 300_000, f"t{i}"), {})
+    async with SimulationPool(max_parallel=1) as pool:
+        od = OpenDCWindows(
+            pool,
+            OpenDCBackend(bin=Path(sys.executable)),
+            inputs,
+            tmp_path / "run",
+            export_interval_s=150,
+            every_windows=2,
+        )
+        od.load()
+        od.history.frames(300_000)
+        (od.history.dir / "fragments.300000.parquet").write_bytes(b"not parquet")
+        with pytest.raises(OpenDCWindowError, match="cannot read the inputs"):
+            await od.rows(300_000, 600_000, 0, parse_topology(TOPOLOGY), 900_000, False)
+        assert od.stats.failed == 1
+        assert pool.load.completed + pool.load.failed == 0
