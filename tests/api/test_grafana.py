@@ -365,6 +365,7 @@ async def test_metrics_lists_every_metric_with_its_payloads(client: Client) -> N
         "tasks_completed",
         "cpu_work",
         "efficiency",
+        "engine_divergence",
     }
     answers = []
     for body in ({}, {"metric": "power_measured", "payload": {"aggregation": "max"}}, None):
