@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,24 @@ def _run_to_completion(
     proc = _opendt_run(wl, data_dir, log_path, "--speed", "max", "--exit-when-done", env_extra=env_extra)
     try:
         assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _kill_9_when(
+    proc: subprocess.Popen[bytes], log: Path, ready: Callable[[], bool], timeout_s: float, what: str
+) -> None:
+    """SIGKILL ``proc`` once ``ready()`` holds (polled; the daemon must still run), within ``timeout_s``."""
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{what} in {timeout_s:g} s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -160,22 +179,13 @@ def test_kill_9_with_calibration_then_rerun_keeps_rounds_and_topologies(
     proc = _opendt_run(
         small_workload, crashed, tmp_path / "first.log", "--speed", "600", env_extra=CALIBRATION
     )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no calibration round applied in 90 s"
-            rounds = _journal(crashed, "calibration.parquet")
-            status = [] if rounds is None else rounds["status"].to_list()
-            if "applied" in status and ("chosen" in status or status.count("applied") >= 2):
-                break
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+    def applied() -> bool:
+        rounds = _journal(crashed, "calibration.parquet")
+        status = [] if rounds is None else rounds["status"].to_list()
+        return "applied" in status and ("chosen" in status or status.count("applied") >= 2)
+
+    _kill_9_when(proc, tmp_path / "first.log", applied, 90, "no calibration round applied")
     rounds_before = _journal(crashed, "calibration.parquet")
     assert rounds_before is not None
     _, windows_before = read_results(crashed)
@@ -225,18 +235,9 @@ def test_kill_9_on_the_opendc_engine_then_rerun_equals_the_builtin_twin(
     }
     crashed = tmp_path / "crashed"
     proc = _opendt_run(small_workload, crashed, tmp_path / "first.log", "--speed", "1500", env_extra=env)
-    try:
-        deadline = time.monotonic() + 60
-        while _durable_windows(crashed) < 6:
-            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no durable window in 60 s"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _kill_9_when(
+        proc, tmp_path / "first.log", lambda: _durable_windows(crashed) >= 6, 60, "no 6 durable windows"
+    )
     agg_before, before = read_results(crashed)
     _run_to_completion(small_workload, crashed, tmp_path / "second.log", env_extra=env)
     assert _events(tmp_path / "second.log")["daemon_started"]["resumed_windows"] == before.height
