@@ -293,8 +293,9 @@ class WindowLoop:
                 await self.recovery.d.inputs.write(cw.window, positions)
         end = max(cw.window.end_ms for cw in batch)
         final = batch[-1].window.final
+        stored = {id(cw) for cw in todo}
         for cw in batch:
-            await self.process(cw, batch_end_ms=end, batch_final=final, stored=cw in todo)
+            await self.process(cw, batch_end_ms=end, batch_final=final, stored=id(cw) in stored)
 
     async def _opendc_rows(self, w: Window, batch_end_ms: int | None, final: bool) -> pl.DataFrame:
         assert self.opendc is not None
