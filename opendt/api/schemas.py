@@ -93,6 +93,7 @@ class WindowRow(Strict):
     compute_s: float
     attempts: int
     error: str
+    engine: str = Field(description="What simulated the window's rows: builtin or opendc")
 
 
 class Windows(Strict):
