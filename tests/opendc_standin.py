@@ -7,7 +7,9 @@
   see it;
 * ``hang``: writes its pid and a grandchild's (``sleep``) to ``pids`` beside it, then sleeps: cancellation and
   timeouts must kill the whole process group;
-* ``broken``: a script whose interpreter does not exist (the binary "does not run").
+* ``broken``: a script whose interpreter does not exist (the binary "does not run");
+* ``old_java``: what the OpenDC runner does under a Java older than 21: a LinkageError, exit 1, even for
+  ``--help``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 REPO = Path(__file__).resolve().parents[1]
-Kind = Literal["honest", "perturb", "hang", "broken"]
+Kind = Literal["honest", "perturb", "hang", "broken", "old_java"]
 
 _HEAD = f"""#!{sys.executable}
 import sys
@@ -60,6 +62,11 @@ def write_standin(directory: Path, kind: Kind = "honest") -> Path:
     path = directory / f"opendc-{kind}"
     if kind == "broken":
         text = "#!/nonexistent/interpreter/java21\nexit 0\n"
+    elif kind == "old_java":
+        text = (
+            "#!/bin/sh\necho 'Error: LinkageError occurred while loading main class "
+            "org.opendc.experiments.base.runner.ExperimentCli' >&2\nexit 1\n"
+        )
     else:
         body = {"honest": _ENGINE, "perturb": _ENGINE + _PERTURB, "hang": _HANG}[kind]
         text = _HEAD + body

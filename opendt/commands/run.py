@@ -84,7 +84,8 @@ def preflight(settings: Settings) -> None:
 
 def check_engine(settings: Settings) -> None:
     """``simulation.engine: opendc`` and the cross-check need an OpenDC binary that runs: one line naming
-    the key otherwise (the binary is started once, with ``--help``, to see that it can be executed)."""
+    the key otherwise (the binary is started once, with ``--help``, and must exit 0: the OpenDC runner prints
+    its usage; under a Java older than 21 it exits 1 with a LinkageError)."""
     sim = settings.simulation
     if sim.engine != "opendc" and sim.verify_every_s is None:
         return
@@ -113,7 +114,7 @@ def check_engine(settings: Settings) -> None:
         raise UsageError(
             f"simulation.opendc_bin: {sim.opendc_bin} --help did not finish in {PROBE_TIMEOUT_S:g} s"
         ) from None
-    if done.returncode in (126, 127) or done.returncode < 0:
+    if done.returncode != 0:  # OpenDC's runner prints its usage with exit 0; a wrong Java exits 1
         tail = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
         raise UsageError(
             f"simulation.opendc_bin: {sim.opendc_bin} does not run (exit {done.returncode}"

@@ -114,17 +114,17 @@ def test_verify_without_a_binary_fails_at_start(tmp_path: Path) -> None:
     _one_line_error(res, 2, "simulation.verify_every_s", "simulation.opendc_bin")
 
 
-@pytest.mark.parametrize("kind", ["missing", "not_executable", "broken"])
+@pytest.mark.parametrize("kind", ["missing", "not_executable", "broken", "old_java"])
 def test_a_binary_that_cannot_run_fails_at_start(kind: str, tmp_path: Path) -> None:
-    """A binary that does not exist, is not executable, or does not run (its interpreter is missing):
-    exit 2 with one line naming simulation.opendc_bin and the path."""
+    """A binary that does not exist, is not executable, or does not run (its interpreter is missing; a Java
+    older than 21): exit 2 with one line naming simulation.opendc_bin and the path."""
     if kind == "missing":
         binary = tmp_path / "no" / "OpenDCExperimentRunner"
     elif kind == "not_executable":
         binary = write_standin(tmp_path / "bin")
         binary.chmod(0o644)
     else:
-        binary = write_standin(tmp_path / "bin", "broken")
+        binary = write_standin(tmp_path / "bin", kind)  # type: ignore[arg-type]
     env = _env(OPENDT_SIMULATION__ENGINE="opendc", OPENDT_SIMULATION__OPENDC_BIN=str(binary))
     res = opendt("run", "--data-dir", str(tmp_path / "data"), env=env)
     _one_line_error(res, 2, "simulation.opendc_bin", str(binary))
