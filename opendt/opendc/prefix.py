@@ -23,23 +23,27 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from opendt.engine.carbon import CarbonTrace
 from opendt.engine.hosts import build_hosts
 from opendt.models.topology import Topology, parse_topology
 from opendt.opendc.results import SimulationOutput
 
 EPSILON_MHZ = 1e-6
 """Demand given to the first fragment of a task whose known fragments are all zero."""
-ROW_COLUMNS = (
-    "timestamp",
-    "timestamp_absolute",
-    "cluster_name",
-    "power_draw",
-    "energy_usage",
-    "carbon_intensity",
-    "carbon_emission",
-    "tasks_completed",
-    "cpu_work",
+ROW_SCHEMA = pl.Schema(
+    {
+        "timestamp": pl.Int64(),
+        "timestamp_absolute": pl.Int64(),
+        "cluster_name": pl.Utf8(),
+        "power_draw": pl.Float64(),
+        "energy_usage": pl.Float64(),
+        "carbon_intensity": pl.Float64(),
+        "carbon_emission": pl.Float64(),
+        "tasks_completed": pl.Int64(),
+        "cpu_work": pl.Float64(),
+    }
 )
+"""The twin's engine rows (one per cluster per export instant), as the builtin engine returns them."""
 
 
 def causal_fragments(fragments: pl.DataFrame) -> pl.DataFrame:
@@ -83,15 +87,12 @@ def write_carbon_trace(carbon: pl.DataFrame, path: Path) -> None:
     ).write_parquet(path)
 
 
-def _carbon_integral(times: np.ndarray[Any, Any], values: np.ndarray[Any, Any], a: int, b: int) -> float:
+def _carbon_integral(trace: CarbonTrace, a: int, b: int) -> float:
     """∫ intensity dt over ``[a, b]`` (ms × gCO2/kWh) of the step function (the first value holds before)."""
     if b <= a:
         return 0.0
-    if times.size == 0:
-        return 0.0
-    cuts = np.concatenate(([a], times[(times > a) & (times < b)], [b]))
-    idx = np.maximum(np.searchsorted(times, cuts[:-1], side="right") - 1, 0)
-    return float(np.sum(values[idx] * np.diff(cuts)))
+    cuts = np.concatenate(([a], trace.steps_between(a, b), [b])).astype(np.int64)
+    return float(np.sum(trace.at(cuts[:-1]) * np.diff(cuts)))
 
 
 def idle_tail(
@@ -113,16 +114,13 @@ def idle_tail(
     hosts = build_hosts(topology)
     idle = hosts.idle_by_cluster()
     names = hosts.cluster_names
-    times = carbon["timestamp_ms"].to_numpy() if carbon.height else np.zeros(0, np.int64)
-    vals = carbon["carbon_intensity"].to_numpy() if carbon.height else np.zeros(0, np.float64)
-    order = np.argsort(times, kind="stable")
-    times, vals = times[order], vals[order]
+    trace = CarbonTrace.from_frame(carbon) if carbon.height else None
 
-    def intensity(t: int) -> float:
-        if times.size == 0:
-            return 0.0
-        i = max(int(np.searchsorted(times, t, side="right")) - 1, 0)
-        return float(vals[i])
+    def intensity(t: int) -> float:  # no carbon received: intensity 0, as OpenDC without a trace
+        return 0.0 if trace is None else float(trace.at(np.array([t]))[0])
+
+    def carbon_ms(a: int, b: int) -> float:
+        return 0.0 if trace is None else _carbon_integral(trace, a, b)
 
     off_grid = (t_end - origin_ms) % interval_ms != 0
     carry = dict.fromkeys(names, (0.0, 0.0, 0))
@@ -153,7 +151,7 @@ def idle_tail(
                     "power_draw": p,
                     "energy_usage": e0 + p * (g - prev) * 0.001,
                     "carbon_intensity": intensity(g),
-                    "carbon_emission": c0 + _carbon_integral(times, vals, prev, g) * p * 0.001 / 3.6e6,
+                    "carbon_emission": c0 + carbon_ms(prev, g) * p * 0.001 / 3.6e6,
                     "tasks_completed": n0,
                     "cpu_work": None,
                 }
@@ -161,8 +159,7 @@ def idle_tail(
         prev = g
     if not out:
         return rows
-    tail = pl.DataFrame(out, schema=rows.select(ROW_COLUMNS).schema)
-    return pl.concat([rows.select(ROW_COLUMNS), tail], how="vertical_relaxed")
+    return pl.concat([rows.select(list(ROW_SCHEMA)), pl.DataFrame(out, schema=ROW_SCHEMA)])
 
 
 def twin_rows(out: SimulationOutput) -> pl.DataFrame:
@@ -170,16 +167,12 @@ def twin_rows(out: SimulationOutput) -> pl.DataFrame:
     (the increase of its cumulative count, on the first cluster's row); ``cpu_work`` is not exported by
     OpenDC (null)."""
     power = out.power.sort("timestamp_absolute", maintain_order=True)
-    done = pl.DataFrame(schema={"timestamp_absolute": pl.Int64, "tasks_completed": pl.Int64})
-    raw = out.directory / "service.parquet"
-    if raw.is_file():
-        svc = pl.read_parquet(raw, columns=["timestamp_absolute", "tasks_completed"])
-        done = (
-            svc.group_by("timestamp_absolute")
-            .agg(pl.col("tasks_completed").max().cast(pl.Int64))
-            .sort("timestamp_absolute")
-            .with_columns(pl.col("tasks_completed").diff().fill_null(pl.col("tasks_completed")))
-        )
+    cumulative = completed_by_instant(out)
+    done = (
+        pl.DataFrame(schema={"timestamp_absolute": pl.Int64, "tasks_completed": pl.Int64})
+        if cumulative is None
+        else cumulative.with_columns(pl.col("tasks_completed").diff().fill_null(pl.col("tasks_completed")))
+    )
     first = power["cluster_name"][0] if power.height else None
     return (
         power.join(done, on="timestamp_absolute", how="left")
@@ -189,26 +182,22 @@ def twin_rows(out: SimulationOutput) -> pl.DataFrame:
             .otherwise(0),
             cpu_work=pl.lit(None, pl.Float64),
         )
-        .select(
-            pl.col("timestamp").cast(pl.Int64),
-            pl.col("timestamp_absolute").cast(pl.Int64),
-            pl.col("cluster_name").cast(pl.Utf8),
-            *(pl.col(c).cast(pl.Float64) for c in ROW_COLUMNS[3:7]),
-            pl.col("tasks_completed").cast(pl.Int64),
-            pl.col("cpu_work"),
-        )
+        .select(list(ROW_SCHEMA))
+        .cast(ROW_SCHEMA)
     )
 
 
-def row_schema() -> dict[str, Any]:
-    return {
-        "timestamp": pl.Int64,
-        "timestamp_absolute": pl.Int64,
-        "cluster_name": pl.Utf8,
-        "power_draw": pl.Float64,
-        "energy_usage": pl.Float64,
-        "carbon_intensity": pl.Float64,
-        "carbon_emission": pl.Float64,
-        "tasks_completed": pl.Int64,
-        "cpu_work": pl.Float64,
-    }
+def completed_by_instant(out: SimulationOutput) -> pl.DataFrame | None:
+    """The tasks completed so far at each instant of the run's service table (``timestamp_absolute``,
+    ``tasks_completed``), read raw: at an end on the export grid OpenDC writes the instant twice and the
+    final flush, which the normalized table drops, may count more. None without the table."""
+    raw = out.directory / "service.parquet"
+    if not raw.is_file():
+        return None
+    svc = pl.read_parquet(raw, columns=["timestamp_absolute", "tasks_completed"])
+    return (
+        svc.group_by("timestamp_absolute")
+        .agg(pl.col("tasks_completed").max().cast(pl.Int64))
+        .sort("timestamp_absolute")
+        .with_columns(pl.col("timestamp_absolute").cast(pl.Int64))
+    )

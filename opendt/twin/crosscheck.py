@@ -27,10 +27,9 @@ from opendt.models.messages import iso_ms
 from opendt.models.topology import Topology
 from opendt.opendc.backends import Backend, BuiltinBackend, run_simulation
 from opendt.opendc.pool import Priority, SimulationPool
-from opendt.opendc.prefix import strip_carbon_paths, write_carbon_trace
+from opendt.opendc.prefix import completed_by_instant, strip_carbon_paths, write_carbon_trace
 from opendt.opendc.results import SimulationOutput
 from opendt.twin.inputs import InputStore
-from opendt.workload import CARBON_SCHEMA, FRAGMENT_SCHEMA, TASK_SCHEMA
 
 log = structlog.get_logger(component="crosscheck")
 
@@ -82,11 +81,9 @@ def divergence(a: pl.DataFrame, b: pl.DataFrame) -> tuple[float, int | None, int
 
 
 def tasks_completed(out: SimulationOutput) -> int | None:
-    raw = out.directory / "service.parquet"
-    if not raw.is_file():
-        return None
-    svc = pl.read_parquet(raw, columns=["tasks_completed"])
-    return int(svc["tasks_completed"].max() or 0)  # type: ignore[arg-type]
+    """The tasks a run completed (its service table's last cumulative count); None without the table."""
+    done = completed_by_instant(out)
+    return None if done is None else int(done["tasks_completed"].max() or 0)  # type: ignore[arg-type]
 
 
 class CrossCheck:
@@ -168,16 +165,6 @@ class CrossCheck:
         """(trace ms, max relative energy error) of the kept checks that compared something."""
         return [(c.at_ms, c.max_rel_error) for c in self.checks if c.max_rel_error is not None]
 
-    def _frames(self, lo: int, hi: int) -> dict[str, pl.DataFrame]:
-        parts = [self.inputs.tables(s) for s in self.inputs.between(lo, hi)]
-        schemas = {"tasks": TASK_SCHEMA, "fragments": FRAGMENT_SCHEMA, "carbon": CARBON_SCHEMA}
-        return {
-            k: pl.concat([p[k] for p in parts], how="vertical_relaxed").cast(schema)
-            if parts
-            else pl.DataFrame(schema=schema)
-            for k, schema in schemas.items()
-        }
-
     async def _run(self, at_ms: int, topology: Topology) -> None:
         lo = at_ms - self.range_ms
         try:
@@ -190,7 +177,7 @@ class CrossCheck:
         self.checks.append(check)
 
     async def _check(self, lo: int, at_ms: int, topology: Topology) -> Check:
-        frames = await asyncio.to_thread(self._frames, lo, at_ms)
+        frames = await asyncio.to_thread(self.inputs.frames, lo, at_ms)
         tasks, fragments, carbon = frames["tasks"], frames["fragments"], frames["carbon"]
         known = fragments.join(tasks.select("id"), on="id", how="semi")
         if known.is_empty():

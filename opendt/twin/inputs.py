@@ -37,6 +37,13 @@ POWER_SCHEMA = pl.Schema(
     }
 )
 SUFFIX = ".frame"
+FRAME_SCHEMAS = {
+    "tasks": TASK_SCHEMA,
+    "fragments": FRAGMENT_SCHEMA,
+    "power": POWER_SCHEMA,
+    "carbon": CARBON_SCHEMA,
+}
+"""The tables a stored window holds."""
 
 
 @dataclass
@@ -141,16 +148,15 @@ class InputStore:
         return self._starts[a:b]
 
     def frames(self, lo_ms: int, hi_ms: int) -> dict[str, pl.DataFrame]:
-        """The concatenated frames (tasks, fragments, power, carbon) of the windows in ``[lo_ms, hi_ms)``."""
-        parts = [self.read(s) for s in self.between(lo_ms, hi_ms)]
-        empty = {"tasks": TASK_SCHEMA, "fragments": FRAGMENT_SCHEMA, "power": POWER_SCHEMA}
-        out = {
-            name: pl.concat([getattr(p, name) for p in parts], how="vertical_relaxed")
+        """The concatenated frames (tasks, fragments, power, carbon) of the windows in ``[lo_ms, hi_ms)``
+        (their tables only: no row objects are built)."""
+        parts = [self.tables(s) for s in self.between(lo_ms, hi_ms)]
+        return {
+            name: pl.concat([p[name] for p in parts], how="vertical_relaxed").cast(schema)
             if parts
             else pl.DataFrame(schema=schema)
-            for name, schema in {**empty, "carbon": CARBON_SCHEMA}.items()
+            for name, schema in FRAME_SCHEMAS.items()
         }
-        return out
 
     def prune(self, before_ms: int) -> int:
         """Delete the windows that start before ``before_ms``; returns how many."""

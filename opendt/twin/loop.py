@@ -287,15 +287,19 @@ class WindowLoop:
             if not self.store.is_durable(cw.window.start_ms)
             and (self._engine_until is None or cw.window.end_ms > self._engine_until)
         ]
-        if self.recovery is not None:  # OpenDC's run reads the batch's inputs from the store
-            for cw in todo:
-                positions = {(tp.topic, tp.partition): o for tp, o in cw.commit_offsets.items()}
-                await self.recovery.d.inputs.write(cw.window, positions)
+        for cw in todo:  # OpenDC's run reads the batch's inputs from the store
+            await self._store_inputs(cw)
         end = max(cw.window.end_ms for cw in batch)
         final = batch[-1].window.final
         stored = {id(cw) for cw in todo}
         for cw in batch:
             await self.process(cw, batch_end_ms=end, batch_final=final, stored=id(cw) in stored)
+
+    async def _store_inputs(self, cw: ClosedWindow) -> None:
+        """Store a window's inputs with the stream positions it closed at (with durability)."""
+        if self.recovery is not None:
+            positions = {(tp.topic, tp.partition): o for tp, o in cw.commit_offsets.items()}
+            await self.recovery.d.inputs.write(cw.window, positions)
 
     async def _opendc_rows(self, w: Window, batch_end_ms: int | None, final: bool) -> pl.DataFrame:
         assert self.opendc is not None
@@ -396,11 +400,8 @@ class WindowLoop:
         cur = self.box.current
         if cur.version != self.applied_version:
             await self._apply_current(cur, w.start_ms)
-        if (
-            self.recovery is not None and not stored
-        ):  # before simulating: a crash rebuild and a resume read it
-            positions = {(tp.topic, tp.partition): o for tp, o in cw.commit_offsets.items()}
-            await self.recovery.d.inputs.write(w, positions)
+        if not stored:  # before simulating: a crash rebuild and a resume read it
+            await self._store_inputs(cw)
         status, error, attempts = "ok", "", 1
         compute0 = self.twin.stats.compute_s
         try:

@@ -35,9 +35,9 @@ from opendt.models.topology import Topology
 from opendt.opendc.backends import Backend, run_simulation
 from opendt.opendc.pool import Priority, SimulationPool
 from opendt.opendc.prefix import (
+    ROW_SCHEMA,
     causal_fragments,
     idle_tail,
-    row_schema,
     strip_carbon_paths,
     twin_rows,
     write_carbon_trace,
@@ -98,19 +98,13 @@ class History:
         lo = self.until_ms
         if lo is not None and lo >= until_ms:
             return 0
-        starts = self.inputs.between(-(2**62) if lo is None else lo, until_ms)
+        since = -(2**62) if lo is None else lo
+        starts = self.inputs.between(since, until_ms)
         if lo is not None and starts and starts[0] != lo:
             raise OpenDCWindowError(
                 f"the inputs of the windows from {lo} are no longer stored: the OpenDC history cannot grow"
             )
-        parts = [self.inputs.tables(s) for s in starts]
-        frames = {
-            kind: pl.concat([p[kind] for p in parts], how="vertical_relaxed").cast(schema)
-            if parts
-            else pl.DataFrame(schema=schema)
-            for kind, schema in KINDS.items()
-        }
-        self._write_part(frames, until_ms)
+        self._write_part(self.inputs.frames(since, until_ms), until_ms)
         self.parts.append(until_ms)
         if len(self.parts) > COMPACT_PARTS:
             self._compact()
@@ -232,8 +226,9 @@ class OpenDCWindows:
                 raise
         self.stats.windows += 1
         ts = pl.col("timestamp_absolute")
-        mine = b.rows.filter(ts > start_ms) if final and end_ms >= b.until_ms else None
-        if mine is None:
+        if final and end_ms >= b.until_ms:  # the stream's last window: everything to the end
+            mine = b.rows.filter(ts > start_ms)
+        else:
             mine = b.rows.filter((ts > start_ms) & (ts <= end_ms))
         self._batch = _Batch(b.version, b.until_ms, b.final, b.rows.filter(ts > end_ms))
         return mine
@@ -256,7 +251,7 @@ class OpenDCWindows:
             raise OpenDCWindowError(f"cannot read the inputs up to {until_ms}: {e}") from e
         tasks, fragments, carbon = frames["tasks"], frames["fragments"], frames["carbon"]
         if fragments.is_empty():  # no task yet: the twin has no rows either (OpenDC cannot run empty)
-            return _Batch(version, until_ms, final, pl.DataFrame(schema=row_schema()))
+            return _Batch(version, until_ms, final, pl.DataFrame(schema=ROW_SCHEMA))
         topo = strip_carbon_paths(topology)
         work = self.dir / "run"
         carbon_path = None
