@@ -31,6 +31,16 @@ from opendt.settings import SimulationSettings
 _PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
 
+SECRET_ENV = frozenset({"OPENDT_API__TOKEN", "OPENAI_API_KEY"})
+"""Environment variables that hold the daemon's secrets (the API token, the LLM key): a simulator never
+needs them, and one that printed its environment would carry them into a log or a window's error."""
+
+
+def simulator_env() -> dict[str, str]:
+    """The daemon's environment for a simulator process, without :data:`SECRET_ENV`."""
+    return {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+
+
 class BackendConfigError(ValueError):
     """The configured engine cannot be used (missing binary, bad JAVA_HOME)."""
 
@@ -58,7 +68,7 @@ class BuiltinBackend:
         return [self.python, "-m", "opendt.engine", "--experiment-path", str(experiment_path), *exact]
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = simulator_env()
         # The run's cwd is the experiment dir: make sure ``opendt`` imports even when not installed.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_PARENT), env.get("PYTHONPATH")) if p)
         return env
@@ -85,7 +95,7 @@ class OpenDCBackend:
         return [str(self.bin), "--experiment-path", str(experiment_path)]
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = simulator_env()
         if self.java_home is not None:
             env["JAVA_HOME"] = str(self.java_home)
         env.update(self.extra_env)

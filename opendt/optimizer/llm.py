@@ -53,7 +53,7 @@ from opendt.settings import OptimizerSettings
 
 log = structlog.get_logger(component="optimizer")
 
-API_KEY_ENV = "OPENAI_API_KEY"
+API_KEY_ENV = "OPENAI_API_KEY"  # also in opendt.opendc.backends.SECRET_ENV (kept from simulators)
 MAX_CHANGES = 64
 
 SYSTEM_PROMPT = (

@@ -222,3 +222,33 @@ async def test_simulate_cli_with_opendc(tmp_path: Path) -> None:
     rc = await simulate_cli(make_workload_dir(tmp_path), None, tmp_path / "out", settings, stdout=out)
     assert rc == 0
     assert out.getvalue().startswith("simulated 259 rows (opendc engine), total energy 5.481140e+06 J")
+
+
+async def test_simulators_get_no_secret_in_their_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OpenDC and builtin backends start their process without the API token and the LLM key: a real
+    child, run through the pool, dumps its environment; neither secret is in it, JAVA_HOME is."""
+    from opendt.opendc import BuiltinBackend, OpenDCBackend, SimulationPool
+
+    monkeypatch.setenv("OPENDT_API__TOKEN", "tok-never-in-a-child")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-never-in-a-child")
+    dump = tmp_path / "env.txt"
+    script = tmp_path / "opendc"
+    script.write_text(f"#!/bin/sh\nenv > {dump}\n")
+    script.chmod(0o755)
+    java = tmp_path / "jdk"
+    (java / "bin").mkdir(parents=True)
+    (java / "bin" / "java").write_text("")
+    opendc = OpenDCBackend(bin=script, java_home=java)
+    builtin = BuiltinBackend()
+    async with SimulationPool(max_parallel=1) as pool:
+        await pool.run(opendc.command(tmp_path / "x.json"), env=opendc.env())
+        seen = dump.read_text()
+        await pool.run(["/bin/sh", "-c", f"env > {dump}"], env=builtin.env())
+        seen_builtin = dump.read_text()
+    for text in (seen, seen_builtin):
+        assert "tok-never-in-a-child" not in text
+        assert "sk-never-in-a-child" not in text
+    assert f"JAVA_HOME={java}" in seen
+    assert "PYTHONPATH=" in seen_builtin
