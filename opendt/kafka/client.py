@@ -15,7 +15,7 @@ import itertools
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
@@ -241,7 +241,22 @@ class DeadLetter:
     topic: str
 
 
-def note_malformed(stats: DecodeStats, record: ConsumerRecord[bytes, bytes], error: MessageError) -> str:
+class RecordLike(Protocol):
+    """What a dead letter and a log line need of a record: a Kafka record, or a line of a batch (``line``)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+def note_malformed(stats: DecodeStats, record: RecordLike, error: MessageError) -> str:
     """Count (by reason) and log one malformed record; returns the reason for a dead letter."""
     reason = str(error)
     stats.malformed += 1
@@ -276,9 +291,9 @@ def decode_records(
     return good, bad
 
 
-async def forward_dead_letters(
-    dead_letter: DeadLetter, bad: list[tuple[ConsumerRecord[bytes, bytes], str]]
-) -> int:
+async def forward_dead_letters(dead_letter: DeadLetter, bad: Sequence[tuple[RecordLike, str]]) -> int:
+    """Forward each bad record (its key and value) with headers saying where it came from and why; a record
+    of a batch carries its line as the value and ``source_line``."""
     futures = []
     for r, reason in bad:
         headers = [
@@ -287,6 +302,9 @@ async def forward_dead_letters(
             ("source_offset", str(r.offset).encode()),
             ("reason", reason.encode()),
         ]
+        line = getattr(r, "line", None)
+        if line is not None:
+            headers.append(("source_line", str(line).encode()))
         futures.append(
             await dead_letter.producer.send(dead_letter.topic, r.value, key=r.key, headers=headers)
         )

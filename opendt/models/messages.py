@@ -80,6 +80,10 @@ def _time_ms(s: str) -> int:
     return ms
 
 
+time_ms = _time_ms
+"""An ISO-8601 time with a zone → epoch ms in [1970, 2200) (ValueError otherwise; parsed once per string)."""
+
+
 def clear_time_cache() -> None:
     """Forget the parsed times (a benchmark's runs each start as a fresh process does)."""
     _time_ms.cache_clear()

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
+import numpy as np
+import orjson
+import polars as pl
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from opendt.kafka.client import DeadLetter, DecodeStats, forward_dead_letters, note_malformed
+from opendt.kafka.client import DeadLetter, DecodeStats, RecordLike, forward_dead_letters, note_malformed
 from opendt.models.messages import (
     CarbonMessage,
     CarbonRow,
@@ -33,9 +36,13 @@ from opendt.models.messages import (
     TopologyMessage,
     decode,
     decode_row,
+    encode_carbon,
+    encode_heartbeat,
+    encode_topology_message,
     iso_ms,
 )
 from opendt.settings import TopicNames
+from opendt.stream.columns import SCHEMAS, TIME_COLUMN, Columnar, Item, decode_fetch
 from opendt.stream.timegate import TimeGate
 from opendt.stream.windowing import Window, Windower, window_start
 from opendt.twin.status import WindowsStatus
@@ -75,6 +82,31 @@ def _time_of(row: Row) -> int:
     if isinstance(row, PowerRow | CarbonRow):
         return row.timestamp_ms
     return row.time_ms
+
+
+def _rows(kind: Columnar, frame: pl.DataFrame) -> list[tuple[int, TaskRow | FragmentRow | PowerRow]]:
+    """A decoded fetch's records as ``(offset, row)``, in order (the per-record path)."""
+    make: Callable[[Iterable[Any]], TaskRow | FragmentRow | PowerRow] = {  # type: ignore[assignment]
+        "tasks": TaskRow._make,
+        "fragments": FragmentRow._make,
+        "power": PowerRow._make,
+    }[kind]
+    offsets = frame["offset"].to_list()
+    rows = frame.select(SCHEMAS[kind].names()).iter_rows()
+    return [(o, make(r)) for o, r in zip(offsets, rows, strict=True)]
+
+
+def _row_item(tp: TopicPartition, offset: int, row: Row) -> Item:
+    """A judged record as a dead letter carries it: its message's place, the record as one JSON line."""
+    if isinstance(row, Heartbeat):
+        value = encode_heartbeat(row.time_ms, final=row.final)
+    elif isinstance(row, TopologyMessage):
+        value = encode_topology_message(row.time_ms, row.topology)
+    elif isinstance(row, CarbonRow):
+        value = encode_carbon(row.timestamp_ms, row.carbon_intensity)
+    else:
+        value = orjson.dumps(row._asdict())
+    return Item(tp.topic, tp.partition, offset, None, value)
 
 
 @dataclass
@@ -142,7 +174,7 @@ class WindowConsumer:
         self.dedup_horizon_ms = dedup_horizon_ms
         self.need_topology = need_topology
         self.resume = resume
-        self.gate: TimeGate[tuple[Record, Row]] = TimeGate(
+        self.gate: TimeGate[tuple[int, Row]] = TimeGate(
             max_skew_ms,
             run_start_ms=None if resume is None else resume.run_start_ms,
             resume_ms=None if resume is None else resume.next_start_ms,
@@ -267,7 +299,65 @@ class WindowConsumer:
 
     async def _ingest(self, windower: Windower, tp: TopicPartition, records: list[Record]) -> None:
         kind = self.kinds[tp.topic]
-        bad: list[tuple[Record, str]] = []
+        if kind in ("tasks", "fragments", "power"):
+            seen, bad = self._ingest_columns(windower, tp, kind, records)
+        else:
+            seen, bad = len(records), self._ingest_records(windower, tp, kind, records)
+        self.stats.decoded += seen - len(bad)
+        if bad and self.dead_letter is not None:
+            self.stats.dead_lettered += await forward_dead_letters(self.dead_letter, bad)
+
+    def _ingest_columns(
+        self, windower: Windower, tp: TopicPartition, kind: Columnar, records: list[Record]
+    ) -> tuple[int, list[tuple[RecordLike, str]]]:
+        """A fetch of a high-volume stream, decoded into columns at once (:mod:`opendt.stream.columns`); when
+        the time gate takes all of it at once (the common case), the fragments go to their windows a fetch at
+        a time. Otherwise each record (and heartbeat) is judged and windowed in turn, exactly as alone."""
+        fetch = decode_fetch(kind, records)
+        bad: list[tuple[RecordLike, str]] = [
+            (item, note_malformed(self.stats, item, MessageError(reason))) for item, reason in fetch.bad
+        ]
+        frame, beats = fetch.frame, fetch.heartbeats
+        if not any(hb.final for _, _, hb in beats):
+            times = frame[TIME_COLUMN[kind]].to_numpy()
+            if beats:
+                seqs = np.concatenate([frame["seq"].to_numpy(), np.array([s for s, _, _ in beats])])
+                times = np.concatenate([times, np.array([hb.time_ms for _, _, hb in beats])])
+                times = times[np.argsort(seqs, kind="stable")]
+            if self.gate.accept_run(tp, times.astype(np.int64, copy=False)):
+                self._held_offsets.pop(tp, None)
+                for _, _, hb in beats:
+                    windower.heartbeat(tp, hb.time_ms)
+                firsts = windower.add_fragments(tp, frame) if kind == "fragments" else None
+                if firsts is None:
+                    for offset, one in _rows(kind, frame):
+                        self._window(windower, tp, offset, one)
+                for start, offset in firsts.items() if firsts else ():
+                    self._first_offset.setdefault(start, {}).setdefault(tp, offset)
+                return fetch.records, bad
+        items: list[tuple[int, int, Row]] = [(s, o, hb) for s, o, hb in beats]
+        items += [(s, o, r) for (o, r), s in zip(_rows(kind, frame), frame["seq"].to_list(), strict=True)]
+        items.sort(key=lambda x: x[0])
+        for _, offset, row in items:
+            final = isinstance(row, Heartbeat) and row.final
+            verdicts = self.gate.offer(tp, _time_of(row), (offset, row), final=final)
+            if self.gate.holding(tp):
+                self._held_offsets.setdefault(tp, offset)
+            else:
+                self._held_offsets.pop(tp, None)
+            for v in verdicts:
+                if v.accepted:
+                    self._window(windower, tp, *v.item)
+                else:
+                    item = _row_item(tp, *v.item)
+                    bad.append((item, self._quarantined(item, v.reason)))
+        return fetch.records, bad
+
+    def _ingest_records(
+        self, windower: Windower, tp: TopicPartition, kind: Kind, records: list[Record]
+    ) -> list[tuple[RecordLike, str]]:
+        """A fetch of ``dc.carbon`` or ``dc.topology`` (a few records): each decoded, judged and windowed."""
+        bad: list[tuple[RecordLike, str]] = []
         for rec in records:
             try:
                 row = _decode(kind, rec.key, rec.value)
@@ -293,7 +383,9 @@ class WindowConsumer:
                 continue
             final = isinstance(row, Heartbeat) and row.final
             # carbon is a step series: a step long before the run is the intensity in effect at its start
-            verdicts = self.gate.offer(tp, _time_of(row), (rec, row), final=final, series=kind == "carbon")
+            verdicts = self.gate.offer(
+                tp, _time_of(row), (rec.offset, row), final=final, series=kind == "carbon"
+            )
             if self.gate.holding(tp):
                 self._held_offsets.setdefault(tp, rec.offset)
             else:
@@ -302,18 +394,17 @@ class WindowConsumer:
                 if v.accepted:
                     self._window(windower, tp, *v.item)
                 else:
-                    bad.append((v.item[0], self._quarantined(v.item[0], v.reason)))
-        self.stats.decoded += len(records) - len(bad)
-        if bad and self.dead_letter is not None:
-            self.stats.dead_lettered += await forward_dead_letters(self.dead_letter, bad)
+                    item = _row_item(tp, *v.item)
+                    bad.append((item, self._quarantined(item, v.reason)))
+        return bad
 
-    def _quarantined(self, rec: Record, reason: str) -> str:
+    def _quarantined(self, rec: RecordLike, reason: str) -> str:
         log.warning(
             "message_quarantined", topic=rec.topic, partition=rec.partition, offset=rec.offset, reason=reason
         )
         return f"quarantined: {reason}"
 
-    def _window(self, windower: Windower, tp: TopicPartition, rec: Record, row: Row) -> None:
+    def _window(self, windower: Windower, tp: TopicPartition, offset: int, row: Row) -> None:
         """Hand an accepted message to the windower (remembering the offset of its window's first record)."""
         if isinstance(row, Heartbeat):
             windower.heartbeat(tp, row.time_ms, final=row.final)
@@ -326,9 +417,9 @@ class WindowConsumer:
             if windower.stats.conflicts > conflicts:
                 log.warning(
                     "task_id_conflict",
-                    topic=rec.topic,
-                    partition=rec.partition,
-                    offset=rec.offset,
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    offset=offset,
                     task=row.id[:64],
                     reason="a task with this id and other content was received first; it keeps the id",
                 )
@@ -338,7 +429,7 @@ class WindowConsumer:
             assert isinstance(row, CarbonRow)  # carried by the window that ends at or after it
             added, start = windower.add_carbon(tp, row), self._start(row.timestamp_ms - 1)
         if added:
-            self._first_offset.setdefault(start, {}).setdefault(tp, rec.offset)
+            self._first_offset.setdefault(start, {}).setdefault(tp, offset)
 
     def _start(self, t_ms: int) -> int:
         return window_start(t_ms, self.window_ms)

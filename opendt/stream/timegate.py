@@ -34,6 +34,9 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import numpy as np
+import numpy.typing as npt
+
 from opendt.models.messages import iso_ms
 
 T = TypeVar("T")
@@ -105,6 +108,24 @@ class TimeGate(Generic[T]):
         prev = self._accepted.get(source)
         self._accepted[source] = t_ms if prev is None else max(prev, t_ms)
         return Judged(item, t_ms, True)
+
+    def accept_run(self, source: Hashable, times: npt.NDArray[np.int64]) -> bool:
+        """Accept a partition's messages (``times`` in their order, none a final heartbeat) at once when
+        :meth:`offer` would accept each in turn: nothing held, the partition has spoken, none before the run's
+        start, none beyond ``max_skew_ms`` ahead of the newest before it. Otherwise False and nothing changes
+        (the caller offers them one by one)."""
+        acc = self._accepted.get(source)
+        if acc is None or source in self._held:
+            return False
+        if times.size == 0:
+            return True
+        if self._early(int(times.min())):
+            return False
+        before = np.maximum.accumulate(np.concatenate(([acc], times[:-1])))
+        if bool(np.any(times > before + self.max_skew_ms)):
+            return False
+        self._accepted[source] = max(acc, int(times.max()))
+        return True
 
     def offer(
         self, source: Hashable, t_ms: int, item: T, *, final: bool = False, series: bool = False

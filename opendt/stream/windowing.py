@@ -36,10 +36,13 @@ import bisect
 from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+
+import polars as pl
 
 from opendt.models.messages import CarbonRow, FragmentRow, PowerRow, TaskRow
 from opendt.models.topology import Topology
+from opendt.stream.dedup import Positions, Seen
+from opendt.workload import FRAGMENT_SCHEMA
 
 FINAL = 2**62
 
@@ -59,52 +62,35 @@ class Window:
     """The time of the ``dc.topology`` message that brought ``topology``."""
     final: bool = False
     """The last window of the stream (the final heartbeat closed it)."""
+    chunks: list[pl.DataFrame] = field(default_factory=list)
+    """Fragments added a fetch at a time (``FRAGMENT_SCHEMA``), before those in ``fragments``."""
 
     @property
     def empty(self) -> bool:
-        return not (self.tasks or self.fragments or self.power)
+        return not (self.tasks or self.fragments or self.power or self.chunks)
 
+    def add_chunk(self, frame: pl.DataFrame) -> None:
+        """Fragments of one fetch, in arrival order after those added before (rows or chunks)."""
+        if self.fragments:
+            self.chunks.append(pl.DataFrame(self.fragments, schema=FRAGMENT_SCHEMA, orient="row"))
+            self.fragments = []
+        self.chunks.append(frame)
 
-class _Seen:
-    """A set of integers received (fragment positions of a task, power instants of a source) as disjoint
-    ranges: in-order arrivals keep one range, whatever their number. ``last_ms``: the newest event time."""
+    def fragment_frame(self) -> pl.DataFrame:
+        """All the window's fragments in arrival order (``FRAGMENT_SCHEMA``)."""
+        rows = pl.DataFrame(self.fragments, schema=FRAGMENT_SCHEMA, orient="row")
+        if not self.chunks:
+            return rows
+        return pl.concat([*self.chunks, rows]) if self.fragments else pl.concat(self.chunks)
 
-    __slots__ = ("_hi", "_lo", "_n", "last_ms")
+    def fragment_rows(self) -> list[FragmentRow]:
+        if not self.chunks:
+            return list(self.fragments)
+        return [FragmentRow(*r) for r in self.fragment_frame().iter_rows()]
 
-    def __init__(self) -> None:
-        self._lo: list[int] = []
-        self._hi: list[int] = []  # inclusive
-        self.last_ms = -(2**62)
-        self._n = 0
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __contains__(self, v: int) -> bool:
-        i = bisect.bisect_right(self._lo, v) - 1
-        return i >= 0 and v <= self._hi[i]
-
-    def add(self, v: int, t_ms: int) -> None:
-        self.last_ms = max(self.last_ms, t_ms)
-        self._n += 1
-        i = bisect.bisect_right(self._lo, v) - 1
-        if i >= 0 and self._hi[i] + 1 >= v:  # extends range i (v is not in it: the caller checked)
-            self._hi[i] = max(self._hi[i], v)
-        else:
-            i += 1
-            self._lo.insert(i, v)
-            self._hi.insert(i, v)
-        if i + 1 < len(self._lo) and self._lo[i + 1] == self._hi[i] + 1:  # joins the next range
-            self._hi[i] = self._hi.pop(i + 1)
-            self._lo.pop(i + 1)
-
-    def forget_before(self, v: int) -> None:
-        """Drop what lies below ``v`` (power instants behind the duplicate horizon)."""
-        k = bisect.bisect_left(self._hi, v)
-        if k:
-            del self._lo[:k], self._hi[:k]
-        if self._lo and self._lo[0] < v:
-            self._lo[0] = v
+    @property
+    def n_fragments(self) -> int:
+        return sum(c.height for c in self.chunks) + len(self.fragments)
 
 
 @dataclass
@@ -171,8 +157,8 @@ class Windower:
         self._resumed = resume_at_ms is not None
         self.dedup_horizon_ms = dedup_horizon_ms
         self._tasks: dict[str, TaskRow] = {}
-        self._positions: dict[str, _Seen] = {}  # fragment positions received, per task
-        self._instants: dict[str, _Seen] = {}  # power instants received, per source
+        self._positions = Positions()  # fragment positions received, per task
+        self._instants: dict[str, Seen] = {}  # power instants received, per source
         self._last_carbon: int | None = None
         self._seen_order: deque[tuple[int, str, str]] = deque()  # (event ms, kind, key) to expire
         self._final_ms: dict[Hashable, int] = {}
@@ -254,21 +240,32 @@ class Windower:
         latest event of that key (one queue entry per key: a refreshed key is re-queued when it expires)."""
         if new:
             self._seen_order.append((t_ms, kind, key))
+        self._expire(t_ms)
+
+    def _expire(self, t_ms: int) -> None:
         self._newest = max(self._newest, t_ms)
         horizon = self._newest - self.dedup_horizon_ms
         while self._seen_order and self._seen_order[0][0] < horizon:
             _, k, old = self._seen_order.popleft()
-            table: dict[str, Any] = (
-                self._tasks if k == "t" else self._positions if k == "f" else self._instants
-            )
-            entry = table.get(old)
-            if entry is None:
-                continue
-            stamp = entry.submission_ms if k == "t" else entry.last_ms
-            if stamp < horizon:
-                del table[old]
+            stamp: int | None
+            if k == "t":
+                task = self._tasks.get(old)
+                stamp = None if task is None else task.submission_ms
+            elif k == "f":
+                stamp = self._positions.last_ms(old)
             else:
+                seen = self._instants.get(old)
+                stamp = None if seen is None else seen.last_ms
+            if stamp is None:
+                continue
+            if stamp >= horizon:
                 self._seen_order.append((stamp, k, old))
+            elif k == "t":
+                del self._tasks[old]
+            elif k == "f":
+                self._positions.forget(old)
+            else:
+                del self._instants[old]
 
     def _window_for(self, t_ms: int) -> Window:
         self._touch(t_ms)
@@ -298,29 +295,60 @@ class Windower:
         self._window_for(row.submission_ms).tasks.append(row)
         return True
 
-    def _mark(
-        self, table: dict[str, _Seen], key: str, v: int, t_ms: int, kind: str, *, horizon: int | None = None
-    ) -> None:
-        """Record ``v`` (a fragment position, a power instant) as received for ``key`` at event time ``t_ms``
-        (values below ``horizon`` forgotten), for duplicate detection within the horizon."""
-        seen = table.get(key)
+    def _mark(self, key: str, v: int, t_ms: int, *, horizon: int | None = None) -> None:
+        """Record the power instant ``v`` as received for source ``key`` at event time ``t_ms`` (instants
+        below ``horizon`` forgotten), for duplicate detection within the horizon."""
+        seen = self._instants.get(key)
         if seen is None:
-            seen = table[key] = _Seen()
+            seen = self._instants[key] = Seen()
         seen.add(v, t_ms)
         if horizon is not None:
             seen.forget_before(horizon)
-        self._remember(t_ms, kind, key, new=len(seen) == 1)
+        self._remember(t_ms, "p", key, new=len(seen) == 1)
 
     def add_fragment(self, source: Hashable, row: FragmentRow) -> bool:
         self._seen(source, row.submission_ms)
-        seen = self._positions.get(row.id)
-        if seen is not None and row.position in seen:
+        if self._positions.seen(row.id, row.position):
             self.stats.duplicates += 1
             return False
-        self._mark(self._positions, row.id, row.position, row.submission_ms, "f")
+        new = self._positions.add(row.id, row.position, row.submission_ms)
+        self._remember(row.submission_ms, "f", row.id, new=new)
         self.stats.events += 1
         self._window_for(row.submission_ms).fragments.append(row)
         return True
+
+    def add_fragments(self, source: Hashable, frame: pl.DataFrame) -> dict[int, int] | None:
+        """A fetch's fragments at once (``FRAGMENT_SCHEMA`` columns plus ``offset``, in arrival order), when
+        none is a duplicate and every task's positions go on without a gap (the common case): returns, per
+        window start, the lowest message offset added to it. None (nothing changed) otherwise: the caller
+        adds them one by one (:meth:`add_fragment`), with the same result."""
+        if frame.height == 0:
+            return {}
+        new = self._positions.add_run(frame)
+        if new is None:
+            return None
+        t = frame["submission_ms"]
+        tmin, tmax = int(t.min()), int(t.max())  # type: ignore[arg-type]
+        self._seen(source, tmax)
+        self._touch(tmin)
+        self._seen_order.extend((t0, "f", task) for t0, task in new)
+        self._expire(tmax)
+        self.stats.events += frame.height
+        assert self._next_start is not None
+        start = (t // self.window_ms) * self.window_ms
+        late = start < self._next_start
+        self.stats.late += int(late.sum())
+        frame = frame.with_columns(start.clip(lower_bound=self._next_start).alias("_start"))
+        firsts: dict[int, int] = {}
+        cols = list(FRAGMENT_SCHEMA.names())
+        for (s,), part in frame.partition_by("_start", as_dict=True, maintain_order=True).items():
+            s = int(s)
+            w = self._open.get(s)
+            if w is None:
+                w = self._open[s] = Window(s, s + self.window_ms)
+            w.add_chunk(part.select(cols))
+            firsts[s] = int(part["offset"].min())  # type: ignore[arg-type]
+        return firsts
 
     def add_power(self, source: Hashable, row: PowerRow) -> bool:
         self._seen(source, row.timestamp_ms)
@@ -329,7 +357,7 @@ class Windower:
             self.stats.duplicates += 1
             return False
         horizon = self._newest - self.dedup_horizon_ms
-        self._mark(self._instants, row.source, row.timestamp_ms, row.timestamp_ms, "p", horizon=horizon)
+        self._mark(row.source, row.timestamp_ms, row.timestamp_ms, horizon=horizon)
         self.stats.events += 1
         self._window_for(row.timestamp_ms).power.append(row)
         return True
@@ -361,9 +389,11 @@ class Windower:
             self._tasks[t.id] = t
             self._remember(t.submission_ms, "t", t.id, new=new)
         for f in fragments:
-            self._mark(self._positions, f.id, f.position, f.submission_ms, "f")
+            if not self._positions.seen(f.id, f.position):
+                new = self._positions.add(f.id, f.position, f.submission_ms)
+                self._remember(f.submission_ms, "f", f.id, new=new)
         for p in power:
-            self._mark(self._instants, p.source, p.timestamp_ms, p.timestamp_ms, "p")
+            self._mark(p.source, p.timestamp_ms, p.timestamp_ms)
 
     def carbon_known_until(self, t_ms: int) -> None:
         """Carbon steps up to ``t_ms`` were carried by windows of an earlier process (a restart)."""

@@ -62,7 +62,7 @@ class StoredWindow:
 def _frames(w: Window) -> dict[str, pl.DataFrame]:
     return {
         "tasks": pl.DataFrame(w.tasks, schema=TASK_SCHEMA, orient="row"),
-        "fragments": pl.DataFrame(w.fragments, schema=FRAGMENT_SCHEMA, orient="row"),
+        "fragments": w.fragment_frame(),
         "power": pl.DataFrame(w.power, schema=POWER_SCHEMA, orient="row"),
         "carbon": pl.DataFrame(w.carbon, schema=CARBON_SCHEMA, orient="row"),
     }

@@ -42,7 +42,7 @@ from opendt.twin.results import ResultStore, WindowRecord, aggregate_rows, measu
 from opendt.twin.status import SimulationStatus
 from opendt.twin.topology import SimTopology, TopologyBox
 from opendt.worker.client import TwinEngine, WorkerDied, WorkerError
-from opendt.workload import FRAGMENT_SCHEMA, TASK_SCHEMA, carbon_frame
+from opendt.workload import TASK_SCHEMA, carbon_frame
 
 log = structlog.get_logger(component="simulator")
 T = TypeVar("T")
@@ -52,7 +52,7 @@ LATENCY_SAMPLES = 2016
 
 def window_frames(w: Window) -> tuple[pl.DataFrame, pl.DataFrame]:
     tasks = pl.DataFrame(w.tasks, schema=TASK_SCHEMA, orient="row")
-    frags = pl.DataFrame(w.fragments, schema=FRAGMENT_SCHEMA, orient="row")
+    frags = w.fragment_frame()
     return tasks, frags
 
 

@@ -150,7 +150,7 @@ class Recovery:
         for s in starts:
             sw = self.d.inputs.read(s)
             r.tasks.extend(sw.window.tasks)
-            r.fragments.extend(sw.window.fragments)
+            r.fragments.extend(sw.window.fragment_rows())
             r.power.extend(sw.window.power)
             if sw.window.carbon:
                 r.carbon_until_ms = max(c.timestamp_ms for c in sw.window.carbon)

@@ -144,7 +144,7 @@ def windowed_reference(
         if i == skip:
             continue
         tasks = pl.DataFrame(w.tasks, schema=TASK_COLS, orient="row")
-        frags = pl.DataFrame(w.fragments, schema=FRAG_COLS, orient="row")
+        frags = w.fragment_frame()
         rows = engine.advance(w.end_ms, tasks, frags)
         if w.final:
             rows = pl.concat([rows, engine.finish()], how="vertical_relaxed")

@@ -72,13 +72,13 @@ async def test_every_event_lands_in_its_window(
     assert starts == list(range(starts[0], starts[-1] + W, W))
     assert all(s % W == 0 for s in starts)
     assert windows[-1].window.final
-    frags = [f for c in windows for f in c.window.fragments]
+    frags = [f for c in windows for f in c.window.fragment_rows()]
     assert len(frags) == wl.fragments.height
     assert sum(len(c.window.tasks) for c in windows) == wl.tasks.height
     assert wl.consumption is not None
     assert sum(len(c.window.power) for c in windows) == wl.consumption.height
     for c in windows:
-        for f in c.window.fragments:
+        for f in c.window.fragment_rows():
             assert c.window.start_ms <= f[1] < c.window.end_ms
     got = pl.DataFrame(
         frags, schema=["id", "submission_ms", "duration", "cpu_count", "cpu_usage", "index"], orient="row"
@@ -96,4 +96,4 @@ async def test_poison_messages_are_counted_and_skipped(
     windows, wc = await _replay_and_collect(kafka_bootstrap, topics, small_workload, poison=True)
     wl = load_workload(small_workload)
     assert wc.stats.malformed == 3
-    assert sum(len(c.window.fragments) for c in windows) == wl.fragments.height
+    assert sum(len(c.window.fragment_rows()) for c in windows) == wl.fragments.height
