@@ -78,6 +78,18 @@ class ReplaySettings(Section):
         default=1440.0, description="Trace seconds per wall second (1 = real time) or 'max'"
     )
     heartbeat_s: float = Field(default=60.0, gt=0)
+    batch_records: int = Field(
+        default=2000,
+        ge=1,
+        le=65_536,
+        description="Records per message on dc.tasks/fragments/power (an NDJSON batch); 1: one per message",
+    )
+    batch_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        le=480 * 1024,
+        description="Bytes per batch message (at most, plus a record)",
+    )
     progress_every_s: float = Field(default=5.0, gt=0)
     strict: bool = Field(default=False, description="Fail when the producer falls behind schedule")
 

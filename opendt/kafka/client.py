@@ -129,8 +129,10 @@ class BatchSender:
         *,
         partition: int | None = None,
         timestamp_ms: int | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
     ) -> None:
         """Queue one record; may wait for a full batch to be accepted by the producer."""
+        hdrs = list(headers)  # the batch builder takes a list only
         parts = self._partitions or await self.partitions()
         if partition is None:
             if key is None:
@@ -147,11 +149,11 @@ class BatchSender:
         if builder is None:
             builder = self._builders[partition] = self.producer.create_batch()
             self._counts[partition] = 0
-        if builder.append(key=key, value=value, timestamp=timestamp_ms) is None:
+        if builder.append(key=key, value=value, timestamp=timestamp_ms, headers=hdrs) is None:
             await self._submit(partition)
             builder = self._builders[partition] = self.producer.create_batch()
             self._counts[partition] = 0
-            if builder.append(key=key, value=value, timestamp=timestamp_ms) is None:
+            if builder.append(key=key, value=value, timestamp=timestamp_ms, headers=hdrs) is None:
                 raise ValueError(f"record of {len(value)} bytes does not fit in an empty batch")
         self._counts[partition] += 1
 

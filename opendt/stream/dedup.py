@@ -29,6 +29,14 @@ class Seen:
     def __len__(self) -> int:
         return self._n
 
+    @property
+    def ranges(self) -> int:
+        return len(self._lo)
+
+    def bounds(self) -> tuple[int, int]:
+        """The lowest and highest value kept."""
+        return self._lo[0], self._hi[-1]
+
     def __contains__(self, v: int) -> bool:
         i = bisect.bisect_right(self._lo, v) - 1
         return i >= 0 and v <= self._hi[i]
@@ -116,6 +124,10 @@ class Positions:
         irregular = self._irregular.get(task)
         if irregular is not None:
             irregular.add(position, t_ms)
+            if irregular.ranges == 1:  # the gap is filled: one range again
+                del self._irregular[task]
+                self._lo[task], self._hi[task] = irregular.bounds()
+                self._last[task] = irregular.last_ms
             return False
         self._lo[task] = self._hi[task] = position
         self._last[task] = t_ms

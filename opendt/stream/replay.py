@@ -23,6 +23,7 @@ from opendt.clock import Clock, ReplayClock
 from opendt.kafka.client import BatchSender
 from opendt.models.messages import DATACENTER_KEY, encode_heartbeat, encode_topology_message
 from opendt.settings import ReplaySettings, TopicNames
+from opendt.stream.columns import CONTENT_TYPE, NDJSON
 from opendt.workload import Workload
 
 log = structlog.get_logger(component="replay")
@@ -33,6 +34,7 @@ FLUSH_EVERY_S = 0.02
 """At a finite speed, what is due is flushed before every wait at least this long and at least this often in a
 dense stream, so a record leaves at most about twice this late; one produce round trip per event instant
 (SURF has 514k distinct fragment times) would overload the broker and make the replay fall behind."""
+BATCH_HEADERS = ((CONTENT_TYPE, NDJSON.encode()),)
 KINDS = ("tasks", "fragments", "power", "carbon")
 """The streams, in the order records of one instant are sent (tasks before their fragments)."""
 
@@ -74,12 +76,16 @@ class _Stream:
     """The column of trace time (epoch ms)."""
     key: pl.Expr
     value: pl.Expr
+    line: pl.Expr | None = None
+    """The record as a line of an NDJSON batch (its key's field inline); None: sent one per message."""
 
 
-def _submitted(*numeric: str) -> pl.Expr:
-    """A task or fragment record: its ``submission_time``, then the ``numeric`` columns in order."""
+def _submitted(*numeric: str, inline_id: bool = False) -> pl.Expr:
+    """A task or fragment record: its ``submission_time``, then the ``numeric`` columns in order (with
+    ``inline_id`` first its ``id``: a line of a batch)."""
+    head = [("id", _json_str("id"), True)] if inline_id else []
     return _json_object(
-        [("submission_time", _iso("submission_ms"), True), *((c, _num(c), False) for c in numeric)]
+        [*head, ("submission_time", _iso("submission_ms"), True), *((c, _num(c), False) for c in numeric)]
     )
 
 
@@ -100,6 +106,7 @@ def streams_of(
             "submission_ms",
             id_key,
             _submitted("duration", "cpu_count", "cpu_capacity", "mem_capacity"),
+            _submitted("duration", "cpu_count", "cpu_capacity", "mem_capacity", inline_id=True),
         ),
         _Stream(
             "fragments",
@@ -107,23 +114,24 @@ def streams_of(
             "submission_ms",
             id_key,
             _submitted("duration", "cpu_count", "cpu_usage", "index"),
+            _submitted("duration", "cpu_count", "cpu_usage", "index", inline_id=True),
         ),
     ]
     if workload.consumption is not None:
-        key = '{"source":"' + power_source.replace("\\", "\\\\").replace('"', '\\"') + '"}'
+        source = power_source.replace("\\", "\\\\").replace('"', '\\"')
+        fields = [
+            ("timestamp", _iso("timestamp_ms"), True),
+            ("power_draw", _num("power_draw"), False),
+            ("energy_usage", pl.col("energy_usage").fill_null(0.0).cast(pl.Utf8), False),
+        ]
         out.append(
             _Stream(
                 "power",
                 workload.consumption,
                 "timestamp_ms",
-                pl.lit(key),
-                _json_object(
-                    [
-                        ("timestamp", _iso("timestamp_ms"), True),
-                        ("power_draw", _num("power_draw"), False),
-                        ("energy_usage", pl.col("energy_usage").fill_null(0.0).cast(pl.Utf8), False),
-                    ]
-                ),
+                pl.lit('{"source":"' + source + '"}'),
+                _json_object(fields),
+                _json_object([("source", pl.lit(source), True), *fields]),
             )
         )
     if workload.carbon is not None:
@@ -165,19 +173,54 @@ def event_order(streams: list[_Stream]) -> pl.DataFrame:
     return pl.concat(parts).sort(["t", "stream"], maintain_order=True)
 
 
-def encode_chunk(streams: list[_Stream], order: pl.DataFrame) -> pl.DataFrame:
+def encode_chunk(streams: list[_Stream], order: pl.DataFrame, *, lines: bool = False) -> pl.DataFrame:
     """The records of ``order`` (a slice of :func:`event_order`) in its order: ``t``, ``stream``, ``key``,
-    ``value`` (DESIGN §4 JSON)."""
+    ``value`` (DESIGN §4 JSON; with ``lines``, the value of a stream sent in batches is its batch line)."""
     pos = order.with_row_index("pos")
     parts = []
     for i, s in enumerate(streams):
         mine = pos.filter(pl.col("stream") == i)
         if mine.height:
-            rows = s.frame[mine["row"]].select(s.key.alias("key"), s.value.alias("value"))
+            value = s.line if lines and s.line is not None else s.value
+            rows = s.frame[mine["row"]].select(s.key.alias("key"), value.alias("value"))
             parts.append(pl.concat([mine.select("pos", "t", "stream"), rows], how="horizontal"))
     if not parts:
         return pl.DataFrame(schema={"t": pl.Int64, "stream": pl.Int8, "key": pl.Utf8, "value": pl.Utf8})
     return pl.concat(parts).sort("pos").drop("pos")
+
+
+def batch_groups(
+    chunk: pl.DataFrame,
+    hb_ms: int,
+    bucket_ms: int | None,
+    batch_records: int,
+    batch_bytes: int,
+    batched: list[bool],
+) -> pl.DataFrame:
+    """The messages of an encoded chunk (:func:`encode_chunk` with lines), in order: ``stream``, ``t0``/``t1``
+    (first and last record time), ``n``, ``key``, ``payload``. A batched stream's records go in NDJSON batches
+    of at most ``batch_records`` records and ``batch_bytes`` bytes, never across a heartbeat (``hb_ms``) nor,
+    at a finite speed, across a pacing slot (``bucket_ms``: records due together); others one a message."""
+    longest = int(chunk["value"].str.len_bytes().max() or 1) + 1  # type: ignore[arg-type]
+    per_batch = max(1, min(batch_records, batch_bytes // longest))
+    keys = [(pl.col("t") // hb_ms).alias("hb"), pl.col("stream")]
+    if bucket_ms is not None:
+        keys.append((pl.col("t") // bucket_ms).alias("bucket"))
+    single = pl.col("stream").is_in([i for i, b in enumerate(batched) if not b])
+    rank = pl.int_range(pl.len()).over(keys)
+    sub = pl.when(single).then(rank).otherwise(rank // per_batch).alias("sub")
+    return (
+        chunk.with_columns(sub)
+        .group_by([*keys, "sub"], maintain_order=True)
+        .agg(
+            pl.col("t").first().alias("t0"),
+            pl.col("t").last().alias("t1"),
+            pl.len().alias("n"),
+            pl.col("key").first(),
+            pl.col("value").str.join("\n").alias("payload"),
+        )
+        .select("stream", "t0", "t1", "n", "key", "payload")
+    )
 
 
 @dataclass
@@ -225,20 +268,25 @@ class ReplayProducer:
         self.clock = clock
         self.progress = progress if progress is not None else ReplayProgress()
         self._log = log.bind(workload=workload.meta.name)
+        self._next_hb = 0
+        self._last_flush = 0.0
 
-    async def _chunks(self, streams: list[_Stream], order: pl.DataFrame) -> AsyncIterator[pl.DataFrame]:
+    async def _chunks(
+        self, streams: list[_Stream], order: pl.DataFrame, lines: bool = False
+    ) -> AsyncIterator[pl.DataFrame]:
         """The encoded records, ``CHUNK`` at a time, each encoded off the event loop while the one before it
         is sent."""
         offsets = range(0, order.height, CHUNK)
         if not offsets:
             return
-        ahead = asyncio.ensure_future(asyncio.to_thread(encode_chunk, streams, order.slice(0, CHUNK)))
+        first = order.slice(0, CHUNK)
+        ahead = asyncio.ensure_future(asyncio.to_thread(encode_chunk, streams, first, lines=lines))
         try:
             for off in offsets:
                 chunk = await ahead
                 if off + CHUNK < order.height:
                     nxt = order.slice(off + CHUNK, CHUNK)
-                    ahead = asyncio.ensure_future(asyncio.to_thread(encode_chunk, streams, nxt))
+                    ahead = asyncio.ensure_future(asyncio.to_thread(encode_chunk, streams, nxt, lines=lines))
                 yield chunk
         finally:
             if not ahead.done():
@@ -267,45 +315,76 @@ class ReplayProducer:
         by_kind = {kind: BatchSender(self.producer, topic) for kind, topic in topics.items()}
         senders = [by_kind[s.kind] for s in streams]  # by stream index
         every = list(by_kind.values())
-        names = [s.kind for s in streams]
         await self.producer.send_and_wait(
             self.topics.topology, encode_topology_message(first_ms, wl.topology), key=DATACENTER_KEY
         )
         rclock.start()  # the barrier: every stream is paced from this one origin
         wall0 = time.monotonic()
-        next_report = self.clock.monotonic() + self.settings.progress_every_s
-        next_hb = (start_ms // hb_ms + 1) * hb_ms
-        current_t: int | None = None
-        last_flush = self.clock.monotonic()
-        n = 0
+        self._next_hb = (start_ms // hb_ms + 1) * hb_ms
+        self._last_flush = self.clock.monotonic()
         self._log.info(
             "replay_started", records=order.height, start_ms=start_ms, end_ms=end_ms, speed=speed or "max"
         )
+        if self.settings.batch_records > 1:
+            n = await self._send_batches(streams, order, rclock, senders, every, wall0)
+        else:
+            n = await self._send_records(streams, order, rclock, senders, every, wall0)
+        for sender in every:
+            await sender.send_to_all(None, encode_heartbeat(end_ms, final=True))
+            await sender.flush()
+        p.trace_ms = end_ms
+        p.done = True
+        self._report(n, wall0, rclock, end_ms)
+        self._log.info("replay_finished", sent=n, wall_s=round(time.monotonic() - wall0, 3))
+
+    async def _heartbeats(self, t: int, every: list[BatchSender], speed: float | None) -> None:
+        """The heartbeats due before a record at ``t`` (one per partition of each stream)."""
+        hb_ms = int(self.settings.heartbeat_s * 1000)
+        if t < self._next_hb:
+            return
+        hb = (t // hb_ms) * hb_ms
+        for sender in every:
+            await sender.send_to_all(None, encode_heartbeat(hb))
+        self._next_hb = hb + hb_ms
+        if speed is None and self.clock.monotonic() - self._last_flush >= FLUSH_EVERY_S:
+            for sender in every:  # a sparse stream's heartbeats must not wait for a full batch
+                await sender.submit()
+            self._last_flush = self.clock.monotonic()
+
+    async def _pace(self, t: int, rclock: ReplayClock, every: list[BatchSender]) -> None:
+        """Wait until ``t`` is due (a finite speed), flushing what is due first."""
+        if rclock.speed is not None:
+            now = self.clock.monotonic()
+            if rclock.wall_due(t) - now >= FLUSH_EVERY_S or now - self._last_flush >= FLUSH_EVERY_S:
+                for sender in every:  # what is due now must leave now, not at the next batch
+                    await sender.flush()
+                self._last_flush = self.clock.monotonic()
+            await rclock.wait_until(t)
+        self.progress.trace_ms = t
+
+    async def _send_records(
+        self,
+        streams: list[_Stream],
+        order: pl.DataFrame,
+        rclock: ReplayClock,
+        senders: list[BatchSender],
+        every: list[BatchSender],
+        wall0: float,
+    ) -> int:
+        """One record per message (``replay.batch_records: 1``); returns the records sent."""
+        p, names, n = self.progress, [s.kind for s in streams], 0
+        next_report = self.clock.monotonic() + self.settings.progress_every_s
+        current_t: int | None = None
         async for chunk in self._chunks(streams, order):
             ts = chunk["t"].to_list()
             kinds = chunk["stream"].to_list()
             keys = chunk["key"].to_list()
             values = chunk["value"].to_list()
             for t, s, k, v in zip(ts, kinds, keys, values, strict=True):
-                if t >= next_hb:
-                    hb = (t // hb_ms) * hb_ms
-                    for sender in every:
-                        await sender.send_to_all(None, encode_heartbeat(hb))
-                    next_hb = hb + hb_ms
-                    if speed is None and self.clock.monotonic() - last_flush >= FLUSH_EVERY_S:
-                        for sender in every:  # a sparse stream's heartbeats must not wait for a full batch
-                            await sender.submit()
-                        last_flush = self.clock.monotonic()
+                await self._heartbeats(t, every, rclock.speed)
                 if t != current_t:
                     current_t = t
-                    if speed is not None:
-                        now = self.clock.monotonic()
-                        if rclock.wall_due(t) - now >= FLUSH_EVERY_S or now - last_flush >= FLUSH_EVERY_S:
-                            for sender in every:  # what is due now must leave now, not at the next batch
-                                await sender.flush()
-                            last_flush = self.clock.monotonic()
-                        await rclock.wait_until(t)
-                    p.trace_ms = t
+                    await self._pace(t, rclock, every)
                 await senders[s].send(k.encode(), v.encode())
                 p.counts[names[s]] += 1
                 n += 1
@@ -315,13 +394,42 @@ class ReplayProducer:
                     if now >= next_report:
                         next_report = now + self.settings.progress_every_s
                         self._report(n, wall0, rclock, t)
-        for sender in every:
-            await sender.send_to_all(None, encode_heartbeat(end_ms, final=True))
-            await sender.flush()
-        p.trace_ms = end_ms
-        p.done = True
-        self._report(n, wall0, rclock, end_ms)
-        self._log.info("replay_finished", sent=n, wall_s=round(time.monotonic() - wall0, 3))
+        return n
+
+    async def _send_batches(
+        self,
+        streams: list[_Stream],
+        order: pl.DataFrame,
+        rclock: ReplayClock,
+        senders: list[BatchSender],
+        every: list[BatchSender],
+        wall0: float,
+    ) -> int:
+        """Records in NDJSON batches (:func:`batch_groups`); returns the records sent."""
+        p, names, n = self.progress, [s.kind for s in streams], 0
+        next_report = self.clock.monotonic() + self.settings.progress_every_s
+        hb_ms = int(self.settings.heartbeat_s * 1000)
+        bucket_ms = None if rclock.speed is None else max(1, int(FLUSH_EVERY_S * 1000 * rclock.speed))
+        batched = [s.line is not None for s in streams]
+        async for chunk in self._chunks(streams, order, lines=True):
+            groups = batch_groups(
+                chunk, hb_ms, bucket_ms, self.settings.batch_records, self.settings.batch_bytes, batched
+            )
+            for s, t0, t1, count, key, payload in groups.iter_rows():
+                await self._heartbeats(t0, every, rclock.speed)
+                await self._pace(t1, rclock, every)
+                if batched[s]:
+                    await senders[s].send(DATACENTER_KEY, payload.encode(), headers=BATCH_HEADERS)
+                else:
+                    await senders[s].send(key.encode(), payload.encode())
+                p.counts[names[s]] += count
+                n += count
+                await asyncio.sleep(0)
+                now = self.clock.monotonic()
+                if now >= next_report:
+                    next_report = now + self.settings.progress_every_s
+                    self._report(n, wall0, rclock, t1)
+        return n
 
     def _report(self, n: int, wall0: float, rclock: ReplayClock, t: int) -> None:
         p = self.progress
