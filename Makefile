@@ -39,8 +39,10 @@ typecheck: $(DEV_STAMP)
 browser:
 	bash .ci/install-chromium
 
+# PYTHONASYNCIODEBUG=0 (as .ci/run exports it) means off: Python takes any non-empty value as on, and debug
+# mode records a traceback for every future, which slows every daemon the suite runs.
 pytest: $(DEV_STAMP) browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	PYTHONASYNCIODEBUG="$${PYTHONASYNCIODEBUG#0}" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

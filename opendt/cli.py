@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import traceback
@@ -186,9 +187,17 @@ def run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
                 loop.remove_signal_handler(sig)
 
     try:
-        return asyncio.run(runner())
+        return asyncio.run(runner(), debug=_asyncio_debug())
     except asyncio.CancelledError:
         return 130
+
+
+def _asyncio_debug() -> bool:
+    """asyncio's debug mode as ``PYTHONASYNCIODEBUG`` asks, except that ``0`` (``false``, ``off``) is off:
+    Python takes any non-empty value as on, and debug mode records a traceback for every future (a fifth of
+    the daemon's time at ``--speed max``)."""
+    value = os.environ.get("PYTHONASYNCIODEBUG", "").strip().lower()
+    return value not in ("", "0", "false", "off", "no")
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:

@@ -43,6 +43,7 @@ from opendt.models.messages import (
 )
 from opendt.settings import TopicNames
 from opendt.stream.columns import SCHEMAS, TIME_COLUMN, Columnar, Item, decode_fetch
+from opendt.stream.offsets import FirstOffsets
 from opendt.stream.timegate import TimeGate
 from opendt.stream.windowing import Window, Windower, window_start
 from opendt.twin.status import WindowsStatus
@@ -185,7 +186,7 @@ class WindowConsumer:
         self._clock = clock
         self._final_since: float | None = None
         self.windower: Windower | None = None
-        self._first_offset: dict[int, dict[TopicPartition, int]] = {}  # open window start -> tp -> offset
+        self._first_offset = FirstOffsets()
         self._stopping = asyncio.Event()
 
     @property
@@ -333,7 +334,7 @@ class WindowConsumer:
                     for offset, one in _rows(kind, frame):
                         self._window(windower, tp, offset, one)
                 for start, offset in firsts.items() if firsts else ():
-                    self._first_offset.setdefault(start, {}).setdefault(tp, offset)
+                    self._first_offset.note(start, tp, offset)
                 return fetch.records, bad
         items: list[tuple[int, int, Row]] = [(s, o, hb) for s, o, hb in beats]
         items += [(s, o, r) for (o, r), s in zip(_rows(kind, frame), frame["seq"].to_list(), strict=True)]
@@ -377,7 +378,7 @@ class WindowConsumer:
                     continue
                 windower.add_topology(row.time_ms, row.topology)
                 start = -(-row.time_ms // self.window_ms) * self.window_ms  # the first window from it on
-                self._first_offset.setdefault(start, {}).setdefault(tp, rec.offset)
+                self._first_offset.note(start, tp, rec.offset)
                 continue
             if kind == "topology":  # a heartbeat of dc.topology: it holds no watermark
                 continue
@@ -429,20 +430,17 @@ class WindowConsumer:
             assert isinstance(row, CarbonRow)  # carried by the window that ends at or after it
             added, start = windower.add_carbon(tp, row), self._start(row.timestamp_ms - 1)
         if added:
-            self._first_offset.setdefault(start, {}).setdefault(tp, offset)
+            self._first_offset.note(start, tp, offset)
 
     def _start(self, t_ms: int) -> int:
         return window_start(t_ms, self.window_ms)
 
     async def _offsets_at_close(self, w: Window, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        self._first_offset.pop(w.start_ms, None)
-        for start in [s for s in self._first_offset if s < w.end_ms]:
-            self._first_offset.pop(start)  # late events merged into this window
+        self._first_offset.close_before(w.end_ms)  # this window, and late events merged into it
         offsets: dict[TopicPartition, int] = {}
         for tp in tps:
-            later = [o[tp] for o in self._first_offset.values() if tp in o]
-            if tp in self._held_offsets:  # a held message is not windowed yet: a restart must read it again
-                later.append(self._held_offsets[tp])
+            later = [o for o in (self._first_offset.lowest(tp), self._held_offsets.get(tp)) if o is not None]
+            # a held message is not windowed yet: a restart must read it again
             offsets[tp] = min(later) if later else await self.consumer.position(tp)
         return offsets
 

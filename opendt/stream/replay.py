@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,21 +272,27 @@ class ReplayProducer:
         self._last_flush = 0.0
 
     async def _chunks(
-        self, streams: list[_Stream], order: pl.DataFrame, lines: bool = False
+        self,
+        streams: list[_Stream],
+        order: pl.DataFrame,
+        groups: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
     ) -> AsyncIterator[pl.DataFrame]:
         """The encoded records, ``CHUNK`` at a time, each encoded off the event loop while the one before it
-        is sent."""
+        is sent; with ``groups``, the messages it makes of them (records in batches), also off the loop."""
+
+        def encode(part: pl.DataFrame) -> pl.DataFrame:
+            chunk = encode_chunk(streams, part, lines=groups is not None)
+            return chunk if groups is None else groups(chunk)
+
         offsets = range(0, order.height, CHUNK)
         if not offsets:
             return
-        first = order.slice(0, CHUNK)
-        ahead = asyncio.ensure_future(asyncio.to_thread(encode_chunk, streams, first, lines=lines))
+        ahead = asyncio.ensure_future(asyncio.to_thread(encode, order.slice(0, CHUNK)))
         try:
             for off in offsets:
                 chunk = await ahead
                 if off + CHUNK < order.height:
-                    nxt = order.slice(off + CHUNK, CHUNK)
-                    ahead = asyncio.ensure_future(asyncio.to_thread(encode_chunk, streams, nxt, lines=lines))
+                    ahead = asyncio.ensure_future(asyncio.to_thread(encode, order.slice(off + CHUNK, CHUNK)))
                 yield chunk
         finally:
             if not ahead.done():
@@ -411,11 +417,13 @@ class ReplayProducer:
         hb_ms = int(self.settings.heartbeat_s * 1000)
         bucket_ms = None if rclock.speed is None else max(1, int(FLUSH_EVERY_S * 1000 * rclock.speed))
         batched = [s.line is not None for s in streams]
-        async for chunk in self._chunks(streams, order, lines=True):
-            groups = batch_groups(
-                chunk, hb_ms, bucket_ms, self.settings.batch_records, self.settings.batch_bytes, batched
-            )
-            for s, t0, t1, count, key, payload in groups.iter_rows():
+        records, size = self.settings.batch_records, self.settings.batch_bytes
+
+        def groups(chunk: pl.DataFrame) -> pl.DataFrame:
+            return batch_groups(chunk, hb_ms, bucket_ms, records, size, batched)
+
+        async for messages in self._chunks(streams, order, groups):
+            for s, t0, t1, count, key, payload in messages.iter_rows():
                 await self._heartbeats(t0, every, rclock.speed)
                 await self._pace(t1, rclock, every)
                 if batched[s]:
