@@ -140,6 +140,18 @@ class WindowingSettings(Section):
         description="The stream's end (every partition's final heartbeat) is believed once every partition "
         "has been read to its end for this long (wall seconds); a message after a final takes it back",
     )
+    idle_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A partition silent this long (wall seconds) with nothing left to read stops holding the "
+        "watermark (an idle source: no heartbeats needed; a feed that is not sent, e.g. carbon, is idle)",
+    )
+    allowed_lateness_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="When every partition is idle, event time goes on with the wall clock from the newest "
+        "record, less this; a record for a window closed by then is late (counted, dead-lettered)",
+    )
 
 
 class CheckpointSettings(Section):

@@ -205,6 +205,8 @@ async def build_twin(
         resume=resume,
         max_skew_ms=settings.windowing.max_skew_s * 1000,
         final_grace_s=settings.windowing.final_grace_s,
+        idle_after_s=settings.windowing.idle_after_s,
+        allowed_lateness_s=settings.windowing.allowed_lateness_s,
     )
     state.windows = consumer
 

@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import TypeAlias
 
 import numpy as np
-import orjson
-import polars as pl
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from opendt.kafka.client import DeadLetter, DecodeStats, RecordLike, forward_dead_letters, note_malformed
 from opendt.models.messages import (
-    CarbonMessage,
     CarbonRow,
     FragmentRow,
     Heartbeat,
@@ -34,80 +31,26 @@ from opendt.models.messages import (
     PowerRow,
     TaskRow,
     TopologyMessage,
-    decode,
-    decode_row,
-    encode_carbon,
-    encode_heartbeat,
-    encode_topology_message,
     iso_ms,
 )
 from opendt.settings import TopicNames
-from opendt.stream.columns import SCHEMAS, TIME_COLUMN, Columnar, Item, decode_fetch
+from opendt.stream.columns import TIME_COLUMN, Columnar, decode_fetch
+from opendt.stream.idle import IdleWatch
 from opendt.stream.offsets import FirstOffsets
+from opendt.stream.records import Kind, Row, decode_record, row_item, rows_of, time_of
 from opendt.stream.timegate import TimeGate
-from opendt.stream.windowing import Window, Windower, window_start
+from opendt.stream.windowing import FINAL, Window, Windower, window_start
 from opendt.twin.status import WindowsStatus
 
 log = structlog.get_logger(component="consumer")
 
 
-Kind = Literal["tasks", "fragments", "power", "carbon", "topology"]
-Row: TypeAlias = Heartbeat | TaskRow | FragmentRow | PowerRow | CarbonRow | TopologyMessage
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 CLOSE_BATCH = 64
 MAX_PENDING_TOPOLOGIES = 16
 """Physical topologies dated ahead of the stream that may wait for their time; more are quarantined."""
 """Windows closed per step: a long gap closes incrementally, the loop serving in between."""
-
-
-def _decode(
-    kind: Kind, key: bytes | None, value: bytes | None
-) -> Heartbeat | TaskRow | FragmentRow | PowerRow | CarbonRow | TopologyMessage:
-    """A record of one of the twin's input streams: the row tuples of the windowed streams (fast path),
-    a carbon step, a physical topology, or a heartbeat. :class:`MessageError` when it is malformed."""
-    if kind in ("tasks", "fragments", "power"):
-        return decode_row(kind, key, value)
-    msg = decode(kind, key, value)
-    if isinstance(msg, CarbonMessage):
-        return CarbonRow(msg.time_ms, msg.carbon_intensity)
-    assert isinstance(msg, Heartbeat | TopologyMessage)  # the only other models of these two streams
-    return msg
-
-
-def _time_of(row: Row) -> int:
-    if isinstance(row, Heartbeat):
-        return row.time_ms
-    if isinstance(row, TaskRow | FragmentRow):
-        return row.submission_ms
-    if isinstance(row, PowerRow | CarbonRow):
-        return row.timestamp_ms
-    return row.time_ms
-
-
-def _rows(kind: Columnar, frame: pl.DataFrame) -> list[tuple[int, TaskRow | FragmentRow | PowerRow]]:
-    """A decoded fetch's records as ``(offset, row)``, in order (the per-record path)."""
-    make: Callable[[Iterable[Any]], TaskRow | FragmentRow | PowerRow] = {  # type: ignore[assignment]
-        "tasks": TaskRow._make,
-        "fragments": FragmentRow._make,
-        "power": PowerRow._make,
-    }[kind]
-    offsets = frame["offset"].to_list()
-    rows = frame.select(SCHEMAS[kind].names()).iter_rows()
-    return [(o, make(r)) for o, r in zip(offsets, rows, strict=True)]
-
-
-def _row_item(tp: TopicPartition, offset: int, row: Row) -> Item:
-    """A judged record as a dead letter carries it: its message's place, the record as one JSON line."""
-    if isinstance(row, Heartbeat):
-        value = encode_heartbeat(row.time_ms, final=row.final)
-    elif isinstance(row, TopologyMessage):
-        value = encode_topology_message(row.time_ms, row.topology)
-    elif isinstance(row, CarbonRow):
-        value = encode_carbon(row.timestamp_ms, row.carbon_intensity)
-    else:
-        value = orjson.dumps(row._asdict())
-    return Item(tp.topic, tp.partition, offset, None, value)
 
 
 @dataclass
@@ -152,6 +95,8 @@ class WindowConsumer:
         resume: Resume | None = None,
         max_skew_ms: int = 3_600_000,
         final_grace_s: float = 1.0,
+        idle_after_s: float = 120.0,
+        allowed_lateness_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.consumer = consumer
@@ -187,6 +132,11 @@ class WindowConsumer:
         self._final_since: float | None = None
         self.windower: Windower | None = None
         self._first_offset = FirstOffsets()
+        self.idle_after_s = idle_after_s
+        self.allowed_lateness_ms = int(allowed_lateness_s * 1000)
+        self.idle: IdleWatch | None = None
+        self._idle_checked = -1e18
+        self._drained_silent: set[TopicPartition] = set()
         self._stopping = asyncio.Event()
 
     @property
@@ -206,12 +156,35 @@ class WindowConsumer:
             conflicts=ws.conflicts if ws else 0,
             finals_revoked=ws.finals_revoked if ws else 0,
             queued=self.out.qsize(),
-            waiting_for=[]
-            if self.windower is None
-            else [
-                f"{tp.topic}[{tp.partition}]" for tp in self.windower.silent if isinstance(tp, TopicPartition)
-            ],
+            waiting_for=self._waiting_for(),
+            last_late=None
+            if self.windower is None or self.windower.last_late is None
+            else {
+                "time": iso_ms(self.windower.last_late[0]),
+                "window_start": iso_ms(self.windower.last_late[1]),
+            },
         )
+
+    def _waiting_for(self) -> list[str]:
+        """What holds the windows back: the physical topology (required) while none has come; each partition
+        not heard from (until it is idle), each at the watermark (its next message moves it)."""
+        w = self.windower
+        if w is None:
+            return []
+        out = []
+        if w.need_topology and not w.topology_known and not w.pending_topologies:
+            out.append(
+                f"{self.topics.topology}: a physical topology (required; no window closes without one)"
+            )
+        for tp, t in w.holding():
+            if not isinstance(tp, TopicPartition) or (t is not None and t >= FINAL):
+                continue
+            if t is None:
+                quiet = f"{self.idle_after_s:g} s of silence"
+                out.append(f"{tp.topic}[{tp.partition}]: its first message (or {quiet}: then idle)")
+            else:
+                out.append(f"{tp.topic}[{tp.partition}]: a message after {iso_ms(t)} (the watermark)")
+        return out
 
     def stop_intake(self) -> None:
         """Stop fetching (shutdown step 1); windows already queued are still simulated."""
@@ -231,6 +204,7 @@ class WindowConsumer:
         tps = await self._partitions()
         self.consumer.assign(tps)
         sources = [tp for tp in tps if self.kinds[tp.topic] in self.watermark_kinds]
+        self.idle = idle = IdleWatch(sources, self.idle_after_s, self.allowed_lateness_ms, self._clock)
         r = self.resume
         self.windower = windower = Windower(
             self.window_ms,
@@ -260,7 +234,9 @@ class WindowConsumer:
         while not self._stopping.is_set() and not windower.finished:
             polled = await self.consumer.getmany(timeout_ms=200, max_records=20_000)
             for tp, records in polled.items():
+                idle.heard(tp)
                 await self._ingest(windower, tp, records)
+            await self._watch_idle(windower, idle, sources)
             final_ok = await self._end_believed(windower, tps)
             while batch := windower.close_ready(limit=CLOSE_BATCH, final_ok=final_ok):
                 if self.gate.run_start_ms is None:
@@ -278,6 +254,20 @@ class WindowConsumer:
             malformed=self.stats.malformed,
             quarantined=self.gate.stats.rejected,
         )
+
+    async def _watch_idle(self, windower: Windower, idle: IdleWatch, sources: list[TopicPartition]) -> None:
+        """Mark the sources silent for ``idle_after_s`` with nothing left to read as idle (they stop holding
+        the watermark); when all are, event time goes on with the wall clock (:mod:`opendt.stream.idle`)."""
+        silent = idle.silent()
+        if silent and self._clock() - self._idle_checked >= 0.5:  # what is left to read: a broker request
+            self._idle_checked = self._clock()
+            ends = await self.consumer.end_offsets(silent)
+            self._drained_silent = {tp for tp in silent if await self.consumer.position(tp) >= ends[tp]}
+        idle_now = {tp for tp in silent if tp in self._drained_silent}
+        for tp in sources:
+            windower.set_idle(tp, tp in idle_now)
+        all_idle = len(idle_now) == len(sources)
+        windower.clock_ms = idle.clock_ms(windower.newest_ms) if all_idle else None
 
     async def _end_believed(self, windower: Windower, tps: list[TopicPartition]) -> bool:
         """Every source sent its final heartbeat, every partition is read to its end (nothing follows them)
@@ -331,26 +321,28 @@ class WindowConsumer:
                     windower.heartbeat(tp, hb.time_ms)
                 firsts = windower.add_fragments(tp, frame) if kind == "fragments" else None
                 if firsts is None:
-                    for offset, one in _rows(kind, frame):
-                        self._window(windower, tp, offset, one)
+                    for offset, one in rows_of(kind, frame):
+                        if why := self._window(windower, tp, offset, one):
+                            bad.append((row_item(tp, offset, one), why))
                 for start, offset in firsts.items() if firsts else ():
                     self._first_offset.note(start, tp, offset)
                 return fetch.records, bad
         items: list[tuple[int, int, Row]] = [(s, o, hb) for s, o, hb in beats]
-        items += [(s, o, r) for (o, r), s in zip(_rows(kind, frame), frame["seq"].to_list(), strict=True)]
+        items += [(s, o, r) for (o, r), s in zip(rows_of(kind, frame), frame["seq"].to_list(), strict=True)]
         items.sort(key=lambda x: x[0])
         for _, offset, row in items:
             final = isinstance(row, Heartbeat) and row.final
-            verdicts = self.gate.offer(tp, _time_of(row), (offset, row), final=final)
+            verdicts = self.gate.offer(tp, time_of(row), (offset, row), final=final)
             if self.gate.holding(tp):
                 self._held_offsets.setdefault(tp, offset)
             else:
                 self._held_offsets.pop(tp, None)
             for v in verdicts:
                 if v.accepted:
-                    self._window(windower, tp, *v.item)
+                    if why := self._window(windower, tp, *v.item):
+                        bad.append((row_item(tp, *v.item), why))
                 else:
-                    item = _row_item(tp, *v.item)
+                    item = row_item(tp, *v.item)
                     bad.append((item, self._quarantined(item, v.reason)))
         return fetch.records, bad
 
@@ -361,7 +353,7 @@ class WindowConsumer:
         bad: list[tuple[RecordLike, str]] = []
         for rec in records:
             try:
-                row = _decode(kind, rec.key, rec.value)
+                row = decode_record(kind, rec.key, rec.value)
             except MessageError as e:
                 bad.append((rec, note_malformed(self.stats, rec, e)))
                 continue
@@ -385,7 +377,7 @@ class WindowConsumer:
             final = isinstance(row, Heartbeat) and row.final
             # carbon is a step series: a step long before the run is the intensity in effect at its start
             verdicts = self.gate.offer(
-                tp, _time_of(row), (rec.offset, row), final=final, series=kind == "carbon"
+                tp, time_of(row), (rec.offset, row), final=final, series=kind == "carbon"
             )
             if self.gate.holding(tp):
                 self._held_offsets.setdefault(tp, rec.offset)
@@ -393,9 +385,10 @@ class WindowConsumer:
                 self._held_offsets.pop(tp, None)
             for v in verdicts:
                 if v.accepted:
-                    self._window(windower, tp, *v.item)
+                    if why := self._window(windower, tp, *v.item):
+                        bad.append((row_item(tp, *v.item), why))
                 else:
-                    item = _row_item(tp, *v.item)
+                    item = row_item(tp, *v.item)
                     bad.append((item, self._quarantined(item, v.reason)))
         return bad
 
@@ -405,11 +398,13 @@ class WindowConsumer:
         )
         return f"quarantined: {reason}"
 
-    def _window(self, windower: Windower, tp: TopicPartition, offset: int, row: Row) -> None:
-        """Hand an accepted message to the windower (remembering the offset of its window's first record)."""
+    def _window(self, windower: Windower, tp: TopicPartition, offset: int, row: Row) -> str | None:
+        """Hand an accepted message to the windower (remembering the offset of its window's first record);
+        the reason when it is refused as late (its window was closed), for the dead-letter topic."""
+        late = windower.stats.late
         if isinstance(row, Heartbeat):
             windower.heartbeat(tp, row.time_ms, final=row.final)
-            return
+            return None
         if isinstance(row, FragmentRow):
             added, start = windower.add_fragment(tp, row), self._start(row.submission_ms)
         elif isinstance(row, TaskRow):
@@ -431,6 +426,12 @@ class WindowConsumer:
             added, start = windower.add_carbon(tp, row), self._start(row.timestamp_ms - 1)
         if added:
             self._first_offset.note(start, tp, offset)
+        elif windower.stats.late > late and windower.last_late is not None:
+            t_ms, closed = windower.last_late
+            reason = f"late: {iso_ms(t_ms)} is in the window from {iso_ms(closed)}, closed already"
+            log.warning("message_late", topic=tp.topic, partition=tp.partition, offset=offset, reason=reason)
+            return reason
+        return None
 
     def _start(self, t_ms: int) -> int:
         return window_start(t_ms, self.window_ms)

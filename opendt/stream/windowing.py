@@ -13,7 +13,8 @@ fragment index or power instant is a duplicate only of itself, and a task id rec
 content is a *conflict* (counted and handed back for the dead-letter topic; the first one keeps the id, since
 task ids must be unique). What duplicates are judged against is kept for ``dedup_horizon_ms`` of event time
 behind the newest event, so it stays bounded however long the stream runs. An event older than the closed
-horizon (a broken heartbeat promise) is not lost: it joins the next window to close, counted as late.
+horizon (a broken heartbeat promise, an idle source waking up) is *late*: counted and refused (the consumer
+dead-letters it), never merged into another window.
 
 A final heartbeat ends its source, but a later message of the same source takes it back (counted as
 ``finals_revoked``): a forged or premature end cannot end the stream while the source goes on. The consumer
@@ -110,6 +111,11 @@ class Windower:
         self.topology_known = False
         self.stats = WindowStats()
         self.finished = False
+        self._idle: set[Hashable] = set()
+        self.clock_ms: int | None = None
+        """The watermark while every source is idle (the consumer's wall-clock estimate), else None."""
+        self.last_late: tuple[int, int] | None = None
+        """The latest late event: its time and the start of its (closed) window."""
 
     # -- inputs ------------------------------------------------------------------------------------------
 
@@ -127,17 +133,40 @@ class Windower:
         """The sources not heard from yet (they hold the watermark at "unknown")."""
         return [s for s, v in self._latest.items() if v is None]
 
+    def set_idle(self, source: Hashable, idle: bool) -> None:
+        """An idle source (silent, nothing pending: the consumer decides) does not hold the watermark."""
+        if idle:
+            self._idle.add(source)
+        else:
+            self._idle.discard(source)
+
+    @property
+    def newest_ms(self) -> int | None:
+        """The newest event time received (tasks, fragments, power), None before the first."""
+        return None if self._newest == -(2**62) else self._newest
+
+    def holding(self) -> list[tuple[Hashable, int | None]]:
+        """The sources holding the watermark back (active; at its minimum or not heard from), their time."""
+        active = {s: v for s, v in self._latest.items() if s not in self._idle}
+        low = min((v for v in active.values() if v is not None), default=None)
+        return [(s, v) for s, v in active.items() if v is None or v == low]
+
     def _min_latest(self, *, strict: bool) -> int | None:
-        """The minimum over the sources of their latest time (a strict source counts 1 ms less: it must
-        pass a window's end); None before every source has spoken."""
+        """The minimum over the sources that are not idle of their latest time (a strict source counts 1 ms
+        less: it must pass a window's end); None before each of them has spoken. When every source is idle,
+        :attr:`clock_ms` (event time taken from the wall clock, set by the consumer)."""
         wm: int | None = None
+        active = False
         for source, v in self._latest.items():
+            if source in self._idle:
+                continue
+            active = True
             if v is None:
                 return None
             if strict and source in self._strict and v < FINAL:
                 v -= 1
             wm = v if wm is None else min(wm, v)
-        return wm
+        return wm if active else self.clock_ms
 
     def _seen(self, source: Hashable, t_ms: int) -> None:
         if source not in self._latest:
@@ -207,13 +236,20 @@ class Windower:
             else:
                 del self._instants[old]
 
-    def _window_for(self, t_ms: int) -> Window:
+    def _late(self, t_ms: int) -> bool:
+        """An event for a window already closed (its source broke a heartbeat's promise, or was idle): counted
+        and refused (:attr:`last_late`), never merged into another window."""
         self._touch(t_ms)
-        start = window_start(t_ms, self.window_ms)
         assert self._next_start is not None
-        if start < self._next_start:  # older than what was already closed: join the next window
-            self.stats.late += 1
-            start = self._next_start
+        start = window_start(t_ms, self.window_ms)
+        if start >= self._next_start:
+            return False
+        self.stats.late += 1
+        self.last_late = (t_ms, start)
+        return True
+
+    def _window_for(self, t_ms: int) -> Window:
+        start = window_start(t_ms, self.window_ms)
         w = self._open.get(start)
         if w is None:
             w = self._open[start] = Window(start, start + self.window_ms)
@@ -228,6 +264,8 @@ class Windower:
                 self.stats.duplicates += 1
             else:
                 self.stats.conflicts += 1
+            return False
+        if self._late(row.submission_ms):
             return False
         self._tasks[row.id] = row
         self._remember(row.submission_ms, "t", row.id, new=True)
@@ -251,6 +289,8 @@ class Windower:
         if self._positions.seen(row.id, row.position):
             self.stats.duplicates += 1
             return False
+        if self._late(row.submission_ms):
+            return False
         new = self._positions.add(row.id, row.position, row.submission_ms)
         self._remember(row.submission_ms, "f", row.id, new=new)
         self.stats.events += 1
@@ -264,21 +304,19 @@ class Windower:
         adds them one by one (:meth:`add_fragment`), with the same result."""
         if frame.height == 0:
             return {}
+        t = frame["submission_ms"]
+        tmin, tmax = int(t.min()), int(t.max())  # type: ignore[arg-type]
+        if self._next_start is not None and window_start(tmin, self.window_ms) < self._next_start:
+            return None  # a late one among them: one by one
         new = self._positions.add_run(frame)
         if new is None:
             return None
-        t = frame["submission_ms"]
-        tmin, tmax = int(t.min()), int(t.max())  # type: ignore[arg-type]
         self._seen(source, tmax)
         self._touch(tmin)
         self._seen_order.extend((t0, "f", task) for t0, task in new)
         self._expire(tmax)
         self.stats.events += frame.height
-        assert self._next_start is not None
-        start = (t // self.window_ms) * self.window_ms
-        late = start < self._next_start
-        self.stats.late += int(late.sum())
-        frame = frame.with_columns(start.clip(lower_bound=self._next_start).alias("_start"))
+        frame = frame.with_columns(((t // self.window_ms) * self.window_ms).alias("_start"))
         firsts: dict[int, int] = {}
         cols = list(FRAGMENT_SCHEMA.names())
         for (s,), part in frame.partition_by("_start", as_dict=True, maintain_order=True).items():
@@ -295,6 +333,8 @@ class Windower:
         seen = self._instants.get(row.source)
         if seen is not None and row.timestamp_ms in seen:
             self.stats.duplicates += 1
+            return False
+        if self._late(row.timestamp_ms):
             return False
         horizon = self._newest - self.dedup_horizon_ms
         self._mark(row.source, row.timestamp_ms, row.timestamp_ms, horizon=horizon)

@@ -58,7 +58,10 @@ class WindowsStatus:
     """Final heartbeats taken back because their partition went on."""
     queued: int
     waiting_for: list[str]
-    """Input partitions not heard from yet (``topic[partition]``): no window closes before all have spoken."""
+    """What holds the windows back: the physical topology while none has come, and per input partition
+    (``topic[partition]: ...``) its first message, or a message after the watermark."""
+    last_late: dict[str, str] | None = None
+    """The latest late record (its window was closed; dead-lettered): its ``time`` and ``window_start``."""
 
 
 @dataclass(frozen=True)

@@ -82,18 +82,45 @@ def test_duplicates_are_dropped_and_counted() -> None:
     assert w.stats.duplicates == 3
 
 
-def test_late_events_join_the_next_window_instead_of_being_lost() -> None:
-    """An event behind the closed horizon is kept (next window) and counted as late."""
+def test_late_events_are_refused_and_reported() -> None:
+    """An event for a window already closed (issue 24: a broken promise, an idle source waking up) is refused
+    and counted as late, with its time and window (the consumer dead-letters it); it is not merged into the
+    next window (that would move its usage in time), and not remembered as received."""
     w = Windower(W, [F])
     w.add_fragment(F, _frag("a", 0, 0))
     w.heartbeat(F, W)
     assert len(w.close_ready()) == 1
-    w.add_fragment(F, _frag("b", 10, 0))  # broken promise: time 10 < watermark W
+    assert not w.add_fragment(F, _frag("b", 10, 0))  # broken promise: time 10 < watermark W
+    assert w.last_late == (10, 0)
     w.heartbeat(F, 2 * W)
     (c,) = w.close_ready()
     assert c.start_ms == W
-    assert [f[0] for f in c.fragments] == ["b"]
+    assert c.fragments == []
     assert w.stats.late == 1
+    assert not w.add_fragment(F, _frag("b", 10, 0))  # sent again: late again, not a duplicate
+    assert (w.stats.late, w.stats.duplicates) == (2, 0)
+
+
+def test_idle_sources_stop_holding_the_watermark() -> None:
+    """A source marked idle (the consumer: silent, nothing left to read) does not hold the watermark; when
+    every source is idle, the consumer's clock estimate does; a source that speaks again holds it again."""
+    w = Windower(W, [T, F])
+    w.add_task(T, _task("a", 0))
+    assert w.close_ready() == []  # F never spoke
+    w.set_idle(F, True)
+    w.heartbeat(T, 2 * W)
+    assert [c.start_ms for c in w.close_ready()] == [0, W]
+    w.set_idle(T, True)
+    assert w.close_ready() == []  # every source idle, no clock estimate yet
+    w.clock_ms = 3 * W
+    assert [c.start_ms for c in w.close_ready()] == [2 * W]
+    w.clock_ms = None
+    w.set_idle(F, False)
+    w.add_fragment(F, _frag("a", 3 * W + 5, 0))
+    w.set_idle(T, False)
+    w.heartbeat(T, 5 * W)
+    assert [c.start_ms for c in w.close_ready()] == []  # F (at 3W + 5) holds it
+    assert w.holding() == [(F, 3 * W + 5)]
 
 
 def test_final_heartbeat_closes_everything_once() -> None:

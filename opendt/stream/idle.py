@@ -1,0 +1,47 @@
+"""Idle sources (as Flink's): a partition that has been silent for ``windowing.idle_after_s`` of wall time,
+with nothing left to read, stops holding the watermark, so a datacenter that sends only its records (no
+heartbeats), or no carbon or power feed at all, is twinned too. When every source is idle, event time is taken
+to go on with the wall clock from the newest record received, less ``windowing.allowed_lateness_s``: the last
+windows close after at most ``window_s + idle_after_s + allowed_lateness_s`` of silence, and a historical feed
+sent fast then stopped goes on from its own time, not today's. Heartbeats keep a source active and make
+closing exact (a replay with heartbeats never goes idle: its partitions are never silent that long).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable
+
+
+class IdleWatch:
+    def __init__(
+        self,
+        sources: Iterable[Hashable],
+        idle_after_s: float,
+        allowed_lateness_ms: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self.idle_after_s = idle_after_s
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self._clock = clock
+        start = clock()
+        self._heard = dict.fromkeys(sources, start)
+        self._last_record: float | None = None
+
+    def heard(self, source: Hashable) -> None:
+        """``source`` delivered messages now."""
+        now = self._clock()
+        if source in self._heard:
+            self._heard[source] = now
+        self._last_record = now
+
+    def silent(self) -> list[Hashable]:
+        """The sources silent for at least ``idle_after_s`` (idle if nothing is left to read of them)."""
+        now = self._clock()
+        return [s for s, t in self._heard.items() if now - t >= self.idle_after_s]
+
+    def clock_ms(self, newest_ms: int | None) -> int | None:
+        """Event time while every source is idle: the newest record's time plus the wall time since it
+        arrived, less the allowed lateness (None before any record)."""
+        if newest_ms is None or self._last_record is None:
+            return None
+        return newest_ms + int((self._clock() - self._last_record) * 1000) - self.allowed_lateness_ms
