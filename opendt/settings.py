@@ -146,6 +146,13 @@ class WindowingSettings(Section):
         description="A partition silent this long (wall seconds) with nothing left to read stops holding the "
         "watermark (an idle source: no heartbeats needed; a feed that is not sent, e.g. carbon, is idle)",
     )
+    jump_confirm: int = Field(
+        default=3,
+        ge=1,
+        le=64,
+        description="A partition's jump ahead by more than max_skew_s is believed once this many more of its "
+        "messages in a row are near it (a message back at the old time rejects them as forged)",
+    )
     allowed_lateness_s: float = Field(
         default=60.0,
         ge=0,

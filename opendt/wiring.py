@@ -207,6 +207,9 @@ async def build_twin(
         final_grace_s=settings.windowing.final_grace_s,
         idle_after_s=settings.windowing.idle_after_s,
         allowed_lateness_s=settings.windowing.allowed_lateness_s,
+        jump_confirm=settings.windowing.jump_confirm,
+        # a live twin (no replay of a past trace): nothing is believed far ahead of the wall clock
+        wall_ms=None if settings.replay.enabled else (lambda: int(SystemClock().time() * 1000)),
     )
     state.windows = consumer
 

@@ -97,6 +97,8 @@ class WindowConsumer:
         final_grace_s: float = 1.0,
         idle_after_s: float = 120.0,
         allowed_lateness_s: float = 60.0,
+        jump_confirm: int = 3,
+        wall_ms: Callable[[], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.consumer = consumer
@@ -124,6 +126,8 @@ class WindowConsumer:
             max_skew_ms,
             run_start_ms=None if resume is None else resume.run_start_ms,
             resume_ms=None if resume is None else resume.next_start_ms,
+            confirm=jump_confirm,
+            now_ms=wall_ms,
         )
         self._held_offsets: dict[TopicPartition, int] = {}
         self.topologies_rejected = 0
@@ -360,15 +364,28 @@ class WindowConsumer:
             if isinstance(row, TopologyMessage):
                 why = self.gate.judge_topology(row.time_ms)
                 if why is None and windower.pending_topologies >= MAX_PENDING_TOPOLOGIES:
-                    why = (
-                        f"{MAX_PENDING_TOPOLOGIES} physical topologies already wait for their time "
-                        f"(the stream is at {iso_ms(windower.watermark_ms or 0)})"
-                    )
+                    evicted = windower.evict_furthest_topology(row.time_ms)
+                    if evicted is None:
+                        why = (
+                            f"{MAX_PENDING_TOPOLOGIES} physical topologies dated before it already wait for "
+                            f"their time (the stream is at {iso_ms(windower.watermark_ms or 0)})"
+                        )
+                    else:
+                        self.topologies_rejected += 1
+                        log.warning(
+                            "topology_evicted", timestamp=iso_ms(evicted), reason="the waiting list is full"
+                        )
                 if why is not None:
                     self.topologies_rejected += 1
                     bad.append((rec, self._quarantined(rec, why)))
                     continue
-                windower.add_topology(row.time_ms, row.topology)
+                if not windower.add_topology(row.time_ms, row.topology):
+                    log.warning(
+                        "topology_conflict",
+                        offset=rec.offset,
+                        timestamp=iso_ms(row.time_ms),
+                        reason="another topology with this timestamp came first; the later one applies",
+                    )
                 start = -(-row.time_ms // self.window_ms) * self.window_ms  # the first window from it on
                 self._first_offset.note(start, tp, rec.offset)
                 continue

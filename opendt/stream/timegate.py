@@ -1,4 +1,4 @@
-"""Time sanity for the input streams (pure logic, no Kafka, no clock): which message times the twin believes.
+"""Time sanity for the input streams (pure logic; a live twin's wall clock injected): the times believed.
 
 A datacenter's streams move forward steadily: within one partition, each message (event or heartbeat) is
 close in time to the one before it (the replay sends a heartbeat every ``replay.heartbeat_s`` of trace
@@ -10,9 +10,13 @@ The gate, per partition:
 
 * A message within ``max_skew_ms`` ahead of the partition's accepted time (or at any earlier time) passes.
 * One further ahead is **held**, neither accepted nor rejected, and the partition's accepted time (hence
-  the watermark) does not move. The partition's next message decides: if it is near the held one (within
-  ``max_skew_ms``) and itself beyond the old accepted time's reach, the partition really jumped (a gap in a
-  stream without heartbeats): both pass. Otherwise the held message is **rejected** as an outlier.
+  the watermark) does not move. The partition's next messages decide: when ``confirm`` more messages in a
+  row are near the held one (within ``max_skew_ms``) and beyond the old accepted time's reach, the
+  partition really jumped (a gap in a stream without heartbeats): they all pass. A message back at the old
+  time first rejects every held one as an outlier, so a forged record (or two, or ``confirm`` of them: a
+  forged heartbeat on each topic, its copy behind it) cannot move time while the real stream goes on.
+  What it costs a real jump: it is believed ``confirm`` messages late (held, not lost).
+* In a live twin (``--no-replay``) no message more than ``max_skew_ms`` ahead of the wall clock is believed.
 * A partition's first message is held the same way until the next one corroborates it, so no run (and
   no restart) starts from a single outlier.
 * A message more than ``max_skew_ms`` before the run's start (the first window's start) is rejected, except
@@ -24,13 +28,13 @@ Physical topologies (``dc.topology``, no heartbeats) before the run's start by m
 rejected; one dated ahead waits until the stream reaches its time (the consumer bounds how many may wait).
 
 Rejected messages are counted and handed back (the consumer logs and dead-letters them: nothing is dropped
-silently); a held message is released or rejected with the next message of its partition. The gate holds at
-most one message per partition: its memory does not grow with the stream.
+silently); held messages are released or rejected by the next messages of their partition. The gate holds at
+most ``confirm + 1`` messages per partition: its memory does not grow with the stream.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -72,18 +76,28 @@ class TimeGate(Generic[T]):
     needs back with a verdict (the record, the decoded row)."""
 
     def __init__(
-        self, max_skew_ms: int, *, run_start_ms: int | None = None, resume_ms: int | None = None
+        self,
+        max_skew_ms: int,
+        *,
+        run_start_ms: int | None = None,
+        resume_ms: int | None = None,
+        confirm: int = 3,
+        now_ms: Callable[[], int] | None = None,
     ) -> None:
         if max_skew_ms <= 0:
             raise ValueError("max_skew_ms must be > 0")
         self.max_skew_ms = max_skew_ms
+        self.confirm = confirm
+        """Messages near a jump, after it, that a partition's jump needs before it is believed."""
+        self.now_ms = now_ms
+        """A live twin's wall clock (epoch ms): nothing more than ``max_skew_ms`` ahead of it is believed."""
         self.run_start_ms = run_start_ms
         """The run's first window start (set by the consumer once known; from the checkpoint on a restart)."""
         self.resume_ms = resume_ms
         """A restart's resume point (the first window not yet durable): a partition whose first message after
         the restart is its end (all before it was durable) judges that end by this time."""
         self._accepted: dict[Hashable, int] = {}
-        self._held: dict[Hashable, _Held[T]] = {}
+        self._held: dict[Hashable, list[_Held[T]]] = {}
         self.stats = GateStats()
 
     def accepted_ms(self, source: Hashable) -> int | None:
@@ -150,53 +164,56 @@ class TimeGate(Generic[T]):
                     f"by more than windowing.max_skew_s ({self.max_skew_ms // 1000} s)",
                 )
             ]
-        out: list[Judged[T]] = []
+        if self.now_ms is not None and t_ms > self.now_ms() + self.max_skew_ms:
+            why = f"{iso_ms(t_ms)} is ahead of the wall clock by more than windowing.max_skew_s (a live twin)"
+            return [self._reject(item, t_ms, why)]
         acc = self._accepted.get(source)
-        held = self._held.pop(source, None)
+        held = self._held.pop(source, [])
         if final:
             return self._offer_final(source, t_ms, item, acc, held)
-        if held is not None:
-            near_held = abs(t_ms - held.t_ms) <= self.max_skew_ms
+        out: list[Judged[T]] = []
+        if held:
+            near_held = abs(t_ms - held[0].t_ms) <= self.max_skew_ms
             beyond = acc is None or t_ms > acc + self.max_skew_ms
-            if near_held and beyond:  # corroborated: the partition's first message, or a real jump
-                if acc is not None:
-                    self.stats.jumps += 1
-                out.append(self._accept(source, held.item, held.t_ms))
-                out.append(self._accept(source, item, t_ms))
-                return out
-            out.append(
-                self._reject(
-                    held.item,
-                    held.t_ms,
-                    (
-                        f"{iso_ms(held.t_ms)} is not confirmed by the partition's next message "
-                        f"({iso_ms(t_ms)})"
-                        if acc is None
-                        else f"{iso_ms(held.t_ms)} is {(held.t_ms - acc) / 1000:.0f} s ahead of its "
-                        f"partition ({iso_ms(acc)}; windowing.max_skew_s {self.max_skew_ms // 1000} s) and "
-                        f"its next message ({iso_ms(t_ms)}) does not confirm it"
-                    ),
-                )
-            )
+            if near_held and beyond:  # one more message near the held ones
+                held.append(_Held(item, t_ms))
+                if len(held) > (1 if acc is None else self.confirm):  # the first message, or a real jump
+                    if acc is not None:
+                        self.stats.jumps += 1
+                    return [self._accept(source, h.item, h.t_ms) for h in held]
+                self._held[source] = held
+                self.stats.held += 1
+                return []
+            out += [self._reject(h.item, h.t_ms, self._unconfirmed(h, acc, t_ms)) for h in held]
         if acc is None or t_ms > acc + self.max_skew_ms:
-            self._held[source] = _Held(item, t_ms)
+            self._held[source] = [_Held(item, t_ms)]
             self.stats.held += 1
             return out
         out.append(self._accept(source, item, t_ms))
         return out
 
+    def _unconfirmed(self, held: _Held[T], acc: int | None, t_ms: int) -> str:
+        if acc is None:
+            return f"{iso_ms(held.t_ms)} is not confirmed by the partition's next message ({iso_ms(t_ms)})"
+        return (
+            f"{iso_ms(held.t_ms)} is {(held.t_ms - acc) / 1000:.0f} s ahead of its partition ({iso_ms(acc)}; "
+            f"windowing.max_skew_s {self.max_skew_ms // 1000} s) and the partition went on at {iso_ms(t_ms)} "
+            f"before {self.confirm} more messages confirmed the jump"
+        )
+
     def _offer_final(
-        self, source: Hashable, t_ms: int, item: T, acc: int | None, held: _Held[T] | None
+        self, source: Hashable, t_ms: int, item: T, acc: int | None, held: list[_Held[T]]
     ) -> list[Judged[T]]:
-        """A final heartbeat: never held. It passes when near a held message (they confirm each other) or
-        within the skew of the partition's accepted time (else of a restart's resume point); what is held
-        passes with it when it lies between the accepted time and the end. A rejected end leaves what is
-        held to the partition's next message."""
-        if held is not None and abs(t_ms - held.t_ms) <= self.max_skew_ms:
-            return [self._accept(source, held.item, held.t_ms), self._accept(source, item, t_ms)]
+        """A final heartbeat: never held. It passes when near held messages (they confirm each other: an end
+        is believed only once every partition is read to its end, and taken back if more follows) or within
+        the skew of the partition's accepted time (else of a restart's resume point); what is held passes with
+        it when it lies between the accepted time and the end. A rejected end leaves what is held to the
+        partition's next message."""
+        if held and abs(t_ms - held[0].t_ms) <= self.max_skew_ms:
+            return [*(self._accept(source, h.item, h.t_ms) for h in held), self._accept(source, item, t_ms)]
         ref = acc if acc is not None else self.resume_ms
         if ref is None or t_ms > ref + self.max_skew_ms:  # an end no message of the partition leads to
-            if held is not None:
+            if held:
                 self._held[source] = held
             where = (
                 "is the partition's first message"
@@ -206,12 +223,12 @@ class TimeGate(Generic[T]):
             )
             return [self._reject(item, t_ms, f"final heartbeat {iso_ms(t_ms)} {where}")]
         out: list[Judged[T]] = []
-        if held is not None:
-            if acc is not None and acc <= t_ms and held.t_ms <= t_ms + self.max_skew_ms:
-                out.append(self._accept(source, held.item, held.t_ms))
+        for h in held:
+            if acc is not None and acc <= t_ms and h.t_ms <= t_ms + self.max_skew_ms:
+                out.append(self._accept(source, h.item, h.t_ms))
             else:
-                why = f"{iso_ms(held.t_ms)} is not confirmed by the partition's end ({iso_ms(t_ms)})"
-                out.append(self._reject(held.item, held.t_ms, why))
+                why = f"{iso_ms(h.t_ms)} is not confirmed by the partition's end ({iso_ms(t_ms)})"
+                out.append(self._reject(h.item, h.t_ms, why))
         out.append(self._accept(source, item, t_ms))
         return out
 

@@ -352,13 +352,25 @@ class Windower:
         self._carbon.append(row)
         return True
 
-    def add_topology(self, t_ms: int, topology: Topology) -> None:
-        """A physical topology in effect from ``t_ms`` (see the module's doc for when it applies)."""
+    def add_topology(self, t_ms: int, topology: Topology) -> bool:
+        """A physical topology in effect from ``t_ms`` (see the module's doc for when it applies). False when
+        one with the same time and other content waits already (a conflict, counted: the later one wins)."""
         self.stats.topologies += 1
         if self._next_start is not None and self.stats.windows_closed and t_ms < self._next_start:
             self.stats.topologies_late += 1
+        conflict = any(t == t_ms and topo != topology for t, _, topo in self._topologies)
+        if conflict:
+            self.stats.conflicts += 1
         self._arrivals += 1
         bisect.insort(self._topologies, (t_ms, self._arrivals, topology), key=lambda x: (x[0], x[1]))
+        return not conflict
+
+    def evict_furthest_topology(self, before_ms: int) -> int | None:
+        """Drop the waiting topology dated furthest ahead when it is later than ``before_ms`` (a full list
+        keeps the nearest ones: far-future forgeries cannot lock real changes out); its time, or None."""
+        if self._topologies and self._topologies[-1][0] > before_ms:
+            return self._topologies.pop()[0]
+        return None
 
     def remember(
         self, tasks: Iterable[TaskRow], fragments: Iterable[FragmentRow], power: Iterable[PowerRow]

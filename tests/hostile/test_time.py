@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from opendt.daemon import run_daemon
 from opendt.kafka.client import make_producer
-from opendt.models.messages import encode_heartbeat, iso_ms
+from opendt.models.messages import DATACENTER_KEY, encode_carbon, encode_heartbeat, iso_ms
 from opendt.settings import Settings
 from opendt.twin.status import TwinState
 from opendt.workload import load_workload
@@ -197,3 +197,47 @@ async def test_with_its_own_replay_the_twin_serves_only_measurements_it_received
         stop.set()
     assert daemon.result() == 0
     assert checks >= 3, checks
+
+
+def _paired_lies(settings: Settings, now_ms: int) -> list[tuple[str, bytes | None, bytes]]:
+    """Issue 29: lies that confirmed each other (two in a row on a partition): two heartbeats 36 h ahead on
+    each watermark topic, two tasks 48 h ahead, two carbon steps a day ahead."""
+    t = settings.kafka.topics
+    beat = encode_heartbeat(now_ms + 36 * H)
+    return [
+        (t.tasks, b'{"id":"ghost-a"}', _task(now_ms + 48 * H)),
+        (t.tasks, b'{"id":"ghost-b"}', _task(now_ms + 48 * H + 1000)),
+        *((topic, None, beat) for topic in (t.tasks, t.fragments, t.power) for _ in range(2)),
+        (t.carbon, DATACENTER_KEY, encode_carbon(now_ms + DAY, 999.0)),
+        (t.carbon, DATACENTER_KEY, encode_carbon(now_ms + DAY + 900_000, 999.0)),
+    ]
+
+
+async def test_paired_lies_in_the_middle_of_the_stream_are_quarantined(
+    daemon_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Two (or more) forged records in a row on a partition no longer confirm each other as a jump: the real
+    stream going on at its own time rejects them (opendt/stream/timegate.py, ``windowing.jump_confirm``).
+    Before, the paired heartbeats alone made windows for 36 h ahead (703 windows instead of 412 on the demo)."""
+    workload = write_small_workload(tmp_path / "wl")
+    settings = daemon_settings(workload, speed=600.0)
+    state = TwinState()
+    stop = asyncio.Event()
+    async with asyncio.timeout(120), asyncio.TaskGroup() as tg:
+        daemon = tg.create_task(run_daemon(settings, shutdown_trigger=stop.wait, state=state))
+        deadline = time.monotonic() + 60
+        while state.loop is None or state.snapshot()["simulation"]["windows_simulated"] < 3:
+            assert not daemon.done(), "the daemon stopped"
+            assert time.monotonic() < deadline, "no window closed"
+            await asyncio.sleep(0.05)
+        lies = _paired_lies(settings, int(state.snapshot()["windows"]["watermark_ms"]))
+        await _produce(settings, lies)
+        while not state.snapshot()["simulation"]["done"]:
+            assert not daemon.done(), "the daemon stopped"
+            assert time.monotonic() < deadline + 30, f"not done: {state.snapshot()}"
+            await asyncio.sleep(0.05)
+        windows = state.snapshot()["windows"]
+        stop.set()
+    assert daemon.result() == 0
+    assert windows["quarantined"] == len(lies)
+    _check_results(settings, workload)

@@ -75,14 +75,42 @@ def test_a_single_outlier_cannot_start_the_run() -> None:
         assert acc == ["a", "b"]
 
 
-def test_a_real_jump_is_confirmed_by_the_next_message() -> None:
-    """A partition that really jumps (a gap of two days without heartbeats) goes on: its next message is
-    near the new time, so both pass and the jump is counted."""
+def test_a_real_jump_is_confirmed_by_the_next_messages() -> None:
+    """A partition that really jumps (a gap of two days without heartbeats) goes on: once ``confirm`` (3)
+    messages after the jump are near it, they all pass and the jump is counted (held until then)."""
     gate: TimeGate[str] = TimeGate(H)
     _feed(gate, [("a", T0), ("b", T0 + 60_000)])
-    acc, rej = _feed(gate, [("c", T0 + 2 * DAY), ("d", T0 + 2 * DAY + 60_000)])
-    assert (acc, rej) == (["c", "d"], [])
+    after = [(m, T0 + 2 * DAY + k * 60_000) for k, m in enumerate("cdef")]
+    acc, rej = _feed(gate, after[:3])
+    assert (acc, rej) == ([], [])
+    assert gate.holding(P)
+    acc, rej = _feed(gate, after[3:])
+    assert (acc, rej) == (["c", "d", "e", "f"], [])
     assert gate.stats.jumps == 1
+
+
+@pytest.mark.parametrize("forged", [1, 2, 3])
+def test_forged_records_in_a_row_do_not_move_time(forged: int) -> None:
+    """Issue 29: two (or three) forged records 36 h ahead, back to back, confirmed each other before; now the
+    real stream going on at its own time rejects them all, and the partition's time never moved."""
+    gate: TimeGate[str] = TimeGate(H)
+    _feed(gate, [("a", T0), ("b", T0 + 60_000)])
+    lies = [(f"lie{k}", T0 + 36 * H + k) for k in range(forged)]
+    acc, rej = _feed(gate, [*lies, ("c", T0 + 120_000)])
+    assert (acc, rej) == (["c"], [name for name, _ in lies])
+    assert gate.accepted_ms(P) == T0 + 120_000
+
+
+def test_a_live_twin_believes_nothing_far_ahead_of_the_wall_clock() -> None:
+    """--no-replay: a record more than the skew ahead of now is rejected, however many confirm it."""
+    now = T0 + DAY
+    gate: TimeGate[str] = TimeGate(H, now_ms=lambda: now)
+    _feed(gate, [("a", T0), ("b", T0 + 60_000)])
+    acc, rej = _feed(gate, [(f"x{k}", now + 2 * H + k) for k in range(6)])
+    assert acc == []
+    assert len(rej) == 6
+    assert _accepted(gate.offer(P, T0 + 120_000, "c")) == ["c"]
+    assert gate.accepted_ms(P) == T0 + 120_000
 
 
 def test_messages_long_before_the_run_start_are_rejected_at_once() -> None:

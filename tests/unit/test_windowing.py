@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from opendt.models.messages import FragmentRow, PowerRow, TaskRow
+from opendt.models.topology import Topology
 from opendt.stream.windowing import Windower, window_start
 
 W = 300_000
@@ -206,3 +207,40 @@ def test_a_long_gap_closes_a_few_windows_at_a_time() -> None:
         starts += [c.start_ms for c in batch]
     assert starts == list(range(0, starts[-1] + W, W))
     assert len(starts) == 30 * 288
+
+
+MEMORY = {"memory": {"memorySize": 1000}}
+
+
+def _topology(cores: int) -> Topology:
+    return Topology.model_validate(
+        {
+            "clusters": [
+                {
+                    "name": "C",
+                    "hosts": [{"name": "H", "cpu": {"coreCount": cores, "coreSpeed": 2000}, **MEMORY}],
+                }
+            ]
+        }
+    )
+
+
+def test_far_future_topologies_cannot_lock_out_a_real_change() -> None:
+    """Issue 29: a full waiting list drops its furthest-future entry for a nearer one (16 topologies dated
+    2199 kept every real change out before); two topologies with one timestamp and other content are a
+    conflict, counted (the later applies)."""
+    w = Windower(W, [F], need_topology=True)
+    forged = 7_226_582_400_000
+    for k in range(16):
+        w.add_topology(forged + k, _topology(8))
+    assert w.evict_furthest_topology(W) == forged + 15
+    assert w.add_topology(W, _topology(16))
+    assert w.pending_topologies == 16
+    assert not w.add_topology(W, _topology(32))  # same time, other content
+    assert w.stats.conflicts == 1
+    w.add_fragment(F, _frag("a", 0, 0))
+    w.heartbeat(F, 3 * W)
+    closed = w.close_ready()
+    applied = [c.topology.clusters[0].hosts[0].cpu.coreCount for c in closed if c.topology is not None]
+    assert applied[-1] == 32
+    assert w.evict_furthest_topology(forged + 100) is None  # nothing later than that waits
