@@ -283,6 +283,11 @@ class ApiSettings(Section):
     health_loop_s: float = Field(
         default=150.0, gt=0, description="/health is 503 when one window has kept the loop busy this long"
     )
+    health_stall_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="/health is 503 when the watermark has not moved this long while records keep arriving",
+    )
 
 
 class LogSettings(Section):

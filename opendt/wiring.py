@@ -348,6 +348,8 @@ async def build_twin(
         probe_timeout_s=settings.api.health_probe_s,
         broker_limit_s=settings.api.health_broker_s,
         loop_limit_s=settings.api.health_loop_s,
+        stream=lambda: (consumer.watermark_ms, consumer.stats.decoded + consumer.stats.malformed),
+        stall_limit_s=settings.api.health_stall_s,
     )
     if settings.api.enabled:
         view = TwinView(

@@ -9,6 +9,9 @@ Two stalls make a twin that still answers HTTP useless, and neither shows as an 
 * **the window loop stops moving** (a window that does not finish: a hung worker being retried, an engine
   that does not return): the loop reports since when it has been busy with its current window; busy
   longer than ``loop_limit_s`` is a stall.
+* **the stream stops moving while records keep arriving** (a partition whose clock is stuck, a producer
+  that re-sends old records): the watermark has not moved for ``stall_limit_s`` of wall time although the
+  consumer received records in that time.
 
 :meth:`Liveness.problems` lists what is wrong now (empty: healthy); ``/health`` answers 503 with them.
 """
@@ -23,6 +26,8 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiokafka import AIOKafkaClient
 from aiokafka.errors import KafkaError
+
+from opendt.models.messages import iso_ms
 
 log = structlog.get_logger(component="liveness")
 
@@ -58,6 +63,8 @@ class Liveness:
         probe_timeout_s: float,
         broker_limit_s: float,
         loop_limit_s: float,
+        stream: Callable[[], tuple[int | None, int]] | None = None,
+        stall_limit_s: float = 300.0,
         clock: Clock = time.monotonic,
     ) -> None:
         self.probe = probe
@@ -71,6 +78,10 @@ class Liveness:
         self.broker_ok_at = clock()
         self.probes_failed = 0
         self.last_error = ""
+        self.stream = stream
+        """The consumer's (watermark, records received so far)."""
+        self.stall_limit_s = stall_limit_s
+        self._moved: tuple[float, int | None, int] | None = None  # (when, watermark, records) it last moved
 
     async def probe_once(self) -> bool:
         assert self.probe is not None
@@ -94,12 +105,33 @@ class Liveness:
             return
         while True:
             await self.probe_once()
+            self._stream_stall(self.clock())  # note when the watermark moves, whether /health is asked or not
             await asyncio.sleep(self.interval_s)
+
+    def _stream_stall(self, now: float) -> str | None:
+        if self.stream is None:
+            return None
+        watermark, records = self.stream()
+        if self._moved is None or watermark != self._moved[1]:
+            self._moved = (now, watermark, records)
+            return None
+        since, _, before = self._moved
+        if now - since > self.stall_limit_s and records > before:
+            at = "none yet" if watermark is None else iso_ms(watermark)
+            n = records - before
+            return (
+                f"stream: the watermark ({at}) has not moved for {now - since:.0f} s while {n} records "
+                f"arrived (limit {self.stall_limit_s:.0f} s; /api/status windows.waiting_for says why)"
+            )
+        return None
 
     def problems(self) -> list[str]:
         """What stalls now, each as a sentence (empty: the twin is live)."""
         now = self.clock()
         out: list[str] = []
+        stall = self._stream_stall(now)
+        if stall is not None:
+            out.append(stall)
         silent = now - self.broker_ok_at
         if self.probe is not None and silent > self.broker_limit_s:
             out.append(
