@@ -251,7 +251,7 @@ class Calibrator:
         assert self._first_start is not None
         snap = self._snapshots.get(lo)
         if snap is None and lo > self._first_start:
-            ckpt = self.checkpoints.get(lo)
+            ckpt = await asyncio.to_thread(self.checkpoints.whole, lo)
             snap = None if ckpt is None else await asyncio.to_thread(ckpt.engine_blob)
         if snap is None and lo > self._first_start:
             log.warning("calibration_skipped", at_ms=at_ms, reason="no twin snapshot at the lookback start")
