@@ -38,7 +38,7 @@ from opendt.models.topology import Topology
 from opendt.settings import Settings
 from opendt.stream.windowing import Window
 from opendt.twin.checkpoint import Checkpoints
-from opendt.twin.inputs import InputStore
+from opendt.twin.inputs import InputStore, InputUnreadable
 from opendt.twin.results import ResultStore
 from opendt.twin.topology import TopologyBox, TopologyWriter
 from opendt.worker.client import TwinEngine
@@ -256,7 +256,11 @@ class Calibrator:
         if snap is None and lo > self._first_start:
             log.warning("calibration_skipped", at_ms=at_ms, reason="no twin snapshot at the lookback start")
             return
-        frames = await asyncio.to_thread(self.inputs.frames, max(lo, self._first_start), at_ms)
+        try:
+            frames = await asyncio.to_thread(self.inputs.frames, max(lo, self._first_start), at_ms)
+        except InputUnreadable as e:  # a damaged stored window: this round is skipped, the twin goes on
+            log.warning("calibration_skipped", at_ms=at_ms, reason=str(e)[:300])
+            return
         eval_from = max(at_ms - self.every_ms, self._first_start)
         self._rounds += 1
         carbon = frames["carbon"]
