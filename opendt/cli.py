@@ -124,8 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="as JSON")
     show.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
     rm = runs_sub.add_parser("rm", help="delete a run directory", parents=[common])
-    rm.add_argument("run_id", metavar="ID", help="run id (exact)")
-    rm.add_argument("--force", action="store_true", help="even if it was updated in the last seconds")
+    rm.add_argument("run_id", metavar="ID", help="run id (exact; a run a daemon holds is refused)")
     rm.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
 
     cal = cmd("calibrate", "offline calibration over a workload directory")
@@ -222,12 +221,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 runs.show_text(runs.find_run(data_dir, args.run_id), as_json=args.json, workload=workload)
             )
         elif args.runs_command == "rm":
-            target = runs.runs_root(data_dir) / args.run_id
-            if not target.is_dir() or "/" in args.run_id or args.run_id.startswith("."):
-                raise UsageError(
-                    f"no run {args.run_id!r} under {runs.runs_root(data_dir)} (give the exact id)"
-                )
-            out.write(runs.remove_run(target, force=args.force))
+            out.write(runs.remove_run(runs.removable_run(data_dir, args.run_id)))
         else:
             out.write(runs.list_text(data_dir, workload))
         return 0

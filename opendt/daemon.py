@@ -18,6 +18,7 @@ import structlog
 
 from opendt.settings import Settings
 from opendt.twin.files import DiskFull
+from opendt.twin.inputs import InputsLost, InputUnreadable
 from opendt.twin.results import ResultsMismatch
 from opendt.twin.run import RunLocked
 from opendt.twin.status import TwinState
@@ -52,7 +53,9 @@ async def run_daemon(
     if failed:
         state.status = "failed"
         for exc in failed:
-            if isinstance(exc, DiskFull | RunLocked | ResultsMismatch):  # the message says it all
+            if isinstance(
+                exc, DiskFull | RunLocked | ResultsMismatch | InputsLost | InputUnreadable
+            ):  # says it all
                 log.error("daemon_failed", error=str(exc))
             else:
                 log.error("daemon_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)

@@ -268,6 +268,14 @@ class ApiSettings(Section):
     max_body_bytes: int = Field(default=1_000_000, gt=0)
     request_timeout_s: float = Field(default=15.0, gt=0, description="Headers, a body, an idle keep-alive")
     max_connections: int = Field(default=128, ge=1, description="Open connections (≤ RLIMIT_NOFILE / 4)")
+    max_connections_per_client: int = Field(
+        default=32, ge=1, description="Open connections from one client address (≤ api.max_connections)"
+    )
+    allowed_hosts: list[str] | None = Field(
+        default=None,
+        description="Host header names every request must carry (DNS rebinding): exact names, '*.domain', or "
+        "'*' for any; IP addresses always pass. Default: localhost, *.localhost and api.host",
+    )
     whatif_max_range_s: int = Field(default=7 * 86400, gt=0, description="Longest what-if range")
     whatif_queue: int = Field(
         default=4, ge=1, description="What-if/optimizer runs queued or running at once; more → 429"

@@ -183,6 +183,7 @@ async def build_twin(
         recovery.stream_resume,
         external=settings.kafka.bootstrap_servers is not None,
         horizon_ms=settings.windowing.dedup_horizon_s * 1000,
+        replay=workload is not None,
     )
 
     bootstrap, broker = await stack.enter_async_context(kafka_broker_for(settings.kafka))

@@ -19,11 +19,11 @@ from aiohttp import web
 
 from opendt.api.dashboard import add_dashboard_routes
 from opendt.api.grafana import add_grafana_routes
-from opendt.api.http import SETTINGS, ApiError, json_response
-from opendt.api.listener import CappedListener, ServerLog, connection_limit, listening_socket
+from opendt.api.http import SETTINGS, ApiError, check_host, json_response
+from opendt.api.listener import BUSY_BODY, CappedListener, ServerLog, connection_limit, listening_socket
 from opendt.api.openapi import openapi_document
 from opendt.api.readmodel import TwinView
-from opendt.api.routes import SERIES_CACHE, STATE, VIEW, add_routes, reject_unknown_query
+from opendt.api.routes import SERIES_CACHE, STATE, VIEW, add_routes, health, reject_unknown_query
 from opendt.api.whatif import whatif
 from opendt.settings import ApiSettings
 from opendt.twin.status import TwinState
@@ -64,8 +64,48 @@ async def _errors(
         )
 
 
+@web.middleware
+async def _host(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    check_host(request)  # every request, reads included (DNS rebinding)
+    return await handler(request)
+
+
+@web.middleware
+async def _one_answer(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException as e:
+        response = e
+    response.force_close()
+    return response
+
+
+async def _busy(request: web.Request) -> web.Response:
+    return web.Response(
+        body=BUSY_BODY, status=503, content_type="application/json", headers={"Retry-After": "1"}
+    )
+
+
+def create_health_app(state: TwinState, settings: ApiSettings) -> web.Application:
+    """The ``/health`` lane's app (:mod:`opendt.api.listener`): ``/health`` only, one answer per connection;
+    anything else is 503, as a connection over the cap."""
+    app = web.Application(
+        client_max_size=1024, middlewares=[_one_answer, _errors, _host, reject_unknown_query]
+    )
+    app[STATE] = state
+    app[VIEW] = TwinView()
+    app[SETTINGS] = settings
+    app.router.add_get("/health", health)
+    app.router.add_route("*", "/{tail:.*}", _busy)
+    return app
+
+
 def create_app(state: TwinState, settings: ApiSettings, view: TwinView | None = None) -> web.Application:
-    middlewares = [_errors, reject_unknown_query]
+    middlewares = [_errors, _host, reject_unknown_query]
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
     app[STATE] = state
     app[VIEW] = view if view is not None else TwinView()
@@ -103,10 +143,26 @@ async def serve_api(
         keepalive_timeout=settings.request_timeout_s,
         logger=ServerLog(),
     )
+    lane = web.AppRunner(
+        create_health_app(state, settings),
+        handle_signals=False,
+        shutdown_timeout=1.0,
+        access_log=None,
+        keepalive_timeout=min(settings.request_timeout_s, 2.0),
+        logger=ServerLog(),
+    )
     await runner.setup()
+    await lane.setup()
     assert runner.server is not None
+    assert lane.server is not None
     sock = listening_socket(settings.host, settings.port)
-    listener = CappedListener(runner.server, sock, connection_limit(settings.max_connections))
+    listener = CappedListener(
+        runner.server,
+        sock,
+        connection_limit(settings.max_connections),
+        per_client=settings.max_connections_per_client,
+        health=lane.server,
+    )
     accepting = asyncio.create_task(listener.run(), name="api-accept")
     try:
         port = sock.getsockname()[1]
@@ -115,6 +171,7 @@ async def serve_api(
             "api_listening",
             url=url,
             max_connections=listener.limit,
+            max_connections_per_client=listener.per_client,
             request_timeout_s=settings.request_timeout_s,
         )
         yield url
@@ -123,4 +180,5 @@ async def serve_api(
         with contextlib.suppress(asyncio.CancelledError):
             await accepting
         sock.close()
+        await lane.cleanup()
         await runner.cleanup()

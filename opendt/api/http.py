@@ -90,15 +90,48 @@ def _authority(url: URL) -> tuple[str, int | None]:
     return (url.host or "").lower().rstrip("."), url.port
 
 
-def _safe_host(name: str, settings: ApiSettings) -> bool:
-    """A Host a DNS-rebinding page cannot send: an IP literal, localhost, or the configured ``api.host``."""
-    if name in ("localhost", settings.host.lower()) or name.endswith(".localhost"):
-        return True
+def allowed_hosts(settings: ApiSettings) -> list[str]:
+    """``api.allowed_hosts``, or its default: localhost, ``*.localhost`` and the bind address."""
+    if settings.allowed_hosts is not None:
+        return settings.allowed_hosts
+    return ["localhost", "*.localhost", settings.host]
+
+
+def host_allowed(name: str, settings: ApiSettings) -> bool:
+    """Whether a request's Host name is one DNS rebinding cannot produce: an IP literal (a rebinding page's
+    Host is its own domain name), or a name of ``api.allowed_hosts`` (default: localhost, ``*.localhost``
+    and ``api.host``)."""
     try:
-        ipaddress.ip_address(name)
+        ipaddress.ip_address(name.strip("[]"))
     except ValueError:
-        return False
-    return True
+        pass
+    else:
+        return True
+    for n in (x.lower().rstrip(".") for x in allowed_hosts(settings)):
+        if n in ("*", name) or (n.startswith("*.") and name.endswith(n[1:])):
+            return True
+    return False
+
+
+def check_host(request: web.Request) -> None:
+    """403 naming ``Host`` unless the request's Host is allowed (:func:`host_allowed`); every request, reads
+    included: a page reached by DNS rebinding must not read the twin's status either."""
+    settings = request.app[SETTINGS]
+    host = request.headers.get("Host")
+    if host is None:
+        return  # HTTP/1.0 without Host: not a browser
+    try:
+        name = _authority(URL(f"http://{host}"))[0]
+    except ValueError:
+        raise ApiError(400, f"Host: not a host name: {_quoted(host)}", "Host") from None
+    if not host_allowed(name, settings):
+        raise ApiError(
+            403,
+            f"Host: {_quoted(host)} is not a name of this twin (api.allowed_hosts: "
+            f"{', '.join(allowed_hosts(settings))}; IP addresses pass): a page reached by DNS rebinding is "
+            "refused; add the name to api.allowed_hosts to serve it",
+            "Host",
+        )
 
 
 def _same_origin(request: web.Request, settings: ApiSettings) -> None:
@@ -108,14 +141,8 @@ def _same_origin(request: web.Request, settings: ApiSettings) -> None:
         here = _authority(URL(f"http://{host}")) if host is not None else None
     except ValueError:
         raise ApiError(400, f"Host: not a host name: {_quoted(host or '')}", "Host") from None
-    if here is not None and not _safe_host(here[0], settings):
-        raise ApiError(
-            403,
-            f"Host: writes without api.token are accepted only for localhost, an IP address or api.host "
-            f"({settings.host}), not {_quoted(host or '')} (DNS rebinding); set api.token to write through "
-            "other names",
-            "Host",
-        )
+    if here is not None and not host_allowed(here[0], settings):  # checked for every request already
+        raise ApiError(403, f"Host: {_quoted(host or '')} is not in api.allowed_hosts", "Host")
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None and site not in ("same-origin", "none"):
         raise ApiError(

@@ -38,7 +38,7 @@ from opendt.models.topology import Topology
 from opendt.settings import Settings
 from opendt.stream.windowing import Window
 from opendt.twin.checkpoint import Checkpoints
-from opendt.twin.inputs import InputStore
+from opendt.twin.inputs import InputStore, InputUnreadable
 from opendt.twin.results import ResultStore
 from opendt.twin.topology import TopologyBox, TopologyWriter
 from opendt.worker.client import TwinEngine
@@ -251,12 +251,16 @@ class Calibrator:
         assert self._first_start is not None
         snap = self._snapshots.get(lo)
         if snap is None and lo > self._first_start:
-            ckpt = self.checkpoints.get(lo)
+            ckpt = await asyncio.to_thread(self.checkpoints.whole, lo)
             snap = None if ckpt is None else await asyncio.to_thread(ckpt.engine_blob)
         if snap is None and lo > self._first_start:
             log.warning("calibration_skipped", at_ms=at_ms, reason="no twin snapshot at the lookback start")
             return
-        frames = await asyncio.to_thread(self.inputs.frames, max(lo, self._first_start), at_ms)
+        try:
+            frames = await asyncio.to_thread(self.inputs.frames, max(lo, self._first_start), at_ms)
+        except InputUnreadable as e:  # a damaged stored window: this round is skipped, the twin goes on
+            log.warning("calibration_skipped", at_ms=at_ms, reason=str(e)[:300])
+            return
         eval_from = max(at_ms - self.every_ms, self._first_start)
         self._rounds += 1
         carbon = frames["carbon"]

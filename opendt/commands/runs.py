@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,8 +21,15 @@ import polars as pl
 from opendt.commands.errors import UsageError
 from opendt.metrics import mape
 
-RUNNING_WITHIN_S = 15.0
-"""A run whose files changed this recently may belong to a running twin (``runs rm`` wants --force)."""
+RUN_MARKERS = ("run.json", "windows.parquet", "agg_results.parquet")
+"""A directory under ``runs/`` is a run directory when it holds one of these (as a regular file)."""
+
+
+def is_run_dir(path: Path) -> bool:
+    """A real directory (not a symlink) holding a run's files (not a symlink to one either)."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return any((path / m).is_file() and not (path / m).is_symlink() for m in RUN_MARKERS)
 
 
 def read_parquet(path: Path) -> pl.DataFrame | None:
@@ -173,7 +179,7 @@ def summarize_run(run_dir: Path, *, with_mape: bool = True, workload: Path | Non
     meta = read_run_json(run_dir)
     workload = workload if meta is not None else fallback_workload(run_dir, meta, workload)
     out = RunSummary(run_id=run_dir.name, run_dir=run_dir, meta=meta, fallback=workload)
-    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    files = [p for p in run_dir.rglob("*") if not p.is_symlink() and p.is_file()]
     out.files = {str(p.relative_to(run_dir)): p.stat().st_size for p in files}
     out.updated = max((p.stat().st_mtime for p in files), default=run_dir.stat().st_mtime)
     windows = read_parquet(run_dir / "windows.parquet")
@@ -223,16 +229,18 @@ def runs_root(data_dir: Path) -> Path:
 
 
 def run_dirs(data_dir: Path) -> list[Path]:
-    """Run directories, oldest update first."""
+    """Run directories, oldest update first (symlinks and anything that is not a run directory are left
+    out: nothing outside ``runs/`` is walked)."""
     root = runs_root(data_dir)
-    if not root.is_dir():
+    if root.is_symlink() or not root.is_dir():
         return []
-    dirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    dirs = [p for p in root.iterdir() if not p.name.startswith(".") and is_run_dir(p)]
     return sorted(dirs, key=_updated)
 
 
 def _updated(p: Path) -> float:
-    return max((f.stat().st_mtime for f in p.iterdir() if f.is_file()), default=p.stat().st_mtime)
+    files = [f for f in p.iterdir() if not f.is_symlink() and f.is_file()]
+    return max((f.stat().st_mtime for f in files), default=p.stat().st_mtime)
 
 
 def find_run(data_dir: Path, ident: str | None) -> Path:
@@ -309,12 +317,28 @@ def show_text(run_dir: Path, *, as_json: bool = False, workload: Path | None = N
     return "\n".join(lines) + "\n"
 
 
-def remove_run(run_dir: Path, *, force: bool = False) -> str:
-    age = time.time() - _updated(run_dir)
-    if age < RUNNING_WITHIN_S and not force:
-        raise UsageError(
-            f"run {run_dir.name} was updated {age:.0f} s ago and may belong to a running twin; "
-            "stop it first, or pass --force"
-        )
-    shutil.rmtree(run_dir)
+def removable_run(data_dir: Path, ident: str) -> Path:
+    """The run directory ``runs rm`` may delete: ``ident`` is exactly the name of a listed run (no prefix,
+    no path, never empty: an unset shell variable must not name every run)."""
+    root = runs_root(data_dir)
+    bad = not ident or ident in (".", "..") or ident.startswith(".") or any(c in ident for c in "/\\\0")
+    if bad or ident not in {p.name for p in run_dirs(data_dir)}:
+        raise UsageError(f"no run {ident!r} under {root} (give the exact id; opendt runs lists them)")
+    return root / ident
+
+
+def remove_run(run_dir: Path) -> str:
+    """Delete a run directory, under its lock: a run whose lock a daemon holds is refused (the lock is
+    tried, not guessed from file times)."""
+    from opendt.twin.run import RunLock, RunLocked
+
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire()
+    except RunLocked as e:
+        raise UsageError(f"run {run_dir.name} is in use: {e}") from None
+    try:
+        shutil.rmtree(run_dir)
+    finally:
+        lock.release()
     return f"removed run {run_dir.name} ({run_dir})\n"

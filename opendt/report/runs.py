@@ -99,7 +99,9 @@ def expand(paths: list[Path]) -> list[Path]:
             out.append(p)
             continue
         runs = p / "runs" if (p / "runs").is_dir() else p
-        found = sorted(d for d in runs.iterdir() if d.is_dir() and is_run_dir(d)) if runs.is_dir() else []
+        found = (
+            sorted(d for d in runs.iterdir() if not d.is_symlink() and is_run_dir(d)) if runs.is_dir() else []
+        )
         if not found:
             raise RunError(f"{p}: not a run directory (no windows.parquet) and no run under it")
         out.extend(found)

@@ -53,6 +53,11 @@ MAX_PENDING_TOPOLOGIES = 16
 """Windows closed per step: a long gap closes incrementally, the loop serving in between."""
 
 
+class InputsLost(RuntimeError):
+    """Durable windows whose stored inputs are gone and that the stream cannot give again (the message names
+    what is missing): the twin cannot resume without a silently different result."""
+
+
 @dataclass
 class Resume:
     """Where an earlier process of the run left the stream (a restart from a checkpoint)."""
@@ -70,6 +75,11 @@ class Resume:
     topology_known: bool = False
     run_start_ms: int | None = None
     """The run's first window start (messages long before it are outliers)."""
+    from_beginning: bool = False
+    """Read every partition from its beginning (durable windows from the run's start must come again)."""
+    reread: str | None = None
+    """Durable windows come again from an external Kafka (what is missing): the positions sought must still
+    be held by the topics, else the twin stops (:class:`~opendt.twin.inputs.InputsLost`)."""
 
 
 @dataclass
@@ -204,6 +214,17 @@ class WindowConsumer:
             tps.extend(TopicPartition(topic, p) for p in sorted(parts))
         return tps
 
+    async def _still_held(self, tps: list[TopicPartition], r: Resume) -> None:
+        """Durable windows are read again: the topics must still hold them (retention)."""
+        first = await self.consumer.beginning_offsets(tps)
+        for tp in tps:
+            want = 0 if r.from_beginning else r.positions.get((tp.topic, tp.partition))
+            if want is not None and first[tp] > want:
+                raise InputsLost(
+                    f"{r.reread}, and {tp.topic}[{tp.partition}] no longer holds offset {want} (it starts at "
+                    f"{first[tp]}): restore the files or start over (opendt run --fresh)"
+                )
+
     async def run(self) -> None:
         tps = await self._partitions()
         self.consumer.assign(tps)
@@ -228,6 +249,10 @@ class WindowConsumer:
                 position = r.positions.get((tp.topic, tp.partition))
                 if position is not None:
                     self.consumer.seek(tp, position)
+            if r.from_beginning:
+                await self.consumer.seek_to_beginning(*tps)
+            if r.reread is not None:
+                await self._still_held(tps, r)
         log.info(
             "consumer_started",
             partitions=len(tps),

@@ -10,6 +10,10 @@ The same snapshots are the warm starts of what-ifs, optimizer rounds and calibra
 ``[start, end)`` starts from the newest checkpoint at or before ``start``): the twin keeps no snapshot in
 memory. Old checkpoints are pruned: those a what-if can still need (``api.whatif_max_range_s`` behind the
 newest) and the newest ``checkpoint.keep`` stay.
+
+A checkpoint is read back as data only (:mod:`opendt.engine.state`; never pickle) and checked before use:
+one whose ``state.json`` or ``engine.bin`` does not read back whole (missing, cut, damaged, of another
+format) is skipped with one log line naming the file, and the next older one is used.
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
+
+from opendt.engine.state import StateError, loads
 from opendt.twin.files import DiskFull, is_disk_full
+
+log = structlog.get_logger(component="checkpoint")
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,8 @@ class Checkpoints:
     def __init__(self, run_dir: Path) -> None:
         self.dir = run_dir / "checkpoints"
         self._at: list[int] = []
+        self._checked: dict[int, bool] = {}
+        """Instants already checked (True: whole), so a checkpoint is read through and logged once."""
 
     def load(self) -> None:
         """List the checkpoints (a half-written one of a killed process is removed)."""
@@ -74,17 +85,55 @@ class Checkpoints:
         tmp.rename(final)
         if at_ms not in self._at:
             bisect.insort(self._at, at_ms)
+        self._checked[at_ms] = True  # written from the engine just now
 
     def at_or_before(self, t_ms: int) -> Checkpoint | None:
-        """The newest checkpoint taken at or before ``t_ms``."""
-        i = bisect.bisect_right(self._at, t_ms)
-        return None if i == 0 else self.get(self._at[i - 1])
+        """The newest whole checkpoint taken at or before ``t_ms`` (a bad one is logged once, naming its file,
+        and the next older tried)."""
+        for at in reversed(self._at[: bisect.bisect_right(self._at, t_ms)]):
+            ckpt = self.whole(at)
+            if ckpt is not None:
+                return ckpt
+        return None
+
+    def whole(self, at_ms: int) -> Checkpoint | None:
+        """The checkpoint at ``at_ms`` if it reads back whole (state and engine), else None (logged once)."""
+        ckpt = self.get(at_ms)
+        return ckpt if ckpt is not None and self._check(ckpt) else None
+
+    def _check(self, ckpt: Checkpoint) -> bool:
+        """Whether the checkpoint's engine state reads back (once per checkpoint: a whole decode)."""
+        ok = self._checked.get(ckpt.at_ms)
+        if ok is None:
+            path = ckpt.path / "engine.bin"
+            try:
+                loads(path.read_bytes())
+                ok = True
+            except (OSError, StateError) as e:
+                log.warning(
+                    "checkpoint_skipped", file=str(path), error=str(e)[:300], next="an older checkpoint"
+                )
+                ok = False
+            self._checked[ckpt.at_ms] = ok
+        return ok
 
     def get(self, at_ms: int) -> Checkpoint | None:
+        """The checkpoint at ``at_ms``, None when it is absent or its ``state.json`` is not whole (logged
+        once, naming the file)."""
         path = self.dir / str(at_ms)
+        file = path / "state.json"
         try:
-            state = json.loads((path / "state.json").read_text())
-        except (OSError, ValueError):
+            state = json.loads(file.read_text())
+            if not isinstance(state, dict) or not isinstance(state.get("box"), dict):
+                raise ValueError("not a checkpoint state (no box)")  # noqa: TRY004 - bad content, as bad JSON
+            if type(state.get("applied_version")) is not int:
+                raise ValueError("not a checkpoint state (no applied_version)")
+        except (OSError, ValueError) as e:
+            if at_ms in self._at and self._checked.get(at_ms) is not False:
+                self._checked[at_ms] = False
+                log.warning(
+                    "checkpoint_skipped", file=str(file), error=str(e)[:300], next="an older checkpoint"
+                )
             return None
         return Checkpoint(at_ms, state, path)
 
@@ -94,6 +143,8 @@ class Checkpoints:
         for a in doomed:
             shutil.rmtree(self.dir / str(a), ignore_errors=True)
         self._at = [a for a in self._at if a not in set(doomed)]
+        for a in doomed:
+            self._checked.pop(a, None)
         return len(doomed)
 
     def disk_bytes(self) -> int:

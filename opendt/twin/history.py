@@ -18,7 +18,7 @@ import structlog
 
 from opendt.stream.windowing import Window
 from opendt.twin.checkpoint import Checkpoints
-from opendt.twin.inputs import InputStore
+from opendt.twin.inputs import InputStore, InputUnreadable
 
 log = structlog.get_logger(component="history")
 
@@ -98,7 +98,10 @@ class TwinHistory:
             at, blob = ckpt.at_ms, ckpt.engine_blob()
         else:
             at, blob = self.first_start_ms, None
-        frames = self.inputs.frames(at, end_ms)
+        try:
+            frames = self.inputs.frames(at, end_ms)
+        except InputUnreadable as e:  # a damaged stored window: the range cannot be simulated as it was
+            raise HistoryGap(f"a stored window of the range does not read back: {e}") from None
         if (
             frames["tasks"].is_empty()
             and frames["fragments"].is_empty()

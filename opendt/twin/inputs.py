@@ -8,7 +8,9 @@ history. Memory holds only the list of stored window starts; the files of window
 are deleted (``prune``), so disk stays bounded too.
 
 The file is the worker frame format (:mod:`opendt.worker.protocol`): a JSON header, then the tables as
-zstd-compressed Arrow IPC streams.
+zstd-compressed Arrow IPC streams. A file read back is checked (its tables' sizes add up to the file, each
+table is there with its schema); one that is not whole raises :class:`InputUnreadable` naming it, never a
+library's error.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ import bisect
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from opendt.models.messages import CarbonRow, FragmentRow, PowerRow, TaskRow
 from opendt.models.topology import parse_topology
+from opendt.stream.consumer import InputsLost
 from opendt.stream.windowing import Window
 from opendt.twin.files import write_atomic
-from opendt.worker.protocol import pack, unpack
+from opendt.worker.protocol import LEN, pack, unpack
 from opendt.workload import CARBON_SCHEMA, FRAGMENT_SCHEMA, TASK_SCHEMA
 
 POWER_SCHEMA = pl.Schema(
@@ -44,6 +48,32 @@ FRAME_SCHEMAS = {
     "carbon": CARBON_SCHEMA,
 }
 """The tables a stored window holds."""
+
+
+__all__ = ["InputStore", "InputUnreadable", "InputsLost", "StoredWindow"]
+
+
+class InputUnreadable(ValueError):
+    """A stored window's file that is missing or does not read back whole; the message names the file."""
+
+
+def check_frame(frame: bytes) -> tuple[dict[str, Any], dict[str, pl.DataFrame]]:
+    """A stored window's header and tables, checked: the sizes the header gives add up to the file, and
+    every table of :data:`FRAME_SCHEMAS` is there with its schema (``ValueError`` saying what is wrong)."""
+    if len(frame) < LEN.size:
+        raise ValueError(f"cut short ({len(frame)} bytes)")
+    (n,) = LEN.unpack(frame[: LEN.size])
+    header, tables = unpack(frame)
+    sizes = header.get("tables", [])
+    if LEN.size + n + sum(int(size) for _, size in sizes) != len(frame):
+        raise ValueError(f"cut short or padded ({len(frame)} bytes, the header says otherwise)")
+    for name, schema in FRAME_SCHEMAS.items():
+        if name not in tables or tables[name].schema != schema:
+            raise ValueError(f"table {name!r} missing or of another schema")
+    for key in ("start_ms", "end_ms", "final", "topology", "topology_ms", "positions"):
+        if key not in header:
+            raise ValueError(f"header without {key!r}")
+    return header, tables
 
 
 @dataclass
@@ -81,7 +111,7 @@ def encode_window(w: Window, positions: dict[tuple[str, int], int]) -> bytes:
 
 
 def decode_window(frame: bytes, source: str) -> StoredWindow:
-    header, tables = unpack(frame)
+    header, tables = check_frame(frame)
     tasks, fragments = tables["tasks"], tables["fragments"]
     power, carbon = tables["power"], tables["carbon"]
     doc = header["topology"]
@@ -133,13 +163,28 @@ class InputStore:
             bisect.insort(self._starts, w.start_ms)
 
     def read(self, start_ms: int) -> StoredWindow:
-        """A stored window; ``FileNotFoundError`` when it is not stored."""
-        return decode_window(self._path(start_ms).read_bytes(), f"stored window {start_ms}")
+        """A stored window; :class:`InputUnreadable` (naming the file) when it is missing or not whole."""
+        path = self._path(start_ms)
+        try:
+            return decode_window(path.read_bytes(), f"stored window {start_ms}")
+        except Exception as e:  # noqa: BLE001 - the file is data: whatever is wrong with it, name it
+            raise InputUnreadable(_unreadable(path, e)) from None
 
     def tables(self, start_ms: int) -> dict[str, pl.DataFrame]:
         """A stored window's frames only (tasks, fragments, power, carbon): no row objects are built."""
-        _, tables = unpack(self._path(start_ms).read_bytes())
-        return tables
+        path = self._path(start_ms)
+        try:
+            return check_frame(path.read_bytes())[1]
+        except Exception as e:  # noqa: BLE001 - the file is data: whatever is wrong with it, name it
+            raise InputUnreadable(_unreadable(path, e)) from None
+
+    def problem(self, start_ms: int) -> str | None:
+        """What is wrong with a stored window's file (None: it reads back whole)."""
+        try:
+            self.read(start_ms)
+        except InputUnreadable as e:
+            return str(e)
+        return None
 
     def between(self, lo_ms: int, hi_ms: int) -> list[int]:
         """Starts of the stored windows in ``[lo_ms, hi_ms)``."""
@@ -169,6 +214,12 @@ class InputStore:
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.dir.glob(f"*{SUFFIX}"))
+
+
+def _unreadable(path: Path, e: Exception) -> str:
+    if isinstance(e, FileNotFoundError):
+        return f"{path}: missing"
+    return f"{path}: unreadable ({type(e).__name__}: {str(e)[:200]})"
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -12,8 +12,8 @@ time span.
 Each window's inputs are stored (:mod:`opendt.twin.inputs`) before it is simulated, and every
 ``checkpoint.every_s`` a checkpoint is taken; a restart restores the newest checkpoint and replays the durable
 windows after it from the store, and a crashed worker is rebuilt the same way (:mod:`opendt.twin.recovery`).
-A run made before the input store existed resumes as it did: its durable windows come again from the stream
-and are replayed into the engine (with their topology version; failed ones skipped) but not written again.
+Durable windows whose stored inputs are gone at a restart come again from the stream and are replayed into the
+engine (with their topology version; failed ones skipped), their inputs stored again, results not rewritten.
 """
 
 from __future__ import annotations
@@ -191,17 +191,17 @@ class WindowLoop:
         self.applied_version = await self.recovery.rebuild(self._engine_until)
 
     async def _resume(self) -> None:
-        """After a restart: the newest checkpoint at or before the last durable window, then the durable
-        windows after it replayed from the input store (the hooks see them as replayed)."""
+        """After a restart: the plan's checkpoint, then the durable windows after it replayed from the input
+        store (the hooks see them as replayed); those whose stored inputs are gone come from the stream
+        (:meth:`Recovery.stream_resume`), replayed by :meth:`process`."""
         r = self.recovery
-        end = None if r is None else r.last_durable_end()
-        if r is None or end is None:
+        if r is None or (plan := r.resume_plan or r.plan_resume()) is None:
             return
-        ckpt = r.base(end)
+        ckpt, until = plan.checkpoint, plan.stored_until_ms
         lo = None if ckpt is None else ckpt.at_ms
-        if not r.covers(lo, end):
-            log.info("resume_from_stream", reason="the durable windows' inputs are not all stored")
-            return
+        stored = r.durable_after(lo, until)
+        if ckpt is None and not stored:
+            return  # every durable window comes from the stream: the engine starts with the first
         if ckpt is not None:
             self.box.restore_state(ckpt.state["box"])
             if self.hooks is not None:
@@ -210,7 +210,7 @@ class WindowLoop:
         self.applied_version = await r.restore(ckpt)
         self._engine_ready = True
         carbon: list[CarbonRow] = []
-        for s in r.durable_after(lo, end):
+        for s in stored:
             sw = r.d.inputs.read(s)
             if sw.window.topology is not None:
                 self.box.set_physical(sw.window.topology, s)
@@ -219,15 +219,11 @@ class WindowLoop:
             self.stats.windows_replayed += 1
             if self.hooks is not None:
                 await self.hooks.after_window(sw.window, sw.tasks, sw.fragments, replayed=True)
-        self._engine_until = end
-        self.stats.last_window_end_ms = end
-        log.info(
-            "resumed",
-            checkpoint_ms=lo,
-            windows_replayed=self.stats.windows_replayed,
-            until_ms=end,
-            seconds=round(time.perf_counter() - t0, 3),
-        )
+        self._engine_until = until
+        self.stats.last_window_end_ms = until
+        log.info("resumed", checkpoint_ms=lo, windows_replayed=self.stats.windows_replayed, until_ms=until,
+                 from_stream_until_ms=None if until == plan.end_ms else plan.end_ms,
+                 seconds=round(time.perf_counter() - t0, 3))  # fmt: skip
 
     async def _physical(self, w: Window, *, replayed: bool) -> None:
         """A window that brings a physical topology: the first one is version 0; a later one that differs is
@@ -382,7 +378,8 @@ class WindowLoop:
             await self._physical(w, replayed=durable)
         self._carbon.extend(w.carbon)
         await self._ensure_engine()
-        if durable:  # a run older than the input store, resumed from the stream
+        if durable:  # its stored inputs were gone at the restart: the stream gave it again, store it again
+            await self._store_inputs(cw)
             version = self.store.window_version(w.start_ms)
             if version is not None:
                 await self._apply_version(version)
@@ -452,7 +449,10 @@ class WindowLoop:
         self.stats.last_window_end_ms = w.end_ms
         r = self.recovery
         if r is not None and w.end_ms % r.d.every_ms == 0 and not w.final:
-            extra = {"hooks": {} if self.hooks is None else self.hooks.checkpoint_state()}
+            extra = {
+                "hooks": {} if self.hooks is None else self.hooks.checkpoint_state(),
+                "positions": [[tp.topic, tp.partition, o] for tp, o in sorted(cw.commit_offsets.items())],
+            }
             if await r.checkpoint(w.end_ms, self.applied_version, extra):
                 self.stats.checkpoints += 1
 

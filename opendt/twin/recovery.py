@@ -9,6 +9,14 @@
 * An engine worker that dies or hangs is replaced, and its state rebuilt the same way: the newest checkpoint,
   then the durable windows since, from the input store.
 
+Before the resume, the stored inputs of the durable windows after the checkpoint are checked
+(:meth:`Recovery.plan_resume`): from the first one that is missing or does not read back whole (a deleted
+``inputs/``, a cut file; one log line names it), the windows come again from the stream — the replay producer
+starts there, an external Kafka is sought to the positions recorded there (checkpoint or the window before)
+— and are replayed into the engine as they arrive, their inputs stored again. When the stream cannot give
+them again (the embedded broker without a replay, or positions no longer recorded) the twin stops with exit 1
+naming the file (:class:`~opendt.twin.inputs.InputsLost`): never a silently different result.
+
 Replaying a window applies it as it was simulated: under the topology version the journal records, skipped
 when the journal says it failed (a failed window left no trace in the engine), its carbon steps carried to
 the next window that was simulated.
@@ -27,7 +35,7 @@ from opendt.models.messages import CarbonRow
 from opendt.settings import Settings
 from opendt.stream.consumer import Resume
 from opendt.twin.checkpoint import Checkpoint, Checkpoints
-from opendt.twin.inputs import InputStore, StoredWindow
+from opendt.twin.inputs import InputsLost, InputStore, InputUnreadable, StoredWindow
 from opendt.twin.results import ResultStore
 from opendt.twin.topology import TopologyBox
 from opendt.worker.client import TwinEngine
@@ -50,6 +58,20 @@ class Durability:
     """Window inputs and checkpoints kept behind the newest window (what-ifs, calibration, duplicates)."""
 
 
+@dataclass
+class ResumePlan:
+    """How a restart brings the engine back to the last durable window."""
+
+    end_ms: int
+    """The end of the last durable window."""
+    checkpoint: Checkpoint | None
+    stored_until_ms: int
+    """The durable windows after the checkpoint and before this are replayed from the input store; those
+    from here to ``end_ms`` come again from the stream (their stored inputs are missing or not whole)."""
+    problem: str | None = None
+    """The first missing or unreadable input file (when ``stored_until_ms < end_ms``)."""
+
+
 class Recovery:
     """Engine state from durable things: a checkpoint, then the stored inputs of the durable windows after
     it. ``applied`` tracks the topology version in the engine (shared with the loop)."""
@@ -68,6 +90,8 @@ class Recovery:
         self.box = box
         self.twin = twin
         self.export_interval_ms = export_interval_ms
+        self.resume_plan: ResumePlan | None = None
+        """The plan :meth:`stream_resume` made (the loop's resume follows it)."""
 
     def load(self) -> None:
         self.d.inputs.load()
@@ -86,12 +110,20 @@ class Recovery:
         starts = self.d.inputs.between(-(2**62) if lo_ms is None else lo_ms, hi_ms)
         return [s for s in starts if self.store.is_durable(s)]
 
-    def covers(self, lo_ms: int | None, hi_ms: int) -> bool:
-        """Every durable window in ``[lo_ms, hi_ms)`` has its inputs stored (runs older than the input
-        store do not: they resume the way they were made, by a replay from the start)."""
+    def plan_resume(self) -> ResumePlan | None:
+        """The newest whole checkpoint at or before the last durable window, and how far after it the stored
+        inputs of the durable windows read back whole (None: nothing durable)."""
+        end = self.last_durable_end()
+        if end is None:
+            return None
+        ckpt = self.base(end)
+        lo = None if ckpt is None else ckpt.at_ms
         durable = self.store.windows["window_start"].dt.epoch("ms").to_list()
-        need = [int(s) for s in durable if (lo_ms is None or s >= lo_ms) and s < hi_ms]
-        return all(self.d.inputs.has(s) for s in need)
+        for s in sorted(int(x) for x in durable if (lo is None or x >= lo) and x < end):
+            problem = self.d.inputs.problem(s)
+            if problem is not None:
+                return ResumePlan(end, ckpt, s, problem)
+        return ResumePlan(end, ckpt, end)
 
     async def restore(self, ckpt: Checkpoint | None) -> int:
         """Put the engine in a checkpoint's state (a fresh engine on the initial topology without one);
@@ -138,25 +170,58 @@ class Recovery:
         log.info("engine_rebuilt", checkpoint_ms=None if ckpt is None else ckpt.at_ms, until_ms=until_ms)
         return applied
 
-    def stream_resume(self, external: bool, horizon_ms: int) -> Resume | None:
-        """Where the stream goes on after the last durable window: its end, the positions it recorded (an
-        external Kafka still has the messages after them), and the recent events for duplicate detection."""
-        end = self.last_durable_end()
-        if end is None:
+    def stream_resume(self, external: bool, horizon_ms: int, *, replay: bool = True) -> Resume | None:
+        """Where the stream goes on: after the last durable window, or, when stored inputs of durable windows
+        are missing (:meth:`plan_resume`), at the first of them, where the stream gives them again (the
+        replay producer starts there; an external Kafka is sought to the positions recorded there). The
+        recent events before it are kept for duplicate detection. :class:`InputsLost` when the stream cannot
+        give them again."""
+        plan = self.resume_plan = self.plan_resume()
+        if plan is None:
             return None
-        starts = self.d.inputs.between(end - horizon_ms, end)
-        r = Resume(next_start_ms=end, topology_known=True)  # durable windows were simulated on one
+        at = plan.stored_until_ms
+        starts = self.d.inputs.between(at - horizon_ms, at)
+        r = Resume(next_start_ms=at, topology_known=True)  # durable windows were simulated on one
         r.run_start_ms = self.store.first_start_ms()
         for s in starts:
-            sw = self.d.inputs.read(s)
+            try:
+                sw = self.d.inputs.read(s)
+            except InputUnreadable as e:  # older than the checkpoint: only duplicate detection misses it
+                log.warning("input_unreadable", error=str(e))
+                continue
             r.tasks.extend(sw.window.tasks)
             r.fragments.extend(sw.window.fragment_rows())
             r.power.extend(sw.window.power)
             if sw.window.carbon:
                 r.carbon_until_ms = max(c.timestamp_ms for c in sw.window.carbon)
-            if external and s == starts[-1]:
+            if external and sw.window.end_ms == at:
                 r.positions = dict(sw.positions)
+        if at == plan.end_ms:
+            return r
+        lost = (
+            f"stored inputs of durable windows are gone ({plan.problem}; {self._missing(at, plan.end_ms)} "
+            f"window(s) from {at})"
+        )
+        if external:
+            ckpt = plan.checkpoint
+            if not r.positions and ckpt is not None and ckpt.at_ms == at:
+                r.positions = {(str(t), int(p)): int(o) for t, p, o in ckpt.state.get("positions", [])}
+            r.from_beginning = not r.positions and at == r.run_start_ms
+            if not r.positions and not r.from_beginning:
+                raise InputsLost(f"{lost}, and no stream position is recorded there to read them again")
+            r.reread = lost
+        elif not replay:
+            raise InputsLost(
+                f"{lost}, and the embedded broker without a replay cannot give them again: restore the files "
+                "or start over (opendt run --fresh)"
+            )
+        log.warning("inputs_reread", error=lost, from_ms=at, until_ms=plan.end_ms,
+                    source="kafka" if external else "replay")  # fmt: skip
         return r
+
+    def _missing(self, lo_ms: int, hi_ms: int) -> int:
+        w = self.store.windows["window_start"].dt.epoch("ms")
+        return int(((w >= lo_ms) & (w < hi_ms)).sum())
 
     def state(self, applied: int, extra: dict[str, Any]) -> dict[str, Any]:
         """What a checkpoint keeps besides the engine."""

@@ -246,7 +246,7 @@ class TwinEngine:
         await self._call({"op": "set_topology", "topology": topology}, record=True)
 
     async def snapshot(self, archive: str = "none") -> bytes:
-        """The engine state now, pickled (warm starts of calibration candidates, what-ifs, proposals); changes
+        """The engine state now, as data (warm starts of calibration candidates, what-ifs, proposals); changes
         nothing. ``archive="running"`` keeps the running tasks' fragments (needed for structural changes)."""
         out = await self._call({"op": "cal.snapshot", "archive": archive}, record=False)
         blob: bytes = out["snapshot"]["blob"][0]

@@ -1,15 +1,16 @@
 """Warm-started candidate runs, executed inside engine worker processes (ops ``cal.*``).
 
-* ``cal.snapshot`` (twin worker): the engine state now, pickled and zstd-compressed (:func:`snapshot`). The
+* ``cal.snapshot`` (twin worker): the engine state now, as data (:mod:`opendt.engine.state`: a JSON tree and
+  numeric arrays, zstd-compressed, checksummed; never pickle: nothing read back runs code). The
   fragment archive is left out by default: it only serves structural topology changes (re-queued tasks
   restart from their first fragment), which the calibration search space refuses (see
   :mod:`opendt.calibration.space`), and it grows with the whole trace, while the rest of the state stays
-  bounded (SURF mid-week: about 0.7 MB of pickle, 1 ms). With
+  bounded. With
   ``"archive": "running"`` (what-if and optimizer bases) the archive is kept for the tasks running now, the
   only ones a structural change can re-queue, so the snapshot stays bounded too.
 * ``cal.prepare`` (candidate worker): keep one round's base — a snapshot (or, when the lookback starts
   before the twin's first window, a fresh engine spec) — and the lookback's tasks and fragments.
-* ``cal.candidate``: unpickle the base, ``set_topology(candidate)``, switch the export grid to the meter's
+* ``cal.candidate``: load the base, ``set_topology(candidate)``, switch the export grid to the meter's
   interval, advance through the lookback's inputs to its end, and return one row per export instant whose
   whole interval lies inside the lookback (summed over clusters). What-if and optimizer runs instead keep
   the twin's export grid (``regrid`` false) and may pre-roll: the snapshot advances with its own topology to
@@ -28,13 +29,13 @@ few milliseconds instead of a whole re-simulation (``tests/calibration/test_warm
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
+
+from opendt.engine.state import dumps, loads, unpack
 
 if TYPE_CHECKING:
     from opendt.engine import Engine
@@ -47,14 +48,9 @@ if TYPE_CHECKING:
 
 OPS = ("cal.snapshot", "cal.prepare", "cal.candidate")
 
-_ZSTD = pa.Codec("zstd", compression_level=3)
-_ZSTD_MAGIC = b"ODTZ1"
-"""A compressed snapshot: this, the pickle's length (8 bytes, little-endian), then the zstd frame. The SURF
-week's hourly what-if snapshots go from 1–16 MB of pickle to 0.5–0.9 MB, for ~10–30 ms in the worker."""
-
 
 def snapshot(engine: Engine, archive: str = "none") -> bytes:
-    """The engine pickled and compressed (:func:`load_snapshot` reads it back); ``archive`` "none" drops the
+    """The engine's state as data (:func:`load_snapshot` reads it back); ``archive`` "none" drops the
     fragment archive, "running" keeps that of running tasks only (what a structural topology change can
     re-queue)."""
     kept = engine.frags.archive
@@ -70,33 +66,26 @@ def snapshot(engine: Engine, archive: str = "none") -> bytes:
     else:
         engine.frags.archive = None if archive == "none" else kept
     try:
-        raw = pickle.dumps(engine, protocol=pickle.HIGHEST_PROTOCOL)
+        return dumps(engine)
     finally:
         engine.frags.archive = kept
-    packed: bytes = _ZSTD.compress(raw, asbytes=True)
-    return _ZSTD_MAGIC + len(raw).to_bytes(8, "little") + packed
 
 
 def unpack_snapshot(blob: bytes) -> bytes:
-    """The pickle inside a :func:`snapshot` (a bare pickle, as older snapshots were, is returned as it is)."""
-    if not blob.startswith(_ZSTD_MAGIC):
-        return blob
-    head = len(_ZSTD_MAGIC)
-    size = int.from_bytes(blob[head : head + 8], "little")
-    raw: bytes = _ZSTD.decompress(blob[head + 8 :], decompressed_size=size, asbytes=True)
-    return raw
+    """The checked, decompressed content of a :func:`snapshot` (:class:`~opendt.engine.state.StateError`
+    when it is damaged, cut or of another format; content is returned as it is)."""
+    return unpack(blob)
 
 
 def load_snapshot(blob: bytes) -> Engine:
-    """The engine of a :func:`snapshot` (or of its :func:`unpack_snapshot`)."""
-    engine: Engine = pickle.loads(unpack_snapshot(blob))  # noqa: S301 - our own snapshot, from our twin worker
-    return engine
+    """The engine of a :func:`snapshot` (or of its :func:`unpack_snapshot`); data only, no code runs."""
+    return loads(blob)
 
 
 @dataclass
 class RoundBase:
     blob: bytes | None
-    """The snapshot's pickle (:func:`unpack_snapshot`), None for a fresh engine."""
+    """The snapshot's content (:func:`unpack_snapshot`), None for a fresh engine."""
     init_topology: dict[str, Any] | None
     carbon: pl.DataFrame | None
     tasks: pl.DataFrame
@@ -170,7 +159,7 @@ def _replay(sch: Schedule, hosts: HostTable) -> pl.DataFrame:
 
 
 def prepare(header: dict[str, Any], tables: dict[str, pl.DataFrame]) -> RoundBase:
-    # decompressed once here: every candidate of the round unpickles its own copy
+    # decompressed and checked once here: every candidate of the round loads its own copy
     blob = unpack_snapshot(tables["snapshot"]["blob"][0]) if "snapshot" in tables else None
     return RoundBase(
         blob=blob,

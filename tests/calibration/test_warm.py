@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pytest
 
 from opendt.engine import Engine
+from opendt.engine.state import StateError
 from opendt.worker.client import TwinEngine
 from opendt.worker.pool import CandidatePool, RoundInput
 from opendt.worker.warm import RoundBase, load_snapshot, run_candidate, snapshot, unpack_snapshot
@@ -72,10 +74,10 @@ async def test_snapshot_candidate_equals_an_uninterrupted_run(tmp_path: Path) ->
     np.testing.assert_allclose(got["power_draw"].to_numpy(), expected["power_draw"].to_numpy(), rtol=1e-9)
 
 
-def test_snapshots_are_compressed_and_load_back_to_the_same_engine(tmp_path: Path) -> None:
-    """A snapshot is the zstd-compressed pickle (smaller than the pickle, unpacked to it exactly); the engine
-    it loads goes on exactly as the snapshotted one; a bare pickle (an older snapshot) still loads; a damaged
-    one raises."""
+def test_snapshots_are_compressed_data_and_load_back_to_the_same_engine(tmp_path: Path) -> None:
+    """A snapshot is compressed data (smaller than its content, unpacked to it exactly); the engine it loads
+    goes on exactly as the snapshotted one; a pickle (an older snapshot) is refused, never loaded; a cut or
+    damaged one raises a StateError."""
     wl = load_workload(write_demo_prefix(tmp_path / "wl", 3.0))
     start = wl.origin_ms // W * W
     mid, end = start + 12 * W, start + 24 * W
@@ -83,20 +85,25 @@ def test_snapshots_are_compressed_and_load_back_to_the_same_engine(tmp_path: Pat
     eng = Engine(wl.topology, export_interval_ms=150_000, carbon=None)
     eng.advance(mid, wl.tasks.filter(early), wl.fragments.filter(early))
     blob = snapshot(eng, "running")
-    raw = pickle.dumps(eng, protocol=pickle.HIGHEST_PROTOCOL)
-    assert blob.startswith(b"ODTZ1")
-    inner = unpack_snapshot(blob)  # the pickle
-    assert inner.startswith(b"\x80")
+    assert blob.startswith(b"ODTE2")
+    inner = unpack_snapshot(blob)  # the content
+    assert inner.startswith(b"ODTR2")
     assert len(blob) < len(inner) / 2
     assert unpack_snapshot(inner) is inner
     rest = (wl.tasks.filter(~early), wl.fragments.filter(~early))
     expected = eng.advance(end, *rest)
-    for b in (blob, raw):
+    for b in (blob, inner):
         got = load_snapshot(b).advance(end, *rest)
         assert got.height > 0
         assert got.equals(expected)
-    with pytest.raises(OSError, match="ZSTD"):
+    with pytest.raises(StateError, match="older pickled snapshot"):
+        load_snapshot(pickle.dumps(eng, protocol=pickle.HIGHEST_PROTOCOL))
+    with pytest.raises(StateError, match="damaged or cut short"):
         load_snapshot(blob[: len(blob) // 2])
+    flipped = bytearray(inner)
+    flipped[len(flipped) // 2] ^= 0xFF
+    with pytest.raises(StateError, match="checksum"):  # magic, size, CRC kept; the content changed
+        load_snapshot(blob[:17] + pa.Codec("zstd").compress(bytes(flipped), asbytes=True))
 
 
 async def test_power_only_candidates_replay_the_first_candidates_schedule(tmp_path: Path) -> None:
@@ -187,5 +194,5 @@ def test_a_replay_needs_no_snapshot_and_a_new_structure_does(tmp_path: Path) -> 
     assert (again["energy_usage"] > first["energy_usage"]).all()
     for h in doc["clusters"][0]["hosts"]:
         h["cpu"]["coreSpeed"] = 1800
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(StateError):
         run_candidate(base, doc)
