@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from opendt.settings import Settings
+from opendt.twin.appendlog import LogCorrupt
 from opendt.twin.files import DiskFull
 from opendt.twin.results import ResultsMismatch
 from opendt.twin.run import RunLocked
@@ -52,7 +53,7 @@ async def run_daemon(
     if failed:
         state.status = "failed"
         for exc in failed:
-            if isinstance(exc, DiskFull | RunLocked | ResultsMismatch):  # the message says it all
+            if isinstance(exc, DiskFull | RunLocked | ResultsMismatch | LogCorrupt):  # the message names it
                 log.error("daemon_failed", error=str(exc))
             else:
                 log.error("daemon_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
