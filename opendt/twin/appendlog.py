@@ -133,21 +133,20 @@ def scan(path: Path, data: bytes | memoryview, expected: pa.Schema) -> Scan:
 
 
 def decode(path: Path, data: bytes | memoryview, found: Scan, frames: list[Frame]) -> pa.Table:
-    """The rows of ``frames`` (of ``found``), checked against what the frames claim."""
+    """The rows of ``frames`` (of ``found``) as one table, as many as the frames claim (the caller checks
+    that each row belongs to its frame's window)."""
     assert found.schema is not None or not frames
     schema = found.schema if found.schema is not None else pa.schema([])
     if not frames:
         return schema.empty_table()
     mv = memoryview(data)
-    parts = [schema.serialize().to_pybytes(), *(mv[f.offset : f.offset + f.length] for f in frames)]
+    parts: list[bytes | memoryview] = [bytes(schema.serialize())]
+    parts += (mv[f.offset : f.offset + f.length] for f in frames)
     try:
-        reader = pa.ipc.open_stream(pa.py_buffer(b"".join(parts)))
-        batches = list(reader)
-        if len(batches) != len(frames) or any(
-            b.num_rows != f.rows for b, f in zip(batches, frames, strict=False)
-        ):
-            raise LogCorrupt(f"{path}: a frame's rows differ from its header")
-        table = pa.Table.from_batches(batches, schema)
+        table = pa.ipc.open_stream(pa.py_buffer(b"".join(parts))).read_all()
+        if table.num_rows != sum(f.rows for f in frames):
+            raise LogCorrupt(f"{path}: the frames hold other rows than their headers claim")
+        table = table.combine_chunks()  # one chunk: polars converts it at once
         table.validate(full=True)
     except (pa.ArrowException, ValueError) as e:
         if isinstance(e, LogCorrupt):
