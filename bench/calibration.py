@@ -35,6 +35,8 @@ import numpy as np
 import polars as pl
 from logs import events  # bench/logs.py, beside this script
 
+from opendt.twin.tables import AGG, read_journal, read_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SURF = ROOT.parent / "shared" / "workload" / "SURF"
@@ -103,8 +105,10 @@ def _num(value: object) -> float:
 
 def report(workload: Path, run: Path, wall: float, gate: float) -> dict[str, Any]:
     wl = load_workload(workload)
-    agg = pl.read_parquet(run / "agg_results.parquet")
-    windows = pl.read_parquet(run / "windows.parquet")
+    windows = read_journal(run)
+    agg = read_rows(run, AGG, windows)
+    assert windows is not None
+    assert agg is not None
     rounds = pl.read_parquet(run / "calibration.parquet")
     mape, matched = prediction_mape(agg, wl.consumption)
     uncal = uncalibrated_rows(

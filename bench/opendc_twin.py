@@ -32,6 +32,8 @@ from pathlib import Path
 import polars as pl
 import psutil
 
+from opendt.twin.tables import AGG, read_journal, read_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tests.opendc_standin import write_standin  # noqa: E402 - the repository root is on the path now
@@ -94,7 +96,10 @@ def run(workload: Path, data: Path, env_extra: dict[str, str]) -> Result:
         raise SystemExit(f"opendt run failed ({proc.returncode}): {err[-2000:]}")
     runs = [json.loads(x) for x in err.splitlines() if '"event": "opendc_run"' in x]
     (run_dir,) = (data / "runs").iterdir()
-    windows = pl.read_parquet(run_dir / "windows.parquet")
+    windows = read_journal(run_dir)
+    agg = read_rows(run_dir, AGG, windows)
+    assert windows is not None
+    assert agg is not None
     return Result(
         wall_s=wall,
         windows=windows.height,
@@ -106,7 +111,7 @@ def run(workload: Path, data: Path, env_extra: dict[str, str]) -> Result:
         last_tasks=runs[-1]["tasks"] if runs else 0,
         last_fragments=runs[-1]["fragments"] if runs else 0,
         peak_mb=peak / MB,
-        agg=pl.read_parquet(run_dir / "agg_results.parquet"),
+        agg=agg,
     )
 
 

@@ -4,7 +4,7 @@
 
 (i) ``--speed max --exit-when-done`` with 300 s windows: wall time, peak RSS of the whole process tree (the
 daemon, its Tansu broker and its engine worker; psutil polling every 0.2 s, the sum over the tree), CPU
-seconds per process; then agg_results.parquet against a one-shot in-process Engine run on the whole trace
+seconds per process; then agg_results against a one-shot in-process Engine run on the whole trace
 (max relative difference of power_draw and energy_usage) and the MAPE of the predicted vs the measured power
 at the instants both have (OpenDC with the repo topology: 6.40 % on SURF's 150 s instants).
 (ii) ``--speed 300`` for ``--minutes``: /api/status polled every 2 s; the replay's lag behind its schedule,
@@ -32,6 +32,8 @@ from typing import Any
 import polars as pl
 import psutil
 from logs import events  # bench/logs.py, beside this script
+
+from opendt.twin.tables import AGG, read_journal, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SURF = ROOT.parent / "shared" / "workload" / "SURF"
@@ -148,8 +150,10 @@ def bench_max(workload: Path, tmp: Path) -> dict[str, Any]:
     if proc.returncode != 0:
         raise SystemExit(f"opendt run exited {proc.returncode}; see {log_path}")
     [run] = list((data_dir / "runs").iterdir())
-    agg = pl.read_parquet(run / "agg_results.parquet")
-    windows = pl.read_parquet(run / "windows.parquet")
+    windows = read_journal(run)
+    agg = read_rows(run, AGG, windows)
+    assert windows is not None
+    assert agg is not None
     until = int(windows["window_end"].dt.epoch("ms").max())  # type: ignore[arg-type]
     t1 = time.monotonic()
     ref = _one_shot(workload, until)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import polars as pl
+from opendt.twin.tables import read_journal
 
 ROOT = Path(__file__).resolve().parents[1]
 SURF = ROOT.parent / "shared" / "workload" / "SURF"
@@ -30,12 +30,11 @@ SURF = ROOT.parent / "shared" / "workload" / "SURF"
 
 def _windows(data: Path) -> int:
     for d in (data / "runs").glob("*"):
-        w = d / "windows.parquet"
-        if w.exists():
-            try:
-                return pl.read_parquet(w.read_bytes()).height
-            except (OSError, pl.exceptions.ComputeError):
-                return 0
+        try:
+            journal = read_journal(d)
+        except (OSError, ValueError):
+            return 0
+        return 0 if journal is None else journal.height
     return 0
 
 

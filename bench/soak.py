@@ -6,8 +6,10 @@ The trace is SURF repeated ``--weeks`` times, each copy shifted by a week (task 
 measured power shifted with it; SURF's carbon trace already covers the year). `opendt run` runs it as a real
 process with its embedded broker; at the end of each trace week (every 2,016 durable 300 s windows) the
 bench samples the resident memory of the daemon and of its engine worker, and the run directory's size on
-disk (split into the input store, the checkpoints and the rest). The issue's bound: the daemon's RSS at the
-end of week 4 ≤ 1.1 × its RSS at the end of week 1.
+disk (split into the input store, the checkpoints and the rest), and the CPU time the daemon and its engine
+worker spent in the week. The issue's bounds: the daemon's RSS at the end of week 4 ≤ 1.1 × its RSS at the end
+of week 1; a window's cost must not grow with the run's age: the median window latency (the journal's
+``latency_s``) of the last week and the daemon's CPU per window of the last week ≤ 1.2 × those of week 1.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import psutil
+
+from opendt.twin.tables import journal_windows, read_journal
 
 ROOT = Path(__file__).resolve().parents[1]
 SURF = ROOT.parent / "shared" / "workload" / "SURF"
@@ -67,12 +72,40 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
-def _windows(run: Path) -> int:
-    w = run / "windows.parquet"
+def _journal(run: Path) -> pl.DataFrame | None:
+    """The run's window journal as far as it is durable (None before the first window)."""
     try:
-        return pl.read_parquet(w.read_bytes()).height if w.exists() else 0
-    except (OSError, pl.exceptions.ComputeError):
-        return 0
+        return read_journal(run)
+    except (OSError, ValueError):
+        return None
+
+
+def _cpu_s(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return float(t.user + t.system)
+
+
+def _per_week(journal: pl.DataFrame, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per trace week: the median and p90 window latency (journal) and the CPU seconds per window of the
+    daemon and of its engine worker(s) (sampled at the week's end)."""
+    lat = journal.sort("window_start")["latency_s"].to_numpy()
+    out = []
+    prev = {"daemon_cpu_s": 0.0, "worker_cpu_s": 0.0, "windows": 0}
+    for row in rows:
+        k = row["week"]
+        week = lat[(k - 1) * WINDOWS_PER_WEEK : k * WINDOWS_PER_WEEK]
+        n = row["windows"] - prev["windows"]
+        out.append(
+            {
+                "week": k,
+                "latency_median_ms": round(float(np.median(week)) * 1000, 2),
+                "latency_p90_ms": round(float(np.quantile(week, 0.9)) * 1000, 2),
+                "daemon_cpu_ms_per_window": round((row["daemon_cpu_s"] - prev["daemon_cpu_s"]) / n * 1000, 2),
+                "worker_cpu_ms_per_window": round((row["worker_cpu_s"] - prev["worker_cpu_s"]) / n * 1000, 2),
+            }
+        )
+        prev = row
+    return out
 
 
 def main() -> int:
@@ -107,6 +140,8 @@ def main() -> int:
             rss = daemon.memory_info().rss
             workers = [c for c in daemon.children(recursive=True) if "opendt.worker" in " ".join(c.cmdline())]
             worker_rss = sum(c.memory_info().rss for c in workers)
+            daemon_cpu = _cpu_s(daemon)
+            worker_cpu = sum(_cpu_s(c) for c in workers)
         except psutil.NoSuchProcess:
             break
         peak = max(peak, rss)
@@ -114,7 +149,7 @@ def main() -> int:
             run = next((d for d in (data / "runs").iterdir() if d.is_dir()), None)
         if run is None:
             continue
-        done = _windows(run)
+        done = journal_windows(run)
         while done >= week * WINDOWS_PER_WEEK and week <= args.weeks:
             row = {
                 "week": week,
@@ -126,12 +161,18 @@ def main() -> int:
                 "disk_mb": round(_size(run) / MB, 1),
                 "inputs_mb": round(_size(run / "inputs") / MB, 1),
                 "checkpoints_mb": round(_size(run / "checkpoints") / MB, 1),
+                "daemon_cpu_s": round(daemon_cpu, 2),
+                "worker_cpu_s": round(worker_cpu, 2),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
             week += 1
     code = proc.wait()
     log.close()
+    journal = _journal(run) if run is not None else None
+    weeks = _per_week(journal, rows) if journal is not None and rows else []
+    for w in weeks:
+        print(json.dumps(w), flush=True)
     out = {
         "weeks": args.weeks,
         "calibration": args.calibration,
@@ -140,6 +181,17 @@ def main() -> int:
         "per_week": rows,
         "rss_week_last_over_first": round(rows[-1]["daemon_rss_mb"] / rows[0]["daemon_rss_mb"], 3)
         if rows
+        else None,
+        "per_week_cost": weeks,
+        "latency_week_last_over_first": round(
+            weeks[-1]["latency_median_ms"] / weeks[0]["latency_median_ms"], 3
+        )
+        if weeks
+        else None,
+        "daemon_cpu_week_last_over_first": round(
+            weeks[-1]["daemon_cpu_ms_per_window"] / weeks[0]["daemon_cpu_ms_per_window"], 3
+        )
+        if weeks
         else None,
         "dir": str(tmp),
     }

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from opendt.settings import Settings
+from opendt.twin.appendlog import LogCorrupt
 from opendt.twin.files import DiskFull
 from opendt.twin.inputs import InputsLost, InputUnreadable
 from opendt.twin.results import ResultsMismatch
@@ -54,8 +55,8 @@ async def run_daemon(
         state.status = "failed"
         for exc in failed:
             if isinstance(
-                exc, DiskFull | RunLocked | ResultsMismatch | InputsLost | InputUnreadable
-            ):  # says it all
+                exc, DiskFull | RunLocked | ResultsMismatch | LogCorrupt | InputsLost | InputUnreadable
+            ):  # the message names it
                 log.error("daemon_failed", error=str(exc))
             else:
                 log.error("daemon_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)

@@ -33,7 +33,7 @@ class TwinView:
     store: ResultStore | None = None
     measured: pl.DataFrame | None = None
     """Measured power given directly (``timestamp_ms`` epoch ms, ``power_draw`` W); by default it is what
-    the twin received in its durable windows (the store's ``measured.parquet``)."""
+    the twin received in its durable windows (the store's ``measured.arrowlog``)."""
     box: TopologyBox | None = None
     writer: TopologyWriter | None = None
     """The one write path of the simulated topology (None: a read-only API)."""

@@ -2,8 +2,9 @@
 every batch command ends with (windows, MAPE, energy, carbon, where the results are).
 
 A run directory holds ``run.json`` (identity: source and result-affecting settings; older runs lack it),
-``agg_results.parquet``, ``windows.parquet``, ``measured.parquet`` (older runs lack it: the replayed
-workload's ``consumption.parquet`` stands in when run.json names it), ``topologies/v<N>.json`` and optionally
+``agg_results.arrowlog``, ``windows.arrowlog``, ``measured.arrowlog`` (:mod:`opendt.twin.tables`; older runs:
+the same names in ``.parquet``, and some lack the measured power: the replayed workload's
+``consumption.parquet`` stands in when run.json names it), ``topologies/v<N>.json`` and optionally
 ``calibration.parquet`` and ``optimizer.jsonl``. Files of a twin that is still running are read in one go.
 """
 
@@ -20,6 +21,7 @@ import polars as pl
 
 from opendt.commands.errors import UsageError
 from opendt.metrics import mape
+from opendt.twin.tables import AGG, MEASURED, Table, read_journal, read_rows
 
 RUN_MARKERS = ("run.json", "windows.parquet", "agg_results.parquet")
 """A directory under ``runs/`` is a run directory when it holds one of these (as a regular file)."""
@@ -37,6 +39,15 @@ def read_parquet(path: Path) -> pl.DataFrame | None:
     try:
         return pl.read_parquet(path.read_bytes())
     except (OSError, pl.exceptions.PolarsError):
+        return None
+
+
+def read_table(run_dir: Path, table: Table | None = None) -> pl.DataFrame | None:
+    """The journal (``table`` None) or a table's rows of the journaled windows, of a possibly running twin;
+    None when absent or unreadable."""
+    try:
+        return read_journal(run_dir) if table is None else read_rows(run_dir, table)
+    except (OSError, ValueError):
         return None
 
 
@@ -60,9 +71,9 @@ def _ms_expr(df: pl.DataFrame, col: str) -> pl.Expr:
 def measured_power(
     run_dir: Path, meta: dict[str, Any] | None, workload: Path | None = None
 ) -> pl.DataFrame | None:
-    """Measured power of a run as ``timestamp_ms``, ``power_draw``: its ``measured.parquet``, else (older
+    """Measured power of a run as ``timestamp_ms``, ``power_draw``: its ``measured.arrowlog``, else (older
     runs) the replayed workload's consumption when ``run.json`` names a workload that still exists."""
-    df = read_parquet(run_dir / "measured.parquet")
+    df = read_table(run_dir, MEASURED)
     if df is not None and {"timestamp", "power_draw"} <= set(df.columns):
         keys = ["timestamp", "source"] if "source" in df.columns else ["timestamp"]
         return (
@@ -182,13 +193,13 @@ def summarize_run(run_dir: Path, *, with_mape: bool = True, workload: Path | Non
     files = [p for p in run_dir.rglob("*") if not p.is_symlink() and p.is_file()]
     out.files = {str(p.relative_to(run_dir)): p.stat().st_size for p in files}
     out.updated = max((p.stat().st_mtime for p in files), default=run_dir.stat().st_mtime)
-    windows = read_parquet(run_dir / "windows.parquet")
+    windows = read_table(run_dir)
     if windows is not None and windows.height and "status" in windows.columns:
         out.windows_ok = int((windows["status"] == "ok").sum())
         out.windows_failed = windows.height - out.windows_ok
         out.first_ms = int(_epoch_ms(windows, "window_start").min())  # type: ignore[arg-type]
         out.last_ms = int(_epoch_ms(windows, "window_end").max())  # type: ignore[arg-type]
-    agg = read_parquet(run_dir / "agg_results.parquet")
+    agg = read_table(run_dir, AGG)
     if agg is not None and agg.height:
         out.energy_kwh = float(agg["energy_usage"].sum()) / 3.6e6
         if agg["carbon_emission"].is_not_null().any():

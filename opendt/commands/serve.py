@@ -2,8 +2,8 @@
 read-only (no Kafka, no engine: writes and what-ifs answer 404 saying so).
 
 The run is ``--run ID`` (a unique prefix is enough) or the most recently updated one under
-``<data_dir>/runs/``. What it serves comes from the run directory alone: ``agg_results.parquet`` and
-``windows.parquet``, the measured power (``measured.parquet``, or the replayed workload's for older runs),
+``<data_dir>/runs/``. What it serves comes from the run directory alone: ``agg_results.arrowlog`` and
+``windows.arrowlog``, the measured power (``measured.arrowlog``, or the replayed workload's for older runs),
 the saved topologies (``topologies/v<N>.json``), ``calibration.parquet`` and ``optimizer.jsonl``.
 """
 
@@ -156,8 +156,10 @@ def build_view(run_dir: Path, settings: Settings) -> tuple[TwinView, TwinState]:
     workload = fallback_workload(run_dir, meta, Path(settings.replay.workload))
     store = ResultStore(run_dir)
     try:
-        store.load()
-    except Exception as e:  # noqa: BLE001 - a damaged file names itself; serve reports it in one line
+        store.load(writable=False)  # each file checked against the journal before its rows are decoded
+    except (ValueError, OSError) as e:  # a damaged file names itself (opendt.twin.tables)
+        raise UsageError(f"run {run_dir.name}: cannot read its results: {e}") from None
+    except Exception as e:  # noqa: BLE001 - serve reports it in one line
         raise UsageError(f"run {run_dir.name}: cannot read its results: {type(e).__name__}: {e}") from None
     try:
         box = TopologyBox(_physical(run_dir, meta, workload))

@@ -1,12 +1,13 @@
 """A run directory as the report reads it: what the twin made durable so far, and the measured power.
 
-A run directory (``<data_dir>/runs/<run_id>/``) holds ``windows.parquet`` (the journal),
-``agg_results.parquet`` (one row per export instant), ``calibration.parquet`` (with calibration on) and
-``topologies/v*.json``. Each file is read once, by bytes: the twin replaces them atomically while it runs,
-and a path opened twice could pair one version's footer with the next one's pages. Only the rows of
-journaled windows are kept, so a run in progress is read as what is durable so far (as a restart would).
+A run directory (``<data_dir>/runs/<run_id>/``) holds ``windows.arrowlog`` (the journal),
+``agg_results.arrowlog`` (one row per export instant), ``measured.arrowlog``, ``calibration.parquet`` (with
+calibration on) and ``topologies/v*.json`` (:mod:`opendt.twin.tables`; runs of the old layout: the same
+names in ``.parquet``). Each file is read once, by bytes: the twin appends to them while it runs. Only the
+rows of journaled windows are kept, so a run in progress is read as what is durable so far (as a restart
+would).
 
-Measured power, in this order: ``measured.parquet`` in the run directory (what the twin received), else the
+Measured power, in this order: ``measured.arrowlog`` in the run directory (what the twin received), else the
 workload's ``consumption.parquet`` (``--workload DIR``, or the workload path a ``run.json`` records), else
 none. It is clipped to the run's durable span: nothing is shown past the last durable window.
 """
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from opendt.twin.tables import AGG, JOURNAL, MEASURED, read_journal, read_rows
 from opendt.workload import normalize_consumption, normalize_tasks, read_meta
 
 MS = pl.Datetime("ms", "UTC")
@@ -88,7 +90,7 @@ def _epoch(col: str, df: pl.DataFrame) -> pl.Expr:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "windows.parquet").is_file() or (path / "agg_results.parquet").is_file()
+    return any((path / name).is_file() for t in (JOURNAL, AGG) for name in (t.file, t.legacy))
 
 
 def expand(paths: list[Path]) -> list[Path]:
@@ -103,13 +105,12 @@ def expand(paths: list[Path]) -> list[Path]:
             sorted(d for d in runs.iterdir() if not d.is_symlink() and is_run_dir(d)) if runs.is_dir() else []
         )
         if not found:
-            raise RunError(f"{p}: not a run directory (no windows.parquet) and no run under it")
+            raise RunError(f"{p}: not a run directory (no windows.arrowlog) and no run under it")
         out.extend(found)
     return out
 
 
-def _windows(run_dir: Path) -> pl.DataFrame:
-    df = _read(run_dir / "windows.parquet")
+def _windows(df: pl.DataFrame | None) -> pl.DataFrame:
     cols = {
         "window_start_ms": pl.Int64,
         "window_end_ms": pl.Int64,
@@ -140,10 +141,10 @@ AGG_COLUMNS = {
 }
 
 
-def _agg(run_dir: Path, windows: pl.DataFrame) -> pl.DataFrame:
+def _agg(run_dir: Path, windows: pl.DataFrame, journal: pl.DataFrame | None) -> pl.DataFrame:
     """The durable rows (of journaled windows), one per instant, with the width of each row's interval."""
     schema = {"timestamp_ms": pl.Int64, **AGG_COLUMNS, "width_ms": pl.Int64}
-    df = _read(run_dir / "agg_results.parquet")
+    df = read_rows(run_dir, AGG, journal)
     if df is None or df.is_empty() or windows.is_empty():
         return pl.DataFrame(schema=schema)
     df = df.with_columns(pl.lit(None).alias(c) for c in AGG_COLUMNS if c not in df.columns)
@@ -225,12 +226,17 @@ def _per_instant(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def _measured(
-    run_dir: Path, settings: dict[str, Any], workload: Path | None, cache: dict[Path, pl.DataFrame]
+    run_dir: Path,
+    settings: dict[str, Any],
+    workload: Path | None,
+    cache: dict[Path, pl.DataFrame],
+    journal: pl.DataFrame | None,
 ) -> tuple[pl.DataFrame | None, str]:
-    own = _read(run_dir / "measured.parquet")
+    own = read_rows(run_dir, MEASURED, journal)
     if own is not None:  # a sample received twice (a redelivered message) counts once; sources add up
         own = own.with_columns(_epoch("timestamp", own).alias("timestamp_ms")).unique(maintain_order=True)
-        return _per_instant(own), "measured.parquet"
+        name = MEASURED.file if (run_dir / MEASURED.file).exists() else MEASURED.legacy
+        return _per_instant(own), name
     source = workload or _recorded_workload(settings)
     if source is None or not (source / "consumption.parquet").is_file():
         return None, "none"
@@ -249,10 +255,11 @@ def load_run(
     """Read a run directory (see the module docstring); ``cache`` shares workload power between runs."""
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: no such run directory")
-    windows = _windows(run_dir)  # first: rows of windows journaled after this read are left out
-    agg = _agg(run_dir, windows)
+    journal = read_journal(run_dir)  # first: rows of windows journaled after this read are left out
+    windows = _windows(journal)
+    agg = _agg(run_dir, windows, journal)
     settings = _settings(run_dir)
-    measured, source = _measured(run_dir, settings, workload, {} if cache is None else cache)
+    measured, source = _measured(run_dir, settings, workload, {} if cache is None else cache, journal)
     run = Run(
         path=run_dir,
         label=label,

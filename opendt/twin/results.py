@@ -1,9 +1,11 @@
-"""Durable results of a run: ``agg_results.parquet`` (one row per export instant) and ``windows.parquet``.
+"""Durable results of a run: the window journal, the results and the measured power, appended per window.
 
-Both are rewritten whole on each window, to a temporary file then renamed (atomic on POSIX), in a thread.
-``windows.parquet`` is the journal: a window is durable once it is listed there (status ``ok`` or
-``failed``). Rows of a window that is not in the journal (a crash between the two renames) are dropped on
-load, so a restart never duplicates and never loses rows.
+The files and their checks are :mod:`opendt.twin.tables`: ``agg_results.arrowlog`` (one row per export
+instant), ``measured.arrowlog`` (the received power) and ``windows.arrowlog`` (the journal). A window is made
+durable by appending its frames, the journal's last (in a thread): a window's cost does not depend on the
+run's age, nothing written is rewritten. A window is durable once it is listed in the journal (status ``ok``
+or ``failed``); frames of a window the journal lacks (a crash between two appends) are cut off on load, so a
+restart never duplicates and never loses rows.
 """
 
 from __future__ import annotations
@@ -20,38 +22,37 @@ from opendt.engine.rows import ACTIVITY_COLUMNS
 from opendt.models.messages import iso_ms
 from opendt.models.topology import Topology
 from opendt.stream.windowing import Window
+from opendt.twin.appendlog import AppendLog
 from opendt.twin.files import write_atomic
+from opendt.twin.tables import (
+    AGG,
+    AGG_SCHEMA,
+    JOURNAL,
+    MEASURED,
+    MEASURED_SCHEMA,
+    WINDOW_SCHEMA,
+    ResultsMismatch,
+    conform,
+    load_journal,
+    load_rows,
+    migrate,
+    read_journal,
+    read_rows,
+)
 
-AGG_SCHEMA = pl.Schema(
-    {
-        "timestamp": pl.Datetime("ms", "UTC"),
-        "power_draw": pl.Float64(),
-        "energy_usage": pl.Float64(),
-        "carbon_intensity": pl.Float64(),
-        "carbon_emission": pl.Float64(),
-        "topology_version": pl.Int64(),
-        "window_start": pl.Datetime("ms", "UTC"),
-        "tasks_completed": pl.Int64(),  # completed in [t − Δ, t): finish < t, as OpenDC's service table
-        "cpu_work": pl.Float64(),  # GHz·s the hosts delivered over (t − Δ, t] (demand capped at capacity)
-    }
-)
-WINDOW_SCHEMA = pl.Schema(
-    {
-        "window_start": pl.Datetime("ms", "UTC"),
-        "window_end": pl.Datetime("ms", "UTC"),
-        "status": pl.Utf8(),
-        "rows": pl.Int64(),
-        "tasks": pl.Int64(),
-        "fragments": pl.Int64(),
-        "power_samples": pl.Int64(),
-        "topology_version": pl.Int64(),
-        "latency_s": pl.Float64(),
-        "compute_s": pl.Float64(),
-        "attempts": pl.Int64(),
-        "error": pl.Utf8(),
-        "engine": pl.Utf8(),  # builtin | opendc: what simulated the window's rows
-    }
-)
+__all__ = [
+    "AGG_SCHEMA",
+    "MEASURED_SCHEMA",
+    "WINDOW_SCHEMA",
+    "ResultStore",
+    "ResultsMismatch",
+    "WindowRecord",
+    "aggregate_rows",
+    "measured_rows",
+    "read_journal",
+    "read_rows",
+    "results_message",
+]
 
 
 def _sum_or_null(column: str) -> pl.Expr:
@@ -119,18 +120,6 @@ def results_message(w: Window, version: int, engine: str, agg: pl.DataFrame) -> 
     }
 
 
-MEASURED_SCHEMA = pl.Schema(
-    {
-        "timestamp": pl.Datetime("ms", "UTC"),
-        "source": pl.Utf8(),
-        "power_draw": pl.Float64(),
-        "energy_usage": pl.Float64(),
-        "window_start": pl.Datetime("ms", "UTC"),
-    }
-)
-"""``measured.parquet``: the measured power the twin received (``dc.power``), per window."""
-
-
 _POWER_ROW = {"timestamp": pl.Int64, "source": pl.Utf8, "power_draw": pl.Float64, "energy_usage": pl.Float64}
 
 
@@ -154,47 +143,6 @@ def measured_rows(w: Window) -> pl.DataFrame:
     )
 
 
-def _conform(rows: pl.DataFrame) -> pl.DataFrame:
-    """``rows`` with the columns of AGG_SCHEMA; a column they lack (the activity columns of rows written
-    before they existed) is null."""
-    missing = [pl.lit(None).alias(c) for c in AGG_SCHEMA if c not in rows.columns]
-    return rows.with_columns(missing).select(list(AGG_SCHEMA)).cast(AGG_SCHEMA)
-
-
-class ResultsMismatch(ValueError):
-    """A results file disagrees with the window journal (``windows.parquet``)."""
-
-
-def _check_counts(windows: pl.DataFrame, rows: pl.DataFrame, column: str, path: Path) -> None:
-    """Raise :class:`ResultsMismatch` when ``rows`` do not hold, per journal window, the ``column`` count."""
-    if windows.is_empty():
-        return
-    have = rows.group_by("window_start").agg(pl.len().alias("have"))
-    diff = (
-        windows.select("window_start", pl.col(column).alias("want"))
-        .join(have, on="window_start", how="left")
-        .with_columns(pl.col("have").fill_null(0))
-        .filter(pl.col("have") != pl.col("want"))
-        .sort("window_start")
-    )
-    if diff.is_empty():
-        return
-    missing = int((diff["want"] - diff["have"]).clip(lower_bound=0).sum())
-    extra = int((diff["have"] - diff["want"]).clip(lower_bound=0).sum())
-    first = diff["window_start"][0]
-    what = "does not exist" if not path.exists() else "disagrees with windows.parquet"
-    raise ResultsMismatch(
-        f"{path} {what}: {diff.height} of {windows.height} durable windows (the first at "
-        f"{first:%Y-%m-%dT%H:%M}Z) lack {missing} and hold {extra} extra rows: the file was deleted, "
-        "replaced by an older copy or written twice; restore it, or start a new run with --fresh (this one "
-        "is moved aside)"
-    )
-
-
-def _write_atomic(df: pl.DataFrame, path: Path) -> None:
-    write_atomic(path, df.write_parquet)  # a crash (kill -9) leaves the old or the new file, never a torn one
-
-
 @dataclass
 class WindowRecord:
     window_start_ms: int
@@ -212,70 +160,126 @@ class WindowRecord:
     engine: str = "builtin"
 
 
+class _Growing:
+    """A table that grows by a frame per window: appended in O(1), concatenated when read."""
+
+    def __init__(self, schema: pl.Schema) -> None:
+        self._frame = pl.DataFrame(schema=schema)
+        self._parts: list[pl.DataFrame] = []
+
+    def get(self) -> pl.DataFrame:
+        if self._parts:
+            self._frame = pl.concat([self._frame, *self._parts], rechunk=True)
+            self._parts = []
+        return self._frame
+
+    def set(self, frame: pl.DataFrame) -> None:
+        self._frame, self._parts = frame, []
+
+    def add(self, part: pl.DataFrame) -> None:
+        self._parts.append(part)
+
+
 class ResultStore:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self.agg_path = run_dir / "agg_results.parquet"
-        self.windows_path = run_dir / "windows.parquet"
-        self.measured_path = run_dir / "measured.parquet"
-        self.agg = pl.DataFrame(schema=AGG_SCHEMA)
-        self.measured = pl.DataFrame(schema=MEASURED_SCHEMA)
-        """The measured power received in durable windows (what the API serves as measured)."""
-        self.windows = pl.DataFrame(schema=WINDOW_SCHEMA)
-        self._durable: set[int] = set()
+        self.agg_path = run_dir / AGG.file
+        self.windows_path = run_dir / JOURNAL.file
+        self.measured_path = run_dir / MEASURED.file
+        self._agg = _Growing(AGG_SCHEMA)
+        self._measured = _Growing(MEASURED_SCHEMA)
+        self._windows = _Growing(WINDOW_SCHEMA)
+        self._by_start: dict[int, tuple[int, str]] = {}
+        """Per durable window: its topology version and status."""
+        self._writers: dict[str, AppendLog] = {}
         self._lock = asyncio.Lock()
 
-    def load(self) -> None:
+    @property
+    def agg(self) -> pl.DataFrame:
+        """The results of the durable windows."""
+        return self._agg.get()
+
+    @property
+    def measured(self) -> pl.DataFrame:
+        """The measured power received in durable windows (what the API serves as measured)."""
+        return self._measured.get()
+
+    @property
+    def windows(self) -> pl.DataFrame:
+        """The journal."""
+        return self._windows.get()
+
+    def load(self, *, writable: bool = True) -> None:
         """Read what a previous run of this run directory made durable, checked against the journal: each
-        window's rows and power samples are as many as ``windows.parquet`` records (rows of windows it does
-        not list, left by a crash between two writes, are dropped). A results file that is missing, stale
-        or holds rows twice raises :class:`ResultsMismatch` naming it."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.windows_path.exists():
-            journal = pl.read_parquet(self.windows_path)
-            if "engine" not in journal.columns:  # journals written before the column: the builtin engine
-                journal = journal.with_columns(engine=pl.lit("builtin"))
-            self.windows = journal.select(list(WINDOW_SCHEMA)).cast(WINDOW_SCHEMA)
-        journal = self.windows.select("window_start")
-        agg = _conform(pl.read_parquet(self.agg_path)) if self.agg_path.exists() else self.agg.clear()
-        self.agg = agg.join(journal, on="window_start", how="semi")
-        measured = (
-            pl.read_parquet(self.measured_path).cast(MEASURED_SCHEMA)
-            if self.measured_path.exists()
-            else self.measured.clear()
+        window's rows and power samples are as many as the journal records, checked before they are decoded.
+        Frames of windows the journal does not list (a crash between two appends) and a torn last frame are
+        cut off (``writable``: the daemon; ``opendt serve`` only skips them). A results file that is missing,
+        stale or holds rows twice raises :class:`ResultsMismatch`, a damaged one
+        :class:`~opendt.twin.appendlog.LogCorrupt`, one line naming it."""
+        if writable:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            migrate(self.run_dir)
+        elif not self.windows_path.exists() and (self.run_dir / JOURNAL.legacy).exists():
+            self._load_legacy()
+            return
+        journal = load_journal(self.run_dir, writable=writable)
+        windows = journal.rows
+        agg = load_rows(self.run_dir, AGG, windows, writable=writable, check=True)
+        # older runs had no measured power file
+        check = self.measured_path.exists() or (self.run_dir / "run.json").exists()
+        measured = load_rows(self.run_dir, MEASURED, windows, writable=writable, check=check)
+        self._writers = {"agg": agg.writer, "measured": measured.writer, "windows": journal.writer}
+        self._set(windows, agg.rows, measured.rows)
+
+    def _load_legacy(self) -> None:
+        """A run of the old layout, read-only (``opendt serve`` of a run a daemon has not converted)."""
+        windows = read_journal(self.run_dir)
+        assert windows is not None
+        agg = read_rows(self.run_dir, AGG, windows)
+        measured = read_rows(self.run_dir, MEASURED, windows)
+        self._set(
+            windows,
+            pl.DataFrame(schema=AGG_SCHEMA) if agg is None else agg,
+            pl.DataFrame(schema=MEASURED_SCHEMA) if measured is None else measured,
         )
-        self.measured = measured.join(journal, on="window_start", how="semi")
-        _check_counts(self.windows, self.agg, "rows", self.agg_path)
-        if self.measured_path.exists() or (self.run_dir / "run.json").exists():  # older runs had none
-            _check_counts(self.windows, self.measured, "power_samples", self.measured_path)
-        self._durable = {int(v) for v in self.windows["window_start"].dt.epoch("ms").to_list()}
+
+    def _set(self, windows: pl.DataFrame, agg: pl.DataFrame, measured: pl.DataFrame) -> None:
+        self._windows.set(windows)
+        self._agg.set(agg)
+        self._measured.set(measured)
+        starts = windows["window_start"].dt.epoch("ms").to_list()
+        self._by_start = dict(
+            zip(
+                starts,
+                zip(windows["topology_version"].to_list(), windows["status"].to_list(), strict=True),
+                strict=True,
+            )
+        )
 
     def is_durable(self, window_start_ms: int) -> bool:
-        return window_start_ms in self._durable
+        return window_start_ms in self._by_start
 
     def window_version(self, window_start_ms: int) -> int | None:
-        hit = self.windows.filter(pl.col("window_start").dt.epoch("ms") == window_start_ms)
-        return None if hit.is_empty() else int(hit["topology_version"][0])
+        hit = self._by_start.get(window_start_ms)
+        return None if hit is None else int(hit[0])
 
     def window_status(self, window_start_ms: int) -> str | None:
-        hit = self.windows.filter(pl.col("window_start").dt.epoch("ms") == window_start_ms)
-        return None if hit.is_empty() else str(hit["status"][0])
+        hit = self._by_start.get(window_start_ms)
+        return None if hit is None else str(hit[1])
 
     def first_start_ms(self) -> int | None:
         """The start of the run's first durable window."""
-        if self.windows.is_empty():
-            return None
-        return int(self.windows["window_start"].dt.epoch("ms").min())  # type: ignore[arg-type]
+        return min(self._by_start, default=None)
 
     @property
     def durable_count(self) -> int:
-        return len(self._durable)
+        return len(self._by_start)
 
     async def commit(
         self, record: WindowRecord, rows: pl.DataFrame, measured: pl.DataFrame | None = None
     ) -> None:
-        """Make a window durable: its rows appended to agg_results, its measured power to measured.parquet,
-        then the journal entry."""
+        """Make a window durable: its rows appended to agg_results, its measured power to measured, then its
+        journal entry (the commit point)."""
         rec = pl.DataFrame(
             [
                 {
@@ -288,20 +292,29 @@ class ResultStore:
             pl.from_epoch("window_start", "ms").dt.replace_time_zone("UTC"),
             pl.from_epoch("window_end", "ms").dt.replace_time_zone("UTC"),
         )
+        rec = rec.select(list(WINDOW_SCHEMA)).cast(WINDOW_SCHEMA)
+        agg = conform(rows, AGG_SCHEMA) if rows.height else None
+        meas = measured.cast(MEASURED_SCHEMA) if measured is not None and measured.height else None
+        start = record.window_start_ms
         async with self._lock:
-            agg = pl.concat([self.agg, _conform(rows)]) if rows.height else self.agg
-            fresh = measured is not None and measured.height > 0
-            meas = self.measured
-            if measured is not None and fresh:
-                meas = pl.concat([meas, measured.cast(MEASURED_SCHEMA)])
-            windows = pl.concat([self.windows, rec.select(list(WINDOW_SCHEMA)).cast(WINDOW_SCHEMA)])
-            if rows.height:
-                await asyncio.to_thread(_write_atomic, agg, self.agg_path)
-            if fresh:
-                await asyncio.to_thread(_write_atomic, meas, self.measured_path)
-            await asyncio.to_thread(_write_atomic, windows, self.windows_path)
-            self.agg, self.measured, self.windows = agg, meas, windows
-            self._durable.add(record.window_start_ms)
+            if not self._writers:
+                raise RuntimeError("ResultStore.commit before load")
+            await asyncio.to_thread(self._append, start, agg, meas, rec)
+            if agg is not None:
+                self._agg.add(agg)
+            if meas is not None:
+                self._measured.add(meas)
+            self._windows.add(rec)
+            self._by_start[start] = (record.topology_version, record.status)
+
+    def _append(
+        self, start: int, agg: pl.DataFrame | None, measured: pl.DataFrame | None, rec: pl.DataFrame
+    ) -> None:
+        if agg is not None:
+            self._writers["agg"].append(start, agg)
+        if measured is not None:
+            self._writers["measured"].append(start, measured)
+        self._writers["windows"].append(start, rec)
 
     def save_topology(self, version: int, topology: Topology, meta: dict[str, Any]) -> None:
         d = self.run_dir / "topologies"

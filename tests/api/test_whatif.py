@@ -11,6 +11,7 @@ import pytest
 
 from opendt.settings import ApiSettings, Settings
 
+from .. import runfiles
 from .conftest import DEMO, running_twin
 
 TOKEN = "whatif-token"
@@ -214,10 +215,9 @@ async def test_totals_are_the_integral_over_exactly_the_range(twin: tuple[str, S
     )
 
     # on the export grid (the demo's rows fall at hh:mm:38 and hh:mm:08): the stored rows of the range
-    import polars as pl
 
     runs = list((settings.data_dir / "runs").iterdir())
-    agg = pl.read_parquet((runs[0] / "agg_results.parquet").read_bytes())
+    agg = runfiles.agg(runs[0])
     lo, hi = 1709553638000, 1709553938000  # 12:00:38 .. 12:05:38
     ts = agg["timestamp"].dt.epoch("ms")
     stored = float(agg.filter((ts > lo) & (ts <= hi))["energy_usage"].sum()) / 3.6e6

@@ -18,6 +18,7 @@ from opendt.models.messages import SimTopologyMessage, decode
 from opendt.settings import ApiSettings, KafkaSettings, ReplaySettings, Settings, TopicNames
 from opendt.twin.status import TwinState
 
+from .. import runfiles
 from .conftest import DEMO
 
 TOLERANCE = 0.5
@@ -85,7 +86,7 @@ async def test_daemon_recovers_the_hidden_calibration_factor(
     assert {h.cpuPowerModel.calibrationFactor for c in messages[0].topology.clusters for h in c.hosts} == {
         first
     }
-    agg = pl.read_parquet(run_dir / "agg_results.parquet")
+    agg = runfiles.agg(run_dir)
     assert set(applied["version"].to_list()) <= set(agg["topology_version"].unique().to_list())
 
     view = state.snapshot()["calibration"]

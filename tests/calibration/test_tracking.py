@@ -16,6 +16,7 @@ from opendt.commands.demo import TRUE_CALIBRATION_FACTOR
 from opendt.settings import Settings
 from opendt.workload import load_workload
 
+from .. import runfiles
 from .conftest import DEMO, block_mape, truth_rows, truth_topology, write_demo_prefix, write_synthetic
 
 H = 3_600_000
@@ -65,7 +66,7 @@ async def test_calibrator_follows_a_regime_change_beyond_its_first_region(tmp_pa
     result = await calibrate_offline(wl_dir, _settings(tmp_path), out=tmp_path / "run")
     wl = load_workload(wl_dir)
     assert wl.consumption is not None
-    twin = pl.read_parquet(result.run_dir / "agg_results.parquet")
+    twin = runfiles.agg(result.run_dir)
     floor = truth_rows(wl_dir, truth, 150_000)
     change = wl.origin_ms + CHANGE_H * H
     blocks = []
@@ -94,7 +95,7 @@ async def test_no_change_no_flapping(tmp_path: Path) -> None:
     day2 = wl.origin_ms + 24 * H
     changes = [r for r in result.rounds if r.status == "applied" and r.time_ms > day2]
     assert len(changes) <= 3, [(r.round, r.winner) for r in changes]
-    twin = pl.read_parquet(result.run_dir / "agg_results.parquet")
+    twin = runfiles.agg(result.run_dir)
     cal = block_mape(twin, wl.consumption, day2, 2**62)
     best = block_mape(truth_rows(wl_dir, truth, 150_000), wl.consumption, day2, 2**62)
     assert cal <= best + 0.5, (cal, best)

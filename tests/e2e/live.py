@@ -15,6 +15,8 @@ from typing import Any
 
 import polars as pl
 
+from .. import runfiles
+
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
 
@@ -104,11 +106,6 @@ def broker() -> tuple[Proc, str]:
     return p, address
 
 
-def read(path: Path) -> pl.DataFrame:
-    """A parquet file of a running twin, read in one go (the twin replaces it atomically)."""
-    return pl.read_parquet(path.read_bytes())
-
-
 def run_dir(data_dir: Path) -> Path:
     [d] = [p for p in (data_dir / "runs").iterdir() if p.is_dir() and "." not in p.name]
     return d
@@ -119,12 +116,8 @@ def durable_windows(data_dir: Path) -> int:
     if not runs.is_dir():
         return 0
     for d in runs.iterdir():
-        w = d / "windows.parquet"
-        if w.exists():
-            try:
-                return read(w).height
-            except (OSError, pl.exceptions.ComputeError):
-                return 0
+        if (d / "windows.arrowlog").exists():
+            return runfiles.journal(d).height
     return 0
 
 
@@ -166,4 +159,4 @@ def plain_run(data_dir: Path, workload: Path = DEMO) -> pl.DataFrame:
         env(),
     )
     assert p.wait(300) == 0, p.tail()
-    return read(run_dir(data_dir) / "agg_results.parquet")
+    return runfiles.agg(run_dir(data_dir))

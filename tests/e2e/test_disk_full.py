@@ -9,10 +9,12 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import polars as pl
 import pytest
 
-from .live import Proc, env, max_rel_diff, plain_run, read, run_dir
+from opendt.twin.tables import AGG
+
+from .. import runfiles
+from .live import Proc, env, max_rel_diff, plain_run, run_dir
 
 COLUMNS = ("power_draw", "energy_usage", "carbon_intensity", "carbon_emission")
 
@@ -54,19 +56,18 @@ def test_a_full_disk_stops_the_twin_cleanly_and_a_restart_resumes(small_disk: Pa
     assert not any("Traceback" in line for line in first.lines)
     run = run_dir(small_disk)
     assert not list(run.rglob("*.tmp"))
-    journal = read(run / "windows.parquet")
-    agg = read(run / "agg_results.parquet")
+    journal = runfiles.journal(run)
     assert 0 < journal.height < 413
-    # only the window whose write failed may have rows without a journal entry (dropped on load)
-    orphans = set(agg["window_start"].unique().to_list()) - set(journal["window_start"].to_list())
-    assert orphans <= set(journal["window_end"].tail(1).to_list())
+    # only the window whose write failed may have rows without a journal entry (cut off on load)
+    orphans = set(runfiles.frame_starts(run, AGG)) - set(journal["window_start"].dt.epoch("ms").to_list())
+    assert orphans <= set(journal["window_end"].dt.epoch("ms").tail(1).to_list())
     assert _mount(small_disk, "64m", remount=True)
     again = Proc(args, env())
     assert again.wait(300) == 0, again.tail()
     resumed = again.event("resumed")
     assert resumed["until_ms"] == int(journal["window_end"].dt.epoch("ms").max())  # type: ignore[arg-type]
     reference = plain_run(tmp_path / "plain")
-    final = read(run_dir(small_disk) / "agg_results.parquet")
+    final = runfiles.agg(run_dir(small_disk))
     assert final["timestamp"].to_list() == reference["timestamp"].to_list()
     assert max_rel_diff(final, reference, COLUMNS) <= 1e-9
-    assert pl.read_parquet(run_dir(small_disk) / "windows.parquet")["window_start"].is_unique().all()
+    assert runfiles.journal(run_dir(small_disk))["window_start"].is_unique().all()

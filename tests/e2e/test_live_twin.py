@@ -14,6 +14,7 @@ import pytest
 
 from opendt.workload import load_workload
 
+from .. import runfiles
 from .live import (
     DEMO,
     Proc,
@@ -23,7 +24,6 @@ from .live import (
     get_json,
     max_rel_diff,
     plain_run,
-    read,
     run_dir,
     until,
 )
@@ -33,7 +33,7 @@ COLUMNS = ("power_draw", "energy_usage", "carbon_intensity", "carbon_emission", 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> pl.DataFrame:
-    """agg_results.parquet of a plain `opendt run` of the demo (its own replay and broker)."""
+    """agg_results of a plain `opendt run` of the demo (its own replay and broker)."""
     return plain_run(tmp_path_factory.mktemp("plain"))
 
 
@@ -76,7 +76,7 @@ def test_the_twin_learns_everything_from_kafka(
     2. `opendt replay` streams the demo into that broker at 3000× as another process; 3. while it runs,
     /api/power never returns a measured point at or after the end of the last durable window (asked right
     before the journal); 4. the twin exits 0 when the stream ends; its agg_results equal a plain run's (1e-9),
-    measured.parquet holds every measured sample once, and run.json names the Kafka source."""
+    measured.arrowlog holds every measured sample once, and run.json names the Kafka source."""
     data = tmp_path / "data"
     twin = _twin(dc_broker, data, "--exit-when-done")
     url = twin.event("api_listening")["url"]
@@ -104,10 +104,10 @@ def test_the_twin_learns_everything_from_kafka(
     assert twin.wait(120) == 0, twin.tail()
     assert checks >= 5, "the measured series was never checked while the twin ran"
     run = run_dir(data)
-    _same(read(run / "agg_results.parquet"), reference)
+    _same(runfiles.agg(run), reference)
     wl = load_workload(DEMO)
     assert wl.consumption is not None
-    measured = read(run / "measured.parquet")
+    measured = runfiles.measured(run)
     assert measured.height == wl.consumption.height
     assert measured["timestamp"].dt.epoch("ms").sort().to_list() == wl.consumption["timestamp_ms"].to_list()
     doc = (run / "run.json").read_text()
@@ -135,7 +135,7 @@ def test_kill_9_three_times_resumes_from_checkpoints(
         twin.proc.kill()
         twin.wait(30)
         run = run_dir(data)
-        journal = read(run / "windows.parquet")
+        journal = runfiles.journal(run)
         last_end = int(journal["window_end"].dt.epoch("ms").max())  # type: ignore[arg-type]
         checkpoints = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
         base = max(c for c in checkpoints if c <= last_end)
@@ -147,7 +147,7 @@ def test_kill_9_three_times_resumes_from_checkpoints(
         assert resumed["windows_replayed"] == after <= every_windows
     assert replay.wait(180) == 0, replay.tail()
     assert twin.wait(180) == 0, twin.tail()
-    journal = read(run_dir(data) / "windows.parquet")
+    journal = runfiles.journal(run_dir(data))
     assert journal["window_start"].is_unique().all()
     assert journal["status"].unique().to_list() == ["ok"]
-    _same(read(run_dir(data) / "agg_results.parquet"), reference)
+    _same(runfiles.agg(run_dir(data)), reference)

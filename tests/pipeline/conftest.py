@@ -17,6 +17,8 @@ from opendt.stream.windowing import Window, carry_carbon
 from opendt.twin.results import aggregate_rows
 from opendt.workload import Workload, load_workload
 
+from .. import runfiles
+
 W = 300_000
 TASK_COLS = ["id", "submission_ms", "duration", "cpu_count", "cpu_capacity", "mem_capacity"]
 FRAG_COLS = ["id", "submission_ms", "duration", "cpu_count", "cpu_usage", "index"]
@@ -182,7 +184,7 @@ def run_dir(data_dir: Path) -> Path:
 def read_results(data_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     """``(agg_results, windows)`` of the run under ``data_dir``."""
     d = run_dir(data_dir)
-    return pl.read_parquet(d / "agg_results.parquet"), pl.read_parquet(d / "windows.parquet")
+    return runfiles.agg(d), runfiles.journal(d)
 
 
 def assert_windows_contiguous(windows: pl.DataFrame, window_ms: int = 300_000) -> None:

@@ -20,6 +20,7 @@ from opendt.twin.topology import TopologyBox
 from opendt.worker.client import TwinEngine
 from opendt.workload import Workload, load_workload
 
+from .. import runfiles
 from .conftest import windowed_reference, workload_windows
 
 FAULTY_WORKER = """
@@ -91,7 +92,7 @@ async def test_faulty_window_is_recorded_failed_and_the_twin_goes_on(
     timeout_s = 2.0 if mode == "hang" else 60.0
 
     sim, _ = await _simulate(wl, windows, tmp_path / "run", command, timeout_s)
-    journal = pl.read_parquet(tmp_path / "run" / "windows.parquet")
+    journal = runfiles.journal(tmp_path / "run")
     assert journal.height == len(windows)
     failed = journal.filter(pl.col("status") == "failed")
     assert failed["window_start"].dt.epoch("ms").to_list() == [windows[bad].start_ms]
@@ -105,7 +106,7 @@ async def test_faulty_window_is_recorded_failed_and_the_twin_goes_on(
     else:
         assert (sim.twin.stats.restarts, sim.twin.stats.resets) == (2, 0)
 
-    agg = pl.read_parquet(tmp_path / "run" / "agg_results.parquet")
+    agg = runfiles.agg(tmp_path / "run")
     after = agg.filter(pl.col("window_start").dt.epoch("ms") > windows[bad].start_ms)
     assert after["window_start"].n_unique() == len(windows) - 1 - bad
     expect = windowed_reference(wl, windows, skip=bad)
@@ -119,4 +120,4 @@ async def test_faulty_window_is_recorded_failed_and_the_twin_goes_on(
     assert again.stats.windows_replayed == len(after_checkpoint)  # from the checkpoint, not the start
     assert (again.twin.stats.restarts, again.twin.stats.resets) == (0, 0)
     assert store2.windows.equals(journal)
-    assert pl.read_parquet(tmp_path / "run" / "agg_results.parquet").equals(agg)
+    assert runfiles.agg(tmp_path / "run").equals(agg)

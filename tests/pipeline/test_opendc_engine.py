@@ -23,6 +23,7 @@ from opendt.daemon import run_daemon, wait_until
 from opendt.settings import Settings
 from opendt.twin.status import TwinState
 
+from .. import runfiles
 from ..opendc_standin import alive, write_standin, zombies_of
 from .conftest import read_results, run_dir
 
@@ -66,7 +67,7 @@ async def test_opendc_twin_equals_the_builtin_twin_batched_through_the_pool(
     daemon_settings: Callable[..., Settings], small_workload: Path, tmp_path: Path, kafka_bootstrap: str
 ) -> None:
     """1. The builtin twin and the twin on the honest stand-in (5 windows per OpenDC run) give the same
-    results (1e-9; tasks completed exactly); 2. every window is stamped opendc in windows.parquet and in
+    results (1e-9; tasks completed exactly); 2. every window is stamped opendc in windows.arrowlog and in
     sim.results; 3. /api/status counts the runs, and the pool ran each of them: one per batch of 5."""
     ref_settings = daemon_settings(small_workload)
     async with asyncio.timeout(60):
@@ -110,7 +111,7 @@ async def test_a_hung_binary_is_killed_with_its_group_and_only_its_windows_fail(
     state = TwinState()
     async with asyncio.timeout(90):
         assert await run_daemon(settings, exit_when_done=True, state=state) == 0
-    windows = pl.read_parquet(run_dir(settings.data_dir) / "windows.parquet")
+    windows = runfiles.journal(run_dir(settings.data_dir))
     failed = windows.filter(pl.col("status") == "failed")
     assert failed.height == windows.height > 0  # one batch: every window
     assert all("timed out after 1.5 s" in e for e in failed["error"].to_list())

@@ -18,6 +18,7 @@ import polars as pl
 import psutil
 import pytest
 
+from .. import runfiles
 from ..opendc_standin import write_standin
 from .conftest import assert_windows_contiguous, max_rel_diff, read_results, run_dir
 
@@ -64,16 +65,15 @@ def _events(log_path: Path) -> dict[str, dict[str, Any]]:
 
 
 def _journal(data_dir: Path, name: str) -> pl.DataFrame | None:
-    """A file of the run under ``data_dir`` while the daemon may be writing it: read once, by bytes (polars
-    opens a path twice, metadata then pages, which races with the daemon's atomic replace of the file and
-    can pair one version's footer with the next one's pages)."""
+    """A parquet file of the run under ``data_dir`` while the daemon may be writing it: read once, by bytes."""
     files = list((data_dir / "runs").glob(f"*/{name}")) if (data_dir / "runs").is_dir() else []
     return pl.read_parquet(files[0].read_bytes()) if files else None
 
 
 def _durable_windows(data_dir: Path) -> int:
-    df = _journal(data_dir, "windows.parquet")
-    return 0 if df is None else df.height
+    """The windows of the run under ``data_dir`` the daemon has journaled so far (it may be appending)."""
+    runs = list((data_dir / "runs").glob("*/windows.arrowlog")) if (data_dir / "runs").is_dir() else []
+    return runfiles.journal(runs[0].parent).height if runs else 0
 
 
 def _run_to_completion(

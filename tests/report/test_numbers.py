@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 
 import numpy as np
@@ -15,11 +16,13 @@ from opendt.report import load_runs
 from opendt.report.figures_twin import axis_label
 from opendt.workload import load_workload
 
+from .. import runfiles
 from .conftest import DEMO, CliReport, DemoRuns
 
 
 def _agg(run: object) -> pl.DataFrame:
-    return pl.read_parquet(run / "agg_results.parquet")  # type: ignore[operator]
+    assert isinstance(run, pathlib.Path)
+    return runfiles.agg(run)
 
 
 def _data(cli_report: CliReport, figure: str, series: str, run: str) -> pl.DataFrame:

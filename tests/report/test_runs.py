@@ -1,5 +1,5 @@
 """Which runs and measurements the report reads: a run still in progress, a run with nothing durable yet,
-measured.parquet before the workload's consumption.parquet, and no measurement at all."""
+measured.arrowlog before the workload's consumption.parquet, and no measurement at all."""
 
 from __future__ import annotations
 
@@ -8,21 +8,23 @@ import shutil
 import signal
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from opendt.report import build_report, load_runs
-from opendt.twin.results import WINDOW_SCHEMA
+from opendt.twin.appendlog import AppendLog
+from opendt.twin.results import MEASURED_SCHEMA, WINDOW_SCHEMA
 from opendt.workload import load_workload
 
+from .. import runfiles
 from .conftest import DEMO, FIGURES, DemoRuns, opendt, opendt_env
 
 
 def _windows(run_dir: Path) -> pl.DataFrame | None:
-    p = run_dir / "windows.parquet"
-    return pl.read_parquet(p.read_bytes()) if p.exists() else None
+    return runfiles.journal(run_dir) if (run_dir / "windows.arrowlog").exists() else None
 
 
 @pytest.mark.slow
@@ -92,7 +94,7 @@ def test_nothing_durable_yet_still_gives_every_figure(tmp_path: Path) -> None:
 
 
 def test_measured_parquet_comes_before_the_workload(demo_runs: DemoRuns, tmp_path: Path) -> None:
-    """1. With measured.parquet in the run directory (timestamp UTC ms, power_draw W, as the twin receives
+    """1. With measured.arrowlog in the run directory (timestamp UTC ms, power_draw W, as the twin receives
     them, some samples twice) the report uses it, whatever --workload says, and finds the same MAPE and
     measured energy as from the workload's consumption.parquet; 2. with neither, the MAPE is unknown and
     every figure is still drawn."""
@@ -100,7 +102,7 @@ def test_measured_parquet_comes_before_the_workload(demo_runs: DemoRuns, tmp_pat
     assert measured is not None
     run = tmp_path / "run"
     shutil.copytree(demo_runs.uncalibrated_run, run)
-    (run / "measured.parquet").unlink()  # a run made before the twin recorded what it received
+    (run / "measured.arrowlog").unlink()  # a run made before the twin recorded what it received
     (ref,) = load_runs([run], workload=DEMO)
     expect = build_report([ref], tmp_path / "ref", ("png",)).headlines[0]
     no_power = tmp_path / "empty-workload"
@@ -110,11 +112,22 @@ def test_measured_parquet_comes_before_the_workload(demo_runs: DemoRuns, tmp_pat
     assert alone.headlines[0].mape_pct is None
     assert [f["name"] for f in alone.manifest["figures"]] == list(FIGURES)
     own_power = measured.select(
-        pl.from_epoch("timestamp_ms", "ms").dt.replace_time_zone("UTC").alias("timestamp"), "power_draw"
+        pl.from_epoch("timestamp_ms", "ms").dt.replace_time_zone("UTC").alias("timestamp"),
+        pl.lit("dc").alias("source"),
+        "power_draw",
+        pl.lit(None, pl.Float64).alias("energy_usage"),
+        pl.from_epoch(pl.col("timestamp_ms") // 300_000 * 300_000, "ms")
+        .dt.replace_time_zone("UTC")
+        .alias("window_start"),
     )
-    pl.concat([own_power, own_power.head(50)]).write_parquet(run / "measured.parquet")  # 50 redelivered
+    writer = AppendLog(run / "measured.arrowlog", MEASURED_SCHEMA)
+    for (start,), part in pl.concat([own_power, own_power.head(50)]).group_by(
+        "window_start", maintain_order=True
+    ):
+        assert isinstance(start, datetime)
+        writer.append(int(start.timestamp() * 1000), part)  # 50 samples redelivered
     (own,) = load_runs([run], workload=no_power)
-    assert own.measured_source == "measured.parquet"
+    assert own.measured_source == "measured.arrowlog"
     got = build_report([own], tmp_path / "own", ("png",)).headlines[0]
     assert (got.mape_pct, got.matched, got.measured_energy_kwh) == (
         expect.mape_pct,

@@ -1,0 +1,109 @@
+"""The appended table files (``*.arrowlog``), on real files: a torn last frame at every byte is detected and
+cut back to the last complete window; a damaged frame before the last, a wrong header or a frame that claims
+more rows than its bytes can hold is one ``LogCorrupt`` naming the file, before any row is decoded."""
+
+from __future__ import annotations
+
+import resource
+import struct
+import zlib
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from opendt.commands.errors import UsageError
+from opendt.commands.serve import build_view
+from opendt.settings import Settings
+from opendt.twin.appendlog import FRAME_HEADER, AppendLog, LogCorrupt, arrow_schema, scan
+from opendt.twin.results import ResultStore, WindowRecord
+from opendt.twin.tables import AGG, AGG_SCHEMA, MEASURED_SCHEMA
+
+W = 300_000
+T0 = 1_704_067_200_000
+
+
+def _rows(start: int, n: int = 3) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "timestamp": [start + (i + 1) * 100_000 for i in range(n)],
+            "power_draw": [1.5 * i for i in range(n)],
+            "energy_usage": [2.0] * n,
+            "carbon_intensity": [None] * n,
+            "carbon_emission": [0.5] * n,
+            "topology_version": [0] * n,
+            "window_start": [start] * n,
+            "tasks_completed": [1] * n,
+            "cpu_work": [None] * n,
+        }
+    ).with_columns(pl.col("timestamp", "window_start").cast(pl.Datetime("ms", "UTC")))
+
+
+def _write(path: Path, windows: int) -> bytes:
+    log = AppendLog(path, AGG_SCHEMA)
+    for i in range(windows):
+        log.append(T0 + i * W, _rows(T0 + i * W))
+    return path.read_bytes()
+
+
+def test_a_torn_last_frame_at_any_byte_is_cut_to_the_last_complete_window(tmp_path: Path) -> None:
+    path = tmp_path / "agg_results.arrowlog"
+    data = _write(path, 4)
+    schema = arrow_schema(AGG_SCHEMA)
+    frames = scan(path, data, schema).frames
+    assert [f.window_start_ms for f in frames] == [T0 + i * W for i in range(4)]
+    last = frames[-1].offset - FRAME_HEADER
+    for cut in range(last + 1, len(data)):
+        found = scan(path, data[:cut], schema)
+        assert len(found.frames) == 3
+        assert (found.end, found.torn) == (last, cut - last)
+    log = AppendLog(path, AGG_SCHEMA)
+    path.write_bytes(data[: last + 7])
+    _, found = log.read()
+    log.cut(found.end)
+    log.opened(found.end)
+    log.append(T0 + 3 * W, _rows(T0 + 3 * W))
+    assert path.read_bytes() == data  # cut back, appended again: the uninterrupted file
+
+
+def test_damage_before_the_last_frame_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "agg_results.arrowlog"
+    data = _write(path, 4)
+    schema = arrow_schema(AGG_SCHEMA)
+    frames = scan(path, data, schema).frames
+    for pos in range(frames[1].offset - FRAME_HEADER + 4, frames[1].offset + frames[1].length):
+        bad = bytearray(data)
+        bad[pos] ^= 0x01
+        with pytest.raises(LogCorrupt, match=r"agg_results\.arrowlog: checksum mismatch"):
+            scan(path, bytes(bad), schema)
+    with pytest.raises(LogCorrupt, match=r"agg_results\.arrowlog: not an OpenDT table file"):
+        scan(path, b"PAR1" + data[4:], schema)
+    with pytest.raises(LogCorrupt, match=r"agg_results\.arrowlog: columns"):
+        scan(path, data, arrow_schema(MEASURED_SCHEMA))
+
+
+async def test_serve_refuses_a_small_file_claiming_millions_of_rows(tmp_path: Path) -> None:
+    """A run whose results file (a few KB) has a frame claiming 5,000,000 rows, its checksum recomputed, and a
+    journal that agrees: ``opendt serve`` refuses it in one line naming the file, without allocating for the
+    rows (before: a 145 KB file claiming 5 M rows took 508 MB)."""
+    run = tmp_path / "data" / "runs" / "r-1"
+    store = ResultStore(run)
+    store.load()
+    for i in range(3):
+        rec = WindowRecord(T0 + i * W, T0 + (i + 1) * W, "ok", 3, 1, 1, 0, 0, 0.01, 0.01, 1)
+        await store.commit(rec, _rows(T0 + i * W))
+    path = run / AGG.file
+    data = bytearray(path.read_bytes())
+    last = scan(path, bytes(data), arrow_schema(AGG_SCHEMA)).frames[-1]
+    head = last.offset - FRAME_HEADER
+    tail = struct.pack("<qI", last.window_start_ms, 5_000_000)
+    payload = bytes(data[last.offset : last.offset + last.length])
+    data[head : last.offset] = struct.pack("<II", last.length, zlib.crc32(payload, zlib.crc32(tail))) + tail
+    path.write_bytes(bytes(data))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(UsageError) as err:
+        build_view(run, Settings(data_dir=tmp_path / "data"))
+    assert "agg_results.arrowlog" in str(err.value)
+    assert "claims 5000000 rows" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KB
