@@ -239,8 +239,14 @@ class Engine:
     def _add_tasks(self, t: TaskInput, have: npt.NDArray[Any]) -> None:
         """Register the tasks whose id is in ``have`` and not known yet, in submission order."""
         index = self.index
-        known = np.fromiter((k in index for k in t.ids.tolist()), dtype=np.bool_, count=t.n)
-        rows = np.flatnonzero(np.isin(t.ids, have) & ~known)
+        keys = t.ids.tolist()
+        known = np.fromiter((k in index for k in keys), dtype=np.bool_, count=t.n)
+        if t.ids.dtype == object or have.dtype == object:  # np.isin on object arrays: quadratic time
+            present = set(have.tolist())
+            wanted = np.fromiter((k in present for k in keys), dtype=np.bool_, count=t.n)
+        else:
+            wanted = np.isin(t.ids, have)
+        rows = np.flatnonzero(wanted & ~known)
         if rows.size == 0:
             return
         rows = rows[np.argsort(t.submission_ms[rows], kind="stable")]

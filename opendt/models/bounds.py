@@ -14,15 +14,17 @@ rejected where it enters, with a message naming the field. No pydantic here: the
 * **Core speed**: 1 MHz to 100 GHz (production CPUs run at 0.8–6 GHz, overclocking records at 9 GHz).
 * **Hosts**: at most 2²⁴ (16.7 M) per topology (every host group's ``count`` and their sum), at most 2¹⁶
   clusters: 40× the largest datacenters (hundreds of thousands of servers). What really bounds them is
-  memory: an engine holds about ``HOST_BYTES`` per host (measured by ``bench/topology_size.py --memory``:
-  234 B of RSS per host at 1 M hosts for the host table, the scheduler's per-host state and the placement
-  index; the per-window temporaries over hosts add ≤ 64 B, and a what-if or calibration copy doubles it),
-  and ``CLUSTER_BYTES`` per cluster; the engine refuses, in one line, a topology whose host table would
-  not fit in the memory available (``opendt.engine.hosts.check_fits``). Every step is linear in hosts and
-  clusters: OpenDC's unique names (``name``, ``name-0``, … each the first free one from 0) are made by
-  resuming each name's scan where it stopped (``UniqueNames``), placement looks hosts up in an index by
-  shape and free cores instead of scanning them (``opendt.engine.hostindex``). Measured on this 2-core
-  machine (``bench/topology_size.py``): the host table of 100,000 hosts in 0.3 s, 1,000,000 in 3 s.
+  memory: an engine holds about ``HOST_BYTES`` per host and ``CLUSTER_BYTES`` per cluster, and the engine
+  refuses, in one line, a topology whose host table would not fit in the memory available
+  (``opendt.engine.hosts.check_fits``). Every step is linear in hosts and clusters: OpenDC's unique names
+  (``name``, ``name-0``, … each the first free one from 0) are made by resuming each name's scan where it
+  stopped (``UniqueNames``, the same names), placement looks hosts up in an index by shape and free cores
+  instead of scanning them all for every task (``opendt.engine.hostindex``). Measured on this 2-core
+  machine under a load of 12–15 (``bench/topology_size.py``, one group of 16-core hosts): the host table
+  of 100,000 hosts in 0.2 s and an engine in 0.4 s (1,000,000 hosts: 3 s); growth exponents from 10,000 to
+  100,000 hosts between 0.6 and 1.34 for the table, a new engine, two hours of placement and export
+  (1.16), an apply of the power model or of 10 % fewer hosts, a checkpoint (0.96; 1.4 MB at 100,000 hosts)
+  and its load, and a what-if's copy of the engine; before the index, placement grew with exponent 1.43.
 * **Memory**: at most 2⁴⁰ MiB (1 EiB) per host or task (the largest single-image machines have 48 TiB).
 * **Power**: at most 1 MW per host (the largest servers draw 10–15 kW), so at most ``MAX_HOSTS`` MW
   measured; a sample's energy at most that for a day.
@@ -45,10 +47,11 @@ MAX_TIME_MS = 7_258_118_400_000
 MAX_DURATION_MS = 3653 * 86_400_000
 """Ten years (of 365.25 days, rounded up to a whole day)."""
 
-HOST_BYTES = 600
-"""Memory of one host in an engine, rounded up from what ``bench/topology_size.py --memory`` measures
-(about 2 × (234 + 64) B: the host table, scheduler state and placement index, per-window temporaries,
-and one copy for a what-if or a calibration candidate)."""
+HOST_BYTES = 1024
+"""Memory of one host in an engine, rounded up from what ``bench/topology_size.py --memory`` measures:
+385 B of RSS per host at 1,000,000 hosts (its name, the host table, the scheduler's per-host state and
+the placement index, after a window), plus per-window temporaries over hosts (≤ 64 B), twice (a what-if or
+calibration candidate copies the engine): 2 × (385 + 64) ≈ 900 B."""
 CLUSTER_BYTES = 4_096
 """Memory of one cluster in an engine: its names, carbon slot, export state and rows per instant."""
 MAX_HOSTS = 2**24
