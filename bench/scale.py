@@ -22,7 +22,8 @@ workload directory (``../shared/workload/SURF`` is read; carbon is SURF's). For 
 
 It prints one table (a row per K) and the growth exponent of each figure in K (the slope of log figure over
 log K between the smallest and the largest K measured; 1 = linear). Calibration and optimizer rounds are
-not measured here yet (``bench/calibration.py`` and ``bench/optimizer.py`` measure them on SURF).
+measured in a second streaming run with both on (K in ``--rounds-k``): the median duration of the
+calibration rounds that scored candidates (``calibration.parquet``) and of the optimizer's rounds (its log).
 The machine may be shared: the load average is printed.
 """
 
@@ -186,11 +187,14 @@ def _iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
-def stream(workload: Path, tmp: Path, counts: dict[str, Any]) -> dict[str, Any]:
-    """``opendt run --speed max`` until every window is simulated, then the API figures."""
+def stream(workload: Path, tmp: Path, counts: dict[str, Any], *, rounds: bool = False) -> dict[str, Any]:
+    """``opendt run --speed max`` until every window is simulated, then the API figures; with ``rounds``,
+    calibration and the optimizer on, and only the duration of their rounds."""
     data_dir, log_path = tmp / "data", tmp / "run.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENDT_")}
     env.update({"OPENDT_API__PORT": "0", "OPENDT_LOG__FORMAT": "json", "OPENDT_WINDOWING__WINDOW_S": "300"})
+    if rounds:
+        env.update({"OPENDT_CALIBRATION__ENABLED": "true", "OPENDT_OPTIMIZER__ENABLED": "true"})
     cmd = [sys.executable, "-m", "opendt", "run", "--workload", str(workload), "--data-dir", str(data_dir)]
     tree = Tree()
     t0 = time.monotonic()
@@ -209,6 +213,9 @@ def stream(workload: Path, tmp: Path, counts: dict[str, Any]) -> dict[str, Any]:
         url = events(log_path, "api_listening")[0]["url"]
         [run] = list((data_dir / "runs").iterdir())
         import polars as pl
+
+        if rounds:
+            return round_figures(run, log_path)
 
         windows = pl.read_parquet(run / "windows.parquet")
         lat = windows["latency_s"].drop_nulls().to_list()
@@ -259,6 +266,23 @@ def stream(workload: Path, tmp: Path, counts: dict[str, Any]) -> dict[str, Any]:
                 proc.wait()
 
 
+def round_figures(run: Path, log_path: Path) -> dict[str, Any]:
+    """Median duration of the calibration rounds that scored candidates and of the optimizer's rounds."""
+    import polars as pl
+
+    out: dict[str, Any] = {}
+    if (run / "calibration.parquet").exists():
+        cal = pl.read_parquet(run / "calibration.parquet").filter(pl.col("status") != "skipped")
+        if cal.height:
+            out["calibration_round_s"] = float(cal["duration_s"].median())  # type: ignore[arg-type]
+            out["calibration_rounds"] = cal.height
+    opt = [float(e["duration_s"]) for e in events(log_path, "optimizer_round")]
+    if opt:
+        out["optimizer_round_s"] = statistics.median(opt)
+        out["optimizer_rounds"] = len(opt)
+    return out
+
+
 def exactness(run: Path, one_shot: Path) -> tuple[float, int]:
     """Largest relative difference of the twin's energy per interval from the one-shot engine's (and the
     number of intervals compared)."""
@@ -294,10 +318,14 @@ COLUMNS = [
     ("grafana_s", "grafana s", "{:.3f}"),
     ("topology_bytes", "topo B", "{:.0f}"),
     ("max_rel_diff", "twin vs engine", "{:.1e}"),
+    ("calibration_round_s", "calib round s", "{:.2f}"),
+    ("optimizer_round_s", "optim round s", "{:.2f}"),
 ]
 
 
-def measure(k: int, span_h: float, tmp: Path, *, stream_it: bool, check: bool) -> dict[str, Any]:
+def measure(
+    k: int, span_h: float, tmp: Path, *, stream_it: bool, check: bool, rounds: bool
+) -> dict[str, Any]:
     wdir = tmp / f"k{k}" / "workload"
     counts, _ = run_child("make", str(wdir), str(k), str(span_h))
     row: dict[str, Any] = {"k": k, **counts}
@@ -312,6 +340,8 @@ def measure(k: int, span_h: float, tmp: Path, *, stream_it: bool, check: bool) -
         row.update(stream(wdir, tmp / f"k{k}", counts))
         if check:
             row["max_rel_diff"], row["intervals_compared"] = exactness(row["run"], ref)
+    if rounds:
+        row.update(stream(wdir, tmp / f"k{k}" / "rounds", counts, rounds=True))
     return row
 
 
@@ -363,6 +393,13 @@ def main() -> int:
     ap.add_argument("--span-h", type=float, default=24.0)
     ap.add_argument("--stream-k", type=int, nargs="*", default=[1, 10], help="K whose twin is streamed")
     ap.add_argument("--check-k", type=int, nargs="*", default=[10], help="K checked twin = one-shot engine")
+    ap.add_argument(
+        "--rounds-k",
+        type=int,
+        nargs="*",
+        default=[1, 10],
+        help="K streamed again with calibration and optimizer",
+    )
     ap.add_argument("--keep", type=Path, help="keep the workloads and runs under DIR")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -376,7 +413,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as t:
         tmp = a.keep or Path(t)
         for k in a.k:
-            row = measure(k, a.span_h, tmp, stream_it=k in a.stream_k, check=k in a.check_k)
+            row = measure(
+                k, a.span_h, tmp, stream_it=k in a.stream_k, check=k in a.check_k, rounds=k in a.rounds_k
+            )
             rows.append(row)
             shown = {key: v for key, v in row.items() if key != "run"}
             print(f"K={k}: {json.dumps(shown, default=str)}", flush=True)
