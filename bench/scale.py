@@ -191,6 +191,7 @@ def stream(workload: Path, tmp: Path, counts: dict[str, Any], *, rounds: bool = 
     """``opendt run --speed max`` until every window is simulated, then the API figures; with ``rounds``,
     calibration and the optimizer on, and only the duration of their rounds."""
     data_dir, log_path = tmp / "data", tmp / "run.log"
+    tmp.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENDT_")}
     env.update({"OPENDT_API__PORT": "0", "OPENDT_LOG__FORMAT": "json", "OPENDT_WINDOWING__WINDOW_S": "300"})
     if rounds:

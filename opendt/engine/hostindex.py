@@ -53,11 +53,15 @@ class HostIndex:
             pairs = zip(cores[m].tolist(), mem_cap[m].tolist(), strict=True)
             cls[m] = np.fromiter((shapes.setdefault(p, len(shapes)) for p in pairs), np.int64, m.size)
         self.cls = cls
-        self.classes: list[tuple[int, float, float]] = []
-        for (c, cap), k in shapes.items():
-            first = int(self.members[int(np.argmax(cls[self.members] == k))])
-            self.classes.append((c, cap, float(slack[first])))
+        first = np.zeros(len(shapes), dtype=np.int64)  # a member of each class (its slack is the class's)
+        if self.members.size:
+            _, at = np.unique(cls[self.members], return_index=True)
+            first = self.members[at]
+        self.classes: list[tuple[int, float, float]] = [
+            (c, cap, float(slack[int(first[k])])) for (c, cap), k in shapes.items()
+        ]
         self.buckets: list[dict[int, list[tuple[float, int]]]] = [{} for _ in self.classes]
+        self.n_buckets = 0
         self.entries = 0
         self.rebuild()
 
@@ -66,6 +70,7 @@ class HostIndex:
         m = self.members
         self.buckets = [{} for _ in self.classes]
         self.entries = int(m.size)
+        self.n_buckets = 0
         if not m.size:
             return
         order = np.lexsort((self.free[m], self.cls[m]))
@@ -80,17 +85,23 @@ class HostIndex:
             heap = list(zip(neg[s:e], ids[s:e], strict=True))
             heapq.heapify(heap)
             self.buckets[int(cls[s])][int(free[s])] = heap
+        self.n_buckets = starts.size
 
     @property
     def usable(self) -> bool:
-        return sum(len(b) for b in self.buckets) <= MAX_BUCKETS
+        return self.n_buckets <= MAX_BUCKETS
 
     def update(self, h: int) -> None:
         """Host ``h``'s free cores or available memory changed."""
         k = int(self.cls[h])
         if k < 0:
             return
-        heapq.heappush(self.buckets[k].setdefault(int(self.free[h]), []), (-float(self.avail[h]), h))
+        buckets, f = self.buckets[k], int(self.free[h])
+        heap = buckets.get(f)
+        if heap is None:
+            heap = buckets[f] = []
+            self.n_buckets += 1
+        heapq.heappush(heap, (-float(self.avail[h]), h))
         self.entries += 1
         if self.entries > 2 * self.members.size + 4096:
             self.rebuild()
@@ -124,6 +135,7 @@ class HostIndex:
                     best = top
             for f in empty:
                 del buckets[f]
+            self.n_buckets -= len(empty)
         return -1 if best is None else best[1]
 
 

@@ -132,3 +132,19 @@ def test_the_index_picks_the_hosts_a_scan_picks() -> None:
             index.update(want)
             placed.append((want, c, m))
     assert index.entries <= 2 * n + 4096
+
+
+def test_many_host_shapes_fall_back_to_the_scan() -> None:
+    """Past MAX_BUCKETS (here 300 hosts of distinct memory) the index declines and the scheduler scans: the
+    choice is the scan's either way."""
+    n = 300
+    cores = np.full(n, 16, dtype=np.int64)
+    mem = np.arange(1.0, n + 1.0)
+    free, avail = cores.copy(), mem.copy()
+    index = HostIndex(cores, mem, mem * 0.5, free, avail)
+    assert len(index.classes) == n
+    assert not index.usable
+    assert index.pick(4, 10.0) is None
+    few = HostIndex(cores[:10], mem[:10], mem[:10] * 0.5, free[:10], avail[:10])
+    assert few.usable
+    assert few.pick(4, 1.0) == scan(4, 1.0, free[:10], avail[:10], mem[:10] >= 1.0, mem[:10] * 0.5) == 9
