@@ -239,8 +239,14 @@ class Engine:
     def _add_tasks(self, t: TaskInput, have: npt.NDArray[Any]) -> None:
         """Register the tasks whose id is in ``have`` and not known yet, in submission order."""
         index = self.index
-        known = np.fromiter((k in index for k in t.ids.tolist()), dtype=np.bool_, count=t.n)
-        rows = np.flatnonzero(np.isin(t.ids, have) & ~known)
+        keys = t.ids.tolist()
+        known = np.fromiter((k in index for k in keys), dtype=np.bool_, count=t.n)
+        if t.ids.dtype == object or have.dtype == object:  # np.isin on object arrays: quadratic time
+            present = set(have.tolist())
+            wanted = np.fromiter((k in present for k in keys), dtype=np.bool_, count=t.n)
+        else:
+            wanted = np.isin(t.ids, have)
+        rows = np.flatnonzero(wanted & ~known)
         if rows.size == 0:
             return
         rows = rows[np.argsort(t.submission_ms[rows], kind="stable")]
@@ -257,7 +263,7 @@ class Engine:
     def _run_tasks(self, ids: npt.NDArray[Any]) -> I64:
         """Task index of each id (−1: not a loaded task)."""
         index = self.index
-        if ids.size > 8192 and ids.dtype != object and all(isinstance(k, int) for k in index):
+        if ids.size > 8192 and ids.dtype != object and self._int_ids():
             keys = np.fromiter(index.keys(), dtype=np.int64, count=len(index))
             vals = np.fromiter(index.values(), dtype=np.int64, count=len(index))
             order = np.argsort(keys)
@@ -268,11 +274,23 @@ class Engine:
             return out
         return np.fromiter((index.get(k, -1) for k in ids.tolist()), dtype=np.int64, count=ids.size)
 
+    _all_int: tuple[int, bool] = (0, True)
+    """(tasks checked, all of their ids ints): the check is incremental, not a pass over every task known
+    in every window (a class default, so snapshots without it load)."""
+
+    def _int_ids(self) -> bool:
+        """Every known task id is an int."""
+        checked, ok = self._all_int
+        if ok and checked < len(self.ids):
+            ok = all(isinstance(k, int) for k in self.ids[checked:])
+        self._all_int = (len(self.ids), ok)
+        return ok
+
     def _task_index_series(self, col: pl.Series) -> I64:
         """Task index of every fragment of a polars id column (string ids are matched by a join)."""
         import polars as pl
 
-        if col.dtype.is_integer() and all(isinstance(k, int) for k in self.index):
+        if col.dtype.is_integer() and self._int_ids():
             ids = col.to_numpy()
             runs = _run_starts(ids)
             return np.repeat(self._run_tasks(ids[runs]), np.diff(np.r_[runs, ids.size]))

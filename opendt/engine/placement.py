@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from .hostindex import HostIndex, scan
 from .hosts import HostTable
 
 QUEUED, RUNNING, COMPLETED, TERMINATED = 0, 1, 2, 3
@@ -56,6 +58,22 @@ class Scheduler:
         self.avail_mem = hosts.mem.copy()
         self.running = np.zeros(hosts.n, dtype=np.int64)
         self.shared = np.zeros(hosts.n, dtype=np.bool_)
+        self._index = self._new_index()
+
+    def _new_index(self) -> HostIndex:
+        """The placement index over the current hosts and their free cores and memory."""
+        h = self.hosts
+        return HostIndex(h.cores, h.mem, self.mem_slack, self.free_cores, self.avail_mem)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Snapshots and copies leave the index out (it is rebuilt from the hosts' state, in linear time)."""
+        state = dict(self.__dict__)
+        state.pop("_index", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._index = self._new_index()
 
     def _set_hosts(self, hosts: HostTable) -> None:
         self.hosts = hosts
@@ -179,6 +197,7 @@ class Scheduler:
         self.completions.append((t, int(self.hosts.cluster[h])))
         self.free_cores[h] += self.cores[task]
         self.avail_mem[h] += self.mem[task]
+        self._index.update(h)
         self.running[h] -= 1
         self._request_pass(t)
 
@@ -211,19 +230,21 @@ class Scheduler:
         allowed: npt.NDArray[np.bool_] | None = None,
     ) -> int:
         """The host a task of ``c`` cores and ``m`` memory goes to, given free cores and available memory per
-        host (and, optionally, the hosts ``allowed``); −1 when none passes the filters."""
-        # VCpuFilter and RamFilter (memory capacity, then available memory with the 1.5 overcommit)
-        ok = free >= c
+        host (and, optionally, the hosts ``allowed``); −1 when none passes the filters.
+
+        VCpuFilter and RamFilter (memory capacity, then available memory with the 1.5 overcommit), then the
+        RamWeigher: most available memory among the hosts that pass, the lowest index on ties. The
+        scheduler's own state is looked up in its index (hostindex.py), other states are scanned."""
+        if allowed is None and free is self.free_cores and avail is self.avail_mem:
+            h = self._index.pick(c, m)
+            if h is not None:
+                return h
         fits = self._mem_fit.get(m)
         if fits is None:
-            fits = self._mem_fit[m] = self.mem_cap >= m
-        ok &= fits
-        ok &= self.mem_slack + avail >= m
-        if allowed is not None:
-            ok &= allowed
-        # RamWeigher: most available memory among the hosts that pass; argmax keeps the lowest index
-        h = int(np.where(ok, avail, -np.inf).argmax())
-        return h if ok[h] else -1
+            fits = self.mem_cap >= m
+            if len(self._mem_fit) < 64:  # a few distinct task memories (bounded: one array of hosts each)
+                self._mem_fit[m] = fits
+        return scan(c, m, free, avail, fits, self.mem_slack, allowed)
 
     def _fits_empty(self, c: int, m: float) -> bool:
         # OpenDC only compares against the largest host; a task fitting no single host would wait
@@ -241,6 +262,7 @@ class Scheduler:
         self.host[task] = h
         self.free_cores[h] -= self.cores[task]
         self.avail_mem[h] -= self.mem[task]
+        self._index.update(h)
         self.running[h] += 1
         if self.running[h] > 1:
             self.shared[h] = True
@@ -285,11 +307,21 @@ class Scheduler:
         requeue: list[int] = []
         migrated: dict[int, int] = {}
         self._set_hosts(hosts)  # the placement filters of the new hosts
+        by_cluster: dict[int, HostIndex] = {}  # the kept hosts of each cluster a task moves within
+        members = _members_by_cluster(hosts.cluster) if moving and migrate else []
         for i in moving:
             h = -1
             if migrate:
-                same_cluster = hosts.cluster == old_cluster[self.host[i]]
-                h = self._pick(self.cores[i], self.mem[i], free, avail, same_cluster)
+                k = int(old_cluster[self.host[i]])
+                index = by_cluster.get(k)
+                if index is None:
+                    own = members[k] if k < len(members) else np.zeros(0, dtype=np.int64)
+                    index = HostIndex(hosts.cores, hosts.mem, self.mem_slack, free, avail, own)
+                    by_cluster[k] = index
+                picked = index.pick(self.cores[i], self.mem[i])
+                if picked is None:
+                    picked = self._pick(self.cores[i], self.mem[i], free, avail, hosts.cluster == k)
+                h = picked
             if h < 0:
                 requeue.append(i)
                 self.state[i] = QUEUED
@@ -301,11 +333,23 @@ class Scheduler:
             self.host[i] = h
             free[h] -= self.cores[i]
             avail[h] -= self.mem[i]
+            if migrate:
+                by_cluster[int(hosts.cluster[h])].update(h)
             running[h] += 1
             if running[h] > 1:
                 shared[h] = True
         self.queue.extendleft(reversed(requeue))
         self._freed += 1
         self.free_cores, self.avail_mem, self.running, self.shared = free, avail, running, shared
+        self._index = self._new_index()
         self._request_pass(now)
         return requeue, migrated
+
+
+def _members_by_cluster(cluster: npt.NDArray[np.int64]) -> list[npt.NDArray[np.int64]]:
+    """The hosts of each cluster (index order), in one sort."""
+    if not cluster.size:
+        return []
+    order = np.argsort(cluster, kind="stable")
+    counts = np.bincount(cluster)
+    return np.split(order, np.cumsum(counts)[:-1])

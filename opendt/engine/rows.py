@@ -156,11 +156,20 @@ def _completions(sched: Scheduler, times: list[int], n_c: int, *, final: bool) -
     return out
 
 
-def _intensity(eng: Integrable, t_abs: I64, *, right: bool) -> F64:
-    out = np.zeros((eng.hosts.n_clusters, t_abs.size))
+def _traces(eng: Integrable) -> list[tuple[CarbonTrace, I64]]:
+    """Each distinct carbon trace with the clusters it serves (clusters usually share one: looking it up
+    once per trace, not per cluster, keeps a window's cost linear with a small constant in clusters)."""
+    by_id: dict[int, tuple[CarbonTrace, list[int]]] = {}
     for c, trace in enumerate(eng.carbon):
         if trace is not None:
-            out[c] = trace.at(t_abs) if right else trace.before(t_abs)
+            by_id.setdefault(id(trace), (trace, []))[1].append(c)
+    return [(trace, np.array(cs, dtype=np.int64)) for trace, cs in by_id.values()]
+
+
+def _intensity(eng: Integrable, t_abs: I64, *, right: bool, traces: list[tuple[CarbonTrace, I64]]) -> F64:
+    out = np.zeros((eng.hosts.n_clusters, t_abs.size))
+    for trace, clusters in traces:
+        out[clusters] = trace.at(t_abs) if right else trace.before(t_abs)
     return out
 
 
@@ -201,7 +210,8 @@ def integrate_window(eng: Integrable, t_hi: int, *, final: bool) -> Table:
         owner, s, e, x = eng.power_segments(dem[0][act], dem[1][act], dem[2][act], dem[3][act])
         return value_at(owner, s, e, x, t, n_c)
 
-    steps = [tr.steps_between(t_lo + t0, t_hi + t0) - t0 for tr in eng.carbon if tr is not None]
+    traces = _traces(eng)
+    steps = [tr.steps_between(t_lo + t0, t_hi + t0) - t0 for tr, _ in traces]
     grid = distinct(np.concatenate([np.array([t_lo, t_hi], dtype=np.int64), inst[inst > t_lo], *steps]))
     m = grid.size - 1
     cum_w = np.zeros((n_c, max(m, 0)))
@@ -223,7 +233,7 @@ def integrate_window(eng: Integrable, t_hi: int, *, final: bool) -> Table:
             integral += b.integral
             left += b.left
         energy = (integral + idle[:, None] * widths) * 1e-3
-        carbon = _intensity(eng, grid[:-1] + t0, right=True) * energy / J_PER_KWH
+        carbon = _intensity(eng, grid[:-1] + t0, right=True, traces=traces) * energy / J_PER_KWH
         cum_e = np.cumsum(energy, axis=1)
         cum_c = np.cumsum(carbon, axis=1)
         cum_w = np.cumsum(cum_w * GHZ_S_PER_MHZ_MS, axis=1)
@@ -246,17 +256,17 @@ def integrate_window(eng: Integrable, t_hi: int, *, final: bool) -> Table:
     w_rows = list(w_mat.T)
     p_rows = list(p_mat.T)
     t_abs = inst + t0
-    i_mat = _intensity(eng, t_abs, right=False)
+    i_mat = _intensity(eng, t_abs, right=False, traces=traces)
     for k, g in enumerate(times):
         if g in special:
-            i_mat[:, k] = _intensity(eng, t_abs[k : k + 1], right=True)[:, 0]
+            i_mat[:, k] = _intensity(eng, t_abs[k : k + 1], right=True, traces=traces)[:, 0]
     intensity_t = list(i_mat.T)
     if final:
         flush_p = idle + power_at(t_hi - 1)
         on_grid = t_hi % dt == 0 and t_hi > 0 and (grid_state.next_k + len(times)) * dt > t_hi
         times.append(t_hi)
         p_rows.append(flush_p)
-        intensity_t.append(_intensity(eng, np.array([t_hi + t0]), right=True)[:, 0])
+        intensity_t.append(_intensity(eng, np.array([t_hi + t0]), right=True, traces=traces)[:, 0])
         if on_grid:
             e_rows.append(np.zeros(n_c))
             c_rows.append(np.zeros(n_c))

@@ -12,15 +12,19 @@ rejected where it enters, with a message naming the field. No pydantic here: the
   machines have 896 (HPE Superdome Flex) to 4,096 cores (SGI UV); 2¹⁶ is 16× that, and every core count
   (tasks' ``cpu_count`` is an Int32 column) stays far below 2³¹.
 * **Core speed**: 1 MHz to 100 GHz (production CPUs run at 0.8–6 GHz, overclocking records at 9 GHz).
-* **Hosts**: at most 4,096 per topology (every host group's ``count`` and their sum), at most 100 clusters.
-  The engine builds its host table with OpenDC's unique names (``name``, ``name-0``, ``name-1``, … each
-  found by a scan from 0), which costs time quadratic in the hosts of one name; measured on this 2-core
-  machine under load (``bench/topology_size.py``): 0.3–0.6 s at 1,000 hosts, 2 s at 2,000, 5.7–6.8 s at
-  4,096, 21–53 s at 10,000 (a 100,000-host topology stalls the twin for many minutes). Every apply of a
-  topology, every what-if and every optimizer candidate pays it, so 4,096 (most single clusters fit) keeps a
-  what-if of a week well inside ``api.whatif_timeout_s`` and a window's apply inside
-  ``simulation.timeout_s``. Clusters cost per window and per what-if day (each exports its own rows):
-  100 clusters 3 ms per window on the demo, 1,000 clusters 20–60 ms and 24 s per what-if day.
+* **Hosts**: at most 2²⁴ (16.7 M) per topology (every host group's ``count`` and their sum), at most 2¹⁶
+  clusters: 40× the largest datacenters (hundreds of thousands of servers). What really bounds them is
+  memory: an engine holds about ``HOST_BYTES`` per host and ``CLUSTER_BYTES`` per cluster, and the engine
+  refuses, in one line, a topology whose host table would not fit in the memory available
+  (``opendt.engine.hosts.check_fits``). Every step is linear in hosts and clusters: OpenDC's unique names
+  (``name``, ``name-0``, … each the first free one from 0) are made by resuming each name's scan where it
+  stopped (``UniqueNames``, the same names), placement looks hosts up in an index by shape and free cores
+  instead of scanning them all for every task (``opendt.engine.hostindex``). Measured on this 2-core
+  machine under a load of 12–15 (``bench/topology_size.py``, one group of 16-core hosts): the host table
+  of 100,000 hosts in 0.2 s and an engine in 0.4 s (1,000,000 hosts: 3 s); growth exponents from 10,000 to
+  100,000 hosts between 0.6 and 1.34 for the table, a new engine, two hours of placement and export
+  (1.16), an apply of the power model or of 10 % fewer hosts, a checkpoint (0.96; 1.4 MB at 100,000 hosts)
+  and its load, and a what-if's copy of the engine; before the index, placement grew with exponent 1.43.
 * **Memory**: at most 2⁴⁰ MiB (1 EiB) per host or task (the largest single-image machines have 48 TiB).
 * **Power**: at most 1 MW per host (the largest servers draw 10–15 kW), so at most ``MAX_HOSTS`` MW
   measured; a sample's energy at most that for a day.
@@ -43,9 +47,24 @@ MAX_TIME_MS = 7_258_118_400_000
 MAX_DURATION_MS = 3653 * 86_400_000
 """Ten years (of 365.25 days, rounded up to a whole day)."""
 
-MAX_HOSTS = 4_096
-"""Hosts of one topology: each host group's ``count`` and their sum."""
-MAX_CLUSTERS = 100
+HOST_BYTES = 1024
+"""Memory of one host in an engine, rounded up from what ``bench/topology_size.py --memory`` measures:
+385 B of RSS per host at 1,000,000 hosts (its name, the host table, the scheduler's per-host state and
+the placement index, after a window), plus per-window temporaries over hosts (≤ 64 B), twice (a what-if or
+calibration candidate copies the engine): 2 × (385 + 64) ≈ 900 B."""
+CLUSTER_BYTES = 4_096
+"""Memory of one cluster in an engine: its names, carbon slot, export state and rows per instant."""
+MAX_HOSTS = 2**24
+"""Hosts of one topology: each host group's ``count`` and their sum (the engine refuses fewer when its
+host table would not fit in memory: :func:`host_table_bytes`)."""
+MAX_CLUSTERS = 2**16
+
+
+def host_table_bytes(hosts: int, clusters: int) -> int:
+    """What an engine's host table of ``hosts`` hosts in ``clusters`` clusters takes in memory."""
+    return hosts * HOST_BYTES + clusters * CLUSTER_BYTES
+
+
 MAX_HOST_CORES = 65_536
 """Cores of one host (``coreCount × count``), and so of one task (``cpu_count``)."""
 MIN_CORE_SPEED_MHZ = 1.0

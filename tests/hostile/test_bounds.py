@@ -57,11 +57,11 @@ def _with(path: str, value: Any, doc: dict[str, Any] = DOC) -> dict[str, Any]:
 
 H = "clusters.0.hosts.0"
 OUTSIDE = [
-    # the cases: coreCount 2^62 with cpu.count 4, coreCount 10^30, host count 100,000
+    # the cases: coreCount 2^62 with cpu.count 4, coreCount 10^30, host count past MAX_HOSTS
     (_with(f"{H}.cpu", {"coreCount": 2**62, "count": 4, "coreSpeed": 2100}), f"{H}.cpu.coreCount"),
     (_with(f"{H}.cpu.coreCount", 10**30), f"{H}.cpu.coreCount"),
-    (_with(f"{H}.count", 100_000), f"{H}.count"),
-    (_with(f"{H}.count", 3_000_000), f"{H}.count"),
+    (_with(f"{H}.count", bounds.MAX_HOSTS + 1), f"{H}.count"),
+    (_with(f"{H}.count", 10**12), f"{H}.count"),
     (_with(f"{H}.cpu", {"coreCount": 4096, "count": 32, "coreSpeed": 2100}), f"{H}.cpu"),
     (_with(f"{H}.cpu.count", 2**31), f"{H}.cpu.count"),
     (_with(f"{H}.cpu.coreSpeed", 0.5), f"{H}.cpu.coreSpeed"),
@@ -81,8 +81,11 @@ OUTSIDE = [
     ),
     (_with("clusters.0.count", 2**40), "clusters.0.count"),
     (_with(f"{H}.cpuDistributionPolicy", {"updateIntervalLength": 2**64}), f"{H}.cpuDistributionPolicy"),
-    (_with("clusters", [{"name": f"c{i}", "hosts": [HOST]} for i in range(101)]), "clusters"),
-    (_with("clusters.0.hosts", [{**HOST, "count": 4000}, {**HOST, "count": 97}]), ""),
+    (
+        _with("clusters", [{"name": f"c{i}", "hosts": [HOST]} for i in range(bounds.MAX_CLUSTERS + 1)]),
+        "clusters",
+    ),
+    (_with("clusters.0.hosts", [{**HOST, "count": bounds.MAX_HOSTS}, {**HOST, "count": 1}]), ""),
 ]
 
 
@@ -106,7 +109,7 @@ AT_BOUNDS = [
     ),
     _with(f"{H}.cpuPowerModel", {"modelType": "asymptotic", "idlePower": 1, "maxPower": 2, "asymUtil": 1}),
     _with(f"{H}.memory.memorySize", bounds.MAX_MEMORY_MIB),
-    _with("clusters", [{"name": f"c{i}", "hosts": [{**HOST, "count": 40}]} for i in range(100)]),
+    _with("clusters", [{"name": f"c{i}", "hosts": [{**HOST, "count": 100}]} for i in range(10_000)]),
 ]
 
 
@@ -125,10 +128,12 @@ def test_patches_past_the_bounds_name_the_path() -> None:
         apply_patch(topo, {"cpu.coreCount": 10**30})
     with pytest.raises(PatchError, match=r"cpu.coreSpeed.*1e30 or more is out of range"):
         apply_patch(topo, {"cpu.coreSpeed": 10**400})
-    for count in (100_000, 3_000_000, 1e18):
-        with pytest.raises(PatchError, match=r"count: Input should be less than or equal to 4096"):
+    for count in (bounds.MAX_HOSTS + 1, 1e18):
+        with pytest.raises(
+            PatchError, match=rf"count: Input should be less than or equal to {bounds.MAX_HOSTS}"
+        ):
             apply_patch(topo, {"count": count})
-    assert apply_patch(topo, {"count": 4096}).host_count == 4096
+    assert apply_patch(topo, {"count": 1_000_000}).host_count == 1_000_000
 
 
 def test_calibration_candidates_respect_the_upper_bounds() -> None:
