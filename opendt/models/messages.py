@@ -23,6 +23,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     ValidationError,
+    WithJsonSchema,
 )
 
 from opendt.models.bounds import (
@@ -39,6 +40,7 @@ from opendt.models.bounds import (
     MAX_TIME_MS,
     MAX_VERSION,
     MIN_TIME_MS,
+    TIME_SCHEMA,
 )
 from opendt.models.topology import Topology
 
@@ -92,7 +94,7 @@ def _message_time(v: object) -> datetime:
     return datetime.fromisoformat(v)
 
 
-MessageTime = Annotated[AwareDatetime, BeforeValidator(_message_time)]
+MessageTime = Annotated[AwareDatetime, BeforeValidator(_message_time), WithJsonSchema(TIME_SCHEMA)]
 """A time in a message: an ISO-8601 string with a zone, in [1970, 2200)."""
 Id = Annotated[str, Field(max_length=MAX_ID_LEN)]
 
@@ -103,7 +105,7 @@ class _Msg(BaseModel):
 
 class Heartbeat(_Msg):
     heartbeat: MessageTime
-    final: StrictBool = False
+    final: StrictBool = Field(default=False, description="The end of this partition's stream")
 
     @property
     def time_ms(self) -> int:
@@ -111,12 +113,12 @@ class Heartbeat(_Msg):
 
 
 class TaskMessage(_Msg):
-    id: Id = ""  # from the key
+    id: Id = Field(default="", description="The task's id (from the key)")
     submission_time: MessageTime
-    duration: StrictInt = Field(ge=0, le=MAX_DURATION_MS)
-    cpu_count: StrictInt = Field(ge=1, le=MAX_HOST_CORES)
-    cpu_capacity: StrictFloat = Field(ge=0, le=MAX_TASK_MHZ)
-    mem_capacity: StrictInt = Field(ge=0, le=int(MAX_MEMORY_MIB))
+    duration: StrictInt = Field(ge=0, le=MAX_DURATION_MS, description="Run time (ms)")
+    cpu_count: StrictInt = Field(ge=1, le=MAX_HOST_CORES, description="Cores the task uses")
+    cpu_capacity: StrictFloat = Field(ge=0, le=MAX_TASK_MHZ, description="CPU capacity it asks (MHz)")
+    mem_capacity: StrictInt = Field(ge=0, le=int(MAX_MEMORY_MIB), description="Memory it asks (MiB)")
 
     @property
     def time_ms(self) -> int:
@@ -124,12 +126,12 @@ class TaskMessage(_Msg):
 
 
 class FragmentMessage(_Msg):
-    id: Id = ""  # from the key
+    id: Id = Field(default="", description="The task's id (from the key)")
     submission_time: MessageTime
-    duration: StrictInt = Field(ge=0, le=MAX_DURATION_MS)
-    cpu_count: StrictInt = Field(ge=1, le=MAX_HOST_CORES)
-    cpu_usage: StrictFloat = Field(ge=0, le=MAX_TASK_MHZ)
-    index: StrictInt = Field(ge=0, le=MAX_FRAGMENT_INDEX)
+    duration: StrictInt = Field(ge=0, le=MAX_DURATION_MS, description="Length of the fragment (ms)")
+    cpu_count: StrictInt = Field(ge=1, le=MAX_HOST_CORES, description="Cores the task uses")
+    cpu_usage: StrictFloat = Field(ge=0, le=MAX_TASK_MHZ, description="CPU used meanwhile (MHz)")
+    index: StrictInt = Field(ge=0, le=MAX_FRAGMENT_INDEX, description="Place in its task, from 0")
 
     @property
     def time_ms(self) -> int:
@@ -137,10 +139,10 @@ class FragmentMessage(_Msg):
 
 
 class PowerMessage(_Msg):
-    source: Id = ""  # from the key
+    source: Id = Field(default="", description="The meter (from the key)")
     timestamp: MessageTime
-    power_draw: StrictFloat = Field(ge=0, le=MAX_SITE_POWER_W)
-    energy_usage: StrictFloat = Field(ge=0, le=MAX_ENERGY_J)
+    power_draw: StrictFloat = Field(ge=0, le=MAX_SITE_POWER_W, description="Measured power (W)")
+    energy_usage: StrictFloat = Field(ge=0, le=MAX_ENERGY_J, description="Energy since the last sample (J)")
 
     @property
     def time_ms(self) -> int:
@@ -160,7 +162,9 @@ class CarbonMessage(_Msg):
     """``dc.carbon``: the grid's carbon intensity, in force from ``timestamp`` until the next message."""
 
     timestamp: MessageTime
-    carbon_intensity: float = Field(ge=0, le=MAX_CARBON_INTENSITY, allow_inf_nan=False)
+    carbon_intensity: float = Field(
+        ge=0, le=MAX_CARBON_INTENSITY, allow_inf_nan=False, description="gCO2/kWh"
+    )
 
     @property
     def time_ms(self) -> int:
@@ -177,10 +181,10 @@ class SimTopologyMessage(_Msg):
 
 class ResultPoint(_Msg):
     timestamp: MessageTime
-    power_draw: StrictFloat
-    energy_usage: StrictFloat
-    carbon_intensity: StrictFloat
-    carbon_emission: StrictFloat
+    power_draw: StrictFloat = Field(description="Simulated power of the datacenter (W)")
+    energy_usage: StrictFloat = Field(description="Energy since the previous point (J)")
+    carbon_intensity: StrictFloat | None = Field(description="Grid intensity in force (gCO2/kWh)")
+    carbon_emission: StrictFloat | None = Field(description="Emission since the previous point (gCO2)")
 
 
 class SimResultsMessage(_Msg):
