@@ -27,6 +27,7 @@ from opendt.calibration.component import Calibrator, calibrator_for
 from opendt.clock import SystemClock
 from opendt.kafka.broker import BrokerError, EmbeddedBroker, kafka_broker_for
 from opendt.kafka.client import DeadLetter, make_consumer, make_producer
+from opendt.kafka.security import client_options
 from opendt.models.messages import DATACENTER_KEY, encode_sim_topology
 from opendt.models.topology import Topology
 from opendt.opendc.backends import opendc_backend
@@ -337,7 +338,7 @@ async def build_twin(
             start_at_ms=None if resume is None else resume.next_start_ms,
         )
     state.liveness = Liveness(
-        metadata_probe(bootstrap, settings.api.health_probe_s),
+        metadata_probe(bootstrap, settings.api.health_probe_s, client_options(settings.kafka)),
         lambda: loop.busy_since,
         interval_s=settings.api.health_probe_s,
         probe_timeout_s=settings.api.health_probe_s,

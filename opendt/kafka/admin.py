@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -26,17 +27,21 @@ async def ensure_topics(
     *,
     replication_factor: int = 1,
     request_timeout_s: float = 30.0,
+    security: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet; returns the names it created (existing ones are kept).
 
     Works on Tansu and Kafka (CreateTopics); an existing topic keeps its partition count. aiokafka speaks
     CreateTopics v0–v3, which cannot ask for the broker's default replication, so ``replication_factor``
-    is explicit (1; pre-create the topics on a replicated production cluster).
+    is explicit (1; pre-create the topics on a replicated production cluster). ``security``: the client
+    options of :func:`opendt.kafka.security.client_options`.
     """
     wanted = list(dict.fromkeys(names))
     if not wanted:
         return []
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(request_timeout_s * 1000))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(request_timeout_s * 1000), **(security or {})
+    )
     await admin.start()
     try:
         resp = await admin.create_topics(
@@ -57,12 +62,20 @@ async def ensure_topics(
     return created
 
 
-async def delete_topics(bootstrap: str, names: Iterable[str], *, request_timeout_s: float = 30.0) -> None:
+async def delete_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    *,
+    request_timeout_s: float = 30.0,
+    security: Mapping[str, Any] | None = None,
+) -> None:
     """Delete the topics (unknown ones are ignored); Tansu and Kafka both support DeleteTopics."""
     wanted = list(dict.fromkeys(names))
     if not wanted:
         return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(request_timeout_s * 1000))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(request_timeout_s * 1000), **(security or {})
+    )
     await admin.start()
     try:
         resp = await admin.delete_topics(wanted)
