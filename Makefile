@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.run-stamp
 DEV_STAMP := $(VENV)/.dev-stamp
 
-.PHONY: run test lint typecheck fmt pytest bench clean venv browser asyncapi-parser reproduce
+.PHONY: run test lint typecheck fmt pytest bench clean venv browser asyncapi-parser apache-kafka reproduce
 
 venv: $(DEV_STAMP)
 
@@ -43,7 +43,11 @@ browser:
 asyncapi-parser:
 	bash .ci/install-asyncapi-parser
 
-pytest: $(DEV_STAMP) browser asyncapi-parser
+# Apache Kafka (Maven Central, into .cache/kafka) for the tests against a real Kafka; never fails the build.
+apache-kafka:
+	bash .ci/install-kafka
+
+pytest: $(DEV_STAMP) browser asyncapi-parser apache-kafka
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

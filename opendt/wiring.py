@@ -193,6 +193,9 @@ async def build_twin(
     stack.push_async_callback(bounded, producer.stop, "producer")
     kconsumer = make_consumer(bootstrap, [], f"{settings.kafka.group_id}-{state.run_id}", settings.kafka)
     await kconsumer.start()
+    # Apache Kafka answers the start-up metadata request of a consumer without subscriptions with no topics
+    # (Tansu: with all): load every topic now, or the window consumer finds its topics without partitions
+    await kconsumer._client.force_metadata_update()
     stack.push_async_callback(bounded, kconsumer.stop, "consumer")
     queue: asyncio.Queue[ClosedWindow | None] = asyncio.Queue(maxsize=settings.windowing.queue_size)
     consumer = WindowConsumer(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import structlog
+from aiokafka import AIOKafkaClient
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
@@ -58,8 +60,32 @@ async def ensure_topics(
         elif code != _ERR_TOPIC_EXISTS:
             message = rest[0] if rest else None
             raise TopicError(f"creating topic {topic!r} on {bootstrap} failed: error {code} {message or ''}")
+    if created:
+        await _until_visible(bootstrap, created, request_timeout_s, security)
     log.info("topics_ensured", bootstrap=bootstrap, created=created, existing=len(wanted) - len(created))
     return created
+
+
+async def _until_visible(
+    bootstrap: str, names: list[str], timeout_s: float, security: Mapping[str, Any] | None
+) -> None:
+    """Wait until the broker's metadata lists the new topics' partitions: Apache Kafka answers CreateTopics
+    before its metadata has them, and a consumer that asks at once finds no partitions."""
+    client = AIOKafkaClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000), **(security or {})
+    )
+    try:
+        async with asyncio.timeout(timeout_s):
+            await client.bootstrap()
+            while True:
+                metadata = await client.fetch_all_metadata()
+                if all(metadata.partitions_for_topic(n) for n in names):
+                    return
+                await asyncio.sleep(0.05)  # retry: metadata propagates within milliseconds
+    except (TimeoutError, KafkaError) as e:
+        raise TopicError(f"created topics {names} on {bootstrap} do not show in its metadata: {e!r}") from e
+    finally:
+        await client.close()
 
 
 async def delete_topics(
