@@ -101,6 +101,7 @@ _DATACENTER_KEY = {
     "description": 'Not read; send the JSON string "datacenter" so that the stream stays on one partition, '
     "in order",
 }
+_TWIN_KEY = {"type": "string", "const": "datacenter", "description": 'The JSON string "datacenter"'}
 _RESULTS_KEY = {
     "type": "string",
     "format": "date-time",
@@ -198,7 +199,7 @@ STREAMS: list[Stream] = [
         "Written by the twin: version 0 is the physical topology (source initial), later versions come from "
         "a new physical topology, the calibrator, PUT /api/topology or an accepted optimizer proposal. The "
         "twin reads it back (its listener) to follow changes.",
-        _DATACENTER_KEY,
+        _TWIN_KEY,
         "datacenter",
         {
             "version": 1,

@@ -135,7 +135,7 @@ def render(doc: dict[str, Any] | None = None) -> str:
         for m in ch["messages"].values():
             out += _message(d, _resolve(d, m["$ref"]))
     out += ["## Shared schemas", ""]
-    for name in ("Topology", "Cluster", "Host"):
+    for name in ("ResultPoint", "Topology", "Cluster", "Host"):
         schema = d["components"]["schemas"][name]
         out += [f"### `{name}`", "", *_fields(schema), ""]
     out += ["## Security", ""]

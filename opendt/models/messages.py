@@ -172,10 +172,10 @@ class CarbonMessage(_Msg):
 
 
 class SimTopologyMessage(_Msg):
-    version: StrictInt = Field(ge=0, le=MAX_VERSION)
+    version: StrictInt = Field(ge=0, le=MAX_VERSION, description="0 = the first physical topology")
     source: Literal["initial", "physical", "calibrator", "api", "optimizer"]
     timestamp: MessageTime
-    reason: str = Field(default="", max_length=MAX_REASON_LEN)
+    reason: str = Field(default="", max_length=MAX_REASON_LEN, description="Why this version")
     topology: Topology
 
 
@@ -190,8 +190,8 @@ class ResultPoint(_Msg):
 class SimResultsMessage(_Msg):
     window_start: MessageTime
     window_end: MessageTime
-    topology_version: StrictInt = Field(ge=0, le=MAX_VERSION)
-    engine: str
+    topology_version: StrictInt = Field(ge=0, le=MAX_VERSION, description="The sim.topology version used")
+    engine: str = Field(description="What simulated the window: builtin or opendc")
     points: list[ResultPoint]
 
 
