@@ -59,26 +59,30 @@ async def run(settings: KafkaSettings, records: list[tuple[bytes | None, bytes]]
     )
 
 
-async def main(n: int, partitions: int) -> None:
+async def measure(broker: Any, n: int, partitions: int) -> None:
+    records = encode_fragments(n, 2000)
+    print(f"{n:,} fragment messages, {partitions} partitions, Apache Kafka {apache_kafka.VERSION}")
+    await run(KafkaSettings(bootstrap_servers=broker.plaintext), records, partitions)
+    for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+        settings = KafkaSettings.model_validate(
+            {
+                "bootstrap_servers": broker.sasl_ssl,
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": mechanism,
+                "sasl_username": apache_kafka.USER,
+                "sasl_password": apache_kafka.PASSWORD,
+                "ssl_cafile": broker.cafile,
+            }
+        )
+        await run(settings, records, partitions)
+
+
+def main(n: int, partitions: int) -> None:
     reason = apache_kafka.unavailable()
     if reason is not None:
         raise SystemExit(f"cannot run Apache Kafka here: {reason}")
-    records = encode_fragments(n, 2000)
-    print(f"{n:,} fragment messages, {partitions} partitions, Apache Kafka {apache_kafka.VERSION}")
-    with tempfile.TemporaryDirectory() as d, apache_kafka.ApacheKafka(Path(d)) as broker:
-        await run(KafkaSettings(bootstrap_servers=broker.plaintext), records, partitions)
-        for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
-            settings = KafkaSettings.model_validate(
-                {
-                    "bootstrap_servers": broker.sasl_ssl,
-                    "security_protocol": "SASL_SSL",
-                    "sasl_mechanism": mechanism,
-                    "sasl_username": apache_kafka.USER,
-                    "sasl_password": apache_kafka.PASSWORD,
-                    "ssl_cafile": broker.cafile,
-                }
-            )
-            await run(settings, records, partitions)
+    with tempfile.TemporaryDirectory() as d, apache_kafka.ApacheKafka(Path(d)) as broker:  # started sync
+        asyncio.run(measure(broker, n, partitions))
 
 
 if __name__ == "__main__":
@@ -87,4 +91,4 @@ if __name__ == "__main__":
     parser.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args()
     configure_logging("warning", "console", stream=sys.stderr)
-    asyncio.run(main(args.n, args.partitions))
+    main(args.n, args.partitions)
