@@ -2,9 +2,10 @@
 Maven Central into ``.cache/kafka/<version>/libs``.
 
 :class:`ApacheKafka` formats a fresh storage directory (with SCRAM users made at format time, ``--add-scram``)
-and starts one combined broker+controller JVM with three client-facing things: a PLAINTEXT listener, a
-SASL_SSL listener (SCRAM-SHA-256 and SCRAM-SHA-512, a server certificate signed by a CA both made here with
-the ``openssl`` CLI), and an internal PLAINTEXT listener for the broker itself. :func:`unavailable` says why
+and starts one combined broker+controller JVM with a PLAINTEXT listener, a SASL_SSL listener (SCRAM-SHA-256
+and SCRAM-SHA-512, a server certificate signed by a CA both made here with the ``openssl`` CLI), an SSL
+listener that requires a client certificate (mutual TLS, one signed by the same CA), and an internal
+PLAINTEXT listener for the broker itself. :func:`unavailable` says why
 it cannot run here (no Java 17+, no jars, no openssl), for a clean skip.
 """
 
@@ -80,7 +81,8 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def make_certificates(d: Path) -> tuple[Path, Path]:
-    """A CA and a server certificate for 127.0.0.1/localhost signed by it: ``(ca.pem, keystore.pem)``."""
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate (``client.pem`` with
+    ``client.key``) signed by it: ``(ca.pem, keystore.pem)``."""
     d.mkdir(parents=True, exist_ok=True)
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
              "-days", "2", "-subj", "/CN=opendt-test-ca", cwd=d)  # fmt: skip
@@ -89,6 +91,10 @@ def make_certificates(d: Path) -> tuple[Path, Path]:
     (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
              "-out", "server.pem", "-days", "2", "-extfile", "san.ext", cwd=d)  # fmt: skip
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr",
+             "-subj", "/CN=opendt-twin", cwd=d)  # fmt: skip
+    _openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "client.pem", "-days", "2", cwd=d)  # fmt: skip
     keystore = d / "keystore.pem"
     keystore.write_text((d / "server.key").read_text() + (d / "server.pem").read_text())
     return d / "ca.pem", keystore
@@ -103,9 +109,17 @@ class ApacheKafka:
     """``host:port`` of the PLAINTEXT listener."""
     sasl_ssl: str = ""
     """``host:port`` of the SASL_SSL listener (SCRAM-SHA-256/512 user :data:`USER`/:data:`PASSWORD`)."""
+    mtls: str = ""
+    """``host:port`` of the SSL listener that requires a client certificate (:attr:`client_cert`)."""
     cafile: Path | None = None
     libs: Path = LIBS
     proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def client_cert(self) -> tuple[Path, Path]:
+        """The client certificate and its key (PEM), signed by :attr:`cafile`'s CA."""
+        tls = self.root / "tls"
+        return tls / "client.pem", tls / "client.key"
 
     def _properties(self, ports: dict[str, int], keystore: Path) -> str:
         host = "127.0.0.1"
@@ -118,8 +132,11 @@ class ApacheKafka:
                 "listeners=" + ",".join(f"{n}://{host}:{p}" for n, p in ports.items()),
                 "advertised.listeners="
                 + ",".join(f"{n}://{host}:{p}" for n, p in ports.items() if n != "CONTROLLER"),
-                "listener.security.protocol.map=PLAIN:PLAINTEXT,SASL:SASL_SSL,BROKER:PLAINTEXT,"
+                "listener.security.protocol.map=PLAIN:PLAINTEXT,SASL:SASL_SSL,MTLS:SSL,BROKER:PLAINTEXT,"
                 "CONTROLLER:PLAINTEXT",
+                "listener.name.mtls.ssl.client.auth=required",
+                "ssl.truststore.type=PEM",
+                f"ssl.truststore.location={keystore.with_name('ca.pem')}",
                 "inter.broker.listener.name=BROKER",
                 "controller.listener.names=CONTROLLER",
                 f"log.dirs={self.root / 'data'}",
@@ -153,7 +170,7 @@ class ApacheKafka:
         assert exe is not None
         self.root.mkdir(parents=True, exist_ok=True)
         self.cafile, keystore = make_certificates(self.root / "tls")
-        ports = {name: free_port("127.0.0.1") for name in ("PLAIN", "SASL", "BROKER", "CONTROLLER")}
+        ports = {name: free_port("127.0.0.1") for name in ("PLAIN", "SASL", "MTLS", "BROKER", "CONTROLLER")}
         config = self.root / "server.properties"
         config.write_text(self._properties(ports, keystore))
         (self.root / "log4j2.properties").write_text(_LOG4J)
@@ -177,6 +194,7 @@ class ApacheKafka:
                 preexec_fn=_die_with_parent_preexec(),  # dies with the test process
             )
         self.plaintext = f"127.0.0.1:{ports['PLAIN']}"
+        self.mtls = f"127.0.0.1:{ports['MTLS']}"
         self.sasl_ssl = f"127.0.0.1:{ports['SASL']}"
         self._wait_ready()
         return self
