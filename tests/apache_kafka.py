@@ -32,6 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 VERSION = os.environ.get("KAFKA_VERSION", "4.1.1")
 LIBS = REPO / ".cache" / "kafka" / VERSION / "libs"
 USER = "opendt"
+LIMITED = "limited"
+"""A SCRAM user with no rights but the ACLs a test grants (:meth:`ApacheKafka.allow`); the others are super
+users (the StandardAuthorizer is on)."""
 PASSWORD = "scram-secret-" + uuid.uuid4().hex[:8]
 STARTUP_S = 120.0
 _LOG4J = """\
@@ -135,6 +138,8 @@ class ApacheKafka:
                 "listener.security.protocol.map=PLAIN:PLAINTEXT,SASL:SASL_SSL,MTLS:SSL,BROKER:PLAINTEXT,"
                 "CONTROLLER:PLAINTEXT",
                 "listener.name.mtls.ssl.client.auth=required",
+                "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                f"super.users=User:ANONYMOUS;User:{USER};User:CN=opendt-twin",
                 "ssl.truststore.type=PEM",
                 f"ssl.truststore.location={keystore.with_name('ca.pem')}",
                 "inter.broker.listener.name=BROKER",
@@ -177,7 +182,8 @@ class ApacheKafka:
         scram = [
             a
             for m in ("SCRAM-SHA-256", "SCRAM-SHA-512")
-            for a in ("--add-scram", f"{m}=[name={USER},password={PASSWORD}]")
+            for user in (USER, LIMITED)
+            for a in ("--add-scram", f"{m}=[name={user},password={PASSWORD}]")
         ]
         cluster = uuid.uuid4().bytes.hex()[:22]
         subprocess.run(
@@ -215,6 +221,24 @@ class ApacheKafka:
             time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"Apache Kafka did not answer within {STARTUP_S:.0f} s: {self.log_tail()}")
+
+    def allow(
+        self, principal: str, operations: list[str], resources: list[str], *, prefixed: bool = False
+    ) -> None:
+        """Grant ``operations`` on ``resources`` (``--topic NAME`` / ``--group NAME`` pairs, flattened) to
+        ``principal`` with Apache Kafka's own kafka-acls (``org.apache.kafka.tools.AclCommand``)."""
+        exe = java()
+        assert exe is not None
+        args = ["--bootstrap-server", self.plaintext, "--add", "--allow-principal", principal]
+        args += [a for op in operations for a in ("--operation", op)] + resources
+        if prefixed:
+            args += ["--resource-pattern-type", "prefixed"]
+        subprocess.run(
+            self._java(exe, "org.apache.kafka.tools.AclCommand", *args),
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
 
     def log_tail(self) -> str:
         path = self.root / "broker.log"

@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 
 from opendt.daemon import run_daemon
-from opendt.kafka.admin import ensure_topics
+from opendt.kafka.admin import TopicError, ensure_topics
 from opendt.kafka.client import make_consumer, make_producer
 from opendt.kafka.security import KafkaAccessError, check_kafka, client_options
 from opendt.models.messages import DATACENTER_KEY, encode_heartbeat, encode_topology_message
@@ -284,6 +284,51 @@ def test_console_producer_feeds_a_no_replay_twin(
     for topic, lines in _console_lines(workload, topics).items():
         _console_produce(apache, topic, lines)
     kafka = KafkaSettings(bootstrap_servers=apache.plaintext, topics=topics)
+    settings = _settings(tmp_path / "data", kafka, tmp_path / "no-such-workload", replay=False)
+    assert asyncio.run(asyncio.wait_for(run_daemon(settings, exit_when_done=True), 180)) == 0
+    agg, windows = read_results(settings.data_dir)
+    assert windows["status"].to_list() == ["ok"] * windows.height
+    assert agg.equals(apache_run)
+
+
+async def _produce_lines(bootstrap: str, lines_by_topic: dict[str, list[str]]) -> None:
+    """The console producer's lines, sent with the twin's producer (``headers<TAB>key<TAB>value``)."""
+    async with make_producer(bootstrap, KafkaSettings(bootstrap_servers=bootstrap)) as producer:
+        for topic, lines in lines_by_topic.items():
+            for line in lines:
+                head, key, value = line.split("\t")
+                name, _, header = head.partition(":")
+                await producer.send(
+                    topic,
+                    value.encode(),
+                    key=None if key == "<null>" else key.encode(),
+                    headers=[(name, header.encode())],
+                )
+
+
+def test_the_readme_acls_suffice(
+    apache: apache_kafka.ApacheKafka, apache_run: pl.DataFrame, workload: Path, tmp_path: Path
+) -> None:
+    """Under Apache Kafka's StandardAuthorizer, a principal with exactly the README's ACLs (create_topics
+    false: no Create) runs a --no-replay twin to the replay's results; without Create it cannot make a
+    topic (the authorizer is on)."""
+    topics = _topics()
+    asyncio.run(ensure_topics(apache.plaintext, topics.all(), 1))
+    asyncio.run(_produce_lines(apache.plaintext, _console_lines(workload, topics)))
+    user = f"User:{apache_kafka.LIMITED}"
+    inputs = [topics.tasks, topics.fragments, topics.power, topics.carbon, topics.topology]
+    apache.allow(user, ["Read", "Describe"], [a for t in inputs for a in ("--topic", t)])
+    apache.allow(user, ["Read", "Write", "Describe"], ["--topic", topics.sim_topology])
+    apache.allow(user, ["Write", "Describe"], ["--topic", topics.sim_results, "--topic", topics.dead_letter])
+    apache.allow(user, ["Read"], ["--group", "opendt-twin-"], prefixed=True)
+    kafka = _sasl(apache, "SCRAM-SHA-512", apache_kafka.PASSWORD, sasl_username=apache_kafka.LIMITED)
+    kafka = kafka.model_copy(update={"topics": topics, "create_topics": False})
+    with pytest.raises(TopicError):
+        asyncio.run(
+            ensure_topics(
+                apache.sasl_ssl, [f"not-allowed-{uuid.uuid4().hex[:6]}"], 1, security=client_options(kafka)
+            )
+        )
     settings = _settings(tmp_path / "data", kafka, tmp_path / "no-such-workload", replay=False)
     assert asyncio.run(asyncio.wait_for(run_daemon(settings, exit_when_done=True), 180)) == 0
     agg, windows = read_results(settings.data_dir)
