@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from jsonschema import Draft7Validator
 
 from opendt.api.app import serve_api
-from opendt.api.asyncapi import STREAMS, asyncapi_document
+from opendt.api.asyncapi import asyncapi_document
+from opendt.api.streams import STREAMS
 from opendt.api.streams_doc import DOC_PATH, render
 from opendt.models.bounds import MAX_TIME_MS, MIN_TIME_MS
 from opendt.models.messages import Heartbeat, MessageError, decode, decode_row
