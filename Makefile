@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.run-stamp
 DEV_STAMP := $(VENV)/.dev-stamp
 
-.PHONY: run test lint typecheck fmt pytest bench clean venv browser reproduce
+.PHONY: run test lint typecheck fmt pytest bench clean venv browser asyncapi-parser apache-kafka reproduce
 
 venv: $(DEV_STAMP)
 
@@ -39,9 +39,17 @@ typecheck: $(DEV_STAMP)
 browser:
 	bash .ci/install-chromium
 
+# The AsyncAPI parser (npm) for the stream contract's test; never fails the build either.
+asyncapi-parser:
+	bash .ci/install-asyncapi-parser
+
+# Apache Kafka (Maven Central, into .cache/kafka) for the tests against a real Kafka; never fails the build.
+apache-kafka:
+	bash .ci/install-kafka
+
 # PYTHONASYNCIODEBUG=0 (as .ci/run exports it) means off: Python takes any non-empty value as on, and debug
 # mode records a traceback for every future, which slows every daemon the suite runs.
-pytest: $(DEV_STAMP) browser
+pytest: $(DEV_STAMP) browser asyncapi-parser apache-kafka
 	PYTHONASYNCIODEBUG="$${PYTHONASYNCIODEBUG#0}" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

@@ -69,6 +69,39 @@ class KafkaSettings(Section):
     group_id: str = "opendt-twin"
     startup_timeout_s: float = Field(default=20.0, gt=0)
     request_timeout_s: float = Field(default=30.0, gt=0)
+    create_topics: bool = Field(
+        default=True,
+        description="Create missing topics (kafka.partitions each); false on a managed cluster: the twin "
+        "then checks at start that every topic exists with at least kafka.partitions partitions (or exit 2)",
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = Field(default=None, description="Never logged or printed")
+    ssl_cafile: Path | None = Field(default=None, description="CA bundle (PEM); default: the system's")
+    ssl_certfile: Path | None = Field(default=None, description="Client certificate (PEM) for mutual TLS")
+    ssl_keyfile: Path | None = Field(default=None, description="Its private key (PEM)")
+    ssl_key_password: SecretStr | None = Field(default=None, description="The key's password, if any")
+
+    @model_validator(mode="after")
+    def _security_complete(self) -> KafkaSettings:
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and (self.sasl_mechanism is None or not self.sasl_username or self.sasl_password is None):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, sasl_username and "
+                "sasl_password"
+            )
+        if not sasl and self.sasl_mechanism is not None:
+            raise ValueError(f"sasl_mechanism is set but security_protocol is {self.security_protocol}")
+        tls = self.security_protocol in ("SSL", "SASL_SSL")
+        files = (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile)
+        if not tls and any(f is not None for f in files):
+            raise ValueError(f"ssl_* files are set but security_protocol is {self.security_protocol}")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together")
+        if self.bootstrap_servers is None and self.security_protocol != "PLAINTEXT":
+            raise ValueError("the embedded broker speaks PLAINTEXT only: set bootstrap_servers")
+        return self
 
 
 class ReplaySettings(Section):
@@ -393,5 +426,6 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
 
 
 def settings_as_yaml(settings: Settings) -> str:
-    """The effective settings as YAML; secrets (``api.token``) are masked, never printed."""
+    """The effective settings as YAML; secrets (``api.token``, ``kafka.sasl_password``,
+    ``kafka.ssl_key_password``) are masked, never printed."""
     return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)

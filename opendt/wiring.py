@@ -27,6 +27,7 @@ from opendt.calibration.component import Calibrator, calibrator_for
 from opendt.clock import SystemClock
 from opendt.kafka.broker import BrokerError, EmbeddedBroker, kafka_broker_for
 from opendt.kafka.client import DeadLetter, make_consumer, make_producer
+from opendt.kafka.security import client_options
 from opendt.models.messages import DATACENTER_KEY, encode_sim_topology
 from opendt.models.topology import Topology
 from opendt.opendc.backends import opendc_backend
@@ -193,6 +194,9 @@ async def build_twin(
     stack.push_async_callback(bounded, producer.stop, "producer")
     kconsumer = make_consumer(bootstrap, [], f"{settings.kafka.group_id}-{state.run_id}", settings.kafka)
     await kconsumer.start()
+    # Apache Kafka answers the start-up metadata request of a consumer without subscriptions with no topics
+    # (Tansu: with all): load every topic now, or the window consumer finds its topics without partitions
+    await kconsumer._client.force_metadata_update()
     stack.push_async_callback(bounded, kconsumer.stop, "consumer")
     queue: asyncio.Queue[ClosedWindow | None] = asyncio.Queue(maxsize=settings.windowing.queue_size)
     consumer = WindowConsumer(
@@ -343,7 +347,7 @@ async def build_twin(
             start_at_ms=None if resume is None else resume.next_start_ms,
         )
     state.liveness = Liveness(
-        metadata_probe(bootstrap, settings.api.health_probe_s),
+        metadata_probe(bootstrap, settings.api.health_probe_s, client_options(settings.kafka)),
         lambda: loop.busy_since,
         interval_s=settings.api.health_probe_s,
         probe_timeout_s=settings.api.health_probe_s,

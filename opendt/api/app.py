@@ -17,6 +17,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from opendt.api.asyncapi import asyncapi_document
 from opendt.api.dashboard import add_dashboard_routes
 from opendt.api.grafana import add_grafana_routes
 from opendt.api.http import SETTINGS, ApiError, check_host, json_response
@@ -32,11 +33,16 @@ from opendt.twin.topology import TopologyUnknown
 log = structlog.get_logger(component="api")
 
 OPENAPI = web.AppKey("openapi", bytes)
+ASYNCAPI = web.AppKey("asyncapi", bytes)
 DOCS_PAGE = Path(__file__).parent / "static" / "docs.html"
 
 
 async def openapi_json(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+async def asyncapi_json(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[ASYNCAPI], content_type="application/json")
 
 
 async def docs(request: web.Request) -> web.FileResponse:
@@ -115,6 +121,8 @@ def create_app(state: TwinState, settings: ApiSettings, view: TwinView | None = 
     app[SERIES_CACHE] = {}
     app[OPENAPI] = orjson.dumps(openapi_document(token=settings.token is not None))
     app.router.add_get("/openapi.json", openapi_json)
+    app[ASYNCAPI] = orjson.dumps(asyncapi_document())
+    app.router.add_get("/asyncapi.json", asyncapi_json)
     app.router.add_get("/docs", docs)
     add_grafana_routes(app)
     add_dashboard_routes(app)

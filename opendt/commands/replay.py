@@ -21,6 +21,9 @@ async def replay_cli(settings: Settings, stop: asyncio.Event) -> int:
     from opendt.workload import load_workload
 
     check_workload(Path(settings.replay.workload))
+    from opendt.kafka.security import check_kafka
+
+    await check_kafka(settings.kafka)  # a wrong password: one line, exit 2
     workload = await asyncio.to_thread(load_workload, settings.replay.workload)
     progress = ReplayProgress()
     t0 = time.monotonic()

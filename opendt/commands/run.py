@@ -187,9 +187,11 @@ async def run_cli(
 ) -> int:
     """Run the twin until ``stop`` is set (or the trace is done with ``exit_when_done``); print a summary."""
     from opendt.daemon import run_daemon
+    from opendt.kafka.security import check_kafka
 
     out = out if out is not None else sys.stderr
     preflight(settings)
+    await check_kafka(settings.kafka)  # credentials and (create_topics false) topics: exit 2, one line
     state = TwinState()
     daemon = asyncio.ensure_future(
         run_daemon(

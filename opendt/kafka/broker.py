@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaClient
 from aiokafka.errors import KafkaError
 
 from opendt.kafka.admin import ensure_topics
+from opendt.kafka.security import check_topics, client_options
 from opendt.settings import KafkaSettings
 from opendt.worker.process import ChildProcess, OutputTail, signal_group
 
@@ -329,7 +330,9 @@ async def _probe(bootstrap: str) -> None:
 async def kafka_broker_for(settings: KafkaSettings) -> AsyncIterator[tuple[str, EmbeddedBroker | None]]:
     """Yield ``(bootstrap servers, embedded broker or None)``: the external broker if configured, else a
     started embedded Tansu (whose ``wait()`` a supervisor can watch). The topics of ``settings.topics``
-    exist (with ``settings.partitions``) when it yields.
+    exist (with ``settings.partitions``) when it yields: created if missing, or, on an external cluster with
+    ``kafka.create_topics: false``, checked (:class:`~opendt.kafka.security.KafkaAccessError` naming the
+    missing ones).
     """
     async with contextlib.AsyncExitStack() as stack:
         broker: EmbeddedBroker | None = None
@@ -339,12 +342,16 @@ async def kafka_broker_for(settings: KafkaSettings) -> AsyncIterator[tuple[str, 
         else:
             broker = await stack.enter_async_context(EmbeddedBroker(settings))
             bootstrap = broker.bootstrap_servers
-        await ensure_topics(
-            bootstrap,
-            settings.topics.all(),
-            settings.partitions,
-            request_timeout_s=settings.request_timeout_s,
-        )
+        if broker is None and not settings.create_topics:
+            await check_topics(bootstrap, settings)
+        else:
+            await ensure_topics(
+                bootstrap,
+                settings.topics.all(),
+                settings.partitions,
+                request_timeout_s=settings.request_timeout_s,
+                security=client_options(settings),
+            )
         yield bootstrap, broker
 
 

@@ -23,6 +23,7 @@ from aiokafka.errors import ConsumerStoppedError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import RecordMetadata
 
+from opendt.kafka.security import client_options
 from opendt.models.messages import Decoded, MessageError, StreamKind, decode
 from opendt.settings import KafkaSettings
 
@@ -48,6 +49,7 @@ def make_producer(bootstrap: str, settings: KafkaSettings, **overrides: Any) -> 
         "linger_ms": 5,
         "max_batch_size": BATCH_BYTES,
         "request_timeout_ms": int(settings.request_timeout_s * 1000),
+        **client_options(settings),
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)
@@ -78,6 +80,7 @@ def make_consumer(
         "request_timeout_ms": int(settings.request_timeout_s * 1000),
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
         "fetch_max_wait_ms": 100,
+        **client_options(settings),
     }
     if settings.bootstrap_servers is None:
         options.update(session_timeout_ms=_EMBEDDED_SESSION_TIMEOUT_MS, heartbeat_interval_ms=500)

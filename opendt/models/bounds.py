@@ -44,6 +44,15 @@ MIN_TIME_MS = 0
 """1970-01-01T00:00:00Z, inclusive."""
 MAX_TIME_MS = 7_258_118_400_000
 """2200-01-01T00:00:00Z, exclusive."""
+TIME_SCHEMA = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": r"^(19[7-9][0-9]|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})$",
+    "description": "ISO-8601 time with a zone (Z or an offset), in [1970-01-01, 2200-01-01) UTC",
+}
+"""A time in a message as JSON Schema (the AsyncAPI document): what every producer can send; the decoder also
+takes other ISO-8601 spellings with a zone."""
 MAX_DURATION_MS = 3653 * 86_400_000
 """Ten years (of 365.25 days, rounded up to a whole day)."""
 

@@ -23,6 +23,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     ValidationError,
+    WithJsonSchema,
 )
 
 from opendt.models.bounds import (
@@ -39,6 +40,7 @@ from opendt.models.bounds import (
     MAX_TIME_MS,
     MAX_VERSION,
     MIN_TIME_MS,
+    TIME_SCHEMA,
 )
 from opendt.models.topology import Topology
 
@@ -96,7 +98,7 @@ def _message_time(v: object) -> datetime:
     return datetime.fromisoformat(v)
 
 
-MessageTime = Annotated[AwareDatetime, BeforeValidator(_message_time)]
+MessageTime = Annotated[AwareDatetime, BeforeValidator(_message_time), WithJsonSchema(TIME_SCHEMA)]
 """A time in a message: an ISO-8601 string with a zone, in [1970, 2200)."""
 Id = Annotated[str, Field(max_length=MAX_ID_LEN)]
 
@@ -107,7 +109,7 @@ class _Msg(BaseModel):
 
 class Heartbeat(_Msg):
     heartbeat: MessageTime
-    final: StrictBool = False
+    final: StrictBool = Field(default=False, description="The end of this partition's stream")
 
     @property
     def time_ms(self) -> int:
@@ -115,12 +117,12 @@ class Heartbeat(_Msg):
 
 
 class TaskMessage(_Msg):
-    id: Id = ""  # from the key
+    id: Id = Field(default="", description="The task's id (from the key)")
     submission_time: MessageTime
-    duration: StrictInt = Field(ge=0, le=MAX_DURATION_MS)
-    cpu_count: StrictInt = Field(ge=1, le=MAX_HOST_CORES)
-    cpu_capacity: StrictFloat = Field(ge=0, le=MAX_TASK_MHZ)
-    mem_capacity: StrictInt = Field(ge=0, le=int(MAX_MEMORY_MIB))
+    duration: StrictInt = Field(ge=0, le=MAX_DURATION_MS, description="Run time (ms)")
+    cpu_count: StrictInt = Field(ge=1, le=MAX_HOST_CORES, description="Cores the task uses")
+    cpu_capacity: StrictFloat = Field(ge=0, le=MAX_TASK_MHZ, description="CPU capacity it asks (MHz)")
+    mem_capacity: StrictInt = Field(ge=0, le=int(MAX_MEMORY_MIB), description="Memory it asks (MiB)")
 
     @property
     def time_ms(self) -> int:
@@ -128,12 +130,12 @@ class TaskMessage(_Msg):
 
 
 class FragmentMessage(_Msg):
-    id: Id = ""  # from the key
+    id: Id = Field(default="", description="The task's id (from the key)")
     submission_time: MessageTime
-    duration: StrictInt = Field(ge=0, le=MAX_DURATION_MS)
-    cpu_count: StrictInt = Field(ge=1, le=MAX_HOST_CORES)
-    cpu_usage: StrictFloat = Field(ge=0, le=MAX_TASK_MHZ)
-    index: StrictInt = Field(ge=0, le=MAX_FRAGMENT_INDEX)
+    duration: StrictInt = Field(ge=0, le=MAX_DURATION_MS, description="Length of the fragment (ms)")
+    cpu_count: StrictInt = Field(ge=1, le=MAX_HOST_CORES, description="Cores the task uses")
+    cpu_usage: StrictFloat = Field(ge=0, le=MAX_TASK_MHZ, description="CPU used meanwhile (MHz)")
+    index: StrictInt = Field(ge=0, le=MAX_FRAGMENT_INDEX, description="Place in its task, from 0")
 
     @property
     def time_ms(self) -> int:
@@ -141,10 +143,10 @@ class FragmentMessage(_Msg):
 
 
 class PowerMessage(_Msg):
-    source: Id = ""  # from the key
+    source: Id = Field(default="", description="The meter (from the key)")
     timestamp: MessageTime
-    power_draw: StrictFloat = Field(ge=0, le=MAX_SITE_POWER_W)
-    energy_usage: StrictFloat = Field(ge=0, le=MAX_ENERGY_J)
+    power_draw: StrictFloat = Field(ge=0, le=MAX_SITE_POWER_W, description="Measured power (W)")
+    energy_usage: StrictFloat = Field(ge=0, le=MAX_ENERGY_J, description="Energy since the last sample (J)")
 
     @property
     def time_ms(self) -> int:
@@ -164,7 +166,9 @@ class CarbonMessage(_Msg):
     """``dc.carbon``: the grid's carbon intensity, in force from ``timestamp`` until the next message."""
 
     timestamp: MessageTime
-    carbon_intensity: float = Field(ge=0, le=MAX_CARBON_INTENSITY, allow_inf_nan=False)
+    carbon_intensity: float = Field(
+        ge=0, le=MAX_CARBON_INTENSITY, allow_inf_nan=False, description="gCO2/kWh"
+    )
 
     @property
     def time_ms(self) -> int:
@@ -172,26 +176,26 @@ class CarbonMessage(_Msg):
 
 
 class SimTopologyMessage(_Msg):
-    version: StrictInt = Field(ge=0, le=MAX_VERSION)
+    version: StrictInt = Field(ge=0, le=MAX_VERSION, description="0 = the first physical topology")
     source: Literal["initial", "physical", "calibrator", "api", "optimizer"]
     timestamp: MessageTime
-    reason: str = Field(default="", max_length=MAX_REASON_LEN)
+    reason: str = Field(default="", max_length=MAX_REASON_LEN, description="Why this version")
     topology: Topology
 
 
 class ResultPoint(_Msg):
     timestamp: MessageTime
-    power_draw: StrictFloat
-    energy_usage: StrictFloat
-    carbon_intensity: StrictFloat
-    carbon_emission: StrictFloat
+    power_draw: StrictFloat = Field(description="Simulated power of the datacenter (W)")
+    energy_usage: StrictFloat = Field(description="Energy since the previous point (J)")
+    carbon_intensity: StrictFloat | None = Field(description="Grid intensity in force (gCO2/kWh)")
+    carbon_emission: StrictFloat | None = Field(description="Emission since the previous point (gCO2)")
 
 
 class SimResultsMessage(_Msg):
     window_start: MessageTime
     window_end: MessageTime
-    topology_version: StrictInt = Field(ge=0, le=MAX_VERSION)
-    engine: str
+    topology_version: StrictInt = Field(ge=0, le=MAX_VERSION, description="The sim.topology version used")
+    engine: str = Field(description="What simulated the window: builtin or opendc")
     points: list[ResultPoint]
 
 

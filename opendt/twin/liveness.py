@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaClient
@@ -35,12 +36,15 @@ Probe = Callable[[], Awaitable[object]]
 Clock = Callable[[], float]
 
 
-def metadata_probe(bootstrap: str, timeout_s: float) -> Probe:
+def metadata_probe(bootstrap: str, timeout_s: float, security: Mapping[str, Any] | None = None) -> Probe:
     """A probe that returns once ``bootstrap`` answers a Kafka metadata request (a fresh client each time, so
-    a hung request never blocks the daemon's own clients); raises on failure."""
+    a hung request never blocks the daemon's own clients); raises on failure. ``security``: the client
+    options of :func:`opendt.kafka.security.client_options`."""
 
     async def probe() -> None:
-        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+        client = AIOKafkaClient(
+            bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000), **(security or {})
+        )
         try:
             async with asyncio.timeout(timeout_s):
                 await client.bootstrap()

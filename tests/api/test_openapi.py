@@ -24,8 +24,8 @@ from .conftest import DEMO, running_twin
 
 TOKEN = "oa-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-UNDOCUMENTED = ("/", "/docs", "/openapi.json", "/static", "/grafana")
-"""Not JSON operations of ours (pages, the document itself) or specified elsewhere (the Grafana protocol)."""
+UNDOCUMENTED = ("/", "/docs", "/openapi.json", "/asyncapi.json", "/static", "/grafana")
+"""Not JSON operations of ours (pages, the documents themselves) or specified elsewhere (the Grafana protocol)."""
 
 
 def test_document_is_valid_and_covers_every_route() -> None:
