@@ -157,9 +157,11 @@ STREAMS: list[Stream] = [
         "receive",
         CarbonMessage,
         "The grid's carbon intensity from a time on",
-        "A step series: each intensity is in force from its timestamp until the next message. Send a step at "
-        "or before the first task, and steps in time order (a step not after the last one is a duplicate). "
-        "A window closes only once this stream has passed its end (a step at exactly the end is known).",
+        "Optional. A step series: each intensity is in force from its timestamp until the next message "
+        "(the last received holds until the next step). Send a step at or before the first task, and steps "
+        "in time order (a step not after the last one is a duplicate). While it is sent, a window closes "
+        "only once this stream has passed its end (a step at exactly the end is known); a carbon partition "
+        "never heard from goes idle after windowing.idle_after_s and windows close without it.",
         _DATACENTER_KEY,
         "datacenter",
         {"timestamp": "2024-01-01T10:00:00.000Z", "carbon_intensity": 212.4},
@@ -237,13 +239,17 @@ in order on one partition.
 **Event time and the watermark**: the twin cuts the streams into windows of `windowing.window_s` (default
 300 s) of event time, aligned to the epoch. Its watermark is the minimum, over every partition of the
 watermark topics (`windowing.watermark_topics`: tasks, fragments, power, carbon by default), of the latest
-time seen there (a record's time, or a heartbeat's). A window closes when the watermark reaches its end. So
-every partition of those topics must move forward: within a partition, send in time order, and keep
-partitions that have no records moving with heartbeats.
+time seen there (a record's time, or a heartbeat's). A window closes when the watermark reaches its end.
+Within a partition, send in time order. **Idle partitions**: a partition silent for `windowing.idle_after_s`
+(120 s) of wall time, with nothing left to read, stops holding the watermark, so heartbeats are optional and
+so are the carbon and power feeds; when every partition is idle, event time goes on with the wall clock from
+the newest record, less `windowing.allowed_lateness_s` (60 s): the last windows close at most `window_s +
+idle_after_s + allowed_lateness_s` after the feed goes quiet.
 
-**Heartbeats**: `{"heartbeat": "<time>"}` with a null key, on any partition of tasks, fragments, power or
-carbon (send one to every partition: a heartbeat at t promises that no later message of that partition has a
-time before t). The replay producer sends them every `replay.heartbeat_s` of trace time. **Final**:
+**Heartbeats** (optional; they make closing exact): `{"heartbeat": "<time>"}` with a null key, on any
+partition of tasks, fragments, power or carbon (send one to every partition: a heartbeat at t promises that
+no later message of that partition has a time before t). The replay producer sends them every
+`replay.heartbeat_s` of trace time. **Final**:
 `{"heartbeat": "<time>", "final": true}` on every partition ends the stream: the twin closes the last windows
 and, with `--exit-when-done`, exits. A record after a final takes it back.
 
@@ -255,7 +261,9 @@ and a topic may mix both. A bad line fails that record only.
 **Bad records**: a record that does not decode (wrong key, unknown field, wrong type, value out of bounds,
 time without a zone) or whose time is far off its partition (`windowing.max_skew_s`) is counted, logged with
 topic/partition/offset and forwarded as it was to the dead-letter topic with headers naming why; it never
-stops the twin. Records of an already closed window join the next window to close, counted as late.
+stops the twin. A jump of a partition far ahead (more than `windowing.max_skew_s`) is believed once
+`windowing.jump_confirm` (3) more of its messages in a row follow near it. A record of an already closed
+window is late: counted, dead-lettered with the reason, reported in `/api/status` (`windows.last_late`).
 
 Topic names are the defaults; `kafka.topics.*` renames them. The twin creates missing topics
 (`kafka.partitions` each) unless `kafka.create_topics` is false.
