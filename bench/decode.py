@@ -27,7 +27,8 @@ from typing import Any, Literal
 import polars as pl
 
 from opendt.models import messages
-from opendt.models.messages import MessageError, clear_time_cache, decode_row
+from opendt.models.fastdecode import decode_row
+from opendt.models.messages import MessageError, clear_time_cache
 from opendt.settings import REPO_ROOT
 from opendt.stream.replay import encode_chunk, event_order, streams_of
 from opendt.workload import load_workload

@@ -40,7 +40,6 @@ from opendt.commands.calibrate import cut_windows
 from opendt.engine import Engine
 from opendt.optimizer.round import outcome_of
 from opendt.settings import SimulationSettings
-from opendt.twin.loop import window_frames
 from opendt.twin.scenarios import ScenarioResult, scenario_header
 from opendt.worker.warm import prepare, run_candidate, snapshot
 from opendt.workload import load_workload
@@ -105,7 +104,7 @@ def run_grid(args: argparse.Namespace, ranges: list[tuple[int, int]]) -> list[di
                 if win.start_ms == start:
                     blobs[start] = snapshot(engine, "running")
                     frames[start] = []
-            tf = window_frames(win)
+            tf = win.frames()
             for start, end in wanted.items():
                 if start in frames and win.start_ms < end:
                     frames[start].append(tf)

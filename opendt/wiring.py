@@ -37,9 +37,10 @@ from opendt.optimizer.journal import OptimizerJournal
 from opendt.optimizer.llm import make_strategy
 from opendt.optimizer.slo import SloError, SloWatcher
 from opendt.settings import ConfigError, Settings
-from opendt.stream.consumer import ClosedWindow, WindowConsumer
+from opendt.stream.consumer import WindowConsumer
 from opendt.stream.listener import TopologyListener
 from opendt.stream.replay import ReplayProducer, ReplayProgress
+from opendt.stream.resume import ClosedWindow
 from opendt.twin.crosscheck import CrossCheck
 from opendt.twin.history import TwinHistory
 from opendt.twin.hooks import HookChain

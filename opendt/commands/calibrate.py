@@ -31,7 +31,7 @@ from opendt.calibration.view import by_day, parameter_paths
 from opendt.metrics import mape
 from opendt.models.messages import CarbonRow, FragmentRow, PowerRow, TaskRow, iso_ms
 from opendt.settings import Settings
-from opendt.stream.consumer import ClosedWindow
+from opendt.stream.resume import ClosedWindow
 from opendt.stream.windowing import Window, carry_carbon
 from opendt.twin.loop import WindowLoop
 from opendt.twin.recovery import Recovery, durability_of

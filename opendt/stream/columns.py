@@ -12,7 +12,7 @@ Every record becomes a line (a per-record message's key field spliced into its v
 Arrow's JSON reader against the stream's exact schema (unknown or repeated keys, a wrong JSON type, a value
 out of range: the reader refuses), and the columns are checked against the bounds of
 :mod:`opendt.models.bounds` vectorized. Whatever the columnar path does not accept goes through the per-record
-decoder (:func:`opendt.models.messages.decode_row`), which accepts exactly what it always did and names the
+decoder (:func:`opendt.models.fastdecode.decode_row`), which accepts exactly what it always did and names the
 field of a bad record; a parse error is narrowed down by bisection, so one bad record costs a few parses,
 never its whole batch or fetch. Heartbeats are per-record messages (or lines) decoded the same way. The result
 keeps each record's place (``seq``) and message offset, so what follows can apply it in order.
@@ -42,13 +42,13 @@ from opendt.models.bounds import (
     MAX_SITE_POWER_W,
     MAX_TASK_MHZ,
 )
+from opendt.models.fastdecode import decode_row
 from opendt.models.messages import (
     FragmentRow,
     Heartbeat,
     MessageError,
     PowerRow,
     TaskRow,
-    decode_row,
     time_ms,
 )
 from opendt.workload import FRAGMENT_SCHEMA, TASK_SCHEMA

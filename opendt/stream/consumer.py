@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TypeAlias
 
 import numpy as np
@@ -35,11 +34,12 @@ from opendt.models.messages import (
 )
 from opendt.settings import TopicNames
 from opendt.stream.columns import TIME_COLUMN, Columnar, decode_fetch
-from opendt.stream.idle import IdleWatch
+from opendt.stream.idle import IdleWatch, waiting_for
 from opendt.stream.offsets import FirstOffsets
 from opendt.stream.records import Kind, Row, decode_record, row_item, rows_of, time_of
+from opendt.stream.resume import ClosedWindow, InputsLost, Resume
 from opendt.stream.timegate import TimeGate
-from opendt.stream.windowing import FINAL, Window, Windower, window_start
+from opendt.stream.windowing import Window, Windower, window_start
 from opendt.twin.status import WindowsStatus
 
 log = structlog.get_logger(component="consumer")
@@ -51,41 +51,6 @@ CLOSE_BATCH = 64
 MAX_PENDING_TOPOLOGIES = 16
 """Physical topologies dated ahead of the stream that may wait for their time; more are quarantined."""
 """Windows closed per step: a long gap closes incrementally, the loop serving in between."""
-
-
-class InputsLost(RuntimeError):
-    """Durable windows whose stored inputs are gone and that the stream cannot give again (the message names
-    what is missing): the twin cannot resume without a silently different result."""
-
-
-@dataclass
-class Resume:
-    """Where an earlier process of the run left the stream (a restart from a checkpoint)."""
-
-    next_start_ms: int
-    """The start of the first window not yet durable."""
-    positions: dict[tuple[str, int], int] = field(default_factory=dict)
-    """(topic, partition) → offset to consume from (external Kafka; empty for a fresh embedded broker)."""
-    tasks: list[TaskRow] = field(default_factory=list)
-    fragments: list[FragmentRow] = field(default_factory=list)
-    power: list[PowerRow] = field(default_factory=list)
-    """Recent events of durable windows, for duplicate detection."""
-    carbon_until_ms: int | None = None
-    """The newest carbon step already carried by a durable window."""
-    topology_known: bool = False
-    run_start_ms: int | None = None
-    """The run's first window start (messages long before it are outliers)."""
-    from_beginning: bool = False
-    """Read every partition from its beginning (durable windows from the run's start must come again)."""
-    reread: str | None = None
-    """Durable windows come again from an external Kafka (what is missing): the positions sought must still
-    be held by the topics, else the twin stops (:class:`~opendt.twin.inputs.InputsLost`)."""
-
-
-@dataclass
-class ClosedWindow:
-    window: Window
-    commit_offsets: dict[TopicPartition, int] = field(default_factory=dict)
 
 
 class WindowConsumer:
@@ -180,25 +145,9 @@ class WindowConsumer:
         )
 
     def _waiting_for(self) -> list[str]:
-        """What holds the windows back: the physical topology (required) while none has come; each partition
-        not heard from (until it is idle), each at the watermark (its next message moves it)."""
-        w = self.windower
-        if w is None:
+        if self.windower is None:
             return []
-        out = []
-        if w.need_topology and not w.topology_known and not w.pending_topologies:
-            out.append(
-                f"{self.topics.topology}: a physical topology (required; no window closes without one)"
-            )
-        for tp, t in w.holding():
-            if not isinstance(tp, TopicPartition) or (t is not None and t >= FINAL):
-                continue
-            if t is None:
-                quiet = f"{self.idle_after_s:g} s of silence"
-                out.append(f"{tp.topic}[{tp.partition}]: its first message (or {quiet}: then idle)")
-            else:
-                out.append(f"{tp.topic}[{tp.partition}]: a message after {iso_ms(t)} (the watermark)")
-        return out
+        return waiting_for(self.windower, self.topics.topology, self.idle_after_s)
 
     def stop_intake(self) -> None:
         """Stop fetching (shutdown step 1); windows already queued are still simulated."""

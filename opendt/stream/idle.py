@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
 
+from aiokafka import TopicPartition
+
+from opendt.models.messages import iso_ms
+from opendt.stream.windowing import FINAL, Windower
+
 
 class IdleWatch:
     def __init__(
@@ -45,3 +50,20 @@ class IdleWatch:
         if newest_ms is None or self._last_record is None:
             return None
         return newest_ms + int((self._clock() - self._last_record) * 1000) - self.allowed_lateness_ms
+
+
+def waiting_for(w: Windower, topology_topic: str, idle_after_s: float) -> list[str]:
+    """What holds the windows back: the physical topology (required) while none has come; each partition
+    not heard from (until it is idle), each at the watermark (its next message moves it)."""
+    out = []
+    if w.need_topology and not w.topology_known and not w.pending_topologies:
+        out.append(f"{topology_topic}: a physical topology (required; no window closes without one)")
+    for tp, t in w.holding():
+        if not isinstance(tp, TopicPartition) or (t is not None and t >= FINAL):
+            continue
+        if t is None:
+            quiet = f"{idle_after_s:g} s of silence"
+            out.append(f"{tp.topic}[{tp.partition}]: its first message (or {quiet}: then idle)")
+        else:
+            out.append(f"{tp.topic}[{tp.partition}]: a message after {iso_ms(t)} (the watermark)")
+    return out

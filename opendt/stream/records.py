@@ -10,6 +10,7 @@ import orjson
 import polars as pl
 from aiokafka import TopicPartition
 
+from opendt.models.fastdecode import decode_row
 from opendt.models.messages import (
     CarbonMessage,
     CarbonRow,
@@ -19,7 +20,6 @@ from opendt.models.messages import (
     TaskRow,
     TopologyMessage,
     decode,
-    decode_row,
     encode_carbon,
     encode_heartbeat,
     encode_topology_message,

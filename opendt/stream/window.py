@@ -11,7 +11,7 @@ import polars as pl
 
 from opendt.models.messages import CarbonRow, FragmentRow, PowerRow, TaskRow
 from opendt.models.topology import Topology
-from opendt.workload import FRAGMENT_SCHEMA
+from opendt.workload import FRAGMENT_SCHEMA, TASK_SCHEMA
 
 
 @dataclass
@@ -54,6 +54,10 @@ class Window:
         if not self.chunks:
             return list(self.fragments)
         return [FragmentRow(*r) for r in self.fragment_frame().iter_rows()]
+
+    def frames(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The tasks and fragments (``TASK_SCHEMA``, ``FRAGMENT_SCHEMA``) as the engine takes them."""
+        return pl.DataFrame(self.tasks, schema=TASK_SCHEMA, orient="row"), self.fragment_frame()
 
     @property
     def n_fragments(self) -> int:

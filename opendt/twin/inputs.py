@@ -26,7 +26,7 @@ import polars as pl
 
 from opendt.models.messages import CarbonRow, FragmentRow, PowerRow, TaskRow
 from opendt.models.topology import parse_topology
-from opendt.stream.consumer import InputsLost
+from opendt.stream.resume import InputsLost
 from opendt.stream.windowing import Window
 from opendt.twin.files import write_atomic
 from opendt.worker.protocol import LEN, pack, unpack

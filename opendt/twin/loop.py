@@ -21,9 +21,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 import polars as pl
@@ -32,51 +30,21 @@ import structlog
 from opendt.models.messages import CarbonRow, iso_ms
 from opendt.models.topology import Topology
 from opendt.settings import SimulationSettings
-from opendt.stream.consumer import ClosedWindow
+from opendt.stream.resume import ClosedWindow
 from opendt.stream.windowing import Window
 from opendt.twin.crosscheck import CrossCheck
 from opendt.twin.hooks import HookChain, WindowHooks
+from opendt.twin.loopstats import LoopStats, WindowFailed
 from opendt.twin.opendc import OpenDCWindowError, OpenDCWindows
 from opendt.twin.recovery import Recovery
 from opendt.twin.results import ResultStore, WindowRecord, aggregate_rows, measured_rows, results_message
 from opendt.twin.status import SimulationStatus
 from opendt.twin.topology import SimTopology, TopologyBox
 from opendt.worker.client import TwinEngine, WorkerDied, WorkerError
-from opendt.workload import TASK_SCHEMA, carbon_frame
+from opendt.workload import carbon_frame
 
 log = structlog.get_logger(component="simulator")
 T = TypeVar("T")
-LATENCY_SAMPLES = 2016
-"""Window latencies kept for the status's p50/p95 (a week of 5-minute windows)."""
-
-
-def window_frames(w: Window) -> tuple[pl.DataFrame, pl.DataFrame]:
-    tasks = pl.DataFrame(w.tasks, schema=TASK_SCHEMA, orient="row")
-    frags = w.fragment_frame()
-    return tasks, frags
-
-
-class WindowFailed(RuntimeError):
-    """A window that could not be simulated: its worker died or hung each time, or the engine raised."""
-
-    def __init__(self, message: str, attempts: int) -> None:
-        super().__init__(message)
-        self.attempts = attempts
-
-
-@dataclass
-class LoopStats:
-    windows_simulated: int = 0
-    windows_failed: int = 0
-    windows_replayed: int = 0
-    latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
-    """The latest windows' latencies (bounded: the status shows their p50/p95)."""
-    last_window_end_ms: int | None = None
-    checkpoints: int = 0
-    topologies_refused: int = 0
-    """Simulated versions the engine could not apply (the one before stays in effect)."""
-
-
 Publish = Callable[[bytes, dict[str, object]], Awaitable[None]]
 Commit = Callable[[ClosedWindow], Awaitable[None]]
 OnPhysical = Callable[[Topology, int, bool], Awaitable[None]]
@@ -372,7 +340,7 @@ class WindowLoop:
             if self.commit is not None:  # the engine has it already (a resumed run): nothing to do
                 await self.commit(cw)
             return
-        tasks, frags = window_frames(w)
+        tasks, frags = w.frames()
         durable = self.store.is_durable(w.start_ms)
         if w.topology is not None:
             await self._physical(w, replayed=durable)

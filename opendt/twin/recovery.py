@@ -33,7 +33,7 @@ import structlog
 
 from opendt.models.messages import CarbonRow
 from opendt.settings import Settings
-from opendt.stream.consumer import Resume
+from opendt.stream.resume import Resume
 from opendt.twin.checkpoint import Checkpoint, Checkpoints
 from opendt.twin.inputs import InputsLost, InputStore, InputUnreadable, StoredWindow
 from opendt.twin.results import ResultStore

@@ -23,7 +23,8 @@ from opendt.api.asyncapi import asyncapi_document
 from opendt.api.streams import STREAMS
 from opendt.api.streams_doc import DOC_PATH, render
 from opendt.models.bounds import MAX_TIME_MS, MIN_TIME_MS
-from opendt.models.messages import Heartbeat, MessageError, decode, decode_row
+from opendt.models.fastdecode import decode_row
+from opendt.models.messages import Heartbeat, MessageError, decode
 from opendt.settings import ApiSettings
 from opendt.twin.status import TwinState
 

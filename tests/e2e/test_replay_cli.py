@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from opendt.kafka.client import make_consumer
-from opendt.models.messages import Heartbeat, decode, decode_row
+from opendt.models.fastdecode import decode_row
+from opendt.models.messages import Heartbeat, decode
 from opendt.settings import KafkaSettings
 from opendt.workload import load_workload
 

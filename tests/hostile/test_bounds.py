@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from opendt.calibration.trust import physical_reason
 from opendt.engine.topology import TopoSpec, parse_fast
 from opendt.models import bounds
+from opendt.models.fastdecode import decode_row
 from opendt.models.messages import (
     FragmentMessage,
     FragmentRow,
@@ -28,7 +29,6 @@ from opendt.models.messages import (
     TaskMessage,
     TaskRow,
     decode,
-    decode_row,
     iso_ms,
 )
 from opendt.models.patch import PatchError, apply_patch

@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 
 from opendt.daemon import run_daemon
 from opendt.settings import Settings
-from opendt.stream.consumer import InputsLost
+from opendt.stream.resume import InputsLost
 from opendt.twin.recovery import Recovery, durability_of
 from opendt.twin.results import ResultStore
 from opendt.twin.topology import TopologyBox

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from opendt.settings import Settings, SimulationSettings
-from opendt.stream.consumer import ClosedWindow
+from opendt.stream.resume import ClosedWindow
 from opendt.stream.windowing import Window
 from opendt.twin.loop import WindowLoop
 from opendt.twin.recovery import Recovery, durability_of

@@ -11,8 +11,9 @@ import polars as pl
 from opendt.clock import SystemClock
 from opendt.kafka.client import make_consumer, make_producer
 from opendt.settings import KafkaSettings, ReplaySettings, TopicNames
-from opendt.stream.consumer import ClosedWindow, WindowConsumer
+from opendt.stream.consumer import WindowConsumer
 from opendt.stream.replay import ReplayProducer
+from opendt.stream.resume import ClosedWindow
 from opendt.workload import load_workload
 
 W = 300_000

@@ -13,7 +13,8 @@ import orjson
 import polars as pl
 import pytest
 
-from opendt.models.messages import FragmentRow, Heartbeat, MessageError, TaskRow, decode_row
+from opendt.models.fastdecode import decode_row
+from opendt.models.messages import FragmentRow, Heartbeat, MessageError, TaskRow
 from opendt.stream.columns import MAX_BATCH_RECORDS, NDJSON, SCHEMAS, Item, decode_fetch, decode_line
 from opendt.stream.timegate import TimeGate
 from opendt.stream.windowing import Window, Windower

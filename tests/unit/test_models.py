@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from opendt.models.fastdecode import decode_row
 from opendt.models.messages import (
     FragmentMessage,
     FragmentRow,
@@ -16,7 +17,6 @@ from opendt.models.messages import (
     SimTopologyMessage,
     TaskMessage,
     decode,
-    decode_row,
     encode_heartbeat,
     encode_key,
     encode_sim_topology,
