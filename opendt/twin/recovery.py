@@ -194,7 +194,7 @@ class Recovery:
             r.power.extend(sw.window.power)
             if sw.window.carbon:
                 r.carbon_until_ms = max(c.timestamp_ms for c in sw.window.carbon)
-            if external and sw.window.end_ms == at:
+            if external and (s == starts[-1] if at == plan.end_ms else sw.window.end_ms == at):
                 r.positions = dict(sw.positions)
         if at == plan.end_ms:
             return r
