@@ -322,7 +322,11 @@ def test_serve_a_finished_run(demo_run: tuple[Path, subprocess.CompletedProcess[
             urllib.request.urlopen(whatif({"start": 0, "end": 1, "patch": {"count": 1}}), timeout=10)
         assert err.value.code == 422
         assert json.loads(err.value.read())["field"] == "start"
-        body = {"start": "2024-03-04T06:00:00Z", "end": "2024-03-04T08:00:00Z", "patch": {"count": 1}}
+        body: dict[str, object] = {
+            "start": "2024-03-04T06:00:00Z",
+            "end": "2024-03-04T08:00:00Z",
+            "patch": {"count": 1},
+        }
         with urllib.request.urlopen(whatif(body), timeout=60) as r:
             doc = json.loads(r.read())
         assert doc["totals"]["whatif"]["energy_kwh"] < doc["totals"]["baseline"]["energy_kwh"]
