@@ -96,19 +96,7 @@ def _calibration(view: TwinView, run_dir: Path, settings: CalibrationSettings, b
     view.calibration_view = lambda: calibration_view(
         settings, records, axes, pending=0, gate_wait_s=0.0, initial=box.physical
     )
-    view.calibration_series = lambda: [
-        {
-            "time_ms": r.time_ms,
-            "value": r.value,
-            "in_effect": r.in_effect,
-            "status": r.status,
-            "mape_calibrated": r.mape_calibrated,
-            "mape_uncalibrated": r.mape_uncalibrated,
-            "noise_pct": r.noise_pct,
-            "trust_region": r.trust_region,
-        }
-        for r in records
-    ]
+    view.calibration_series = lambda: [r.series_point() for r in records]
     view.calibration_rounds = lambda: [r.summary() for r in records]
 
 

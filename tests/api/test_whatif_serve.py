@@ -17,6 +17,7 @@ from opendt.commands.serve import build_view
 from opendt.settings import ApiSettings, Settings
 
 from .conftest import DEMO, running_twin
+from .test_openapi import _validator
 
 BODIES: list[dict[str, Any]] = [
     # from a checkpoint start, over a calibrated version change (the demo's first rounds)
@@ -63,7 +64,9 @@ async def test_serve_answers_whatifs_like_the_live_twin(daemon_settings: Callabl
     version during the day); the live twin answers three what-ifs (snapshot start over a version change,
     pre-rolled structural patch, more hosts); 2. after the daemon exits, ``opendt serve``'s view of the run
     answers the same bodies with the same document (every number within 1e-9, ``elapsed_s`` aside);
-    3. serving and answering wrote nothing into the run directory (same files, same bytes)."""
+    3. serving and answering wrote nothing into the run directory (same files, same bytes); 4. its
+    ``/api/calibration`` reports each scored round's identifiable interval per axis, valid against the
+    OpenAPI document."""
     base = daemon_settings(DEMO)
     cal = CalibrationSettings(
         enabled=True,
@@ -93,7 +96,23 @@ async def test_serve_answers_whatifs_like_the_live_twin(daemon_settings: Callabl
             status, doc = await _post(url, {**BODIES[0], "start": "2024-03-01T00:00:00Z"})
             assert status == 422, doc
             assert "start" in doc["error"]
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"{url}/openapi.json") as r:
+                    spec = await r.json()
+                async with s.get(f"{url}/api/calibration") as r:
+                    assert r.status == 200
+                    cal = await r.json()
     finally:
         await view.scenarios.close()
         await view.scenarios.pool.stop()
     assert _digest(run_dir) == before
+    # issue 26 item 2: every scored round reports what the data cannot tell apart, in the documented shape
+    assert not list(_validator(spec, "get", "/api/calibration", 200).iter_errors(cal))
+    axis = "cpuPowerModel.calibrationFactor"
+    assert cal["prior_weight"] == CalibrationSettings().prior_weight
+    assert cal["intervals"][axis]["lo"] <= cal["intervals"][axis]["hi"]
+    scored = [r for r in cal["rounds_detail"] if r["status"] != "skipped"]
+    assert scored
+    assert all(axis in r["intervals"] for r in scored)
+    assert [p["intervals"] for p in cal["series"]] == [r["intervals"] for r in cal["rounds_detail"]]
+    assert any(r["intervals"][axis]["physical"] == 4.0 for r in scored)
