@@ -29,10 +29,12 @@ import polars as pl
 import structlog
 
 from opendt.calibration.journal import RoundRecord, ScoreRow
+from opendt.calibration.models import fit_type
 from opendt.calibration.prior import Member, distance, intervals, objective, preferred, type_distance
 from opendt.calibration.scoring import (
     F64,
     abs_pct_errors,
+    compose,
     noise_pct,
     paired_se,
     predicted_at,
@@ -51,7 +53,7 @@ from opendt.calibration.space import (
     grid_points,
     make_candidate,
 )
-from opendt.calibration.trust import Region, describe_region, resize, retyped, scaled, step_points
+from opendt.calibration.trust import Region, describe_region, resize, scaled, step_points
 from opendt.models.messages import iso_ms
 from opendt.models.topology import Topology
 from opendt.worker.pool import CandidatePool, Outcome, RoundInput
@@ -236,9 +238,11 @@ class _Round:
         if not _same(job.physical, job.current):
             phys_vals = current_values(job.physical, job.physical, self.axes) or ("?",) * len(self.axes)
             await self.evaluate(0, [(PHYSICAL, Candidate(phys_vals, job.physical))], "physical")
-        if self.r.region is not None:  # the other power model types OpenDC offers, as competitors
-            alt = [(m, retyped(job.current, m, self.axes)) for m in self.settings.model_types]
-            await self.evaluate(0, [(("model", m), c) for m, c in alt if c is not None])
+        if (
+            self.r.region is not None
+        ):  # the other power model types OpenDC offers, each fitted, as competitors
+            for m in self.settings.model_types:
+                await fit_type(self, job.current, m)
         radius = await (self.trust(inc_key) if self.r.region is not None else self.grid(inc_vals))
         rec = await self.decide(inc_key, inc)
         if self.r.region is not None:
@@ -424,22 +428,7 @@ class _Round:
                 vals = current_values(topo, job.physical, self.axes) or ("?",) * len(self.axes)
                 (sc,) = await self.evaluate(0, [(("effect", start), Candidate(vals, topo))], "in_effect")
                 parts.append((start, sc))
-        cal = _compose(parts, job.eval_from_ms, job.at_ms)
-        unc = _compose([(job.eval_from_ms, phys)], job.eval_from_ms, job.at_ms)
+        cal = compose(parts, job.eval_from_ms, job.at_ms)
+        unc = compose([(job.eval_from_ms, phys)], job.eval_from_ms, job.at_ms)
         if cal is not None and unc is not None and cal[1] == unc[1]:
             rec.mape_calibrated, rec.mape_uncalibrated, rec.eval_samples = cal[0], unc[0], cal[1]
-
-
-def _compose(parts: list[tuple[int, _Scored | None]], lo: int, hi: int) -> tuple[float, int] | None:
-    """MAPE (%) and sample count over ``(lo, hi]``-ending intervals of piecewise predictions: part k covers
-    the instants after its start up to the next part's start."""
-    errs: list[F64] = []
-    for k, (start, sc) in enumerate(parts):
-        if sc is None or sc.ts is None or sc.err is None:
-            return None
-        end = parts[k + 1][0] if k + 1 < len(parts) else hi
-        sel = (sc.ts > max(start, lo)) & (sc.ts <= end)
-        errs.append(sc.err[sel])
-    e = np.concatenate(errs) if errs else np.zeros(0)
-    e = e[np.isfinite(e)]
-    return (float(e.mean()), int(e.size)) if e.size else None

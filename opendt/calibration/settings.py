@@ -92,10 +92,6 @@ def _default_trust_region() -> list[TrustAxis]:
 ModelType = Literal["constant", "linear", "square", "cubic", "sqrt", "mse", "asymptotic"]
 
 
-def _default_model_types() -> list[ModelType]:
-    return ["mse", "linear", "square", "cubic", "sqrt"]
-
-
 class CalibrationSettings(Section):
     """The online calibrator (issues 5, 17). Rounds run every ``every_s`` of trace time over the trailing
     ``lookback_s``, samples weighted by recency (``half_life_s``). ``search: trust_region`` (default) searches
@@ -155,10 +151,10 @@ class CalibrationSettings(Section):
         "0 = the best score",
     )
     model_types: list[ModelType] = Field(
-        default_factory=_default_model_types,
-        description="trust_region: power model types scored each round as competitors (the current topology "
-        "with every host's modelType replaced, its parameters kept); a type whose parameters the topology "
-        "does not set (constant: power; asymptotic: asymUtil) is rejected; [] = the believed type only",
+        default_factory=list,
+        description="trust_region: power model types scored each round as competitors, each at its fitted "
+        "idle and maximum power (linear, square, cubic, sqrt) or the current values (mse, constant, "
+        "asymptotic), e.g. [mse, linear, square, cubic, sqrt]; [] (default) = the believed type only",
     )
     metric: Literal["mape", "rmse", "energy"] = Field(
         default="mape", description="Score that picks the winner: MAPE %, RMSE W, or |energy error| %"

@@ -165,24 +165,3 @@ def describe_region(
             "hi": round(float(v) * (1 + r), 6),
         }
     return out
-
-
-def retyped(current: Topology, model: str, axes: Sequence[Axis]) -> Candidate | None:
-    """``current`` with every host's power model of type ``model`` (its other parameters kept: a parameter
-    the new type does not use stays in the document, so the search can come back); None when every host
-    already has it. A type whose parameters the document does not set is rejected with the reason."""
-    doc: dict[str, Any] = copy.deepcopy(current.to_json_dict())
-    hosts = [h for cl in doc["clusters"] for h in cl["hosts"]]
-    if all((h.get("cpuPowerModel") or {}).get("modelType") == model for h in hosts):
-        return None
-    for h in hosts:
-        h.setdefault("cpuPowerModel", {})["modelType"] = model
-    unknown = ("?",) * len(axes)
-    try:
-        topo = parse_topology(doc, source="candidate")
-    except TopologyError as e:
-        return Candidate(unknown, None, str(e))
-    reason = missing_parameters(topo)
-    if reason:
-        return Candidate(unknown, None, reason)
-    return Candidate(current_values(topo, topo, axes) or unknown, topo)
