@@ -191,6 +191,20 @@ class WhatIfResponse(Strict):
     elapsed_s: float
 
 
+class Interval(BaseModel):
+    """One axis of a round: the values the data cannot tell apart (scores within the noise threshold of the
+    best's, over the candidates the round evaluated), in the axis's unit."""
+
+    model_config = ConfigDict(extra="forbid")
+    lo: float
+    hi: float
+    best: float | None = Field(default=None, description="The best-scoring candidate's value")
+    chosen: float | None = Field(
+        default=None, description="The value preferred in the set: nearest the physical topology's"
+    )
+    physical: float | None = Field(default=None, description="The physical topology's value")
+
+
 class Calibration(BaseModel):
     """The calibrator's summary plus ``series`` (parameters after each round) and ``rounds_detail``."""
 
@@ -199,6 +213,14 @@ class Calibration(BaseModel):
     series: list[dict[str, Any]]
     rounds_detail: list[dict[str, Any]]
     axis_units: dict[str, str] = Field(description="Per axis: W, MHz, '× physical' (a scale axis) or ''")
+    prior_weight: float | None = Field(
+        default=None, description="calibration.prior_weight: the pull toward the physical topology's values"
+    )
+    intervals: dict[str, Interval] = Field(
+        default_factory=dict,
+        description="The latest round's identifiable intervals per numeric axis (each round's in series and "
+        "rounds_detail)",
+    )
 
 
 class SloTargets(Strict):

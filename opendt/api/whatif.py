@@ -120,9 +120,7 @@ async def whatif(request: web.Request) -> web.Response:
             422, "give exactly one of topology (a whole topology) or patch (dotted parameters)", "patch"
         )
     if view.scenarios is None or view.box is None:
-        raise ApiError(
-            404, "no twin to run a what-if on (opendt serve is read-only: what-ifs need opendt run)"
-        )
+        raise ApiError(404, "no twin to run a what-if on (the API runs without a twin or a run directory)")
     base = topology_at(view, start)
     changes: list[dict[str, Any]] = []
     if "patch" in body:

@@ -353,20 +353,8 @@ class Calibrator:
 
     def series(self) -> list[dict[str, Any]]:
         """After each round: ``time_ms``, ``value`` and ``in_effect`` (the calibrated parameters), the
-        round's calibrated and uncalibrated MAPE, noise estimate and trust region."""
-        return [
-            {
-                "time_ms": r.time_ms,
-                "value": r.value,
-                "in_effect": r.in_effect,
-                "status": r.status,
-                "mape_calibrated": r.mape_calibrated,
-                "mape_uncalibrated": r.mape_uncalibrated,
-                "noise_pct": r.noise_pct,
-                "trust_region": r.trust_region,
-            }
-            for r in self.records
-        ]
+        round's calibrated and uncalibrated MAPE, noise estimate, trust region and identifiable intervals."""
+        return [r.series_point() for r in self.records]
 
     def rounds(self) -> list[dict[str, Any]]:
         """Every round's summary, oldest first."""

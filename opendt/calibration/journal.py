@@ -57,6 +57,7 @@ SCHEMA = pl.Schema(
         "mape_uncalibrated": pl.Float64(),
         "eval_samples": pl.Int64(),
         "trust_region": pl.Utf8(),
+        "intervals": pl.Utf8(),
         "scores": pl.List(SCORE_SCHEMA),
     }
 )
@@ -111,6 +112,10 @@ class RoundRecord:
     eval_samples: int = 0
     trust_region: dict[str, Any] = field(default_factory=dict)
     """Per axis, after the round: ``radius`` (relative), ``lo`` and ``hi`` around the values in effect."""
+    intervals: dict[str, Any] = field(default_factory=dict)
+    """Per numeric axis, the values the data cannot tell apart: ``lo`` / ``hi`` over the candidates whose
+    score is within the noise threshold of the best's, and the ``best``, ``chosen`` (nearest the physical
+    topology in that set, :mod:`~opendt.calibration.prior`) and ``physical`` values."""
     scores: list[ScoreRow] = field(default_factory=list)
     winner_topology: Any = None
     """The winning :class:`~opendt.models.topology.Topology` while it waits to be applied (not stored)."""
@@ -150,7 +155,23 @@ class RoundRecord:
             "mape_uncalibrated": self.mape_uncalibrated,
             "eval_samples": self.eval_samples,
             "trust_region": self.trust_region,
+            "intervals": self.intervals,
             "best": [asdict(s) for s in ok[:5]],
+        }
+
+    def series_point(self) -> dict[str, Any]:
+        """What ``/api/calibration``'s ``series`` shows of the round: the parameters in effect after it, its
+        MAPE (calibrated, uncalibrated), noise estimate, trust region and identifiable intervals."""
+        return {
+            "time_ms": self.time_ms,
+            "value": self.value,
+            "in_effect": self.in_effect,
+            "status": self.status,
+            "mape_calibrated": self.mape_calibrated,
+            "mape_uncalibrated": self.mape_uncalibrated,
+            "noise_pct": self.noise_pct,
+            "trust_region": self.trust_region,
+            "intervals": self.intervals,
         }
 
     def row(self) -> dict[str, Any]:
@@ -181,6 +202,7 @@ class RoundRecord:
             "mape_uncalibrated": self.mape_uncalibrated,
             "eval_samples": self.eval_samples,
             "trust_region": json.dumps(self.trust_region),
+            "intervals": json.dumps(self.intervals),
             "scores": [asdict(s) for s in self.scores],
         }
 
@@ -240,6 +262,7 @@ def _record(row: dict[str, Any]) -> RoundRecord:
         mape_uncalibrated=row["mape_uncalibrated"],
         eval_samples=row["eval_samples"] or 0,
         trust_region=json.loads(row["trust_region"] or "{}"),
+        intervals=json.loads(row["intervals"] or "{}"),
         scores=[ScoreRow(**sc) for sc in row["scores"] or []],
     )
 

@@ -29,9 +29,12 @@ import polars as pl
 import structlog
 
 from opendt.calibration.journal import RoundRecord, ScoreRow
+from opendt.calibration.models import fit_type
+from opendt.calibration.prior import Member, distance, intervals, objective, preferred, type_distance
 from opendt.calibration.scoring import (
     F64,
     abs_pct_errors,
+    compose,
     noise_pct,
     paired_se,
     predicted_at,
@@ -235,6 +238,11 @@ class _Round:
         if not _same(job.physical, job.current):
             phys_vals = current_values(job.physical, job.physical, self.axes) or ("?",) * len(self.axes)
             await self.evaluate(0, [(PHYSICAL, Candidate(phys_vals, job.physical))], "physical")
+        if (
+            self.r.region is not None
+        ):  # the other power model types OpenDC offers, each fitted, as competitors
+            for m in self.settings.model_types:
+                await fit_type(self, job.current, m)
         radius = await (self.trust(inc_key) if self.r.region is not None else self.grid(inc_vals))
         rec = await self.decide(inc_key, inc)
         if self.r.region is not None:
@@ -276,6 +284,47 @@ class _Round:
             c = b
         return tuple(radius)
 
+    def _noise(self, sc: _Scored) -> float:
+        """The meter noise (%) estimated from ``sc``'s residuals (NaN when it cannot be)."""
+        if sc.pred is None or sc.ts is None:
+            return math.nan
+        meas = self.job.measured.join(pl.DataFrame({"timestamp_ms": sc.ts}), on="timestamp_ms", how="semi")
+        return noise_pct(sc.pred, meas.sort("timestamp_ms")["power_draw"].to_numpy())
+
+    def _threshold(self, inc: _Scored, win: _Scored, noise: float) -> float:
+        """The gain ``win`` needs over ``inc`` to be more than the measurement noise explains."""
+        inc_score = inc.row.score if inc.row.score is not None else math.inf
+        threshold = self.settings.margin * inc_score if math.isfinite(inc_score) else 0.0
+        if math.isfinite(inc_score) and inc.err is not None and win.err is not None:
+            assert inc.ts is not None
+            assert win.ts is not None
+            common, i_a, i_b = np.intersect1d(inc.ts, win.ts, assume_unique=True, return_indices=True)
+            d = inc.err[i_a] - win.err[i_b]
+            se = paired_se(d, recency_weights(common, self.job.at_ms, self.settings.half_life_s))
+            threshold = max(threshold, self.settings.significance * se)
+            if math.isfinite(noise) and self.settings.metric == "mape":
+                threshold = max(threshold, self.settings.hysteresis * noise)
+        return threshold
+
+    def _members(self, best: Key, noise: float) -> list[Member]:
+        """The indistinguishable set: the scored competitors whose score is within the noise threshold of
+        the best's (:mod:`~opendt.calibration.prior`), in evaluation order."""
+        win = self.evaluated[best]
+        assert win.row.score is not None
+        phys = current_values(self.job.physical, self.job.physical, self.axes)
+        out = []
+        for k, sc in self.evaluated.items():
+            s = sc.row.score
+            if s is None or sc.row.status not in ("ok", "incumbent", "physical") or k not in self.topologies:
+                continue
+            if k != best and s - win.row.score > self._threshold(sc, win, noise):
+                continue
+            vals = current_values(self.topologies[k], self.job.physical, self.axes)
+            if vals is not None:
+                d = distance(vals, phys) + type_distance(self.topologies[k], self.job.physical)
+                out.append(Member(k, vals, s, d))
+        return out
+
     async def decide(self, inc_key: Key, inc: _Scored) -> RoundRecord:
         job, metric = self.job, self.settings.metric
         rec = self.r._record(job, "kept", "", self.t0)
@@ -291,33 +340,62 @@ class _Round:
             return rec
         win = self.evaluated[best]
         assert win.row.score is not None
-        topo = self.topologies[best]
-        rec.winner = self.r._in_effect(topo, job.physical)
-        rec.winner_score = win.row.score
         inc_score = inc.row.score if inc.row.score is not None else math.inf
-        if best == inc_key:
-            rec.reason = f"current topology kept: {metric} {inc_score:.4g} is the best"
-            rec.improvement = 0.0
-            return rec
+        noise = self._noise(inc)
+        threshold = self._threshold(inc, win, noise) if best != inc_key else 0.0
+        members = self._members(best, noise)
+        weight = self.settings.prior_weight
+        by_key = {m.key: m for m in members}
+        tau = (
+            threshold
+            if threshold > 0
+            else (self.settings.hysteresis * noise if math.isfinite(noise) else 0.0)
+        )
+        chosen = preferred(members, weight, tau) if weight > 0 and members else by_key.get(best)
+        if members and chosen is not None and best in by_key:
+            phys = current_values(job.physical, job.physical, self.axes)
+            rec.intervals = intervals(self.axes, members, by_key[best], chosen, phys)
+        pick = best if chosen is None else chosen.key
+        pick_sc = self.evaluated[pick]
+        assert pick_sc.row.score is not None
+        topo = self.topologies[pick]
+        rec.winner = self.r._in_effect(topo, job.physical)
+        rec.winner_score = pick_sc.row.score
         gain = inc_score - win.row.score
-        threshold = self.settings.margin * inc_score if math.isfinite(inc_score) else 0.0
-        if math.isfinite(inc_score) and inc.err is not None and win.err is not None:
-            assert inc.ts is not None
-            assert win.ts is not None
-            common, i_a, i_b = np.intersect1d(inc.ts, win.ts, assume_unique=True, return_indices=True)
-            d = inc.err[i_a] - win.err[i_b]
-            se = paired_se(d, recency_weights(common, job.at_ms, self.settings.half_life_s))
-            threshold = max(threshold, self.settings.significance * se)
-            meas = job.measured.join(pl.DataFrame({"timestamp_ms": inc.ts}), on="timestamp_ms", how="semi")
-            assert inc.pred is not None
-            noise = noise_pct(inc.pred, meas.sort("timestamp_ms")["power_draw"].to_numpy())
-            if math.isfinite(noise) and metric == "mape":
-                threshold = max(threshold, self.settings.hysteresis * noise)
         rec.improvement, rec.threshold = gain, threshold
-        if not gain > threshold:
+        prior = ""
+        if pick != best:
+            prior = (
+                f"; nearest the physical topology among the {len(members)} within the noise of the best "
+                f"({metric} {win.row.score:.4g})"
+            )
+        if not gain > threshold or best == inc_key:
+            inc_m = by_key.get(inc_key)
+            band = self.settings.hysteresis * noise if math.isfinite(noise) else 0.0
+            nearer = (
+                weight > 0
+                and chosen is not None
+                and inc_m is not None
+                and chosen.key != inc_key
+                and objective(inc_m, weight, tau) - objective(chosen, weight, tau) > band
+            )
+            if not nearer:
+                if best == inc_key:
+                    rec.reason = f"current topology kept: {metric} {inc_score:.4g} is the best"
+                    rec.improvement = 0.0
+                else:
+                    rec.reason = (
+                        f"current topology kept: {metric} {inc_score:.4g} vs best {win.row.score:.4g}, gain "
+                        f"{gain:.3g} within the noise threshold {threshold:.3g}"
+                    )
+                return rec
+            assert chosen is not None
+            assert inc_m is not None
+            rec.status, rec.winner_topology = "chosen", topo
             rec.reason = (
-                f"current topology kept: {metric} {inc_score:.4g} vs best {win.row.score:.4g}, gain "
-                f"{gain:.3g} within the noise threshold {threshold:.3g}"
+                f"{metric} {chosen.score:.4g} vs current {inc_score:.4g}, both within the noise of the best "
+                f"({win.row.score:.4g}): nearer the physical topology (distance {inc_m.distance:.3g} -> "
+                f"{chosen.distance:.3g}, prior_weight {weight:g})"
             )
             return rec
         rec.status = "chosen"
@@ -326,7 +404,8 @@ class _Round:
             f"{metric} {win.row.score:.4g} vs current {inc_score:.4g} (gain {gain:.3g} > threshold "
             f"{threshold:.3g}) over {rec.samples} samples "
             f"[{iso_ms(job.lookback_start_ms)}, {iso_ms(job.at_ms)})"
-            + (" (physical topology)" if best == PHYSICAL else "")
+            + (" (physical topology)" if pick == PHYSICAL else "")
+            + prior
         )
         return rec
 
@@ -349,22 +428,7 @@ class _Round:
                 vals = current_values(topo, job.physical, self.axes) or ("?",) * len(self.axes)
                 (sc,) = await self.evaluate(0, [(("effect", start), Candidate(vals, topo))], "in_effect")
                 parts.append((start, sc))
-        cal = _compose(parts, job.eval_from_ms, job.at_ms)
-        unc = _compose([(job.eval_from_ms, phys)], job.eval_from_ms, job.at_ms)
+        cal = compose(parts, job.eval_from_ms, job.at_ms)
+        unc = compose([(job.eval_from_ms, phys)], job.eval_from_ms, job.at_ms)
         if cal is not None and unc is not None and cal[1] == unc[1]:
             rec.mape_calibrated, rec.mape_uncalibrated, rec.eval_samples = cal[0], unc[0], cal[1]
-
-
-def _compose(parts: list[tuple[int, _Scored | None]], lo: int, hi: int) -> tuple[float, int] | None:
-    """MAPE (%) and sample count over ``(lo, hi]``-ending intervals of piecewise predictions: part k covers
-    the instants after its start up to the next part's start."""
-    errs: list[F64] = []
-    for k, (start, sc) in enumerate(parts):
-        if sc is None or sc.ts is None or sc.err is None:
-            return None
-        end = parts[k + 1][0] if k + 1 < len(parts) else hi
-        sel = (sc.ts > max(start, lo)) & (sc.ts <= end)
-        errs.append(sc.err[sel])
-    e = np.concatenate(errs) if errs else np.zeros(0)
-    e = e[np.isfinite(e)]
-    return (float(e.mean()), int(e.size)) if e.size else None

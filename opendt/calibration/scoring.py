@@ -18,8 +18,9 @@ absolute energy error over the lookback (%, |Σ predicted − Σ measured| / Σ 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -143,3 +144,23 @@ def paired_se(d: F64, w: F64) -> float:
     dd = np.diff(d)
     sigma = 1.4826 * float(np.median(np.abs(dd - np.median(dd)))) / math.sqrt(2.0)
     return sigma * math.sqrt(float(np.sum(w**2))) / float(np.sum(w))
+
+
+class _Errors(Protocol):
+    ts: npt.NDArray[np.int64] | None
+    err: F64 | None
+
+
+def compose(parts: Sequence[tuple[int, _Errors | None]], lo: int, hi: int) -> tuple[float, int] | None:
+    """MAPE (%) and sample count over ``(lo, hi]``-ending intervals of piecewise predictions: part k covers
+    the instants after its start up to the next part's start."""
+    errs: list[F64] = []
+    for k, (start, sc) in enumerate(parts):
+        if sc is None or sc.ts is None or sc.err is None:
+            return None
+        end = parts[k + 1][0] if k + 1 < len(parts) else hi
+        sel = (sc.ts > max(start, lo)) & (sc.ts <= end)
+        errs.append(sc.err[sel])
+    e = np.concatenate(errs) if errs else np.zeros(0)
+    e = e[np.isfinite(e)]
+    return (float(e.mean()), int(e.size)) if e.size else None

@@ -89,6 +89,9 @@ def _default_trust_region() -> list[TrustAxis]:
     ]
 
 
+ModelType = Literal["constant", "linear", "square", "cubic", "sqrt", "mse", "asymptotic"]
+
+
 class CalibrationSettings(Section):
     """The online calibrator (issues 5, 17). Rounds run every ``every_s`` of trace time over the trailing
     ``lookback_s``, samples weighted by recency (``half_life_s``). ``search: trust_region`` (default) searches
@@ -138,6 +141,20 @@ class CalibrationSettings(Section):
         ge=0,
         description="A challenger's gain must also exceed this fraction of the estimated meter noise (in the "
         "metric's unit, MAPE pp): a band no gain within the noise's resolution crosses",
+    )
+    prior_weight: float = Field(
+        default=0.25,
+        ge=0,
+        description="Among the candidates whose score is within the noise threshold of the best's (what the "
+        "data cannot tell apart), pick the one minimising score + prior_weight × threshold × Σ|ln(value / "
+        "physical value)|: parameters leave the physical topology's values only as far as the data demands; "
+        "0 = the best score",
+    )
+    model_types: list[ModelType] = Field(
+        default_factory=list,
+        description="trust_region: power model types scored each round as competitors, each at its fitted "
+        "idle and maximum power (linear, square, cubic, sqrt) or the current values (mse, constant, "
+        "asymptotic), e.g. [mse, linear, square, cubic, sqrt]; [] (default) = the believed type only",
     )
     metric: Literal["mape", "rmse", "energy"] = Field(
         default="mape", description="Score that picks the winner: MAPE %, RMSE W, or |energy error| %"

@@ -83,6 +83,7 @@ def calibration_view(
     last_day = [r for r in recs if recs and r.time_ms > recs[-1].time_ms - DAY_MS]
     noise = next((r.noise_pct for r in reversed(recs) if r.noise_pct is not None), None)
     region = next((r.trust_region for r in reversed(recs) if r.trust_region), {})
+    spans = next((r.intervals for r in reversed(recs) if r.intervals), {})
     return {
         "enabled": True,
         "search": settings.search,
@@ -91,6 +92,7 @@ def calibration_view(
         "half_life_s": settings.half_life_s,
         "metric": settings.metric,
         "significance": settings.significance,
+        "prior_weight": settings.prior_weight,
         "axes": [a.path for a in axes],
         "rounds": len(recs),
         "applied": sum(r.status == "applied" for r in recs),
@@ -104,6 +106,7 @@ def calibration_view(
         "paths": {} if initial is None else parameter_paths(recs, axes, initial),
         "axis_units": {a.path: axis_unit(a) for a in axes},
         "trust_region": region,
+        "intervals": spans,
         "noise_pct": None if noise is None else round(noise, 4),
         "last_round": recs[-1].summary() if recs else None,
     }

@@ -1,5 +1,10 @@
 """``opendt serve [--run ID]``: the API, the Grafana datasource and the dashboard over a finished run,
-read-only (no Kafka, no engine: writes and what-ifs answer 404 saying so).
+read-only (no Kafka, no twin: topology writes answer 404 saying so).
+
+``POST /api/whatif`` is answered from the run's stored window inputs and checkpoints, by the same
+:class:`~opendt.twin.scenarios.ScenarioRunner` a live twin uses (its engine worker pool, ``api.whatif_*``
+limits and queue), so it equals the same what-if asked of the live twin. Nothing is written into the run
+(its inputs and checkpoints are listed read-only; results are only answered).
 
 The run is ``--run ID`` (a unique prefix is enough) or the most recently updated one under
 ``<data_dir>/runs/``. What it serves comes from the run directory alone: ``agg_results.arrowlog`` and
@@ -27,6 +32,7 @@ from opendt.commands.runs import fallback_workload, find_run, measured_power, re
 from opendt.models.topology import Topology, TopologyError, parse_topology
 from opendt.settings import OptimizerSettings, Settings
 from opendt.twin.results import ResultStore
+from opendt.twin.scenarios import ScenarioRunner
 from opendt.twin.status import TwinState, WorkloadInfo
 from opendt.twin.topology import TopologyBox
 
@@ -90,20 +96,42 @@ def _calibration(view: TwinView, run_dir: Path, settings: CalibrationSettings, b
     view.calibration_view = lambda: calibration_view(
         settings, records, axes, pending=0, gate_wait_s=0.0, initial=box.physical
     )
-    view.calibration_series = lambda: [
-        {
-            "time_ms": r.time_ms,
-            "value": r.value,
-            "in_effect": r.in_effect,
-            "status": r.status,
-            "mape_calibrated": r.mape_calibrated,
-            "mape_uncalibrated": r.mape_uncalibrated,
-            "noise_pct": r.noise_pct,
-            "trust_region": r.trust_region,
-        }
-        for r in records
-    ]
+    view.calibration_series = lambda: [r.series_point() for r in records]
     view.calibration_rounds = lambda: [r.summary() for r in records]
+
+
+def scenarios_of_run(
+    run_dir: Path, settings: Settings, store: ResultStore, box: TopologyBox, meta: dict[str, Any] | None
+) -> ScenarioRunner:
+    """What-ifs over a finished run: its stored inputs and checkpoints (listed read-only), its export grid
+    (``simulation.export_interval_s`` as the run recorded it), a pool of ``api.whatif_workers`` engine
+    workers (started on the first run) with ``api.whatif_timeout_s`` and ``api.whatif_queue``."""
+    from opendt.settings import SimulationSettings
+    from opendt.twin.checkpoint import Checkpoints
+    from opendt.twin.history import TwinHistory
+    from opendt.twin.inputs import InputStore
+    from opendt.worker.pool import CandidatePool
+
+    inputs, checkpoints = InputStore(run_dir), Checkpoints(run_dir)
+    inputs.load(readonly=True)
+    checkpoints.load(readonly=True)
+    history = TwinHistory(inputs, checkpoints)
+    if store.windows.height:
+        starts, ends = (
+            store.windows["window_start"].dt.epoch("ms"),
+            store.windows["window_end"].dt.epoch("ms"),
+        )
+        history.resume(int(starts.min()), int(ends.max()))  # type: ignore[arg-type]
+    sim = _section(meta, "simulation", settings.simulation)
+    assert isinstance(sim, SimulationSettings)
+    api = settings.api
+    return ScenarioRunner(
+        history,
+        CandidatePool(api.whatif_workers, timeout_s=api.whatif_timeout_s),
+        export_interval_ms=sim.export_interval_s * 1000,
+        box=box,
+        max_queue=api.whatif_queue,
+    )
 
 
 def _optimizer(view: TwinView, run_dir: Path, settings: Settings, box: TopologyBox, window_s: int) -> None:
@@ -111,11 +139,6 @@ def _optimizer(view: TwinView, run_dir: Path, settings: Settings, box: TopologyB
     from opendt.optimizer.journal import OptimizerJournal
     from opendt.optimizer.rules import RulesStrategy
     from opendt.optimizer.slo import SloError, SloWatcher
-    from opendt.twin.checkpoint import Checkpoints
-    from opendt.twin.history import TwinHistory
-    from opendt.twin.inputs import InputStore
-    from opendt.twin.scenarios import ScenarioRunner
-    from opendt.worker.pool import CandidatePool
 
     live = run_dir / "slo.json"
     try:
@@ -128,19 +151,11 @@ def _optimizer(view: TwinView, run_dir: Path, settings: Settings, box: TopologyB
 
     opt_settings = _section(read_run_json(run_dir), "optimizer", settings.optimizer)
     assert isinstance(opt_settings, OptimizerSettings)
-    # the run's stored inputs and checkpoints, never loaded: nothing is simulated here
-    history = TwinHistory(InputStore(run_dir), Checkpoints(run_dir))
-    runner = ScenarioRunner(
-        history,
-        CandidatePool(1, timeout_s=1.0),  # never started
-        export_interval_ms=1000,
-        box=box,
-        max_queue=1,
-    )
+    assert view.scenarios is not None
     opt = Optimizer(
         opt_settings,
         box,
-        runner,
+        view.scenarios,
         view.slo,
         RulesStrategy(opt_settings),
         window_ms=window_s * 1000,
@@ -170,6 +185,7 @@ def build_view(run_dir: Path, settings: Settings) -> tuple[TwinView, TwinState]:
     cal = _section(meta, "calibration", settings.calibration)
     assert isinstance(cal, CalibrationSettings)
     _calibration(view, run_dir, cal, box)
+    view.scenarios = scenarios_of_run(run_dir, settings, store, box, meta)
     window_s = int(((meta or {}).get("settings") or {}).get("windowing", {}).get("window_s", 300))
     _optimizer(view, run_dir, settings, box, window_s)
     state = TwinState(status="finished", run_id=run_dir.name, run_dir=str(run_dir))
@@ -197,14 +213,19 @@ async def serve_cli(
     run_dir = find_run(Path(settings.data_dir), run)
     check_port(settings.api.host, settings.api.port)
     view, state = await asyncio.to_thread(build_view, run_dir, settings)
-    async with serve_api(state, settings.api, view) as url:
-        state.api_url = url
-        state.ready.set()
-        windows = 0 if view.store is None else view.store.windows.height
-        out.write(
-            f"opendt: serving run {run_dir.name} ({windows} windows) read-only: dashboard {url}/  "
-            "(Ctrl-C stops it)\n"
-        )
-        out.flush()
-        await stop.wait()
+    try:
+        async with serve_api(state, settings.api, view) as url:
+            state.api_url = url
+            state.ready.set()
+            windows = 0 if view.store is None else view.store.windows.height
+            out.write(
+                f"opendt: serving run {run_dir.name} ({windows} windows) read-only: dashboard {url}/  "
+                "(Ctrl-C stops it)\n"
+            )
+            out.flush()
+            await stop.wait()
+    finally:
+        if view.scenarios is not None:
+            await view.scenarios.close()
+            await view.scenarios.pool.stop()
     return 0

@@ -50,11 +50,16 @@ class Checkpoints:
         self._checked: dict[int, bool] = {}
         """Instants already checked (True: whole), so a checkpoint is read through and logged once."""
 
-    def load(self) -> None:
-        """List the checkpoints (a half-written one of a killed process is removed)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for tmp in self.dir.glob("*.tmp"):
-            shutil.rmtree(tmp, ignore_errors=True)
+    def load(self, *, readonly: bool = False) -> None:
+        """List the checkpoints (a half-written one of a killed process is removed, unless ``readonly``:
+        then nothing is written and only whole ones are listed)."""
+        if readonly:
+            if not self.dir.is_dir():
+                return
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for tmp in self.dir.glob("*.tmp"):
+                shutil.rmtree(tmp, ignore_errors=True)
         whole = [p for p in self.dir.iterdir() if p.name.isdigit() and (p / "state.json").exists()]
         self._at = sorted(int(p.name) for p in whole)
 

@@ -135,11 +135,16 @@ class InputStore:
         self.dir = run_dir / "inputs"
         self._starts: list[int] = []
 
-    def load(self) -> None:
-        """List the stored windows (a torn temporary file of a killed write is removed)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for tmp in self.dir.glob("*.tmp"):
-            tmp.unlink(missing_ok=True)
+    def load(self, *, readonly: bool = False) -> None:
+        """List the stored windows (a torn temporary file of a killed write is removed, unless ``readonly``:
+        then nothing is written)."""
+        if readonly:
+            if not self.dir.is_dir():
+                return
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for tmp in self.dir.glob("*.tmp"):
+                tmp.unlink(missing_ok=True)
         stored = [p.stem for p in self.dir.glob(f"*{SUFFIX}")]
         self._starts = sorted(int(s) for s in stored if s.lstrip("-").isdigit())
 

@@ -72,6 +72,28 @@ def scenario_header(
     }
 
 
+def replicate_load(
+    tasks: pl.DataFrame, fragments: pl.DataFrame, from_ms: int, copies: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``copies`` times the load from ``from_ms`` on: every task submitted at or after ``from_ms`` (and its
+    fragments) gets ``copies − 1`` replicas (ids ``<id>#r<k>``), submitted with it; earlier tasks are kept
+    once (what runs at ``from_ms`` is the twin's state)."""
+    if copies == 1:
+        return tasks, fragments
+    if not 1 <= copies <= 16:
+        raise ValueError(f"copies: must be 1..16, not {copies}")
+    late = tasks.filter(pl.col("submission_ms") >= from_ms)
+    late_f = fragments.join(late.select("id"), on="id", how="semi", maintain_order="left")
+
+    def renamed(df: pl.DataFrame, k: int) -> pl.DataFrame:
+        return df.with_columns(pl.col("id") + f"#r{k}")
+
+    return (
+        pl.concat([tasks, *(renamed(late, k) for k in range(1, copies))]),
+        pl.concat([fragments, *(renamed(late_f, k) for k in range(1, copies))]),
+    )
+
+
 class ScenarioRunner:
     def __init__(
         self,
@@ -126,9 +148,10 @@ class ScenarioRunner:
         }
 
     async def run(
-        self, start_ms: int, end_ms: int, topologies: Sequence[Topology], *, what: str
+        self, start_ms: int, end_ms: int, topologies: Sequence[Topology], *, what: str, load: int = 1
     ) -> list[ScenarioResult]:
-        """Each topology over ``[start_ms, end_ms)`` from the twin's state at ``start_ms``.
+        """Each topology over ``[start_ms, end_ms)`` from the twin's state at ``start_ms``; ``load`` > 1
+        replicates the tasks submitted in the range that many times (:func:`replicate_load`).
 
         Raises :class:`~opendt.twin.history.HistoryGap` when the range is not covered and
         :class:`ScenarioBusy` when ``max_queue`` runs are already waiting or running.
@@ -146,7 +169,8 @@ class ScenarioRunner:
                 raise HistoryGap("the twin has no physical topology yet")
             base = await asyncio.to_thread(self.history.base, start_ms, end_ms)
             header = scenario_header(start_ms, end_ms, self.export_interval_ms, initial.to_json_dict())
-            tables = {"tasks": base.tasks, "fragments": base.fragments}
+            tasks, fragments = replicate_load(base.tasks, base.fragments, start_ms, load)
+            tables = {"tasks": tasks, "fragments": fragments}
             if base.blob is not None:
                 tables["snapshot"] = pl.DataFrame({"blob": [base.blob]}, schema={"blob": pl.Binary})
             if base.carbon.height:

@@ -649,6 +649,15 @@
     const units = c.axis_units || {};
     for (const [path, value] of Object.entries(lastEffect))
       items.push(["In effect: " + path, fmtParam(value, units[path])]);
+    // what the data cannot tell apart: the values within the noise threshold of the best (latest round)
+    for (const [path, iv] of Object.entries(c.intervals || {}))
+      items.push([
+        "Within noise: " + path,
+        fmtParam(iv.lo, units[path]) +
+          " … " +
+          fmtParam(iv.hi, units[path]) +
+          (isNum(iv.physical) ? " (physical " + fmtParam(iv.physical, units[path]) + ")" : ""),
+      ]);
     box.replaceChildren(
       el("dl", { class: "kv" }, ...items.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })])),
     );
