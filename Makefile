@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.run-stamp
 DEV_STAMP := $(VENV)/.dev-stamp
 
-.PHONY: run test lint typecheck fmt pytest bench clean venv browser reproduce
+.PHONY: run test lint typecheck fmt pytest bench clean venv browser prometheus reproduce
 
 venv: $(DEV_STAMP)
 
@@ -39,7 +39,11 @@ typecheck: $(DEV_STAMP)
 browser:
 	bash .ci/install-chromium
 
-pytest: $(DEV_STAMP) browser
+# Prometheus and promtool for the /metrics test (tests/api/test_prometheus.py); never fails the build either.
+prometheus:
+	bash .ci/install-prometheus
+
+pytest: $(DEV_STAMP) browser prometheus
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

@@ -27,6 +27,7 @@ from opendt.calibration.component import Calibrator, calibrator_for
 from opendt.clock import SystemClock
 from opendt.kafka.broker import BrokerError, EmbeddedBroker, kafka_broker_for
 from opendt.kafka.client import DeadLetter, make_consumer, make_producer
+from opendt.kafka.offsets import ConsumerOffsets
 from opendt.models.messages import DATACENTER_KEY, encode_sim_topology
 from opendt.models.topology import Topology
 from opendt.opendc.backends import opendc_backend
@@ -207,6 +208,7 @@ async def build_twin(
         final_grace_s=settings.windowing.final_grace_s,
     )
     state.windows = consumer
+    state.offsets = ConsumerOffsets(kconsumer)
 
     async def publish_topology(sim: SimTopology) -> None:
         value = encode_sim_topology(sim.version, sim.source, sim.timestamp_ms, sim.reason, sim.topology)

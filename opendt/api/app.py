@@ -22,6 +22,7 @@ from opendt.api.grafana import add_grafana_routes
 from opendt.api.http import SETTINGS, ApiError, json_response
 from opendt.api.listener import CappedListener, ServerLog, connection_limit, listening_socket
 from opendt.api.openapi import openapi_document
+from opendt.api.prometheus import metrics
 from opendt.api.readmodel import TwinView
 from opendt.api.routes import SERIES_CACHE, STATE, VIEW, add_routes, reject_unknown_query
 from opendt.api.whatif import whatif
@@ -76,6 +77,7 @@ def create_app(state: TwinState, settings: ApiSettings, view: TwinView | None = 
     app[OPENAPI] = orjson.dumps(openapi_document(token=settings.token is not None))
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/docs", docs)
+    app.router.add_get("/metrics", metrics)
     add_grafana_routes(app)
     add_dashboard_routes(app)
     return app

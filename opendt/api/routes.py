@@ -52,16 +52,18 @@ QUERY_PARAMS: dict[str, frozenset[str]] = {
     "/api/windows": frozenset({"limit"}),
     "/api/optimizer": frozenset({"limit"}),
 }
-"""The query parameters each route of ``/api/`` and ``/health`` takes; any other is a 400 naming it."""
+"""The query parameters each route of ``/api/``, ``/health`` and ``/metrics`` takes; any other is a 400 naming
+it."""
 
 
 @web.middleware
 async def reject_unknown_query(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """400 for a query parameter the route does not take (``/api/…`` and ``/health``), before the handler."""
+    """400 for a query parameter the route does not take (``/api/…``, ``/health``, ``/metrics``), before the
+    handler."""
     path = request.path
-    if path.startswith("/api/") or path == "/health":
+    if path.startswith("/api/") or path in ("/health", "/metrics"):
         info = request.match_info
         route = info.route.resource.canonical if info.route.resource is not None else path
         unknown = sorted(set(request.query) - QUERY_PARAMS.get(route, frozenset()))

@@ -39,7 +39,7 @@ from opendt.twin.hooks import HookChain, WindowHooks
 from opendt.twin.opendc import OpenDCWindowError, OpenDCWindows
 from opendt.twin.recovery import Recovery
 from opendt.twin.results import ResultStore, WindowRecord, aggregate_rows, measured_rows, results_message
-from opendt.twin.status import SimulationStatus
+from opendt.twin.status import LatencyHistogram, SimulationStatus
 from opendt.twin.topology import SimTopology, TopologyBox
 from opendt.worker.client import TwinEngine, WorkerDied, WorkerError
 from opendt.workload import FRAGMENT_SCHEMA, TASK_SCHEMA, carbon_frame
@@ -126,6 +126,7 @@ class WindowLoop:
         self.on_done = on_done
         self.hooks = hooks if isinstance(hooks, HookChain) or hooks is None else HookChain(hooks)
         self.stats = LoopStats()
+        self.latency = LatencyHistogram()
         self.applied_version = -1
         self.busy_since: float | None = None
         """``time.monotonic()`` when the window being processed was taken (None when idle): /health's stall
@@ -449,6 +450,7 @@ class WindowLoop:
         if status == "ok":
             self.stats.windows_simulated += 1
         self.stats.latencies_s.append(time.perf_counter() - t0)
+        self.latency.observe(self.stats.latencies_s[-1])
         self.stats.last_window_end_ms = w.end_ms
         r = self.recovery
         if r is not None and w.end_ms % r.d.every_ms == 0 and not w.final:
