@@ -4,13 +4,15 @@
 A demo twin (replay at 4800×, about half a minute, with the optimizer and the engine cross-check against the
 honest OpenDC stand-in) is scraped every second by a ``prometheus`` started on a temporary configuration;
 PromQL through its HTTP API must see windows simulated at a positive rate, and the predicted watts of the last
-durable window equal to ``/api/power``'s last simulated point (1e-9). A scrape lists every family the README
+durable window equal to ``/api/power``'s last simulated point (1e-9), and every panel's query of the provisioned
+Grafana dashboard (grafana/provisioning/dashboards/opendt-prometheus.json) an answer. A scrape lists every family the README
 documents, and ``promtool check metrics`` reports no problem with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import socket
@@ -21,6 +23,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from opendt.api.app import create_app
@@ -32,6 +35,8 @@ from ..opendc_standin import write_standin
 from .conftest import DEMO
 
 README = REPO_ROOT / "README.md"
+GRAFANA = REPO_ROOT / "grafana" / "provisioning"
+RATE = "$__rate_interval"
 
 
 def _free_port() -> int:
@@ -99,6 +104,25 @@ def documented_families() -> set[str]:
     return set(re.findall(r"^\| `((?:opendt|process)_\w+)`", section, re.MULTILINE))
 
 
+def dashboard_queries() -> list[str]:
+    """The PromQL of every panel of the provisioned Prometheus dashboard, which must read the provisioned
+    Prometheus datasource and only documented families."""
+    ds = yaml.safe_load((GRAFANA / "datasources" / "prometheus.yaml").read_text())["datasources"][0]
+    doc = json.loads((GRAFANA / "dashboards" / "opendt-prometheus.json").read_text(encoding="utf-8"))
+    documented = documented_families()
+    exprs = []
+    for panel in doc["panels"]:
+        assert panel["datasource"] == {"type": "prometheus", "uid": ds["uid"]}, panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == panel["datasource"]
+            expr = target["expr"]
+            names = set(re.findall(r"\b((?:opendt|process)_[a-z_]+)", expr))
+            assert names, expr
+            assert {re.sub(r"_bucket$", "", n) for n in names} <= documented, expr
+            exprs.append(expr)
+    return exprs
+
+
 def _family_names(text: str) -> set[str]:
     names = set()
     for fam in text_string_to_metric_families(text):
@@ -143,6 +167,8 @@ async def test_prometheus_scrapes_the_twin(twin_settings: Settings, tmp_path: Pa
                 assert len(rate) == 1, rate
                 assert float(rate[0]["value"][1]) > 0, rate
                 watts = await promql(prom, "opendt_predicted_power_watts")
+                empty = [e for e in dashboard_queries() if not await promql(prom, e.replace(RATE, "1m"))]
+                assert not empty, empty
                 up = await promql(prom, 'up{job="opendt"}')
                 async with aiohttp.ClientSession() as s:
                     async with s.get(f"{state.api_url}/api/power") as r:
