@@ -54,7 +54,7 @@ fmt: $(DEV_STAMP)
 
 # The paper's two experiments (SURF, --speed max: without, then with calibration; both at once) and their
 # report, into reproduce/ (git-ignored). WORKLOAD=data/demo for a quick one.
-WORKLOAD ?= ../shared/workload/SURF
+WORKLOAD ?= data/surf
 reproduce: $(DEV_STAMP)
 	$(BIN)/python bench/reproduce.py --workload $(WORKLOAD) --out reproduce $(REPRODUCE_ARGS)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SURF = ROOT.parent / "shared" / "workload" / "SURF"
+SURF = ROOT / "data" / "surf"
 EXPERIMENTS = {"uncalibrated": "false", "calibrated": "true"}
 
 

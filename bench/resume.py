@@ -25,7 +25,7 @@ from typing import Any
 import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
-SURF = ROOT.parent / "shared" / "workload" / "SURF"
+SURF = ROOT / "data" / "surf"
 
 
 def _windows(data: Path) -> int:

@@ -54,3 +54,22 @@ def test_ctrl_c_stops_make_during_the_browser_install(tmp_path: Path) -> None:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_reproduce_and_the_surf_benchmarks_default_to_the_week_in_the_repository() -> None:
+    """``make reproduce`` runs on ``data/surf`` (committed) by default, and no benchmark reaches for
+    ``../shared`` for the SURF week: a fresh clone has everything it needs."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("no make")
+    # -n: print the recipe only; DEV_STAMP up to date so that nothing would be installed
+    out = subprocess.run(
+        [make, "-n", "-o", ".venv/.dev-stamp", "-o", ".venv/.run-stamp", "reproduce"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "bench/reproduce.py --workload data/surf " in out, out
+    assert (REPO / "data" / "surf" / "tasks.parquet").is_file()
+    for script in sorted((REPO / "bench").glob("*.py")):
+        text = script.read_text(encoding="utf-8")
+        assert '"shared" / "workload"' not in text, script.name
+        assert "shared/workload" not in text, script.name
