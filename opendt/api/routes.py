@@ -289,8 +289,7 @@ async def put_slo(request: web.Request) -> web.Response:
     try:
         slo = parse_slo(body, source="body")
     except SloError as e:
-        field = next((f for f in type(watcher.current).model_fields if f in str(e)), "body")
-        raise ApiError(422, str(e), field) from None
+        raise ApiError(422, str(e), e.field or "body") from None
     try:
         await watcher.update(slo)
     except OSError as e:

@@ -1,0 +1,105 @@
+"""What a newcomer hit trying OpenDT (issue 27 item 3), through the real `opendt` command as a process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "data" / "demo"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENDT_")}
+    env.update({"OPENDT_LOG__FORMAT": "json", **extra})
+    return env
+
+
+def opendt(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "opendt", *args],
+        cwd=REPO,
+        env=env if env is not None else _env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_replay_without_a_kafka_refuses_and_says_why() -> None:
+    """Before: `opendt replay` started an embedded broker, streamed into it, stopped it and exited 0: the data
+    was gone. Now: exit 2 with one line naming the setting, the option and `opendt broker`; nothing started."""
+    res = opendt("replay", "--workload", str(DEMO), "--speed", "max")
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    for needle in ("kafka.bootstrap_servers", "--bootstrap-servers", "opendt broker", "lost"):
+        assert needle in last, (needle, last)
+    assert "broker_started" not in res.stdout + res.stderr
+    assert res.stdout == ""
+
+
+def test_replay_help_explains_what_it_does() -> None:
+    res = opendt("replay", "--help")
+    assert res.returncode == 0
+    text = " ".join(res.stdout.split())
+    for needle in (
+        "as the datacenter would",
+        "dc.* topics",
+        "opendt run --no-replay",
+        "--bootstrap-servers",
+        "opendt broker",
+        "'max' for as fast as possible",
+    ):
+        assert needle in text, (needle, text)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_broker_listens_on_the_port_given() -> None:
+    """`opendt broker --port N` runs Tansu on N (before: no --port, a usage error), prints host:N, and a
+    Ctrl-C stops it with exit 0."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "opendt", "broker", "--port", str(port)],
+        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line == f"127.0.0.1:{port}", (line, proc.stderr.read() if proc.poll() is not None else "")
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+@pytest.mark.parametrize("value", ["compose-token-in-my-shell"])
+def test_compose_token_variable_in_the_shell_is_left_alone(value: str) -> None:
+    """OPENDT_API_TOKEN (compose's variable) exported in a shell made every local `opendt` exit 2 as an
+    unknown setting; it is not a setting and is ignored (a misspelt setting is still refused)."""
+    res = opendt("config", "show", env=_env(OPENDT_API_TOKEN=value))
+    assert res.returncode == 0, res.stderr
+    assert value not in res.stdout + res.stderr
+    res = opendt("config", "show", env=_env(OPENDT_API__TOKN=value))
+    assert res.returncode == 2
+    assert "OPENDT_API__TOKN" in res.stderr
