@@ -81,7 +81,7 @@ def test_broker_listens_on_the_port_given() -> None:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
-        assert line == f"127.0.0.1:{port}", (line, proc.stderr.read() if proc.poll() is not None else "")
+        assert line == f"127.0.0.1:{port}", line
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass
         proc.send_signal(signal.SIGINT)
