@@ -305,8 +305,28 @@ def show_text(run_dir: Path, *, as_json: bool = False, workload: Path | None = N
         lines.append(f"calibration {s.calibration_rounds} round(s) journaled")
     if s.optimizer_rounds is not None:
         lines.append(f"optimizer {s.optimizer_rounds} round(s) journaled")
-    lines.append("files     " + ", ".join(f"{k} ({v:,} B)" for k, v in sorted(s.files.items())))
+    lines.append("files     " + files_summary(s.files))
     return "\n".join(lines) + "\n"
+
+
+SHOWN_ENTRIES = 24
+"""Entries of the run directory ``runs show`` names at most (the rest are counted)."""
+
+
+def files_summary(files: dict[str, int]) -> str:
+    """The run directory's top-level files with their sizes, each subdirectory as its file count and total
+    size (a SURF run holds thousands of input frames and checkpoint files): bounded whatever the run's age."""
+    groups: dict[str, list[int]] = {}
+    for name, size in files.items():
+        top, sub, _ = name.partition("/")
+        groups.setdefault(top + ("/" if sub else ""), []).append(size)
+    parts = [
+        f"{k} ({len(v):,} files, {sum(v):,} B)" if k.endswith("/") else f"{k} ({v[0]:,} B)"
+        for k, v in sorted(groups.items())
+    ]
+    if len(parts) > SHOWN_ENTRIES:
+        parts[SHOWN_ENTRIES:] = [f"… and {len(parts) - SHOWN_ENTRIES} more"]
+    return ", ".join(parts)
 
 
 def remove_run(run_dir: Path, *, force: bool = False) -> str:

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
+
+from opendt.twin.results import WINDOW_SCHEMA
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
@@ -103,3 +106,23 @@ def test_compose_token_variable_in_the_shell_is_left_alone(value: str) -> None:
     res = opendt("config", "show", env=_env(OPENDT_API__TOKN=value))
     assert res.returncode == 2
     assert "OPENDT_API__TOKN" in res.stderr
+
+
+def test_runs_show_is_bounded_whatever_the_run_holds(tmp_path: Path) -> None:
+    """`opendt runs show` of a long run printed every input frame and checkpoint file on one line (94 KB on
+    SURF); now each subdirectory is one entry (file count and size) and the output stays small."""
+    run = tmp_path / "runs" / "surf-0123456789"
+    (run / "inputs").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    pl.DataFrame(schema=WINDOW_SCHEMA).write_parquet(run / "windows.parquet")
+    for k in range(2016):
+        (run / "inputs" / f"window-{k:05d}.parquet").write_bytes(b"x" * 10)
+    for k in range(168):
+        (run / "checkpoints" / f"ckpt-{k:04d}.json").write_bytes(b"{}")
+    res = opendt("runs", "show", "surf", "--data-dir", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert len(res.stdout) < 4000, len(res.stdout)
+    files = next(line for line in res.stdout.splitlines() if line.startswith("files"))
+    assert "inputs/ (2,016 files, 20,160 B)" in files, files
+    assert "checkpoints/ (168 files, 336 B)" in files, files
+    assert "windows.parquet (" in files, files
