@@ -118,9 +118,15 @@ def check_engine(settings: Settings) -> None:
         tail = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
         raise UsageError(
             f"simulation.opendc_bin: {sim.opendc_bin} does not run (exit {done.returncode}"
-            + (f": {tail[-1][:200]}" if tail else "")
+            + (f": {_whole(tail[-1].strip())}" if tail else "")
             + "); is Java 21 there (simulation.java_home or JAVA_HOME)?"
         )
+
+
+def _whole(line: str, limit: int = 600) -> str:
+    """A child's line, whole when it is at most ``limit`` characters (the JVM's class-version line is 246:
+    its end says which Java runs), else its start and its end around an ellipsis."""
+    return line if len(line) <= limit else f"{line[: limit // 2]} … {line[-(limit // 2) :]}"
 
 
 def sample_of(state: TwinState) -> tuple[Sample, SimulationStatus | None]:
