@@ -98,6 +98,8 @@ class RunSummary:
     last_ms: int | None = None
     mape_pct: float | None = None
     mape_points: int = 0
+    energy_error_pct: float | None = None
+    """Simulated minus measured energy over the instants both have, relative to the measured (%)."""
     energy_kwh: float | None = None
     carbon_kg: float | None = None
     topology_versions: int = 0
@@ -150,6 +152,7 @@ class RunSummary:
             "last": _iso(self.last_ms),
             "mape_pct": self.mape_pct,
             "mape_points": self.mape_points,
+            "energy_error_pct": self.energy_error_pct,
             "energy_kwh": self.energy_kwh,
             "carbon_kg": self.carbon_kg,
             "topology_versions": self.topology_versions,
@@ -199,6 +202,10 @@ def summarize_run(run_dir: Path, *, with_mape: bool = True, workload: Path | Non
                 if both.height:
                     out.mape_pct = mape(both["power_draw"].to_numpy(), both["measured"].to_numpy())
                     out.mape_points = both.height
+                    measured_sum = float(both["measured"].sum())
+                    out.energy_error_pct = (
+                        (float(both["power_draw"].sum()) - measured_sum) / measured_sum * 100
+                    )
     topo = run_dir / "topologies"
     out.topology_versions = len(list(topo.glob("v*.json"))) if topo.is_dir() else 0
     cal = read_parquet(run_dir / "calibration.parquet")
@@ -264,12 +271,15 @@ def summary_lines(s: RunSummary) -> list[str]:
     mape_text = (
         "no measured power" if s.mape_pct is None else f"{s.mape_pct:.2f} % over {s.mape_points} instants"
     )
+    span = "none durable yet" if s.first_ms is None else f"{_iso(s.first_ms)} .. {_iso(s.last_ms)}"
+    error = "" if s.energy_error_pct is None else f" (vs measured: {s.energy_error_pct:+.2f} %)"
     return [
         f"run       {s.run_id}",
-        f"windows   {s.windows_ok} ok, {s.windows_failed} failed ({_iso(s.first_ms)} .. {_iso(s.last_ms)})",
+        f"windows   {s.windows_ok} ok, {s.windows_failed} failed ({span})",
         f"MAPE      {mape_text}",
-        f"energy    {_num(s.energy_kwh, ',.3f')} kWh",
-        f"carbon    {_num(s.carbon_kg, ',.3f')} kg CO2",
+        "energy    "
+        + ("none simulated" if s.energy_kwh is None else f"{s.energy_kwh:,.3f} kWh simulated{error}"),
+        "carbon    " + ("none simulated" if s.carbon_kg is None else f"{s.carbon_kg:,.3f} kg CO2 simulated"),
         f"results   {s.run_dir}",
     ]
 

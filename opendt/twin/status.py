@@ -161,6 +161,8 @@ class OptimizerView(Protocol):
 @dataclass
 class TwinState:
     status: str = "starting"
+    stop_reason: str | None = None
+    """Why the daemon shuts down (``signal``, ``done``: ``--exit-when-done``); None while it runs."""
     run_id: str = ""
     run_dir: str = ""
     started_at: float = field(default_factory=time.time)

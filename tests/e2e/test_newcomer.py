@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -126,3 +131,61 @@ def test_runs_show_is_bounded_whatever_the_run_holds(tmp_path: Path) -> None:
     assert "inputs/ (2,016 files, 20,160 B)" in files, files
     assert "checkpoints/ (168 files, 336 B)" in files, files
     assert "windows.parquet (" in files, files
+
+
+def _status(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/api/status", timeout=10) as r:
+        doc: dict[str, Any] = json.loads(r.read())
+        return doc
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_the_run_stopped_early_and_a_restart_counts_every_window(tmp_path: Path) -> None:
+    """Before: a Ctrl-C part of the way printed "replay done: all N windows simulated; the twin keeps serving"
+    and a summary without a word of it; a restart said "all 148 windows simulated" for a run of 412. Now:
+    "stopped early: N of 412 windows durable", the summary says so too, and the resumed run counts the
+    windows of both processes; the energy line says whose energy it is and its error against the measured."""
+    env = _env(OPENDT_LOG__LEVEL="warning")
+    args = [sys.executable, "-m", "opendt", "run", "--port", "0", "--data-dir", str(tmp_path)]
+    proc = subprocess.Popen(
+        [*args, "--speed", "1440"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        url = re.search(r"dashboard (http://\S+?)/ ", first)
+        assert url is not None, first
+        deadline = time.monotonic() + 120
+        while _status(url.group(1))["simulation"]["windows_durable"] < 20:
+            assert time.monotonic() < deadline, "no 20 windows in 120 s"
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    early = re.search(r"opendt: stopped early: (\d+) of 412 windows durable", err)
+    assert early is not None, err[-3000:]
+    done_before = int(early.group(1))
+    assert 20 <= done_before < 412
+    assert "replay done" not in err
+    assert out.startswith(f"opendt run stopped early: {done_before} of 412 windows durable"), out
+    assert "None" not in out
+
+    res = subprocess.run(
+        [*args, "--speed", "max", "--exit-when-done"], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    again = f"opendt: replay done: all 412 windows simulated ({412 - done_before} by this process, {done_before} before it)"
+    assert again in res.stderr, res.stderr[-3000:]
+    assert res.stdout.startswith("opendt run done:"), res.stdout
+    energy = next(line for line in res.stdout.splitlines() if line.strip().startswith("energy"))
+    assert re.search(r"[\d,.]+ kWh simulated \(vs measured: [+-]\d+\.\d\d %\)", energy), energy
