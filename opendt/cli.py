@@ -296,7 +296,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if cmd == "report":
         from opendt.commands.report import report_cli
 
-        return report_cli(args)
+        return report_cli(args, Path(settings.data_dir))
     raise UsageError(f"unknown command {cmd!r}")  # pragma: no cover - argparse rejects it first
 
 

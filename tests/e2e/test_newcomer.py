@@ -189,3 +189,62 @@ def test_ctrl_c_says_the_run_stopped_early_and_a_restart_counts_every_window(tmp
     assert res.stdout.startswith("opendt run done:"), res.stdout
     energy = next(line for line in res.stdout.splitlines() if line.strip().startswith("energy"))
     assert re.search(r"[\d,.]+ kWh simulated \(vs measured: [+-]\d+\.\d\d %\)", energy), energy
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory holding one finished demo run (a real `opendt run --speed max --exit-when-done`)."""
+    data = tmp_path_factory.mktemp("finished")
+    res = opendt(
+        "run", "--speed", "max", "--exit-when-done", "--port", "0", "--data-dir", str(data),
+        env=_env(OPENDT_LOG__LEVEL="warning"), timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    return data
+
+
+def test_serve_shows_the_window_counts_of_a_finished_run(finished_run: Path) -> None:
+    """`opendt serve`'s dashboard showed "— simulated, — failed, — durable" for a finished run: /api/status
+    had no `simulation`. Now it has the journal's counts (and /metrics with it)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "opendt", "serve", "--data-dir", str(finished_run), "--port", "0"],
+        cwd=REPO, env=_env(OPENDT_LOG__LEVEL="warning"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        url = re.search(r"dashboard (http://\S+?)/ ", first)
+        assert url is not None, first
+        sim = _status(url.group(1))["simulation"]
+        assert (sim["windows_simulated"], sim["windows_failed"], sim["windows_durable"]) == (412, 0, 412)
+        assert sim["done"] is True
+        assert sim["latency_p50_s"] is not None
+        with urllib.request.urlopen(f"{url.group(1)}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        assert "opendt_windows_simulated_total 412.0" in metrics
+        assert "opendt_window_latency_seconds_count 412.0" in metrics
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert proc.returncode == 0
+
+
+def test_report_writes_html_and_takes_a_run_id(finished_run: Path, tmp_path: Path) -> None:
+    """`opendt report` wrote no report.html unless asked (the README presents it), and refused the run id
+    that `runs show` and `serve --run` accept. Now: PNG and HTML by default, and a run id (or prefix) is
+    looked up under --data-dir; an unknown one is one line, exit 2."""
+    (run,) = (finished_run / "runs").iterdir()
+    out = tmp_path / "report"
+    res = opendt(
+        "report", run.name[:6], "--data-dir", str(finished_run), "--out", str(out), env=_env(), timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (out / "report.html").is_file()
+    assert (out / "power_prediction.png").is_file()
+    assert f"open {out / 'report.html'}" in res.stdout
+    res = opendt("report", "no-such-run", "--data-dir", str(finished_run), "--out", str(out), env=_env())
+    assert res.returncode == 2
+    assert "no run 'no-such-run'" in res.stderr.strip().splitlines()[-1]
