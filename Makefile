@@ -53,7 +53,7 @@ fmt: $(DEV_STAMP)
 	$(BIN)/ruff check --fix opendt tests bench
 
 # The paper's two experiments (SURF, --speed max: without, then with calibration; both at once) and their
-# report, into reproduce/ (git-ignored). WORKLOAD=data/demo for a quick one.
+# report, into reproduce/<workload>/ (git-ignored; progress every 10 s). WORKLOAD=data/demo for a quick one.
 WORKLOAD ?= data/surf
 reproduce: $(DEV_STAMP)
 	$(BIN)/python bench/reproduce.py --workload $(WORKLOAD) --out reproduce $(REPRODUCE_ARGS)
