@@ -192,15 +192,30 @@ def test_ctrl_c_says_the_run_stopped_early_and_a_restart_counts_every_window(tmp
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data directory holding one finished demo run (a real `opendt run --speed max --exit-when-done`)."""
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A real `opendt run --speed max --exit-when-done` of the demo at the default log level: its data
+    directory (one finished run) and what it printed on stderr."""
     data = tmp_path_factory.mktemp("finished")
     res = opendt(
-        "run", "--speed", "max", "--exit-when-done", "--port", "0", "--data-dir", str(data),
-        env=_env(OPENDT_LOG__LEVEL="warning"), timeout=300,
+        "run", "--speed", "max", "--exit-when-done", "--port", "0", "--data-dir", str(data), timeout=300
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
-    return data
+    return data, res.stderr
+
+
+@pytest.fixture(scope="module")
+def finished_run(demo_run: tuple[Path, str]) -> Path:
+    return demo_run[0]
+
+
+def test_the_console_is_not_flooded_with_routine_lines(demo_run: tuple[Path, str]) -> None:
+    """A checkpoint_saved line per trace hour (168 on SURF) and every line of the broker's output crossed the
+    progress bar at the default level; they are debug now: a demo run prints a bounded handful of lines."""
+    events = [json.loads(line)["event"] for line in demo_run[1].splitlines() if line.startswith("{")]
+    assert "daemon_started" in events  # the JSON log of the run (OPENDT_LOG__FORMAT=json here)
+    assert "checkpoint_saved" not in events
+    assert "broker_output" not in events
+    assert len(events) < 40, sorted(set(events))
 
 
 def test_serve_shows_the_window_counts_of_a_finished_run(finished_run: Path) -> None:
