@@ -24,11 +24,14 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from aiokafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from opendt.api.app import create_app
 from opendt.daemon import run_daemon, wait_until
-from opendt.settings import REPO_ROOT, ApiSettings, Settings
+from opendt.kafka.client import make_consumer, make_producer
+from opendt.kafka.offsets import ConsumerOffsets
+from opendt.settings import REPO_ROOT, ApiSettings, KafkaSettings, Settings
 from opendt.twin.status import LatencyHistogram, TwinState
 
 from ..opendc_standin import write_standin
@@ -260,3 +263,35 @@ def test_latency_histogram_is_cumulative_and_bounded() -> None:
     assert [cum[0.005], cum[0.025], cum[10.0], cum[float("inf")]] == [1, 3, 4, 5]
     assert len(h.counts) == len(h.bounds) + 1
     assert h.total_s == pytest.approx(1e6 + 7.041)
+
+
+async def test_consumer_offsets_against_the_broker(
+    kafka_bootstrap: str, kafka_settings: KafkaSettings, topic_factory: Callable[..., str]
+) -> None:
+    """ConsumerOffsets on a real consumer: position, high watermark and log start of each assigned partition
+    (the log start fetched once, then kept until ``refresh_s``)."""
+    topic = topic_factory("offsets", partitions=2)
+    producer = make_producer(kafka_bootstrap, kafka_settings)
+    await producer.start()
+    try:
+        for k in range(5):
+            await producer.send_and_wait(topic, b"x", partition=k % 2)
+    finally:
+        await producer.stop()
+    consumer = make_consumer(kafka_bootstrap, [], None, kafka_settings)
+    await consumer.start()
+    now = [0.0]
+    try:
+        consumer.assign([TopicPartition(topic, 0), TopicPartition(topic, 1)])
+        await consumer.seek_to_beginning()
+        read = 0
+        async with asyncio.timeout(30):
+            while read < 5:
+                read += sum(len(v) for v in (await consumer.getmany(timeout_ms=500)).values())
+        offsets = ConsumerOffsets(consumer, clock=lambda: now[0])
+        got = {(p.partition, p.position, p.log_start, p.highwater) for p in await offsets.offsets()}
+        assert got == {(0, 3, 0, 3), (1, 2, 0, 2)}
+        now[0] += 61.0  # past refresh_s: asked again, same answer
+        assert {(p.partition, p.log_start) for p in await offsets.offsets()} == {(0, 0), (1, 0)}
+    finally:
+        await consumer.stop()
