@@ -206,6 +206,29 @@ SUMMARY = """JSON.stringify({
   epochMs: (document.body.innerText.match(/\\b1[5-9]\\d{11}\\b/g) || []),
 })"""
 
+MIDWAY = """(() => {
+  const week = 7 * 86400000, t0 = 1665093600000;
+  window.opendtDashboard.renderStatus({
+    status: 'running',
+    workload: {name: 'SURF', tasks: 7850, hosts: 277, start_ms: t0, end_ms: t0 + week},
+    replay: {trace_ms: t0 + week, start_ms: t0, end_ms: t0 + week, done: true},
+    simulation: {windows_simulated: 576, windows_failed: 0, windows_durable: 576,
+                 last_window_end_ms: t0 + 576 * 300000, done: false},
+    windows: {}, counters: {},
+  });
+  window.opendtDashboard.renderPower({ok: true, body: {start: '1970-01-01T00:00:00.000Z',
+    end: '1970-01-01T00:00:00.001Z', step_s: 60, measured: [], simulated: [], metrics: {}}});
+  const dd = (key) => document.querySelector('#status dd[data-key=' + key + ']')?.textContent ?? '';
+  return JSON.stringify({
+    progress: document.querySelector('.progress').dataset.progress,
+    windows: dd('windows'),
+    replay: dd('replay'),
+    range: document.querySelector('#power-metrics [data-key=range] b')?.textContent ?? null,
+    topologyHead: document.querySelector('#topology-table thead')?.textContent ?? '',
+    updated: document.getElementById('updated').textContent,
+  });
+})()"""
+
 SUBMIT_WHATIF = """(() => {
   const set = (id, v) => { document.getElementById(id).value = v; };
   set('whatif-start', %s);
@@ -458,6 +481,16 @@ async def _check_page(
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(data) > 20_000
     await asyncio.to_thread(shot.write_bytes, data)
+
+    # issue 27: the bar follows the twin, not the replay (SURF at --speed max showed "100 %, done" at 576 of
+    # 2,016 windows); a twin still waiting has no range (not 1970); memory has its unit; 24-hour UTC times
+    shown = json.loads(await cdp.js(MIDWAY))
+    assert shown["progress"] == "0.2857", shown
+    assert "576 durable, 28.57 % of the trace" in shown["windows"], shown
+    assert shown["replay"].startswith("100 %, sent"), shown
+    assert shown["range"] == "no data yet", shown
+    assert "memory MiB" in shown["topologyHead"], shown
+    assert re.search(r"updated \d\d:\d\d:\d\d UTC", shown["updated"]), shown
 
 
 def _iso_ms(text: str) -> int:

@@ -162,9 +162,19 @@
     return Math.max(320, Math.floor(container.clientWidth || container.parentElement.clientWidth || 600));
   }
 
+  /* x tick labels in 24-hour UTC (uPlot's default is 12-hour am/pm): tick step, then the label formats */
+  const TIME_TICKS = [
+    [3600 * 24 * 365, "{YYYY}", null, null, null, null, null, null, 1],
+    [3600 * 24 * 28, "{MMM}", "\n{YYYY}", null, null, null, null, null, 1],
+    [3600 * 24, "{MM}-{DD}", "\n{YYYY}", null, null, null, null, null, 1],
+    [3600, "{HH}:{mm}", "\n{YYYY}-{MM}-{DD}", null, "\n{MM}-{DD}", null, null, null, 1],
+    [60, "{HH}:{mm}", "\n{YYYY}-{MM}-{DD}", null, "\n{MM}-{DD}", null, null, null, 1],
+    [1, "{HH}:{mm}:{ss}", "\n{YYYY}-{MM}-{DD}", null, "\n{MM}-{DD}", null, null, null, 1],
+  ];
+
   function chartOptions(container, defs, opts) {
     const scales = { x: { time: true } };
-    const axes = [{ stroke: "#667085" }];
+    const axes = [{ stroke: "#667085", values: TIME_TICKS }];
     const seen = [];
     for (const d of defs) {
       const scale = d.scale || "y";
@@ -273,12 +283,18 @@
     const counters = s.counters || {};
     const wl = s.workload || {};
     const topo = s.topology || {};
+    /* the bar follows the twin (windows durable over the workload's span), not the replay: at --speed max
+       the replay is done long before the windows are simulated */
+    const share = (t, lo, hi) => (hi > lo ? Math.min(1, Math.max(0, (t - lo) / (hi - lo))) : 1);
     let progress = null;
-    if (isNum(replay.trace_ms) && isNum(replay.start_ms) && isNum(replay.end_ms)) {
-      const span = replay.end_ms - replay.start_ms;
-      progress = span > 0 ? Math.min(1, Math.max(0, (replay.trace_ms - replay.start_ms) / span)) : 1;
-    }
-    if (replay.done) progress = 1;
+    if (sim.done) progress = 1;
+    else if (isNum(sim.last_window_end_ms) && isNum(wl.start_ms) && isNum(wl.end_ms))
+      progress = share(sim.last_window_end_ms, wl.start_ms, wl.end_ms);
+    else if (isNum(wl.start_ms) && isNum(wl.end_ms)) progress = 0;
+    let replayShare = null;
+    if (isNum(replay.trace_ms) && isNum(replay.start_ms) && isNum(replay.end_ms))
+      replayShare = share(replay.trace_ms, replay.start_ms, replay.end_ms);
+    if (replay.done) replayShare = 1;
     $("replay-bar").style.width = progress === null ? "0" : (progress * 100).toFixed(1) + "%";
     $("replay-bar").parentElement.dataset.progress = progress === null ? "" : progress.toFixed(4);
 
@@ -294,10 +310,10 @@
       [
         "replay",
         "Replay",
-        progress === null
+        replayShare === null
           ? "—"
-          : fmtPct(progress * 100) +
-            (replay.done ? ", done" : "") +
+          : fmtPct(replayShare * 100) +
+            (replay.done ? ", sent" : "") +
             " — trace " +
             iso(replay.trace_ms) +
             (isNum(replay.lag_s) ? ", lag " + fmtNum(replay.lag_s, 1) + " s" : ""),
@@ -312,6 +328,7 @@
           " failed, " +
           fmtNum(sim.windows_durable, 0) +
           " durable" +
+          (progress === null ? "" : ", " + fmtPct(progress * 100) + " of the trace") +
           (sim.done ? " (all done)" : ""),
       ],
       [
@@ -396,7 +413,14 @@
       metric("energy error", fmtPct(m.energy_error_pct, true), "energy_error"),
       metric("matched points", fmtNum(m.points, 0), "points"),
       metric("step", fmtNum(b.step_s, 0) + " s", "step"),
-      metric("range", iso(Date.parse(b.start)) + " → " + iso(Date.parse(b.end)), "range"),
+      /* a twin still waiting for its first window has no range (the API then answers the epoch) */
+      metric(
+        "range",
+        (b.simulated || []).length || (b.measured || []).length
+          ? iso(Date.parse(b.start)) + " → " + iso(Date.parse(b.end))
+          : "no data yet",
+        "range",
+      ),
     );
     const sim = b.simulated || [];
     if (sim.length) view.simulatedRange = [sim[0][0], sim[sim.length - 1][0]];
@@ -475,7 +499,7 @@
     ["count", "count"],
     ["cpu.coreCount", "cores"],
     ["cpu.coreSpeed", "core MHz"],
-    ["memory.memorySize", "memory"],
+    ["memory.memorySize", "memory MiB"],
     ["cpuPowerModel.modelType", "power model"],
     ["cpuPowerModel.idlePower", "idle W"],
     ["cpuPowerModel.maxPower", "max W"],
@@ -953,7 +977,7 @@
       view.ticks += 1;
       document.body.dataset.ticks = String(view.ticks);
       $("updated").textContent =
-        "updated " + new Date().toLocaleTimeString() + " (every " + REFRESH_MS / 1000 + " s)";
+        "updated " + new Date().toISOString().slice(11, 19) + " UTC (every " + REFRESH_MS / 1000 + " s)";
     } catch (e) {
       const badge = $("status-badge");
       badge.textContent = "unreachable";
@@ -980,6 +1004,9 @@
     }
     tick();
   }
+
+  /* for tests: render a given status or power answer (as a refresh would) */
+  window.opendtDashboard = { renderStatus: renderStatus, renderPower: renderPower };
 
   init();
 })();
