@@ -226,6 +226,14 @@ MIDWAY = """(() => {
     range: document.querySelector('#power-metrics [data-key=range] b')?.textContent ?? null,
     topologyHead: document.querySelector('#topology-table thead')?.textContent ?? '',
     updated: document.getElementById('updated').textContent,
+    calibrationAxes: (() => {
+      const paths = ['cpuPowerModel.calibrationFactor', 'cpuPowerModel.idlePower', 'cpuPowerModel.maxPower'];
+      const series = [0, 1, 2].map((k) => ({time_ms: t0 + k * 3600000,
+        in_effect: Object.fromEntries(paths.map((p, i) => [p, 1 + k + i]))}));
+      window.opendtDashboard.renderCalibration({ok: true, status: 200, body: {rounds: 3, applied: 3,
+        skipped: 0, failed: 0, pending: 0, axes: paths, series: series, last_round: null, axis_units: {}}});
+      return document.querySelectorAll('#chart-calibration .u-axis').length;
+    })(),
   });
 })()"""
 
@@ -491,6 +499,7 @@ async def _check_page(
     assert shown["range"] == "no data yet", shown
     assert "memory MiB" in shown["topologyHead"], shown
     assert re.search(r"updated \d\d:\d\d:\d\d UTC", shown["updated"]), shown
+    assert shown["calibrationAxes"] == 4, shown  # time, and one per calibrated parameter
 
 
 def _iso_ms(text: str) -> int:

@@ -176,22 +176,23 @@
     const scales = { x: { time: true } };
     const axes = [{ stroke: "#667085", values: TIME_TICKS }];
     const seen = [];
+    const many = new Set(defs.map((d) => d.scale || "y")).size > 2;
     for (const d of defs) {
       const scale = d.scale || "y";
       if (seen.includes(scale)) continue;
       seen.push(scale);
       scales[scale] = { auto: true };
-      if (seen.length <= 2) {
-        axes.push({
-          scale: scale,
-          side: seen.length === 1 ? 3 : 1,
-          label: d.axisLabel || d.unit || "",
-          size: 70,
-          stroke: "#667085",
-          grid: { show: seen.length === 1 },
-          values: (u, splits) => splits.map((v) => fmtNum(v, 2)),
-        });
-      }
+      /* every scale its own axis (a third calibrated parameter was drawn against none), left and right in
+         turn, in its line's colour when there are more than two */
+      axes.push({
+        scale: scale,
+        side: seen.length % 2 === 1 ? 3 : 1,
+        label: d.axisLabel || d.unit || "",
+        size: 70,
+        stroke: many ? d.stroke : "#667085",
+        grid: { show: seen.length === 1 },
+        values: (u, splits) => splits.map((v) => fmtNum(v, 2)),
+      });
     }
     return {
       width: chartWidth(container),
@@ -1006,7 +1007,11 @@
   }
 
   /* for tests: render a given status or power answer (as a refresh would) */
-  window.opendtDashboard = { renderStatus: renderStatus, renderPower: renderPower };
+  window.opendtDashboard = {
+    renderStatus: renderStatus,
+    renderPower: renderPower,
+    renderCalibration: renderCalibration,
+  };
 
   init();
 })();
