@@ -226,6 +226,19 @@ MIDWAY = """(() => {
     range: document.querySelector('#power-metrics [data-key=range] b')?.textContent ?? null,
     topologyHead: document.querySelector('#topology-table thead')?.textContent ?? '',
     updated: document.getElementById('updated').textContent,
+    optimizerOff: (() => {
+      window.opendtDashboard.renderOptimizer({ok: false, status: 404,
+        body: {error: 'the optimizer is disabled (optimizer.enabled: false)'}});
+      return [document.getElementById('optimizer').textContent, document.getElementById('optimizer-accept').hidden];
+    })(),
+    optimizerOn: (() => {
+      window.opendtDashboard.renderOptimizer({ok: true, status: 200, body: {enabled: true, status: 'idle',
+        strategy: 'rules', every_windows: 12, cycle_count: 7, counts: {kept: 2, rejected: 5},
+        slo_targets: {energy_kwh_per_window: 1.5}, best: {round: 84}, window_best_score: 0.91,
+        diff_vs_current: [{path: 'clusters[C01].hosts[H01].count', before: 277, after: 250, conflict: false}],
+        history: []}});
+      return [document.getElementById('optimizer').textContent, document.getElementById('optimizer-accept').hidden];
+    })(),
     calibrationAxes: (() => {
       const paths = ['cpuPowerModel.calibrationFactor', 'cpuPowerModel.idlePower', 'cpuPowerModel.maxPower'];
       const series = [0, 1, 2].map((k) => ({time_ms: t0 + k * 3600000,
@@ -500,6 +513,15 @@ async def _check_page(
     assert "memory MiB" in shown["topologyHead"], shown
     assert re.search(r"updated \d\d:\d\d:\d\d UTC", shown["updated"]), shown
     assert shown["calibrationAxes"] == 4, shown  # time, and one per calibrated parameter
+    # an optimizer panel: why it is off, or its rounds, the kept proposal's changes and an accept button
+    assert "not running on this twin: the optimizer is disabled" in shown["optimizerOff"][0], shown
+    assert shown["optimizerOff"][1] is True, shown
+    text, hidden = shown["optimizerOn"]
+    assert "7 (2 kept, 5 rejected)" in text, text
+    assert "round 84" in text, text
+    assert "clusters[C01].hosts[H01].count" in text, text
+    assert "277 → 250" in text, text
+    assert hidden is False, shown
 
 
 def _iso_ms(text: str) -> int:

@@ -706,6 +706,79 @@
     );
   }
 
+  /* ---------- optimizer ---------- */
+
+  function renderOptimizer(resp) {
+    const box = $("optimizer");
+    const accept = $("optimizer-accept");
+    if (resp.status === 404) {
+      box.dataset.state = "disabled";
+      accept.hidden = true;
+      const why = resp.body && resp.body.error ? resp.body.error : "optimizer.enabled is false";
+      box.replaceChildren(el("p", { class: "muted", text: "The optimizer is not running on this twin: " + why + "." }));
+      return;
+    }
+    if (!resp.ok || !resp.body) {
+      box.dataset.state = "error";
+      accept.hidden = true;
+      box.replaceChildren(el("p", { class: "error", text: errorText(resp) }));
+      return;
+    }
+    const o = resp.body;
+    box.dataset.state = "enabled";
+    const counts = o.counts || {};
+    const best = o.best || null;
+    const diff = Array.isArray(o.diff_vs_current) ? o.diff_vs_current : [];
+    const items = [
+      ["Status", fmtValue(o.status) + " (" + fmtValue(o.strategy) + ", every " + fmtNum(o.every_windows, 0) + " windows)"],
+      [
+        "Rounds",
+        fmtNum(o.cycle_count, 0) +
+          " (" +
+          Object.entries(counts)
+            .filter(([, n]) => n)
+            .map(([k, n]) => fmtNum(n, 0) + " " + k)
+            .join(", ") +
+          ")",
+      ],
+      ["SLOs", Object.entries(o.slo_targets || {}).map(([k, v]) => k + " " + fmtValue(v)).join(", ") || "—"],
+      ["Kept proposal", best ? "round " + fmtValue(best.round) + ", score " + fmtNum(o.window_best_score, 3) : "none"],
+    ];
+    for (const c of diff)
+      items.push([
+        "Change: " + fmtValue(c.path),
+        fmtValue(c.before) + " → " + fmtValue(c.after) + (c.conflict ? " (changed since the proposal)" : ""),
+      ]);
+    box.replaceChildren(
+      el("dl", { class: "kv" }, ...items.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })])),
+    );
+    accept.hidden = !(best && diff.length);
+  }
+
+  async function acceptProposal() {
+    const out = $("optimizer-result");
+    const headers = { "Content-Type": "application/json", Accept: "application/json" };
+    const token = $("whatif-token").value.trim();
+    if (token) headers.Authorization = "Bearer " + token;
+    out.hidden = false;
+    try {
+      const resp = await fetch("/api/optimizer/accept", { method: "POST", headers: headers, body: "{}" });
+      let body = null;
+      try {
+        body = await resp.json();
+      } catch (e) {
+        body = null;
+      }
+      out.textContent = resp.ok && body
+        ? "accepted: topology version " + fmtValue(body.version) + ", " + fmtValue(body.applies)
+        : "not accepted: " + errorText({ status: resp.status, body: body });
+      out.dataset.status = String(resp.status);
+    } catch (e) {
+      out.textContent = "not accepted: request failed: " + e.message;
+      out.dataset.status = "0";
+    }
+  }
+
   /* ---------- what-if ---------- */
 
   function addPatchRow(key, value) {
@@ -961,11 +1034,12 @@
     try {
       const status = await getJSON("/api/status");
       if (!status.ok || !status.body) throw new Error("/api/status answered " + errorText(status));
-      const [power, carbon, topology, calibration] = await Promise.all([
+      const [power, carbon, topology, calibration, optimizer] = await Promise.all([
         fetchRange("/api/power", status.body),
         fetchRange("/api/carbon", status.body),
         getJSON("/api/topology"),
         getJSON("/api/calibration"),
+        getJSON("/api/optimizer?limit=1"),
       ]);
       const problems = [
         safely("status", () => renderStatus(status.body)),
@@ -973,6 +1047,7 @@
         safely("carbon", () => renderCarbon(carbon)),
         safely("topology", () => renderTopology(topology)),
         safely("calibration", () => renderCalibration(calibration)),
+        safely("optimizer", () => renderOptimizer(optimizer)),
       ].filter((p) => p);
       setBanner(problems.length ? "Dashboard error — " + problems.join("; ") : null);
       view.ticks += 1;
@@ -998,6 +1073,7 @@
     fillPatchKeys([]);
     $("patch-add").addEventListener("click", () => addPatchRow("", "").querySelector(".patch-key").focus());
     $("whatif-form").addEventListener("submit", submitWhatif);
+    $("optimizer-accept").addEventListener("click", acceptProposal);
     for (const id of ["whatif-start", "whatif-end"]) {
       $(id).addEventListener("input", () => {
         view.whatifTouched = true;
@@ -1011,6 +1087,7 @@
     renderStatus: renderStatus,
     renderPower: renderPower,
     renderCalibration: renderCalibration,
+    renderOptimizer: renderOptimizer,
   };
 
   init();
