@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.run-stamp
 DEV_STAMP := $(VENV)/.dev-stamp
 
-.PHONY: run test lint typecheck fmt pytest bench clean venv browser asyncapi-parser apache-kafka reproduce
+.PHONY: run test lint typecheck fmt pytest bench clean venv browser asyncapi-parser apache-kafka prometheus reproduce
 
 venv: $(DEV_STAMP)
 
@@ -39,6 +39,10 @@ typecheck: $(DEV_STAMP)
 browser:
 	bash .ci/install-chromium
 
+# Prometheus and promtool for the /metrics test (tests/api/test_prometheus.py); never fails the build either.
+prometheus:
+	bash .ci/install-prometheus
+
 # The AsyncAPI parser (npm) for the stream contract's test; never fails the build either.
 asyncapi-parser:
 	bash .ci/install-asyncapi-parser
@@ -49,7 +53,7 @@ apache-kafka:
 
 # PYTHONASYNCIODEBUG=0 (as .ci/run exports it) means off: Python takes any non-empty value as on, and debug
 # mode records a traceback for every future, which slows every daemon the suite runs.
-pytest: $(DEV_STAMP) browser asyncapi-parser apache-kafka
+pytest: $(DEV_STAMP) browser prometheus asyncapi-parser apache-kafka
 	PYTHONASYNCIODEBUG="$${PYTHONASYNCIODEBUG#0}" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
@@ -59,8 +63,8 @@ fmt: $(DEV_STAMP)
 	$(BIN)/ruff check --fix opendt tests bench
 
 # The paper's two experiments (SURF, --speed max: without, then with calibration; both at once) and their
-# report, into reproduce/ (git-ignored). WORKLOAD=data/demo for a quick one.
-WORKLOAD ?= ../shared/workload/SURF
+# report, into reproduce/<workload>/ (git-ignored; progress every 10 s). WORKLOAD=data/demo for a quick one.
+WORKLOAD ?= data/surf
 reproduce: $(DEV_STAMP)
 	$(BIN)/python bench/reproduce.py --workload $(WORKLOAD) --out reproduce $(REPRODUCE_ARGS)
 

@@ -21,7 +21,7 @@ import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SURF = ROOT.parent / "shared" / "workload" / "SURF"
+SURF = ROOT / "data" / "surf"
 
 from opendt.engine import Engine  # noqa: E402
 from opendt.workload import load_workload  # noqa: E402

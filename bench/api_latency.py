@@ -3,7 +3,7 @@
     .venv/bin/python bench/api_latency.py [--workload DIR] [--clients 50] [--seconds 20] [--step-s 60]
 
 1. ``opendt run --speed max`` as a real process (its own broker, replay, engine worker) on the SURF week
-   (../shared/workload/SURF, else the demo day), API on a free loopback port.
+   (data/surf, else the demo day), API on a free loopback port.
 2. Once the first windows are durable, ``--clients`` concurrent aiohttp clients (this process, one connection
    each) request ``/api/power`` for the whole trace at ``--step-s`` steps, back to back, for ``--seconds``:
    p50 / p95 / p99 / max latency and requests per second; the twin's watermark before and after shows it was
@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
-SURF = ROOT.parent / "shared" / "workload" / "SURF"
+SURF = ROOT / "data" / "surf"
 DEMO = ROOT / "data" / "demo"
 TOKEN = "bench-token"
 

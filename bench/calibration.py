@@ -39,7 +39,7 @@ from opendt.twin.tables import AGG, read_journal, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SURF = ROOT.parent / "shared" / "workload" / "SURF"
+SURF = ROOT / "data" / "surf"
 
 from opendt.calibration.journal import from_frame  # noqa: E402
 from opendt.commands.calibrate import (  # noqa: E402

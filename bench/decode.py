@@ -2,7 +2,7 @@
 
 Usage: ``.venv/bin/python bench/decode.py [--workload DIR] [--runs 5] [--against FILE]``
 
-The workload (default: the demo day; ``../shared/workload/SURF`` for the week) is encoded exactly as the
+The workload (default: the demo day; ``data/surf`` for the week) is encoded exactly as the
 replay producer encodes it (``opendt.stream.replay``), then every record is decoded with ``decode_row`` as
 the window consumer does, ``--runs`` times (the cache of parsed times is emptied before each run, as in a
 fresh process). Prints records/s per stream (median and best of the runs), and the rate of rejecting

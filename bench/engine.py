@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/engine.py [--runs 5] [--scales 0.25,0.5,1,4] [--files powerSource,host,...]
 
-The SURF workload (../shared/workload/SURF) is converted to OpenDC's schema in a temp dir first (not
+The SURF workload (data/surf) is converted to OpenDC's schema in a temp dir first (not
 timed). Scale s < 1 keeps the first s of the tasks and s of the hosts; s > 1 replicates tasks (new ids)
 and hosts s times. Wall time, CPU time (user + system) and peak RSS are of the whole child process
 (``wait4`` rusage); wall is reported as median and minimum of the runs, RSS as the maximum. The import
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SURF = ROOT.parent / "shared" / "workload" / "SURF"
+SURF = ROOT / "data" / "surf"
 
 
 def convert(dst: Path, scale: float) -> tuple[int, int]:

@@ -13,7 +13,7 @@ the last run's tasks and fragments (the cumulative input), the peak RSS of the p
 relative difference of power, energy and carbon from the builtin twin's results.
 ``--hours`` cuts the trace (a shorter workload copy: the tasks submitted in its first H hours).
 
-The SURF week (../shared/workload/SURF) is the default when present, else the demo workload (data/demo).
+The SURF week (data/surf) is the default when present, else the demo workload (data/demo).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tests.opendc_standin import write_standin  # noqa: E402 - the repository root is on the path now
 
-SURF = ROOT.parent / "shared" / "workload" / "SURF"
+SURF = ROOT / "data" / "surf"
 DEMO = ROOT / "data" / "demo"
 MB = 1024 * 1024
 COLUMNS = ("power_draw", "energy_usage", "carbon_emission")

@@ -18,7 +18,7 @@
    every idle host-second (what a host count could save at best without delaying any task), and the lowest
    energy any candidate with the wait p95 within its SLO reached.
 
-The SURF week (../shared/workload/SURF) is used when present, else the demo workload (data/demo).
+The SURF week (data/surf) is used when present, else the demo workload (data/demo).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from opendt.twin.status import TwinState
 from opendt.workload import load_workload
 
 ROOT = Path(__file__).resolve().parents[1]
-SURF = ROOT.parent / "shared" / "workload" / "SURF"
+SURF = ROOT / "data" / "surf"
 DEMO = ROOT / "data" / "demo"
 
 

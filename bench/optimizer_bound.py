@@ -45,7 +45,7 @@ from opendt.worker.warm import prepare, run_candidate, snapshot
 from opendt.workload import load_workload
 
 ROOT = Path(__file__).resolve().parents[1]
-SURF = ROOT.parent / "shared" / "workload" / "SURF"
+SURF = ROOT / "data" / "surf"
 EXPORT_MS = SimulationSettings().export_interval_s * 1000  # the twin's export grid (the default settings)
 
 

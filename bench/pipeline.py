@@ -11,7 +11,7 @@ at the instants both have (OpenDC with the repo topology: 6.40 % on SURF's 150 s
 how far the twin's last durable window is behind the replay (trace s and wall s), peak tree RSS and its
 growth over the second half (bounded memory), then SIGTERM and the exit code.
 
-The SURF week (../shared/workload/SURF) is used when present, else the demo workload (data/demo).
+The SURF week (data/surf) is used when present, else the demo workload (data/demo).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from logs import events  # bench/logs.py, beside this script
 from opendt.twin.tables import AGG, read_journal, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
-SURF = ROOT.parent / "shared" / "workload" / "SURF"
+SURF = ROOT / "data" / "surf"
 DEMO = ROOT / "data" / "demo"
 MB = 1024 * 1024
 
@@ -253,7 +253,7 @@ def _fmt(d: dict[str, float]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workload", type=Path, help="default: ../shared/workload/SURF, else data/demo")
+    ap.add_argument("--workload", type=Path, help="default: data/surf, else data/demo")
     ap.add_argument("--minutes", type=float, default=3.0, help="wall minutes of the --speed 300 run")
     ap.add_argument("--speed", type=float, default=300.0, help="speed of the real-time run")
     ap.add_argument("--skip-max", action="store_true")

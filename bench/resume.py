@@ -25,7 +25,7 @@ from typing import Any
 from opendt.twin.tables import read_journal
 
 ROOT = Path(__file__).resolve().parents[1]
-SURF = ROOT.parent / "shared" / "workload" / "SURF"
+SURF = ROOT / "data" / "surf"
 
 
 def _windows(data: Path) -> int:

@@ -32,7 +32,7 @@ import psutil
 from opendt.twin.tables import journal_windows, read_journal
 
 ROOT = Path(__file__).resolve().parents[1]
-SURF = ROOT.parent / "shared" / "workload" / "SURF"
+SURF = ROOT / "data" / "surf"
 WEEK_MS = 7 * 86_400_000
 WINDOWS_PER_WEEK = WEEK_MS // 300_000
 MB = 1024 * 1024

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SURF = REPO.parent / "shared" / "workload" / "SURF"
+SURF = REPO / "data" / "surf"
 
 
 def main() -> int:

@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"opendt {version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    def cmd(name: str, help_text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, parents=[common])
+    def cmd(name: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=description, parents=[common])
 
     run = cmd("run", "run the whole twin (broker, replay, windows, simulation, API)")
     run.add_argument("--workload", type=Path, help="workload directory (default: the demo workload)")
@@ -101,9 +101,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--fresh", action="store_true", help="start a new run (the existing one is moved aside)")
 
-    rep = cmd("replay", "stream a workload directory into Kafka (the datacenter stand-in)")
-    rep.add_argument("--workload", type=Path)
-    rep.add_argument("--speed", type=_speed)
+    rep = cmd(
+        "replay",
+        "stream a workload directory into Kafka (the datacenter stand-in)",
+        "Play a workload directory into a running Kafka as the datacenter would: its topology, tasks, "
+        "fragments, measured power and carbon intensity on the dc.* topics (kafka.topics), in trace order, "
+        "paced at --speed, then a final heartbeat, and exit. A twin started with `opendt run --no-replay` "
+        "against the same Kafka consumes them. The Kafka must outlive the replay: give its address "
+        "(--bootstrap-servers, or kafka.bootstrap_servers / OPENDT_KAFKA__BOOTSTRAP_SERVERS); "
+        "`opendt broker` runs one and prints it.",
+    )
+    rep.add_argument(
+        "--workload", type=Path, help="workload directory (default: replay.workload, the demo workload)"
+    )
+    rep.add_argument(
+        "--speed",
+        type=_speed,
+        help="trace seconds per wall second (default: replay.speed, 1440), or 'max' for as fast as possible",
+    )
+    rep.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT",
+        help="the Kafka to stream into (default: kafka.bootstrap_servers; required)",
+    )
 
     sim = cmd("simulate", "run one simulation of a workload directory")
     sim.add_argument("--workload", type=Path, required=True)
@@ -130,7 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     cal = cmd("calibrate", "offline calibration over a workload directory")
     cal.add_argument("--workload", type=Path, help="workload directory (default: replay.workload)")
     cal.add_argument("--out", type=Path, help="run directory for results (default: a new temp directory)")
-    cmd("broker", "run the embedded Kafka broker (Tansu) in the foreground")
+    broker = cmd(
+        "broker",
+        "run the embedded Kafka broker (Tansu) in the foreground",
+        "Run the embedded Kafka broker (Tansu, in memory) with the twin's topics until Ctrl-C; prints its "
+        "address (host:port) for `opendt replay --bootstrap-servers` and `opendt run` "
+        "(OPENDT_KAFKA__BOOTSTRAP_SERVERS).",
+    )
+    broker.add_argument(
+        "--host", dest="broker_host", metavar="HOST", help="listen address (default: kafka.host, 127.0.0.1)"
+    )
+    broker.add_argument(
+        "--port",
+        dest="broker_port",
+        metavar="PORT",
+        type=_port,
+        help="listen port (default: kafka.port; 0 = any free port)",
+    )
     add_report_parser(sub, parents=[common])
 
     cfg = cmd("config", "configuration")
@@ -154,6 +190,13 @@ def _overrides(args: argparse.Namespace, settings: Settings) -> Settings:
     }.items():
         if getattr(args, option, None) is not None:
             setattr(getattr(settings, section), key, getattr(args, option))
+    for option, key in {
+        "broker_host": "host",
+        "broker_port": "port",
+        "bootstrap_servers": "bootstrap_servers",
+    }.items():
+        if getattr(args, option, None) is not None:
+            setattr(settings.kafka, key, getattr(args, option))
     if getattr(args, "data_dir", None) is not None:
         settings.data_dir = args.data_dir
     if getattr(args, "log_level", None) is not None:
@@ -256,7 +299,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if cmd == "report":
         from opendt.commands.report import report_cli
 
-        return report_cli(args)
+        return report_cli(args, Path(settings.data_dir))
     raise UsageError(f"unknown command {cmd!r}")  # pragma: no cover - argparse rejects it first
 
 

@@ -44,11 +44,17 @@ def suggest_key(root: type[BaseModel], key: str) -> str | None:
     return None
 
 
+NOT_SETTINGS = frozenset({"OPENDT_API_TOKEN"})
+"""``OPENDT_*`` variables that are not settings and are left alone: compose's ``OPENDT_API_TOKEN`` (which
+compose passes on as ``OPENDT_API__TOKEN``), often exported in the operator's shell."""
+
+
 def unknown_env_keys(root: type[BaseModel], environ: dict[str, str]) -> list[str]:
-    """``OPENDT_*`` variables that name no setting (pydantic-settings ignores those silently)."""
+    """``OPENDT_*`` variables that name no setting (pydantic-settings ignores those silently), except
+    :data:`NOT_SETTINGS`."""
     bad = []
     for name in environ:
-        if not name.startswith("OPENDT_"):
+        if not name.startswith("OPENDT_") or name in NOT_SETTINGS:
             continue
         parts = name[len("OPENDT_") :].lower().split("__")
         model: type[BaseModel] = root

@@ -103,7 +103,7 @@ async def _supervise(
         async def stop_when(cause: Callable[[], Awaitable[object]], reason: str) -> None:
             await cause()
             log.info("shutdown_started", reason=reason)
-            state.status = "stopping"
+            state.status, state.stop_reason = "stopping", reason
             if replay is not None:
                 replay.cancel()
             await _drain(twin)

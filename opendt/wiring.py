@@ -27,6 +27,7 @@ from opendt.calibration.component import Calibrator, calibrator_for
 from opendt.clock import SystemClock
 from opendt.kafka.broker import BrokerError, EmbeddedBroker, kafka_broker_for
 from opendt.kafka.client import DeadLetter, make_consumer, make_producer
+from opendt.kafka.offsets import ConsumerOffsets
 from opendt.kafka.security import client_options
 from opendt.models.messages import DATACENTER_KEY, encode_sim_topology
 from opendt.models.topology import Topology
@@ -218,6 +219,7 @@ async def build_twin(
         wall_ms=None if settings.replay.enabled else (lambda: int(SystemClock().time() * 1000)),
     )
     state.windows = consumer
+    state.offsets = ConsumerOffsets(kconsumer)
 
     async def publish_topology(sim: SimTopology) -> None:
         value = encode_sim_topology(sim.version, sim.source, sim.timestamp_ms, sim.reason, sim.topology)

@@ -19,6 +19,13 @@ from pathlib import Path
 from typing import Literal
 
 REPO = Path(__file__).resolve().parents[1]
+JAVA17_LINE = (
+    "java.lang.UnsupportedClassVersionError: org/opendc/experiments/base/runner/ExperimentCli has been "
+    "compiled by a more recent version of the Java Runtime (class file version 65.0), this version of the "
+    "Java Runtime only recognizes class file versions up to 61.0"
+)
+"""The JVM's second line under Java 17 (one line, 246 characters)."""
+
 Kind = Literal["honest", "perturb", "hang", "broken", "old_java"]
 
 _HEAD = f"""#!{sys.executable}
@@ -65,7 +72,8 @@ def write_standin(directory: Path, kind: Kind = "honest") -> Path:
     elif kind == "old_java":
         text = (
             "#!/bin/sh\necho 'Error: LinkageError occurred while loading main class "
-            "org.opendc.experiments.base.runner.ExperimentCli' >&2\nexit 1\n"
+            "org.opendc.experiments.base.runner.ExperimentCli' >&2\n"
+            "printf '\\t%s\\n' '" + JAVA17_LINE + "' >&2\nexit 1\n"
         )
     else:
         body = {"honest": _ENGINE, "perturb": _ENGINE + _PERTURB, "hang": _HANG}[kind]

@@ -23,6 +23,7 @@ from opendt.api.grafana import add_grafana_routes
 from opendt.api.http import SETTINGS, ApiError, check_host, json_response
 from opendt.api.listener import BUSY_BODY, CappedListener, ServerLog, connection_limit, listening_socket
 from opendt.api.openapi import openapi_document
+from opendt.api.prometheus import metrics
 from opendt.api.readmodel import TwinView
 from opendt.api.routes import SERIES_CACHE, STATE, VIEW, add_routes, health, reject_unknown_query
 from opendt.api.whatif import whatif
@@ -124,6 +125,7 @@ def create_app(state: TwinState, settings: ApiSettings, view: TwinView | None = 
     app[ASYNCAPI] = orjson.dumps(asyncapi_document())
     app.router.add_get("/asyncapi.json", asyncapi_json)
     app.router.add_get("/docs", docs)
+    app.router.add_get("/metrics", metrics)
     add_grafana_routes(app)
     add_dashboard_routes(app)
     return app

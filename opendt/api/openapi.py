@@ -70,6 +70,8 @@ class Operation:
     body_required: bool = True
     errors: tuple[int, ...] = (400,)
     tag: str = "twin"
+    text: str | None = None
+    """A non-JSON answer: its media type (the body is a string)."""
 
 
 OPERATIONS: list[Operation] = [
@@ -183,6 +185,14 @@ OPERATIONS: list[Operation] = [
         Calibration,
         errors=(404,),
     ),
+    Operation(
+        "get",
+        "/metrics",
+        "The twin's metrics in the Prometheus text exposition format (README § Prometheus)",
+        None,
+        text="text/plain",
+        tag="monitoring",
+    ),
 ]
 
 
@@ -218,7 +228,11 @@ def openapi_document(operations: list[Operation] | None = None, *, token: bool =
             "responses": {
                 str(op.status): {
                     "description": "OK" if op.status == 200 else "Accepted",
-                    "content": {"application/json": {"schema": _ref(op.response)}} if op.response else {},
+                    "content": {"application/json": {"schema": _ref(op.response)}}
+                    if op.response
+                    else {op.text: {"schema": {"type": "string"}}}
+                    if op.text
+                    else {},
                 },
                 **{
                     str(code): {

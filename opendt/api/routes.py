@@ -52,16 +52,18 @@ QUERY_PARAMS: dict[str, frozenset[str]] = {
     "/api/windows": frozenset({"limit"}),
     "/api/optimizer": frozenset({"limit"}),
 }
-"""The query parameters each route of ``/api/`` and ``/health`` takes; any other is a 400 naming it."""
+"""The query parameters each route of ``/api/``, ``/health`` and ``/metrics`` takes; any other is a 400 naming
+it."""
 
 
 @web.middleware
 async def reject_unknown_query(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """400 for a query parameter the route does not take (``/api/…`` and ``/health``), before the handler."""
+    """400 for a query parameter the route does not take (``/api/…``, ``/health``, ``/metrics``), before the
+    handler."""
     path = request.path
-    if path.startswith("/api/") or path == "/health":
+    if path.startswith("/api/") or path in ("/health", "/metrics"):
         info = request.match_info
         route = info.route.resource.canonical if info.route.resource is not None else path
         unknown = sorted(set(request.query) - QUERY_PARAMS.get(route, frozenset()))
@@ -287,8 +289,7 @@ async def put_slo(request: web.Request) -> web.Response:
     try:
         slo = parse_slo(body, source="body")
     except SloError as e:
-        field = next((f for f in type(watcher.current).model_fields if f in str(e)), "body")
-        raise ApiError(422, str(e), field) from None
+        raise ApiError(422, str(e), e.field or "body") from None
     try:
         await watcher.update(slo)
     except OSError as e:

@@ -260,7 +260,11 @@ class OptimizerState(BaseModel):
     cycle_count: int
     slo_targets: dict[str, float]
     best: dict[str, Any] | None
-    history: list[dict[str, Any]]
+    diff_vs_current: list[dict[str, Any]] | None = Field(
+        description="What accepting the best proposal would change in the topology in effect"
+    )
+    counts: dict[str, int] = Field(description="Rounds per outcome")
+    history: list[dict[str, Any]] = Field(description="The newest `limit` rounds, oldest first")
 
 
 class AcceptRequest(Strict):

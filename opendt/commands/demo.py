@@ -1,4 +1,4 @@
-"""The embedded demo workload: a deterministic, small SURF-format workload (about one day).
+"""The embedded demo workload: a deterministic, small SURF-format workload (34 hours).
 
 What it contains (seeded, byte-for-byte reproducible with the pinned polars/pyarrow):
 

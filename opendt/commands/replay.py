@@ -1,4 +1,5 @@
-"""``opendt replay``: stream a workload into Kafka (the configured one, or an embedded broker) and exit."""
+"""``opendt replay``: stream a workload into a running Kafka (``kafka.bootstrap_servers``, required; the
+topics are created when missing) and exit."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from opendt.commands.errors import UsageError
 from opendt.commands.run import check_workload
 from opendt.settings import Settings
 
@@ -21,6 +23,13 @@ async def replay_cli(settings: Settings, stop: asyncio.Event) -> int:
     from opendt.workload import load_workload
 
     check_workload(Path(settings.replay.workload))
+    if not settings.kafka.bootstrap_servers:
+        raise UsageError(
+            "no Kafka to stream into: kafka.bootstrap_servers is not set. Give the address of a running "
+            "Kafka (--bootstrap-servers HOST:PORT or OPENDT_KAFKA__BOOTSTRAP_SERVERS); `opendt broker` runs "
+            "one and prints it. (A broker started for the replay alone would stop, and its data be lost, "
+            "when the replay exits.)"
+        )
     from opendt.kafka.security import check_kafka
 
     await check_kafka(settings.kafka)  # a wrong password: one line, exit 2

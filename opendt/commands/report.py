@@ -34,10 +34,18 @@ def add_parser(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> Non
         "latency; a run in progress shows what it has made durable so far.",
     )
     rep.add_argument(
-        "runs", nargs="+", type=Path, metavar="RUN", help="run directory, or a data dir with runs/"
+        "runs",
+        nargs="+",
+        type=Path,
+        metavar="RUN",
+        help="run directory, a data dir with runs/, or a run id (a unique prefix is enough; as opendt runs "
+        "lists them under --data-dir)",
     )
+    rep.add_argument("--data-dir", type=Path, help="where run ids are looked up (default: data_dir)")
     rep.add_argument("--out", type=Path, default=Path("report"), help="output directory (default: ./report)")
-    rep.add_argument("--format", type=_formats, default=("png",), help="png,svg,html (default: png)")
+    rep.add_argument(
+        "--format", type=_formats, default=("png", "html"), help="png,svg,html (default: png,html)"
+    )
     rep.add_argument("--label", action="append", help="label of each RUN, in order (default: (un)calibrated)")
     rep.add_argument(
         "--workload",
@@ -55,13 +63,22 @@ def add_parser(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> Non
     )
 
 
-def report_cli(args: argparse.Namespace) -> int:
+def resolve_runs(names: Sequence[Path], data_dir: Path) -> list[Path]:
+    """Each RUN as given when it is a path that exists, else the run of that id (or unique prefix) under
+    ``data_dir``, as ``runs show`` and ``serve --run`` take it."""
+    from opendt.commands.runs import find_run
+
+    return [p if p.exists() else find_run(data_dir, str(p)) for p in names]
+
+
+def report_cli(args: argparse.Namespace, data_dir: Path) -> int:
     """Write the report; print one line per run (headline numbers), then where the files are."""
     from opendt.report import Options, build_report, load_runs
 
     if args.nfr_mape <= 0 or args.rolling_h <= 0:
         raise ValueError("--nfr-mape and --rolling-h must be > 0")
-    runs = load_runs(args.runs, labels=args.label, workload=args.workload, wall_s=args.wall_s)
+    paths = resolve_runs(args.runs, data_dir)
+    runs = load_runs(paths, labels=args.label, workload=args.workload, wall_s=args.wall_s)
     report = build_report(runs, args.out, args.format, Options(args.nfr_mape, args.rolling_h))
     for r, h in zip(report.runs, report.headlines, strict=True):
         mape = "n/a (no measured power)" if h.mape_pct is None else f"{h.mape_pct:.3f} %"
@@ -72,8 +89,9 @@ def report_cli(args: argparse.Namespace) -> int:
             f"{h.jobs:,} jobs, CPU work {h.cpu_work_thz_s:,.0f} THz·s\n"
         )
     figs = len(report.manifest["figures"])
+    page = f"; open {args.out / 'report.html'}" if "html" in args.format else ""
     sys.stdout.write(
         f"{figs} figures ({', '.join(args.format)}) and data in {args.out} "
-        f"in {report.seconds['total_s']:.1f} s\n"
+        f"in {report.seconds['total_s']:.1f} s{page}\n"
     )
     return 0

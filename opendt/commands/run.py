@@ -118,9 +118,15 @@ def check_engine(settings: Settings) -> None:
         tail = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
         raise UsageError(
             f"simulation.opendc_bin: {sim.opendc_bin} does not run (exit {done.returncode}"
-            + (f": {tail[-1][:200]}" if tail else "")
+            + (f": {_whole(tail[-1].strip())}" if tail else "")
             + "); is Java 21 there (simulation.java_home or JAVA_HOME)?"
         )
+
+
+def _whole(line: str, limit: int = 600) -> str:
+    """A child's line, whole when it is at most ``limit`` characters (the JVM's class-version line is 246:
+    its end says which Java runs), else its start and its end around an ellipsis."""
+    return line if len(line) <= limit else f"{line[: limit // 2]} … {line[-(limit // 2) :]}"
 
 
 def sample_of(state: TwinState) -> tuple[Sample, SimulationStatus | None]:
@@ -141,7 +147,32 @@ def sample_of(state: TwinState) -> tuple[Sample, SimulationStatus | None]:
     return Sample(fraction=fraction, done=done, total=None), sim
 
 
-async def report(state: TwinState, out: TextIO, *, exit_when_done: bool, every_s: float = 0.5) -> None:
+def trace_windows(state: TwinState, window_ms: int) -> int | None:
+    """How many windows the replayed workload's trace spans (None without a workload: a live stream)."""
+    wl = state.workload
+    if wl is None:
+        return None
+    return wl.end_ms // window_ms - wl.start_ms // window_ms + 1
+
+
+def end_line(state: TwinState, sim: SimulationStatus, total: int | None) -> str:
+    """What ended the window loop, for the console: the whole trace, or a Ctrl-C part of the way (the
+    windows durable, over every process of the run; how many this process simulated when it resumed)."""
+    durable = sim.windows_durable
+    failed = f", {sim.windows_failed} failed" if sim.windows_failed else ""
+    now = sim.windows_simulated + sim.windows_failed
+    this = f" ({now} by this process, {durable - now} before it)" if durable != now else ""
+    if state.stop_reason == "signal":
+        of = f" of {total}" if total is not None else ""
+        return (
+            f"stopped early: {durable}{of} windows durable{failed}{this}; `opendt run` again resumes the run"
+        )
+    return f"replay done: all {durable} windows simulated{failed}{this}"
+
+
+async def report(
+    state: TwinState, out: TextIO, *, exit_when_done: bool, every_s: float = 0.5, window_ms: int = 300_000
+) -> None:
     """Print the dashboard URL once the twin serves, then progress until cancelled; say when the trace is
     done and whether the twin keeps serving."""
     await state.ready.wait()
@@ -156,15 +187,14 @@ async def report(state: TwinState, out: TextIO, *, exit_when_done: bool, every_s
             progress.update(sample)
             if sim is not None and sim.done:
                 progress.close()
-                n = sim.windows_simulated + sim.windows_replayed
-                if exit_when_done:
-                    out.write(
-                        f"opendt: replay done: all {n} windows simulated; stopping (--exit-when-done)\n"
-                    )
+                line = end_line(state, sim, trace_windows(state, window_ms))
+                if state.stop_reason is not None:
+                    out.write(f"opendt: {line}\n")
+                elif exit_when_done:
+                    out.write(f"opendt: {line}; stopping (--exit-when-done)\n")
                 else:
                     out.write(
-                        f"opendt: replay done: all {n} windows simulated; the twin keeps serving "
-                        f"{url or 'its results'} (Ctrl-C stops it)\n"
+                        f"opendt: {line}; the twin keeps serving {url or 'its results'} (Ctrl-C stops it)\n"
                     )
                 out.flush()
                 return
@@ -198,7 +228,8 @@ async def run_cli(
             settings, shutdown_trigger=stop.wait, exit_when_done=exit_when_done, fresh=fresh, state=state
         )
     )
-    reporter = asyncio.ensure_future(report(state, out, exit_when_done=exit_when_done))
+    window_ms = settings.windowing.window_s * 1000
+    reporter = asyncio.ensure_future(report(state, out, exit_when_done=exit_when_done, window_ms=window_ms))
     try:
         code = await daemon
     finally:
@@ -210,6 +241,11 @@ async def run_cli(
         workload = Path(settings.replay.workload) if settings.replay.enabled else None
         summary = await asyncio.to_thread(summarize_run, run_dir, workload=workload)
         verdict = "done" if code == 0 else f"stopped with errors (exit {code})"
+        sim = None if state.loop is None else state.loop.status()
+        if code == 0 and state.stop_reason == "signal" and sim is not None:
+            total = trace_windows(state, window_ms)
+            if total is None or sim.windows_durable < total:
+                verdict = end_line(state, sim, total)
         sys.stdout.write(
             f"opendt run {verdict}:\n" + "".join(f"  {line}\n" for line in summary_lines(summary))
         )

@@ -115,6 +115,8 @@ class RunSummary:
     last_ms: int | None = None
     mape_pct: float | None = None
     mape_points: int = 0
+    energy_error_pct: float | None = None
+    """Simulated minus measured energy over the instants both have, relative to the measured (%)."""
     energy_kwh: float | None = None
     carbon_kg: float | None = None
     topology_versions: int = 0
@@ -167,6 +169,7 @@ class RunSummary:
             "last": _iso(self.last_ms),
             "mape_pct": self.mape_pct,
             "mape_points": self.mape_points,
+            "energy_error_pct": self.energy_error_pct,
             "energy_kwh": self.energy_kwh,
             "carbon_kg": self.carbon_kg,
             "topology_versions": self.topology_versions,
@@ -216,6 +219,10 @@ def summarize_run(run_dir: Path, *, with_mape: bool = True, workload: Path | Non
                 if both.height:
                     out.mape_pct = mape(both["power_draw"].to_numpy(), both["measured"].to_numpy())
                     out.mape_points = both.height
+                    measured_sum = float(both["measured"].sum())
+                    out.energy_error_pct = (
+                        (float(both["power_draw"].sum()) - measured_sum) / measured_sum * 100
+                    )
     topo = run_dir / "topologies"
     out.topology_versions = len(list(topo.glob("v*.json"))) if topo.is_dir() else 0
     cal = read_parquet(run_dir / "calibration.parquet")
@@ -283,12 +290,15 @@ def summary_lines(s: RunSummary) -> list[str]:
     mape_text = (
         "no measured power" if s.mape_pct is None else f"{s.mape_pct:.2f} % over {s.mape_points} instants"
     )
+    span = "none durable yet" if s.first_ms is None else f"{_iso(s.first_ms)} .. {_iso(s.last_ms)}"
+    error = "" if s.energy_error_pct is None else f" (vs measured: {s.energy_error_pct:+.2f} %)"
     return [
         f"run       {s.run_id}",
-        f"windows   {s.windows_ok} ok, {s.windows_failed} failed ({_iso(s.first_ms)} .. {_iso(s.last_ms)})",
+        f"windows   {s.windows_ok} ok, {s.windows_failed} failed ({span})",
         f"MAPE      {mape_text}",
-        f"energy    {_num(s.energy_kwh, ',.3f')} kWh",
-        f"carbon    {_num(s.carbon_kg, ',.3f')} kg CO2",
+        "energy    "
+        + ("none simulated" if s.energy_kwh is None else f"{s.energy_kwh:,.3f} kWh simulated{error}"),
+        "carbon    " + ("none simulated" if s.carbon_kg is None else f"{s.carbon_kg:,.3f} kg CO2 simulated"),
         f"results   {s.run_dir}",
     ]
 
@@ -324,7 +334,7 @@ def show_text(run_dir: Path, *, as_json: bool = False, workload: Path | None = N
         lines.append(f"calibration {s.calibration_rounds} round(s) journaled")
     if s.optimizer_rounds is not None:
         lines.append(f"optimizer {s.optimizer_rounds} round(s) journaled")
-    lines.append("files     " + ", ".join(f"{k} ({v:,} B)" for k, v in sorted(s.files.items())))
+    lines.append("files     " + files_summary(s.files))
     return "\n".join(lines) + "\n"
 
 
@@ -353,3 +363,23 @@ def remove_run(run_dir: Path) -> str:
     finally:
         lock.release()
     return f"removed run {run_dir.name} ({run_dir})\n"
+
+
+SHOWN_ENTRIES = 24
+"""Entries of the run directory ``runs show`` names at most (the rest are counted)."""
+
+
+def files_summary(files: dict[str, int]) -> str:
+    """The run directory's top-level files with their sizes, each subdirectory as its file count and total
+    size (a SURF run holds thousands of input frames and checkpoint files): bounded whatever the run's age."""
+    groups: dict[str, list[int]] = {}
+    for name, size in files.items():
+        top, sub, _ = name.partition("/")
+        groups.setdefault(top + ("/" if sub else ""), []).append(size)
+    parts = [
+        f"{k} ({len(v):,} files, {sum(v):,} B)" if k.endswith("/") else f"{k} ({v[0]:,} B)"
+        for k, v in sorted(groups.items())
+    ]
+    if len(parts) > SHOWN_ENTRIES:
+        parts[SHOWN_ENTRIES:] = [f"… and {len(parts) - SHOWN_ENTRIES} more"]
+    return ", ".join(parts)

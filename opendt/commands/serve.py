@@ -33,7 +33,7 @@ from opendt.models.topology import Topology, TopologyError, parse_topology
 from opendt.settings import OptimizerSettings, Settings
 from opendt.twin.results import ResultStore
 from opendt.twin.scenarios import ScenarioRunner
-from opendt.twin.status import TwinState, WorkloadInfo
+from opendt.twin.status import LatencyHistogram, SimulationStatus, TwinState, WorkloadInfo
 from opendt.twin.topology import TopologyBox
 
 log = structlog.get_logger(component="serve")
@@ -165,6 +165,39 @@ def _optimizer(view: TwinView, run_dir: Path, settings: Settings, box: TopologyB
     view.optimizer = opt
 
 
+class StoredLoop:
+    """The window loop of a finished run as its journal tells it: the counts, latencies and engine that
+    ``/api/status``, the dashboard and ``/metrics`` show (read once: the run does not change)."""
+
+    def __init__(self, store: ResultStore) -> None:
+        w = store.windows
+        self.done = asyncio.Event()
+        self.done.set()
+        self.latency = LatencyHistogram()
+        lat = [float(x) for x in w["latency_s"].drop_nulls().sort().to_list()] if w.height else []
+        for x in lat:
+            self.latency.observe(x)
+        ok = int((w["status"] == "ok").sum()) if w.height else 0
+        end = w["window_end"].dt.epoch("ms").max() if w.height else None
+        engines = w["engine"].drop_nulls() if w.height and "engine" in w.columns else None
+        self._status = SimulationStatus(
+            windows_simulated=ok,
+            windows_failed=w.height - ok,
+            windows_replayed=0,
+            windows_durable=store.durable_count,
+            last_window_end_ms=None if end is None else int(end),  # type: ignore[arg-type]
+            latency_p50_s=round(lat[(len(lat) - 1) // 2], 4) if lat else None,
+            latency_p95_s=round(lat[int(0.95 * (len(lat) - 1))], 4) if lat else None,
+            worker_restarts=0,
+            topologies_refused=0,
+            done=True,
+            engine="builtin" if engines is None or not len(engines) else str(engines[-1]),
+        )
+
+    def status(self) -> SimulationStatus:
+        return self._status
+
+
 def build_view(run_dir: Path, settings: Settings) -> tuple[TwinView, TwinState]:
     """The read model and status of a finished run, from its directory alone."""
     meta = read_run_json(run_dir)
@@ -190,6 +223,7 @@ def build_view(run_dir: Path, settings: Settings) -> tuple[TwinView, TwinState]:
     _optimizer(view, run_dir, settings, box, window_s)
     state = TwinState(status="finished", run_id=run_dir.name, run_dir=str(run_dir))
     state.box = box
+    state.loop = StoredLoop(store)
     source = (meta or {}).get("source") or {}
     if store.windows.height:
         ws = store.windows["window_start"].dt.epoch("ms")

@@ -240,8 +240,8 @@ class EmbeddedBroker:
         self._tail.append(line)
         if " ERROR " in line or " WARN " in line or "panicked" in line:
             log.warning("broker_output", stream=stream, line=line)
-        else:
-            log.info("broker_output", stream=stream, line=line)
+        else:  # the broker's routine chatter: kept in the tail for a crash report, shown at debug
+            log.debug("broker_output", stream=stream, line=line)
 
     def _on_exit(self, task: asyncio.Task[int]) -> None:
         if self._stopping or task.cancelled() or self._bootstrap is None:

@@ -46,7 +46,12 @@ Target = Annotated[float | None, Field(gt=0, allow_inf_nan=False, strict=True)]
 
 
 class SloError(ValueError):
-    """SLOs that cannot be used; the message names the file (or source) and the bad field."""
+    """SLOs that cannot be used; the message names the file (or source) and the bad field, ``field`` the
+    first bad one's dotted path (None when the document as a whole is wrong)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class Slo(BaseModel):
@@ -91,7 +96,8 @@ def parse_slo(data: Any, *, source: str = "SLO") -> Slo:
     try:
         return Slo.model_validate(data)
     except ValidationError as e:
-        raise SloError(f"invalid SLOs ({source}): {_describe(e)}") from None
+        first = ".".join(str(p) for p in e.errors()[0]["loc"]) if e.errors() else ""
+        raise SloError(f"invalid SLOs ({source}): {_describe(e)}", first or None) from None
 
 
 def _decode(text: bytes, path: Path) -> Slo:

@@ -38,7 +38,7 @@ from opendt.twin.loopstats import LoopStats, WindowFailed
 from opendt.twin.opendc import OpenDCWindowError, OpenDCWindows
 from opendt.twin.recovery import Recovery
 from opendt.twin.results import ResultStore, WindowRecord, aggregate_rows, measured_rows, results_message
-from opendt.twin.status import SimulationStatus
+from opendt.twin.status import LatencyHistogram, SimulationStatus
 from opendt.twin.topology import SimTopology, TopologyBox
 from opendt.worker.client import TwinEngine, WorkerDied, WorkerError
 from opendt.workload import carbon_frame
@@ -94,6 +94,7 @@ class WindowLoop:
         self.on_done = on_done
         self.hooks = hooks if isinstance(hooks, HookChain) or hooks is None else HookChain(hooks)
         self.stats = LoopStats()
+        self.latency = LatencyHistogram()
         self.applied_version = -1
         self.busy_since: float | None = None
         """``time.monotonic()`` when the window being processed was taken (None when idle): /health's stall
@@ -414,6 +415,7 @@ class WindowLoop:
         if status == "ok":
             self.stats.windows_simulated += 1
         self.stats.latencies_s.append(time.perf_counter() - t0)
+        self.latency.observe(self.stats.latencies_s[-1])
         self.stats.last_window_end_ms = w.end_ms
         r = self.recovery
         if r is not None and w.end_ms % r.d.every_ms == 0 and not w.final:

@@ -242,7 +242,8 @@ class Recovery:
         pruned = self.d.checkpoints.prune(keep_from, self.d.keep)
         oldest = self.d.checkpoints.instants[0] if self.d.checkpoints.instants else at_ms
         dropped = await asyncio.to_thread(self.d.inputs.prune, min(keep_from, oldest))
-        log.info("checkpoint_saved", at_ms=at_ms, bytes=len(blob), pruned=pruned, inputs_dropped=dropped)
+        # debug: one per checkpoint interval (168 on the SURF week) would flood the console at info
+        log.debug("checkpoint_saved", at_ms=at_ms, bytes=len(blob), pruned=pruned, inputs_dropped=dropped)
         return True
 
 

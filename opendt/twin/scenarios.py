@@ -139,6 +139,7 @@ class ScenarioRunner:
     def view(self) -> dict[str, object]:
         return {
             "queued": self._waiting,
+            "running": len(self._inflight),
             "max_queue": self.max_queue,
             "runs": self.runs,
             "rejected_busy": self.rejected_busy,

@@ -88,6 +88,51 @@ class SimulationStatus:
     """simulation.verify_every_s: the latest cross-checks of the builtin engine against the OpenDC binary."""
 
 
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+"""Upper bounds of the window latency histogram (``opendt_window_latency_seconds``)."""
+
+
+@dataclass
+class LatencyHistogram:
+    """Window latencies as fixed buckets (count per bucket, sum): constant size however long the run."""
+
+    bounds: tuple[float, ...] = LATENCY_BUCKETS_S
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
+    """Per bucket (not cumulative); the last one is above every bound."""
+    total_s: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        i = next((k for k, b in enumerate(self.bounds) if seconds <= b), len(self.bounds))
+        self.counts[i] += 1
+        self.total_s += seconds
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, observations ≤ it) per bucket, ending with (+inf, all)."""
+        out, n = [], 0
+        for b, c in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            n += c
+            out.append((b, n))
+        return out
+
+
+@dataclass(frozen=True)
+class PartitionOffsets:
+    """Where the twin's consumer stands in one input partition (Kafka offsets)."""
+
+    topic: str
+    partition: int
+    position: int
+    """The next offset the consumer reads."""
+    log_start: int | None
+    """The partition's first offset still in the log (None when the broker did not answer in time)."""
+    highwater: int | None
+    """The partition's end (the offset the next record gets), as of the consumer's last fetch."""
+
+
+class OffsetsView(Protocol):
+    async def offsets(self) -> list[PartitionOffsets]: ...
+
+
 class ConsumerView(Protocol):
     @property
     def watermark_ms(self) -> int | None: ...
@@ -97,6 +142,7 @@ class ConsumerView(Protocol):
 
 class LoopView(Protocol):
     done: asyncio.Event
+    latency: LatencyHistogram
 
     def status(self) -> SimulationStatus: ...
 
@@ -118,6 +164,8 @@ class OptimizerView(Protocol):
 @dataclass
 class TwinState:
     status: str = "starting"
+    stop_reason: str | None = None
+    """Why the daemon shuts down (``signal``, ``done``: ``--exit-when-done``); None while it runs."""
     run_id: str = ""
     run_dir: str = ""
     started_at: float = field(default_factory=time.time)
@@ -136,6 +184,8 @@ class TwinState:
     optimizer: OptimizerView | None = None
     liveness: Liveness | None = None
     """Broker and window-loop stall detection (``/health``)."""
+    offsets: OffsetsView | None = None
+    """The input consumer's Kafka positions (``/metrics``: consumer lag, records ingested)."""
 
     @property
     def watermark_ms(self) -> int | None:

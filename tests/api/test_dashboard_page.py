@@ -206,6 +206,50 @@ SUMMARY = """JSON.stringify({
   epochMs: (document.body.innerText.match(/\\b1[5-9]\\d{11}\\b/g) || []),
 })"""
 
+MIDWAY = """(() => {
+  const week = 7 * 86400000, t0 = 1665093600000;
+  window.opendtDashboard.renderStatus({
+    status: 'running',
+    workload: {name: 'SURF', tasks: 7850, hosts: 277, start_ms: t0, end_ms: t0 + week},
+    replay: {trace_ms: t0 + week, start_ms: t0, end_ms: t0 + week, done: true},
+    simulation: {windows_simulated: 576, windows_failed: 0, windows_durable: 576,
+                 last_window_end_ms: t0 + 576 * 300000, done: false},
+    windows: {}, counters: {},
+  });
+  window.opendtDashboard.renderPower({ok: true, body: {start: '1970-01-01T00:00:00.000Z',
+    end: '1970-01-01T00:00:00.001Z', step_s: 60, measured: [], simulated: [], metrics: {}}});
+  const dd = (key) => document.querySelector('#status dd[data-key=' + key + ']')?.textContent ?? '';
+  return JSON.stringify({
+    progress: document.querySelector('.progress').dataset.progress,
+    windows: dd('windows'),
+    replay: dd('replay'),
+    range: document.querySelector('#power-metrics [data-key=range] b')?.textContent ?? null,
+    topologyHead: document.querySelector('#topology-table thead')?.textContent ?? '',
+    updated: document.getElementById('updated').textContent,
+    optimizerOff: (() => {
+      window.opendtDashboard.renderOptimizer({ok: false, status: 404,
+        body: {error: 'the optimizer is disabled (optimizer.enabled: false)'}});
+      return [document.getElementById('optimizer').textContent, document.getElementById('optimizer-accept').hidden];
+    })(),
+    optimizerOn: (() => {
+      window.opendtDashboard.renderOptimizer({ok: true, status: 200, body: {enabled: true, status: 'idle',
+        strategy: 'rules', every_windows: 12, cycle_count: 7, counts: {kept: 2, rejected: 5},
+        slo_targets: {energy_kwh_per_window: 1.5}, best: {round: 84}, window_best_score: 0.91,
+        diff_vs_current: [{path: 'clusters[C01].hosts[H01].count', before: 277, after: 250, conflict: false}],
+        history: []}});
+      return [document.getElementById('optimizer').textContent, document.getElementById('optimizer-accept').hidden];
+    })(),
+    calibrationAxes: (() => {
+      const paths = ['cpuPowerModel.calibrationFactor', 'cpuPowerModel.idlePower', 'cpuPowerModel.maxPower'];
+      const series = [0, 1, 2].map((k) => ({time_ms: t0 + k * 3600000,
+        in_effect: Object.fromEntries(paths.map((p, i) => [p, 1 + k + i]))}));
+      window.opendtDashboard.renderCalibration({ok: true, status: 200, body: {rounds: 3, applied: 3,
+        skipped: 0, failed: 0, pending: 0, axes: paths, series: series, last_round: null, axis_units: {}}});
+      return document.querySelectorAll('#chart-calibration .u-axis').length;
+    })(),
+  });
+})()"""
+
 SUBMIT_WHATIF = """(() => {
   const set = (id, v) => { document.getElementById(id).value = v; };
   set('whatif-start', %s);
@@ -460,6 +504,26 @@ async def _check_page(
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(data) > 20_000
     await asyncio.to_thread(shot.write_bytes, data)
+
+    # issue 27: the bar follows the twin, not the replay (SURF at --speed max showed "100 %, done" at 576 of
+    # 2,016 windows); a twin still waiting has no range (not 1970); memory has its unit; 24-hour UTC times
+    shown = json.loads(await cdp.js(MIDWAY))
+    assert shown["progress"] == "0.2857", shown
+    assert "576 durable, 28.57 % of the trace" in shown["windows"], shown
+    assert shown["replay"].startswith("100 %, sent"), shown
+    assert shown["range"] == "no data yet", shown
+    assert "memory MiB" in shown["topologyHead"], shown
+    assert re.search(r"updated \d\d:\d\d:\d\d UTC", shown["updated"]), shown
+    assert shown["calibrationAxes"] == 4, shown  # time, and one per calibrated parameter
+    # an optimizer panel: why it is off, or its rounds, the kept proposal's changes and an accept button
+    assert "not running on this twin: the optimizer is disabled" in shown["optimizerOff"][0], shown
+    assert shown["optimizerOff"][1] is True, shown
+    text, hidden = shown["optimizerOn"]
+    assert "7 (2 kept, 5 rejected)" in text, text
+    assert "round 84" in text, text
+    assert "clusters[C01].hosts[H01].count" in text, text
+    assert "277 → 250" in text, text
+    assert hidden is False, shown
 
 
 def _iso_ms(text: str) -> int:

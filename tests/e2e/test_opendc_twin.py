@@ -127,5 +127,8 @@ def test_a_binary_that_cannot_run_fails_at_start(kind: str, tmp_path: Path) -> N
         binary = write_standin(tmp_path / "bin", kind)  # type: ignore[arg-type]
     env = _env(OPENDT_SIMULATION__ENGINE="opendc", OPENDT_SIMULATION__OPENDC_BIN=str(binary))
     res = opendt("run", "--data-dir", str(tmp_path / "data"), env=env)
-    _one_line_error(res, 2, "simulation.opendc_bin", str(binary))
+    last = _one_line_error(res, 2, "simulation.opendc_bin", str(binary))
     assert not (tmp_path / "data" / "runs").exists()
+    if kind == "old_java":  # the JVM's line whole: which class version, and which Java runs (issue 27)
+        assert "class file version 65.0" in last, last
+        assert "only recognizes class file versions up to 61.0); is Java 21 there" in last, last

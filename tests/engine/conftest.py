@@ -13,7 +13,7 @@ from opendt.models.topology import Topology, parse_topology
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 REFERENCE = SHARED / "reference" / "opendc"
-SURF = SHARED / "workload" / "SURF"
+SURF = Path(__file__).resolve().parents[2] / "data" / "surf"
 
 
 def host_spec(name: str, count: int, cores: int, speed: float, model: dict[str, Any]) -> dict[str, Any]:
@@ -118,8 +118,5 @@ def surf_inputs() -> tuple[pl.DataFrame, pl.DataFrame]:
 
 @pytest.fixture(scope="session")
 def surf_carbon() -> pl.DataFrame:
-    """The SURF carbon trace."""
-    p = REFERENCE / "_inputs" / "carbon.parquet"
-    if not p.is_file():
-        pytest.skip("../shared/reference/opendc is not present")
-    return pl.read_parquet(p)
+    """The SURF carbon trace (data/surf; the reference's copy is the same file)."""
+    return pl.read_parquet(SURF / "carbon.parquet")

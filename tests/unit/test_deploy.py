@@ -74,3 +74,25 @@ def test_grafana_datasource_points_at_the_daemon() -> None:
     assert ds["type"] == "simpod-json-datasource"
     assert ds["url"] == "http://opendt:8080/grafana"
     assert "OPENDT_API_TOKEN" in ds["secureJsonData"]["httpHeaderValue1"]
+
+
+def test_prometheus_scrapes_the_daemon_and_grafana_reads_it() -> None:
+    """compose's Prometheus scrapes the opendt service's /metrics with the mounted configuration, and the
+    provisioned Prometheus datasource (the uid the Prometheus dashboard uses) points at that service."""
+    services = _compose()["services"]
+    assert isinstance(services, dict)
+    prom = services["prometheus"]
+    mount = next(v for v in prom["volumes"] if v.startswith("./"))
+    src, dst = mount.split(":")[:2]
+    assert dst == "/etc/prometheus/prometheus.yml"
+    config = yaml.safe_load((REPO / src).read_text())
+    (job,) = config["scrape_configs"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert job["static_configs"][0]["targets"] == ["opendt:8080"]
+    assert services["opendt"]["environment"]["OPENDT_API__PORT"] == "8080"
+    ds = yaml.safe_load((REPO / "grafana/provisioning/datasources/prometheus.yaml").read_text())[
+        "datasources"
+    ][0]
+    assert ds["type"] == "prometheus"
+    assert ds["url"] == "http://prometheus:9090"
+    assert not ds["isDefault"]  # the JSON datasource stays the default

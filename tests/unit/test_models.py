@@ -25,13 +25,14 @@ from opendt.models.messages import (
     to_ms,
 )
 from opendt.models.topology import TopologyError, load_topology, parse_topology
+from opendt.settings import REPO_ROOT
 
 HOST = {"cpu": {"coreCount": 8, "coreSpeed": 2000}, "memory": {"memorySize": 1000}}
 
 
-def test_surf_topology_round_trips(shared_dir: Path) -> None:
-    """SURF's topology.json parses and dumps back to the same document."""
-    path = shared_dir / "workload" / "SURF" / "topology.json"
+def test_surf_topology_round_trips() -> None:
+    """SURF's topology.json (data/surf) parses and dumps back to the same document."""
+    path = REPO_ROOT / "data" / "surf" / "topology.json"
     topo = load_topology(path)
     assert topo.to_json_dict() == json.loads(path.read_text())
     assert topo.host_count == 277

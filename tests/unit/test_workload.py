@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 
 import polars as pl
 import pytest
 
+from opendt.settings import REPO_ROOT
 from opendt.workload import (
     WorkloadError,
     load_workload,
@@ -135,9 +138,9 @@ def test_missing_and_corrupt_files(tmp_path: Path) -> None:
         load_workload(tmp_path)
 
 
-def test_surf_loads_with_synthesized_times(shared_dir: Path) -> None:
-    """SURF: 7,850 tasks, 2,323,475 fragments; times synthesized; power and carbon on epoch ms."""
-    w = load_workload(shared_dir / "workload" / "SURF")
+def test_surf_loads_with_synthesized_times() -> None:
+    """SURF (data/surf): 7,850 tasks, 2,323,475 fragments; times synthesized; power and carbon on epoch ms."""
+    w = load_workload(REPO_ROOT / "data" / "surf")
     assert w.tasks.height == 7850
     assert w.fragments.height == 2_323_475
     assert w.origin_ms == 1665093600000
@@ -152,3 +155,14 @@ def test_surf_loads_with_synthesized_times(shared_dir: Path) -> None:
     assert w.carbon is not None
     assert w.carbon.height == 34944
     assert w.end_ms >= 1665698400000
+
+
+def test_surf_files_are_the_ones_source_md_names() -> None:
+    """data/surf ships the SURF week unchanged: every file's sha256 is the one data/surf/SOURCE.md lists."""
+    surf = REPO_ROOT / "data" / "surf"
+    text = (surf / "SOURCE.md").read_text(encoding="utf-8")
+    listed = dict(re.findall(r"^\| `([\w.]+)` \|.*\| `([0-9a-f]{64})` \|$", text, re.MULTILINE))
+    files = {p.name for p in surf.iterdir() if p.name != "SOURCE.md"}
+    assert set(listed) == files
+    for name, digest in listed.items():
+        assert hashlib.sha256((surf / name).read_bytes()).hexdigest() == digest, name

@@ -162,26 +162,37 @@
     return Math.max(320, Math.floor(container.clientWidth || container.parentElement.clientWidth || 600));
   }
 
+  /* x tick labels in 24-hour UTC (uPlot's default is 12-hour am/pm): tick step, then the label formats */
+  const TIME_TICKS = [
+    [3600 * 24 * 365, "{YYYY}", null, null, null, null, null, null, 1],
+    [3600 * 24 * 28, "{MMM}", "\n{YYYY}", null, null, null, null, null, 1],
+    [3600 * 24, "{MM}-{DD}", "\n{YYYY}", null, null, null, null, null, 1],
+    [3600, "{HH}:{mm}", "\n{YYYY}-{MM}-{DD}", null, "\n{MM}-{DD}", null, null, null, 1],
+    [60, "{HH}:{mm}", "\n{YYYY}-{MM}-{DD}", null, "\n{MM}-{DD}", null, null, null, 1],
+    [1, "{HH}:{mm}:{ss}", "\n{YYYY}-{MM}-{DD}", null, "\n{MM}-{DD}", null, null, null, 1],
+  ];
+
   function chartOptions(container, defs, opts) {
     const scales = { x: { time: true } };
-    const axes = [{ stroke: "#667085" }];
+    const axes = [{ stroke: "#667085", values: TIME_TICKS }];
     const seen = [];
+    const many = new Set(defs.map((d) => d.scale || "y")).size > 2;
     for (const d of defs) {
       const scale = d.scale || "y";
       if (seen.includes(scale)) continue;
       seen.push(scale);
       scales[scale] = { auto: true };
-      if (seen.length <= 2) {
-        axes.push({
-          scale: scale,
-          side: seen.length === 1 ? 3 : 1,
-          label: d.axisLabel || d.unit || "",
-          size: 70,
-          stroke: "#667085",
-          grid: { show: seen.length === 1 },
-          values: (u, splits) => splits.map((v) => fmtNum(v, 2)),
-        });
-      }
+      /* every scale its own axis (a third calibrated parameter was drawn against none), left and right in
+         turn, in its line's colour when there are more than two */
+      axes.push({
+        scale: scale,
+        side: seen.length % 2 === 1 ? 3 : 1,
+        label: d.axisLabel || d.unit || "",
+        size: 70,
+        stroke: many ? d.stroke : "#667085",
+        grid: { show: seen.length === 1 },
+        values: (u, splits) => splits.map((v) => fmtNum(v, 2)),
+      });
     }
     return {
       width: chartWidth(container),
@@ -273,12 +284,18 @@
     const counters = s.counters || {};
     const wl = s.workload || {};
     const topo = s.topology || {};
+    /* the bar follows the twin (windows durable over the workload's span), not the replay: at --speed max
+       the replay is done long before the windows are simulated */
+    const share = (t, lo, hi) => (hi > lo ? Math.min(1, Math.max(0, (t - lo) / (hi - lo))) : 1);
     let progress = null;
-    if (isNum(replay.trace_ms) && isNum(replay.start_ms) && isNum(replay.end_ms)) {
-      const span = replay.end_ms - replay.start_ms;
-      progress = span > 0 ? Math.min(1, Math.max(0, (replay.trace_ms - replay.start_ms) / span)) : 1;
-    }
-    if (replay.done) progress = 1;
+    if (sim.done) progress = 1;
+    else if (isNum(sim.last_window_end_ms) && isNum(wl.start_ms) && isNum(wl.end_ms))
+      progress = share(sim.last_window_end_ms, wl.start_ms, wl.end_ms);
+    else if (isNum(wl.start_ms) && isNum(wl.end_ms)) progress = 0;
+    let replayShare = null;
+    if (isNum(replay.trace_ms) && isNum(replay.start_ms) && isNum(replay.end_ms))
+      replayShare = share(replay.trace_ms, replay.start_ms, replay.end_ms);
+    if (replay.done) replayShare = 1;
     $("replay-bar").style.width = progress === null ? "0" : (progress * 100).toFixed(1) + "%";
     $("replay-bar").parentElement.dataset.progress = progress === null ? "" : progress.toFixed(4);
 
@@ -294,10 +311,10 @@
       [
         "replay",
         "Replay",
-        progress === null
+        replayShare === null
           ? "—"
-          : fmtPct(progress * 100) +
-            (replay.done ? ", done" : "") +
+          : fmtPct(replayShare * 100) +
+            (replay.done ? ", sent" : "") +
             " — trace " +
             iso(replay.trace_ms) +
             (isNum(replay.lag_s) ? ", lag " + fmtNum(replay.lag_s, 1) + " s" : ""),
@@ -312,6 +329,7 @@
           " failed, " +
           fmtNum(sim.windows_durable, 0) +
           " durable" +
+          (progress === null ? "" : ", " + fmtPct(progress * 100) + " of the trace") +
           (sim.done ? " (all done)" : ""),
       ],
       [
@@ -396,7 +414,14 @@
       metric("energy error", fmtPct(m.energy_error_pct, true), "energy_error"),
       metric("matched points", fmtNum(m.points, 0), "points"),
       metric("step", fmtNum(b.step_s, 0) + " s", "step"),
-      metric("range", iso(Date.parse(b.start)) + " → " + iso(Date.parse(b.end)), "range"),
+      /* a twin still waiting for its first window has no range (the API then answers the epoch) */
+      metric(
+        "range",
+        (b.simulated || []).length || (b.measured || []).length
+          ? iso(Date.parse(b.start)) + " → " + iso(Date.parse(b.end))
+          : "no data yet",
+        "range",
+      ),
     );
     const sim = b.simulated || [];
     if (sim.length) view.simulatedRange = [sim[0][0], sim[sim.length - 1][0]];
@@ -475,7 +500,7 @@
     ["count", "count"],
     ["cpu.coreCount", "cores"],
     ["cpu.coreSpeed", "core MHz"],
-    ["memory.memorySize", "memory"],
+    ["memory.memorySize", "memory MiB"],
     ["cpuPowerModel.modelType", "power model"],
     ["cpuPowerModel.idlePower", "idle W"],
     ["cpuPowerModel.maxPower", "max W"],
@@ -688,6 +713,79 @@
       ),
       { height: 180, empty: "no calibration rounds yet" },
     );
+  }
+
+  /* ---------- optimizer ---------- */
+
+  function renderOptimizer(resp) {
+    const box = $("optimizer");
+    const accept = $("optimizer-accept");
+    if (resp.status === 404) {
+      box.dataset.state = "disabled";
+      accept.hidden = true;
+      const why = resp.body && resp.body.error ? resp.body.error : "optimizer.enabled is false";
+      box.replaceChildren(el("p", { class: "muted", text: "The optimizer is not running on this twin: " + why + "." }));
+      return;
+    }
+    if (!resp.ok || !resp.body) {
+      box.dataset.state = "error";
+      accept.hidden = true;
+      box.replaceChildren(el("p", { class: "error", text: errorText(resp) }));
+      return;
+    }
+    const o = resp.body;
+    box.dataset.state = "enabled";
+    const counts = o.counts || {};
+    const best = o.best || null;
+    const diff = Array.isArray(o.diff_vs_current) ? o.diff_vs_current : [];
+    const items = [
+      ["Status", fmtValue(o.status) + " (" + fmtValue(o.strategy) + ", every " + fmtNum(o.every_windows, 0) + " windows)"],
+      [
+        "Rounds",
+        fmtNum(o.cycle_count, 0) +
+          " (" +
+          Object.entries(counts)
+            .filter(([, n]) => n)
+            .map(([k, n]) => fmtNum(n, 0) + " " + k)
+            .join(", ") +
+          ")",
+      ],
+      ["SLOs", Object.entries(o.slo_targets || {}).map(([k, v]) => k + " " + fmtValue(v)).join(", ") || "—"],
+      ["Kept proposal", best ? "round " + fmtValue(best.round) + ", score " + fmtNum(o.window_best_score, 3) : "none"],
+    ];
+    for (const c of diff)
+      items.push([
+        "Change: " + fmtValue(c.path),
+        fmtValue(c.before) + " → " + fmtValue(c.after) + (c.conflict ? " (changed since the proposal)" : ""),
+      ]);
+    box.replaceChildren(
+      el("dl", { class: "kv" }, ...items.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })])),
+    );
+    accept.hidden = !(best && diff.length);
+  }
+
+  async function acceptProposal() {
+    const out = $("optimizer-result");
+    const headers = { "Content-Type": "application/json", Accept: "application/json" };
+    const token = $("whatif-token").value.trim();
+    if (token) headers.Authorization = "Bearer " + token;
+    out.hidden = false;
+    try {
+      const resp = await fetch("/api/optimizer/accept", { method: "POST", headers: headers, body: "{}" });
+      let body = null;
+      try {
+        body = await resp.json();
+      } catch (e) {
+        body = null;
+      }
+      out.textContent = resp.ok && body
+        ? "accepted: topology version " + fmtValue(body.version) + ", " + fmtValue(body.applies)
+        : "not accepted: " + errorText({ status: resp.status, body: body });
+      out.dataset.status = String(resp.status);
+    } catch (e) {
+      out.textContent = "not accepted: request failed: " + e.message;
+      out.dataset.status = "0";
+    }
   }
 
   /* ---------- what-if ---------- */
@@ -945,11 +1043,12 @@
     try {
       const status = await getJSON("/api/status");
       if (!status.ok || !status.body) throw new Error("/api/status answered " + errorText(status));
-      const [power, carbon, topology, calibration] = await Promise.all([
+      const [power, carbon, topology, calibration, optimizer] = await Promise.all([
         fetchRange("/api/power", status.body),
         fetchRange("/api/carbon", status.body),
         getJSON("/api/topology"),
         getJSON("/api/calibration"),
+        getJSON("/api/optimizer?limit=1"),
       ]);
       const problems = [
         safely("status", () => renderStatus(status.body)),
@@ -957,12 +1056,13 @@
         safely("carbon", () => renderCarbon(carbon)),
         safely("topology", () => renderTopology(topology)),
         safely("calibration", () => renderCalibration(calibration)),
+        safely("optimizer", () => renderOptimizer(optimizer)),
       ].filter((p) => p);
       setBanner(problems.length ? "Dashboard error — " + problems.join("; ") : null);
       view.ticks += 1;
       document.body.dataset.ticks = String(view.ticks);
       $("updated").textContent =
-        "updated " + new Date().toLocaleTimeString() + " (every " + REFRESH_MS / 1000 + " s)";
+        "updated " + new Date().toISOString().slice(11, 19) + " UTC (every " + REFRESH_MS / 1000 + " s)";
     } catch (e) {
       const badge = $("status-badge");
       badge.textContent = "unreachable";
@@ -982,6 +1082,7 @@
     fillPatchKeys([]);
     $("patch-add").addEventListener("click", () => addPatchRow("", "").querySelector(".patch-key").focus());
     $("whatif-form").addEventListener("submit", submitWhatif);
+    $("optimizer-accept").addEventListener("click", acceptProposal);
     for (const id of ["whatif-start", "whatif-end"]) {
       $(id).addEventListener("input", () => {
         view.whatifTouched = true;
@@ -989,6 +1090,14 @@
     }
     tick();
   }
+
+  /* for tests: render a given status or power answer (as a refresh would) */
+  window.opendtDashboard = {
+    renderStatus: renderStatus,
+    renderPower: renderPower,
+    renderCalibration: renderCalibration,
+    renderOptimizer: renderOptimizer,
+  };
 
   init();
 })();
