@@ -10,7 +10,8 @@ a lower maximum fit as well as the reverse), so among the candidates of a round:
 * per numeric axis, the **interval** of its values over that set is what the round reports: a narrow one is a
   parameter the data pins down, a wide one a parameter it leaves free;
 * inside the set the calibrator picks the candidate minimising ``score + prior_weight × τ × d``: ``τ`` the
-  best's noise threshold (the score unit the data resolves), ``d`` the distance from the physical topology's
+  round's noise threshold (the gain the best needs over the values in effect: the score unit the data
+  resolves), ``d`` the distance from the physical topology's
   values, ``Σ |ln(value / physical value)|`` over the numeric axes. So a parameter leaves the physical
   topology's value only as far as the data demands, and goes back toward it when the data stops demanding it
   (``prior_weight`` 0: the best score, the behaviour before the prior). A power model of another type than
