@@ -141,3 +141,39 @@ def runfiles_windows(run: Path) -> int:
             run / "windows.arrowlog", (run / "windows.arrowlog").read_bytes(), arrow_schema(WINDOW_SCHEMA)
         ).frames
     )
+
+
+async def test_a_run_of_the_parquet_layout_is_converted_once(tmp_path: Path) -> None:
+    """A run written before the appended files (``windows.parquet``, ``agg_results.parquet``, rewritten whole):
+    ``opendt serve`` reads it as it is; the daemon's load converts it to the appended files (same rows, the
+    parquet files removed), and it goes on appending."""
+    run = tmp_path / "run"
+    run.mkdir()
+    recs = [WindowRecord(T0 + i * W, T0 + (i + 1) * W, "ok", 3, 1, 1, 0, 0, 0.01, 0.01, 1) for i in range(3)]
+    journal = pl.concat(
+        [
+            pl.DataFrame([{**{k: v for k, v in vars(r).items() if not k.endswith("_ms")}}]).with_columns(
+                window_start=pl.lit(r.window_start_ms).cast(pl.Datetime("ms", "UTC")),
+                window_end=pl.lit(r.window_end_ms).cast(pl.Datetime("ms", "UTC")),
+            )
+            for r in recs
+        ]
+    ).drop("engine")  # journals of that time could lack the column
+    journal.write_parquet(run / "windows.parquet")
+    agg = pl.concat([_rows(T0 + i * W) for i in range(3)])
+    agg.write_parquet(run / "agg_results.parquet")
+    served = ResultStore(run)
+    served.load(writable=False)
+    assert served.agg.equals(agg)
+    assert not (run / "windows.arrowlog").exists()
+    store = ResultStore(run)
+    store.load()
+    assert store.agg.equals(agg)
+    assert store.windows["engine"].to_list() == ["builtin"] * 3
+    assert sorted(p.name for p in run.iterdir()) == ["agg_results.arrowlog", "windows.arrowlog"]
+    rec = WindowRecord(T0 + 3 * W, T0 + 4 * W, "ok", 3, 1, 1, 0, 0, 0.01, 0.01, 1)
+    await store.commit(rec, _rows(T0 + 3 * W))
+    again = ResultStore(run)
+    again.load()
+    assert again.agg.equals(pl.concat([agg, _rows(T0 + 3 * W)]))
+    assert again.durable_count == 4
