@@ -48,7 +48,7 @@ from opendt.twin.hooks import HookChain
 from opendt.twin.liveness import Liveness, metadata_probe
 from opendt.twin.loop import WindowLoop
 from opendt.twin.opendc import OpenDCWindows
-from opendt.twin.recovery import Recovery, durability_of
+from opendt.twin.recovery import Recovery, can_rewind, durability_of
 from opendt.twin.results import ResultStore
 from opendt.twin.run import RunLock, identity, set_aside, write_run_json
 from opendt.twin.scenarios import ScenarioRunner
@@ -158,7 +158,12 @@ async def build_twin(
         log.info("run_set_aside", run_id=ident.run_id, moved_to=str(moved))
         await asyncio.to_thread(lock.acquire)  # the lock file moved with the old directory
     store = ResultStore(run_dir)
-    await asyncio.to_thread(store.load)
+    durability = durability_of(settings, run_dir)
+
+    def rewind(kept: list[int], end_ms: int) -> bool:
+        return can_rewind(durability, run_dir, kept, end_ms)
+
+    await asyncio.to_thread(store.load, rewind=rewind)
     await asyncio.to_thread(write_run_json, run_dir, ident)
     if store.durable_count:
         log.info(
@@ -175,7 +180,7 @@ async def build_twin(
     state.box = box
     twin = TwinEngine(timeout_s=settings.simulation.timeout_s)
     recovery = Recovery(
-        durability_of(settings, run_dir),
+        durability,
         store,
         box,
         twin,

@@ -86,8 +86,9 @@ def arrow_schema(schema: pl.Schema) -> pa.Schema:
     return pl.DataFrame(schema=schema).to_arrow().schema
 
 
-def scan(path: Path, data: bytes | memoryview, expected: pa.Schema) -> Scan:
-    """The frames of a table file's bytes; :class:`LogCorrupt` when it is not a table of ``expected``."""
+def scan(path: Path, data: bytes | memoryview, expected: pa.Schema, *, prefix: bool = False) -> Scan:
+    """The frames of a table file's bytes; :class:`LogCorrupt` when it is not a table of ``expected``
+    (``prefix``: a bad frame ends the frames instead, the rest counted as torn)."""
     mv = memoryview(data)
     n = len(mv)
     if n < len(MAGIC) + _SCHEMA.size:
@@ -121,10 +122,12 @@ def scan(path: Path, data: bytes | memoryview, expected: pa.Schema) -> Scan:
         if body + length > n:
             break
         if zlib.crc32(mv[body : body + length], zlib.crc32(mv[pos + 8 : body])) != crc:
-            if body + length == n:
+            if body + length == n or prefix:
                 break  # the last frame, not all of it written
             raise LogCorrupt(f"{path}: checksum mismatch in the frame at byte {pos}")
         if rows * least > length:
+            if prefix:
+                break
             raise LogCorrupt(f"{path}: the frame at byte {pos} claims {rows} rows in {length} bytes")
         out.frames.append(Frame(window_start, rows, body, length))
         pos = out.end = body + length
@@ -185,13 +188,13 @@ class AppendLog:
         self.schema = self.expected
         self.size = 0
 
-    def read(self) -> tuple[bytes, Scan]:
-        """The file's bytes and frames (an absent file is an empty table)."""
+    def read(self, *, prefix: bool = False) -> tuple[bytes, Scan]:
+        """The file's bytes and frames (an absent file is an empty table; ``prefix``: see :func:`scan`)."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
             return b"", Scan(None)
-        found = scan(self.path, data, self.expected)
+        found = scan(self.path, data, self.expected, prefix=prefix)
         if found.schema is not None:
             self.schema = found.schema
         return data, found

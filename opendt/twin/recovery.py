@@ -247,6 +247,21 @@ class Recovery:
         return True
 
 
+def can_rewind(d: Durability, run_dir: Path, kept: list[int], end_ms: int) -> bool:
+    """Whether a twin whose results files are damaged from some window on can go on from ``end_ms`` with
+    only the durable windows ``kept`` (their starts) and re-read the rest from the stream: the engine can be
+    rebuilt (the newest checkpoint at or before ``end_ms``, then the stored inputs of the kept windows after
+    it) and the stream resumed (the last kept window's inputs hold its positions). Never with calibration,
+    the optimizer or the OpenDC engine's history in the run: their journals would not go back with it."""
+    if not kept or any((run_dir / n).exists() for n in ("calibration.parquet", "optimizer.jsonl", "opendc")):
+        return False
+    d.inputs.load()
+    d.checkpoints.load()
+    base = max((a for a in d.checkpoints.instants if a <= end_ms), default=None)
+    need = [s for s in kept if base is None or s >= base]
+    return all(d.inputs.has(s) for s in need) and d.inputs.has(kept[-1])
+
+
 def durability_of(settings: Settings, run_dir: Path) -> Durability:
     """The run's input store and checkpoints, kept as long as what-ifs, calibration lookbacks and duplicate
     detection reach back (plus one checkpoint period)."""

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import structlog
 
 from opendt.engine.rows import ACTIVITY_COLUMNS
 from opendt.models.messages import iso_ms
 from opendt.models.topology import Topology
 from opendt.stream.windowing import Window
-from opendt.twin.appendlog import AppendLog
+from opendt.twin.appendlog import AppendLog, LogCorrupt
 from opendt.twin.files import write_atomic
 from opendt.twin.tables import (
     AGG,
@@ -32,13 +34,21 @@ from opendt.twin.tables import (
     MEASURED_SCHEMA,
     WINDOW_SCHEMA,
     ResultsMismatch,
+    Table,
     conform,
+    cut_from,
     load_journal,
     load_rows,
     migrate,
     read_journal,
     read_rows,
+    sound_prefix,
 )
+
+Rewind = Callable[[list[int], int], bool]
+"""Whether the twin can go on from the end (ms) of the durable windows listed (their starts) alone."""
+
+log = structlog.get_logger(component="results")
 
 __all__ = [
     "AGG_SCHEMA",
@@ -209,13 +219,33 @@ class ResultStore:
         """The journal."""
         return self._windows.get()
 
-    def load(self, *, writable: bool = True) -> None:
+    def load(self, *, writable: bool = True, rewind: Rewind | None = None) -> None:
         """Read what a previous run of this run directory made durable, checked against the journal: each
         window's rows and power samples are as many as the journal records, checked before they are decoded.
         Frames of windows the journal does not list (a crash between two appends) and a torn last frame are
         cut off (``writable``: the daemon; ``opendt serve`` only skips them). A results file that is missing,
         stale or holds rows twice raises :class:`ResultsMismatch`, a damaged one
-        :class:`~opendt.twin.appendlog.LogCorrupt`, one line naming it."""
+        :class:`~opendt.twin.appendlog.LogCorrupt`, one line naming it — unless the damage only takes the
+        windows from some point on, and ``rewind(kept_starts, end_ms)`` says the twin can go on from the last
+        intact window and re-read the rest from the stream: then every file is cut back to it
+        (``results_rewound``, naming the file)."""
+        try:
+            self._load(writable=writable)
+        except (ResultsMismatch, LogCorrupt) as e:
+            sound = None if rewind is None or not writable else sound_prefix(self.run_dir, self._checked())
+            if rewind is None or sound is None or not rewind(*sound):
+                raise
+            kept, end = sound
+            log.warning("results_rewound", error=str(e), until_ms=end, windows_kept=len(kept))
+            cut_from(self.run_dir, end)
+            self._load(writable=writable)
+
+    def _checked(self) -> list[Table]:
+        # older runs had no measured power file
+        measured = self.measured_path.exists() or (self.run_dir / "run.json").exists()
+        return [AGG, MEASURED] if measured else [AGG]
+
+    def _load(self, *, writable: bool) -> None:
         if writable:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             migrate(self.run_dir)
@@ -225,8 +255,7 @@ class ResultStore:
         journal = load_journal(self.run_dir, writable=writable)
         windows = journal.rows
         agg = load_rows(self.run_dir, AGG, windows, writable=writable, check=True)
-        # older runs had no measured power file
-        check = self.measured_path.exists() or (self.run_dir / "run.json").exists()
+        check = MEASURED in self._checked()
         measured = load_rows(self.run_dir, MEASURED, windows, writable=writable, check=check)
         self._writers = {"agg": agg.writer, "measured": measured.writer, "windows": journal.writer}
         self._set(windows, agg.rows, measured.rows)

@@ -300,3 +300,60 @@ def migrate(run_dir: Path) -> bool:
         (run_dir / table.legacy).unlink(missing_ok=True)
     log.info("results_converted", run_dir=str(run_dir), windows=journal.height)
     return True
+
+
+def sound_prefix(run_dir: Path, tables: list[Table]) -> tuple[list[int], int] | None:
+    """The starts of the journal's longest prefix of windows whose frames are intact in every file of
+    ``tables`` (as many rows as the journal records) and the end of its last window; None when it is empty,
+    when a file cannot be read even in part (no
+    header) or holds more rows than the journal for a window (written twice: not damage the stream repairs).
+    """
+    try:
+        _, found = AppendLog(run_dir / JOURNAL.file, JOURNAL.schema).read(prefix=True)
+    except (LogCorrupt, OSError):
+        return None
+    if any(f.rows != 1 for f in found.frames):
+        return None
+    try:
+        journal = load_journal_frames(run_dir, found)
+    except (LogCorrupt, ResultsMismatch):
+        return None
+    starts: list[int] = [int(x) for x in _starts(journal)]
+    keep = len(starts)
+    for table in tables:
+        try:
+            _, part = AppendLog(run_dir / table.file, table.schema).read(prefix=True)
+        except FileNotFoundError:
+            part = Scan(None)
+        except (LogCorrupt, OSError):
+            return None
+        have = part.rows_per_window()
+        want = journal[table.count].to_list()
+        for i, (s, n) in enumerate(zip(starts, want, strict=True)):
+            if have.get(s, 0) > n:
+                return None
+            if have.get(s, 0) != n:
+                keep = min(keep, i)
+                break
+    if keep == 0:
+        return None
+    return starts[:keep], int(journal["window_end"].dt.epoch("ms")[keep - 1])
+
+
+def load_journal_frames(run_dir: Path, found: Scan) -> pl.DataFrame:
+    path = run_dir / JOURNAL.file
+    return _decode(path, JOURNAL, path.read_bytes(), found, found.frames)
+
+
+def cut_from(run_dir: Path, start_ms: int) -> None:
+    """Cut every table file back to before its first frame of a window at or after ``start_ms`` (or its
+    first damaged frame), the journal first: the windows from ``start_ms`` on are no longer durable."""
+    for table in (JOURNAL, AGG, MEASURED):
+        writer = AppendLog(run_dir / table.file, table.schema)
+        if not writer.path.exists():
+            continue
+        _, found = writer.read(prefix=True)
+        later = [f for f in found.frames if f.window_start_ms >= start_ms]
+        end = later[0].offset - FRAME_HEADER if later else found.end
+        if end < found.end + found.torn:
+            _cut(writer, end, found, f"windows from {start_ms} on, to be read again from the stream")

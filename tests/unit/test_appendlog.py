@@ -16,7 +16,7 @@ from opendt.commands.errors import UsageError
 from opendt.commands.serve import build_view
 from opendt.settings import Settings
 from opendt.twin.appendlog import FRAME_HEADER, AppendLog, LogCorrupt, arrow_schema, scan
-from opendt.twin.results import ResultStore, WindowRecord
+from opendt.twin.results import WINDOW_SCHEMA, ResultsMismatch, ResultStore, WindowRecord
 from opendt.twin.tables import AGG, AGG_SCHEMA, MEASURED_SCHEMA
 
 W = 300_000
@@ -107,3 +107,73 @@ async def test_serve_refuses_a_small_file_claiming_millions_of_rows(tmp_path: Pa
     assert "claims 5000000 rows" in str(err.value)
     assert "\n" not in str(err.value)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KB
+
+
+async def test_a_results_file_the_journal_needs_is_named_when_nothing_can_be_kept(tmp_path: Path) -> None:
+    """Without a way to re-read the stream (``rewind`` None or refusing), a deleted results file is
+    ``ResultsMismatch`` naming it ("does not exist"); with one, the files are cut back to the last window
+    whose rows are all there."""
+    run = tmp_path / "run"
+    store = ResultStore(run)
+    store.load()
+    for i in range(3):
+        rec = WindowRecord(T0 + i * W, T0 + (i + 1) * W, "ok", 3 if i else 0, 1, 1, 0, 0, 0.01, 0.01, 1)
+        await store.commit(rec, _rows(T0 + i * W) if i else pl.DataFrame())
+    (run / AGG.file).unlink()
+    with pytest.raises(ResultsMismatch, match=r"agg_results\.arrowlog does not exist"):
+        ResultStore(run).load(rewind=lambda kept, end: False)
+    asked: list[tuple[list[int], int]] = []
+
+    def rewind(kept: list[int], end: int) -> bool:
+        asked.append((kept, end))
+        return True
+
+    again = ResultStore(run)
+    again.load(rewind=rewind)
+    assert asked == [([T0], T0 + W)]  # the first window had no rows: it is intact
+    assert again.durable_count == 1
+    assert runfiles_windows(run) == 1
+
+
+def runfiles_windows(run: Path) -> int:
+    return len(
+        scan(
+            run / "windows.arrowlog", (run / "windows.arrowlog").read_bytes(), arrow_schema(WINDOW_SCHEMA)
+        ).frames
+    )
+
+
+async def test_a_run_of_the_parquet_layout_is_converted_once(tmp_path: Path) -> None:
+    """A run written before the appended files (``windows.parquet``, ``agg_results.parquet``, rewritten whole):
+    ``opendt serve`` reads it as it is; the daemon's load converts it to the appended files (same rows, the
+    parquet files removed), and it goes on appending."""
+    run = tmp_path / "run"
+    run.mkdir()
+    recs = [WindowRecord(T0 + i * W, T0 + (i + 1) * W, "ok", 3, 1, 1, 0, 0, 0.01, 0.01, 1) for i in range(3)]
+    journal = pl.concat(
+        [
+            pl.DataFrame([{**{k: v for k, v in vars(r).items() if not k.endswith("_ms")}}]).with_columns(
+                window_start=pl.lit(r.window_start_ms).cast(pl.Datetime("ms", "UTC")),
+                window_end=pl.lit(r.window_end_ms).cast(pl.Datetime("ms", "UTC")),
+            )
+            for r in recs
+        ]
+    ).drop("engine")  # journals of that time could lack the column
+    journal.write_parquet(run / "windows.parquet")
+    agg = pl.concat([_rows(T0 + i * W) for i in range(3)])
+    agg.write_parquet(run / "agg_results.parquet")
+    served = ResultStore(run)
+    served.load(writable=False)
+    assert served.agg.equals(agg)
+    assert not (run / "windows.arrowlog").exists()
+    store = ResultStore(run)
+    store.load()
+    assert store.agg.equals(agg)
+    assert store.windows["engine"].to_list() == ["builtin"] * 3
+    assert sorted(p.name for p in run.iterdir()) == ["agg_results.arrowlog", "windows.arrowlog"]
+    rec = WindowRecord(T0 + 3 * W, T0 + 4 * W, "ok", 3, 1, 1, 0, 0, 0.01, 0.01, 1)
+    await store.commit(rec, _rows(T0 + 3 * W))
+    again = ResultStore(run)
+    again.load()
+    assert again.agg.equals(pl.concat([agg, _rows(T0 + 3 * W)]))
+    assert again.durable_count == 4
