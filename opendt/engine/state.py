@@ -114,8 +114,9 @@ class _Writer:
         node: dict[str, Any] = {"$o": name, "i": self.memo[id(o)]}
         if hasattr(t, "_fields"):  # a NamedTuple
             node["v"] = [self.enc(x) for x in o]
-        else:
-            node["f"] = {k: self.enc(v) for k, v in vars(o).items()}
+        else:  # its attributes, less what the class leaves out of copies (its own __getstate__: an index)
+            own = "__getstate__" in vars(t)
+            node["f"] = {k: self.enc(v) for k, v in (o.__getstate__() if own else vars(o)).items()}
         return node
 
     def _list(self, o: list[Any]) -> dict[str, int] | None:
@@ -286,6 +287,10 @@ class _Reader:
             raise StateError(f"engine state: {cls.__name__} attributes differ from this OpenDT's")
         made = object.__new__(cls)
         self.memo.append(made)
-        for k, v in fields.items():
-            object.__setattr__(made, k, self.dec(v))
+        values = {k: self.dec(v) for k, v in fields.items()}
+        if "__setstate__" in vars(cls):  # one of our classes rebuilds what it leaves out (an index)
+            made.__setstate__(values)
+        else:
+            for k, v in values.items():
+                object.__setattr__(made, k, v)
         return made
