@@ -13,6 +13,9 @@ window, SURF's sizes; 8,064 windows = 4 weeks of 300 s windows):
 
 Printed per layout: the median time per window at ages 0–99, 1,000–1,099, … (and the last 100), then the
 time to read the finished run back (what a restart, ``opendt serve`` or a report pays once).
+
+``--ages 0,2016,8064`` instead: per layout and age, the run filled to that many windows first (untimed), then
+the median of ``--repeat`` windows made durable after it: the time per append against the run's age.
 """
 
 from __future__ import annotations
@@ -135,6 +138,9 @@ class Log:
         return store.agg.height + store.windows.height
 
 
+Maker = Callable[[Path], Rewrite | Parts | Log]
+
+
 def _size(d: Path) -> int:
     return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
 
@@ -166,18 +172,49 @@ async def _run(
     }
 
 
+async def _at_age(make: Maker, age: int, repeat: int, rows: int, samples: int) -> float:
+    with tempfile.TemporaryDirectory(prefix="opendt-append-") as tmp:
+        layout = make(Path(tmp))
+        if isinstance(layout, Rewrite) and age:  # filled in memory, written once: the same files
+            parts = [_window(i, rows, samples) for i in range(age)]
+            layout.agg = pl.concat([a for _, a, _ in parts])
+            layout.measured = pl.concat([m for _, _, m in parts])
+            layout.windows = pl.concat([_journal_row(r) for r, _, _ in parts])
+        else:
+            for i in range(age):
+                await layout.commit(*_window(i, rows, samples))
+        times = []
+        for i in range(age, age + repeat):
+            rec, agg, measured = _window(i, rows, samples)
+            t = time.perf_counter()
+            await layout.commit(rec, agg, measured)
+            times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--windows", type=int, default=8064)
     ap.add_argument("--rows", type=int, default=2)
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--layouts", default="arrowlog,parts,rewrite")
+    ap.add_argument("--ages", help="comma-separated run ages (windows): time per append at each")
+    ap.add_argument("--repeat", type=int, default=30)
     args = ap.parse_args()
     makers: dict[str, Callable[[Path], Rewrite | Parts | Log]] = {
         "rewrite": Rewrite,
         "parts": Parts,
         "arrowlog": Log,
     }
+    if args.ages:
+        for name in args.layouts.split(","):
+            ages = [int(a) for a in args.ages.split(",")]
+            ms = {
+                a: round(asyncio.run(_at_age(makers[name], a, args.repeat, args.rows, args.samples)), 3)
+                for a in ages
+            }
+            print(json.dumps({"layout": name, "median_ms_per_window_at_age": ms}), flush=True)
+        return 0
     for name in args.layouts.split(","):
         out = asyncio.run(_run(makers[name], args.windows, args.rows, args.samples))
         print(json.dumps({"layout": name, "windows": args.windows, **out}), flush=True)

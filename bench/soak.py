@@ -69,7 +69,15 @@ def make_trace(src: Path, dst: Path, weeks: int) -> Path:
 
 
 def _size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+    """Bytes under ``path`` (files the daemon removes meanwhile, a pruned checkpoint, are skipped)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += (Path(root) / name).stat().st_size
+            except FileNotFoundError:
+                continue
+    return total
 
 
 def _journal(run: Path) -> pl.DataFrame | None:
@@ -133,6 +141,7 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     peak = 0
     week = 1
+    worker_cpu = 0.0
     run: Path | None = None
     while proc.poll() is None:
         time.sleep(1)
@@ -141,7 +150,7 @@ def main() -> int:
             workers = [c for c in daemon.children(recursive=True) if "opendt.worker" in " ".join(c.cmdline())]
             worker_rss = sum(c.memory_info().rss for c in workers)
             daemon_cpu = _cpu_s(daemon)
-            worker_cpu = sum(_cpu_s(c) for c in workers)
+            worker_cpu = sum(_cpu_s(c) for c in workers) if workers else worker_cpu  # exited: the last
         except psutil.NoSuchProcess:
             break
         peak = max(peak, rss)
