@@ -9,9 +9,13 @@ Per mode (``replay.batch_records``: 1 = one record per message, N = NDJSON batch
 * **produce**: ``opendt replay --speed max`` as its own process into the embedded Tansu (records/s, wall);
 * **raw consume**: one aiokafka consumer in this process reads every input topic to its end (messages/s and
   records/s; records of a batch counted by its lines, nothing decoded);
+* **consumer**: the twin's window-accumulating consumer alone, in this process (the same ``WindowConsumer``
+  the daemon runs: decode, time gate, dedup, windowing, closed windows handed on), its closed windows taken
+  and dropped at once: records/s from start to the last window, and its CPU seconds;
 * **twin**: records/s from the consumer's start to the last window durable (``consumer_started`` ..
   ``consumer_finished`` in the daemon's JSON log: every record decoded, gated, windowed, simulated and
-  written), the whole process's wall, and the twin's CPU seconds.
+  written; the simulator back-pressures the consumer, so this is the simulator's pace), the whole process's
+  wall, and the twin's CPU seconds.
 
 The SURF week (``../shared/workload/SURF``, else ``data/surf``) is the default workload.
 """
@@ -38,7 +42,9 @@ from logs import events  # bench/logs.py, beside this script
 from opendt.kafka.admin import ensure_topics
 from opendt.kafka.broker import EmbeddedBroker
 from opendt.kafka.client import make_consumer
-from opendt.settings import KafkaSettings
+from opendt.settings import KafkaSettings, TopicNames
+from opendt.stream.consumer import WindowConsumer
+from opendt.stream.resume import ClosedWindow
 
 ROOT = Path(__file__).resolve().parents[1]
 SURF = next(
@@ -87,6 +93,33 @@ async def _raw_consume(bootstrap: str, topics: list[str]) -> dict[str, float]:
     return {"messages": messages, "records": records, "wall_s": wall, "records_per_s": records / wall}
 
 
+async def _consumer(bootstrap: str, topics: dict[str, str]) -> dict[str, float]:
+    """The window consumer alone over the filled topics; its windows dropped as they close."""
+    names = TopicNames(**topics)
+    consumer = make_consumer(bootstrap, [], None, KafkaSettings(bootstrap_servers=bootstrap))
+    await consumer.start()
+    queue: asyncio.Queue[ClosedWindow | None] = asyncio.Queue(maxsize=64)
+    wc = WindowConsumer(consumer, names, 300_000, queue, commit=False)
+    windows = 0
+    try:
+        t0, c0 = time.perf_counter(), time.process_time()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(wc.run())
+            while await queue.get() is not None:
+                windows += 1
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        await consumer.stop()
+    events = wc.status().events
+    return {
+        "windows": windows,
+        "events": events,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "records_per_s": events / wall,
+    }
+
+
 def _twin(env: dict[str, str], data_dir: Path, log_path: Path) -> dict[str, Any]:
     cmd = [
         sys.executable,
@@ -123,7 +156,9 @@ def _twin(env: dict[str, str], data_dir: Path, log_path: Path) -> dict[str, Any]
     }
 
 
-async def bench(workload: Path, modes: list[int], tmp: Path) -> list[dict[str, Any]]:
+async def bench(
+    workload: Path, modes: list[int], tmp: Path, *, skip_twin: bool = False
+) -> list[dict[str, Any]]:
     rows = []
     async with EmbeddedBroker(KafkaSettings()) as broker:
         bootstrap = broker.bootstrap_servers
@@ -146,8 +181,15 @@ async def bench(workload: Path, modes: list[int], tmp: Path) -> list[dict[str, A
             raw = await _raw_consume(
                 bootstrap, [topics[k] for k in ("tasks", "fragments", "power", "carbon")]
             )
-            twin = await asyncio.to_thread(_twin, env, tmp / f"data-{batch}", tmp / f"twin-{batch}.log")
-            rows.append({"batch_records": batch, "produce_s": produce_s, "raw": raw, "twin": twin})
+            alone = await _consumer(bootstrap, topics)
+            twin = (
+                {"wall_s": float("nan"), "consume_s": 1.0, "events": float("nan"), "cpu_s": float("nan")}
+                if skip_twin
+                else await asyncio.to_thread(_twin, env, tmp / f"data-{batch}", tmp / f"twin-{batch}.log")
+            )
+            rows.append(
+                {"batch_records": batch, "produce_s": produce_s, "raw": raw, "consumer": alone, "twin": twin}
+            )
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -156,22 +198,24 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workload", type=Path, default=SURF)
     ap.add_argument("--modes", type=int, nargs="+", default=[1, 2000])
+    ap.add_argument("--skip-twin", action="store_true", help="the consumer alone, not the daemon")
     args = ap.parse_args()
     if args.workload is None:
         raise SystemExit("no workload: pass --workload DIR")
     print(f"workload: {args.workload}; load average {os.getloadavg()[0]:.2f} at start", flush=True)
     with tempfile.TemporaryDirectory(prefix="opendt-ingest-") as tmp:
-        rows = asyncio.run(bench(args.workload, args.modes, Path(tmp)))
+        rows = asyncio.run(bench(args.workload, args.modes, Path(tmp), skip_twin=args.skip_twin))
     print()
     print(
         f"{'batch':>6} {'records':>10} {'produce/s':>11} {'raw msgs/s':>11} {'raw rec/s':>11} "
-        f"{'twin rec/s':>11} {'twin wall':>10} {'twin cpu':>9}"
+        f"{'consumer/s':>11} {'cons. cpu':>9} {'twin rec/s':>11} {'twin wall':>10} {'twin cpu':>9}"
     )
     for r in rows:
-        raw, twin = r["raw"], r["twin"]
+        raw, alone, twin = r["raw"], r["consumer"], r["twin"]
         print(
             f"{r['batch_records']:>6} {raw['records']:>10,} {raw['records'] / r['produce_s']:>11,.0f} "
             f"{raw['messages'] / raw['wall_s']:>11,.0f} {raw['records_per_s']:>11,.0f} "
+            f"{alone['records_per_s']:>11,.0f} {alone['cpu_s']:>8.1f}s "
             f"{twin['events'] / twin['consume_s']:>11,.0f} {twin['wall_s']:>9.1f}s {twin['cpu_s']:>8.1f}s"
         )
     return 0
