@@ -1,13 +1,12 @@
 """The window-accumulating consumer: a thin Kafka adapter around the pure :class:`Windower`.
 
-``getmany`` → decode (malformed messages counted, logged with topic/partition/offset, skipped, optionally
-dead-lettered) → time gate (:mod:`opendt.stream.timegate`: outliers in time quarantined, counted, logged and
-dead-lettered the same way) → windower → closed windows onto a bounded queue, a few at a time (back-pressure:
-when the simulator is behind, the consumer waits, memory stays bounded). The sources' final heartbeats are
-believed once every partition is read to its end (a forged end while data follows is taken back). Offsets
-are committed only after a window's results are durable (:meth:`WindowConsumer.commit_durable`), with the
-offsets recorded when the window closed: every message at a lower offset belongs to that window or an
-earlier one (or is held by the time gate).
+``getmany`` → decode a partition's fetch into columns (:mod:`opendt.stream.columns`; malformed records
+counted, logged, dead-lettered) → time gate (:mod:`opendt.stream.timegate`; outliers quarantined the same way)
+→ windower → closed windows onto a bounded queue (back-pressure: memory stays bounded). The sources' final
+heartbeats are believed once every partition is read to its end (a forged end while data follows is taken
+back). Offsets are committed only after a window's results are durable
+(:meth:`WindowConsumer.commit_durable`), with the offsets recorded when the window closed: every message at a
+lower offset belongs to that window or an earlier one (or is held by the time gate).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from typing import TypeAlias
 
 import numpy as np
+import polars as pl
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
@@ -34,7 +34,7 @@ from opendt.models.messages import (
 )
 from opendt.settings import TopicNames
 from opendt.stream.columns import TIME_COLUMN, Columnar, decode_fetch
-from opendt.stream.idle import IdleWatch, waiting_for
+from opendt.stream.idle import IdleWatch, late_view, waiting_for
 from opendt.stream.offsets import FirstOffsets
 from opendt.stream.records import Kind, Row, decode_record, row_item, rows_of, time_of
 from opendt.stream.resume import ClosedWindow, InputsLost, Resume
@@ -47,10 +47,9 @@ log = structlog.get_logger(component="consumer")
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
-CLOSE_BATCH = 64
-MAX_PENDING_TOPOLOGIES = 16
-"""Physical topologies dated ahead of the stream that may wait for their time; more are quarantined."""
-"""Windows closed per step: a long gap closes incrementally, the loop serving in between."""
+CLOSE_BATCH = 64  # windows closed per step: a long gap closes incrementally, the loop serving in between
+SETTLE = 256  # records judged one by one before a fetch's rest is tried at once again
+MAX_PENDING_TOPOLOGIES = 16  # physical topologies dated ahead that may wait for their time
 
 
 class WindowConsumer:
@@ -83,13 +82,8 @@ class WindowConsumer:
         self.stats = stats if stats is not None else DecodeStats()
         self.dead_letter = dead_letter
         self.commit = commit
-        self.kinds: dict[str, Kind] = {
-            topics.tasks: "tasks",
-            topics.fragments: "fragments",
-            topics.power: "power",
-            topics.carbon: "carbon",
-            topics.topology: "topology",
-        }
+        kinds: tuple[Kind, ...] = ("tasks", "fragments", "power", "carbon", "topology")
+        self.kinds: dict[str, Kind] = {getattr(topics, k): k for k in kinds}
         unknown = set(watermark_kinds) - {"tasks", "fragments", "power", "carbon"}
         if unknown:
             raise ValueError(f"watermark kinds must be input streams, not {sorted(unknown)}")
@@ -114,8 +108,6 @@ class WindowConsumer:
         self.idle_after_s = idle_after_s
         self.allowed_lateness_ms = int(allowed_lateness_s * 1000)
         self.idle: IdleWatch | None = None
-        self._idle_checked = -1e18
-        self._drained_silent: set[TopicPartition] = set()
         self._stopping = asyncio.Event()
 
     @property
@@ -135,19 +127,11 @@ class WindowConsumer:
             conflicts=ws.conflicts if ws else 0,
             finals_revoked=ws.finals_revoked if ws else 0,
             queued=self.out.qsize(),
-            waiting_for=self._waiting_for(),
-            last_late=None
-            if self.windower is None or self.windower.last_late is None
-            else {
-                "time": iso_ms(self.windower.last_late[0]),
-                "window_start": iso_ms(self.windower.last_late[1]),
-            },
+            waiting_for=[]
+            if self.windower is None
+            else waiting_for(self.windower, self.topics.topology, self.idle_after_s),
+            last_late=None if self.windower is None else late_view(self.windower),
         )
-
-    def _waiting_for(self) -> list[str]:
-        if self.windower is None:
-            return []
-        return waiting_for(self.windower, self.topics.topology, self.idle_after_s)
 
     def stop_intake(self) -> None:
         """Stop fetching (shutdown step 1); windows already queued are still simulated."""
@@ -214,7 +198,7 @@ class WindowConsumer:
             for tp, records in polled.items():
                 idle.heard(tp)
                 await self._ingest(windower, tp, records)
-            await self._watch_idle(windower, idle, sources)
+            await idle.update(self.consumer, windower, sources)
             final_ok = await self._end_believed(windower, tps)
             while batch := windower.close_ready(limit=CLOSE_BATCH, final_ok=final_ok):
                 if self.gate.run_start_ms is None:
@@ -232,20 +216,6 @@ class WindowConsumer:
             malformed=self.stats.malformed,
             quarantined=self.gate.stats.rejected,
         )
-
-    async def _watch_idle(self, windower: Windower, idle: IdleWatch, sources: list[TopicPartition]) -> None:
-        """Mark the sources silent for ``idle_after_s`` with nothing left to read as idle (they stop holding
-        the watermark); when all are, event time goes on with the wall clock (:mod:`opendt.stream.idle`)."""
-        silent = idle.silent()
-        if silent and self._clock() - self._idle_checked >= 0.5:  # what is left to read: a broker request
-            self._idle_checked = self._clock()
-            ends = await self.consumer.end_offsets(silent)
-            self._drained_silent = {tp for tp in silent if await self.consumer.position(tp) >= ends[tp]}
-        idle_now = {tp for tp in silent if tp in self._drained_silent}
-        for tp in sources:
-            windower.set_idle(tp, tp in idle_now)
-        all_idle = len(idle_now) == len(sources)
-        windower.clock_ms = idle.clock_ms(windower.newest_ms) if all_idle else None
 
     async def _end_believed(self, windower: Windower, tps: list[TopicPartition]) -> bool:
         """Every source sent its final heartbeat, every partition is read to its end (nothing follows them)
@@ -287,42 +257,69 @@ class WindowConsumer:
             (item, note_malformed(self.stats, item, MessageError(reason))) for item, reason in fetch.bad
         ]
         frame, beats = fetch.frame, fetch.heartbeats
-        if not any(hb.final for _, _, hb in beats):
-            times = frame[TIME_COLUMN[kind]].to_numpy()
-            if beats:
-                seqs = np.concatenate([frame["seq"].to_numpy(), np.array([s for s, _, _ in beats])])
-                times = np.concatenate([times, np.array([hb.time_ms for _, _, hb in beats])])
-                times = times[np.argsort(seqs, kind="stable")]
-            if self.gate.accept_run(tp, times.astype(np.int64, copy=False)):
-                self._held_offsets.pop(tp, None)
-                for _, _, hb in beats:
-                    windower.heartbeat(tp, hb.time_ms)
-                firsts = windower.add_fragments(tp, frame) if kind == "fragments" else None
-                if firsts is None:
-                    for offset, one in rows_of(kind, frame):
-                        if why := self._window(windower, tp, offset, one):
-                            bad.append((row_item(tp, offset, one), why))
-                for start, offset in firsts.items() if firsts else ():
-                    self._first_offset.note(start, tp, offset)
-                return fetch.records, bad
-        items: list[tuple[int, int, Row]] = [(s, o, hb) for s, o, hb in beats]
-        items += [(s, o, r) for (o, r), s in zip(rows_of(kind, frame), frame["seq"].to_list(), strict=True)]
-        items.sort(key=lambda x: x[0])
-        for _, offset, row in items:
-            final = isinstance(row, Heartbeat) and row.final
-            verdicts = self.gate.offer(tp, time_of(row), (offset, row), final=final)
-            if self.gate.holding(tp):
-                self._held_offsets.setdefault(tp, offset)
-            else:
-                self._held_offsets.pop(tp, None)
-            for v in verdicts:
-                if v.accepted:
-                    if why := self._window(windower, tp, *v.item):
-                        bad.append((row_item(tp, *v.item), why))
-                else:
-                    item = row_item(tp, *v.item)
-                    bad.append((item, self._quarantined(item, v.reason)))
+        while not self._all_at_once(windower, tp, kind, frame, beats, bad):
+            rest = self._one_by_one(windower, tp, kind, frame, beats, bad)
+            if rest is None:
+                break
+            frame, beats = rest
         return fetch.records, bad
+
+    def _all_at_once(
+        self,
+        windower: Windower,
+        tp: TopicPartition,
+        kind: Columnar,
+        frame: pl.DataFrame,
+        beats: list[tuple[int, int, Heartbeat]],
+        bad: list[tuple[RecordLike, str]],
+    ) -> bool:
+        """Records (and heartbeats) the time gate takes at once: windowed at once (fragments as frames)."""
+        if any(hb.final for _, _, hb in beats):
+            return False
+        times = frame[TIME_COLUMN[kind]].to_numpy()
+        if beats:
+            seqs = np.concatenate([frame["seq"].to_numpy(), np.array([s for s, _, _ in beats])])
+            times = np.concatenate([times, np.array([hb.time_ms for _, _, hb in beats])])
+            times = times[np.argsort(seqs, kind="stable")]
+        if not self.gate.accept_run(tp, times.astype(np.int64, copy=False)):
+            return False
+        self._held_offsets.pop(tp, None)
+        for _, _, hb in beats:
+            windower.heartbeat(tp, hb.time_ms)
+        firsts = windower.add_fragments(tp, frame) if kind == "fragments" else None
+        if firsts is None:
+            for offset, one in rows_of(kind, frame):
+                if why := self._window(windower, tp, offset, one):
+                    bad.append((row_item(tp, offset, one), why))
+        for start, offset in firsts.items() if firsts else ():
+            self._first_offset.note(start, tp, offset)
+        return True
+
+    def _one_by_one(
+        self,
+        windower: Windower,
+        tp: TopicPartition,
+        kind: Columnar,
+        frame: pl.DataFrame,
+        beats: list[tuple[int, int, Heartbeat]],
+        bad: list[tuple[RecordLike, str]],
+    ) -> tuple[pl.DataFrame, list[tuple[int, int, Heartbeat]]] | None:
+        """Judge and window each record (and heartbeat) in turn, exactly as alone, until the gate is settled
+        again (the partition has spoken, nothing is held) after at least ``SETTLE`` of them: the rest then
+        goes back to :meth:`_all_at_once` (returned). None: all done."""
+        head = frame.head(SETTLE)  # rows made of at most SETTLE records at a time (the rest stays columns)
+        last = int(head["seq"][-1]) if head.height < frame.height else None
+        items: list[tuple[int, int, Row]] = [b for b in beats if last is None or b[0] <= last]
+        items += [(s, o, r) for (o, r), s in zip(rows_of(kind, head), head["seq"].to_list(), strict=True)]
+        items.sort(key=lambda x: x[0])
+        for k, (seq, offset, row) in enumerate(items):
+            self._judge(windower, tp, offset, row, bad)
+            settled = self.gate.accepted_ms(tp) is not None and not self.gate.holding(tp)
+            if (settled and k + 1 >= SETTLE and k + 1 < len(items)) or (
+                k + 1 == len(items) and last is not None
+            ):
+                return frame.filter(pl.col("seq") > seq), [b for b in beats if b[0] > seq]
+        return None
 
     def _ingest_records(
         self, windower: Windower, tp: TopicPartition, kind: Kind, records: list[Record]
@@ -365,23 +362,34 @@ class WindowConsumer:
                 continue
             if kind == "topology":  # a heartbeat of dc.topology: it holds no watermark
                 continue
-            final = isinstance(row, Heartbeat) and row.final
             # carbon is a step series: a step long before the run is the intensity in effect at its start
-            verdicts = self.gate.offer(
-                tp, time_of(row), (rec.offset, row), final=final, series=kind == "carbon"
-            )
-            if self.gate.holding(tp):
-                self._held_offsets.setdefault(tp, rec.offset)
-            else:
-                self._held_offsets.pop(tp, None)
-            for v in verdicts:
-                if v.accepted:
-                    if why := self._window(windower, tp, *v.item):
-                        bad.append((row_item(tp, *v.item), why))
-                else:
-                    item = row_item(tp, *v.item)
-                    bad.append((item, self._quarantined(item, v.reason)))
+            self._judge(windower, tp, rec.offset, row, bad, series=kind == "carbon")
         return bad
+
+    def _judge(
+        self,
+        windower: Windower,
+        tp: TopicPartition,
+        offset: int,
+        row: Row,
+        bad: list[tuple[RecordLike, str]],
+        *,
+        series: bool = False,
+    ) -> None:
+        """One record (or heartbeat) through the time gate, then the windower; refusals into ``bad``."""
+        final = isinstance(row, Heartbeat) and row.final
+        verdicts = self.gate.offer(tp, time_of(row), (offset, row), final=final, series=series)
+        if self.gate.holding(tp):
+            self._held_offsets.setdefault(tp, offset)
+        else:
+            self._held_offsets.pop(tp, None)
+        for v in verdicts:
+            if v.accepted:
+                if why := self._window(windower, tp, *v.item):
+                    bad.append((row_item(tp, *v.item), why))
+            else:
+                item = row_item(tp, *v.item)
+                bad.append((item, self._quarantined(item, v.reason)))
 
     def _quarantined(self, rec: RecordLike, reason: str) -> str:
         log.warning(

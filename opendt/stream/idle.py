@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from opendt.models.messages import iso_ms
 from opendt.stream.windowing import FINAL, Windower
@@ -31,6 +31,8 @@ class IdleWatch:
         start = clock()
         self._heard = dict.fromkeys(sources, start)
         self._last_record: float | None = None
+        self._checked = -1e18
+        self._drained: set[Hashable] = set()
 
     def heard(self, source: Hashable) -> None:
         """``source`` delivered messages now."""
@@ -43,6 +45,21 @@ class IdleWatch:
         """The sources silent for at least ``idle_after_s`` (idle if nothing is left to read of them)."""
         now = self._clock()
         return [s for s, t in self._heard.items() if now - t >= self.idle_after_s]
+
+    async def update(
+        self, kafka: AIOKafkaConsumer, windower: Windower, sources: list[TopicPartition]
+    ) -> None:
+        """Mark the sources silent for ``idle_after_s`` with nothing left to read (asked of the broker at most
+        twice a second) as idle in ``windower``; when all are, its watermark follows the wall clock."""
+        silent = self.silent()
+        if silent and self._clock() - self._checked >= 0.5:
+            self._checked = self._clock()
+            ends = await kafka.end_offsets(silent)
+            self._drained = {tp for tp in silent if await kafka.position(tp) >= ends[tp]}
+        idle = {tp for tp in silent if tp in self._drained}
+        for tp in sources:
+            windower.set_idle(tp, tp in idle)
+        windower.clock_ms = self.clock_ms(windower.newest_ms) if len(idle) == len(sources) else None
 
     def clock_ms(self, newest_ms: int | None) -> int | None:
         """Event time while every source is idle: the newest record's time plus the wall time since it
@@ -67,3 +84,10 @@ def waiting_for(w: Windower, topology_topic: str, idle_after_s: float) -> list[s
         else:
             out.append(f"{tp.topic}[{tp.partition}]: a message after {iso_ms(t)} (the watermark)")
     return out
+
+
+def late_view(w: Windower) -> dict[str, str] | None:
+    """The latest late record as the status shows it (its time and its window's start), or None."""
+    if w.last_late is None:
+        return None
+    return {"time": iso_ms(w.last_late[0]), "window_start": iso_ms(w.last_late[1])}

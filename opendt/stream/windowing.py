@@ -431,13 +431,14 @@ class Windower:
     def _attach_series(self, w: Window) -> None:
         """The carbon steps up to the window's end (all of them for the final window) and the physical
         topology that applies from it."""
-        if self._carbon:
+        if self._carbon:  # in time order (a step not after the last is a duplicate): no list is rebuilt
             k = (
                 len(self._carbon)
                 if w.final
-                else bisect.bisect_right([c.timestamp_ms for c in self._carbon], w.end_ms)
+                else bisect.bisect_right(self._carbon, w.end_ms, key=lambda c: c.timestamp_ms)
             )
-            w.carbon, self._carbon = self._carbon[:k], self._carbon[k:]
+            w.carbon = self._carbon[:k]
+            del self._carbon[:k]
         if self._topologies:
             k = bisect.bisect_right([t for t, _, _ in self._topologies], w.start_ms)
             if k == 0 and not self.topology_known:

@@ -401,6 +401,7 @@ class WindowLoop:
             engine=self.engine,
         )
         await self.store.commit(record, agg if agg.height else pl.DataFrame(), measured_rows(w))
+        self.stats.last_window_end_ms = w.end_ms  # durable now: what the API serves may reach its end
         if self.publish is not None and agg.height:
             await self.publish(
                 iso_ms(w.start_ms).encode(), results_message(w, self.applied_version, self.engine, agg)
@@ -416,7 +417,6 @@ class WindowLoop:
             self.stats.windows_simulated += 1
         self.stats.latencies_s.append(time.perf_counter() - t0)
         self.latency.observe(self.stats.latencies_s[-1])
-        self.stats.last_window_end_ms = w.end_ms
         r = self.recovery
         if r is not None and w.end_ms % r.d.every_ms == 0 and not w.final:
             extra = {

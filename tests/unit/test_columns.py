@@ -236,3 +236,33 @@ def test_the_gate_takes_a_run_at_once_only_as_it_would_one_by_one(seed: int) -> 
 def test_task_rows_keep_the_schema_order() -> None:
     assert tuple(SCHEMAS["tasks"].names()) == TaskRow._fields
     assert tuple(SCHEMAS["fragments"].names())[:5] == FragmentRow._fields[:5]
+
+
+def test_times_on_the_columns_equal_the_per_record_parse() -> None:
+    """The usual ISO form is parsed on the columns (civil-date arithmetic); every time, valid or not (Feb 30,
+    hour 24, second 60, before 1970, from 2200, an offset, no fraction, no zone, other digits), gets exactly
+    what the per-record parse gives."""
+    from datetime import UTC, datetime, timedelta
+
+    from opendt.models.messages import time_ms
+    from opendt.stream.columns import _times
+
+    rng = random.Random(5)
+    values = []
+    for _ in range(5000):
+        t = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=rng.randrange(-(10**12), 8 * 10**12))
+        values.append(t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z")
+    values += [
+        "2024-02-30T00:00:00.000Z", "2023-02-29T00:00:00.000Z", "2024-02-29T23:59:59.999Z",
+        "2024-13-01T00:00:00.000Z", "2024-01-01T24:00:00.000Z", "2024-01-01T00:60:00.000Z",
+        "2024-01-01T00:00:60.000Z", "2199-12-31T23:59:59.999Z", "2200-01-01T00:00:00.000Z",
+        "1969-12-31T23:59:59.999Z", "2024-01-01T01:00:00+01:00", "2024-01-01T00:00:00Z",
+        "2024-01-01T00:00:00.000", "2024-01-01 00:00:00.000Z", "٢٠٢٤-01-01T00:00:00.000Z", "x",
+    ]  # fmt: skip
+    got, _ = _times(pl.Series(values))
+    for value, ms in zip(values, got.to_list(), strict=True):
+        try:
+            expected: int | None = time_ms(value)
+        except ValueError:
+            expected = None
+        assert ms == expected, value
