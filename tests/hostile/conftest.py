@@ -4,6 +4,7 @@ plain HTTP client that can send anything (any method, headers, raw bytes) and ne
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -21,6 +22,10 @@ from urllib.parse import urlsplit
 
 import psutil
 import pytest
+from aiokafka import ConsumerRecord
+
+from opendt.kafka.client import make_consumer
+from opendt.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
@@ -230,3 +235,20 @@ def demo_twin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         code = daemon.stop()
     assert code == 0, daemon.tail()
     assert not [e for e in daemon.log if "Traceback" in json.dumps(e)], daemon.tail(40)
+
+
+async def dead_letters(settings: Settings, n: int) -> list[ConsumerRecord[bytes, bytes]]:
+    """The first ``n`` records of the dead-letter topic (30 s at most)."""
+    dlq = make_consumer(
+        settings.kafka.bootstrap_servers or "", [settings.kafka.topics.dead_letter], None, settings.kafka
+    )
+    await dlq.start()
+    letters: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(letters) < n:
+                for records in (await dlq.getmany(timeout_ms=500)).values():
+                    letters.extend(records)
+    finally:
+        await dlq.stop()
+    return letters

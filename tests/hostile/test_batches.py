@@ -12,10 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-from aiokafka import ConsumerRecord
 
 from opendt.daemon import run_daemon
-from opendt.kafka.client import make_consumer, make_producer
+from opendt.kafka.client import make_producer
 from opendt.models.messages import iso_ms, time_ms
 from opendt.settings import Settings
 from opendt.stream.columns import CONTENT_TYPE, NDJSON
@@ -31,7 +30,7 @@ from ..pipeline.conftest import (
     read_results,
     write_small_workload,
 )
-from .conftest import call
+from .conftest import call, dead_letters
 
 
 def _first_fragment_lines(workload: Path, n: int) -> list[bytes]:
@@ -41,22 +40,6 @@ def _first_fragment_lines(workload: Path, n: int) -> list[bytes]:
     chunk = encode_chunk(streams, event_order(streams), lines=True)
     frag = next(i for i, s in enumerate(streams) if s.kind == "fragments")
     return [v.encode() for v in chunk.filter(chunk["stream"] == frag)["value"].head(n).to_list()]
-
-
-async def _dead_letters(settings: Settings, n: int) -> list[ConsumerRecord[bytes, bytes]]:
-    dlq = make_consumer(
-        settings.kafka.bootstrap_servers or "", [settings.kafka.topics.dead_letter], None, settings.kafka
-    )
-    await dlq.start()
-    letters: list[ConsumerRecord[bytes, bytes]] = []
-    try:
-        async with asyncio.timeout(30):
-            while len(letters) < n:
-                for records in (await dlq.getmany(timeout_ms=500)).values():
-                    letters.extend(records)
-    finally:
-        await dlq.stop()
-    return letters
 
 
 async def test_bad_records_inside_a_batch_fail_alone(
@@ -101,7 +84,7 @@ async def test_bad_records_inside_a_batch_fail_alone(
     assert windows_status["duplicates"] == 1 + 4  # f1 again in the batch; the replay's f0..f3 after it
     assert windows_status["dead_lettered"] == 2
 
-    letters = await _dead_letters(settings, 2)
+    letters = await dead_letters(settings, 2)
     by_reason = {dict(r.headers)["reason"].decode().split(":")[0]: r for r in letters}
     bad_line = by_reason["invalid fragments message"]
     assert bad_line.value == malformed

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import ConsumerRecord
 from structlog.testing import capture_logs
 
 from opendt.daemon import run_daemon
-from opendt.kafka.client import make_consumer, make_producer
+from opendt.kafka.client import make_producer
 from opendt.models.messages import DATACENTER_KEY
 from opendt.settings import Settings
 from opendt.twin.status import TwinState
@@ -32,7 +31,7 @@ from ..pipeline.conftest import (
     read_results,
     write_small_workload,
 )
-from .conftest import call
+from .conftest import call, dead_letters
 
 T = "2024-01-01T00:10:00Z"
 TASK = {"submission_time": T, "duration": 60_000, "cpu_count": 4, "cpu_capacity": 16000.0, "mem_capacity": 1}
@@ -83,22 +82,6 @@ async def _produce(settings: Settings, records: list[tuple[str, bytes | None, by
         await producer.stop()
 
 
-async def _dead_letters(settings: Settings, n: int) -> list[ConsumerRecord[bytes, bytes]]:
-    dlq = make_consumer(
-        settings.kafka.bootstrap_servers or "", [settings.kafka.topics.dead_letter], None, settings.kafka
-    )
-    await dlq.start()
-    letters: list[ConsumerRecord[bytes, bytes]] = []
-    try:
-        async with asyncio.timeout(30):
-            while len(letters) < n:
-                for records in (await dlq.getmany(timeout_ms=500)).values():
-                    letters.extend(records)
-    finally:
-        await dlq.stop()
-    return letters
-
-
 async def test_out_of_bounds_messages_are_refused_counted_and_dead_lettered(
     daemon_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
@@ -147,7 +130,7 @@ async def test_out_of_bounds_messages_are_refused_counted_and_dead_lettered(
         assert field.decode() in reason, (value[:80], reason)
         assert len(reason) < 600
 
-    letters = await _dead_letters(settings, len(inputs))
+    letters = await dead_letters(settings, len(inputs))
     assert sorted((r.key or b"", r.value) for r in letters) == sorted((k or b"", v) for _, k, v, _ in inputs)
     for r in letters:
         headers = dict(r.headers)
