@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 
 from opendt.daemon import run_daemon
 from opendt.kafka.client import make_producer
+from opendt.models.bounds import MAX_HOSTS
 from opendt.models.messages import DATACENTER_KEY
 from opendt.settings import Settings
 from opendt.twin.status import TwinState
@@ -67,7 +68,7 @@ def _hostile(settings: Settings) -> list[tuple[str, bytes | None, bytes, bytes]]
         (t.power, None, b'{"heartbeat": "12345"}', b"heartbeat"),
         (t.tasks, None, b'{"heartbeat": "2262-04-12T00:00:00Z"}', b"heartbeat"),
         (t.sim_topology, DATACENTER_KEY, _sim_topology(cpu={"coreCount": 2**62, "count": 4, "coreSpeed": 2000}), b"coreCount"),
-        (t.sim_topology, DATACENTER_KEY, _sim_topology(count=100_000), b"count"),
+        (t.sim_topology, DATACENTER_KEY, _sim_topology(count=MAX_HOSTS + 1), b"count"),
         (t.sim_topology, DATACENTER_KEY, _sim_topology(cpu={"coreCount": 10**30, "coreSpeed": 2000}), b"coreCount"),
     ]  # fmt: skip
 
