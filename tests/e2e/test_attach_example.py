@@ -9,12 +9,12 @@ import re
 import sys
 from pathlib import Path
 
-import polars as pl
-
 from opendt.daemon import run_daemon
 from opendt.kafka.admin import ensure_topics
 from opendt.kafka.broker import EmbeddedBroker
 from opendt.settings import ApiSettings, KafkaSettings, ReplaySettings, Settings, TopicNames
+
+from .. import runfiles
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,15 +58,15 @@ async def test_readme_producer_feeds_the_twin(tmp_path: Path) -> None:
         async with asyncio.timeout(120):
             assert await run_daemon(settings, exit_when_done=True) == 0
     (run,) = (tmp_path / "data" / "runs").iterdir()
-    windows = pl.read_parquet(run / "windows.parquet")
+    windows = runfiles.journal(run)
     starts = windows["window_start"].dt.epoch("ms").to_list()
     assert starts == [1_704_067_200_000 + i * 300_000 for i in range(12)]
     assert windows["status"].to_list() == ["ok"] * 12
     assert windows["tasks"].sum() == 60
     assert windows["fragments"].sum() == 60
-    measured = pl.read_parquet(run / "measured.parquet")
+    measured = runfiles.measured(run)
     assert measured.height == 120
     assert measured["power_draw"].unique().to_list() == [520.0]
-    agg = pl.read_parquet(run / "agg_results.parquet")
+    agg = runfiles.agg(run)
     assert agg.height > 0
     assert agg["carbon_intensity"].unique().to_list() == [212.5]

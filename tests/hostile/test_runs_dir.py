@@ -84,7 +84,7 @@ def test_runs_rm_refuses_empty_inexact_and_locked_and_listing_skips_what_is_not_
         one_line_error(
             opendt("runs", "rm", live.name, "--data-dir", str(data)), "in use", str(daemon.proc.pid)
         )
-        assert (live / "windows.parquet").is_file()
+        assert (live / "windows.arrowlog").is_file()
         assert (runs / "x").is_symlink()
         assert Path("/usr/bin").is_dir()
         assert outside.is_dir()
@@ -94,7 +94,7 @@ def test_runs_rm_refuses_empty_inexact_and_locked_and_listing_skips_what_is_not_
         res = opendt("runs", "rm", copy.name, "--data-dir", str(data))
         assert res.returncode == 0, res.stderr
         assert not copy.exists()
-        assert (live / "windows.parquet").is_file()
+        assert (live / "windows.arrowlog").is_file()
     finally:
         code = daemon.stop()
     assert code == 0, daemon.tail()
