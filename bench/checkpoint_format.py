@@ -1,7 +1,7 @@
 """Checkpoint engine state: size and write/read time of the data format (:mod:`opendt.engine.state`) against
 the pickle + zstd format it replaced (computed here, for comparison only; OpenDT no longer reads pickles).
 
-    .venv/bin/python bench/checkpoint_format.py [--workload ../shared/workload/SURF] [--every-h 24]
+    .venv/bin/python bench/checkpoint_format.py [--workload data/surf] [--every-h 24]
 
 The engine advances over the workload in 5-minute windows (the twin's way); every ``--every-h`` hours of
 trace time its state is written in both formats (``archive="running"``, what a checkpoint keeps) and read

@@ -17,7 +17,7 @@ Per mode (``replay.batch_records``: 1 = one record per message, N = NDJSON batch
   written; the simulator back-pressures the consumer, so this is the simulator's pace), the whole process's
   wall, and the twin's CPU seconds.
 
-The SURF week (``../shared/workload/SURF``, else ``data/surf``) is the default workload.
+The SURF week (``data/surf``) is the default workload.
 """
 
 from __future__ import annotations
@@ -47,9 +47,7 @@ from opendt.stream.consumer import WindowConsumer
 from opendt.stream.resume import ClosedWindow
 
 ROOT = Path(__file__).resolve().parents[1]
-SURF = next(
-    (p for p in (ROOT.parent / "shared" / "workload" / "SURF", ROOT / "data" / "surf") if p.exists()), None
-)
+SURF = ROOT / "data" / "surf"
 KINDS = ("tasks", "fragments", "power", "carbon", "topology")
 
 
@@ -200,8 +198,6 @@ def main() -> int:
     ap.add_argument("--modes", type=int, nargs="+", default=[1, 2000])
     ap.add_argument("--skip-twin", action="store_true", help="the consumer alone, not the daemon")
     args = ap.parse_args()
-    if args.workload is None:
-        raise SystemExit("no workload: pass --workload DIR")
     print(f"workload: {args.workload}; load average {os.getloadavg()[0]:.2f} at start", flush=True)
     with tempfile.TemporaryDirectory(prefix="opendt-ingest-") as tmp:
         rows = asyncio.run(bench(args.workload, args.modes, Path(tmp), skip_twin=args.skip_twin))

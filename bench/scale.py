@@ -4,7 +4,7 @@
 
 K × SURF is K copies of every task of SURF's first ``--span-h`` hours (new ids: ``id + k·10⁸``), fragments
 cut at the span, K × the hosts (one host group of 277·K), and K × SURF's measured power; written as a
-workload directory (``../shared/workload/SURF`` is read; carbon is SURF's). For each K:
+workload directory (``data/surf`` is read; carbon is SURF's). For each K:
 
 * host table: seconds to build the engine's host table (``build_hosts``) of the K topology;
 * engine: the one-shot engine over the span in a child process (load, ``Engine.advance`` + ``finish``):
@@ -48,7 +48,7 @@ from logs import events  # bench/logs.py, beside this script
 from pipeline import Tree  # bench/pipeline.py
 
 ROOT = Path(__file__).resolve().parents[1]
-SURF = ROOT.parent / "shared" / "workload" / "SURF"
+SURF = ROOT / "data" / "surf"
 MB = 1024 * 1024
 DAY_MS = 86_400_000
 ID_STRIDE = 100_000_000

@@ -14,6 +14,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from .. import runfiles
 from ..opendc_standin import write_standin
 from .test_cli_ux import _env, _one_line_error, opendt
 
@@ -22,7 +23,7 @@ COLUMNS = ("power_draw", "energy_usage", "carbon_intensity", "carbon_emission")
 
 def _results(data: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     (run,) = (data / "runs").iterdir()
-    return pl.read_parquet(run / "agg_results.parquet"), pl.read_parquet(run / "windows.parquet")
+    return runfiles.agg(run), runfiles.journal(run)
 
 
 def _max_rel(got: pl.DataFrame, ref: pl.DataFrame) -> float:
