@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 from opendt.commands.errors import UsageError
 from opendt.commands.serve import build_view
 from opendt.daemon import run_daemon
+from opendt.models.bounds import MAX_HOSTS
 from opendt.settings import Settings
 from opendt.twin.appendlog import FRAME_HEADER, Frame, arrow_schema, scan
 from opendt.twin.tables import AGG, JOURNAL, MEASURED
@@ -34,7 +35,7 @@ from .conftest import DEMO, REPO
     ("host", "field"),
     [
         ({"cpu": {"coreCount": 2**62, "count": 4, "coreSpeed": 2400}}, "cpu.coreCount"),
-        ({"count": 100_000}, "count"),
+        ({"count": MAX_HOSTS + 1}, "count"),  # 100,000 hosts are a real site now
         (
             {"cpuPowerModel": {"modelType": "mse", "idlePower": 30, "maxPower": 1e9, "calibrationFactor": 4}},
             "maxPower",
