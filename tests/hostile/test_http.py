@@ -119,14 +119,15 @@ def _timed(fn: Any) -> tuple[Answer, float]:
     [
         ({"coreCount": 2**62, "count": 4, "coreSpeed": 2400}, 24, "clusters.0.hosts.0.cpu.coreCount"),
         ({"coreCount": 10**30, "coreSpeed": 2400}, 24, "clusters.0.hosts.0.cpu.coreCount"),
-        ({"coreCount": 16, "coreSpeed": 2400}, 100_000, "clusters.0.hosts.0.count"),
+        ({"coreCount": 16, "coreSpeed": 2400}, bounds.MAX_HOSTS + 1, "clusters.0.hosts.0.count"),
         ({"coreCount": 4096, "count": 32, "coreSpeed": 2400}, 24, "clusters.0.hosts.0.cpu"),
     ],
 )
 def test_topologies_outside_the_bounds_are_422_at_once(
     demo_twin: Daemon, cpu: dict[str, Any], count: int, field: str
 ) -> None:
-    """The issue's killers (coreCount 2⁶² with cpu.count 4; coreCount 10³⁰; host count 100,000) and a host of
+    """The issue's killers (coreCount 2⁶² with cpu.count 4; coreCount 10³⁰; a host count past ``MAX_HOSTS``:
+    100,000 is a real site now) and a host of
     more than 65,536 cores: 422 naming the field within a second, plain or wrapped; nothing is applied or
     saved, and the daemon runs on."""
     before = demo_twin.status()
