@@ -143,12 +143,12 @@ class CalibrationSettings(Section):
         "metric's unit, MAPE pp): a band no gain within the noise's resolution crosses",
     )
     prior_weight: float = Field(
-        default=0.25,
+        default=0.0,
         ge=0,
         description="Among the candidates whose score is within the noise threshold of the best's (what the "
         "data cannot tell apart), pick the one minimising score + prior_weight × threshold × Σ|ln(value / "
         "physical value)|: parameters leave the physical topology's values only as far as the data demands; "
-        "0 = the best score",
+        "0 = the best score (the default: with a weight, a kill -9 and rerun does not keep the rounds)",
     )
     model_types: list[ModelType] = Field(
         default_factory=list,
