@@ -210,9 +210,11 @@ def start_daemon(
     return daemon
 
 
-RSS_BOUND_MB = 512
+RSS_BOUND_MB = 640
 """The process tree (daemon, embedded broker, engine and scenario workers) on the demo day stays under this
-through every hostile case (measured: a clean run peaks at 324 MB, the HTTP cases and the fuzz at 332 MB)."""
+through every hostile case. Measured: a clean run peaks at 380 MB (324 MB before this wave: columnar ingest,
+Prometheus, the contract); through the hostile cases 538 MB, of which the scenario worker's host table for
+issue 25's what-if of 100,000 hosts (which the cap of 4,096 refused before) is the growth (332 MB before)."""
 
 
 @pytest.fixture(scope="session")
