@@ -270,6 +270,7 @@ class ReplayProducer:
         self._log = log.bind(workload=workload.meta.name)
         self._next_hb = 0
         self._last_flush = 0.0
+        self._next_report = 0.0
 
     async def _chunks(
         self,
@@ -328,6 +329,7 @@ class ReplayProducer:
         wall0 = time.monotonic()
         self._next_hb = (start_ms // hb_ms + 1) * hb_ms
         self._last_flush = self.clock.monotonic()
+        self._next_report = self._last_flush + self.settings.progress_every_s
         self._log.info(
             "replay_started", records=order.height, start_ms=start_ms, end_ms=end_ms, speed=speed or "max"
         )
@@ -379,7 +381,6 @@ class ReplayProducer:
     ) -> int:
         """One record per message (``replay.batch_records: 1``); returns the records sent."""
         p, names, n = self.progress, [s.kind for s in streams], 0
-        next_report = self.clock.monotonic() + self.settings.progress_every_s
         current_t: int | None = None
         async for chunk in self._chunks(streams, order):
             ts = chunk["t"].to_list()
@@ -396,10 +397,7 @@ class ReplayProducer:
                 n += 1
                 if n % YIELD_EVERY == 0:
                     await asyncio.sleep(0)
-                    now = self.clock.monotonic()
-                    if now >= next_report:
-                        next_report = now + self.settings.progress_every_s
-                        self._report(n, wall0, rclock, t)
+                    self._report_due(n, wall0, rclock, t)
         return n
 
     async def _send_batches(
@@ -413,7 +411,6 @@ class ReplayProducer:
     ) -> int:
         """Records in NDJSON batches (:func:`batch_groups`); returns the records sent."""
         p, names, n = self.progress, [s.kind for s in streams], 0
-        next_report = self.clock.monotonic() + self.settings.progress_every_s
         hb_ms = int(self.settings.heartbeat_s * 1000)
         bucket_ms = None if rclock.speed is None else max(1, int(FLUSH_EVERY_S * 1000 * rclock.speed))
         batched = [s.line is not None for s in streams]
@@ -433,11 +430,15 @@ class ReplayProducer:
                 p.counts[names[s]] += count
                 n += count
                 await asyncio.sleep(0)
-                now = self.clock.monotonic()
-                if now >= next_report:
-                    next_report = now + self.settings.progress_every_s
-                    self._report(n, wall0, rclock, t1)
+                self._report_due(n, wall0, rclock, t1)
         return n
+
+    def _report_due(self, n: int, wall0: float, rclock: ReplayClock, t: int) -> None:
+        """Report progress when ``replay.progress_every_s`` has passed since the last report."""
+        now = self.clock.monotonic()
+        if now >= self._next_report:
+            self._next_report = now + self.settings.progress_every_s
+            self._report(n, wall0, rclock, t)
 
     def _report(self, n: int, wall0: float, rclock: ReplayClock, t: int) -> None:
         p = self.progress
