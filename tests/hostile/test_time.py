@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 from structlog.testing import capture_logs
@@ -117,15 +118,13 @@ async def test_lying_times_before_the_stream_are_quarantined(
     _check_results(settings, workload)
 
 
-async def test_lying_times_in_the_middle_of_the_stream_are_quarantined(
-    daemon_settings: Callable[..., Settings], tmp_path: Path
-) -> None:
-    """1. the daemon replays a small workload at 600× (two trace hours in ~12 s); 2. once windows have
-    closed, the same seven lies are produced into the running stream, dated from the stream's time; 3. the
-    windows close as before (none for the lying times, the forged ends do not end the run), every lie is
-    quarantined and visible in /api/status while the twin runs, and the results equal a clean run's."""
-    workload = write_small_workload(tmp_path / "wl")
-    settings = daemon_settings(workload, speed=600.0)
+Lies = Callable[[Settings, int], list[tuple[str, bytes | None, bytes]]]
+
+
+async def _lie_mid_stream(settings: Settings, lies_at: Lies) -> tuple[int, dict[str, Any]]:
+    """Run the daemon over its replay at its speed; once three windows are simulated, produce ``lies_at``
+    (dated from the stream's time) into the running stream; return how many lies and /api/status's windows
+    view (asked over HTTP while the twin runs) once every window is durable."""
     state = TwinState()
     stop = asyncio.Event()
     async with asyncio.timeout(120), asyncio.TaskGroup() as tg:
@@ -135,8 +134,7 @@ async def test_lying_times_in_the_middle_of_the_stream_are_quarantined(
             assert not daemon.done(), "the daemon stopped"
             assert time.monotonic() < deadline, "no window closed"
             await asyncio.sleep(0.05)
-        now_ms = int(state.snapshot()["windows"]["watermark_ms"])
-        lies = _lies(settings, now_ms)
+        lies = lies_at(settings, int(state.snapshot()["windows"]["watermark_ms"]))
         await _produce(settings, lies)
         while not state.snapshot()["simulation"]["done"]:
             assert not daemon.done(), "the daemon stopped"
@@ -146,8 +144,21 @@ async def test_lying_times_in_the_middle_of_the_stream_are_quarantined(
         answer = await asyncio.to_thread(call, state.api_url, "GET", "/api/status")
         stop.set()
     assert daemon.result() == 0
-    windows = answer.json()["windows"]
-    assert windows["quarantined"] == len(lies)
+    windows: dict[str, Any] = answer.json()["windows"]
+    return len(lies), windows
+
+
+async def test_lying_times_in_the_middle_of_the_stream_are_quarantined(
+    daemon_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """1. the daemon replays a small workload at 600× (two trace hours in ~12 s); 2. once windows have
+    closed, the same seven lies are produced into the running stream, dated from the stream's time; 3. the
+    windows close as before (none for the lying times, the forged ends do not end the run), every lie is
+    quarantined and visible in /api/status while the twin runs, and the results equal a clean run's."""
+    workload = write_small_workload(tmp_path / "wl")
+    settings = daemon_settings(workload, speed=600.0)
+    lies, windows = await _lie_mid_stream(settings, _lies)
+    assert windows["quarantined"] == lies
     _check_results(settings, workload)
 
 
@@ -221,23 +232,6 @@ async def test_paired_lies_in_the_middle_of_the_stream_are_quarantined(
     Before, the paired heartbeats alone made windows for 36 h ahead (703 windows instead of 412 on the demo)."""
     workload = write_small_workload(tmp_path / "wl")
     settings = daemon_settings(workload, speed=600.0)
-    state = TwinState()
-    stop = asyncio.Event()
-    async with asyncio.timeout(120), asyncio.TaskGroup() as tg:
-        daemon = tg.create_task(run_daemon(settings, shutdown_trigger=stop.wait, state=state))
-        deadline = time.monotonic() + 60
-        while state.loop is None or state.snapshot()["simulation"]["windows_simulated"] < 3:
-            assert not daemon.done(), "the daemon stopped"
-            assert time.monotonic() < deadline, "no window closed"
-            await asyncio.sleep(0.05)
-        lies = _paired_lies(settings, int(state.snapshot()["windows"]["watermark_ms"]))
-        await _produce(settings, lies)
-        while not state.snapshot()["simulation"]["done"]:
-            assert not daemon.done(), "the daemon stopped"
-            assert time.monotonic() < deadline + 30, f"not done: {state.snapshot()}"
-            await asyncio.sleep(0.05)
-        windows = state.snapshot()["windows"]
-        stop.set()
-    assert daemon.result() == 0
-    assert windows["quarantined"] == len(lies)
+    lies, windows = await _lie_mid_stream(settings, _paired_lies)
+    assert windows["quarantined"] == lies
     _check_results(settings, workload)
