@@ -48,10 +48,17 @@ def call(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 120,
+    source: str | None = None,
 ) -> Answer:
-    """One request on a fresh connection; any status is an answer (never an exception)."""
+    """One request on a fresh connection (from the local address ``source`` if given); any status is an
+    answer (never an exception)."""
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
+    conn = http.client.HTTPConnection(
+        parts.hostname or "",
+        parts.port,
+        timeout=timeout,
+        source_address=None if source is None else (source, 0),
+    )
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
