@@ -48,22 +48,28 @@ def _gauge(name: str, doc: str, value: float | None) -> Iterator[Metric]:
         yield GaugeMetricFamily(name, doc, value=float(value))
 
 
-def last_window(store: ResultStore) -> dict[str, float]:
-    """Predicted and measured power (at the window's last instant), energy and carbon of the newest durable
-    window, read from the store's tail by the journal's row counts (empty: no window yet). A failed window has
-    no predicted values."""
+def last_window(store: ResultStore) -> dict[str, Any]:
+    """The newest durable window, read from the store's tail by the journal's row counts (empty: no window
+    yet): its start (ms) and end (s); its predicted power (at its last instant), energy and carbon summed over
+    the clusters and the carbon intensity (absent for a failed window); per meter (``dc.power``'s source) its
+    measured power at its last instant and its energy (``measured``: source → (watts, joules))."""
     if store.windows.is_empty():
         return {}
     last = store.windows.row(-1, named=True)
     start = last["window_start"]
-    out: dict[str, float] = {"window_end_seconds": last["window_end"].timestamp()}
+    out: dict[str, Any] = {
+        "window_start_ms": int(start.timestamp() * 1000),
+        "window_end_seconds": last["window_end"].timestamp(),
+    }
     rows = int(last["rows"])
     if rows and store.agg.height >= rows:
         agg = store.agg.tail(rows)
         if bool((agg["window_start"] == start).all()):
             out["predicted_power_watts"] = float(agg["power_draw"][-1])
             out["predicted_energy_joules"] = float(agg["energy_usage"].sum())
-            out["predicted_carbon_grams"] = float(agg["carbon_emission"].sum())
+            emitted = agg["carbon_emission"]
+            if emitted.null_count() < len(emitted):
+                out["predicted_carbon_grams"] = float(emitted.sum())
             ci = agg["carbon_intensity"][-1]
             if ci is not None:
                 out["carbon_intensity"] = float(ci)
@@ -71,10 +77,31 @@ def last_window(store: ResultStore) -> dict[str, float]:
     if samples and store.measured.height >= samples:
         meas = store.measured.tail(samples)
         if bool((meas["window_start"] == start).all()):
-            at_last = meas.filter(pl.col("timestamp") == pl.col("timestamp").max())
-            out["measured_power_watts"] = float(at_last["power_draw"].sum())
-            out["measured_energy_joules"] = float(meas["energy_usage"].sum())
+            per_source = (
+                meas.sort("timestamp")
+                .group_by("source", maintain_order=True)
+                .agg(pl.col("power_draw").last(), pl.col("energy_usage").sum())
+                .sort("source")
+            )
+            out["measured"] = {
+                str(r["source"]): (float(r["power_draw"]), float(r["energy_usage"]))
+                for r in per_source.iter_rows(named=True)
+            }
     return out
+
+
+def _labelled(name: str, doc: str, label: str, values: list[tuple[str, float]]) -> Iterator[Metric]:
+    """One gauge family with a series per ``label`` value; an empty value is a series without the label."""
+    if not values:
+        return
+    with_label = [(k, v) for k, v in values if k]
+    family = GaugeMetricFamily(name, doc, labels=[label] if with_label else None)
+    for key, value in values:
+        if key:
+            family.add_metric([key], value)
+        else:
+            family.add_metric([], value)
+    yield family
 
 
 class TwinCollector(Collector):
@@ -222,41 +249,55 @@ class TwinCollector(Collector):
             )
 
     def _results(self) -> Iterator[Metric]:
+        """The newest durable window's figures: predicted per cluster (from the window loop, which simulated
+        it; right after a restart, until the next window, one series without the label holds the clusters'
+        sum from the store), measured per meter. ``sum(...)`` is the datacenter's figure either way."""
         if self.view.store is None:
             return
         last = last_window(self.view.store)
-        docs = {
-            "window_end_seconds": (
-                "opendt_last_window_end_timestamp_seconds",
-                "End of the newest durable window",
-            ),
-            "predicted_power_watts": (
-                "opendt_predicted_power_watts",
-                "Simulated power at the newest durable window's last instant (all clusters)",
-            ),
-            "measured_power_watts": (
-                "opendt_measured_power_watts",
-                "Measured power at the newest durable window's last instant (all sources)",
-            ),
-            "predicted_energy_joules": (
-                "opendt_predicted_energy_joules",
-                "Simulated energy of the newest durable window",
-            ),
-            "measured_energy_joules": (
-                "opendt_measured_energy_joules",
-                "Measured energy of the newest durable window",
-            ),
-            "predicted_carbon_grams": (
-                "opendt_predicted_carbon_grams",
-                "Simulated carbon emission of the newest durable window (gCO2)",
-            ),
-            "carbon_intensity": (
-                "opendt_carbon_intensity_grams_per_kilowatt_hour",
-                "Grid carbon intensity at the newest durable window's last instant",
-            ),
-        }
-        for key, (name, doc) in docs.items():
-            yield from _gauge(name, doc, last.get(key))
+        if not last:
+            return
+        yield from _gauge(
+            "opendt_last_window_end_timestamp_seconds",
+            "End of the newest durable window",
+            last["window_end_seconds"],
+        )
+        loop = self.state.loop
+        clusters = () if loop is None else loop.stats.clusters
+        if clusters and clusters[0].window_start_ms != last["window_start_ms"]:
+            clusters = ()  # a newer window is being made durable: the store's figures, not a mix
+        predicted = (
+            ("opendt_predicted_power_watts", "Simulated power at the newest durable window's last instant",
+             "predicted_power_watts", [(c.cluster, c.power_watts) for c in clusters]),
+            ("opendt_predicted_energy_joules", "Simulated energy of the newest durable window",
+             "predicted_energy_joules", [(c.cluster, c.energy_joules) for c in clusters]),
+            ("opendt_predicted_carbon_grams",
+             "Simulated carbon emission of the newest durable window (gCO2; absent without carbon intensity)",
+             "predicted_carbon_grams",
+             [(c.cluster, c.carbon_grams) for c in clusters if c.carbon_grams is not None]),
+        )  # fmt: skip
+        for name, doc, key, per_cluster in predicted:
+            if key not in last:
+                continue
+            yield from _labelled(name, doc, "cluster", per_cluster if clusters else [("", last[key])])
+        measured: dict[str, tuple[float, float]] = last.get("measured", {})
+        yield from _labelled(
+            "opendt_measured_power_watts",
+            "Measured power at the newest durable window's last instant, per meter (dc.power's source)",
+            "source",
+            [(src, w) for src, (w, _) in measured.items()],
+        )
+        yield from _labelled(
+            "opendt_measured_energy_joules",
+            "Measured energy of the newest durable window, per meter",
+            "source",
+            [(src, j) for src, (_, j) in measured.items()],
+        )
+        yield from _gauge(
+            "opendt_carbon_intensity_grams_per_kilowatt_hour",
+            "Grid carbon intensity at the newest durable window's last instant",
+            last.get("carbon_intensity"),
+        )
 
     def _calibration(self) -> Iterator[Metric]:
         if self.state.calibration is None:

@@ -31,6 +31,7 @@ from opendt.commands.run import check_port
 from opendt.commands.runs import fallback_workload, find_run, measured_power, read_run_json
 from opendt.models.topology import Topology, TopologyError, parse_topology
 from opendt.settings import OptimizerSettings, Settings
+from opendt.twin.loopstats import LoopStats
 from opendt.twin.results import ResultStore
 from opendt.twin.scenarios import ScenarioRunner
 from opendt.twin.status import LatencyHistogram, SimulationStatus, TwinState, WorkloadInfo
@@ -174,6 +175,7 @@ class StoredLoop:
         self.done = asyncio.Event()
         self.done.set()
         self.latency = LatencyHistogram()
+        self.stats = LoopStats()  # no per-cluster figures: /metrics serves the journal's sums
         lat = [float(x) for x in w["latency_s"].drop_nulls().sort().to_list()] if w.height else []
         for x in lat:
             self.latency.observe(x)

@@ -34,7 +34,7 @@ from opendt.stream.resume import ClosedWindow
 from opendt.stream.windowing import Window
 from opendt.twin.crosscheck import CrossCheck
 from opendt.twin.hooks import HookChain, WindowHooks
-from opendt.twin.loopstats import LoopStats, WindowFailed
+from opendt.twin.loopstats import LoopStats, WindowFailed, cluster_totals
 from opendt.twin.opendc import OpenDCWindowError, OpenDCWindows
 from opendt.twin.recovery import Recovery
 from opendt.twin.results import ResultStore, WindowRecord, aggregate_rows, measured_rows, results_message
@@ -384,6 +384,7 @@ class WindowLoop:
                 self.stats.windows_failed += 1
                 log.error("window_failed", window_start=w.start_ms, engine="opendc", error=error[:500])  # noqa: TRY400
         agg = aggregate_rows(rows, self.applied_version, w.start_ms)
+        self.stats.clusters = cluster_totals(rows, w.start_ms)
         latency = time.perf_counter() - t0
         record = WindowRecord(
             window_start_ms=w.start_ms,

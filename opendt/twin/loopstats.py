@@ -5,8 +5,54 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+import polars as pl
+
 LATENCY_SAMPLES = 2016
 """Window latencies kept for the status's p50/p95 (a week of 5-minute windows)."""
+
+
+@dataclass(frozen=True)
+class ClusterTotals:
+    """One cluster's share of a simulated window: its power at the window's last instant, its energy and
+    carbon over the window (carbon ``None``: the engine had no intensity)."""
+
+    window_start_ms: int
+    cluster: str
+    power_watts: float
+    energy_joules: float
+    carbon_grams: float | None
+
+
+def cluster_totals(rows: pl.DataFrame, window_start_ms: int) -> tuple[ClusterTotals, ...]:
+    """Per cluster, the window's :class:`ClusterTotals` from the engine's rows (one per cluster per instant;
+    a duplicate final flush row is counted once); empty for a window without rows."""
+    need = {"timestamp_absolute", "cluster_name", "power_draw", "energy_usage", "carbon_emission"}
+    if rows.is_empty() or not need <= set(rows.columns):
+        return ()
+    per = (
+        rows.unique(subset=["timestamp_absolute", "cluster_name"], keep="first", maintain_order=True)
+        .sort("timestamp_absolute")
+        .group_by("cluster_name", maintain_order=True)
+        .agg(
+            pl.col("power_draw").last(),
+            pl.col("energy_usage").sum(),
+            pl.when(pl.col("carbon_emission").is_not_null().any())
+            .then(pl.col("carbon_emission").sum())
+            .otherwise(None)
+            .alias("carbon_emission"),
+        )
+        .sort("cluster_name")
+    )
+    return tuple(
+        ClusterTotals(
+            window_start_ms=window_start_ms,
+            cluster=str(r["cluster_name"]),
+            power_watts=float(r["power_draw"]),
+            energy_joules=float(r["energy_usage"]),
+            carbon_grams=None if r["carbon_emission"] is None else float(r["carbon_emission"]),
+        )
+        for r in per.iter_rows(named=True)
+    )
 
 
 class WindowFailed(RuntimeError):
@@ -28,3 +74,6 @@ class LoopStats:
     checkpoints: int = 0
     topologies_refused: int = 0
     """Simulated versions the engine could not apply (the one before stays in effect)."""
+    clusters: tuple[ClusterTotals, ...] = ()
+    """The newest window this process simulated, per cluster (``/metrics``; empty after a restart until the
+    next window)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from opendt.twin.liveness import Liveness
+from opendt.twin.loopstats import LoopStats
 from opendt.twin.topology import TopologyBox
 
 
@@ -143,6 +144,9 @@ class ConsumerView(Protocol):
 class LoopView(Protocol):
     done: asyncio.Event
     latency: LatencyHistogram
+
+    @property
+    def stats(self) -> LoopStats: ...
 
     def status(self) -> SimulationStatus: ...
 

@@ -169,7 +169,9 @@ async def test_prometheus_scrapes_the_twin(twin_settings: Settings, tmp_path: Pa
                 rate = await promql(prom, "rate(opendt_windows_simulated_total[10m]) > 0")
                 assert len(rate) == 1, rate
                 assert float(rate[0]["value"][1]) > 0, rate
-                watts = await promql(prom, "opendt_predicted_power_watts")
+                watts = await promql(prom, "sum(opendt_predicted_power_watts)")
+                by_cluster = await promql(prom, "opendt_predicted_power_watts")
+                by_meter = await promql(prom, "opendt_measured_power_watts")
                 empty = [e for e in dashboard_queries() if not await promql(prom, e.replace(RATE, "1m"))]
                 assert not empty, empty
                 up = await promql(prom, 'up{job="opendt"}')
@@ -188,6 +190,8 @@ async def test_prometheus_scrapes_the_twin(twin_settings: Settings, tmp_path: Pa
     last = power["simulated"][-1][1]
     assert len(watts) == 1
     assert abs(float(watts[0]["value"][1]) - last) <= 1e-9, (watts, last)
+    assert [m["metric"].get("cluster") for m in by_cluster] == ["demo"], by_cluster  # the demo's one cluster
+    assert [m["metric"].get("source") for m in by_meter] == ["PowerSource"], by_meter  # the demo meter
 
     names = _family_names(scrape)
     documented = documented_families()

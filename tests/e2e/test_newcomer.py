@@ -238,6 +238,8 @@ def test_serve_shows_the_window_counts_of_a_finished_run(finished_run: Path) -> 
             metrics = r.read().decode()
         assert "opendt_windows_simulated_total 412.0" in metrics
         assert "opendt_window_latency_seconds_count 412.0" in metrics
+        # no window simulated by this process: the clusters' sum from the journal, without a cluster label
+        assert re.search(r"^opendt_predicted_power_watts [0-9.e+]+$", metrics, re.M), metrics
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
     finally:
