@@ -17,7 +17,7 @@ from typing import Any
 import polars as pl
 
 from opendt.api.http import ApiError
-from opendt.metrics import bucket, mape
+from opendt.metrics import bucket, mape, mean_power
 from opendt.models.topology import Topology
 from opendt.optimizer.component import Optimizer
 from opendt.optimizer.slo import SloWatcher
@@ -157,6 +157,23 @@ def downsample(
     ts = df["timestamp_ms"].to_numpy()
     vals = df[column].cast(pl.Float64).to_numpy()
     t, v = bucket(ts, vals, start, end, step_ms, "sum" if how == "sum" else "mean")
+    return list(zip(t.tolist(), v.tolist(), strict=True))
+
+
+def simulated_mean_power(sim: pl.DataFrame, start: int, end: int, step_ms: int) -> list[tuple[int, float]]:
+    """``[[epoch_ms, W], …]``: the twin's mean power per step bucket, from its energy over the time its rows
+    cover (:func:`~opendt.metrics.mean_power`; what the report plots: the final flush row at a trace's end,
+    whose instant follows the last task's end, does not read as a drop)."""
+    if sim.is_empty():
+        return []
+    ordered = sim.sort("timestamp_ms")
+    t, v = mean_power(
+        ordered["timestamp_ms"].to_numpy(),
+        ordered["energy_usage"].cast(pl.Float64).to_numpy(),
+        start,
+        end,
+        step_ms,
+    )
     return list(zip(t.tolist(), v.tolist(), strict=True))
 
 

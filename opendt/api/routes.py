@@ -29,6 +29,7 @@ from opendt.api.readmodel import (
     measured_power,
     power_metrics,
     simulated_frame,
+    simulated_mean_power,
 )
 from opendt.models.bounds import MAX_REASON_LEN
 from opendt.models.messages import iso_ms
@@ -136,6 +137,7 @@ async def power(request: web.Request) -> web.Response:
             "unit": "W",
             "measured": downsample(measured, "power_draw", start, end, step),
             "simulated": downsample(sim, "power_draw", start, end, step),
+            "simulated_mean": simulated_mean_power(sim, start, end, step),
             "metrics": power_metrics(sim, measured, start, end),
         }
 

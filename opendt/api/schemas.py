@@ -53,8 +53,15 @@ class PowerSeries(Strict):
     end: str
     step_s: int
     unit: Literal["W"]
-    measured: list[Point]
-    simulated: list[Point]
+    measured: list[Point] = Field(
+        description="Measured power at its instants, mean per step (summed over meters)"
+    )
+    simulated: list[Point] = Field(description="The twin's power at its export instants, mean per step")
+    simulated_mean: list[Point] = Field(
+        description="The twin's mean power per step: the energy of its export intervals whose midpoint falls "
+        "in the step over the time they cover (what the report plots; a short final interval weighs by its "
+        "length)"
+    )
     metrics: PowerMetrics
 
 

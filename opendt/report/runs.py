@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from opendt.metrics import interval_widths
 from opendt.twin.tables import AGG, JOURNAL, MEASURED, read_journal, read_rows
 from opendt.workload import normalize_consumption, normalize_tasks, read_meta
 
@@ -155,12 +156,9 @@ def _agg(run_dir: Path, windows: pl.DataFrame, journal: pl.DataFrame | None) -> 
         .unique("timestamp_ms", keep="first", maintain_order=True)
         .sort("timestamp_ms")
     )
-    gaps = df["timestamp_ms"].diff()
-    positive = gaps.filter(gaps > 0)
-    interval = int(positive.mode().min()) if positive.len() else 0  # type: ignore[arg-type]
     # a row covers (t − Δ, t]; the final flush row covers less (the time since the previous row)
-    width = gaps.fill_null(interval).clip(upper_bound=interval) if interval else gaps.fill_null(0)
-    return df.with_columns(width.cast(pl.Int64).alias("width_ms")).select(list(schema))
+    width = pl.Series("width_ms", interval_widths(df["timestamp_ms"].to_numpy()), pl.Int64)
+    return df.with_columns(width).select(list(schema))
 
 
 def _calibration(run_dir: Path) -> pl.DataFrame | None:

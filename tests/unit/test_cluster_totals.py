@@ -23,8 +23,12 @@ def _rows(carbon: list[float | None]) -> pl.DataFrame:
 def test_per_cluster_last_power_energy_and_carbon() -> None:
     got = cluster_totals(_rows([1.0, 2.0, 1.5, 2.5, 9.0]), 7)
     assert got == (
-        ClusterTotals(window_start_ms=7, cluster="a", power_watts=21.0, energy_joules=1230.0, carbon_grams=4.5),
-        ClusterTotals(window_start_ms=7, cluster="b", power_watts=11.0, energy_joules=630.0, carbon_grams=2.5),
+        ClusterTotals(
+            window_start_ms=7, cluster="a", power_watts=21.0, energy_joules=1230.0, carbon_grams=4.5
+        ),
+        ClusterTotals(
+            window_start_ms=7, cluster="b", power_watts=11.0, energy_joules=630.0, carbon_grams=2.5
+        ),
     )
 
 

@@ -252,7 +252,7 @@
       charts.set(id, entry);
     }
     if (opts.shareTime && view.timeRange) {
-      /* the carbon chart spans the power chart's time range, so the two line up instant by instant */
+      /* the power and carbon charts span the instants' time range, so the two line up instant by instant */
       entry.plot.setScale("x", { min: view.timeRange[0], max: view.timeRange[1] });
     }
     container.dataset.points = String(points);
@@ -429,14 +429,17 @@
     view.timeRange = firsts.length
       ? [Math.min(...firsts.map((l) => l[0][0])) / 1000, Math.max(...firsts.map((l) => l[l.length - 1][0])) / 1000]
       : null;
+    /* the twin's mean power per step (energy over time, as the report plots): its instant at a trace's end,
+       after the last task, would read as a drop */
+    const simMean = b.simulated_mean || sim;
     drawChart(
       "chart-power",
       [
         { label: "measured", stroke: COLORS.measured, unit: "W" },
         { label: "simulated", stroke: COLORS.simulated, unit: "W" },
       ],
-      [b.measured || [], sim],
-      { empty: "no power data yet" },
+      [b.measured || [], simMean],
+      { empty: "no power data yet", shareTime: true },
     );
     prefillWhatif();
   }
