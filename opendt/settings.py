@@ -244,6 +244,17 @@ class OptimizerSettings(Section):
     enabled: bool = False
     every_windows: int = Field(default=12, ge=1)
     strategy: Literal["rules", "llm"] = "rules"
+    accept: Literal["plan", "apply"] = Field(
+        default="plan",
+        description="What accepting a proposal does: plan (the twin goes on twinning the physical datacenter "
+        "and serves the plan's forecast until dc.topology shows it) or apply (the twin simulates it at once)",
+    )
+    forecast_every_s: int = Field(
+        default=3600,
+        ge=60,
+        le=86_400,
+        description="A plan's forecast: the trailing range, refreshed this often",
+    )
     slo_path: Path = REPO_ROOT / "config" / "slo.json"
     slo_poll_s: float = Field(default=2.0, gt=0, description="Seconds between checks of the SLO file")
     llm_base_url: str = "https://api.openai.com/v1"

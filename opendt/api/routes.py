@@ -323,6 +323,18 @@ async def accept_optimizer(request: web.Request) -> web.Response:
         r = await opt.accept(index)
     except OptimizerError as e:
         raise ApiError(409, str(e), "round") from None
+    if r.accepted_version is None:  # optimizer.accept: plan
+        plan = opt.planner.view()
+        assert plan is not None
+        return json_response(
+            {
+                "round": r.index,
+                "plan": plan,
+                "applies": "as a plan: the twin keeps twinning the physical datacenter and forecasts the "
+                "plan every optimizer.forecast_every_s; done when dc.topology shows it",
+            },
+            status=202,
+        )
     return json_response(
         {
             "version": r.accepted_version,

@@ -4,9 +4,10 @@ the twin's topology (baseline) and with the strategy's proposal, score both agai
 It is a window hook (:class:`~opendt.twin.hooks.WindowHooks`) that only queues rounds; :meth:`Optimizer.run`
 executes them through the shared :class:`~opendt.twin.scenarios.ScenarioRunner` (low-priority engine workers,
 warm-started from the twin's state), so window simulations never wait for it. When rounds fall behind, a
-queued round is replaced by the newer one (counted as superseded). Nothing changes the twin until a user
-accepts the kept proposal (:meth:`Optimizer.accept`, ``POST /api/optimizer/accept``), which writes it through
-the :class:`~opendt.twin.topology.TopologyWriter` with source ``optimizer``.
+queued round is replaced by the newer one (counted as superseded). Nothing changes the twin: a user accepts
+the kept proposal (:meth:`Optimizer.accept`, ``POST /api/optimizer/accept``) as a plan, forecast beside the
+twin until the physical topology has it (:mod:`opendt.optimizer.plan`); with ``optimizer.accept: apply`` it is
+written through the :class:`~opendt.twin.topology.TopologyWriter` with source ``optimizer`` instead.
 
 Per-window units: the baseline and the proposal are simulated over the trailing ``every_windows`` windows;
 energy and carbon are divided by that count (the SLOs are per window), peak power is the maximum, task wait
@@ -27,6 +28,7 @@ import structlog
 from opendt.models.patch import PatchError, apply_patch
 from opendt.models.topology import Topology
 from opendt.optimizer.journal import OptimizerJournal
+from opendt.optimizer.plan import Planner
 from opendt.optimizer.round import Round, Trial, choose, outcome_of, proposal_changes
 from opendt.optimizer.rules import (
     OptimizerContext,
@@ -92,6 +94,8 @@ class Optimizer:
         self.superseded = 0
         self.accepted = 0
         self.busy = False
+        self.planner = Planner(box, scenarios, self.journal, settings.forecast_every_s * 1000)
+        self._last_end_ms: int | None = None
 
     # -- simulator hooks ---------------------------------------------------------------------------------
 
@@ -104,6 +108,12 @@ class Optimizer:
         if tasks.height:
             biggest = int(tasks["cpu_count"].max())  # type: ignore[arg-type]
             self._max_task_cores = max(biggest, self._max_task_cores or 0)
+        self._last_end_ms = w.end_ms
+        new_physical = w.topology is not None
+        if await self.planner.after_window(
+            w.start_ms, w.end_ms, new_physical=new_physical, replayed=replayed
+        ):
+            self._wake.set()
         self._windows += 1
         if w.final or self._windows % self.settings.every_windows:
             return
@@ -132,8 +142,7 @@ class Optimizer:
 
     checkpoint_key = "optimizer"
 
-    def checkpoint_state(self) -> dict[str, Any]:
-        """What a restarted twin needs to number rounds on: the windows seen, the largest task."""
+    def checkpoint_state(self) -> dict[str, Any]:  # what a restart numbers rounds on
         return {"windows": self._windows, "max_task_cores": self._max_task_cores}
 
     def restore_checkpoint(self, state: dict[str, Any]) -> None:
@@ -150,6 +159,7 @@ class Optimizer:
             except (KeyError, TypeError, ValueError) as e:  # TopologyError is a ValueError
                 self.journal.errors += 1
                 log.warning("optimizer_journal_bad_round", round=d.get("round"), error=repr(e))
+        self.planner.resume(self.journal.plans)
         self.accepted = sum(r.accepted_version is not None for r in self.rounds)
         self.superseded = sum(r.status == "superseded" for r in self.rounds)
         last = next((r for r in reversed(self.rounds) if r.status == "kept"), None)
@@ -164,6 +174,7 @@ class Optimizer:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                await self.planner.forecast()
                 r, self._pending = self._pending, None
                 if r is None:
                     continue
@@ -357,7 +368,10 @@ class Optimizer:
                 raise OptimizerError(f"round {index} kept no proposal (status {r.status})")
         if r.accepted_version is not None:
             raise OptimizerError(f"round {r.index} was already accepted (version {r.accepted_version})")
-        if self.writer is None:
+        plan = self.planner.plan
+        if plan is not None and plan.round == r.index and plan.status != "replaced":
+            raise OptimizerError(f"round {r.index} was already accepted as the plan (status {plan.status})")
+        if self.writer is None and self.settings.accept == "apply":
             raise OptimizerError("no twin to apply a topology to")
         assert r.proposal is not None
         current = self.box.current
@@ -378,11 +392,15 @@ class Optimizer:
                 f"round {r.index}'s proposal cannot apply to version {current.version}: {e}"
             ) from None
         reason = f"optimizer round {r.index}: {r.proposal.reason}"
+        if self.best is r:
+            self.best = None
+        if self.settings.accept == "plan":
+            await self.planner.accept(r.index, r.proposal.patch, reason, self._last_end_ms)
+            return r
+        assert self.writer is not None
         r.accepted_version = (await self.writer.write(topology, "optimizer", reason)).version
         await self.journal.accepted(r.index, r.accepted_version)
         self.accepted += 1
-        if self.best is r:
-            self.best = None
         log.info("optimizer_accepted", round=r.index, version=r.accepted_version, rule=r.proposal.rule)
         return r
 
@@ -422,6 +440,8 @@ class Optimizer:
             "best": None if best is None else best.to_json_dict(),
             "diff_vs_current": self._diff(best),
             "topology_updates": self.accepted,
+            "accept": self.settings.accept,
+            "plan": self.planner.view(),
             "counts": {
                 s: sum(r.status == s for r in self.rounds)
                 for s in ("kept", "rejected", "maintain", "failed", "skipped", "superseded", "queued")

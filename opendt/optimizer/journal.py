@@ -6,7 +6,11 @@ One JSON object per line:
 * ``{"record": "round", ...}``: a finished round (kept, rejected, maintain, failed, skipped or superseded),
   exactly as ``GET /api/optimizer`` shows it (the proposal with its whole topology, so it can be accepted
   after a restart);
-* ``{"record": "accepted", "round": n, "version": v}``: round ``n`` was accepted as topology version ``v``.
+* ``{"record": "accepted", "round": n, "version": v}``: round ``n`` was accepted as topology version ``v``
+  (``optimizer.accept: apply``);
+* ``{"record": "planned", "round": n, "patch": {...}, "reason": "...", "at_ms": t}`` and
+  ``{"record": "plan_done", "round": n, "at_ms": t}``: round ``n`` was accepted as a plan, which the physical
+  topology later realised (:mod:`opendt.optimizer.plan`); :attr:`OptimizerJournal.plans` after a load.
 
 A round written again (the same index: its windows were simulated again after a restart) replaces the earlier
 line. Each line is flushed and fsynced before the round counts as recorded. A line that cannot be read (the
@@ -32,9 +36,12 @@ class OptimizerJournal:
         self.path = path
         self.errors = 0
         """Lines skipped on load plus appends that failed (the round stays in memory)."""
+        self.plans: list[dict[str, Any]] = []
+        """The plan records read by :meth:`load`, in order."""
 
     def load(self) -> list[dict[str, Any]]:
         """The recorded rounds by index (ascending), accepts applied; [] without a file."""
+        self.plans = []
         if self.path is None or not self.path.exists():
             return []
         data = self.path.read_bytes()
@@ -55,6 +62,11 @@ class OptimizerJournal:
                     rounds[int(rec["round"])] = rec
                 elif kind == "accepted":
                     rounds[int(rec["round"])]["accepted_version"] = int(rec["version"])
+                elif kind in ("planned", "plan_done"):
+                    int(rec["round"])
+                    if kind == "planned" and not isinstance(rec["patch"], dict):
+                        raise ValueError("a plan's patch must be an object")
+                    self.plans.append({"record": kind, **rec})
                 else:
                     raise ValueError(f"unknown record {kind!r}")
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
@@ -67,6 +79,10 @@ class OptimizerJournal:
 
     async def accepted(self, index: int, version: int) -> None:
         await self._append({"record": "accepted", "round": index, "version": version})
+
+    async def record(self, rec: dict[str, Any]) -> None:
+        """Any other record (a plan's)."""
+        await self._append(rec)
 
     async def _append(self, rec: dict[str, Any]) -> None:
         if self.path is None:

@@ -46,7 +46,7 @@ class PendingChange:
     conflict: bool
 
 
-def _same(a: PatchValue | None, b: PatchValue) -> bool:
+def same_value(a: PatchValue | None, b: PatchValue) -> bool:
     if isinstance(a, int | float) and isinstance(b, int | float):
         return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=1e-12)
     return a == b
@@ -64,7 +64,9 @@ def proposal_changes(proposal: Proposal, current: Topology) -> list[PendingChang
             now: PatchValue | None = leaf_value(hosts[0], p.leaf)
         except (PatchError, IndexError):
             now = None
-        out.append(PendingChange(c.path, now, c.after, c.before, now is None or not _same(now, c.before)))
+        out.append(
+            PendingChange(c.path, now, c.after, c.before, now is None or not same_value(now, c.before))
+        )
     return out
 
 

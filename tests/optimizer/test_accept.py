@@ -25,7 +25,7 @@ SLO = {"energy_kwh_per_window": 0.6 / 12, "task_wait_p95_s": 1800}
 async def _kept(tmp_path: Path) -> tuple[Any, Round, list[SimTopology]]:
     """A 100-host optimizer with one kept round (made on version 0) and a writer recording what it writes."""
     journal = OptimizerJournal(tmp_path / "optimizer.jsonl")
-    opt = make_optimizer(tmp_path, SLO, FakeScenarios(busy=60), journal)
+    opt = make_optimizer(tmp_path, SLO, FakeScenarios(busy=60), journal, accept="apply")
     written: list[SimTopology] = []
 
     async def publish(sim: SimTopology) -> None:
@@ -89,7 +89,7 @@ async def test_an_old_journal_round_accepts_as_a_patch(tmp_path: Path) -> None:
     path = tmp_path / "optimizer.jsonl"
     doc = orjson.loads(path.read_bytes().splitlines()[-1])
     assert "topology" in doc["proposal"]
-    again = make_optimizer(tmp_path, SLO, FakeScenarios(), OptimizerJournal(path))
+    again = make_optimizer(tmp_path, SLO, FakeScenarios(), OptimizerJournal(path), accept="apply")
     written: list[SimTopology] = []
 
     async def publish(sim: SimTopology) -> None:

@@ -72,14 +72,16 @@ async def twin_factory() -> AsyncIterator[Callable[[Settings], Awaitable[str]]]:
         assert await asyncio.wait_for(t, 60) == 0
 
 
-async def test_rounds_accept_changes_the_next_windows(
+async def test_accepting_plans_a_change_and_forecasts_it(
     daemon_settings: Callable[..., Settings],
     tmp_path: Path,
     twin_factory: Callable[[Settings], Awaitable[str]],
 ) -> None:
     """With an energy SLO far below the demo's use, rounds run every hour of trace, the rules propose a
-    downscale, it is kept with a score breakdown; accepting it (token needed) publishes it on sim.topology
-    (source optimizer) and the twin's next windows use it; a second accept of the same round is a 409."""
+    downscale, it is kept with a score breakdown; accepting it (token needed) makes it a plan (issue 26 item 4):
+    no topology is published, the twin's next windows keep simulating the physical topology, and every hour of
+    trace the plan is forecast over the trailing hour; the forecast equals ``POST /api/whatif`` of the plan's
+    topology over the same range; a second accept of the same round is a 409."""
     settings = _settings(
         daemon_settings, tmp_path, {"energy_kwh_per_window": 0.08, "task_wait_p95_s": 7200.0}, speed=3600
     )
@@ -106,22 +108,42 @@ async def test_rounds_accept_changes_the_next_windows(
         assert all(c["outcome"]["energy_kwh"] > 0 for c in best["candidates"])
         assert doc["diff_vs_current"]
         assert doc["slo_targets"]["energy_kwh_per_window"] == 0.08
+        assert doc["accept"] == "plan"
 
         async with s.post(f"{url}/api/optimizer/accept") as r:
             assert r.status == 401
         async with s.post(f"{url}/api/optimizer/accept", headers=AUTH) as r:
             assert r.status == 202, await r.text()
             accepted = await r.json()
-        assert accepted["source"] == "optimizer"
-        version = accepted["version"]
+        plan = accepted["plan"]
+        assert (plan["round"], plan["status"]) == (best["round"], "planned")
+        assert plan["patch"] == {c["path"]: c["after"] for c in best["proposal"]["changes"]}
 
-        async def applied() -> Any:
-            _, w = await _get(s, f"{url}/api/windows?limit=5")
-            return any(x["topology_version"] == version for x in w["windows"])
+        async def forecast() -> Any:
+            _, doc = await _get(s, f"{url}/api/optimizer")
+            f = doc["plan"]["forecast"]
+            return f if f is not None and f["start_ms"] >= (plan["accepted_at_ms"] or 0) else None
 
-        await _until(applied, "a window simulated with the accepted topology")
+        f = await _until(forecast, "a forecast of the plan")
+        assert "error" not in f, f
+        assert f["series"]["plan"]
+        assert f["series"]["twin"]
+        assert f["energy_kwh"]["plan"] < f["energy_kwh"]["twin"]  # the downscale's forecast saves energy
+        _, w = await _get(s, f"{url}/api/windows?limit=1000")
+        assert {x["topology_version"] for x in w["windows"]} == {0}  # the twin still twins the datacenter
         _, topo = await _get(s, f"{url}/api/topology")
-        assert topo["simulated"]["version"] >= version
+        assert topo["simulated"]["version"] == 0
+        body = {"start": f["start_ms"], "end": f["end_ms"], "topology": f["topology"], "step_s": f["step_s"]}
+        async with s.post(f"{url}/api/whatif", json=body, headers=AUTH) as r:
+            assert r.status == 200, await r.text()
+            whatif = await r.json()
+        for mine, theirs in ((f["series"]["plan"], whatif["series"]["whatif"]),
+                             (f["series"]["twin"], whatif["series"]["baseline"])):  # fmt: skip
+            assert [t for t, _ in mine] == [t for t, _ in theirs]
+            assert all(
+                abs(a - b) <= 1e-9 * max(1.0, abs(b)) for (_, a), (_, b) in zip(mine, theirs, strict=True)
+            )
+        assert f["energy_kwh"]["plan"] == whatif["totals"]["whatif"]["energy_kwh"]
         async with s.post(f"{url}/api/optimizer/accept", json={"round": best["round"]}, headers=AUTH) as r:
             assert r.status == 409
             assert "already accepted" in (await r.json())["error"]
@@ -255,7 +277,11 @@ async def test_a_restarted_twin_keeps_rounds_accepts_and_the_waiting_proposal(
     /api/optimizer shows run 1's rounds exactly as before, the accept still recorded, new rounds numbered after
     them, and the waiting proposal can be accepted and is applied to the next windows."""
     settings = _settings(
-        daemon_settings, tmp_path, {"energy_kwh_per_window": 0.08, "task_wait_p95_s": 7200.0}, speed=3600
+        daemon_settings,
+        tmp_path,
+        {"energy_kwh_per_window": 0.08, "task_wait_p95_s": 7200.0},
+        speed=3600,
+        accept="apply",
     )
 
     async def run(s: Settings, body: Callable[[aiohttp.ClientSession, str], Awaitable[Any]]) -> Any:

@@ -124,7 +124,7 @@ async def test_resume_restores_history_best_and_accepts(tmp_path: Path) -> None:
         published.append((sim.topology, sim.source, sim.reason))
 
     published: list[tuple[Any, str, str]] = []
-    opt = make_optimizer(tmp_path, SLO, FakeScenarios(), OptimizerJournal(journal.path))
+    opt = make_optimizer(tmp_path, SLO, FakeScenarios(), OptimizerJournal(journal.path), accept="apply")
     opt.box.offer(SimTopology(1, "optimizer", "round 1 accepted before the restart", opt.box.physical))
     opt.writer = TopologyWriter(opt.box, publish, lambda: 0)
     assert opt.resume() == 4
@@ -141,7 +141,7 @@ async def test_resume_restores_history_best_and_accepts(tmp_path: Path) -> None:
     assert published[0][0] == written[1].proposal.topology
     assert published[0][1] == "optimizer"
     # the accept is recorded: a third process sees both accepts and nothing left to accept
-    again = make_optimizer(tmp_path, SLO, FakeScenarios(), OptimizerJournal(journal.path))
+    again = make_optimizer(tmp_path, SLO, FakeScenarios(), OptimizerJournal(journal.path), accept="apply")
     again.resume()
     assert [r.accepted_version for r in again.rounds] == [1, 2, None, None]
     assert again.best is None
