@@ -104,8 +104,8 @@ def test_a_new_user_walk(tmp_path: Path) -> None:
     """1. `make run ARGS="--speed max --exit-when-done --data-dir D --port 0"` in a fresh copy creates the venv,
     installs the package without the dev tools, runs the demo to the end and prints the summary; 2. `opendt
     runs` lists the run; 3. `opendt serve` serves it (health, power with MAPE); 4. a live twin with the
-    optimizer answers a what-if (exact totals, task statistics) and accepts the kept proposal (202, a new
-    topology version); 5. a calibrated second run is a new run with a calibration journal, listed apart."""
+    optimizer answers a what-if (exact totals, task statistics) and accepts the kept proposal (202, as the plan:
+    the simulated topology stays the physical one); 5. a calibrated second run is a new run with a calibration journal, listed apart."""
     repo = tmp_path / "opendt"
     data = tmp_path / "data"
     _copy_repository(repo)
@@ -170,9 +170,10 @@ def test_a_new_user_walk(tmp_path: Path) -> None:
         assert not any(c["conflict"] for c in opt["diff_vs_current"])
         status, accepted = _http("POST", url + "/api/optimizer/accept", {})
         assert status == 202, accepted
+        assert accepted["plan"]["status"] == "planned"  # a plan: the twin keeps the physical datacenter
         status, topo = _http("GET", url + "/api/topology")
-        assert topo["simulated"]["version"] == accepted["version"]
-        assert topo["simulated"]["source"] == "optimizer"
+        assert topo["simulated"]["source"] != "optimizer"
+        assert _http("GET", url + "/api/optimizer")[1]["plan"]["round"] == accepted["round"]
     times["live twin, what-if, accept"] = time.monotonic() - t0
 
     if not (first / "run.json").exists():

@@ -761,6 +761,18 @@
         "Change: " + fmtValue(c.path),
         fmtValue(c.before) + " → " + fmtValue(c.after) + (c.conflict ? " (changed since the proposal)" : ""),
       ]);
+    const plan = o.plan || null;
+    if (plan) {
+      items.push(["Plan", "round " + fmtValue(plan.round) + ", " + fmtValue(plan.status)]);
+      const f = plan.forecast;
+      if (f && f.error) items.push(["Plan forecast", "not available: " + f.error]);
+      else if (f && f.energy_kwh)
+        items.push([
+          "Plan forecast",
+          iso(f.start_ms) + " → " + iso(f.end_ms) + ": " + fmtNum(f.energy_kwh.plan, 3) + " kWh vs the twin's " +
+            fmtNum(f.energy_kwh.twin, 3) + " kWh (" + fmtPct(f.energy_pct, true) + ")",
+        ]);
+    }
     box.replaceChildren(
       el("dl", { class: "kv" }, ...items.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })])),
     );
@@ -782,7 +794,9 @@
         body = null;
       }
       out.textContent = resp.ok && body
-        ? "accepted: topology version " + fmtValue(body.version) + ", " + fmtValue(body.applies)
+        ? body.plan
+          ? "accepted as the plan (round " + fmtValue(body.round) + "): " + fmtValue(body.applies)
+          : "accepted: topology version " + fmtValue(body.version) + ", " + fmtValue(body.applies)
         : "not accepted: " + errorText({ status: resp.status, body: body });
       out.dataset.status = String(resp.status);
     } catch (e) {
