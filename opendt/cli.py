@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="no replay producer: the twin takes everything from Kafka (replay.enabled: false)",
     )
     run.add_argument("--fresh", action="store_true", help="start a new run (the existing one is moved aside)")
+    run.add_argument(
+        "--datacenter",
+        metavar="ID",
+        help="the datacenter to twin (kafka.datacenter; default: the stream's single, unnamed datacenter)",
+    )
 
     rep = cmd(
         "replay",
@@ -118,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--speed",
         type=_speed,
         help="trace seconds per wall second (default: replay.speed, 1440), or 'max' for as fast as possible",
+    )
+    rep.add_argument(
+        "--datacenter",
+        metavar="ID",
+        help="replay as datacenter ID: every message names it (header datacenter) and goes to its partition "
+        "of each topic (kafka.datacenter; default: unnamed, as a single datacenter)",
     )
     rep.add_argument(
         "--bootstrap-servers",
@@ -194,6 +205,7 @@ def _overrides(args: argparse.Namespace, settings: Settings) -> Settings:
         "broker_host": "host",
         "broker_port": "port",
         "bootstrap_servers": "bootstrap_servers",
+        "datacenter": "datacenter",
     }.items():
         if getattr(args, option, None) is not None:
             setattr(settings.kafka, key, getattr(args, option))

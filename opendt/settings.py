@@ -25,6 +25,8 @@ from pydantic_settings import (
 
 from opendt.calibration.settings import CalibrationSettings
 from opendt.configcheck import format_validation_error, unknown_env_keys, unknown_env_message
+from opendt.models.datacenter import DEFAULT as DEFAULT_DATACENTER
+from opendt.models.datacenter import ID_PATTERN as DATACENTER_ID
 from opendt.section import Section
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -64,6 +66,13 @@ class KafkaSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535, description="Embedded broker port; 0 = a free port")
     partitions: int = Field(default=1, ge=1)
+    datacenter: str = Field(
+        default=DEFAULT_DATACENTER,
+        pattern=DATACENTER_ID,
+        description="The datacenter this process twins or replays (header datacenter on dc.* messages; "
+        "named ones go to one partition of each topic, models/datacenter.py); default: the single datacenter "
+        "of a stream without the header",
+    )
     topics: TopicNames = TopicNames()
     client_id: str = "opendt"
     group_id: str = "opendt-twin"

@@ -26,7 +26,7 @@ from opendt.api.readmodel import TwinView
 from opendt.calibration.component import Calibrator, calibrator_for
 from opendt.clock import SystemClock
 from opendt.kafka.broker import BrokerError, EmbeddedBroker, kafka_broker_for
-from opendt.kafka.client import DeadLetter, make_consumer, make_producer
+from opendt.kafka.client import DeadLetter, datacenter_args, make_consumer, make_producer
 from opendt.kafka.offsets import ConsumerOffsets
 from opendt.kafka.security import client_options
 from opendt.models.messages import DATACENTER_KEY, encode_sim_topology
@@ -222,16 +222,19 @@ async def build_twin(
         jump_confirm=settings.windowing.jump_confirm,
         # a live twin (no replay of a past trace): nothing is believed far ahead of the wall clock
         wall_ms=None if settings.replay.enabled else (lambda: int(SystemClock().time() * 1000)),
+        datacenter=settings.kafka.datacenter,
     )
     state.windows = consumer
     state.offsets = ConsumerOffsets(kconsumer)
 
     async def publish_topology(sim: SimTopology) -> None:
         value = encode_sim_topology(sim.version, sim.source, sim.timestamp_ms, sim.reason, sim.topology)
-        await producer.send_and_wait(topics.sim_topology, value, key=DATACENTER_KEY)
+        dc = await datacenter_args(producer, topics.sim_topology, settings.kafka.datacenter)
+        await producer.send_and_wait(topics.sim_topology, value, key=DATACENTER_KEY, **dc)
 
     async def publish_results(key: bytes, value: dict[str, object]) -> None:
-        await producer.send(topics.sim_results, orjson.dumps(value), key=key)
+        dc = await datacenter_args(producer, topics.sim_results, settings.kafka.datacenter)
+        await producer.send(topics.sim_results, orjson.dumps(value), key=key, **dc)
 
     writer = TopologyWriter(box, publish_topology, lambda: state.watermark_or(0))
     inputs, checkpoints = recovery.d.inputs, recovery.d.checkpoints
@@ -353,6 +356,7 @@ async def build_twin(
             SystemClock(),
             progress,
             start_at_ms=None if resume is None else resume.next_start_ms,
+            datacenter=settings.kafka.datacenter,
         )
     state.liveness = Liveness(
         metadata_probe(bootstrap, settings.api.health_probe_s, client_options(settings.kafka)),

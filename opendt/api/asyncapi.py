@@ -17,6 +17,7 @@ import orjson
 from pydantic.json_schema import models_json_schema
 
 from opendt.api.streams import CONTRACT, STREAMS
+from opendt.models.datacenter import ID_PATTERN
 from opendt.models.messages import Heartbeat
 from opendt.settings import TopicNames
 
@@ -49,6 +50,14 @@ def _name(kind: str) -> str:
     return "".join(p.capitalize() for p in kind.split("_"))
 
 
+DATACENTER_HEADER = {
+    "type": "string",
+    "pattern": ID_PATTERN,
+    "description": "Optional: the datacenter (absent = default); a named datacenter's messages go to "
+    "partition (murmur2(utf8(id)) & 0x7fffffff) % partitions of each topic (Kafka's default partitioner)",
+}
+
+
 def _record_headers() -> dict[str, Any]:
     return {
         "type": "object",
@@ -57,7 +66,8 @@ def _record_headers() -> dict[str, Any]:
                 "type": "string",
                 "enum": ["application/json"],
                 "description": "Optional: a per-record message",
-            }
+            },
+            "datacenter": DATACENTER_HEADER,
         },
     }
 
@@ -80,6 +90,7 @@ def asyncapi_document(topics: TopicNames | None = None) -> dict[str, Any]:
         "title": "Heartbeat",
         "summary": "Moves this partition's event time on without a record (key null)",
         "contentType": "application/json",
+        "headers": {"type": "object", "properties": {"datacenter": DATACENTER_HEADER}},
         "payload": {"$ref": _REF.format(model="Heartbeat")},
         "bindings": {"kafka": {"key": {"type": "null"}, "bindingVersion": KAFKA_BINDING}},
         "examples": [
@@ -127,7 +138,10 @@ def asyncapi_document(topics: TopicNames | None = None) -> dict[str, Any]:
                 "contentType": NDJSON,
                 "headers": {
                     "type": "object",
-                    "properties": {"content-type": {"type": "string", "const": NDJSON}},
+                    "properties": {
+                        "content-type": {"type": "string", "const": NDJSON},
+                        "datacenter": DATACENTER_HEADER,
+                    },
                     "required": ["content-type"],
                 },
                 "payload": {"$ref": _REF.format(model=line)},

@@ -258,6 +258,17 @@ one JSON object per line, each with its key's fields inline (`id` for tasks and 
 power); its key is not used. Per-record messages (no header, or `content-type: application/json`) stay valid
 and a topic may mix both. A bad line fails that record only.
 
+**Datacenters**: several datacenters may share the topics. A message names its datacenter in header
+`datacenter` (1-64 letters, digits, `.`, `_`, `-`; absent = `default`, a stream of one datacenter). Every
+message of a named datacenter (heartbeats and finals included) goes to one partition of each topic: the
+partition Kafka's default partitioner picks for the id as a key, `(murmur2(utf8(id)) & 0x7fffffff) %
+partitions` (Java: `Utils.toPositive(Utils.murmur2(id.getBytes(UTF_8))) % numPartitions`; `opendt replay
+--datacenter ID` does this). A twin of a named datacenter (`kafka.datacenter`, `opendt run --datacenter ID`)
+reads only that partition and skips the records of other datacenters there (counted, `windows.
+other_datacenters`); a twin of `default` reads every partition and skips named records. The twin's own
+`sim.topology` and `sim.results` messages carry its header on its partition, and it ignores other
+datacenters' `sim.topology`.
+
 **Bad records**: a record that does not decode (wrong key, unknown field, wrong type, value out of bounds,
 time without a zone) or whose time is far off its partition (`windowing.max_skew_s`) is counted, logged with
 topic/partition/offset and forwarded as it was to the dead-letter topic with headers naming why; it never

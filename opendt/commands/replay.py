@@ -42,7 +42,13 @@ async def replay_cli(settings: Settings, stop: asyncio.Event) -> int:
         try:
             replay = asyncio.ensure_future(
                 ReplayProducer(
-                    workload, producer, settings.kafka.topics, settings.replay, SystemClock(), progress
+                    workload,
+                    producer,
+                    settings.kafka.topics,
+                    settings.replay,
+                    SystemClock(),
+                    progress,
+                    datacenter=settings.kafka.datacenter,
                 ).run()
             )
             stopper = asyncio.ensure_future(stop.wait())

@@ -24,6 +24,9 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import RecordMetadata
 
 from opendt.kafka.security import client_options
+from opendt.models.datacenter import DEFAULT as DEFAULT_DATACENTER
+from opendt.models.datacenter import header as datacenter_header
+from opendt.models.datacenter import partition_for
 from opendt.models.messages import Decoded, MessageError, StreamKind, decode
 from opendt.settings import KafkaSettings
 
@@ -105,9 +108,13 @@ class BatchSender:
     One task at a time may use a sender (it is not safe for concurrent ``send`` calls).
     """
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+    def __init__(self, producer: AIOKafkaProducer, topic: str, datacenter: str = DEFAULT_DATACENTER) -> None:
         self.producer = producer
         self.topic = topic
+        self.datacenter = datacenter
+        """A named datacenter: every record carries its header and goes to its partition (``partitions`` is
+        that one), heartbeats included (:mod:`opendt.models.datacenter`)."""
+        self._dc_headers = datacenter_header(datacenter)
         self.sent = 0
         self._partitions: list[int] = []
         self._builders: dict[int, Any] = {}
@@ -120,8 +127,10 @@ class BatchSender:
     async def partitions(self) -> list[int]:
         """The topic's partitions (fetched once)."""
         if not self._partitions:
-            parts = await self.producer.partitions_for(self.topic)
-            self._partitions = sorted(parts)
+            parts = sorted(await self.producer.partitions_for(self.topic))
+            if self.datacenter != DEFAULT_DATACENTER:
+                parts = [parts[partition_for(self.datacenter, len(parts))]]
+            self._partitions = parts
             self._round_robin = itertools.cycle(self._partitions)
         return self._partitions
 
@@ -135,8 +144,10 @@ class BatchSender:
         headers: Sequence[tuple[str, bytes]] = (),
     ) -> None:
         """Queue one record; may wait for a full batch to be accepted by the producer."""
-        hdrs = list(headers)  # the batch builder takes a list only
+        hdrs = [*headers, *self._dc_headers]  # the batch builder takes a list only
         parts = self._partitions or await self.partitions()
+        if partition is None and self._dc_headers:
+            partition = parts[0]
         if partition is None:
             if key is None:
                 assert self._round_robin is not None
@@ -204,6 +215,18 @@ class BatchSender:
     ) -> None:
         if exc_type is None:
             await self.flush()
+
+
+async def datacenter_args(producer: AIOKafkaProducer, topic: str, datacenter: str) -> dict[str, Any]:
+    """``send`` arguments that put a record of ``datacenter`` on its partition of ``topic`` with its header
+    (nothing for the default datacenter: the key picks the partition, as before)."""
+    if datacenter == DEFAULT_DATACENTER:
+        return {}
+    parts = sorted(await producer.partitions_for(topic))
+    return {
+        "partition": parts[partition_for(datacenter, len(parts))],
+        "headers": list(datacenter_header(datacenter)),
+    }
 
 
 async def send_many(

@@ -22,6 +22,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from opendt.kafka.client import DeadLetter, DecodeStats, RecordLike, forward_dead_letters, note_malformed
+from opendt.models.datacenter import DEFAULT as DEFAULT_DATACENTER
 from opendt.models.messages import (
     CarbonRow,
     FragmentRow,
@@ -34,6 +35,7 @@ from opendt.models.messages import (
 )
 from opendt.settings import TopicNames
 from opendt.stream.columns import TIME_COLUMN, Columnar, decode_fetch
+from opendt.stream.datacenters import DatacenterFilter, input_partitions
 from opendt.stream.idle import IdleWatch, late_view, waiting_for
 from opendt.stream.offsets import FirstOffsets
 from opendt.stream.records import Kind, Row, decode_record, row_item, rows_of, time_of
@@ -74,8 +76,10 @@ class WindowConsumer:
         jump_confirm: int = 3,
         wall_ms: Callable[[], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        datacenter: str = DEFAULT_DATACENTER,
     ) -> None:
         self.consumer = consumer
+        self.mine = DatacenterFilter(datacenter)
         self.topics = topics
         self.window_ms = window_ms
         self.out = out
@@ -125,6 +129,7 @@ class WindowConsumer:
             dead_lettered=self.stats.dead_lettered,
             quarantined=self.gate.stats.rejected + self.topologies_rejected,
             conflicts=ws.conflicts if ws else 0,
+            other_datacenters=self.mine.others,
             finals_revoked=ws.finals_revoked if ws else 0,
             queued=self.out.qsize(),
             waiting_for=[]
@@ -138,14 +143,7 @@ class WindowConsumer:
         self._stopping.set()
 
     async def _partitions(self) -> list[TopicPartition]:
-        tps: list[TopicPartition] = []
-        await self.consumer.topics()  # refreshes the cluster metadata
-        for topic in self.kinds:
-            parts = self.consumer.partitions_for_topic(topic)
-            if not parts:
-                raise RuntimeError(f"topic {topic!r} has no partitions (does it exist?)")
-            tps.extend(TopicPartition(topic, p) for p in sorted(parts))
-        return tps
+        return await input_partitions(self.consumer, self.kinds, self.mine.datacenter)
 
     async def _still_held(self, tps: list[TopicPartition], r: Resume) -> None:
         """Durable windows are read again: the topics must still hold them (retention)."""
@@ -237,6 +235,8 @@ class WindowConsumer:
         return True
 
     async def _ingest(self, windower: Windower, tp: TopicPartition, records: list[Record]) -> None:
+        if not (records := list(self.mine.keep(records))):
+            return
         kind = self.kinds[tp.topic]
         if kind in ("tasks", "fragments", "power"):
             seen, bad = self._ingest_columns(windower, tp, kind, records)

@@ -3,7 +3,8 @@
 The twin's own components change the simulated topology through
 :class:`~opendt.twin.topology.TopologyWriter`, which makes a version current at once and publishes it; those
 messages come back here with a version that is not newer and are ignored. A newer version (another process
-writing ``sim.topology``) is offered to the box, and the window loop applies it from its next window.
+writing ``sim.topology``) is offered to the box, and the window loop applies it from its next window. Messages
+that name another datacenter (header ``datacenter``, :mod:`opendt.models.datacenter`) are another twin's.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import structlog
 
 from opendt.kafka.client import make_consumer
+from opendt.models.datacenter import header_of
 from opendt.models.messages import MessageError, SimTopologyMessage, decode, to_ms
 from opendt.settings import KafkaSettings
 from opendt.twin.status import Counters
@@ -31,6 +33,8 @@ class TopologyListener:
         await consumer.start()
         try:
             async for rec in consumer:
+                if header_of(rec.headers) != self.settings.datacenter:
+                    continue  # another datacenter's twin wrote it
                 try:
                     msg = decode("sim_topology", rec.key, rec.value)
                 except MessageError as e:

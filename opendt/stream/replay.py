@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 
 from opendt.clock import Clock, ReplayClock
 from opendt.kafka.client import BatchSender
+from opendt.models.datacenter import DEFAULT as DEFAULT_DATACENTER
 from opendt.models.messages import DATACENTER_KEY, encode_heartbeat, encode_topology_message
 from opendt.settings import ReplaySettings, TopicNames
 from opendt.stream.columns import CONTENT_TYPE, NDJSON
@@ -258,8 +259,12 @@ class ReplayProducer:
         progress: ReplayProgress | None = None,
         *,
         start_at_ms: int | None = None,
+        datacenter: str = DEFAULT_DATACENTER,
     ) -> None:
         self.workload = workload
+        self.datacenter = (
+            datacenter  # a named one's messages carry its header, on its partition of each topic
+        )
         self.start_at_ms = start_at_ms
         """Resume: send only the events from here on (a restarted twin has the earlier ones)."""
         self.producer = producer
@@ -268,9 +273,7 @@ class ReplayProducer:
         self.clock = clock
         self.progress = progress if progress is not None else ReplayProgress()
         self._log = log.bind(workload=workload.meta.name)
-        self._next_hb = 0
-        self._last_flush = 0.0
-        self._next_report = 0.0
+        self._next_hb, self._last_flush, self._next_report = 0, 0.0, 0.0
 
     async def _chunks(
         self,
@@ -317,14 +320,13 @@ class ReplayProducer:
         rclock = ReplayClock(self.clock, speed, start_ms)
         p = self.progress
         p.start_ms, p.end_ms = start_ms, end_ms
-        topics = {"tasks": self.topics.tasks, "fragments": self.topics.fragments}
-        topics.update(power=self.topics.power, carbon=self.topics.carbon)
-        by_kind = {kind: BatchSender(self.producer, topic) for kind, topic in topics.items()}
+        t = self.topics
+        topics = {"tasks": t.tasks, "fragments": t.fragments, "power": t.power, "carbon": t.carbon}
+        by_kind = {kind: BatchSender(self.producer, topic, self.datacenter) for kind, topic in topics.items()}
         senders = [by_kind[s.kind] for s in streams]  # by stream index
         every = list(by_kind.values())
-        await self.producer.send_and_wait(
-            self.topics.topology, encode_topology_message(first_ms, wl.topology), key=DATACENTER_KEY
-        )
+        async with BatchSender(self.producer, self.topics.topology, self.datacenter) as topology:
+            await topology.send(DATACENTER_KEY, encode_topology_message(first_ms, wl.topology))
         rclock.start()  # the barrier: every stream is paced from this one origin
         wall0 = time.monotonic()
         self._next_hb = (start_ms // hb_ms + 1) * hb_ms

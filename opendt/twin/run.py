@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from opendt import __version__
+from opendt.models.datacenter import DEFAULT as DEFAULT_DATACENTER
 from opendt.settings import Settings
 from opendt.workload import Workload
 
@@ -75,7 +76,8 @@ class RunIdentity:
 
 
 def identity(settings: Settings, workload: Workload | None) -> RunIdentity:
-    """The run of these settings: from the workload's content (replay) or the Kafka source (no replay)."""
+    """The run of these settings: from the workload's content (replay) or the Kafka source (no replay), and
+    the datacenter (``kafka.datacenter``: a named one is in the id, ``<id>-<digest>`` without a replay)."""
     topics = settings.kafka.topics
     if workload is not None:
         name = workload.meta.name
@@ -95,6 +97,10 @@ def identity(settings: Settings, workload: Workload | None) -> RunIdentity:
             "topics": inputs,
         }
         key = [source["bootstrap_servers"], inputs]
+    if (dc := settings.kafka.datacenter) != DEFAULT_DATACENTER:  # the default keeps the ids of before
+        name = dc if workload is None else f"{name}-{dc}"
+        source["datacenter"] = dc
+        key.append(dc)
     doc = result_settings(settings)
     digest = hashlib.sha1(orjson.dumps([key, doc], option=orjson.OPT_SORT_KEYS), usedforsecurity=False)
     return RunIdentity(f"{name}-{digest.hexdigest()[:10]}", source, doc)

@@ -63,6 +63,8 @@ class WindowsStatus:
     (``topic[partition]: ...``) its first message, or a message after the watermark."""
     last_late: dict[str, str] | None = None
     """The latest late record (its window was closed; dead-lettered): its ``time`` and ``window_start``."""
+    other_datacenters: int = 0
+    """Records of other datacenters on the partitions read (``kafka.datacenter``; skipped)."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from opendt.workload import load_workload
 
 from .. import apache_kafka
 from .conftest import last_window_end_ms, max_rel_diff, one_shot, read_results, write_small_workload
+from .test_datacenters import PARTITIONS, shared_topics_check
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -334,3 +335,16 @@ def test_the_readme_acls_suffice(
     agg, windows = read_results(settings.data_dir)
     assert windows["status"].to_list() == ["ok"] * windows.height
     assert agg.equals(apache_run)
+
+
+async def test_datacenters_share_topics(apache: apache_kafka.ApacheKafka, tmp_path: Path) -> None:
+    """Several datacenters on one set of topics (tests/pipeline/test_datacenters.py) on Apache Kafka."""
+    shared = _topics()
+    await ensure_topics(apache.plaintext, list(shared.model_dump().values()), PARTITIONS)
+
+    def make(workload: Path) -> Settings:
+        return _settings(
+            tmp_path / "data", KafkaSettings(bootstrap_servers=apache.plaintext, topics=_topics()), workload
+        )
+
+    await shared_topics_check(make, shared, tmp_path)
