@@ -226,3 +226,17 @@ async def foreign_producer(
             await send_many(producer, by_kind[s.kind], records)
     finally:
         await producer.stop()
+
+
+def late_carbon(wl: Path, minutes: int) -> int:
+    """The workload's carbon feed starts ``minutes`` (and 7 s) after its first task: a first step there, then
+    the trace's later steps; returns that first step (epoch ms)."""
+    first = int(pl.read_parquet(wl / "tasks.parquet")["submission_time"].dt.epoch("ms").min())  # type: ignore[arg-type]
+    start = first + minutes * 60_000 + 7_000
+    carbon = pl.read_parquet(wl / "carbon.parquet")
+    head = pl.DataFrame({"timestamp": [start], "carbon_intensity": [180.0]}).with_columns(
+        pl.col("timestamp").cast(pl.Datetime("ms"))
+    )
+    later = carbon.filter(pl.col("timestamp").dt.epoch("ms") > start)
+    pl.concat([head.cast(carbon.schema), later]).write_parquet(wl / "carbon.parquet")
+    return start

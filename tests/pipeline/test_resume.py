@@ -20,7 +20,7 @@ import pytest
 
 from .. import runfiles
 from ..opendc_standin import write_standin
-from .conftest import assert_windows_contiguous, max_rel_diff, read_results, run_dir
+from .conftest import assert_windows_contiguous, late_carbon, max_rel_diff, read_results, run_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -256,20 +256,6 @@ def test_kill_9_on_the_opendc_engine_then_rerun_equals_the_builtin_twin(
     assert agg["tasks_completed"].to_list() == ref["tasks_completed"].to_list()
 
 
-def _late_carbon(wl: Path, minutes: int) -> int:
-    """The workload's carbon feed starts ``minutes`` (and 7 s) after its first task: a first step there, then
-    the trace's later steps; returns that first step (epoch ms)."""
-    first = int(pl.read_parquet(wl / "tasks.parquet")["submission_time"].dt.epoch("ms").min())  # type: ignore[arg-type]
-    start = first + minutes * 60_000 + 7_000
-    carbon = pl.read_parquet(wl / "carbon.parquet")
-    head = pl.DataFrame({"timestamp": [start], "carbon_intensity": [180.0]}).with_columns(
-        pl.col("timestamp").cast(pl.Datetime("ms"))
-    )
-    later = carbon.filter(pl.col("timestamp").dt.epoch("ms") > start)
-    pl.concat([head.cast(carbon.schema), later]).write_parquet(wl / "carbon.parquet")
-    return start
-
-
 def test_kill_9_before_and_after_the_first_carbon_step_keeps_unknown_and_known(
     tmp_path: Path, small_workload: Path
 ) -> None:
@@ -277,7 +263,7 @@ def test_kill_9_before_and_after_the_first_carbon_step_keeps_unknown_and_known(
     emissions (null), the later ones known. SIGKILL before the first step arrived (the checkpoints hold an
     engine that never had carbon), rerun and SIGKILL again after it (they now hold one that has), rerun to the
     end: unknown stays unknown and known stays known, row for row as an uninterrupted run."""
-    first_step = _late_carbon(small_workload, 37)
+    first_step = late_carbon(small_workload, 37)
     env = {"OPENDT_CHECKPOINT__EVERY_S": "900"}
     crashed = tmp_path / "crashed"
     proc = _opendt_run(small_workload, crashed, tmp_path / "first.log", "--speed", "1500", env_extra=env)
