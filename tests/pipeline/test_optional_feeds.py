@@ -199,7 +199,7 @@ async def test_topology_tasks_and_fragments_alone(
     out = tmp_path / "report"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "opendt", "report", str(run_dir(settings.data_dir)), "--out", str(out),
-        "--format", "html", cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "--format", "png,html", cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, stderr.decode()[-2000:]
@@ -207,4 +207,7 @@ async def test_topology_tasks_and_fragments_alone(
     assert "carbon unknown (no carbon intensity received)" in stdout.decode(), stdout
     manifest = json.loads((out / "report.json").read_text(), parse_constant=no_nan)
     assert [r["carbon_kg"] for r in manifest["runs"]] == [None]
+    carbon = next(f for f in manifest["figures"] if f["name"] == "carbon")
+    assert carbon["files"]
+    assert all((out / f).stat().st_size > 0 for f in carbon["files"])
     assert [r["mape_pct"] for r in manifest["runs"]] == [None]
