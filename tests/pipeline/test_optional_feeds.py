@@ -27,6 +27,7 @@ from opendt.stream.replay import event_order, streams_of
 from opendt.twin.status import TwinState
 from opendt.workload import load_workload
 
+from .. import chromium
 from .conftest import foreign_producer, read_results, run_dir, write_small_workload
 
 WINDOW_S = 30
@@ -79,6 +80,33 @@ async def _sim_results(settings: Settings) -> list[dict[str, Any]]:
     return [json.loads(r.value, parse_constant=no_nan) for recs in batches.values() for r in recs]
 
 
+CARBON_PANEL = """JSON.stringify({
+  emitted: document.querySelector('#carbon-metrics [data-key=emitted] b')?.textContent ?? null,
+  intensity: document.querySelector('#carbon-metrics [data-key=mean_intensity] b')?.textContent ?? null,
+  power: Number(document.getElementById('chart-power').dataset.points),
+  carbon: Number(document.getElementById('chart-carbon').dataset.points),
+  carbonEmpty: document.getElementById('chart-carbon').dataset.empty,
+})"""
+
+
+async def _dashboard(url: str, tmp: Path) -> dict[str, Any] | None:
+    """The dashboard's carbon panel in headless Chromium once the power chart has data (None: no Chromium)."""
+    exe = chromium.binary()
+    if exe is None:
+        return None
+    async with chromium.page(exe, tmp) as cdp:
+        await cdp.call("Page.enable")
+        await cdp.call("Page.navigate", url=url + "/")
+        await cdp.wait_for(
+            "Number(document.getElementById('chart-power').dataset.points) > 0"
+            " && document.querySelector('#carbon-metrics [data-key=emitted]') !== null",
+            "the dashboard's power chart and carbon panel",
+        )
+        shown: dict[str, Any] = json.loads(await cdp.js(CARBON_PANEL))
+        assert cdp.page_errors() == []
+        return shown
+
+
 async def test_topology_tasks_and_fragments_alone(
     daemon_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
@@ -126,6 +154,7 @@ async def test_topology_tasks_and_fragments_alone(
                 whatif = {"start": iso_ms(lo), "end": iso_ms(lo + 600_000), "patch": {"cpu.coreSpeed": 2800}}
                 async with s.post(url + "/api/whatif", json=whatif) as r:
                     answers["/api/whatif"] = (r.status, json.loads(await r.read(), parse_constant=no_nan))
+            answers["dashboard"] = await _dashboard(url, tmp_path)
             stop.set()
     assert daemon.result() == 0
 
@@ -183,6 +212,13 @@ async def test_topology_tasks_and_fragments_alone(
     assert len(pts) == agg.height
     assert all(p["carbon_emission"] is None and p["carbon_intensity"] is None for p in pts)
     assert all(p["power_draw"] > 0 for p in pts)
+
+    shown = answers["dashboard"]
+    if shown is not None:  # the dashboard says unknown, never 0 kg
+        assert shown["emitted"] == "unknown", shown
+        assert shown["intensity"] == "unknown", shown
+        assert shown["carbon"] == 0, shown
+        assert "emissions unknown" in shown["carbonEmpty"], shown
 
     status, whatif = answers["/api/whatif"]
     assert status == 200, whatif
