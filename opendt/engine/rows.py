@@ -176,12 +176,10 @@ def _intensity(eng: Integrable, t_abs: I64, *, right: bool, traces: list[tuple[C
         out[clusters] = trace.at(t_abs) if right else trace.before(t_abs)
     if eng.unknown_carbon:
         since = eng.carbon_from
-        out[
-            :,
-            np.ones(t_abs.size, dtype=np.bool_)
-            if since is None
-            else (t_abs < since if right else t_abs <= since),
-        ] = np.nan
+        if since is None:
+            out[:] = np.nan
+        else:
+            out[:, t_abs < since if right else t_abs <= since] = np.nan
     return out
 
 
