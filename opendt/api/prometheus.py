@@ -67,9 +67,9 @@ def last_window(store: ResultStore) -> dict[str, Any]:
         if bool((agg["window_start"] == start).all()):
             out["predicted_power_watts"] = float(agg["power_draw"][-1])
             out["predicted_energy_joules"] = float(agg["energy_usage"].sum())
-            emitted = agg["carbon_emission"]
-            if emitted.null_count() < len(emitted):
-                out["predicted_carbon_grams"] = float(emitted.sum())
+            carbon = agg["carbon_emission"]
+            if not carbon.has_nulls():  # unknown (no carbon intensity received for it): absent, never 0
+                out["predicted_carbon_grams"] = float(carbon.sum())
             ci = agg["carbon_intensity"][-1]
             if ci is not None:
                 out["carbon_intensity"] = float(ci)

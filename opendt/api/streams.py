@@ -142,9 +142,10 @@ STREAMS: list[Stream] = [
         "receive",
         PowerMessage,
         "A measured power sample of a meter",
-        "The datacenter's measured power, compared with the simulation (MAPE) and used by calibration. "
-        "Samples of one meter stay in order (keyed by it); a sample at an instant of its meter received "
-        "before is a duplicate (dropped).",
+        "Optional. The datacenter's measured power, compared with the simulation (MAPE) and used by "
+        "calibration; without it the twin still predicts, with no MAPE (null) and no calibration (its "
+        "rounds are skipped). Samples of one meter stay in order (keyed by it); a sample at an instant of "
+        "its meter received before is a duplicate (dropped).",
         _id_key("source", "the meter"),
         {"source": "datacenter"},
         {"timestamp": "2024-01-01T10:00:30.000Z", "power_draw": 5230.5, "energy_usage": 156_915.0},
@@ -158,7 +159,9 @@ STREAMS: list[Stream] = [
         CarbonMessage,
         "The grid's carbon intensity from a time on",
         "Optional. A step series: each intensity is in force from its timestamp until the next message "
-        "(the last received holds until the next step). Send a step at or before the first task, and steps "
+        "(the last received holds until the next step). Without it, and before its first step (never "
+        "extended backwards), emissions are unknown: null in sim.results and the API, never 0; time "
+        "simulated before a step arrived stays unknown. Send a step at or before the first task, and steps "
         "in time order (a step not after the last one is a duplicate). While it is sent, a window closes "
         "only once this stream has passed its end (a step at exactly the end is known); a carbon partition "
         "never heard from goes idle after windowing.idle_after_s and windows close without it.",
@@ -204,7 +207,9 @@ STREAMS: list[Stream] = [
         SimResultsMessage,
         "The simulated power and carbon of one closed window",
         "Written by the twin after a window's results are durable, one message per window with one point per "
-        "export interval (simulation.export_interval_s). carbon_* are null while no intensity is known.",
+        "export interval (simulation.export_interval_s). carbon_intensity is null at an instant no carbon "
+        "step was in force for (none received yet, or before the first), carbon_emission for an interval "
+        "that holds such time: unknown, never 0.",
         _RESULTS_KEY,
         "2024-01-01T10:00:00.000Z",
         {

@@ -3,6 +3,7 @@ answered side by side with the twin's baseline and the measurement."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import polars as pl
@@ -35,7 +36,8 @@ def _totals(res: ScenarioResult, start: int, end: int) -> dict[str, float | None
     peak = float(part["power_draw"].max()) if part.height else None  # type: ignore[arg-type]
     return {
         "energy_kwh": None if energy is None else round(float(energy) / 3.6e6, 6),
-        "carbon_kg": None if carbon is None else round(float(carbon) / 1000, 6),
+        # unknown (NaN) when part of the range had no carbon intensity received
+        "carbon_kg": None if carbon is None or not math.isfinite(carbon) else round(float(carbon) / 1000, 6),
         "peak_w": None if peak is None else round(peak, 3),
         "mean_w": None if energy is None else round(float(energy) / ((end - start) / 1000), 3),
     }

@@ -83,9 +83,10 @@ def report_cli(args: argparse.Namespace, data_dir: Path) -> int:
     for r, h in zip(report.runs, report.headlines, strict=True):
         mape = "n/a (no measured power)" if h.mape_pct is None else f"{h.mape_pct:.3f} %"
         err = "" if h.energy_error_pct is None else f", energy error {h.energy_error_pct:+.3f} %"
+        carbon = "unknown (no carbon intensity received)" if h.carbon_kg is None else f"{h.carbon_kg:,.1f} kg"
         sys.stdout.write(
             f"{r.label}: {r.run_id}: MAPE {mape} over {h.matched} instants{err}; {h.windows} windows "
-            f"({h.windows_failed} failed); energy {h.energy_kwh:,.1f} kWh, carbon {h.carbon_kg:,.1f} kg, "
+            f"({h.windows_failed} failed); energy {h.energy_kwh:,.1f} kWh, carbon {carbon}, "
             f"{h.jobs:,} jobs, CPU work {h.cpu_work_thz_s:,.0f} THz·s\n"
         )
     figs = len(report.manifest["figures"])

@@ -298,7 +298,14 @@ def summary_lines(s: RunSummary) -> list[str]:
         f"MAPE      {mape_text}",
         "energy    "
         + ("none simulated" if s.energy_kwh is None else f"{s.energy_kwh:,.3f} kWh simulated{error}"),
-        "carbon    " + ("none simulated" if s.carbon_kg is None else f"{s.carbon_kg:,.3f} kg CO2 simulated"),
+        "carbon    "
+        + (
+            f"{s.carbon_kg:,.3f} kg CO2 simulated"
+            if s.carbon_kg is not None
+            else "none simulated"
+            if s.energy_kwh is None
+            else "unknown (no carbon intensity received)"
+        ),
         f"results   {s.run_dir}",
     ]
 

@@ -60,6 +60,12 @@ def _run_starts(ids: npt.NDArray[Any]) -> I64:
 class Engine:
     """An OpenDC-compatible simulator that can be advanced window by window."""
 
+    unknown_carbon: bool = False
+    """The twin's engine: a time before the first carbon step received (none yet: all of it) has unknown
+    intensity and emission (NaN), never OpenDC's 0 without a trace nor its first step extended backwards."""
+    carbon_from: int | None = None
+    """The first step of the shared carbon trace (absolute ms; None: no trace yet), kept when it is pruned."""
+
     def __init__(
         self,
         topology: TopologyLike,
@@ -70,6 +76,7 @@ class Engine:
         streaming: bool = True,
         carbon_by_cluster: list[CarbonTrace | None] | None = None,
         activity: bool = True,
+        unknown_carbon: bool = False,
     ) -> None:
         if scaling not in ("NoDelay", "Perfect"):
             raise ValueError(f"unknown scaling policy {scaling!r}")
@@ -83,6 +90,8 @@ class Engine:
         else:
             trace = CarbonTrace.from_frame(carbon) if carbon is not None else None
             self.carbon = [trace] * self.hosts.n_clusters
+        self.unknown_carbon = unknown_carbon
+        self.carbon_from = min((int(c.times[0]) for c in self.carbon if c is not None), default=None)
         self.sched = Scheduler(self.hosts, streaming=streaming)
         self.ids: list[str | int] = []
         self.index: dict[str | int, int] = {}
@@ -180,6 +189,8 @@ class Engine:
             raise ValueError("per-cluster carbon traces cannot be extended by a stream")
         cur = self.carbon[0]
         trace = CarbonTrace.from_arrays(times, values) if cur is None else cur.extended(times, values)
+        if self.carbon_from is None:
+            self.carbon_from = int(trace.times[0])
         if self.t0 is not None:
             self.special_instants()  # the first step after T0 is remembered before older steps are dropped
             trace = trace.since(self.t0 + self.t_lo)

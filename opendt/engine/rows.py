@@ -85,6 +85,8 @@ class Integrable(Protocol):
     t_lo: int
     hosts: HostTable
     carbon: list[CarbonTrace | None]
+    unknown_carbon: bool
+    carbon_from: int | None
     segs: SegmentSet
     export: ExportGrid
     activity: bool
@@ -167,10 +169,26 @@ def _traces(eng: Integrable) -> list[tuple[CarbonTrace, I64]]:
 
 
 def _intensity(eng: Integrable, t_abs: I64, *, right: bool, traces: list[tuple[CarbonTrace, I64]]) -> F64:
+    """Per cluster, the intensity at (``right``) or just before each ``t_abs``; with ``unknown_carbon``, NaN
+    where no step was in force (OpenDC: 0 without a trace, the first step before it)."""
     out = np.zeros((eng.hosts.n_clusters, t_abs.size))
     for trace, clusters in traces:
         out[clusters] = trace.at(t_abs) if right else trace.before(t_abs)
+    if eng.unknown_carbon:
+        since = eng.carbon_from
+        if since is None:
+            out[:] = np.nan
+        else:
+            out[:, t_abs < since if right else t_abs <= since] = np.nan
     return out
+
+
+def _unknown(cum_u: F64, col: I64, c_mat: F64, rest_c: F64) -> None:
+    """An emission over a piece of unknown intensity is unknown: NaN in every exported interval (``c_mat``)
+    and carried remainder (``rest_c``) that holds such a piece (``cum_u``: the cumulative count of them)."""
+    u_mat, rest_u = _split(cum_u, col, np.zeros(rest_c.size))
+    c_mat[u_mat > 0] = np.nan
+    rest_c[rest_u > 0] = np.nan
 
 
 def _split(cum: F64, col: I64, carried: F64) -> tuple[F64, F64]:
@@ -215,6 +233,7 @@ def integrate_window(eng: Integrable, t_hi: int, *, final: bool) -> Table:
     grid = distinct(np.concatenate([np.array([t_lo, t_hi], dtype=np.int64), inst[inst > t_lo], *steps]))
     m = grid.size - 1
     cum_w = np.zeros((n_c, max(m, 0)))
+    cum_u = np.zeros((n_c, max(m, 0)))
     if m > 0:
         widths = np.diff(grid)
         uniform = int(widths[0]) if bool(np.all(widths == widths[0])) else 0
@@ -235,6 +254,10 @@ def integrate_window(eng: Integrable, t_hi: int, *, final: bool) -> Table:
         energy = (integral + idle[:, None] * widths) * 1e-3
         carbon = _intensity(eng, grid[:-1] + t0, right=True, traces=traces) * energy / J_PER_KWH
         cum_e = np.cumsum(energy, axis=1)
+        if eng.unknown_carbon:
+            unknown = np.isnan(carbon)
+            cum_u = np.cumsum(unknown, axis=1, dtype=np.float64)
+            carbon[unknown] = 0.0
         cum_c = np.cumsum(carbon, axis=1)
         cum_w = np.cumsum(cum_w * GHZ_S_PER_MHZ_MS, axis=1)
         left = idle[:, None] + left
@@ -245,6 +268,8 @@ def integrate_window(eng: Integrable, t_hi: int, *, final: bool) -> Table:
     col = np.searchsorted(grid, inst) - 1
     e_mat, rest_e = _split(cum_e, col, grid_state.carried_energy)
     c_mat, rest_c = _split(cum_c, col, grid_state.carried_carbon)
+    if eng.unknown_carbon:
+        _unknown(cum_u, col, c_mat, rest_c)
     w_mat, rest_w = _split(cum_w, col, grid_state.carried_work)
     p_mat = left[:, np.maximum(col, 0)] if m > 0 else np.zeros((n_c, inst.size))
     times = inst.tolist()
@@ -269,7 +294,7 @@ def integrate_window(eng: Integrable, t_hi: int, *, final: bool) -> Table:
         intensity_t.append(_intensity(eng, np.array([t_hi + t0]), right=True, traces=traces)[:, 0])
         if on_grid:
             e_rows.append(np.zeros(n_c))
-            c_rows.append(np.zeros(n_c))
+            c_rows.append(np.where(np.isnan(intensity_t[-1]), np.nan, 0.0))  # nothing emitted, if known
             w_rows.append(np.zeros(n_c))
         else:
             e_rows.append(rest_e)

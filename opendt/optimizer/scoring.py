@@ -45,7 +45,8 @@ class WindowOutcome:
 
     * ``energy_kwh``: Σ ``energy_usage`` of the window's export rows (J) / 3.6e6;
     * ``peak_power_w``: the largest total ``power_draw`` (summed over power sources) at an export instant;
-    * ``carbon_g``: Σ ``carbon_emission`` (g); None when the topology has no carbon trace;
+    * ``carbon_g``: Σ ``carbon_emission`` (g) of the known intervals; None when no carbon intensity was
+      received for the range;
     * ``task_wait_p95_s``: 95th percentile of ``schedule_time − submission_time`` over the tasks submitted in
       the window, and of ``restart − re-queue`` over the tasks a topology change re-queued in it (their host
       was removed and no other had room). A task still waiting at the window's end gets its exact wait: the

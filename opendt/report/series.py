@@ -77,8 +77,13 @@ def twin_buckets(run: Run, bucket_ms: int) -> pl.DataFrame:
     a = run.agg.filter(pl.col("width_ms") > 0)
     mid = a["timestamp_ms"].to_numpy() - a["width_ms"].to_numpy() // 2
     names = ("energy_usage", "width_ms", "carbon_emission", "tasks_completed", "cpu_work")
-    keys, sums, _ = _bucket_sums(mid // bucket_ms * bucket_ms, {c: _col(a, c) for c in names})
-    energy, carbon = sums["energy_usage"], sums["carbon_emission"]
+    cols = {c: _col(a, c) for c in names}
+    known = a["carbon_emission"].is_not_null().to_numpy()  # null: no carbon intensity received for it
+    cols["known_energy"] = np.where(known, cols["energy_usage"], 0.0)
+    cols["known"] = known.astype(np.float64)
+    keys, sums, _ = _bucket_sums(mid // bucket_ms * bucket_ms, cols)
+    energy = sums["energy_usage"]
+    carbon = np.where(sums["known"] > 0, sums["carbon_emission"], np.nan)  # unknown: NaN, never 0
     with np.errstate(divide="ignore", invalid="ignore"):
         return pl.DataFrame(
             {
@@ -88,7 +93,7 @@ def twin_buckets(run: Run, bucket_ms: int) -> pl.DataFrame:
                 "carbon_kg": carbon / 1000.0,
                 "jobs": sums["tasks_completed"].round().astype(np.int64),
                 "work_ghz_s": sums["cpu_work"],
-                "intensity": carbon / (energy / J_PER_KWH),
+                "intensity": carbon / (sums["known_energy"] / J_PER_KWH),
             },
             schema={
                 "timestamp_ms": pl.Int64,
@@ -153,7 +158,8 @@ class Headline:
     matched: int
     energy_kwh: float
     measured_energy_kwh: float | None
-    carbon_kg: float
+    carbon_kg: float | None
+    """Σ carbon_emission over the instants a carbon intensity was received for (None: none was)."""
     jobs: int
     cpu_work_thz_s: float
     efficiency_thz_s_per_kwh: float | None
@@ -203,7 +209,11 @@ def headline(run: Run) -> Headline:
         matched=m.height,
         energy_kwh=energy_kwh,
         measured_energy_kwh=measured_kwh,
-        carbon_kg=float(run.agg["carbon_emission"].sum()) / 1000.0,
+        carbon_kg=(
+            float(run.agg["carbon_emission"].sum()) / 1000.0
+            if run.agg["carbon_emission"].is_not_null().any()
+            else None
+        ),
         jobs=int(run.agg["tasks_completed"].sum()),
         cpu_work_thz_s=work,
         efficiency_thz_s_per_kwh=work / energy_kwh if energy_kwh > 0 else None,

@@ -35,7 +35,7 @@ from opendt.stream.windowing import Window
 from opendt.twin.crosscheck import CrossCheck
 from opendt.twin.hooks import HookChain, WindowHooks
 from opendt.twin.loopstats import LoopStats, WindowFailed, cluster_totals
-from opendt.twin.opendc import OpenDCWindowError, OpenDCWindows
+from opendt.twin.opendc import OpenDCWindowError, OpenDCWindows, unknown_carbon_like
 from opendt.twin.recovery import Recovery
 from opendt.twin.results import ResultStore, WindowRecord, aggregate_rows, measured_rows, results_message
 from opendt.twin.status import LatencyHistogram, SimulationStatus
@@ -378,7 +378,7 @@ class WindowLoop:
             log.error("window_failed", window_start=w.start_ms, error=error)  # noqa: TRY400 - expected, no trace
         if self.opendc is not None and status == "ok":
             try:
-                rows = await self._opendc_rows(w, batch_end_ms, batch_final)
+                rows = unknown_carbon_like(await self._opendc_rows(w, batch_end_ms, batch_final), rows)
             except OpenDCWindowError as e:
                 status, error, rows = "failed", str(e)[:2000], pl.DataFrame()
                 self.stats.windows_failed += 1

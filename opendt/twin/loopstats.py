@@ -14,7 +14,7 @@ LATENCY_SAMPLES = 2016
 @dataclass(frozen=True)
 class ClusterTotals:
     """One cluster's share of a simulated window: its power at the window's last instant, its energy and
-    carbon over the window (carbon ``None``: the engine had no intensity)."""
+    carbon over the window (carbon ``None``: unknown for some of it, no intensity received)."""
 
     window_start_ms: int
     cluster: str
@@ -29,6 +29,7 @@ def cluster_totals(rows: pl.DataFrame, window_start_ms: int) -> tuple[ClusterTot
     need = {"timestamp_absolute", "cluster_name", "power_draw", "energy_usage", "carbon_emission"}
     if rows.is_empty() or not need <= set(rows.columns):
         return ()
+    carbon = pl.col("carbon_emission").cast(pl.Float64).fill_nan(None)  # unknown anywhere: unknown
     per = (
         rows.unique(subset=["timestamp_absolute", "cluster_name"], keep="first", maintain_order=True)
         .sort("timestamp_absolute")
@@ -36,10 +37,7 @@ def cluster_totals(rows: pl.DataFrame, window_start_ms: int) -> tuple[ClusterTot
         .agg(
             pl.col("power_draw").last(),
             pl.col("energy_usage").sum(),
-            pl.when(pl.col("carbon_emission").is_not_null().any())
-            .then(pl.col("carbon_emission").sum())
-            .otherwise(None)
-            .alias("carbon_emission"),
+            pl.when(carbon.is_null().any()).then(None).otherwise(carbon.sum()).alias("carbon_emission"),
         )
         .sort("cluster_name")
     )

@@ -54,6 +54,23 @@ EXPORTED = ("powerSource", "service")
 KINDS = {"tasks": TASK_SCHEMA, "fragments": FRAGMENT_SCHEMA, "carbon": CARBON_SCHEMA}
 
 
+def unknown_carbon_like(rows: pl.DataFrame, builtin: pl.DataFrame) -> pl.DataFrame:
+    """OpenDC's rows of a window with the carbon the builtin engine's rows of it leave unknown (NaN: no
+    intensity received yet) unknown too: OpenDC reads 0 without a trace and extends its first step backwards.
+    Unknown is a prefix in time (once a step is received, intensity is known from it on)."""
+    if rows.is_empty() or builtin.is_empty():
+        return rows
+    out = []
+    for c in ("carbon_intensity", "carbon_emission"):
+        nan = builtin[c].is_nan()
+        if not nan.any():
+            continue
+        last = None if nan.all() else builtin.filter(nan)["timestamp_absolute"].max()
+        hit = pl.lit(value=True) if last is None else pl.col("timestamp_absolute") <= last
+        out.append(pl.when(hit).then(float("nan")).otherwise(pl.col(c)).alias(c))
+    return rows.with_columns(out) if out else rows
+
+
 class OpenDCWindowError(RuntimeError):
     """A window's rows could not be had from OpenDC (inputs no longer stored, a failed run)."""
 

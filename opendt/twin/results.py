@@ -100,8 +100,9 @@ def aggregate_rows(rows: pl.DataFrame, version: int, window_start_ms: int) -> pl
             pl.from_epoch("timestamp_absolute", "ms").dt.replace_time_zone("UTC").alias("timestamp"),
             pl.col("power_draw").cast(pl.Float64),
             pl.col("energy_usage").cast(pl.Float64),
-            pl.col("carbon_intensity").cast(pl.Float64),
-            pl.col("carbon_emission").cast(pl.Float64),
+            # NaN: unknown (no carbon intensity received for it), stored as null
+            pl.col("carbon_intensity").cast(pl.Float64).fill_nan(None),
+            pl.col("carbon_emission").cast(pl.Float64).fill_nan(None),
             pl.col("tasks_completed").cast(pl.Int64),
             pl.col("cpu_work").cast(pl.Float64),
             pl.lit(version, pl.Int64).alias("topology_version"),

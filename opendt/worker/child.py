@@ -56,6 +56,7 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
                     parse_topology(header["topology"]),
                     export_interval_ms=header["export_interval_ms"],
                     carbon=tables.get("carbon"),
+                    unknown_carbon=True,  # the twin's: no intensity received is unknown, never 0
                 )
             elif op == "restore":
                 from opendt.worker.warm import load_snapshot

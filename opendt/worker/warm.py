@@ -131,6 +131,8 @@ class _Replay:
         self.t_lo = sch.t_lo
         self.hosts = hosts
         self.carbon = sch.carbon
+        self.unknown_carbon = False  # candidates are scored on power only
+        self.carbon_from: int | None = None
         self.segs = SegmentSet.empty()
         self.export = copy.deepcopy(sch.export)
         self.activity = False  # candidates are scored on power only
@@ -210,6 +212,7 @@ def _full_rows(rows: pl.DataFrame, after_ms: int) -> pl.DataFrame:
         )
         .sort("timestamp_absolute")
         .cast(cols)  # type: ignore[arg-type]
+        .with_columns(pl.col("carbon_intensity", "carbon_emission").fill_nan(None))  # unknown: null
     )
 
 
@@ -311,7 +314,7 @@ def run_candidate(
         warm = load_snapshot(base.blob)
     elif base.apply_at_ms is not None and base.init_topology is not None:
         init = parse_topology(base.init_topology, source="initial topology")
-        warm = Engine(init, export_interval_ms=base.interval_ms, carbon=base.carbon)
+        warm = Engine(init, export_interval_ms=base.interval_ms, carbon=base.carbon, unknown_carbon=True)
     if warm is not None:
         if base.apply_at_ms is not None:  # pre-roll with the base's own topology
             (pre_t, pre_f), (tasks, fragments) = _split(base, base.apply_at_ms)
@@ -321,7 +324,7 @@ def run_candidate(
             warm.set_export_interval(base.interval_ms)
         engine = warm
     else:
-        engine = Engine(topo, export_interval_ms=base.interval_ms, carbon=base.carbon)
+        engine = Engine(topo, export_interval_ms=base.interval_ms, carbon=base.carbon, unknown_carbon=True)
     start_rel = engine.t_lo
     before = (engine.segs, copy.deepcopy(engine.export))
     if replayable:

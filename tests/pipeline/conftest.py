@@ -11,8 +11,11 @@ import polars as pl
 import pytest
 
 from opendt.engine import Engine
-from opendt.models.messages import CarbonRow, FragmentRow, TaskRow
+from opendt.kafka.client import make_producer, send_many
+from opendt.models.messages import DATACENTER_KEY, CarbonRow, FragmentRow, TaskRow, encode_topology_message
 from opendt.models.topology import Topology
+from opendt.settings import Settings
+from opendt.stream.replay import encode_chunk, event_order, streams_of
 from opendt.stream.windowing import Window, carry_carbon
 from opendt.twin.results import aggregate_rows
 from opendt.workload import Workload, load_workload
@@ -191,3 +194,49 @@ def assert_windows_contiguous(windows: pl.DataFrame, window_ms: int = 300_000) -
     """One row per window: starts unique, aligned and contiguous from the first to the last."""
     starts = windows["window_start"].dt.epoch("ms").to_list()
     assert starts == list(range(starts[0], starts[-1] + window_ms, window_ms)), "windows not contiguous"
+
+
+async def foreign_producer(
+    settings: Settings, workload: Path, kinds: tuple[str, ...] = ("tasks", "fragments", "power", "carbon")
+) -> None:
+    """A datacenter that is not the replay: its topology, then every record of the workload's streams in
+    ``kinds`` once, one per message, in time order; no heartbeat, no final."""
+    wl = load_workload(workload)
+    streams = streams_of(wl, wl.topology.clusters[0].powerSource.name)
+    chunk = encode_chunk(streams, event_order(streams))
+    topics = settings.kafka.topics
+    by_kind = {
+        "tasks": topics.tasks,
+        "fragments": topics.fragments,
+        "power": topics.power,
+        "carbon": topics.carbon,
+    }
+    producer = make_producer(settings.kafka.bootstrap_servers or "", settings.kafka)
+    await producer.start()
+    try:
+        first = int(chunk["t"].min())  # type: ignore[arg-type]
+        await producer.send_and_wait(
+            topics.topology, encode_topology_message(first, wl.topology), key=DATACENTER_KEY
+        )
+        for i, s in enumerate(streams):
+            if s.kind not in kinds:
+                continue
+            mine = chunk.filter(pl.col("stream") == i)
+            records = [(k.encode(), v.encode()) for k, v in zip(mine["key"], mine["value"], strict=True)]
+            await send_many(producer, by_kind[s.kind], records)
+    finally:
+        await producer.stop()
+
+
+def late_carbon(wl: Path, minutes: int) -> int:
+    """The workload's carbon feed starts ``minutes`` (and 7 s) after its first task: a first step there, then
+    the trace's later steps; returns that first step (epoch ms)."""
+    first = int(pl.read_parquet(wl / "tasks.parquet")["submission_time"].dt.epoch("ms").min())  # type: ignore[arg-type]
+    start = first + minutes * 60_000 + 7_000
+    carbon = pl.read_parquet(wl / "carbon.parquet")
+    head = pl.DataFrame({"timestamp": [start], "carbon_intensity": [180.0]}).with_columns(
+        pl.col("timestamp").cast(pl.Datetime("ms"))
+    )
+    later = carbon.filter(pl.col("timestamp").dt.epoch("ms") > start)
+    pl.concat([head.cast(carbon.schema), later]).write_parquet(wl / "carbon.parquet")
+    return start

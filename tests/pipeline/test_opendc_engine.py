@@ -25,7 +25,7 @@ from opendt.twin.status import TwinState
 
 from .. import runfiles
 from ..opendc_standin import alive, write_standin, zombies_of
-from .conftest import read_results, run_dir
+from .conftest import late_carbon, read_results, run_dir
 
 COLUMNS = ("power_draw", "energy_usage", "carbon_intensity", "carbon_emission")
 
@@ -96,6 +96,34 @@ async def test_opendc_twin_equals_the_builtin_twin_batched_through_the_pool(
     assert od["wall_s_per_simulated_hour"] > 0
     engines = await _sim_results_engines(kafka_bootstrap, settings.kafka.topics.sim_results)
     assert engines == {"opendc"}
+
+
+async def test_opendc_twin_keeps_the_emissions_unknown_before_the_first_carbon_step(
+    daemon_settings: Callable[..., Settings], small_workload: Path, tmp_path: Path
+) -> None:
+    """A carbon feed that starts 37 min into the trace: OpenDC, given the steps received so far, extends the
+    first one backwards (and reads 0 before any); the twin on it keeps the builtin twin's unknowns (null) and
+    equals it elsewhere."""
+    first_step = late_carbon(small_workload, 37)
+    ref_settings = daemon_settings(small_workload)
+    async with asyncio.timeout(60):
+        assert await run_daemon(ref_settings, exit_when_done=True) == 0
+    ref, _ = read_results(ref_settings.data_dir)
+    settings = _opendc(
+        daemon_settings(small_workload), write_standin(tmp_path / "bin"), opendc_every_windows=5
+    )
+    async with asyncio.timeout(120):
+        assert await run_daemon(settings, exit_when_done=True) == 0
+    agg, windows = read_results(settings.data_dir)
+    assert windows["status"].unique().to_list() == ["ok"]
+    unknown = (agg["timestamp"].dt.epoch("ms") - 150_000 < first_step).to_list()
+    assert any(unknown)
+    assert not all(unknown)
+    for c in ("carbon_intensity", "carbon_emission"):
+        assert agg[c].is_null().to_list() == ref[c].is_null().to_list(), c
+    assert agg["carbon_emission"].is_null().to_list() == unknown
+    unknown_as = [pl.col(c).fill_null(-1.0) for c in ("carbon_intensity", "carbon_emission")]
+    assert_equal_results(agg.with_columns(unknown_as), ref.with_columns(unknown_as))
 
 
 async def test_a_hung_binary_is_killed_with_its_group_and_only_its_windows_fail(

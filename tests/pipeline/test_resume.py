@@ -20,7 +20,7 @@ import pytest
 
 from .. import runfiles
 from ..opendc_standin import write_standin
-from .conftest import assert_windows_contiguous, max_rel_diff, read_results, run_dir
+from .conftest import assert_windows_contiguous, late_carbon, max_rel_diff, read_results, run_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -254,3 +254,45 @@ def test_kill_9_on_the_opendc_engine_then_rerun_equals_the_builtin_twin(
     assert agg["timestamp"].to_list() == ref["timestamp"].to_list()
     assert max_rel_diff(agg, ref, ("power_draw", "energy_usage", "carbon_emission")) <= 1e-9
     assert agg["tasks_completed"].to_list() == ref["tasks_completed"].to_list()
+
+
+def test_kill_9_before_and_after_the_first_carbon_step_keeps_unknown_and_known(
+    tmp_path: Path, small_workload: Path
+) -> None:
+    """A carbon feed that starts 37 min into the trace: the windows before its first step have unknown
+    emissions (null), the later ones known. SIGKILL before the first step arrived (the checkpoints hold an
+    engine that never had carbon), rerun and SIGKILL again after it (they now hold one that has), rerun to the
+    end: unknown stays unknown and known stays known, row for row as an uninterrupted run."""
+    first_step = late_carbon(small_workload, 37)
+    env = {"OPENDT_CHECKPOINT__EVERY_S": "900"}
+    crashed = tmp_path / "crashed"
+    proc = _opendt_run(small_workload, crashed, tmp_path / "first.log", "--speed", "1500", env_extra=env)
+    _kill_9_when(proc, tmp_path / "first.log", lambda: _durable_windows(crashed) >= 5, 60, "no 5 windows")
+    agg, _ = read_results(crashed)
+    assert agg.height > 0
+    assert agg["carbon_emission"].null_count() == agg.height, "the first kill came after the first step"
+    proc = _opendt_run(small_workload, crashed, tmp_path / "second.log", "--speed", "1500", env_extra=env)
+    _kill_9_when(proc, tmp_path / "second.log", lambda: _durable_windows(crashed) >= 14, 60, "no 14 windows")
+    agg, _ = read_results(crashed)
+    assert agg["carbon_emission"].is_not_null().any(), "the second kill came before the first step"
+    assert "replay_finished" not in _events(tmp_path / "second.log"), "the kill came after the replay ended"
+    _run_to_completion(small_workload, crashed, tmp_path / "third.log", env)
+    agg, windows = read_results(crashed)
+    assert windows["status"].unique().to_list() == ["ok"]
+    assert_windows_contiguous(windows)
+
+    clean = tmp_path / "clean"
+    _run_to_completion(small_workload, clean, tmp_path / "clean.log", env)
+    ref, _ = read_results(clean)
+    assert agg["timestamp"].to_list() == ref["timestamp"].to_list()
+    t = agg["timestamp"].dt.epoch("ms")
+    unknown = (t - 150_000 < first_step).to_list()  # an export interval (150 s) holding time before the step
+    assert any(unknown)
+    assert not all(unknown)
+    for frame in (agg, ref):
+        assert frame["carbon_emission"].is_null().to_list() == unknown
+        assert frame.filter(~pl.Series(unknown))["carbon_emission"].min() > 0  # type: ignore[operator]
+        assert frame["carbon_intensity"].is_null().to_list() == (t <= first_step).to_list()
+    assert (
+        max_rel_diff(agg, ref, ("power_draw", "energy_usage", "carbon_emission", "carbon_intensity")) <= 1e-9
+    )

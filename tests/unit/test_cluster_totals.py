@@ -32,7 +32,9 @@ def test_per_cluster_last_power_energy_and_carbon() -> None:
     )
 
 
-def test_no_carbon_is_none_and_no_rows_is_empty() -> None:
+def test_unknown_carbon_is_none_and_no_rows_is_empty() -> None:
     got = cluster_totals(_rows([None] * 5), 0)
     assert [c.carbon_grams for c in got] == [None, None]
+    got = cluster_totals(_rows([float("nan"), 2.0, 1.0, 2.5, 9.0]), 0)  # b unknown for its first interval
+    assert [c.carbon_grams for c in got] == [4.5, None]
     assert cluster_totals(pl.DataFrame(), 0) == ()

@@ -26,7 +26,7 @@ from opendt.opendc.prefix import (
 from opendt.stream.windowing import Window
 from opendt.twin.crosscheck import divergence
 from opendt.twin.inputs import InputStore
-from opendt.twin.opendc import History, OpenDCWindowError, OpenDCWindows
+from opendt.twin.opendc import History, OpenDCWindowError, OpenDCWindows, unknown_carbon_like
 from opendt.workload import CARBON_SCHEMA, FRAGMENT_SCHEMA
 
 TOPOLOGY = {
@@ -205,3 +205,27 @@ async def test_an_unreadable_history_fails_the_batch_not_the_loop(tmp_path: Path
             await od.rows(300_000, 600_000, 0, parse_topology(TOPOLOGY), 900_000, False)
         assert od.stats.failed == 1
         assert pool.load.completed + pool.load.failed == 0
+
+
+def test_opendc_rows_keep_the_twins_unknown_carbon() -> None:
+    """OpenDC reads 0 without a carbon trace and extends the first step backwards: its rows of a window take
+    the builtin engine's unknown carbon (NaN: no intensity received yet), a prefix in time; the rest stay."""
+    nan = float("nan")
+    ts = [1_000, 2_000, 3_000, 4_000]
+    opendc = pl.DataFrame(
+        {"timestamp_absolute": ts, "power_draw": [5.0] * 4, "carbon_intensity": [100.0] * 4,
+         "carbon_emission": [0.5, 0.5, 0.5, 0.5]}
+    )  # fmt: skip
+    partly = pl.DataFrame(
+        {"timestamp_absolute": ts, "carbon_intensity": [nan, nan, 100.0, 100.0],
+         "carbon_emission": [nan, nan, nan, 0.5]}
+    )  # fmt: skip
+    out = unknown_carbon_like(opendc, partly)
+    assert out["carbon_intensity"].is_nan().to_list() == [True, True, False, False]
+    assert out["carbon_emission"].is_nan().to_list() == [True, True, True, False]
+    assert out["power_draw"].to_list() == [5.0] * 4
+    none = partly.with_columns(pl.lit(nan).alias("carbon_intensity"), pl.lit(nan).alias("carbon_emission"))
+    longer = pl.concat([opendc, opendc.with_columns(pl.col("timestamp_absolute") + 4_000)])
+    assert unknown_carbon_like(longer, none)["carbon_emission"].is_nan().all()  # none received: all unknown
+    known = partly.with_columns(pl.lit(100.0).alias("carbon_intensity"), pl.lit(0.5).alias("carbon_emission"))
+    assert unknown_carbon_like(opendc, known).equals(opendc)

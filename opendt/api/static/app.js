@@ -453,11 +453,12 @@
     const b = resp.body;
     const ci = b.carbon_intensity || [];
     const em = b.carbon_emission || [];
-    const total = em.reduce((sum, p) => sum + (isNum(p[1]) ? p[1] : 0), 0);
+    /* no point: no carbon intensity received for that time, so the emission is unknown (never 0) */
+    const total = em.length ? em.reduce((sum, p) => sum + (isNum(p[1]) ? p[1] : 0), 0) : null;
     const mean = ci.length ? ci.reduce((sum, p) => sum + (isNum(p[1]) ? p[1] : 0), 0) / ci.length : null;
     box.replaceChildren(
-      metric("emitted", fmtNum(total / 1000, 3) + " kg CO2", "emitted"),
-      metric("mean intensity", fmtNum(mean, 1) + " gCO2/kWh", "mean_intensity"),
+      metric("emitted", total === null ? "unknown" : fmtNum(total / 1000, 3) + " kg CO2", "emitted"),
+      metric("mean intensity", mean === null ? "unknown" : fmtNum(mean, 1) + " gCO2/kWh", "mean_intensity"),
     );
     drawChart(
       "chart-carbon",
@@ -472,7 +473,7 @@
         },
       ],
       [ci, em],
-      { empty: "no carbon data yet", shareTime: true },
+      { empty: "no carbon intensity received yet: emissions unknown", shareTime: true },
     );
   }
 
