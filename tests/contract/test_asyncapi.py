@@ -205,7 +205,9 @@ def test_generated_messages_are_accepted(data: st.DataObject, which: tuple[str, 
         assert got[0] == str(ident)
     fields = got._asdict() if kind != "carbon" else got.model_dump()
     fields["index"] = fields.pop("position", None)
-    assert {k: v for k, v in value.items() if k != when} == {k: fields[k] for k in value if k != when}
+    # a number field is a float: an integer above 2**53 is taken as the nearest float, as every JSON reader does
+    sent = {k: float(v) if isinstance(fields[k], float) else v for k, v in value.items() if k != when}
+    assert sent == {k: fields[k] for k in value if k != when}
 
 
 def _break(data: st.DataObject, schema: dict[str, Any], value: dict[str, Any]) -> tuple[str, dict[str, Any]]:
