@@ -7,9 +7,9 @@ window closes when the watermark reaches its end; every window between the first
 is emitted, empty or not, so the engine's clock advances through gaps.
 
 Duplicates (a task id received before with the same content, a fragment index of its task received before,
-a power sample at an instant of its source received before, a carbon step not after the last one) are dropped
-and counted; they never double a window. Nothing that arrives first can make later events duplicates: a
-fragment index or power instant is a duplicate only of itself, and a task id received again with different
+a power sample or a carbon step at an instant of its source received before) are dropped and counted; they
+never double a window. Nothing that arrives first can make later events duplicates: a fragment index, power
+instant or carbon instant is a duplicate only of itself, and a task id received again with different
 content is a *conflict* (counted and handed back for the dead-letter topic; the first one keeps the id, since
 task ids must be unique). What duplicates are judged against is kept for ``dedup_horizon_ms`` of event time
 behind the newest event, so it stays bounded however long the stream runs. An event older than the closed
@@ -24,7 +24,8 @@ Two inputs are series, not windowed events:
 
 * **carbon** (``dc.carbon``) steps: a strict source — a window ``[s, e)`` closes only once the carbon
   source has passed ``e`` (a step at exactly ``e`` is known, so the engine can sample at ``e`` as OpenDC
-  does); each closing window carries the steps up to its end not carried before.
+  does); each closing window carries the steps up to its end not carried before, in time order whatever
+  order they arrived in (:mod:`opendt.stream.carbon`: a step for a window closed already is late).
 * **physical topology** (``dc.topology``): no watermark source (the datacenter sends it rarely, without
   heartbeats). The latest message whose time is ≤ a window's start applies from that window (a late one
   from the next window to close); the first one received applies from the first window, and with
@@ -42,6 +43,7 @@ import polars as pl
 
 from opendt.models.messages import CarbonRow, FragmentRow, PowerRow, TaskRow
 from opendt.models.topology import Topology
+from opendt.stream.carbon import CarbonSteps
 from opendt.stream.dedup import Positions, Seen
 from opendt.stream.window import Window, carry_carbon, window_start
 from opendt.workload import FRAGMENT_SCHEMA
@@ -100,11 +102,10 @@ class Windower:
         self._tasks: dict[str, TaskRow] = {}
         self._positions = Positions()  # fragment positions received, per task
         self._instants: dict[str, Seen] = {}  # power instants received, per source
-        self._last_carbon: int | None = None
         self._seen_order: deque[tuple[int, str, str]] = deque()  # (event ms, kind, key) to expire
         self._final_ms: dict[Hashable, int] = {}
         self._newest = -(2**62)
-        self._carbon: list[CarbonRow] = []
+        self._carbon = CarbonSteps(dedup_horizon_ms)
         self._topologies: list[tuple[int, int, Topology]] = []  # (time, arrival, topology), by time
         self._arrivals = 0
         self.need_topology = need_topology
@@ -343,14 +344,18 @@ class Windower:
         return True
 
     def add_carbon(self, source: Hashable, row: CarbonRow) -> bool:
-        """A carbon-intensity step; carried by the first window that closes with an end at or after it."""
+        """A carbon-intensity step, inserted in time order; carried by the first window that closes with an
+        end at or after it. False for a duplicate or a late step (its window closed: :attr:`last_late`)."""
         self._seen(source, row.timestamp_ms)
-        if self._last_carbon is not None and row.timestamp_ms <= self._last_carbon:
+        verdict = self._carbon.add(row)
+        if verdict == "conflict":
+            self.stats.conflicts += 1
+        elif verdict == "duplicate":
             self.stats.duplicates += 1
-            return False
-        self._last_carbon = row.timestamp_ms
-        self._carbon.append(row)
-        return True
+        elif verdict == "late":
+            self.stats.late += 1
+            self.last_late = (row.timestamp_ms, window_start(row.timestamp_ms - 1, self.window_ms))
+        return verdict in ("added", "conflict")
 
     def add_topology(self, t_ms: int, topology: Topology) -> bool:
         """A physical topology in effect from ``t_ms`` (see the module's doc for when it applies). False when
@@ -389,7 +394,7 @@ class Windower:
 
     def carbon_known_until(self, t_ms: int) -> None:
         """Carbon steps up to ``t_ms`` were carried by windows of an earlier process (a restart)."""
-        self._last_carbon = t_ms if self._last_carbon is None else max(self._last_carbon, t_ms)
+        self._carbon.known_until(t_ms)
 
     def topology_in_effect(self) -> None:
         """A physical topology is already in effect (restored from a checkpoint)."""
@@ -431,14 +436,7 @@ class Windower:
     def _attach_series(self, w: Window) -> None:
         """The carbon steps up to the window's end (all of them for the final window) and the physical
         topology that applies from it."""
-        if self._carbon:  # in time order (a step not after the last is a duplicate): no list is rebuilt
-            k = (
-                len(self._carbon)
-                if w.final
-                else bisect.bisect_right(self._carbon, w.end_ms, key=lambda c: c.timestamp_ms)
-            )
-            w.carbon = self._carbon[:k]
-            del self._carbon[:k]
+        w.carbon = self._carbon.take(w.end_ms, final=w.final)
         if self._topologies:
             k = bisect.bisect_right([t for t, _, _ in self._topologies], w.start_ms)
             if k == 0 and not self.topology_known:

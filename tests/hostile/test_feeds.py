@@ -3,23 +3,32 @@ topologies dated 2199 ahead of a real change, carbon steps out of order, fragmen
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Callable
 from pathlib import Path
 
-from opendt.models.messages import DATACENTER_KEY, encode_topology_message
+from opendt.daemon import run_daemon
+from opendt.models.messages import DATACENTER_KEY, encode_carbon, encode_topology_message
 from opendt.models.topology import parse_topology
 from opendt.settings import Settings
+from opendt.twin.status import TwinState
 from opendt.workload import load_workload
 
 from ..pipeline.conftest import (
     W,
+    assert_windows_contiguous,
+    last_window_end_ms,
     max_rel_diff,
+    one_shot,
     read_results,
     windowed_reference,
     workload_windows,
     write_small_workload,
 )
-from .test_time import _lie_mid_stream
+from .test_time import _lie_mid_stream, _produce
+
+CARBON = ("power_draw", "energy_usage", "carbon_intensity", "carbon_emission")
 
 FORGED_2199_MS = 7_226_582_400_000  # 2199-01-01
 
@@ -62,3 +71,37 @@ async def test_topologies_dated_2199_do_not_lock_out_a_real_change(
     assert cut[switch].start_ms == -(-change_at[0] // W) * W
     assert journal["topology_version"].to_list() == [0] * switch + [1] * (len(cut) - switch)
     assert max_rel_diff(agg, windowed_reference(wl, cut, topology_at=(switch, changed))) <= 1e-9
+
+
+async def test_carbon_steps_out_of_order_are_inserted_where_they_belong(
+    daemon_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """1. `dc.carbon` holds the small workload's carbon trace with every pair of steps swapped (10:15 before
+    10:00, 10:45 before 10:30, ...); the daemon's replay sends the rest of the workload (no carbon of its
+    own); 2. the twin runs to the end and exits 0; 3. every step is used where it belongs: nothing is counted
+    as a duplicate or late, and power, energy, carbon intensity and emissions equal the one-shot engine over
+    the workload with its trace in order (before, every step older than the newest one held was dropped as a
+    duplicate: half the trace, wrong intensities and emissions)."""
+    reference = write_small_workload(tmp_path / "ref")
+    workload = write_small_workload(tmp_path / "wl")  # the same trace; its carbon comes from the topic
+    (workload / "carbon.parquet").unlink()
+    topo = json.loads((workload / "topology.json").read_text())
+    del topo["clusters"][0]["powerSource"]
+    (workload / "topology.json").write_text(json.dumps(topo))
+    settings = daemon_settings(workload)
+    carbon = load_workload(reference).carbon
+    assert carbon is not None
+    steps = list(carbon.select("timestamp_ms", "carbon_intensity").iter_rows())
+    swapped = [s for k in range(0, len(steps), 2) for s in reversed(steps[k : k + 2])]
+    topic = settings.kafka.topics.carbon
+    await _produce(settings, [(topic, DATACENTER_KEY, encode_carbon(t, v)) for t, v in swapped])
+    state = TwinState()
+    async with asyncio.timeout(90):
+        assert await run_daemon(settings, exit_when_done=True, state=state) == 0
+    windows = state.snapshot()["windows"]
+    assert (windows["duplicates"], windows["late"], windows["quarantined"]) == (0, 0, 0)
+    agg, journal = read_results(settings.data_dir)
+    assert_windows_contiguous(journal)
+    assert journal["status"].unique().to_list() == ["ok"]
+    assert agg["carbon_emission"].sum() > 0
+    assert max_rel_diff(agg, one_shot(reference, last_window_end_ms(journal)), CARBON) <= 1e-6

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from opendt.models.messages import FragmentRow, PowerRow, TaskRow
+from opendt.models.messages import CarbonRow, FragmentRow, PowerRow, TaskRow
 from opendt.models.topology import Topology
+from opendt.stream.timegate import TimeGate
 from opendt.stream.windowing import Windower, window_start
 
 W = 300_000
-T, F, P = ("dc.tasks", 0), ("dc.fragments", 0), ("dc.power", 0)
+T, F, P, C = ("dc.tasks", 0), ("dc.fragments", 0), ("dc.power", 0), ("dc.carbon", 0)
 
 
 def _frag(tid: str, t: int, idx: int, usage: float = 1.0) -> FragmentRow:
@@ -244,3 +245,52 @@ def test_far_future_topologies_cannot_lock_out_a_real_change() -> None:
     applied = [c.topology.clusters[0].hosts[0].cpu.coreCount for c in closed if c.topology is not None]
     assert applied[-1] == 32
     assert w.evict_furthest_topology(forged + 100) is None  # nothing later than that waits
+
+
+def test_carbon_steps_out_of_order_are_inserted_where_they_belong() -> None:
+    """Issue 29: a carbon step older than the newest one held is inserted in time order (before, it was
+    dropped as a duplicate); a step at an instant held is a duplicate (same intensity) or a correction (other
+    intensity: a conflict, the later applies); one for a window closed already is late, never merged."""
+    w = Windower(W, [F, C], strict_sources=[C])
+    w.add_fragment(F, _frag("a", 0, 0))
+    for t, v in [(W, 2.0), (0, 1.0), (2 * W, 3.0), (W + W // 2, 9.0)]:
+        assert w.add_carbon(C, CarbonRow(t, v))
+    assert not w.add_carbon(C, CarbonRow(W, 2.0))  # a duplicate
+    assert w.add_carbon(C, CarbonRow(W + W // 2, 2.5))  # a correction
+    assert (w.stats.duplicates, w.stats.conflicts) == (1, 1)
+    w.heartbeat(F, 2 * W)
+    w.heartbeat(C, 2 * W + 1)  # a strict source: it passed the end
+    c0, c1 = w.close_ready()
+    assert [(c.timestamp_ms, c.carbon_intensity) for c in c0.carbon] == [(0, 1.0), (W, 2.0)]
+    assert [(c.timestamp_ms, c.carbon_intensity) for c in c1.carbon] == [(W + W // 2, 2.5), (2 * W, 3.0)]
+    assert not w.add_carbon(C, CarbonRow(W + 1, 4.0))  # window [W, 2W) used the intensity of its time
+    assert (w.stats.late, w.last_late) == (1, (W + 1, W))
+    assert not w.add_carbon(C, CarbonRow(2 * W, 3.0))  # carried already: a duplicate, not late
+    assert (w.stats.duplicates, w.stats.late) == (2, 1)
+
+
+def test_confirmed_forged_carbon_steps_do_not_drop_the_real_ones() -> None:
+    """Issue 29: ``jump_confirm + 1`` forged carbon steps a day ahead pass the time gate as a jump; the real
+    steps after them (older than the forged ones) are still inserted where they belong, not dropped as
+    duplicates (before: 99 real steps dropped, carbon −12 %)."""
+    gate: TimeGate[CarbonRow] = TimeGate(3_600_000, confirm=3)
+    w = Windower(W, [F, C], strict_sources=[C])
+    day = 86_400_000
+
+    def offer(row: CarbonRow) -> None:
+        for v in gate.offer(C, row.timestamp_ms, row, series=True):
+            assert v.accepted
+            w.add_carbon(C, v.item)
+
+    for k in range(3):
+        offer(CarbonRow(k * W, 100.0 + k))
+    for k in range(4):
+        offer(CarbonRow(day + k * 1000, 999.0))
+    assert gate.stats.jumps == 1
+    for k in range(3, 12):
+        offer(CarbonRow(k * W, 100.0 + k))
+    assert w.stats.duplicates == 0
+    w.add_fragment(F, _frag("a", 0, 0))
+    w.heartbeat(F, 10 * W)
+    carried = [c for window in w.close_ready() for c in window.carbon]
+    assert [c.carbon_intensity for c in carried] == [100.0 + k for k in range(11)]
