@@ -34,8 +34,6 @@ Two inputs are series, not windowed events:
 
 from __future__ import annotations
 
-import bisect
-from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
@@ -44,7 +42,8 @@ import polars as pl
 from opendt.models.messages import CarbonRow, FragmentRow, PowerRow, TaskRow
 from opendt.models.topology import Topology
 from opendt.stream.carbon import CarbonSteps
-from opendt.stream.dedup import Positions, Seen
+from opendt.stream.dedup import Recent
+from opendt.stream.topologies import PendingTopologies
 from opendt.stream.window import Window, carry_carbon, window_start
 from opendt.workload import FRAGMENT_SCHEMA
 
@@ -99,15 +98,11 @@ class Windower:
         self._next_start: int | None = resume_at_ms  # start of the earliest window not yet closed
         self._resumed = resume_at_ms is not None
         self.dedup_horizon_ms = dedup_horizon_ms
-        self._tasks: dict[str, TaskRow] = {}
-        self._positions = Positions()  # fragment positions received, per task
-        self._instants: dict[str, Seen] = {}  # power instants received, per source
-        self._seen_order: deque[tuple[int, str, str]] = deque()  # (event ms, kind, key) to expire
+        self._recent = recent = Recent(dedup_horizon_ms)
+        self._tasks, self._positions, self._instants = recent.tasks, recent.positions, recent.instants
         self._final_ms: dict[Hashable, int] = {}
-        self._newest = -(2**62)
         self._carbon = CarbonSteps(dedup_horizon_ms)
-        self._topologies: list[tuple[int, int, Topology]] = []  # (time, arrival, topology), by time
-        self._arrivals = 0
+        self._topologies = PendingTopologies()
         self.need_topology = need_topology
         self.topology_known = False
         self.stats = WindowStats()
@@ -144,7 +139,7 @@ class Windower:
     @property
     def newest_ms(self) -> int | None:
         """The newest event time received (tasks, fragments, power), None before the first."""
-        return None if self._newest == -(2**62) else self._newest
+        return self._recent.newest_ms
 
     def holding(self) -> list[tuple[Hashable, int | None]]:
         """The sources holding the watermark back (active; at its minimum or not heard from), their time."""
@@ -205,38 +200,6 @@ class Windower:
         if self._next_start is None or (start < self._next_start and first):
             self._next_start = start
 
-    def _remember(self, t_ms: int, kind: str, key: str, *, new: bool) -> None:
-        """Keep ``key`` for duplicate detection until the newest event is ``dedup_horizon_ms`` past the
-        latest event of that key (one queue entry per key: a refreshed key is re-queued when it expires)."""
-        if new:
-            self._seen_order.append((t_ms, kind, key))
-        self._expire(t_ms)
-
-    def _expire(self, t_ms: int) -> None:
-        self._newest = max(self._newest, t_ms)
-        horizon = self._newest - self.dedup_horizon_ms
-        while self._seen_order and self._seen_order[0][0] < horizon:
-            _, k, old = self._seen_order.popleft()
-            stamp: int | None
-            if k == "t":
-                task = self._tasks.get(old)
-                stamp = None if task is None else task.submission_ms
-            elif k == "f":
-                stamp = self._positions.last_ms(old)
-            else:
-                seen = self._instants.get(old)
-                stamp = None if seen is None else seen.last_ms
-            if stamp is None:
-                continue
-            if stamp >= horizon:
-                self._seen_order.append((stamp, k, old))
-            elif k == "t":
-                del self._tasks[old]
-            elif k == "f":
-                self._positions.forget(old)
-            else:
-                del self._instants[old]
-
     def _late(self, t_ms: int) -> bool:
         """An event for a window already closed (its source broke a heartbeat's promise, or was idle): counted
         and refused (:attr:`last_late`), never merged into another window."""
@@ -269,21 +232,10 @@ class Windower:
         if self._late(row.submission_ms):
             return False
         self._tasks[row.id] = row
-        self._remember(row.submission_ms, "t", row.id, new=True)
+        self._recent.remember(row.submission_ms, "t", row.id, new=True)
         self.stats.events += 1
         self._window_for(row.submission_ms).tasks.append(row)
         return True
-
-    def _mark(self, key: str, v: int, t_ms: int, *, horizon: int | None = None) -> None:
-        """Record the power instant ``v`` as received for source ``key`` at event time ``t_ms`` (instants
-        below ``horizon`` forgotten), for duplicate detection within the horizon."""
-        seen = self._instants.get(key)
-        if seen is None:
-            seen = self._instants[key] = Seen()
-        seen.add(v, t_ms)
-        if horizon is not None:
-            seen.forget_before(horizon)
-        self._remember(t_ms, "p", key, new=len(seen) == 1)
 
     def add_fragment(self, source: Hashable, row: FragmentRow) -> bool:
         self._seen(source, row.submission_ms)
@@ -293,7 +245,7 @@ class Windower:
         if self._late(row.submission_ms):
             return False
         new = self._positions.add(row.id, row.position, row.submission_ms)
-        self._remember(row.submission_ms, "f", row.id, new=new)
+        self._recent.remember(row.submission_ms, "f", row.id, new=new)
         self.stats.events += 1
         self._window_for(row.submission_ms).fragments.append(row)
         return True
@@ -314,8 +266,7 @@ class Windower:
             return None
         self._seen(source, tmax)
         self._touch(tmin)
-        self._seen_order.extend((t0, "f", task) for t0, task in new)
-        self._expire(tmax)
+        self._recent.extend_fragments(new, tmax)
         self.stats.events += frame.height
         frame = frame.with_columns(((t // self.window_ms) * self.window_ms).alias("_start"))
         firsts: dict[int, int] = {}
@@ -337,8 +288,8 @@ class Windower:
             return False
         if self._late(row.timestamp_ms):
             return False
-        horizon = self._newest - self.dedup_horizon_ms
-        self._mark(row.source, row.timestamp_ms, row.timestamp_ms, horizon=horizon)
+        horizon = self._recent.newest - self.dedup_horizon_ms
+        self._recent.mark(row.source, row.timestamp_ms, row.timestamp_ms, horizon=horizon)
         self.stats.events += 1
         self._window_for(row.timestamp_ms).power.append(row)
         return True
@@ -363,34 +314,21 @@ class Windower:
         self.stats.topologies += 1
         if self._next_start is not None and self.stats.windows_closed and t_ms < self._next_start:
             self.stats.topologies_late += 1
-        conflict = any(t == t_ms and topo != topology for t, _, topo in self._topologies)
-        if conflict:
+        added = self._topologies.add(t_ms, topology)
+        if not added:
             self.stats.conflicts += 1
-        self._arrivals += 1
-        bisect.insort(self._topologies, (t_ms, self._arrivals, topology), key=lambda x: (x[0], x[1]))
-        return not conflict
+        return added
 
     def evict_furthest_topology(self, before_ms: int) -> int | None:
         """Drop the waiting topology dated furthest ahead when it is later than ``before_ms`` (a full list
         keeps the nearest ones: far-future forgeries cannot lock real changes out); its time, or None."""
-        if self._topologies and self._topologies[-1][0] > before_ms:
-            return self._topologies.pop()[0]
-        return None
+        return self._topologies.evict_furthest(before_ms)
 
     def remember(
         self, tasks: Iterable[TaskRow], fragments: Iterable[FragmentRow], power: Iterable[PowerRow]
     ) -> None:
         """Seed duplicate detection with events an earlier process already windowed (a restart)."""
-        for t in tasks:
-            new = t.id not in self._tasks
-            self._tasks[t.id] = t
-            self._remember(t.submission_ms, "t", t.id, new=new)
-        for f in fragments:
-            if not self._positions.seen(f.id, f.position):
-                new = self._positions.add(f.id, f.position, f.submission_ms)
-                self._remember(f.submission_ms, "f", f.id, new=new)
-        for p in power:
-            self._mark(p.source, p.timestamp_ms, p.timestamp_ms)
+        self._recent.seed(tasks, fragments, power)
 
     def carbon_known_until(self, t_ms: int) -> None:
         """Carbon steps up to ``t_ms`` were carried by windows of an earlier process (a restart)."""
@@ -437,12 +375,7 @@ class Windower:
         """The carbon steps up to the window's end (all of them for the final window) and the physical
         topology that applies from it."""
         w.carbon = self._carbon.take(w.end_ms, final=w.final)
-        if self._topologies:
-            k = bisect.bisect_right([t for t, _, _ in self._topologies], w.start_ms)
-            if k == 0 and not self.topology_known:
-                k = 1  # the first topology applies from the first window
-            if k:
-                t_ms, _, topology = self._topologies[k - 1]
-                w.topology, w.topology_ms = topology, t_ms
-                self.topology_known = True
-                del self._topologies[:k]
+        applies = self._topologies.take(w.start_ms, first=not self.topology_known)
+        if applies is not None:
+            w.topology_ms, w.topology = applies
+            self.topology_known = True
