@@ -186,6 +186,13 @@ class WindowingSettings(Section):
         description="A partition's jump ahead by more than max_skew_s is believed once this many more of its "
         "messages in a row are near it (a message back at the old time rejects them as forged)",
     )
+    max_orphans: int = Field(
+        default=100_000,
+        ge=0,
+        le=10_000_000,
+        description="Fragments of a task not received yet held until it arrives or their window closes (then "
+        "dead-lettered as orphans); one more beyond this many is dead-lettered at once",
+    )
     allowed_lateness_s: float = Field(
         default=60.0,
         ge=0,

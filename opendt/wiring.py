@@ -220,6 +220,7 @@ async def build_twin(
         idle_after_s=settings.windowing.idle_after_s,
         allowed_lateness_s=settings.windowing.allowed_lateness_s,
         jump_confirm=settings.windowing.jump_confirm,
+        max_orphans=settings.windowing.max_orphans,
         # a live twin (no replay of a past trace): nothing is believed far ahead of the wall clock
         wall_ms=None if settings.replay.enabled else (lambda: int(SystemClock().time() * 1000)),
     )

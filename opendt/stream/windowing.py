@@ -43,6 +43,7 @@ from opendt.models.messages import CarbonRow, FragmentRow, PowerRow, TaskRow
 from opendt.models.topology import Topology
 from opendt.stream.carbon import CarbonSteps
 from opendt.stream.dedup import Recent
+from opendt.stream.orphans import Held, Orphans
 from opendt.stream.topologies import PendingTopologies
 from opendt.stream.window import Window, carry_carbon, window_start
 from opendt.workload import FRAGMENT_SCHEMA
@@ -64,6 +65,8 @@ class WindowStats:
     """Task ids received again with different content (the first keeps the id)."""
     finals_revoked: int = 0
     """Final heartbeats taken back because their source went on."""
+    orphans: int = 0
+    """Fragments of tasks never received, refused (their window closed, or ``max_orphans`` were held)."""
 
 
 class Windower:
@@ -73,6 +76,8 @@ class Windower:
     not been heard from yet holds it at "unknown", so nothing closes before every source has spoken.
     ``strict_sources`` (among them) must pass a window's end, not only reach it (carbon). ``resume_at_ms``:
     the windows before it were closed by an earlier process (a restart), the next one starts there.
+    ``max_orphans``: fragments of a task not received are held, at most that many, until it arrives or their
+    window closes (:mod:`opendt.stream.orphans`; refused ones in :attr:`orphaned`); None: windowed anyway.
     """
 
     def __init__(
@@ -84,6 +89,7 @@ class Windower:
         need_topology: bool = False,
         dedup_horizon_ms: int = 86_400_000,
         resume_at_ms: int | None = None,
+        max_orphans: int | None = None,
     ) -> None:
         if window_ms <= 0:
             raise ValueError("window_ms must be > 0")
@@ -103,6 +109,9 @@ class Windower:
         self._final_ms: dict[Hashable, int] = {}
         self._carbon = CarbonSteps(dedup_horizon_ms)
         self._topologies = PendingTopologies()
+        self._orphans = None if max_orphans is None else Orphans(max_orphans)
+        self.orphaned: list[tuple[Held, str]] = []
+        """Fragments of tasks never received, refused with the reason (the consumer dead-letters them)."""
         self.need_topology = need_topology
         self.topology_known = False
         self.stats = WindowStats()
@@ -235,15 +244,45 @@ class Windower:
         self._recent.remember(row.submission_ms, "t", row.id, new=True)
         self.stats.events += 1
         self._window_for(row.submission_ms).tasks.append(row)
+        for h in self._orphans.release(row.id) if self._orphans is not None else ():
+            self._add_fragment(h.source, h.row, h.offset)  # its fragments read before it
         return True
 
-    def add_fragment(self, source: Hashable, row: FragmentRow) -> bool:
+    def _orphan(self, task: str) -> bool:
+        """Fragments of ``task`` are held: neither it nor its fragments were received (within the horizon)."""
+        return self._orphans is not None and task not in self._tasks and task not in self._positions
+
+    def _hold(self, h: Held) -> bool:
+        """Hold a fragment of a task not received (True); refused when ``max_orphans`` are held already."""
+        assert self._orphans is not None
+        if self._orphans.hold(h):
+            return True
+        self.stats.orphans += 1
+        why = (
+            f"{self._orphans.limit} fragments of tasks not received are held already (windowing.max_orphans)"
+        )
+        self.orphaned.append((h, f"task {h.row.id[:64]!r} not received: {why}"))
+        return False
+
+    @property
+    def orphans_held(self) -> int:
+        return 0 if self._orphans is None else len(self._orphans)
+
+    def add_fragment(self, source: Hashable, row: FragmentRow, offset: int = -1) -> bool:
+        """Add a fragment (``offset``: its message's, for a dead letter); False (and counts) for a duplicate,
+        a late one or a refused orphan. One of a task not received is held (True; see :attr:`orphaned`)."""
         self._seen(source, row.submission_ms)
+        return self._add_fragment(source, row, offset)
+
+    def _add_fragment(self, source: Hashable, row: FragmentRow, offset: int) -> bool:
         if self._positions.seen(row.id, row.position):
             self.stats.duplicates += 1
             return False
-        if self._late(row.submission_ms):
+        orphan = self._orphan(row.id)
+        if (not orphan or self.stats.windows_closed or self._resumed) and self._late(row.submission_ms):
             return False
+        if orphan:
+            return self._hold(Held(source, offset, row))
         new = self._positions.add(row.id, row.position, row.submission_ms)
         self._recent.remember(row.submission_ms, "f", row.id, new=new)
         self.stats.events += 1
@@ -261,23 +300,36 @@ class Windower:
         tmin, tmax = int(t.min()), int(t.max())  # type: ignore[arg-type]
         if self._next_start is not None and window_start(tmin, self.window_ms) < self._next_start:
             return None  # a late one among them: one by one
+        held = frame.clear()
+        if self._orphans is not None and (orphans := [i for i in frame["id"].unique() if self._orphan(i)]):
+            mask = frame["id"].is_in(orphans)
+            held, frame = frame.filter(mask), frame.filter(~mask)
         new = self._positions.add_run(frame)
         if new is None:
             return None
         self._seen(source, tmax)
-        self._touch(tmin)
+        cols = list(FRAGMENT_SCHEMA.names())
+        firsts: dict[int, int] = {}
+        for *row, offset in held.select(*cols, "offset").iter_rows():
+            if self._hold(Held(source, offset, FragmentRow(*row))):
+                s = window_start(row[1], self.window_ms)
+                firsts[s] = min(firsts.get(s, offset), offset)
+        if not frame.height:
+            return firsts
+        self._touch(int(frame["submission_ms"].min()))  # type: ignore[arg-type]
         self._recent.extend_fragments(new, tmax)
         self.stats.events += frame.height
-        frame = frame.with_columns(((t // self.window_ms) * self.window_ms).alias("_start"))
-        firsts: dict[int, int] = {}
-        cols = list(FRAGMENT_SCHEMA.names())
+        frame = frame.with_columns(
+            ((pl.col("submission_ms") // self.window_ms) * self.window_ms).alias("_start")
+        )
         for (s,), part in frame.partition_by("_start", as_dict=True, maintain_order=True).items():
             s = int(s)
             w = self._open.get(s)
             if w is None:
                 w = self._open[s] = Window(s, s + self.window_ms)
             w.add_chunk(part.select(cols))
-            firsts[s] = int(part["offset"].min())  # type: ignore[arg-type]
+            first = int(part["offset"].min())  # type: ignore[arg-type]
+            firsts[s] = min(firsts.get(s, first), first)
         return firsts
 
     def add_power(self, source: Hashable, row: PowerRow) -> bool:
@@ -369,6 +421,11 @@ class Windower:
             out.append(w)
         if all_final and self._next_start + self.window_ms > wm:
             self.finished = True
+        if (out or self.finished) and self._orphans is not None:  # their task can no longer come
+            for h in self._orphans.expire(None if self.finished else self._next_start):
+                self.stats.orphans += 1
+                why = f"task {h.row.id[:64]!r} not received by the end of the fragment's window (an orphan)"
+                self.orphaned.append((h, why))
         return out
 
     def _attach_series(self, w: Window) -> None:

@@ -62,6 +62,11 @@ class WindowsStatus:
     (``topic[partition]: ...``) its first message, or a message after the watermark."""
     last_late: dict[str, str] | None = None
     """The latest late record (its window was closed; dead-lettered): its ``time`` and ``window_start``."""
+    orphans: int = 0
+    """Fragments of tasks never received, dead-lettered once their window closed (or when
+    ``windowing.max_orphans`` were held already)."""
+    orphans_held: int = 0
+    """Fragments held now until their task arrives (tasks and fragments are read from separate partitions)."""
 
 
 @dataclass(frozen=True)

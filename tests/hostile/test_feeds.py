@@ -8,8 +8,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
+
 from opendt.daemon import run_daemon
-from opendt.models.messages import DATACENTER_KEY, encode_carbon, encode_topology_message
+from opendt.models.messages import DATACENTER_KEY, encode_carbon, encode_topology_message, iso_ms
 from opendt.models.topology import parse_topology
 from opendt.settings import Settings
 from opendt.twin.status import TwinState
@@ -26,7 +28,7 @@ from ..pipeline.conftest import (
     workload_windows,
     write_small_workload,
 )
-from .test_time import _lie_mid_stream, _produce
+from .test_time import _check_results, _lie_mid_stream, _produce
 
 CARBON = ("power_draw", "energy_usage", "carbon_intensity", "carbon_emission")
 
@@ -105,3 +107,38 @@ async def test_carbon_steps_out_of_order_are_inserted_where_they_belong(
     assert journal["status"].unique().to_list() == ["ok"]
     assert agg["carbon_emission"].sum() > 0
     assert max_rel_diff(agg, one_shot(reference, last_window_end_ms(journal)), CARBON) <= 1e-6
+
+
+def _ghosts(settings: Settings, now_ms: int) -> list[tuple[str, bytes | None, bytes]]:
+    """50,000 fragments of 5,000 task ids never sent, in NDJSON batches of 2,000: the first 1,000 dated 20
+    minutes before the stream's time (in windows closed already: late), the rest from its time to 50 minutes
+    ahead (within the skew: they pass the time gate)."""
+    lines = []
+    for k in range(50_000):
+        t = now_ms - 20 * 60_000 if k < 1000 else now_ms + (k * 60_000) % (50 * 60_000)
+        doc = {"id": f"ghost-{k % 5000}", "submission_time": iso_ms(t), "duration": 60_000, "cpu_count": 4}
+        lines.append(orjson.dumps({**doc, "cpu_usage": 100.0, "index": k // 5000}))
+    topic = settings.kafka.topics.fragments
+    return [(topic, None, b"\n".join(lines[k : k + 2000])) for k in range(0, len(lines), 2000)]
+
+
+async def test_fragments_of_tasks_never_sent_are_dead_lettered_not_windowed(
+    daemon_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """1. the daemon replays a small workload at 600×; 2. once windows have closed, 50,000 fragments of 5,000
+    task ids never sent are produced into the running stream (1,000 dated in closed windows, the rest up to
+    50 minutes ahead); 3. the twin finishes and exits 0 with every window of a clean run: the late ones are
+    late, the others (those not late by the time they are read) held until their window closed, then
+    dead-lettered as orphans (counted in /api/status), none windowed, and the windows, their counts and the results equal a clean run's. Before, the 49,000 were
+    windowed (stored as the windows' inputs and counted in the journal)."""
+    workload = write_small_workload(tmp_path / "wl")
+    settings = daemon_settings(workload, speed=600.0)
+    _, windows = await _lie_mid_stream(settings, _ghosts)
+    late, orphans = windows["late"], windows["orphans"]
+    assert late >= 1000  # and more: the stream goes on while they are sent
+    assert orphans > 0
+    assert late + orphans == 50_000
+    assert windows["orphans_held"] == 0
+    assert windows["dead_lettered"] == 50_000
+    assert windows["quarantined"] == 0
+    _check_results(settings, workload)

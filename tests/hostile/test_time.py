@@ -69,11 +69,13 @@ def _lies(settings: Settings, now_ms: int) -> list[tuple[str, bytes | None, byte
 
 
 async def _produce(settings: Settings, records: list[tuple[str, bytes | None, bytes]]) -> None:
+    """Each record in order (a value of several lines is sent as an NDJSON batch, DESIGN §4)."""
     producer = make_producer(settings.kafka.bootstrap_servers or "", settings.kafka)
     await producer.start()
     try:
         for topic, key, value in records:
-            await producer.send_and_wait(topic, value, key=key)
+            batch = [("content-type", b"application/x-ndjson")] if b"\n" in value else None
+            await producer.send_and_wait(topic, value, key=key, headers=batch)
     finally:
         await producer.stop()
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import polars as pl
 import pytest
 
 from opendt.models.messages import CarbonRow, FragmentRow, PowerRow, TaskRow
 from opendt.models.topology import Topology
 from opendt.stream.timegate import TimeGate
 from opendt.stream.windowing import Windower, window_start
+from opendt.workload import FRAGMENT_SCHEMA
 
 W = 300_000
 T, F, P, C = ("dc.tasks", 0), ("dc.fragments", 0), ("dc.power", 0), ("dc.carbon", 0)
@@ -19,6 +21,12 @@ def _frag(tid: str, t: int, idx: int, usage: float = 1.0) -> FragmentRow:
 
 def _task(tid: str, t: int) -> TaskRow:
     return TaskRow(tid, t, 60_000, 1, 100.0, 10)
+
+
+def _frame(rows: list[FragmentRow], offset: int) -> pl.DataFrame:
+    """Fragments as a fetch gives them at once (``FRAGMENT_SCHEMA`` plus the message offsets)."""
+    frame = pl.DataFrame(rows, schema=FRAGMENT_SCHEMA, orient="row")
+    return frame.with_columns(pl.int_range(offset, offset + frame.height, dtype=pl.Int64).alias("offset"))
 
 
 def test_windows_are_aligned_to_the_epoch() -> None:
@@ -294,3 +302,46 @@ def test_confirmed_forged_carbon_steps_do_not_drop_the_real_ones() -> None:
     w.heartbeat(F, 10 * W)
     carried = [c for window in w.close_ready() for c in window.carbon]
     assert [c.carbon_intensity for c in carried] == [100.0 + k for k in range(11)]
+
+
+def test_fragments_read_before_their_task_are_held_then_windowed() -> None:
+    """Issue 29: a fragment whose task has not been received is held, not windowed; its task arriving (from
+    another partition, later) windows it where it belongs, exactly as if it had come after its task. A
+    fetch's fragments at once hold the same ones."""
+    w = Windower(W, [T, F], max_orphans=10)
+    assert w.add_fragment(F, _frag("a", 10_000, 0), 7)
+    assert w.orphans_held == 1
+    assert w.add_task(T, _task("a", 10_000))
+    assert w.orphans_held == 0
+    w.heartbeat(T, W)
+    w.heartbeat(F, W)
+    (c0,) = w.close_ready()
+    assert ([t.id for t in c0.tasks], [f.id for f in c0.fragment_rows()]) == (["a"], ["a"])
+    assert (w.stats.orphans, w.orphaned) == (0, [])
+
+
+def test_fragments_of_tasks_never_sent_are_dead_lettered_when_their_window_closes() -> None:
+    """Issue 29: fragments of task ids never sent are held until their window closes, then handed back as
+    orphans (the consumer dead-letters them), never windowed; at most ``max_orphans`` are held (one more is
+    refused at once); the stream's end hands back every one still held. Before, each was windowed."""
+    frame = _frame([_frag(f"ghost-{k}", W + k, 0, 5.0) for k in range(3)], 100)
+    w = Windower(W, [T, F], max_orphans=4)
+    w.add_task(T, _task("a", 0))
+    assert w.add_fragments(F, pl.concat([frame, _frame([_frag("a", 0, 0)], 99)])) == {W: 100, 0: 99}
+    assert w.add_fragment(F, _frag("ghost-x", 3 * W, 0), 200)
+    assert not w.add_fragment(F, _frag("ghost-y", 3 * W, 0), 201)  # the fifth: refused at once
+    assert w.orphans_held == 4
+    w.heartbeat(T, 2 * W)
+    w.heartbeat(F, 2 * W)
+    closed = w.close_ready()
+    assert [f.id for c in closed for f in c.fragment_rows()] == ["a"]
+    assert [(h.offset, h.row.id) for h, _ in w.orphaned] == [(201, "ghost-y"), (100, "ghost-0"),
+                                                             (101, "ghost-1"), (102, "ghost-2")]  # fmt: skip
+    assert "not received by the end of the fragment's window" in w.orphaned[-1][1]
+    assert (w.stats.orphans, w.orphans_held) == (4, 1)
+    w.orphaned.clear()
+    w.heartbeat(T, 2 * W, final=True)
+    w.heartbeat(F, 2 * W, final=True)
+    w.close_ready()
+    assert w.finished
+    assert [h.row.id for h, _ in w.orphaned] == ["ghost-x"]
