@@ -13,8 +13,9 @@ at that moment are not dropped for it).
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from typing import NamedTuple
+from collections import deque
+from collections.abc import Hashable, Iterable
+from typing import Any, NamedTuple
 
 from opendt.models.messages import FragmentRow
 
@@ -75,3 +76,45 @@ class Orphans:
                     earliest = t if earliest is None else min(earliest, t)
         self._by_task, self._n, self._earliest = keep, self._n - len(out), earliest
         return out
+
+
+class KnownTasks:
+    """The task ids received, each with its latest event time (the task's, or a fragment's windowed since),
+    kept until the windows closed are ``horizon_ms`` past it: how long a task's fragments are expected. The
+    horizon follows the windows closed, not the newest event read (a partition read far ahead, e.g. a small
+    tasks topic read to its end at once, must not make the tasks it holds forgotten)."""
+
+    def __init__(self, horizon_ms: int) -> None:
+        self.horizon_ms = horizon_ms
+        self._last: dict[str, int] = {}
+        self._order: deque[tuple[int, str]] = deque()
+
+    def __contains__(self, task: str) -> bool:
+        return task in self._last
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def touch(self, task: str, t_ms: int) -> None:
+        last = self._last.get(task)
+        if last is None:
+            self._order.append((t_ms, task))
+            self._last[task] = t_ms
+        elif t_ms > last:
+            self._last[task] = t_ms
+
+    def seed(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Tasks and fragments windowed before a restart (rows that start with ``id, submission_ms``)."""
+        for r in rows:
+            self.touch(r[0], r[1])
+
+    def expire(self, closed_ms: int) -> None:
+        """The windows before ``closed_ms`` are closed: forget the tasks not heard of within the horizon."""
+        cutoff = closed_ms - self.horizon_ms
+        while self._order and self._order[0][0] < cutoff:
+            _, task = self._order.popleft()
+            last = self._last.get(task)
+            if last is not None and last >= cutoff:
+                self._order.append((last, task))
+            elif last is not None:
+                del self._last[task]

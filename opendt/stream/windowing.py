@@ -43,7 +43,7 @@ from opendt.models.messages import CarbonRow, FragmentRow, PowerRow, TaskRow
 from opendt.models.topology import Topology
 from opendt.stream.carbon import CarbonSteps
 from opendt.stream.dedup import Recent
-from opendt.stream.orphans import Held, Orphans
+from opendt.stream.orphans import Held, KnownTasks, Orphans
 from opendt.stream.topologies import PendingTopologies
 from opendt.stream.window import Window, carry_carbon, window_start
 from opendt.workload import FRAGMENT_SCHEMA
@@ -110,6 +110,7 @@ class Windower:
         self._carbon = CarbonSteps(dedup_horizon_ms)
         self._topologies = PendingTopologies()
         self._orphans = None if max_orphans is None else Orphans(max_orphans)
+        self._known = KnownTasks(dedup_horizon_ms)  # kept only with max_orphans
         self.orphaned: list[tuple[Held, str]] = []
         """Fragments of tasks never received, refused with the reason (the consumer dead-letters them)."""
         self.need_topology = need_topology
@@ -244,13 +245,15 @@ class Windower:
         self._recent.remember(row.submission_ms, "t", row.id, new=True)
         self.stats.events += 1
         self._window_for(row.submission_ms).tasks.append(row)
-        for h in self._orphans.release(row.id) if self._orphans is not None else ():
-            self._add_fragment(h.source, h.row, h.offset)  # its fragments read before it
+        if self._orphans is not None:
+            self._known.touch(row.id, row.submission_ms)
+            for h in self._orphans.release(row.id):
+                self._add_fragment(h.source, h.row, h.offset)  # its fragments read before it
         return True
 
     def _orphan(self, task: str) -> bool:
         """Fragments of ``task`` are held: neither it nor its fragments were received (within the horizon)."""
-        return self._orphans is not None and task not in self._tasks and task not in self._positions
+        return self._orphans is not None and task not in self._known
 
     def _hold(self, h: Held) -> bool:
         """Hold a fragment of a task not received (True); refused when ``max_orphans`` are held already."""
@@ -285,6 +288,8 @@ class Windower:
             return self._hold(Held(source, offset, row))
         new = self._positions.add(row.id, row.position, row.submission_ms)
         self._recent.remember(row.submission_ms, "f", row.id, new=new)
+        if self._orphans is not None:
+            self._known.touch(row.id, row.submission_ms)
         self.stats.events += 1
         self._window_for(row.submission_ms).fragments.append(row)
         return True
@@ -300,13 +305,15 @@ class Windower:
         tmin, tmax = int(t.min()), int(t.max())  # type: ignore[arg-type]
         if self._next_start is not None and window_start(tmin, self.window_ms) < self._next_start:
             return None  # a late one among them: one by one
-        held = frame.clear()
-        if self._orphans is not None and (orphans := [i for i in frame["id"].unique() if self._orphan(i)]):
+        held, ids = frame.clear(), frame["id"].unique().to_list() if self._orphans is not None else []
+        if orphans := [i for i in ids if self._orphan(i)]:
             mask = frame["id"].is_in(orphans)
             held, frame = frame.filter(mask), frame.filter(~mask)
         new = self._positions.add_run(frame)
         if new is None:
             return None
+        for i in ids:
+            self._known.touch(i, tmax)  # the orphans are not touched: they are held, not known
         self._seen(source, tmax)
         cols = list(FRAGMENT_SCHEMA.names())
         firsts: dict[int, int] = {}
@@ -379,8 +386,10 @@ class Windower:
     def remember(
         self, tasks: Iterable[TaskRow], fragments: Iterable[FragmentRow], power: Iterable[PowerRow]
     ) -> None:
-        """Seed duplicate detection with events an earlier process already windowed (a restart)."""
+        """Seed duplicate detection and the tasks known with events windowed before a restart."""
+        tasks, fragments = list(tasks), list(fragments)
         self._recent.seed(tasks, fragments, power)
+        self._known.seed([*tasks, *fragments])
 
     def carbon_known_until(self, t_ms: int) -> None:
         """Carbon steps up to ``t_ms`` were carried by windows of an earlier process (a restart)."""
@@ -422,6 +431,7 @@ class Windower:
         if all_final and self._next_start + self.window_ms > wm:
             self.finished = True
         if (out or self.finished) and self._orphans is not None:  # their task can no longer come
+            self._known.expire(self._next_start)
             for h in self._orphans.expire(None if self.finished else self._next_start):
                 self.stats.orphans += 1
                 why = f"task {h.row.id[:64]!r} not received by the end of the fragment's window (an orphan)"
