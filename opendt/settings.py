@@ -242,6 +242,14 @@ class SimulationSettings(Section):
     export_interval_s: int = Field(default=150, gt=0)
     max_parallel: int = Field(default=2, ge=1)
     timeout_s: float = Field(default=120.0, gt=0)
+    max_tail_s: int = Field(
+        default=604_800,
+        gt=0,
+        le=3650 * 86_400,
+        description="At the stream's end the tasks still running are simulated to completion, at most this "
+        "long past the last window (then cut, logged tail_cut): a task dated to run 10 years cannot make the "
+        "twin integrate them",
+    )
     retries: int = Field(default=1, ge=0)
 
 

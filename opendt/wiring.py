@@ -178,7 +178,9 @@ async def build_twin(
     if box.resume(store):
         log.info("topology_resumed", version=box.current.version, source=box.current.source)
     state.box = box
-    twin = TwinEngine(timeout_s=settings.simulation.timeout_s)
+    twin = TwinEngine(
+        timeout_s=settings.simulation.timeout_s, max_tail_ms=settings.simulation.max_tail_s * 1000
+    )
     recovery = Recovery(
         durability,
         store,

@@ -408,14 +408,10 @@ class WindowConsumer:
             conflicts = windower.stats.conflicts
             added, start = windower.add_task(tp, row), self._start(row.submission_ms)
             if windower.stats.conflicts > conflicts:
-                log.warning(
-                    "task_id_conflict",
-                    topic=tp.topic,
-                    partition=tp.partition,
-                    offset=offset,
-                    task=row.id[:64],
-                    reason="a task with this id and other content was received first; it keeps the id",
-                )
+                why = "a task with this id and other content was received first; it keeps the id"
+                where = {"topic": tp.topic, "partition": tp.partition, "offset": offset}
+                log.warning("task_id_conflict", **where, task=row.id[:64], reason=why)
+                return f"conflict: {why}"  # dead-lettered, as the README says
         elif isinstance(row, PowerRow):
             added, start = windower.add_power(tp, row), self._start(row.timestamp_ms)
         else:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+from structlog.testing import capture_logs
 
 from opendt.daemon import run_daemon
 from opendt.models.messages import DATACENTER_KEY, encode_carbon, encode_topology_message, iso_ms
@@ -142,3 +143,44 @@ async def test_fragments_of_tasks_never_sent_are_dead_lettered_not_windowed(
     assert windows["dead_lettered"] == 50_000
     assert windows["quarantined"] == 0
     _check_results(settings, workload)
+
+
+TEN_YEARS_MS = 3650 * 86_400_000
+
+
+async def test_forged_tasks_holding_every_host_for_10_years_cannot_stretch_the_run(
+    daemon_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """1. before the stream, 4 tasks reusing real ids (t0-t3) are sent, each asking a whole host (8 cores)
+    with a first fragment of 10 years at full load: every host held for 10 years; 2. the daemon replays the
+    workload (the real t0-t3 are conflicts: the forged ones came first and keep the ids); 3. the twin exits 0
+    at the stream's end, and the tasks still running then are simulated at most ``simulation.max_tail_s``
+    (7 days) past the last window, cut there (logged ``tail_cut``): a week of export rows, not 10 years
+    (before: 2.1 M rows for 10 years, the final window alone ten times the whole run on the demo)."""
+    workload = write_small_workload(tmp_path / "wl")
+    settings = daemon_settings(workload)
+    wl = load_workload(workload)
+    t = settings.kafka.topics
+    first = wl.origin_ms
+    forged: list[tuple[str, bytes | None, bytes]] = []
+    for k in range(4):
+        key = orjson.dumps({"id": f"t{k}"})
+        doc = {"submission_time": iso_ms(first), "duration": TEN_YEARS_MS, "cpu_count": 8}
+        forged.append((t.tasks, key, orjson.dumps({**doc, "cpu_capacity": 16000.0, "mem_capacity": 1000})))
+        forged.append((t.fragments, key, orjson.dumps({**doc, "cpu_usage": 16000.0, "index": 0})))
+    await _produce(settings, forged)
+    state = TwinState()
+    with capture_logs() as logs:
+        async with asyncio.timeout(120):
+            assert await run_daemon(settings, exit_when_done=True, state=state) == 0
+    windows = state.snapshot()["windows"]
+    assert (windows["conflicts"], windows["dead_lettered"]) == (4, 4)  # the real t0-t3, dead-lettered
+    cut = [e for e in logs if e["event"] == "tail_cut"]
+    assert len(cut) == 1
+    agg, journal = read_results(settings.data_dir)
+    end = last_window_end_ms(journal)
+    tail = settings.simulation.max_tail_s * 1000
+    assert cut[0]["until_ms"] == end + tail
+    last = int(agg["timestamp"].dt.epoch("ms").max())  # type: ignore[arg-type]
+    assert end < last <= end + tail
+    assert agg.height <= len(journal) * 2 + tail // 150_000 + 2
