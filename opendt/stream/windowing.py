@@ -312,8 +312,8 @@ class Windower:
         new = self._positions.add_run(frame)
         if new is None:
             return None
-        for i in ids:
-            self._known.touch(i, tmax)  # the orphans are not touched: they are held, not known
+        for i in set(ids).difference(orphans):  # the orphans are held, not known
+            self._known.touch(i, tmax)
         self._seen(source, tmax)
         cols = list(FRAGMENT_SCHEMA.names())
         firsts: dict[int, int] = {}

@@ -112,11 +112,11 @@ async def test_carbon_steps_out_of_order_are_inserted_where_they_belong(
 
 def _ghosts(settings: Settings, now_ms: int) -> list[tuple[str, bytes | None, bytes]]:
     """50,000 fragments of 5,000 task ids never sent, in NDJSON batches of 2,000: the first 1,000 dated 20
-    minutes before the stream's time (in windows closed already: late), the rest from its time to 50 minutes
-    ahead (within the skew: they pass the time gate)."""
+    minutes before the stream's time (in windows closed already: late), the rest from 10 to 55 minutes ahead
+    of it (within the skew: they pass the time gate)."""
     lines = []
     for k in range(50_000):
-        t = now_ms - 20 * 60_000 if k < 1000 else now_ms + (k * 60_000) % (50 * 60_000)
+        t = now_ms - 20 * 60_000 if k < 1000 else now_ms + 10 * 60_000 + (k * 60_000) % (45 * 60_000)
         doc = {"id": f"ghost-{k % 5000}", "submission_time": iso_ms(t), "duration": 60_000, "cpu_count": 4}
         lines.append(orjson.dumps({**doc, "cpu_usage": 100.0, "index": k // 5000}))
     topic = settings.kafka.topics.fragments
@@ -127,8 +127,8 @@ async def test_fragments_of_tasks_never_sent_are_dead_lettered_not_windowed(
     daemon_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     """1. the daemon replays a small workload at 600×; 2. once windows have closed, 50,000 fragments of 5,000
-    task ids never sent are produced into the running stream (1,000 dated in closed windows, the rest up to
-    50 minutes ahead); 3. the twin finishes and exits 0 with every window of a clean run: the late ones are
+    task ids never sent are produced into the running stream (1,000 dated in closed windows, the rest 10 to
+    55 minutes ahead); 3. the twin finishes and exits 0 with every window of a clean run: the late ones are
     late, the others (those not late by the time they are read) held until their window closed, then
     dead-lettered as orphans (counted in /api/status), none windowed, and the windows, their counts and the results equal a clean run's. Before, the 49,000 were
     windowed (stored as the windows' inputs and counted in the journal)."""

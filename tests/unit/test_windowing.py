@@ -325,20 +325,27 @@ def test_fragments_of_tasks_never_sent_are_dead_lettered_when_their_window_close
     orphans (the consumer dead-letters them), never windowed; at most ``max_orphans`` are held (one more is
     refused at once); the stream's end hands back every one still held. Before, each was windowed."""
     frame = _frame([_frag(f"ghost-{k}", W + k, 0, 5.0) for k in range(3)], 100)
-    w = Windower(W, [T, F], max_orphans=4)
+    w = Windower(W, [T, F], max_orphans=5)
     w.add_task(T, _task("a", 0))
     assert w.add_fragments(F, pl.concat([frame, _frame([_frag("a", 0, 0)], 99)])) == {W: 100, 0: 99}
+    assert w.add_fragments(F, _frame([_frag("ghost-0", W + 9, 1)], 103)) == {W: 103}  # still not known
     assert w.add_fragment(F, _frag("ghost-x", 3 * W, 0), 200)
-    assert not w.add_fragment(F, _frag("ghost-y", 3 * W, 0), 201)  # the fifth: refused at once
-    assert w.orphans_held == 4
+    assert not w.add_fragment(F, _frag("ghost-y", 3 * W, 0), 201)  # the sixth: refused at once
+    assert w.orphans_held == 5
     w.heartbeat(T, 2 * W)
     w.heartbeat(F, 2 * W)
     closed = w.close_ready()
     assert [f.id for c in closed for f in c.fragment_rows()] == ["a"]
-    assert [(h.offset, h.row.id) for h, _ in w.orphaned] == [(201, "ghost-y"), (100, "ghost-0"),
-                                                             (101, "ghost-1"), (102, "ghost-2")]  # fmt: skip
+    orphaned = [(h.offset, h.row.id) for h, _ in w.orphaned]
+    assert orphaned == [
+        (201, "ghost-y"),
+        (100, "ghost-0"),
+        (103, "ghost-0"),
+        (101, "ghost-1"),
+        (102, "ghost-2"),
+    ]
     assert "not received by the end of the fragment's window" in w.orphaned[-1][1]
-    assert (w.stats.orphans, w.orphans_held) == (4, 1)
+    assert (w.stats.orphans, w.orphans_held) == (5, 1)
     w.orphaned.clear()
     w.heartbeat(T, 2 * W, final=True)
     w.heartbeat(F, 2 * W, final=True)
