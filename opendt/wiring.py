@@ -178,7 +178,9 @@ async def build_twin(
     if box.resume(store):
         log.info("topology_resumed", version=box.current.version, source=box.current.source)
     state.box = box
-    twin = TwinEngine(timeout_s=settings.simulation.timeout_s)
+    twin = TwinEngine(
+        timeout_s=settings.simulation.timeout_s, max_tail_ms=settings.simulation.max_tail_s * 1000
+    )
     recovery = Recovery(
         durability,
         store,
@@ -220,6 +222,7 @@ async def build_twin(
         idle_after_s=settings.windowing.idle_after_s,
         allowed_lateness_s=settings.windowing.allowed_lateness_s,
         jump_confirm=settings.windowing.jump_confirm,
+        max_orphans=settings.windowing.max_orphans,
         # a live twin (no replay of a past trace): nothing is believed far ahead of the wall clock
         wall_ms=None if settings.replay.enabled else (lambda: int(SystemClock().time() * 1000)),
         datacenter=settings.kafka.datacenter,

@@ -201,6 +201,9 @@ class TwinCollector(Collector):
         )
         yield from _counter("opendt_messages_duplicate", "Events received again (dropped)", w.duplicates)
         yield from _counter("opendt_messages_late", "Events for a window already closed", w.late)
+        yield from _counter(
+            "opendt_messages_orphaned", "Fragments of tasks never received (dead-lettered)", w.orphans
+        )
         yield from _gauge("opendt_windows_queued", "Closed windows waiting for the window loop", w.queued)
 
     def _windows(self) -> Iterator[Metric]:

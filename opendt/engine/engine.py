@@ -132,11 +132,12 @@ class Engine:
         self._place_fragments()
         return to_polars(self.integrate(until, final=False))
 
-    def finish(self) -> pl.DataFrame:
-        """No more input: run to the last completion and return the remaining rows and the final flush."""
-        return to_polars(self.finish_table())
+    def finish(self, until_ms: int | None = None) -> pl.DataFrame:
+        """No more input: run to the last completion and return the remaining rows and the final flush; with
+        ``until_ms`` (absolute), rows no further than it (the twin's bound on the tail past the stream)."""
+        return to_polars(self.finish_table(until_ms))
 
-    def finish_table(self) -> Table:
+    def finish_table(self, until_ms: int | None = None) -> Table:
         """:meth:`finish` as a :class:`~opendt.engine.table.Table` (no polars)."""
         if self.finished:
             raise RuntimeError("engine already finished")
@@ -147,6 +148,8 @@ class Engine:
         self.sched.run(NEVER)
         self._place_fragments()
         t_end = self.sched.end_time()
+        if until_ms is not None:
+            t_end = min(t_end, until_ms - self.t0)
         return self.integrate(max(t_end, self.t_lo), final=True)
 
     def set_topology(self, topology: TopologyLike) -> None:

@@ -37,6 +37,7 @@ from opendt.settings import TopicNames
 from opendt.stream.columns import TIME_COLUMN, Columnar, decode_fetch
 from opendt.stream.datacenters import DatacenterFilter, input_partitions
 from opendt.stream.idle import IdleWatch, late_view, waiting_for
+from opendt.stream.intake import admit_topology, take_orphans
 from opendt.stream.offsets import FirstOffsets
 from opendt.stream.records import Kind, Row, decode_record, row_item, rows_of, time_of
 from opendt.stream.resume import ClosedWindow, InputsLost, Resume
@@ -51,7 +52,6 @@ Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 CLOSE_BATCH = 64  # windows closed per step: a long gap closes incrementally, the loop serving in between
 SETTLE = 256  # records judged one by one before a fetch's rest is tried at once again
-MAX_PENDING_TOPOLOGIES = 16  # physical topologies dated ahead that may wait for their time
 
 
 class WindowConsumer:
@@ -74,6 +74,7 @@ class WindowConsumer:
         idle_after_s: float = 120.0,
         allowed_lateness_s: float = 60.0,
         jump_confirm: int = 3,
+        max_orphans: int | None = 100_000,
         wall_ms: Callable[[], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
         datacenter: str = DEFAULT_DATACENTER,
@@ -112,6 +113,7 @@ class WindowConsumer:
         self.idle_after_s = idle_after_s
         self.allowed_lateness_ms = int(allowed_lateness_s * 1000)
         self.idle: IdleWatch | None = None
+        self.max_orphans = max_orphans
         self._stopping = asyncio.Event()
 
     @property
@@ -136,6 +138,8 @@ class WindowConsumer:
             if self.windower is None
             else waiting_for(self.windower, self.topics.topology, self.idle_after_s),
             last_late=None if self.windower is None else late_view(self.windower),
+            orphans=ws.orphans if ws else 0,
+            orphans_held=0 if self.windower is None else self.windower.orphans_held,
         )
 
     def stop_intake(self) -> None:
@@ -169,6 +173,7 @@ class WindowConsumer:
             need_topology=self.need_topology,
             dedup_horizon_ms=self.dedup_horizon_ms,
             resume_at_ms=None if r is None else r.next_start_ms,
+            max_orphans=self.max_orphans,
         )
         if r is not None:
             windower.remember(r.tasks, r.fragments, r.power)
@@ -204,6 +209,7 @@ class WindowConsumer:
                 for w in batch:
                     await self.out.put(ClosedWindow(w, await self._offsets_at_close(w, tps)))
                 await asyncio.sleep(0)  # a long gap closes in steps: the loop serves in between
+            await self._dead_letters(take_orphans(windower))
         await self.out.put(None)  # end of stream (or intake stopped)
         log.info(
             "consumer_finished",
@@ -243,6 +249,9 @@ class WindowConsumer:
         else:
             seen, bad = len(records), self._ingest_records(windower, tp, kind, records)
         self.stats.decoded += seen - len(bad)
+        await self._dead_letters(bad)
+
+    async def _dead_letters(self, bad: list[tuple[RecordLike, str]]) -> None:
         if bad and self.dead_letter is not None:
             self.stats.dead_lettered += await forward_dead_letters(self.dead_letter, bad)
 
@@ -333,19 +342,8 @@ class WindowConsumer:
                 bad.append((rec, note_malformed(self.stats, rec, e)))
                 continue
             if isinstance(row, TopologyMessage):
-                why = self.gate.judge_topology(row.time_ms)
-                if why is None and windower.pending_topologies >= MAX_PENDING_TOPOLOGIES:
-                    evicted = windower.evict_furthest_topology(row.time_ms)
-                    if evicted is None:
-                        why = (
-                            f"{MAX_PENDING_TOPOLOGIES} physical topologies dated before it already wait for "
-                            f"their time (the stream is at {iso_ms(windower.watermark_ms or 0)})"
-                        )
-                    else:
-                        self.topologies_rejected += 1
-                        log.warning(
-                            "topology_evicted", timestamp=iso_ms(evicted), reason="the waiting list is full"
-                        )
+                why, evicted = admit_topology(windower, self.gate.judge_topology(row.time_ms), row.time_ms)
+                self.topologies_rejected += evicted
                 if why is not None:
                     self.topologies_rejected += 1
                     bad.append((rec, self._quarantined(rec, why)))
@@ -405,19 +403,15 @@ class WindowConsumer:
             windower.heartbeat(tp, row.time_ms, final=row.final)
             return None
         if isinstance(row, FragmentRow):
-            added, start = windower.add_fragment(tp, row), self._start(row.submission_ms)
+            added, start = windower.add_fragment(tp, row, offset), self._start(row.submission_ms)
         elif isinstance(row, TaskRow):
             conflicts = windower.stats.conflicts
             added, start = windower.add_task(tp, row), self._start(row.submission_ms)
             if windower.stats.conflicts > conflicts:
-                log.warning(
-                    "task_id_conflict",
-                    topic=tp.topic,
-                    partition=tp.partition,
-                    offset=offset,
-                    task=row.id[:64],
-                    reason="a task with this id and other content was received first; it keeps the id",
-                )
+                why = "a task with this id and other content was received first; it keeps the id"
+                where = {"topic": tp.topic, "partition": tp.partition, "offset": offset}
+                log.warning("task_id_conflict", **where, task=row.id[:64], reason=why)
+                return f"conflict: {why}"  # dead-lettered, as the README says
         elif isinstance(row, PowerRow):
             added, start = windower.add_power(tp, row), self._start(row.timestamp_ms)
         else:

@@ -10,8 +10,12 @@ grow with its number of fragments.
 from __future__ import annotations
 
 import bisect
+from collections import deque
+from collections.abc import Iterable
 
 import polars as pl
+
+from opendt.models.messages import FragmentRow, PowerRow, TaskRow
 
 
 class Seen:
@@ -162,3 +166,86 @@ class Positions:
         new = g.filter(~known)
         self._lo.update(zip(new["id"].to_list(), new["mn"].to_list(), strict=True))
         return list(zip(new["tfirst"].to_list(), new["id"].to_list(), strict=True))
+
+
+class Recent:
+    """What duplicates are judged against (task ids, fragment positions per task, power instants per source),
+    each key kept until the newest event is ``horizon_ms`` past that key's latest event: bounded however long
+    the stream runs. The windower owns one; ``tasks``, ``positions`` and ``instants`` are its to read."""
+
+    def __init__(self, horizon_ms: int) -> None:
+        self.horizon_ms = horizon_ms
+        self.tasks: dict[str, TaskRow] = {}
+        self.positions = Positions()  # fragment positions received, per task
+        self.instants: dict[str, Seen] = {}  # power instants received, per source
+        self._order: deque[tuple[int, str, str]] = deque()  # (event ms, kind, key) to expire
+        self.newest = -(2**62)
+
+    @property
+    def newest_ms(self) -> int | None:
+        """The newest event time received, None before the first."""
+        return None if self.newest == -(2**62) else self.newest
+
+    def remember(self, t_ms: int, kind: str, key: str, *, new: bool) -> None:
+        """Keep ``key`` (kind ``t`` task, ``f`` fragments of a task, ``p`` power source) until the newest
+        event is the horizon past the latest event of that key (one queue entry per key: a refreshed key is
+        re-queued when it expires)."""
+        if new:
+            self._order.append((t_ms, kind, key))
+        self.expire(t_ms)
+
+    def extend_fragments(self, new: list[tuple[int, str]], t_ms: int) -> None:
+        """Tasks whose first fragments were just recorded (their first time, id); ``t_ms`` the newest time."""
+        self._order.extend((t0, "f", task) for t0, task in new)
+        self.expire(t_ms)
+
+    def expire(self, t_ms: int) -> None:
+        self.newest = max(self.newest, t_ms)
+        horizon = self.newest - self.horizon_ms
+        while self._order and self._order[0][0] < horizon:
+            _, k, old = self._order.popleft()
+            stamp: int | None
+            if k == "t":
+                task = self.tasks.get(old)
+                stamp = None if task is None else task.submission_ms
+            elif k == "f":
+                stamp = self.positions.last_ms(old)
+            else:
+                seen = self.instants.get(old)
+                stamp = None if seen is None else seen.last_ms
+            if stamp is None:
+                continue
+            if stamp >= horizon:
+                self._order.append((stamp, k, old))
+            elif k == "t":
+                del self.tasks[old]
+            elif k == "f":
+                self.positions.forget(old)
+            else:
+                del self.instants[old]
+
+    def mark(self, key: str, v: int, t_ms: int, *, horizon: int | None = None) -> None:
+        """Record the power instant ``v`` as received for source ``key`` at event time ``t_ms`` (instants
+        below ``horizon`` forgotten)."""
+        seen = self.instants.get(key)
+        if seen is None:
+            seen = self.instants[key] = Seen()
+        seen.add(v, t_ms)
+        if horizon is not None:
+            seen.forget_before(horizon)
+        self.remember(t_ms, "p", key, new=len(seen) == 1)
+
+    def seed(
+        self, tasks: Iterable[TaskRow], fragments: Iterable[FragmentRow], power: Iterable[PowerRow]
+    ) -> None:
+        """Events an earlier process already windowed (a restart)."""
+        for t in tasks:
+            new = t.id not in self.tasks
+            self.tasks[t.id] = t
+            self.remember(t.submission_ms, "t", t.id, new=new)
+        for f in fragments:
+            if not self.positions.seen(f.id, f.position):
+                new = self.positions.add(f.id, f.position, f.submission_ms)
+                self.remember(f.submission_ms, "f", f.id, new=new)
+        for p in power:
+            self.mark(p.source, p.timestamp_ms, p.timestamp_ms)

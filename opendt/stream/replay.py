@@ -318,14 +318,12 @@ class ReplayProducer:
         hb_ms = int(self.settings.heartbeat_s * 1000)
         speed = None if self.settings.speed == "max" else float(self.settings.speed)
         rclock = ReplayClock(self.clock, speed, start_ms)
-        p = self.progress
+        p, dc, t = self.progress, self.datacenter, self.topics
         p.start_ms, p.end_ms = start_ms, end_ms
-        t = self.topics
-        topics = {"tasks": t.tasks, "fragments": t.fragments, "power": t.power, "carbon": t.carbon}
-        by_kind = {kind: BatchSender(self.producer, topic, self.datacenter) for kind, topic in topics.items()}
+        by_kind = {k: BatchSender(self.producer, getattr(t, k), dc) for k in KINDS}
         senders = [by_kind[s.kind] for s in streams]  # by stream index
         every = list(by_kind.values())
-        async with BatchSender(self.producer, self.topics.topology, self.datacenter) as topology:
+        async with BatchSender(self.producer, t.topology, dc) as topology:
             await topology.send(DATACENTER_KEY, encode_topology_message(first_ms, wl.topology))
         rclock.start()  # the barrier: every stream is paced from this one origin
         wall0 = time.monotonic()

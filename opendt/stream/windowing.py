@@ -7,9 +7,9 @@ window closes when the watermark reaches its end; every window between the first
 is emitted, empty or not, so the engine's clock advances through gaps.
 
 Duplicates (a task id received before with the same content, a fragment index of its task received before,
-a power sample at an instant of its source received before, a carbon step not after the last one) are dropped
-and counted; they never double a window. Nothing that arrives first can make later events duplicates: a
-fragment index or power instant is a duplicate only of itself, and a task id received again with different
+a power sample or a carbon step at an instant of its source received before) are dropped and counted; they
+never double a window. Nothing that arrives first can make later events duplicates: a fragment index, power
+instant or carbon instant is a duplicate only of itself, and a task id received again with different
 content is a *conflict* (counted and handed back for the dead-letter topic; the first one keeps the id, since
 task ids must be unique). What duplicates are judged against is kept for ``dedup_horizon_ms`` of event time
 behind the newest event, so it stays bounded however long the stream runs. An event older than the closed
@@ -24,7 +24,8 @@ Two inputs are series, not windowed events:
 
 * **carbon** (``dc.carbon``) steps: a strict source — a window ``[s, e)`` closes only once the carbon
   source has passed ``e`` (a step at exactly ``e`` is known, so the engine can sample at ``e`` as OpenDC
-  does); each closing window carries the steps up to its end not carried before.
+  does); each closing window carries the steps up to its end not carried before, in time order whatever
+  order they arrived in (:mod:`opendt.stream.carbon`: a step for a window closed already is late).
 * **physical topology** (``dc.topology``): no watermark source (the datacenter sends it rarely, without
   heartbeats). The latest message whose time is ≤ a window's start applies from that window (a late one
   from the next window to close); the first one received applies from the first window, and with
@@ -33,8 +34,6 @@ Two inputs are series, not windowed events:
 
 from __future__ import annotations
 
-import bisect
-from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
@@ -42,7 +41,10 @@ import polars as pl
 
 from opendt.models.messages import CarbonRow, FragmentRow, PowerRow, TaskRow
 from opendt.models.topology import Topology
-from opendt.stream.dedup import Positions, Seen
+from opendt.stream.carbon import CarbonSteps
+from opendt.stream.dedup import Recent
+from opendt.stream.orphans import Held, KnownTasks, Orphans
+from opendt.stream.topologies import PendingTopologies
 from opendt.stream.window import Window, carry_carbon, window_start
 from opendt.workload import FRAGMENT_SCHEMA
 
@@ -63,6 +65,8 @@ class WindowStats:
     """Task ids received again with different content (the first keeps the id)."""
     finals_revoked: int = 0
     """Final heartbeats taken back because their source went on."""
+    orphans: int = 0
+    """Fragments of tasks never received, refused (their window closed, or ``max_orphans`` were held)."""
 
 
 class Windower:
@@ -72,6 +76,8 @@ class Windower:
     not been heard from yet holds it at "unknown", so nothing closes before every source has spoken.
     ``strict_sources`` (among them) must pass a window's end, not only reach it (carbon). ``resume_at_ms``:
     the windows before it were closed by an earlier process (a restart), the next one starts there.
+    ``max_orphans``: fragments of a task not received are held, at most that many, until it arrives or their
+    window closes (:mod:`opendt.stream.orphans`; refused ones in :attr:`orphaned`); None: windowed anyway.
     """
 
     def __init__(
@@ -83,6 +89,7 @@ class Windower:
         need_topology: bool = False,
         dedup_horizon_ms: int = 86_400_000,
         resume_at_ms: int | None = None,
+        max_orphans: int | None = None,
     ) -> None:
         if window_ms <= 0:
             raise ValueError("window_ms must be > 0")
@@ -97,16 +104,15 @@ class Windower:
         self._next_start: int | None = resume_at_ms  # start of the earliest window not yet closed
         self._resumed = resume_at_ms is not None
         self.dedup_horizon_ms = dedup_horizon_ms
-        self._tasks: dict[str, TaskRow] = {}
-        self._positions = Positions()  # fragment positions received, per task
-        self._instants: dict[str, Seen] = {}  # power instants received, per source
-        self._last_carbon: int | None = None
-        self._seen_order: deque[tuple[int, str, str]] = deque()  # (event ms, kind, key) to expire
+        self._recent = recent = Recent(dedup_horizon_ms)
+        self._tasks, self._positions, self._instants = recent.tasks, recent.positions, recent.instants
         self._final_ms: dict[Hashable, int] = {}
-        self._newest = -(2**62)
-        self._carbon: list[CarbonRow] = []
-        self._topologies: list[tuple[int, int, Topology]] = []  # (time, arrival, topology), by time
-        self._arrivals = 0
+        self._carbon = CarbonSteps(dedup_horizon_ms)
+        self._topologies = PendingTopologies()
+        self._orphans = None if max_orphans is None else Orphans(max_orphans)
+        self._known = KnownTasks(dedup_horizon_ms)  # kept only with max_orphans
+        self.orphaned: list[tuple[Held, str]] = []
+        """Fragments of tasks never received, refused with the reason (the consumer dead-letters them)."""
         self.need_topology = need_topology
         self.topology_known = False
         self.stats = WindowStats()
@@ -143,7 +149,7 @@ class Windower:
     @property
     def newest_ms(self) -> int | None:
         """The newest event time received (tasks, fragments, power), None before the first."""
-        return None if self._newest == -(2**62) else self._newest
+        return self._recent.newest_ms
 
     def holding(self) -> list[tuple[Hashable, int | None]]:
         """The sources holding the watermark back (active; at its minimum or not heard from), their time."""
@@ -204,38 +210,6 @@ class Windower:
         if self._next_start is None or (start < self._next_start and first):
             self._next_start = start
 
-    def _remember(self, t_ms: int, kind: str, key: str, *, new: bool) -> None:
-        """Keep ``key`` for duplicate detection until the newest event is ``dedup_horizon_ms`` past the
-        latest event of that key (one queue entry per key: a refreshed key is re-queued when it expires)."""
-        if new:
-            self._seen_order.append((t_ms, kind, key))
-        self._expire(t_ms)
-
-    def _expire(self, t_ms: int) -> None:
-        self._newest = max(self._newest, t_ms)
-        horizon = self._newest - self.dedup_horizon_ms
-        while self._seen_order and self._seen_order[0][0] < horizon:
-            _, k, old = self._seen_order.popleft()
-            stamp: int | None
-            if k == "t":
-                task = self._tasks.get(old)
-                stamp = None if task is None else task.submission_ms
-            elif k == "f":
-                stamp = self._positions.last_ms(old)
-            else:
-                seen = self._instants.get(old)
-                stamp = None if seen is None else seen.last_ms
-            if stamp is None:
-                continue
-            if stamp >= horizon:
-                self._seen_order.append((stamp, k, old))
-            elif k == "t":
-                del self._tasks[old]
-            elif k == "f":
-                self._positions.forget(old)
-            else:
-                del self._instants[old]
-
     def _late(self, t_ms: int) -> bool:
         """An event for a window already closed (its source broke a heartbeat's promise, or was idle): counted
         and refused (:attr:`last_late`), never merged into another window."""
@@ -268,31 +242,54 @@ class Windower:
         if self._late(row.submission_ms):
             return False
         self._tasks[row.id] = row
-        self._remember(row.submission_ms, "t", row.id, new=True)
+        self._recent.remember(row.submission_ms, "t", row.id, new=True)
         self.stats.events += 1
         self._window_for(row.submission_ms).tasks.append(row)
+        if self._orphans is not None:
+            self._known.touch(row.id, row.submission_ms)
+            for h in self._orphans.release(row.id):
+                self._add_fragment(h.source, h.row, h.offset)  # its fragments read before it
         return True
 
-    def _mark(self, key: str, v: int, t_ms: int, *, horizon: int | None = None) -> None:
-        """Record the power instant ``v`` as received for source ``key`` at event time ``t_ms`` (instants
-        below ``horizon`` forgotten), for duplicate detection within the horizon."""
-        seen = self._instants.get(key)
-        if seen is None:
-            seen = self._instants[key] = Seen()
-        seen.add(v, t_ms)
-        if horizon is not None:
-            seen.forget_before(horizon)
-        self._remember(t_ms, "p", key, new=len(seen) == 1)
+    def _orphan(self, task: str) -> bool:
+        """Fragments of ``task`` are held: neither it nor its fragments were received (within the horizon)."""
+        return self._orphans is not None and task not in self._known
 
-    def add_fragment(self, source: Hashable, row: FragmentRow) -> bool:
+    def _hold(self, h: Held) -> bool:
+        """Hold a fragment of a task not received (True); refused when ``max_orphans`` are held already."""
+        assert self._orphans is not None
+        if self._orphans.hold(h):
+            return True
+        self.stats.orphans += 1
+        why = (
+            f"{self._orphans.limit} fragments of tasks not received are held already (windowing.max_orphans)"
+        )
+        self.orphaned.append((h, f"task {h.row.id[:64]!r} not received: {why}"))
+        return False
+
+    @property
+    def orphans_held(self) -> int:
+        return 0 if self._orphans is None else len(self._orphans)
+
+    def add_fragment(self, source: Hashable, row: FragmentRow, offset: int = -1) -> bool:
+        """Add a fragment (``offset``: its message's, for a dead letter); False (and counts) for a duplicate,
+        a late one or a refused orphan. One of a task not received is held (True; see :attr:`orphaned`)."""
         self._seen(source, row.submission_ms)
+        return self._add_fragment(source, row, offset)
+
+    def _add_fragment(self, source: Hashable, row: FragmentRow, offset: int) -> bool:
         if self._positions.seen(row.id, row.position):
             self.stats.duplicates += 1
             return False
-        if self._late(row.submission_ms):
+        orphan = self._orphan(row.id)
+        if (not orphan or self.stats.windows_closed or self._resumed) and self._late(row.submission_ms):
             return False
+        if orphan:
+            return self._hold(Held(source, offset, row))
         new = self._positions.add(row.id, row.position, row.submission_ms)
-        self._remember(row.submission_ms, "f", row.id, new=new)
+        self._recent.remember(row.submission_ms, "f", row.id, new=new)
+        if self._orphans is not None:
+            self._known.touch(row.id, row.submission_ms)
         self.stats.events += 1
         self._window_for(row.submission_ms).fragments.append(row)
         return True
@@ -308,24 +305,38 @@ class Windower:
         tmin, tmax = int(t.min()), int(t.max())  # type: ignore[arg-type]
         if self._next_start is not None and window_start(tmin, self.window_ms) < self._next_start:
             return None  # a late one among them: one by one
+        held, ids = frame.clear(), frame["id"].unique().to_list() if self._orphans is not None else []
+        if orphans := [i for i in ids if self._orphan(i)]:
+            mask = frame["id"].is_in(orphans)
+            held, frame = frame.filter(mask), frame.filter(~mask)
         new = self._positions.add_run(frame)
         if new is None:
             return None
+        for i in set(ids).difference(orphans):  # the orphans are held, not known
+            self._known.touch(i, tmax)
         self._seen(source, tmax)
-        self._touch(tmin)
-        self._seen_order.extend((t0, "f", task) for t0, task in new)
-        self._expire(tmax)
-        self.stats.events += frame.height
-        frame = frame.with_columns(((t // self.window_ms) * self.window_ms).alias("_start"))
-        firsts: dict[int, int] = {}
         cols = list(FRAGMENT_SCHEMA.names())
+        firsts: dict[int, int] = {}
+        for *row, offset in held.select(*cols, "offset").iter_rows():
+            if self._hold(Held(source, offset, FragmentRow(*row))):
+                s = window_start(row[1], self.window_ms)
+                firsts[s] = min(firsts.get(s, offset), offset)
+        if not frame.height:
+            return firsts
+        self._touch(int(frame["submission_ms"].min()))  # type: ignore[arg-type]
+        self._recent.extend_fragments(new, tmax)
+        self.stats.events += frame.height
+        frame = frame.with_columns(
+            ((pl.col("submission_ms") // self.window_ms) * self.window_ms).alias("_start")
+        )
         for (s,), part in frame.partition_by("_start", as_dict=True, maintain_order=True).items():
             s = int(s)
             w = self._open.get(s)
             if w is None:
                 w = self._open[s] = Window(s, s + self.window_ms)
             w.add_chunk(part.select(cols))
-            firsts[s] = int(part["offset"].min())  # type: ignore[arg-type]
+            first = int(part["offset"].min())  # type: ignore[arg-type]
+            firsts[s] = min(firsts.get(s, first), first)
         return firsts
 
     def add_power(self, source: Hashable, row: PowerRow) -> bool:
@@ -336,21 +347,25 @@ class Windower:
             return False
         if self._late(row.timestamp_ms):
             return False
-        horizon = self._newest - self.dedup_horizon_ms
-        self._mark(row.source, row.timestamp_ms, row.timestamp_ms, horizon=horizon)
+        horizon = self._recent.newest - self.dedup_horizon_ms
+        self._recent.mark(row.source, row.timestamp_ms, row.timestamp_ms, horizon=horizon)
         self.stats.events += 1
         self._window_for(row.timestamp_ms).power.append(row)
         return True
 
     def add_carbon(self, source: Hashable, row: CarbonRow) -> bool:
-        """A carbon-intensity step; carried by the first window that closes with an end at or after it."""
+        """A carbon-intensity step, inserted in time order; carried by the first window that closes with an
+        end at or after it. False for a duplicate or a late step (its window closed: :attr:`last_late`)."""
         self._seen(source, row.timestamp_ms)
-        if self._last_carbon is not None and row.timestamp_ms <= self._last_carbon:
+        verdict = self._carbon.add(row)
+        if verdict == "conflict":
+            self.stats.conflicts += 1
+        elif verdict == "duplicate":
             self.stats.duplicates += 1
-            return False
-        self._last_carbon = row.timestamp_ms
-        self._carbon.append(row)
-        return True
+        elif verdict == "late":
+            self.stats.late += 1
+            self.last_late = (row.timestamp_ms, window_start(row.timestamp_ms - 1, self.window_ms))
+        return verdict in ("added", "conflict")
 
     def add_topology(self, t_ms: int, topology: Topology) -> bool:
         """A physical topology in effect from ``t_ms`` (see the module's doc for when it applies). False when
@@ -358,38 +373,27 @@ class Windower:
         self.stats.topologies += 1
         if self._next_start is not None and self.stats.windows_closed and t_ms < self._next_start:
             self.stats.topologies_late += 1
-        conflict = any(t == t_ms and topo != topology for t, _, topo in self._topologies)
-        if conflict:
+        added = self._topologies.add(t_ms, topology)
+        if not added:
             self.stats.conflicts += 1
-        self._arrivals += 1
-        bisect.insort(self._topologies, (t_ms, self._arrivals, topology), key=lambda x: (x[0], x[1]))
-        return not conflict
+        return added
 
     def evict_furthest_topology(self, before_ms: int) -> int | None:
         """Drop the waiting topology dated furthest ahead when it is later than ``before_ms`` (a full list
         keeps the nearest ones: far-future forgeries cannot lock real changes out); its time, or None."""
-        if self._topologies and self._topologies[-1][0] > before_ms:
-            return self._topologies.pop()[0]
-        return None
+        return self._topologies.evict_furthest(before_ms)
 
     def remember(
         self, tasks: Iterable[TaskRow], fragments: Iterable[FragmentRow], power: Iterable[PowerRow]
     ) -> None:
-        """Seed duplicate detection with events an earlier process already windowed (a restart)."""
-        for t in tasks:
-            new = t.id not in self._tasks
-            self._tasks[t.id] = t
-            self._remember(t.submission_ms, "t", t.id, new=new)
-        for f in fragments:
-            if not self._positions.seen(f.id, f.position):
-                new = self._positions.add(f.id, f.position, f.submission_ms)
-                self._remember(f.submission_ms, "f", f.id, new=new)
-        for p in power:
-            self._mark(p.source, p.timestamp_ms, p.timestamp_ms)
+        """Seed duplicate detection and the tasks known with events windowed before a restart."""
+        tasks, fragments = list(tasks), list(fragments)
+        self._recent.seed(tasks, fragments, power)
+        self._known.seed([*tasks, *fragments])
 
     def carbon_known_until(self, t_ms: int) -> None:
         """Carbon steps up to ``t_ms`` were carried by windows of an earlier process (a restart)."""
-        self._last_carbon = t_ms if self._last_carbon is None else max(self._last_carbon, t_ms)
+        self._carbon.known_until(t_ms)
 
     def topology_in_effect(self) -> None:
         """A physical topology is already in effect (restored from a checkpoint)."""
@@ -426,25 +430,19 @@ class Windower:
             out.append(w)
         if all_final and self._next_start + self.window_ms > wm:
             self.finished = True
+        if (out or self.finished) and self._orphans is not None:  # their task can no longer come
+            self._known.expire(self._next_start)
+            for h in self._orphans.expire(None if self.finished else self._next_start):
+                self.stats.orphans += 1
+                why = f"task {h.row.id[:64]!r} not received by the end of the fragment's window (an orphan)"
+                self.orphaned.append((h, why))
         return out
 
     def _attach_series(self, w: Window) -> None:
         """The carbon steps up to the window's end (all of them for the final window) and the physical
         topology that applies from it."""
-        if self._carbon:  # in time order (a step not after the last is a duplicate): no list is rebuilt
-            k = (
-                len(self._carbon)
-                if w.final
-                else bisect.bisect_right(self._carbon, w.end_ms, key=lambda c: c.timestamp_ms)
-            )
-            w.carbon = self._carbon[:k]
-            del self._carbon[:k]
-        if self._topologies:
-            k = bisect.bisect_right([t for t, _, _ in self._topologies], w.start_ms)
-            if k == 0 and not self.topology_known:
-                k = 1  # the first topology applies from the first window
-            if k:
-                t_ms, _, topology = self._topologies[k - 1]
-                w.topology, w.topology_ms = topology, t_ms
-                self.topology_known = True
-                del self._topologies[:k]
+        w.carbon = self._carbon.take(w.end_ms, final=w.final)
+        applies = self._topologies.take(w.start_ms, first=not self.topology_known)
+        if applies is not None:
+            w.topology_ms, w.topology = applies
+            self.topology_known = True

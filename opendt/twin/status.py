@@ -65,6 +65,11 @@ class WindowsStatus:
     """The latest late record (its window was closed; dead-lettered): its ``time`` and ``window_start``."""
     other_datacenters: int = 0
     """Records of other datacenters on the partitions read (``kafka.datacenter``; skipped)."""
+    orphans: int = 0
+    """Fragments of tasks never received, dead-lettered once their window closed (or when
+    ``windowing.max_orphans`` were held already)."""
+    orphans_held: int = 0
+    """Fragments held now until their task arrives (tasks and fragments are read from separate partitions)."""
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
                     header["until_ms"], tables["tasks"], tables["fragments"], tables.get("carbon")
                 )
             elif op == "finish":
-                out["rows"] = engine.finish()
+                out["rows"] = engine.finish(header.get("until_ms"))
             elif op == "set_topology":
                 engine.set_topology(parse_topology(header["topology"]))
             else:

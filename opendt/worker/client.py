@@ -146,8 +146,12 @@ class TwinEngine:
         timeout_s: float = 120.0,
         startup_timeout_s: float = 60.0,
         rebuild: Rebuild | None = None,
+        max_tail_ms: int | None = None,
     ) -> None:
         self.command = list(command or default_command())
+        self.max_tail_ms = max_tail_ms
+        """:meth:`finish` simulates at most this far past the last ``advance`` (``simulation.max_tail_s``)."""
+        self._until_ms: int | None = None
         self.timeout_s = timeout_s
         self.startup_timeout_s = startup_timeout_s
         self.rebuild = rebuild
@@ -237,10 +241,21 @@ class TwinEngine:
         if carbon is not None:
             tables["carbon"] = carbon
         out = await self._call({"op": "advance", "until_ms": until_ms}, tables, record=True)
+        self._until_ms = until_ms
         return out["rows"]
 
     async def finish(self) -> pl.DataFrame:
-        return (await self._call({"op": "finish"}, record=True))["rows"]
+        """The tasks still running simulated to completion, at most ``max_tail_ms`` past the last ``advance``
+        (then cut: logged ``tail_cut``): a task dated to run 10 years cannot make the twin integrate them."""
+        cap = (
+            None if self.max_tail_ms is None or self._until_ms is None else self._until_ms + self.max_tail_ms
+        )
+        rows: pl.DataFrame = (await self._call({"op": "finish", "until_ms": cap}, record=True))["rows"]
+        if cap is not None and rows.height and rows["timestamp_absolute"].max() >= cap:  # type: ignore[operator]
+            log.warning(
+                "tail_cut", until_ms=cap, reason="tasks still run simulation.max_tail_s past the stream"
+            )
+        return rows
 
     async def set_topology(self, topology: dict[str, Any]) -> None:
         await self._call({"op": "set_topology", "topology": topology}, record=True)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import polars as pl
 import pytest
 
-from opendt.models.messages import FragmentRow, PowerRow, TaskRow
+from opendt.models.messages import CarbonRow, FragmentRow, PowerRow, TaskRow
 from opendt.models.topology import Topology
+from opendt.stream.timegate import TimeGate
 from opendt.stream.windowing import Windower, window_start
+from opendt.workload import FRAGMENT_SCHEMA
 
 W = 300_000
-T, F, P = ("dc.tasks", 0), ("dc.fragments", 0), ("dc.power", 0)
+T, F, P, C = ("dc.tasks", 0), ("dc.fragments", 0), ("dc.power", 0), ("dc.carbon", 0)
 
 
 def _frag(tid: str, t: int, idx: int, usage: float = 1.0) -> FragmentRow:
@@ -18,6 +21,12 @@ def _frag(tid: str, t: int, idx: int, usage: float = 1.0) -> FragmentRow:
 
 def _task(tid: str, t: int) -> TaskRow:
     return TaskRow(tid, t, 60_000, 1, 100.0, 10)
+
+
+def _frame(rows: list[FragmentRow], offset: int) -> pl.DataFrame:
+    """Fragments as a fetch gives them at once (``FRAGMENT_SCHEMA`` plus the message offsets)."""
+    frame = pl.DataFrame(rows, schema=FRAGMENT_SCHEMA, orient="row")
+    return frame.with_columns(pl.int_range(offset, offset + frame.height, dtype=pl.Int64).alias("offset"))
 
 
 def test_windows_are_aligned_to_the_epoch() -> None:
@@ -244,3 +253,120 @@ def test_far_future_topologies_cannot_lock_out_a_real_change() -> None:
     applied = [c.topology.clusters[0].hosts[0].cpu.coreCount for c in closed if c.topology is not None]
     assert applied[-1] == 32
     assert w.evict_furthest_topology(forged + 100) is None  # nothing later than that waits
+
+
+def test_carbon_steps_out_of_order_are_inserted_where_they_belong() -> None:
+    """Issue 29: a carbon step older than the newest one held is inserted in time order (before, it was
+    dropped as a duplicate); a step at an instant held is a duplicate (same intensity) or a correction (other
+    intensity: a conflict, the later applies); one for a window closed already is late, never merged."""
+    w = Windower(W, [F, C], strict_sources=[C])
+    w.add_fragment(F, _frag("a", 0, 0))
+    for t, v in [(W, 2.0), (0, 1.0), (2 * W, 3.0), (W + W // 2, 9.0)]:
+        assert w.add_carbon(C, CarbonRow(t, v))
+    assert not w.add_carbon(C, CarbonRow(W, 2.0))  # a duplicate
+    assert w.add_carbon(C, CarbonRow(W + W // 2, 2.5))  # a correction
+    assert (w.stats.duplicates, w.stats.conflicts) == (1, 1)
+    w.heartbeat(F, 2 * W)
+    w.heartbeat(C, 2 * W + 1)  # a strict source: it passed the end
+    c0, c1 = w.close_ready()
+    assert [(c.timestamp_ms, c.carbon_intensity) for c in c0.carbon] == [(0, 1.0), (W, 2.0)]
+    assert [(c.timestamp_ms, c.carbon_intensity) for c in c1.carbon] == [(W + W // 2, 2.5), (2 * W, 3.0)]
+    assert not w.add_carbon(C, CarbonRow(W + 1, 4.0))  # window [W, 2W) used the intensity of its time
+    assert (w.stats.late, w.last_late) == (1, (W + 1, W))
+    assert not w.add_carbon(C, CarbonRow(2 * W, 3.0))  # carried already: a duplicate, not late
+    assert (w.stats.duplicates, w.stats.late) == (2, 1)
+
+
+def test_confirmed_forged_carbon_steps_do_not_drop_the_real_ones() -> None:
+    """Issue 29: ``jump_confirm + 1`` forged carbon steps a day ahead pass the time gate as a jump; the real
+    steps after them (older than the forged ones) are still inserted where they belong, not dropped as
+    duplicates (before: 99 real steps dropped, carbon −12 %)."""
+    gate: TimeGate[CarbonRow] = TimeGate(3_600_000, confirm=3)
+    w = Windower(W, [F, C], strict_sources=[C])
+    day = 86_400_000
+
+    def offer(row: CarbonRow) -> None:
+        for v in gate.offer(C, row.timestamp_ms, row, series=True):
+            assert v.accepted
+            w.add_carbon(C, v.item)
+
+    for k in range(3):
+        offer(CarbonRow(k * W, 100.0 + k))
+    for k in range(4):
+        offer(CarbonRow(day + k * 1000, 999.0))
+    assert gate.stats.jumps == 1
+    for k in range(3, 12):
+        offer(CarbonRow(k * W, 100.0 + k))
+    assert w.stats.duplicates == 0
+    w.add_fragment(F, _frag("a", 0, 0))
+    w.heartbeat(F, 10 * W)
+    carried = [c for window in w.close_ready() for c in window.carbon]
+    assert [c.carbon_intensity for c in carried] == [100.0 + k for k in range(11)]
+
+
+def test_fragments_read_before_their_task_are_held_then_windowed() -> None:
+    """Issue 29: a fragment whose task has not been received is held, not windowed; its task arriving (from
+    another partition, later) windows it where it belongs, exactly as if it had come after its task. A
+    fetch's fragments at once hold the same ones."""
+    w = Windower(W, [T, F], max_orphans=10)
+    assert w.add_fragment(F, _frag("a", 10_000, 0), 7)
+    assert w.orphans_held == 1
+    assert w.add_task(T, _task("a", 10_000))
+    assert w.orphans_held == 0
+    w.heartbeat(T, W)
+    w.heartbeat(F, W)
+    (c0,) = w.close_ready()
+    assert ([t.id for t in c0.tasks], [f.id for f in c0.fragment_rows()]) == (["a"], ["a"])
+    assert (w.stats.orphans, w.orphaned) == (0, [])
+
+
+def test_fragments_of_tasks_never_sent_are_dead_lettered_when_their_window_closes() -> None:
+    """Issue 29: fragments of task ids never sent are held until their window closes, then handed back as
+    orphans (the consumer dead-letters them), never windowed; at most ``max_orphans`` are held (one more is
+    refused at once); the stream's end hands back every one still held. Before, each was windowed."""
+    frame = _frame([_frag(f"ghost-{k}", W + k, 0, 5.0) for k in range(3)], 100)
+    w = Windower(W, [T, F], max_orphans=5)
+    w.add_task(T, _task("a", 0))
+    assert w.add_fragments(F, pl.concat([frame, _frame([_frag("a", 0, 0)], 99)])) == {W: 100, 0: 99}
+    assert w.add_fragments(F, _frame([_frag("ghost-0", W + 9, 1)], 103)) == {W: 103}  # still not known
+    assert w.add_fragment(F, _frag("ghost-x", 3 * W, 0), 200)
+    assert not w.add_fragment(F, _frag("ghost-y", 3 * W, 0), 201)  # the sixth: refused at once
+    assert w.orphans_held == 5
+    w.heartbeat(T, 2 * W)
+    w.heartbeat(F, 2 * W)
+    closed = w.close_ready()
+    assert [f.id for c in closed for f in c.fragment_rows()] == ["a"]
+    orphaned = [(h.offset, h.row.id) for h, _ in w.orphaned]
+    assert orphaned == [
+        (201, "ghost-y"),
+        (100, "ghost-0"),
+        (103, "ghost-0"),
+        (101, "ghost-1"),
+        (102, "ghost-2"),
+    ]
+    assert "not received by the end of the fragment's window" in w.orphaned[-1][1]
+    assert (w.stats.orphans, w.orphans_held) == (5, 1)
+    w.orphaned.clear()
+    w.heartbeat(T, 2 * W, final=True)
+    w.heartbeat(F, 2 * W, final=True)
+    w.close_ready()
+    assert w.finished
+    assert [h.row.id for h, _ in w.orphaned] == ["ghost-x"]
+
+
+def test_tasks_read_far_ahead_stay_known_for_their_fragments() -> None:
+    """A small tasks topic is read to its end long before the fragments (a backlog, SURF's week): its tasks
+    stay known while the windows closed are within the horizon of them, so their fragments are windowed, not
+    orphans (the newest event read, a week ahead, does not expire them: it made 2.2 M of SURF's 2.4 M
+    records orphans)."""
+    day = 86_400_000
+    w = Windower(W, [T, F], dedup_horizon_ms=day, max_orphans=10)
+    for k in range(8):
+        w.add_task(T, _task(f"t{k}", k * day))
+    w.heartbeat(T, 8 * day)
+    w.add_fragment(F, _frag("t0", 0, 0), 1)
+    w.add_fragment(F, _frag("t1", day, 0), 2)
+    w.heartbeat(F, day + W)
+    assert w.orphans_held == 0
+    assert sum(c.n_fragments for c in w.close_ready()) == 2
+    assert w.stats.orphans == 0
