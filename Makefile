@@ -53,6 +53,10 @@ apache-kafka:
 
 # PYTHONASYNCIODEBUG=0 (as .ci/run exports it) means off: Python takes any non-empty value as on, and debug
 # mode records a traceback for every future, which slows every daemon the suite runs.
+# Tests run in parallel worker processes, a test file per worker at a time (pytest-xdist; at most 4, one per
+# core): PYTEST_ARGS="-p no:xdist" runs them in one process, PYTEST_ARGS="tests/x.py" one file.
+PYTEST_ARGS ?= -n auto --maxprocesses 4 --dist loadfile
+
 pytest: $(DEV_STAMP) browser prometheus asyncapi-parser apache-kafka
 	PYTHONASYNCIODEBUG="$${PYTHONASYNCIODEBUG#0}" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
