@@ -47,6 +47,8 @@ import psutil
 from logs import events  # bench/logs.py, beside this script
 from pipeline import Tree  # bench/pipeline.py
 
+from opendt.twin.tables import AGG, read_journal, read_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 SURF = ROOT / "data" / "surf"
 MB = 1024 * 1024
@@ -218,7 +220,8 @@ def stream(workload: Path, tmp: Path, counts: dict[str, Any], *, rounds: bool = 
         if rounds:
             return round_figures(run, log_path)
 
-        windows = pl.read_parquet(run / "windows.parquet")
+        windows = read_journal(run)
+        assert windows is not None
         lat = windows["latency_s"].drop_nulls().to_list()
         ckpts = sorted((run / "checkpoints").glob("[0-9]*"), key=lambda p: int(p.name))
         ckpt_mb = sum(f.stat().st_size for f in ckpts[-1].iterdir()) / MB if ckpts else 0.0
@@ -289,7 +292,8 @@ def exactness(run: Path, one_shot: Path) -> tuple[float, int]:
     number of intervals compared)."""
     import polars as pl
 
-    agg = pl.read_parquet(run / "agg_results.parquet")
+    agg = read_rows(run, AGG)
+    assert agg is not None
     ref = pl.read_parquet(one_shot).with_columns(pl.col("timestamp").dt.cast_time_unit("ms"))
     agg = agg.with_columns(pl.col("timestamp").dt.cast_time_unit("ms"))
     j = agg.join(ref, on="timestamp", how="inner", suffix="_ref")
