@@ -215,7 +215,6 @@ def stream(workload: Path, tmp: Path, counts: dict[str, Any], *, rounds: bool = 
         wall = time.monotonic() - t0
         url = events(log_path, "api_listening")[0]["url"]
         [run] = list((data_dir / "runs").iterdir())
-        import polars as pl
 
         if rounds:
             return round_figures(run, log_path)

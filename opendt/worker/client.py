@@ -239,6 +239,21 @@ class TwinEngine:
         out = await self._call({"op": "advance", "until_ms": until_ms}, tables, record=True)
         return out["rows"]
 
+    async def advance_many(
+        self, windows: Sequence[tuple[int, pl.DataFrame, pl.DataFrame, pl.DataFrame | None]]
+    ) -> list[tuple[pl.DataFrame, float]]:
+        """Several windows ``(until_ms, tasks, fragments, carbon)`` in one round trip, advanced one after the
+        other exactly as as many :meth:`advance` calls: each window's rows and compute seconds."""
+        tables: dict[str, pl.DataFrame] = {}
+        for i, (_, tasks, fragments, carbon) in enumerate(windows):
+            tables[f"tasks{i}"], tables[f"fragments{i}"] = tasks, fragments
+            if carbon is not None:
+                tables[f"carbon{i}"] = carbon
+        untils = [w[0] for w in windows]
+        out = await self._call({"op": "advance_many", "untils": untils}, tables, record=True)
+        took = out["compute"]["s"].to_list()
+        return [(out[f"rows{i}"], float(took[i])) for i in range(len(windows))]
+
     async def finish(self) -> pl.DataFrame:
         return (await self._call({"op": "finish"}, record=True))["rows"]
 
