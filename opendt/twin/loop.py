@@ -414,15 +414,16 @@ class WindowLoop:
         self.latency.observe(self.stats.latencies_s[-1])
         await self._checkpoint_after(cw)
 
-    async def _checkpoint_after(self, cw: ClosedWindow) -> None:
-        """A checkpoint after the window ``cw`` when its end is a checkpoint instant."""
+    async def _checkpoint_after(self, cw: ClosedWindow, blob: bytes | None = None) -> None:
+        """A checkpoint after the window ``cw`` when its end is a checkpoint instant (``blob``: the engine's
+        snapshot then, when taken already)."""
         r, w = self.recovery, cw.window
         if r is not None and w.end_ms % r.d.every_ms == 0 and not w.final:
             extra = {
                 "hooks": {} if self.hooks is None else self.hooks.checkpoint_state(),
                 "positions": [[tp.topic, tp.partition, o] for tp, o in sorted(cw.commit_offsets.items())],
             }
-            if await r.checkpoint(w.end_ms, self.applied_version, extra):
+            if await r.checkpoint(w.end_ms, self.applied_version, extra, blob):
                 self.stats.checkpoints += 1
 
     async def _advance(self, w: Window, tasks: pl.DataFrame, frags: pl.DataFrame) -> tuple[pl.DataFrame, int]:

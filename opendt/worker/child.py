@@ -34,20 +34,27 @@ def _read_exact(stream: BinaryIO, n: int) -> bytes:
 
 
 def _advance_many(
-    engine: Engine, untils: list[int], tables: dict[str, pl.DataFrame]
+    engine: Engine, header: dict[str, Any], tables: dict[str, pl.DataFrame]
 ) -> dict[str, pl.DataFrame]:
     """Several windows in order, as as many ``advance`` calls: window ``i``'s tables ``tasks{i}``,
     ``fragments{i}`` and ``carbon{i}`` (if any); its rows ``rows{i}``, the compute seconds of each in
-    ``compute``."""
+    ``compute``; with ``snapshot`` (an archive mode), the engine's snapshot after the last one, as
+    ``cal.snapshot`` takes it."""
     out: dict[str, pl.DataFrame] = {}
     took = []
-    for i, until in enumerate(untils):
+    for i, until in enumerate(header["untils"]):
         t0 = time.perf_counter()
         out[f"rows{i}"] = engine.advance(
             until, tables[f"tasks{i}"], tables[f"fragments{i}"], tables.get(f"carbon{i}")
         )
         took.append(time.perf_counter() - t0)
     out["compute"] = pl.DataFrame({"s": took}, schema={"s": pl.Float64})
+    if header.get("snapshot") is not None:
+        from opendt.worker.warm import snapshot
+
+        out["snapshot"] = pl.DataFrame(
+            {"blob": [snapshot(engine, header["snapshot"])]}, schema={"blob": pl.Binary}
+        )
     return out
 
 
@@ -93,7 +100,7 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
                     header["until_ms"], tables["tasks"], tables["fragments"], tables.get("carbon")
                 )
             elif op == "advance_many":
-                out = _advance_many(engine, header["untils"], tables)
+                out = _advance_many(engine, header, tables)
             elif op == "finish":
                 out["rows"] = engine.finish()
             elif op == "set_topology":
