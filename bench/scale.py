@@ -189,7 +189,9 @@ def _iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
-def stream(workload: Path, tmp: Path, counts: dict[str, Any], *, rounds: bool = False) -> dict[str, Any]:
+def stream(
+    workload: Path, tmp: Path, counts: dict[str, Any], *, rounds: bool = False, api_whatif: bool = True
+) -> dict[str, Any]:
     """``opendt run --speed max`` until every window is simulated, then the API figures; with ``rounds``,
     calibration and the optimizer on, and only the duration of their rounds."""
     data_dir, log_path = tmp / "data", tmp / "run.log"
@@ -236,11 +238,13 @@ def stream(workload: Path, tmp: Path, counts: dict[str, Any], *, rounds: bool = 
         graf = [_post(f"{url}/grafana/query", graf_doc) for _ in range(5)]
         topo_body, _ = _get(f"{url}/api/topology")
         whatif_s = None
-        try:
-            patch = {"count": round(counts["hosts"] * 0.9)}
-            _, whatif_s = _post(f"{url}/api/whatif", {"start": _iso(lo), "end": _iso(hi), "patch": patch})
-        except OSError as e:
-            print(f"  what-if via the API failed: {e}", flush=True)
+        if api_whatif:
+            try:
+                patch = {"count": round(counts["hosts"] * 0.9)}
+                doc = {"start": _iso(lo), "end": _iso(hi), "patch": patch}
+                _, whatif_s = _post(f"{url}/api/whatif", doc)
+            except OSError as e:
+                print(f"  what-if via the API failed: {e}", flush=True)
         tree.sample(root, time.monotonic() - t0)
         return {
             "twin_s": wall,
@@ -328,7 +332,7 @@ COLUMNS = [
 
 
 def measure(
-    k: int, span_h: float, tmp: Path, *, stream_it: bool, check: bool, rounds: bool
+    k: int, span_h: float, tmp: Path, *, stream_it: bool, check: bool, rounds: bool, api_whatif: bool
 ) -> dict[str, Any]:
     wdir = tmp / f"k{k}" / "workload"
     counts, _ = run_child("make", str(wdir), str(k), str(span_h))
@@ -341,7 +345,7 @@ def measure(
     answer, rss = run_child("whatif", str(wdir), str(until))
     row.update(answer, whatif_rss_mb=rss)
     if stream_it:
-        row.update(stream(wdir, tmp / f"k{k}", counts))
+        row.update(stream(wdir, tmp / f"k{k}", counts, api_whatif=api_whatif))
         if check:
             row["max_rel_diff"], row["intervals_compared"] = exactness(row["run"], ref)
     if rounds:
@@ -404,6 +408,7 @@ def main() -> int:
         default=[1, 10],
         help="K streamed again with calibration and optimizer",
     )
+    ap.add_argument("--no-api-whatif", action="store_true", help="skip POST /api/whatif after streaming")
     ap.add_argument("--keep", type=Path, help="keep the workloads and runs under DIR")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -418,7 +423,13 @@ def main() -> int:
         tmp = a.keep or Path(t)
         for k in a.k:
             row = measure(
-                k, a.span_h, tmp, stream_it=k in a.stream_k, check=k in a.check_k, rounds=k in a.rounds_k
+                k,
+                a.span_h,
+                tmp,
+                stream_it=k in a.stream_k,
+                check=k in a.check_k,
+                rounds=k in a.rounds_k,
+                api_whatif=not a.no_api_whatif,
             )
             rows.append(row)
             shown = {key: v for key, v in row.items() if key != "run"}
