@@ -8,14 +8,17 @@ import asyncio
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from opendt.settings import Settings, SimulationSettings
 from opendt.stream.resume import ClosedWindow
 from opendt.stream.windowing import Window
+from opendt.twin.appendlog import AppendLog
 from opendt.twin.batch import MAX_WINDOWS
 from opendt.twin.loop import WindowLoop
 from opendt.twin.recovery import Recovery, durability_of
 from opendt.twin.results import ResultStore
+from opendt.twin.tables import JOURNAL
 from opendt.twin.topology import TopologyBox
 from opendt.worker.client import TwinEngine
 from opendt.workload import Workload, load_workload
@@ -100,3 +103,38 @@ async def test_queued_windows_go_in_batches_with_the_results_of_one_by_one(
     assert ckpt_b.keys() == ckpt_s.keys()
     assert len(ckpt_b) >= 1
     assert ckpt_b == ckpt_s
+
+
+async def test_a_crash_in_the_middle_of_a_batch_resumes_to_the_results_of_an_uninterrupted_run(
+    tmp_path: Path, small_workload: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1. the third journal append fails (the process would die there): in the first batch, after its first
+    window is journaled and the second's rows are appended; 2. the batch's inputs are all stored, one window
+    of it is durable; 3. a restart on the run directory (the frames after the journal cut off, the durable
+    windows replayed from the store, the rest simulated) gives the results and journal of an uninterrupted
+    run."""
+    wl = load_workload(small_workload)
+    await _simulate(wl, workload_windows(wl), tmp_path / "ref", queued=True)
+    real = AppendLog.append
+    journaled = 0
+
+    def crashing(self: AppendLog, window_start_ms: int, df: pl.DataFrame) -> None:
+        nonlocal journaled
+        if self.path.name == JOURNAL.file:
+            journaled += 1
+            if journaled == 3:
+                raise OSError("injected crash")
+        real(self, window_start_ms, df)
+
+    monkeypatch.setattr(AppendLog, "append", crashing)
+    with pytest.raises(OSError, match="injected crash"):
+        await _simulate(wl, workload_windows(wl), tmp_path / "run", queued=True)
+    monkeypatch.undo()
+    assert runfiles.journal(tmp_path / "run").height == 2  # the first window (alone), one of the batch
+    assert len(list((tmp_path / "run" / "inputs").iterdir())) > 3
+
+    again = await _simulate(wl, workload_windows(wl), tmp_path / "run", queued=True)
+    assert again.stats.windows_replayed == 2
+    assert runfiles.agg(tmp_path / "run").equals(runfiles.agg(tmp_path / "ref"))
+    j_run, j_ref = runfiles.journal(tmp_path / "run"), runfiles.journal(tmp_path / "ref")
+    assert j_run.drop(TIMING).equals(j_ref.drop(TIMING))
