@@ -12,12 +12,13 @@ message, hook calls and counters. Its latency is the batch's: it was taken when 
 when the batch is.
 
 A batch ends at a checkpoint instant (the checkpoint is taken after its last window, as window by window; the
-worker's snapshot for it comes back with the batch's rows) and
-holds at most ``MAX_FRAGMENTS`` fragments (a large window goes alone: its own simulation dwarfs a round
-trip). No batch is made while a hook needs the engine between windows (calibration and the optimizer are not
-``batch_safe``) or with OpenDC's results. When the worker fails the batch (the engine raised, the worker died
-or hung), the batch leaves no trace in the engine (its worker is rebuilt from the durable state) and its
-windows are simulated again one by one, each with its retries, so a failure stays the one window's as
+worker's snapshot for it comes back with the batch's rows) and holds at most ``MAX_FRAGMENTS`` fragments (a
+large window goes alone: its own simulation dwarfs a round trip). No batch is made while a hook needs the
+engine between windows (calibration and the optimizer are not ``batch_safe``), with OpenDC's results or
+with the cross-check against OpenDC (its checks fall due window by window). When the worker fails the batch
+(the engine raised, the worker died or hung), the batch leaves no trace in the engine (its worker is rebuilt
+from the durable state) and its windows are simulated again one by one, each with its retries, so a failure
+stays the one window's as
 before (a window that kills its worker costs the batch's attempt besides its own).
 """
 
@@ -104,6 +105,7 @@ def plain(loop: WindowLoop, cw: ClosedWindow) -> bool:
         loop._engine_ready
         and (loop.hooks is None or loop.hooks.batch_safe)
         and loop.opendc is None
+        and loop.crosscheck is None
         and w.topology is None
         and not w.final
         and not loop.store.is_durable(w.start_ms)
