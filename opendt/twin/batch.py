@@ -4,12 +4,12 @@ When closed windows wait in the queue, the loop takes the plain ones queued righ
 no physical topology, not durable yet, not the stream's last, no topology version to apply — and simulates
 them in one round trip to the engine worker, advanced one after the other exactly as window by window
 (:meth:`~opendt.worker.client.TwinEngine.advance_many`: the same engine calls, so the same rows). Their inputs
-are stored in one step before (a crash rebuild and a resume read them, as window by window), their results
-made durable in one step after (in order, each window's journal entry after its rows: a crash in the middle
-leaves the windows before it durable, and a restart goes on from there), the input offsets are committed
-once (the batch's last window's, which cover the others). Each window keeps its own record, ``sim.results``
-message, hook calls and counters. Its latency is the batch's: it was taken when the batch was and is durable
-when the batch is.
+are stored in one step while the worker simulates them (before any of them is durable: a resume reads them;
+a rebuilt worker reads durable windows only), their results made durable in one step after (in order, each
+window's journal entry after its rows: a crash in the middle leaves the windows before it durable, and a
+restart goes on from there), the input offsets are committed once (the batch's last window's, which cover
+the others). Each window keeps its own record, ``sim.results`` message, hook calls and counters. Its latency
+is the batch's: it was taken when the batch was and is durable when the batch is.
 
 A batch ends at a checkpoint instant (the checkpoint is taken after its last window, as window by window; the
 worker's snapshot for it comes back with the batch's rows) and holds at most ``MAX_FRAGMENTS`` fragments (a
@@ -166,27 +166,36 @@ async def run_batch(loop: WindowLoop, batch: list[ClosedWindow]) -> None:
     if loop.hooks is not None:
         for w in ws:
             await loop.hooks.before_window(w)
-    if loop.recovery is not None:  # before simulating: a crash rebuild and a resume read them
-        await loop.recovery.d.inputs.write_many([(cw.window, positions(cw)) for cw in batch])
     steps = [[*loop._carbon, *ws[0].carbon], *(w.carbon for w in ws[1:])]
     carbons = [carbon_frame(s) if s else None for s in steps]
     version = loop.applied_version
     calls = [(w.end_ms, t, f, c) for w, (t, f), c in zip(ws, frames, carbons, strict=True)]
 
-    t1 = time.perf_counter()
-    try:
+    async def store() -> None:  # stored before any of them is durable: a resume reads them
+        if loop.recovery is not None:
+            await loop.recovery.d.inputs.write_many([(cw.window, positions(cw)) for cw in batch])
+
+    async def simulate() -> tuple[list[tuple[pl.DataFrame, float]], bytes | None]:
         if loop.applied_version != version:  # a rebuilt worker: the batch's topology again
             await loop._set_version(version)
         ckpt = "running" if checkpoint_due(loop, ws[-1]) else None  # the checkpoint's snapshot, same trip
-        out, blob = await loop.twin.advance_many(calls, snapshot=ckpt)
-    except (
-        WorkerDied,
-        WorkerError,
-    ) as e:  # one by one, each with its retries: the failure is the one window's
-        log.warning("batch_failed", window_start=ws[0].start_ms, windows=len(ws), error=str(e)[:500])
+        return await loop.twin.advance_many(calls, snapshot=ckpt)
+
+    t1 = time.perf_counter()
+    # the inputs are written while the worker simulates (a rebuild of the worker reads durable windows only)
+    stored, simulated = await asyncio.gather(store(), simulate(), return_exceptions=True)
+    if isinstance(stored, BaseException):
+        raise stored
+    if isinstance(
+        simulated, (WorkerDied, WorkerError)
+    ):  # one by one, each with its retries: the one window's
+        log.warning("batch_failed", window_start=ws[0].start_ms, windows=len(ws), error=str(simulated)[:500])
         for cw in batch:
             await loop.process(cw, stored=True)
         return
+    if isinstance(simulated, BaseException):
+        raise simulated
+    out, blob = simulated
     loop.stats.batches += 1
     t2 = time.perf_counter()
     loop._carbon.clear()  # in the engine now
@@ -218,9 +227,9 @@ async def run_batch(loop: WindowLoop, batch: list[ClosedWindow]) -> None:
         loop.latency.observe(latency)
     await loop._checkpoint_after(batch[-1], blob)
     t5 = time.perf_counter()
-    log.debug("batch_simulated", window_start=ws[0].start_ms, windows=len(ws), inputs_s=round(t1 - t0, 4),
-              engine_s=round(t2 - t1, 4), durable_s=round(t3 - t2, 4), publish_commit_s=round(t4 - t3, 4),
-              checkpoint_s=round(t5 - t4, 4))  # fmt: skip
+    log.debug("batch_simulated", window_start=ws[0].start_ms, windows=len(ws), prepare_s=round(t1 - t0, 4),
+              inputs_engine_s=round(t2 - t1, 4), durable_s=round(t3 - t2, 4),
+              publish_commit_s=round(t4 - t3, 4), checkpoint_s=round(t5 - t4, 4))  # fmt: skip
 
 
 def positions(cw: ClosedWindow) -> dict[tuple[str, int], int]:
