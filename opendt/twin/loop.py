@@ -7,7 +7,8 @@ offsets, record timings. A worker that dies or hangs is restarted with its state
 retried (``simulation.retries``); after that, or at once when the engine raised, the window is recorded as
 failed and the twin goes on. A failed window leaves no trace in the engine (the worker's state is the replay
 of the successful calls): its new tasks and fragments are not simulated, and the next window's rows cover its
-time span.
+time span. Windows queued behind one another (the twin is behind) go through the engine in batches, with the
+same results (:mod:`opendt.twin.batch`).
 
 Each window's inputs are stored (:mod:`opendt.twin.inputs`) before it is simulated, and every
 ``checkpoint.every_s`` a checkpoint is taken; a restart restores the newest checkpoint and replays the durable
