@@ -47,6 +47,8 @@ import psutil
 from logs import events  # bench/logs.py, beside this script
 from pipeline import Tree  # bench/pipeline.py
 
+from opendt.twin.tables import AGG, read_journal, read_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 SURF = ROOT / "data" / "surf"
 MB = 1024 * 1024
@@ -187,7 +189,9 @@ def _iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
-def stream(workload: Path, tmp: Path, counts: dict[str, Any], *, rounds: bool = False) -> dict[str, Any]:
+def stream(
+    workload: Path, tmp: Path, counts: dict[str, Any], *, rounds: bool = False, api_whatif: bool = True
+) -> dict[str, Any]:
     """``opendt run --speed max`` until every window is simulated, then the API figures; with ``rounds``,
     calibration and the optimizer on, and only the duration of their rounds."""
     data_dir, log_path = tmp / "data", tmp / "run.log"
@@ -213,12 +217,12 @@ def stream(workload: Path, tmp: Path, counts: dict[str, Any], *, rounds: bool = 
         wall = time.monotonic() - t0
         url = events(log_path, "api_listening")[0]["url"]
         [run] = list((data_dir / "runs").iterdir())
-        import polars as pl
 
         if rounds:
             return round_figures(run, log_path)
 
-        windows = pl.read_parquet(run / "windows.parquet")
+        windows = read_journal(run)
+        assert windows is not None
         lat = windows["latency_s"].drop_nulls().to_list()
         ckpts = sorted((run / "checkpoints").glob("[0-9]*"), key=lambda p: int(p.name))
         ckpt_mb = sum(f.stat().st_size for f in ckpts[-1].iterdir()) / MB if ckpts else 0.0
@@ -234,11 +238,13 @@ def stream(workload: Path, tmp: Path, counts: dict[str, Any], *, rounds: bool = 
         graf = [_post(f"{url}/grafana/query", graf_doc) for _ in range(5)]
         topo_body, _ = _get(f"{url}/api/topology")
         whatif_s = None
-        try:
-            patch = {"count": round(counts["hosts"] * 0.9)}
-            _, whatif_s = _post(f"{url}/api/whatif", {"start": _iso(lo), "end": _iso(hi), "patch": patch})
-        except OSError as e:
-            print(f"  what-if via the API failed: {e}", flush=True)
+        if api_whatif:
+            try:
+                patch = {"count": round(counts["hosts"] * 0.9)}
+                doc = {"start": _iso(lo), "end": _iso(hi), "patch": patch}
+                _, whatif_s = _post(f"{url}/api/whatif", doc)
+            except OSError as e:
+                print(f"  what-if via the API failed: {e}", flush=True)
         tree.sample(root, time.monotonic() - t0)
         return {
             "twin_s": wall,
@@ -289,7 +295,8 @@ def exactness(run: Path, one_shot: Path) -> tuple[float, int]:
     number of intervals compared)."""
     import polars as pl
 
-    agg = pl.read_parquet(run / "agg_results.parquet")
+    agg = read_rows(run, AGG)
+    assert agg is not None
     ref = pl.read_parquet(one_shot).with_columns(pl.col("timestamp").dt.cast_time_unit("ms"))
     agg = agg.with_columns(pl.col("timestamp").dt.cast_time_unit("ms"))
     j = agg.join(ref, on="timestamp", how="inner", suffix="_ref")
@@ -325,7 +332,7 @@ COLUMNS = [
 
 
 def measure(
-    k: int, span_h: float, tmp: Path, *, stream_it: bool, check: bool, rounds: bool
+    k: int, span_h: float, tmp: Path, *, stream_it: bool, check: bool, rounds: bool, api_whatif: bool
 ) -> dict[str, Any]:
     wdir = tmp / f"k{k}" / "workload"
     counts, _ = run_child("make", str(wdir), str(k), str(span_h))
@@ -338,7 +345,7 @@ def measure(
     answer, rss = run_child("whatif", str(wdir), str(until))
     row.update(answer, whatif_rss_mb=rss)
     if stream_it:
-        row.update(stream(wdir, tmp / f"k{k}", counts))
+        row.update(stream(wdir, tmp / f"k{k}", counts, api_whatif=api_whatif))
         if check:
             row["max_rel_diff"], row["intervals_compared"] = exactness(row["run"], ref)
     if rounds:
@@ -401,6 +408,7 @@ def main() -> int:
         default=[1, 10],
         help="K streamed again with calibration and optimizer",
     )
+    ap.add_argument("--no-api-whatif", action="store_true", help="skip POST /api/whatif after streaming")
     ap.add_argument("--keep", type=Path, help="keep the workloads and runs under DIR")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -415,7 +423,13 @@ def main() -> int:
         tmp = a.keep or Path(t)
         for k in a.k:
             row = measure(
-                k, a.span_h, tmp, stream_it=k in a.stream_k, check=k in a.check_k, rounds=k in a.rounds_k
+                k,
+                a.span_h,
+                tmp,
+                stream_it=k in a.stream_k,
+                check=k in a.check_k,
+                rounds=k in a.rounds_k,
+                api_whatif=not a.no_api_whatif,
             )
             rows.append(row)
             shown = {key: v for key, v in row.items() if key != "run"}

@@ -40,6 +40,9 @@ class Base:
 
 
 class TwinHistory:
+    batch_safe = True
+    """It only notes the windows' span (:mod:`opendt.twin.batch`)."""
+
     def __init__(self, inputs: InputStore, checkpoints: Checkpoints) -> None:
         self.inputs = inputs
         self.checkpoints = checkpoints

@@ -36,6 +36,12 @@ class HookChain:
     def __init__(self, *hooks: WindowHooks | None) -> None:
         self.hooks = [h for h in hooks if h is not None]
 
+    @property
+    def batch_safe(self) -> bool:
+        """Whether windows may be simulated in batches (:mod:`opendt.twin.batch`): every hook says so (its
+        ``batch_safe``: it needs no engine state between windows, its ``before_window`` may be repeated)."""
+        return all(getattr(h, "batch_safe", False) for h in self.hooks)
+
     async def before_window(self, w: Window) -> None:
         for h in self.hooks:
             await h.before_window(w)

@@ -167,6 +167,18 @@ class InputStore:
         if not self.has(w.start_ms):
             bisect.insort(self._starts, w.start_ms)
 
+    async def write_many(self, windows: list[tuple[Window, dict[tuple[str, int], int]]]) -> None:
+        """Store several windows as :meth:`write` does, in one step off the event loop."""
+
+        def store() -> None:
+            for w, positions in windows:
+                _write_atomic(self._path(w.start_ms), encode_window(w, positions))
+
+        await asyncio.to_thread(store)
+        for w, _ in windows:
+            if not self.has(w.start_ms):
+                bisect.insort(self._starts, w.start_ms)
+
     def read(self, start_ms: int) -> StoredWindow:
         """A stored window; :class:`InputUnreadable` (naming the file) when it is missing or not whole."""
         path = self._path(start_ms)

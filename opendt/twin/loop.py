@@ -7,7 +7,8 @@ offsets, record timings. A worker that dies or hangs is restarted with its state
 retried (``simulation.retries``); after that, or at once when the engine raised, the window is recorded as
 failed and the twin goes on. A failed window leaves no trace in the engine (the worker's state is the replay
 of the successful calls): its new tasks and fragments are not simulated, and the next window's rows cover its
-time span.
+time span. Windows queued behind one another (the twin is behind) go through the engine in batches, with the
+same results (:mod:`opendt.twin.batch`).
 
 Each window's inputs are stored (:mod:`opendt.twin.inputs`) before it is simulated, and every
 ``checkpoint.every_s`` a checkpoint is taken; a restart restores the newest checkpoint and replays the durable
@@ -32,12 +33,13 @@ from opendt.models.topology import Topology
 from opendt.settings import SimulationSettings
 from opendt.stream.resume import ClosedWindow
 from opendt.stream.windowing import Window
+from opendt.twin.batch import Taker, positions, run_batch, window_record
 from opendt.twin.crosscheck import CrossCheck
 from opendt.twin.hooks import HookChain, WindowHooks
 from opendt.twin.loopstats import LoopStats, WindowFailed, cluster_totals
 from opendt.twin.opendc import OpenDCWindowError, OpenDCWindows, unknown_carbon_like
 from opendt.twin.recovery import Recovery
-from opendt.twin.results import ResultStore, WindowRecord, aggregate_rows, measured_rows, results_message
+from opendt.twin.results import ResultStore, aggregate_rows, measured_rows, results_message
 from opendt.twin.status import LatencyHistogram, SimulationStatus
 from opendt.twin.topology import SimTopology, TopologyBox
 from opendt.worker.client import TwinEngine, WorkerDied, WorkerError
@@ -100,6 +102,7 @@ class WindowLoop:
         """``time.monotonic()`` when the window being processed was taken (None when idle): /health's stall
         check (:mod:`opendt.twin.liveness`)."""
         self.done = asyncio.Event()
+        self.taker = Taker(queue)
 
     def status(self) -> SimulationStatus:
         lat = self.stats.latencies_s
@@ -230,11 +233,13 @@ class WindowLoop:
         )
 
     async def _take_batch(self) -> tuple[list[ClosedWindow], bool]:
-        """The next windows to simulate together: one, or with OpenDC ``opendc_every_windows`` (fewer at the
-        stream's end); False once the queue has ended."""
-        size = 1 if self.opendc is None else self.opendc.every_windows
+        """The next windows to simulate together: with OpenDC ``opendc_every_windows`` (fewer at the stream's
+        end), else a window and the plain ones queued behind it (:mod:`opendt.twin.batch`); False once the
+        queue has ended."""
+        if self.opendc is None:
+            return await self.taker.take(self)
         batch: list[ClosedWindow] = []
-        while len(batch) < size and not (batch and batch[-1].window.final):
+        while len(batch) < self.opendc.every_windows and not (batch and batch[-1].window.final):
             cw = await self.queue.get()
             if cw is None:
                 return batch, False
@@ -242,6 +247,9 @@ class WindowLoop:
         return batch, True
 
     async def _process_batch(self, batch: list[ClosedWindow]) -> None:
+        if self.opendc is None and len(batch) > 1:
+            await run_batch(self, batch)
+            return
         if self.opendc is None or not batch:
             for cw in batch:
                 await self.process(cw)
@@ -263,8 +271,7 @@ class WindowLoop:
     async def _store_inputs(self, cw: ClosedWindow) -> None:
         """Store a window's inputs with the stream positions it closed at (with durability)."""
         if self.recovery is not None:
-            positions = {(tp.topic, tp.partition): o for tp, o in cw.commit_offsets.items()}
-            await self.recovery.d.inputs.write(cw.window, positions)
+            await self.recovery.d.inputs.write(cw.window, positions(cw))
 
     async def _opendc_rows(self, w: Window, batch_end_ms: int | None, final: bool) -> pl.DataFrame:
         assert self.opendc is not None
@@ -385,22 +392,11 @@ class WindowLoop:
                 log.error("window_failed", window_start=w.start_ms, engine="opendc", error=error[:500])  # noqa: TRY400
         agg = aggregate_rows(rows, self.applied_version, w.start_ms)
         self.stats.clusters = cluster_totals(rows, w.start_ms)
-        latency = time.perf_counter() - t0
-        record = WindowRecord(
-            window_start_ms=w.start_ms,
-            window_end_ms=w.end_ms,
-            status=status,
-            rows=agg.height,
-            tasks=tasks.height,
-            fragments=frags.height,
-            power_samples=len(w.power),
-            topology_version=self.applied_version,
-            latency_s=latency,
-            compute_s=self.twin.stats.compute_s - compute0,
-            attempts=attempts,
-            error=error,
-            engine=self.engine,
-        )
+        record = window_record(
+            w, tasks, frags, agg, status=status, version=self.applied_version,
+            latency_s=time.perf_counter() - t0, compute_s=self.twin.stats.compute_s - compute0,
+            attempts=attempts, error=error, engine=self.engine,
+        )  # fmt: skip
         await self.store.commit(record, agg if agg.height else pl.DataFrame(), measured_rows(w))
         self.stats.last_window_end_ms = w.end_ms  # durable now: what the API serves may reach its end
         if self.publish is not None and agg.height:
@@ -418,13 +414,18 @@ class WindowLoop:
             self.stats.windows_simulated += 1
         self.stats.latencies_s.append(time.perf_counter() - t0)
         self.latency.observe(self.stats.latencies_s[-1])
-        r = self.recovery
+        await self._checkpoint_after(cw)
+
+    async def _checkpoint_after(self, cw: ClosedWindow, blob: bytes | None = None) -> None:
+        """A checkpoint after the window ``cw`` when its end is a checkpoint instant (``blob``: the engine's
+        snapshot then, when taken already)."""
+        r, w = self.recovery, cw.window
         if r is not None and w.end_ms % r.d.every_ms == 0 and not w.final:
             extra = {
                 "hooks": {} if self.hooks is None else self.hooks.checkpoint_state(),
                 "positions": [[tp.topic, tp.partition, o] for tp, o in sorted(cw.commit_offsets.items())],
             }
-            if await r.checkpoint(w.end_ms, self.applied_version, extra):
+            if await r.checkpoint(w.end_ms, self.applied_version, extra, blob):
                 self.stats.checkpoints += 1
 
     async def _advance(self, w: Window, tasks: pl.DataFrame, frags: pl.DataFrame) -> tuple[pl.DataFrame, int]:

@@ -70,6 +70,8 @@ class LoopStats:
     """The latest windows' latencies (bounded: the status shows their p50/p95)."""
     last_window_end_ms: int | None = None
     checkpoints: int = 0
+    batches: int = 0
+    """Engine round trips that simulated several windows (:mod:`opendt.twin.batch`)."""
     topologies_refused: int = 0
     """Simulated versions the engine could not apply (the one before stays in effect)."""
     clusters: tuple[ClusterTotals, ...] = ()

@@ -227,11 +227,15 @@ class Recovery:
         """What a checkpoint keeps besides the engine."""
         return {"applied_version": applied, "box": self.box.to_state(), **extra}
 
-    async def checkpoint(self, at_ms: int, applied: int, extra: dict[str, Any]) -> bool:
+    async def checkpoint(
+        self, at_ms: int, applied: int, extra: dict[str, Any], blob: bytes | None = None
+    ) -> bool:
         """Write a checkpoint at ``at_ms`` (the end of a durable window) and prune what is no longer needed;
-        False (logged) when the engine's snapshot failed: the next checkpoint instant tries again."""
+        False (logged) when the engine's snapshot failed: the next checkpoint instant tries again. ``blob``:
+        the engine's snapshot at ``at_ms`` (archive ``running``) when the caller has it already."""
         try:
-            blob = await self.twin.snapshot(archive="running")
+            if blob is None:
+                blob = await self.twin.snapshot(archive="running")
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - a missing checkpoint only lengthens a resume

@@ -310,32 +310,48 @@ class ResultStore:
     ) -> None:
         """Make a window durable: its rows appended to agg_results, its measured power to measured, then its
         journal entry (the commit point)."""
-        rec = pl.DataFrame(
-            [
-                {
-                    **{k: v for k, v in vars(record).items() if not k.endswith("_ms")},
-                    "window_start": record.window_start_ms,
-                    "window_end": record.window_end_ms,
-                }
-            ]
-        ).with_columns(
-            pl.from_epoch("window_start", "ms").dt.replace_time_zone("UTC"),
-            pl.from_epoch("window_end", "ms").dt.replace_time_zone("UTC"),
-        )
-        rec = rec.select(list(WINDOW_SCHEMA)).cast(WINDOW_SCHEMA)
-        agg = conform(rows, AGG_SCHEMA) if rows.height else None
-        meas = measured.cast(MEASURED_SCHEMA) if measured is not None and measured.height else None
-        start = record.window_start_ms
+        await self.commit_many([(record, rows, measured)])
+
+    async def commit_many(
+        self, windows: list[tuple[WindowRecord, pl.DataFrame, pl.DataFrame | None]]
+    ) -> None:
+        """Several windows in order, each as :meth:`commit` does (its journal entry after its rows: a crash
+        in between leaves the windows before it durable), in one step off the event loop."""
+        parts = []
+        for record, rows, measured in windows:
+            rec = pl.DataFrame(
+                [
+                    {
+                        **{k: v for k, v in vars(record).items() if not k.endswith("_ms")},
+                        "window_start": record.window_start_ms,
+                        "window_end": record.window_end_ms,
+                    }
+                ]
+            ).with_columns(
+                pl.from_epoch("window_start", "ms").dt.replace_time_zone("UTC"),
+                pl.from_epoch("window_end", "ms").dt.replace_time_zone("UTC"),
+            )
+            rec = rec.select(list(WINDOW_SCHEMA)).cast(WINDOW_SCHEMA)
+            agg = conform(rows, AGG_SCHEMA) if rows.height else None
+            meas = measured.cast(MEASURED_SCHEMA) if measured is not None and measured.height else None
+            parts.append((record, agg, meas, rec))
         async with self._lock:
             if not self._writers:
                 raise RuntimeError("ResultStore.commit before load")
-            await asyncio.to_thread(self._append, start, agg, meas, rec)
-            if agg is not None:
-                self._agg.add(agg)
-            if meas is not None:
-                self._measured.add(meas)
-            self._windows.add(rec)
-            self._by_start[start] = (record.topology_version, record.status)
+            await asyncio.to_thread(self._append_many, parts)
+            for record, agg, meas, rec in parts:
+                if agg is not None:
+                    self._agg.add(agg)
+                if meas is not None:
+                    self._measured.add(meas)
+                self._windows.add(rec)
+                self._by_start[record.window_start_ms] = (record.topology_version, record.status)
+
+    def _append_many(
+        self, parts: list[tuple[WindowRecord, pl.DataFrame | None, pl.DataFrame | None, pl.DataFrame]]
+    ) -> None:
+        for record, agg, measured, rec in parts:
+            self._append(record.window_start_ms, agg, measured, rec)
 
     def _append(
         self, start: int, agg: pl.DataFrame | None, measured: pl.DataFrame | None, rec: pl.DataFrame

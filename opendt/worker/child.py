@@ -1,7 +1,7 @@
 """The engine worker child: ``python -m opendt.worker``, a blocking loop over stdin/stdout.
 
-It holds one :class:`~opendt.engine.Engine` (the twin's state, ops ``init``, ``advance``, ``finish``,
-``set_topology``) and, in candidate workers, the bases of warm-started runs (ops ``cal.*``,
+It holds one :class:`~opendt.engine.Engine` (the twin's state, ops ``init``, ``advance``, ``advance_many``,
+``finish``, ``set_topology``) and, in candidate workers, the bases of warm-started runs (ops ``cal.*``,
 :mod:`opendt.worker.warm`). Every request is answered, an engine exception included (``ok: false`` with the
 error); the parent decides what a failure means.
 """
@@ -13,11 +13,14 @@ import os
 import signal
 import sys
 import time
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import polars as pl
 
 from opendt.worker.protocol import LEN, pack, unpack_tables
+
+if TYPE_CHECKING:
+    from opendt.engine import Engine
 
 
 def _read_exact(stream: BinaryIO, n: int) -> bytes:
@@ -28,6 +31,31 @@ def _read_exact(stream: BinaryIO, n: int) -> bytes:
             raise EOFError
         buf += chunk
     return bytes(buf)
+
+
+def _advance_many(
+    engine: Engine, header: dict[str, Any], tables: dict[str, pl.DataFrame]
+) -> dict[str, pl.DataFrame]:
+    """Several windows in order, as as many ``advance`` calls: window ``i``'s tables ``tasks{i}``,
+    ``fragments{i}`` and ``carbon{i}`` (if any); its rows ``rows{i}``, the compute seconds of each in
+    ``compute``; with ``snapshot`` (an archive mode), the engine's snapshot after the last one, as
+    ``cal.snapshot`` takes it."""
+    out: dict[str, pl.DataFrame] = {}
+    took = []
+    for i, until in enumerate(header["untils"]):
+        t0 = time.perf_counter()
+        out[f"rows{i}"] = engine.advance(
+            until, tables[f"tasks{i}"], tables[f"fragments{i}"], tables.get(f"carbon{i}")
+        )
+        took.append(time.perf_counter() - t0)
+    out["compute"] = pl.DataFrame({"s": took}, schema={"s": pl.Float64})
+    if header.get("snapshot") is not None:
+        from opendt.worker.warm import snapshot
+
+        out["snapshot"] = pl.DataFrame(
+            {"blob": [snapshot(engine, header["snapshot"])]}, schema={"blob": pl.Binary}
+        )
+    return out
 
 
 def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
@@ -72,6 +100,8 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
                 out["rows"] = engine.advance(
                     header["until_ms"], tables["tasks"], tables["fragments"], tables.get("carbon")
                 )
+            elif op == "advance_many":
+                out = _advance_many(engine, header, tables)
             elif op == "finish":
                 out["rows"] = engine.finish(header.get("until_ms"))
             elif op == "set_topology":

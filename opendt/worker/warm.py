@@ -61,6 +61,10 @@ def snapshot(engine: Engine, archive: str = "none") -> bytes:
         parts = [np.concatenate(col) for col in zip(*kept, strict=True)]
         live = state[parts[0]] == RUNNING
         engine.frags.archive = [(parts[0][live], parts[1][live], parts[2][live], parts[3][live])]
+        # only a running task restarts from its fragments (a finished one never runs again, a queued one has
+        # none archived): the engine keeps the compacted archive, as a restored snapshot has it, so the next
+        # snapshot does not go over every fragment the run has seen again, nor its memory grow with them
+        kept = engine.frags.archive
     elif archive not in ("none", "running"):
         raise ValueError(f"archive: must be 'none' or 'running', not {archive!r}")
     else:
