@@ -57,6 +57,10 @@ def _run_starts(ids: npt.NDArray[Any]) -> I64:
     return np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
 
 
+FRAGMENT_ORDER = ["submission_ms", "id", "index"]
+"""The order in which :meth:`Engine.advance` takes a call's fragments."""
+
+
 class Engine:
     """An OpenDC-compatible simulator that can be advanced window by window."""
 
@@ -122,6 +126,13 @@ class Engine:
         if carbon is not None and carbon.height:
             trace = CarbonTrace.from_frame(carbon)
             self.add_carbon(trace.times, trace.values)
+        if fragments.height > 1 and set(FRAGMENT_ORDER) <= set(fragments.columns):
+            # one order whatever the fetches were: a fragment read before its task is held and comes after
+            # the others (opendt/stream/orphans.py), so the same stream fetched otherwise (another broker,
+            # another load) gave another order, and results differing in the last bits. (Here, in the
+            # engine's process, not in the daemon's threads: a polars sort there deadlocked against a
+            # concurrent IPC write.)
+            fragments = fragments.sort(FRAGMENT_ORDER, maintain_order=True)
         self.ingest_frames(tasks, fragments)
         if self.t0 is None:
             return to_polars(rows.empty(activity=self.activity))

@@ -13,9 +13,6 @@ from opendt.models.messages import CarbonRow, FragmentRow, PowerRow, TaskRow
 from opendt.models.topology import Topology
 from opendt.workload import FRAGMENT_SCHEMA, TASK_SCHEMA
 
-CANONICAL = ["submission_ms", "id", "index"]
-"""The order of a window's fragments for the engine (:meth:`Window.fragment_frame`)."""
-
 
 @dataclass
 class Window:
@@ -47,14 +44,12 @@ class Window:
         self.chunks.append(frame)
 
     def fragment_frame(self) -> pl.DataFrame:
-        """All the window's fragments (``FRAGMENT_SCHEMA``) in one order whatever the fetches were: by time,
-        task id and index. Arrival order is not one: a fragment read before its task is held and comes after
-        the others (:mod:`opendt.stream.orphans`), so the same stream fetched otherwise (another broker,
-        another load) gave the engine another order, and results differing in the last bits."""
+        """All the window's fragments in arrival order (``FRAGMENT_SCHEMA``); the engine puts them in its own
+        order (:meth:`opendt.engine.Engine.advance`)."""
         rows = pl.DataFrame(self.fragments, schema=FRAGMENT_SCHEMA, orient="row")
-        if self.chunks:
-            rows = pl.concat([*self.chunks, rows]) if self.fragments else pl.concat(self.chunks)
-        return rows.sort(CANONICAL, maintain_order=True) if rows.height > 1 else rows
+        if not self.chunks:
+            return rows
+        return pl.concat([*self.chunks, rows]) if self.fragments else pl.concat(self.chunks)
 
     def fragment_rows(self) -> list[FragmentRow]:
         if not self.chunks:
